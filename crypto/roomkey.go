@@ -1,0 +1,120 @@
+package crypto
+
+import (
+	"context"
+	"encoding/json"
+	"reflect"
+	"time"
+
+	"github.com/rs/zerolog"
+	mcrypto "maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/keybundle"
+)
+
+// ToDeviceRoomKeyBundleUnstable is MSC4268's unstable to-device type. matrix-rust-sdk ≥ 0.17 sends
+// only the stable m.room_key_bundle, older clients only this one; heirloom accepts both.
+var ToDeviceRoomKeyBundleUnstable = event.Type{Type: "io.element.msc4268.room_key_bundle", Class: event.ToDeviceEventType}
+
+// RoomKeyContent is an m.room_key whose history flag was read from any of its three names.
+type RoomKeyContent struct {
+	event.RoomKeyEventContent
+	HistoryShared bool `json:"-"`
+}
+
+// UnmarshalJSON reads the standard fields and the history flag (keybundle.HistoryFlag).
+func (c *RoomKeyContent) UnmarshalJSON(data []byte) error {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(data, &fields); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, &c.RoomKeyEventContent); err != nil {
+		return err
+	}
+	c.HistoryShared = keybundle.HistoryFlag(fields)
+	c.SharedHistory = &c.HistoryShared
+	return nil
+}
+
+// BundleContent is the content of an m.room_key_bundle (or its unstable twin) to-device message.
+type BundleContent struct {
+	event.RoomKeyBundleEventContent
+	// Type is the event type it arrived as.
+	Type event.Type `json:"-"`
+}
+
+// mautrix v0.32.0 parses m.room_key into a struct that knows only the plain `shared_history`
+// name, and hands received bundles to a callback without the Olm sender or its device keys.
+// Registering heirloom's own content types (mautrix's documented extension point, event.TypeMap)
+// makes OlmMachine.HandleEncryptedEvent return those decrypted events to heirloom unhandled, with
+// the full Olm envelope, after mautrix has done the Olm decryption itself.
+func init() {
+	event.TypeMap[event.ToDeviceRoomKey] = reflect.TypeOf(RoomKeyContent{})
+	event.TypeMap[event.ToDeviceRoomKeyBundle] = reflect.TypeOf(BundleContent{})
+	event.TypeMap[ToDeviceRoomKeyBundleUnstable] = reflect.TypeOf(BundleContent{})
+}
+
+// HandleToDevice processes one to-device event addressed to this puppet's device.
+func (p *Puppet) HandleToDevice(ctx context.Context, evt *event.Event) {
+	if evt.Type != event.ToDeviceEncrypted {
+		p.Mach.HandleToDeviceEvent(ctx, evt)
+		return
+	}
+	decrypted := p.Mach.HandleEncryptedEvent(ctx, evt)
+	if decrypted == nil {
+		return
+	}
+	log := zerolog.Ctx(ctx).With().Stringer("sender", decrypted.Sender).Str("decrypted_type", decrypted.Type.Type).Logger()
+	ctx = log.WithContext(ctx)
+	switch content := decrypted.Content.Parsed.(type) {
+	case *RoomKeyContent:
+		p.receiveRoomKey(ctx, decrypted, content)
+	case *BundleContent:
+		content.Type = decrypted.Type
+		if p.mgr.OnRoomKeyBundle != nil {
+			p.mgr.OnRoomKeyBundle(ctx, p, decrypted, content)
+		}
+	default:
+		log.Debug().Msg("Ignoring unhandled encrypted to-device event")
+	}
+}
+
+// receiveRoomKey stores an inbound megolm session with its history flag, as mautrix would
+// (same session ID check, same merge rules through StoreGroupSession).
+func (p *Puppet) receiveRoomKey(ctx context.Context, evt *mcrypto.DecryptedOlmEvent, content *RoomKeyContent) {
+	log := zerolog.Ctx(ctx).With().
+		Stringer("room_id", content.RoomID).
+		Stringer("session_id", content.SessionID).
+		Bool("shared_history", content.HistoryShared).
+		Logger()
+	if content.Algorithm != id.AlgorithmMegolmV1 || evt.Keys.Ed25519 == "" {
+		log.Debug().Str("algorithm", string(content.Algorithm)).Msg("Ignoring room key with unknown algorithm or no signing key")
+		return
+	}
+	maxAge, maxMessages := 7*24*time.Hour, 100
+	if enc, err := p.Mach.StateStore.GetEncryptionEvent(ctx, content.RoomID); err == nil && enc != nil {
+		if enc.RotationPeriodMillis > 0 {
+			maxAge = time.Duration(enc.RotationPeriodMillis) * time.Millisecond
+		}
+		if enc.RotationPeriodMessages > 0 {
+			maxMessages = enc.RotationPeriodMessages
+		}
+	}
+	igs, err := mcrypto.NewInboundGroupSession(evt.SenderKey, evt.Keys.Ed25519, content.RoomID, content.SessionKey,
+		maxAge, maxMessages, &content.HistoryShared, content.IsScheduled)
+	if err != nil {
+		log.Warn().Err(err).Msg("Dropping malformed room key")
+		return
+	} else if igs.ID() != content.SessionID {
+		log.Warn().Stringer("actual_session_id", igs.ID()).Msg("Dropping room key whose session ID does not match its key")
+		return
+	}
+	igs.SourceUser = evt.Sender
+	if err = p.Mach.StoreGroupSession(ctx, igs); err != nil {
+		log.Err(err).Msg("Failed to store room key")
+		return
+	}
+	log.Debug().Msg("Stored room key")
+}

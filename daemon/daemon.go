@@ -1,0 +1,202 @@
+// Package daemon provides heirloom's process lifecycle: loading the config, generating the
+// registration, opening the database, checking the homeserver, serving, and shutting down.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+
+	"github.com/heirloom-matrix/heirloom/appservice"
+	"github.com/heirloom-matrix/heirloom/config"
+	"github.com/heirloom-matrix/heirloom/crypto"
+	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/history"
+)
+
+// Exit codes, distinct per failure so service managers and scripts can tell them apart.
+const (
+	ExitOK         = 0
+	ExitConfig     = 2
+	ExitDatabase   = 3
+	ExitHomeserver = 4
+	ExitStartup    = 5
+)
+
+// WriteExample writes the example config to path unless a file is already there.
+func WriteExample(path string, example []byte) int {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "Not writing the example config: %v\n", err)
+		return ExitConfig
+	}
+	defer f.Close()
+	if _, err = f.Write(example); err != nil {
+		fmt.Fprintf(os.Stderr, "Failed to write the example config: %v\n", err)
+		return ExitConfig
+	}
+	fmt.Printf("Wrote the example config to %s: edit it, then run heirloom -g to generate the registration.\n", path)
+	return ExitOK
+}
+
+// GenerateRegistration fills the config's secrets (saving them) and writes the registration, mode 0600.
+func GenerateRegistration(configPath, registrationPath string) int {
+	cfg, err := config.Load(configPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "Failed to load config: %v\n", err)
+		return ExitConfig
+	}
+	data, err := config.RegistrationYAML(cfg)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "Failed to build the registration: %v\n", err)
+		return ExitConfig
+	}
+	if err = writeFile0600(registrationPath, data); err != nil {
+		fmt.Fprintf(os.Stderr, "Failed to write the registration: %v\n", err)
+		return ExitConfig
+	}
+	fmt.Printf("Wrote the registration to %s: add it to the homeserver's app_service_config_files.\n", registrationPath)
+	return ExitOK
+}
+
+func writeFile0600(path string, data []byte) error {
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		return err
+	}
+	return os.Chmod(path, 0o600)
+}
+
+func newLogger(cfg config.Logging) zerolog.Logger {
+	level, err := zerolog.ParseLevel(cfg.Level)
+	if err != nil {
+		level = zerolog.InfoLevel
+	}
+	var log zerolog.Logger
+	if cfg.Format == "json" {
+		log = zerolog.New(os.Stdout)
+	} else {
+		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stdout, TimeFormat: time.DateTime})
+	}
+	return log.Level(level).With().Timestamp().Logger()
+}
+
+// Run starts heirloom and blocks until SIGINT or SIGTERM. It returns the process exit code.
+func Run(configPath string) int {
+	cfg, err := config.Load(configPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "Failed to load config: %v\n", err)
+		return ExitConfig
+	}
+	log := newLogger(cfg.Logging)
+	ctx, stop := signal.NotifyContext(log.WithContext(context.Background()), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	db, err := database.Open(cfg.Database, log)
+	if err != nil {
+		log.Error().Err(err).Msg("Failed to open the database")
+		return ExitDatabase
+	}
+	defer db.Close()
+	if err = db.Upgrade(ctx); err != nil {
+		log.Error().Err(err).Msg("Failed to upgrade the database")
+		return ExitDatabase
+	}
+
+	httpClient := &http.Client{Timeout: 2 * time.Minute}
+	mgr, err := crypto.NewManager(cfg, db, httpClient)
+	if err != nil {
+		log.Error().Err(err).Msg("Failed to set up puppet crypto")
+		return ExitStartup
+	}
+	if err = checkHomeserverReachable(ctx, mgr, cfg); err != nil {
+		log.Error().Err(err).Str("homeserver", cfg.Homeserver.Address).Msg("The homeserver is not reachable")
+		return ExitHomeserver
+	}
+	server := appservice.NewServer(cfg, db, mgr, log)
+	history := history.NewService(cfg, db, mgr)
+	server.SetHistorySharing(history)
+	if err = server.Start(); err != nil {
+		log.Error().Err(err).Msg("Failed to start the HTTP listener")
+		return ExitStartup
+	}
+	defer func() {
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = server.Stop(shutdownCtx)
+	}()
+	if err = checkRegistration(ctx, mgr, cfg); err != nil {
+		log.Error().Err(err).Msg("The homeserver does not accept heirloom's registration")
+		return ExitHomeserver
+	}
+	go mgr.RunMaintenance(ctx, 5*time.Minute)
+	go history.Run(ctx)
+	go pruneTransactions(ctx, db)
+	log.Info().Str("version", appservice.Version).Msg("heirloom is running")
+	<-ctx.Done()
+	log.Info().Msg("Shutting down")
+	return ExitOK
+}
+
+func checkHomeserverReachable(ctx context.Context, mgr *crypto.Manager, cfg *config.Config) error {
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		checkCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, lastErr = mgr.Client(ctx, cfg.BotUserID()).Versions(checkCtx)
+		cancel()
+		if lastErr == nil {
+			return nil
+		}
+		zerolog.Ctx(ctx).Warn().Err(lastErr).Int("attempt", attempt+1).Msg("Homeserver not reachable yet, retrying")
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt+1) * 2 * time.Second):
+		}
+	}
+	return fmt.Errorf("GET /_matrix/client/versions failed: %w", lastErr)
+}
+
+// checkRegistration asks the homeserver to ping heirloom (MSC2659): it proves the homeserver has
+// loaded the registration, accepts the as_token and can reach heirloom's URL with the hs_token.
+func checkRegistration(ctx context.Context, mgr *crypto.Manager, cfg *config.Config) error {
+	resp, err := mgr.Client(ctx, cfg.BotUserID()).AppservicePing(ctx, cfg.AppService.ID, "heirloom-startup")
+	if err != nil {
+		var he mautrix.HTTPError
+		switch {
+		case errors.Is(err, mautrix.MUnknownToken), errors.Is(err, mautrix.MForbidden):
+			return fmt.Errorf("the homeserver rejects appservice.as_token: is the registration loaded (app_service_config_files) and generated from this config? %w", err)
+		case errors.As(err, &he) && he.RespError != nil && he.RespError.ErrCode == "M_URL_NOT_SET":
+			return fmt.Errorf("the registration has no url: %w", err)
+		case errors.As(err, &he) && he.RespError != nil && he.RespError.ErrCode == "M_CONNECTION_FAILED":
+			return fmt.Errorf("the homeserver cannot reach heirloom at appservice.address %s: %w", cfg.AppService.Address, err)
+		case errors.As(err, &he) && he.RespError != nil && he.RespError.ErrCode == "M_BAD_STATUS":
+			return fmt.Errorf("heirloom refused the homeserver's ping (does hs_token match the registration?): %w", err)
+		}
+		return fmt.Errorf("appservice ping failed: %w", err)
+	}
+	zerolog.Ctx(ctx).Info().Int64("duration_ms", resp.DurationMS).Msg("Homeserver accepted the registration and reached heirloom")
+	return nil
+}
+
+func pruneTransactions(ctx context.Context, db *database.Database) {
+	ticker := time.NewTicker(time.Hour)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+			if err := db.PruneTxns(ctx, 7*24*time.Hour); err != nil {
+				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to prune old transaction IDs")
+			}
+		}
+	}
+}

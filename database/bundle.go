@@ -1,0 +1,173 @@
+package database
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"time"
+
+	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix/id"
+)
+
+// States of a bundle a puppet sends.
+const (
+	SentBuilding  = "building"  // created; invitee keys, build and upload in progress
+	SentUploaded  = "uploaded"  // uploaded; delivery to devices in progress
+	SentDelivered = "delivered" // delivery finished (see per-device outcomes)
+	SentNothing   = "nothing"   // nothing to share: no upload, no delivery
+	SentSkipped   = "skipped"   // not delivered: reason says why (no cross-signing, identity change, …)
+	SentFailed    = "failed"    // building or uploading failed: reason says why
+)
+
+// SentBundle is a key bundle a puppet built for an invitee.
+type SentBundle struct {
+	BundleID      string     `json:"bundle_id"`
+	Puppet        id.UserID  `json:"-"`
+	RoomID        id.RoomID  `json:"room_id"`
+	Invitee       id.UserID  `json:"invitee"`
+	InviteEventID id.EventID `json:"invite_event_id,omitempty"`
+	State         string     `json:"state"`
+	Sessions      int        `json:"sessions"`
+	Withheld      int        `json:"withheld"`
+	Size          int64      `json:"size"`
+	MXC           string     `json:"mxc,omitempty"`
+	FileInfo      string     `json:"-"` // sealed with the pickle key: it holds the bundle's AES key
+	Reason        string     `json:"reason,omitempty"`
+	CreatedAt     int64      `json:"created_at"`
+	UpdatedAt     int64      `json:"updated_at"`
+	Devices       []Delivery `json:"devices"`
+}
+
+// Delivery is the outcome of a bundle for one invitee device.
+type Delivery struct {
+	UserID    id.UserID   `json:"user_id"`
+	DeviceID  id.DeviceID `json:"device_id"`
+	Delivered bool        `json:"delivered"`
+	Reason    string      `json:"reason,omitempty"`
+}
+
+const sentColumns = `bundle_id, puppet, room_id, invitee, invite_event_id, state, sessions, withheld, size, mxc, file_info, reason, created_at, updated_at`
+
+func scanSent(row dbutil.Scannable) (*SentBundle, error) {
+	var b SentBundle
+	var inviteEvt sql.NullString
+	err := row.Scan(&b.BundleID, &b.Puppet, &b.RoomID, &b.Invitee, &inviteEvt, &b.State, &b.Sessions, &b.Withheld,
+		&b.Size, &b.MXC, &b.FileInfo, &b.Reason, &b.CreatedAt, &b.UpdatedAt)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	b.InviteEventID = id.EventID(inviteEvt.String)
+	return &b, err
+}
+
+// PutSentBundle inserts or updates a sent bundle (not its deliveries).
+func (db *Database) PutSentBundle(ctx context.Context, b *SentBundle) error {
+	now := nowMillis()
+	if b.CreatedAt == 0 {
+		b.CreatedAt = now
+	}
+	b.UpdatedAt = now
+	var inviteEvt any
+	if b.InviteEventID != "" {
+		inviteEvt = b.InviteEventID
+	}
+	_, err := db.Exec(ctx, `
+		INSERT INTO bundle_sent (`+sentColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+		ON CONFLICT (bundle_id) DO UPDATE SET invite_event_id=excluded.invite_event_id, state=excluded.state,
+			sessions=excluded.sessions, withheld=excluded.withheld, size=excluded.size, mxc=excluded.mxc,
+			file_info=excluded.file_info, reason=excluded.reason, updated_at=excluded.updated_at`,
+		b.BundleID, b.Puppet, b.RoomID, b.Invitee, inviteEvt, b.State, b.Sessions, b.Withheld, b.Size, b.MXC,
+		b.FileInfo, b.Reason, b.CreatedAt, b.UpdatedAt)
+	return err
+}
+
+// ClaimSentBundleForInvite links the newest bundle the API built for this invite (no invite event
+// yet, created within maxAge) to the invite event seen in a transaction. It reports whether one was
+// claimed: if so, the transaction path must not build another.
+func (db *Database) ClaimSentBundleForInvite(ctx context.Context, puppet id.UserID, roomID id.RoomID, invitee id.UserID, eventID id.EventID, maxAge time.Duration) (bool, error) {
+	res, err := db.Exec(ctx, `
+		UPDATE bundle_sent SET invite_event_id=$4, updated_at=$5
+		WHERE bundle_id = (
+			SELECT bundle_id FROM bundle_sent
+			WHERE puppet=$1 AND room_id=$2 AND invitee=$3 AND invite_event_id IS NULL AND created_at > $6
+			ORDER BY created_at DESC LIMIT 1
+		)`, puppet, roomID, invitee, eventID, nowMillis(), time.Now().Add(-maxAge).UnixMilli())
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+// HasSentBundleForInvite reports whether a bundle already exists for the invite event.
+func (db *Database) HasSentBundleForInvite(ctx context.Context, puppet id.UserID, roomID id.RoomID, eventID id.EventID) (bool, error) {
+	var n int
+	err := db.QueryRow(ctx, `SELECT COUNT(*) FROM bundle_sent WHERE puppet=$1 AND room_id=$2 AND invite_event_id=$3`,
+		puppet, roomID, eventID).Scan(&n)
+	return n > 0, err
+}
+
+// GetSentBundle returns a sent bundle with its deliveries.
+func (db *Database) GetSentBundle(ctx context.Context, bundleID string) (*SentBundle, error) {
+	b, err := scanSent(db.QueryRow(ctx, `SELECT `+sentColumns+` FROM bundle_sent WHERE bundle_id=$1`, bundleID))
+	if err != nil || b == nil {
+		return b, err
+	}
+	b.Devices, err = db.GetDeliveries(ctx, bundleID)
+	return b, err
+}
+
+func (db *Database) querySent(ctx context.Context, query string, args ...any) ([]*SentBundle, error) {
+	rows, err := db.Query(ctx, `SELECT `+sentColumns+` FROM bundle_sent `+query, args...)
+	if err != nil {
+		return nil, err
+	}
+	out, err := dbutil.NewRowIterWithError(rows, scanSent, nil).AsList()
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range out {
+		if b.Devices, err = db.GetDeliveries(ctx, b.BundleID); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// ListSentBundles returns the bundles a puppet built, newest first.
+func (db *Database) ListSentBundles(ctx context.Context, puppet id.UserID) ([]*SentBundle, error) {
+	return db.querySent(ctx, `WHERE puppet=$1 ORDER BY created_at DESC`, puppet)
+}
+
+// ListUnfinishedSentBundles returns bundles whose building or delivery a restart interrupted.
+func (db *Database) ListUnfinishedSentBundles(ctx context.Context) ([]*SentBundle, error) {
+	return db.querySent(ctx, `WHERE state IN ($1, $2) ORDER BY created_at`, SentBuilding, SentUploaded)
+}
+
+// PutDelivery records the outcome for one device.
+func (db *Database) PutDelivery(ctx context.Context, bundleID string, d Delivery) error {
+	_, err := db.Exec(ctx, `
+		INSERT INTO bundle_delivery (bundle_id, user_id, device_id, delivered, reason) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (bundle_id, user_id, device_id) DO UPDATE SET delivered=excluded.delivered, reason=excluded.reason`,
+		bundleID, d.UserID, d.DeviceID, d.Delivered, d.Reason)
+	return err
+}
+
+// GetDeliveries returns a bundle's per-device outcomes.
+func (db *Database) GetDeliveries(ctx context.Context, bundleID string) ([]Delivery, error) {
+	rows, err := db.Query(ctx, `SELECT user_id, device_id, delivered, reason FROM bundle_delivery WHERE bundle_id=$1 ORDER BY user_id, device_id`, bundleID)
+	if err != nil {
+		return nil, err
+	}
+	out := []Delivery{}
+	defer rows.Close()
+	for rows.Next() {
+		var d Delivery
+		if err = rows.Scan(&d.UserID, &d.DeviceID, &d.Delivered, &d.Reason); err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}

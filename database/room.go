@@ -1,0 +1,32 @@
+package database
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"time"
+
+	"maunium.net/go/mautrix/id"
+)
+
+// RotateAfter returns the time before which outbound megolm sessions in the room must not be reused.
+func (db *Database) RotateAfter(ctx context.Context, roomID id.RoomID) (time.Time, error) {
+	var ms int64
+	err := db.QueryRow(ctx, `SELECT rotate_after FROM room_rotation WHERE room_id=$1`, roomID).Scan(&ms)
+	if errors.Is(err, sql.ErrNoRows) {
+		return time.Time{}, nil
+	} else if err != nil {
+		return time.Time{}, err
+	}
+	return time.UnixMilli(ms), nil
+}
+
+// RequireRotation marks every outbound megolm session in the room created until now as used up.
+func (db *Database) RequireRotation(ctx context.Context, roomID id.RoomID) error {
+	// +1 ms: a session created in the same millisecond as the change must rotate too.
+	_, err := db.Exec(ctx, `
+		INSERT INTO room_rotation (room_id, rotate_after) VALUES ($1, $2)
+		ON CONFLICT (room_id) DO UPDATE SET rotate_after=excluded.rotate_after`,
+		roomID, time.Now().UnixMilli()+1)
+	return err
+}

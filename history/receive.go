@@ -1,0 +1,359 @@
+package history
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	mcrypto "maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/crypto"
+	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/keybundle"
+)
+
+// JoinResult is what POST …/join answers.
+type JoinResult struct {
+	RoomID id.RoomID                `json:"room_id"`
+	Bundle *database.ReceivedBundle `json:"bundle,omitempty"`
+	// History says in words what happened to the room's history for this puppet.
+	History string `json:"history"`
+}
+
+func receivedOwner(b *database.ReceivedBundle) string {
+	return "bundle-received:" + b.Puppet.String() + "|" + b.RoomID.String() + "|" + b.Sender.String()
+}
+
+// receiveBundle stores a bundle's details as they arrive over Olm; it does not download anything
+// unless the puppet already accepted an invite from the sender (MSC4268: no DoS by bundle).
+func (s *Service) receiveBundle(ctx context.Context, p *crypto.Puppet, evt *mcrypto.DecryptedOlmEvent, content *crypto.BundleContent) {
+	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", content.RoomID).
+		Stringer("sender", evt.Sender).Str("type", content.Type.Type).Logger()
+	if err := keybundle.ValidateSenderDeviceKeys(evt.Sender, evt.SenderKey, evt.Keys.Ed25519, evt.SenderDeviceKeys); err != nil {
+		log.Warn().Err(err).Msg("Dropping key bundle")
+		return
+	}
+	if content.RoomID == "" || content.File.URL == "" {
+		log.Warn().Msg("Dropping key bundle without room_id or file URL")
+		return
+	}
+	if err := content.File.PrepareForDecryption(); err != nil {
+		log.Warn().Err(err).Msg("Dropping key bundle with unusable file keys")
+		return
+	}
+	b := &database.ReceivedBundle{
+		Puppet: p.UserID, RoomID: content.RoomID, Sender: evt.Sender, SenderDevice: evt.SenderDeviceKeys.DeviceID,
+		SenderKey: evt.SenderKey, State: database.ReceivedPending,
+	}
+	var err error
+	if b.FileInfo, err = p.Manager().Sealer.SealJSON(receivedOwner(b), &content.File); err != nil {
+		log.Err(err).Msg("Failed to seal bundle details")
+		return
+	}
+	if err = s.db.PutReceivedBundle(ctx, b); err != nil {
+		log.Err(err).Msg("Failed to store key bundle")
+		return
+	}
+	log.Info().Stringer("sender_device", b.SenderDevice).Msg("Stored key bundle")
+	go s.tryAccept(context.WithoutCancel(log.WithContext(ctx)), p, content.RoomID)
+}
+
+// recordInvite remembers who invited the puppet, and joins at once if auto_join allows the inviter.
+func (s *Service) recordInvite(ctx context.Context, evt *event.Event) {
+	puppet := id.UserID(evt.GetStateKey())
+	log := zerolog.Ctx(ctx)
+	inv := &database.Invite{Puppet: puppet, RoomID: evt.RoomID, Inviter: evt.Sender, InviteEventID: evt.ID, InvitedAt: time.Now().UnixMilli()}
+	if err := s.db.PutInvite(ctx, inv); err != nil {
+		log.Err(err).Msg("Failed to record invite")
+		return
+	}
+	if !s.cfg.AutoJoinAllowed(evt.Sender) {
+		log.Info().Msg("Puppet was invited; not joining automatically (history_sharing.auto_join does not allow the inviter)")
+		return
+	}
+	go func() {
+		ctx := context.WithoutCancel(ctx)
+		p, err := s.mgr.Get(ctx, puppet)
+		if err != nil {
+			log.Warn().Err(err).Msg("Cannot auto-join: puppet not provisioned")
+			return
+		}
+		if _, err = s.Join(ctx, p, evt.RoomID); err != nil {
+			log.Err(err).Msg("Failed to auto-join room")
+		}
+	}()
+}
+
+// Join joins the room as the puppet. If the puppet was invited, the acceptance is recorded
+// durably first and the inviter's bundle, if it arrived, is imported before Join returns.
+func (s *Service) Join(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) (any, error) {
+	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", roomID).Logger()
+	ctx = log.WithContext(ctx)
+	inv, err := s.db.GetInvite(ctx, p.UserID, roomID)
+	if err != nil {
+		return nil, err
+	}
+	if _, err = p.Client.JoinRoomByID(ctx, roomID); err != nil {
+		return nil, err
+	}
+	if err = s.db.StateStore.SetMembership(ctx, roomID, p.UserID, event.MembershipJoin); err != nil {
+		log.Warn().Err(err).Msg("Failed to record own membership")
+	}
+	result := &JoinResult{RoomID: roomID, History: "joined without an invite record: no key bundle will be imported"}
+	if inv == nil {
+		log.Info().Msg("Joined room")
+		return result, nil
+	}
+	if inv, err = s.db.MarkInviteAccepted(ctx, p.UserID, roomID); err != nil {
+		return nil, err
+	}
+	log.Info().Stringer("inviter", inv.Inviter).Msg("Joined room from invite")
+	result.Bundle = s.tryAccept(ctx, p, roomID)
+	result.History = describe(result.Bundle, inv.Inviter)
+	return result, nil
+}
+
+func describe(b *database.ReceivedBundle, inviter id.UserID) string {
+	if b == nil {
+		return fmt.Sprintf("no key bundle from %s (yet): history is readable only if one arrives within the accept window", inviter)
+	}
+	switch b.State {
+	case database.ReceivedImported:
+		return fmt.Sprintf("imported %d keys shared by %s (%d withheld)", b.Imported, b.Sender, b.Withheld)
+	case database.ReceivedRetry:
+		return "downloading the key bundle failed; retrying: " + b.Error
+	default:
+		return fmt.Sprintf("key bundle %s: %s", b.State, b.Error)
+	}
+}
+
+// tryAccept imports the inviter's bundle for the room if every rule allows it now. It runs right
+// after a join, when a bundle arrives after the join, on retries and at startup; a per-room lock
+// keeps two of them from importing the same bundle at once.
+func (s *Service) tryAccept(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) *database.ReceivedBundle {
+	defer s.acceptLock.WithLock(p.UserID.String() + "|" + roomID.String())()
+	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", roomID).Logger()
+	ctx = log.WithContext(ctx)
+	inv, err := s.db.GetInvite(ctx, p.UserID, roomID)
+	if err != nil || inv == nil || inv.AcceptedAt == 0 {
+		return nil
+	}
+	s.rejectOthers(ctx, p.UserID, roomID, inv.Inviter)
+	b, err := s.db.GetReceivedBundle(ctx, p.UserID, roomID, inv.Inviter)
+	if err != nil {
+		log.Err(err).Msg("Failed to load received bundle")
+		return nil
+	} else if b == nil || (b.State != database.ReceivedPending && b.State != database.ReceivedRetry) {
+		return b
+	}
+	membership, _ := s.db.StateStore.GetMembership(ctx, roomID, p.UserID)
+	verdict, reason := keybundle.Decide(keybundle.AcceptInput{
+		AcceptedAt:  time.UnixMilli(inv.AcceptedAt),
+		Inviter:     inv.Inviter,
+		Sender:      b.Sender,
+		Joined:      membership == event.MembershipJoin,
+		SenderTrust: s.senderTrust(ctx, p, b),
+		Now:         time.Now(),
+		Window:      s.cfg.HistorySharing.AcceptWindow,
+	})
+	switch verdict {
+	case keybundle.Wait:
+		return b
+	case keybundle.Reject:
+		b.State, b.Error = database.ReceivedRejected, reason
+	case keybundle.Expire:
+		b.State, b.Error = database.ReceivedExpired, reason
+	case keybundle.Import:
+		s.downloadAndImport(ctx, p, b)
+	}
+	if err = s.db.UpdateReceivedBundle(ctx, b); err != nil {
+		log.Err(err).Msg("Failed to save bundle state")
+	}
+	log.Info().Str("state", b.State).Int("imported", b.Imported).Int("withheld", b.Withheld).Str("reason", b.Error).
+		Stringer("sender", b.Sender).Msg("Processed key bundle")
+	return b
+}
+
+// rejectOthers marks bundles for the room from anyone but the inviter as never to be imported.
+func (s *Service) rejectOthers(ctx context.Context, puppet id.UserID, roomID id.RoomID, inviter id.UserID) {
+	_, err := s.db.Exec(ctx, `UPDATE bundle_received SET state=$4, error=$5, updated_at=$6
+		WHERE puppet=$1 AND room_id=$2 AND sender<>$3 AND state IN ($7, $8)`,
+		puppet, roomID, inviter, database.ReceivedRejected, "sender is not the inviter "+inviter.String(),
+		time.Now().UnixMilli(), database.ReceivedPending, database.ReceivedRetry)
+	if err != nil {
+		zerolog.Ctx(ctx).Err(err).Msg("Failed to reject bundles from non-inviters")
+	}
+}
+
+// senderTrust queries the sender's keys fresh and resolves the trust in the sending device, using
+// the device keys from the Olm message if the device has since been deleted (MSC4147).
+func (s *Service) senderTrust(ctx context.Context, p *crypto.Puppet, b *database.ReceivedBundle) id.TrustState {
+	devices, err := p.Mach.FetchKeys(ctx, []id.UserID{b.Sender}, true)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to query the bundle sender's keys")
+	}
+	device := devices[b.Sender][b.SenderDevice]
+	if device == nil {
+		if device, err = p.Store.GetDevice(ctx, b.Sender, b.SenderDevice); err != nil || device == nil {
+			return id.TrustStateUnknownDevice
+		}
+	}
+	if device.IdentityKey != b.SenderKey {
+		return id.TrustStateDeviceKeyMismatch
+	}
+	trust, err := p.Mach.ResolveTrustContext(ctx, device)
+	if err != nil {
+		return id.TrustStateUnset
+	}
+	return trust
+}
+
+// downloadAndImport fetches the bundle (capped, hash-checked) into a temporary file, then
+// decrypts and imports it. It sets b's state: imported, expired (media gone), retry or failed.
+func (s *Service) downloadAndImport(ctx context.Context, p *crypto.Puppet, b *database.ReceivedBundle) {
+	var info event.EncryptedFileInfo
+	if err := p.Manager().Sealer.OpenJSON(receivedOwner(b), b.FileInfo, &info); err != nil {
+		b.State, b.Error = database.ReceivedFailed, err.Error()
+		return
+	}
+	file, err := s.download(ctx, p, &info)
+	if err != nil {
+		b.Attempts++
+		var he mautrix.HTTPError
+		switch {
+		case errors.Is(err, mautrix.MNotFound) || (errors.As(err, &he) && he.Response != nil && he.Response.StatusCode == 404):
+			b.State, b.Error = database.ReceivedExpired, "bundle media is gone from the homeserver (M_NOT_FOUND)"
+		case errors.Is(err, keybundle.ErrBundleTooLarge), errors.Is(err, errHashMismatch):
+			b.State, b.Error = database.ReceivedFailed, err.Error()
+		case b.Attempts >= s.maxAttempts:
+			b.State, b.Error = database.ReceivedFailed, fmt.Sprintf("gave up after %d attempts: %v", b.Attempts, err)
+		default:
+			b.State, b.Error = database.ReceivedRetry, err.Error()
+			b.NextAttempt = time.Now().Add(s.retryBase << (b.Attempts - 1)).UnixMilli()
+		}
+		return
+	}
+	defer func() {
+		name := file.Name()
+		_ = file.Close()
+		_ = os.Remove(name)
+	}()
+	plaintext, err := keybundle.Open(file, &info, s.cfg.HistorySharing.MaxBundleSize)
+	if err != nil {
+		b.State, b.Error = database.ReceivedFailed, err.Error()
+		return
+	}
+	res, err := s.importBundle(ctx, p, b, plaintext)
+	b.Imported, b.Withheld, b.Skipped = res.imported, res.withheld, res.skipped
+	if err != nil {
+		b.State, b.Error = database.ReceivedFailed, err.Error()
+		return
+	}
+	b.State, b.Error = database.ReceivedImported, ""
+}
+
+var errHashMismatch = errors.New("bundle hash does not match: refusing it")
+
+// download streams the encrypted bundle into a temporary file, refusing more than the size cap
+// before reading it all, and checks its SHA-256 hash.
+func (s *Service) download(ctx context.Context, p *crypto.Puppet, info *event.EncryptedFileInfo) (*os.File, error) {
+	mxc, err := info.URL.Parse()
+	if err != nil {
+		return nil, fmt.Errorf("bad bundle URL: %w", err)
+	}
+	limit := s.cfg.HistorySharing.MaxBundleSize
+	resp, err := p.Client.Download(ctx, mxc)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength > limit {
+		return nil, fmt.Errorf("%w: %d bytes, over history_sharing.max_bundle_size %d", keybundle.ErrBundleTooLarge, resp.ContentLength, limit)
+	}
+	f, err := os.CreateTemp(s.TempDir, "heirloom-download-*")
+	if err != nil {
+		return nil, err
+	}
+	hasher := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, hasher), io.LimitReader(resp.Body, limit+1))
+	if err == nil && n > limit {
+		err = fmt.Errorf("%w: over history_sharing.max_bundle_size %d", keybundle.ErrBundleTooLarge, limit)
+	}
+	if err == nil {
+		want, decodeErr := base64.RawStdEncoding.DecodeString(trimPadding(info.Hashes.SHA256))
+		if decodeErr != nil || string(want) != string(hasher.Sum(nil)) {
+			err = errHashMismatch
+		}
+	}
+	if err == nil {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		name := f.Name()
+		_ = f.Close()
+		_ = os.Remove(name)
+		return nil, err
+	}
+	return f, nil
+}
+
+func trimPadding(s string) string {
+	for len(s) > 0 && s[len(s)-1] == '=' {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// resumeReceiving finishes what a restart interrupted: invites auto_join allows but not yet
+// joined, and imports of accepted invites still within the window. Older records are dropped.
+func (s *Service) resumeReceiving(ctx context.Context) {
+	s.expire(ctx)
+	invites, err := s.db.ListAcceptedInvites(ctx, time.Now().Add(-s.cfg.HistorySharing.AcceptWindow))
+	if err != nil {
+		zerolog.Ctx(ctx).Err(err).Msg("Failed to list accepted invites")
+		return
+	}
+	for _, inv := range invites {
+		p, err := s.mgr.Get(ctx, inv.Puppet)
+		if err != nil {
+			continue
+		}
+		if b := s.tryAccept(ctx, p, inv.RoomID); b != nil {
+			zerolog.Ctx(ctx).Info().Stringer("puppet", inv.Puppet).Stringer("room_id", inv.RoomID).Str("state", b.State).
+				Msg("Resumed key bundle after restart")
+		}
+	}
+}
+
+// retryDue retries downloads whose backoff has passed.
+func (s *Service) retryDue(ctx context.Context) {
+	due, err := s.db.ListDueRetries(ctx)
+	if err != nil {
+		zerolog.Ctx(ctx).Err(err).Msg("Failed to list bundle retries")
+		return
+	}
+	for _, b := range due {
+		if p, err := s.mgr.Get(ctx, b.Puppet); err == nil {
+			s.tryAccept(ctx, p, b.RoomID)
+		}
+	}
+}
+
+// expire drops acceptance records past the window.
+func (s *Service) expire(ctx context.Context) {
+	n, err := s.db.ExpireAcceptWindow(ctx, s.cfg.HistorySharing.AcceptWindow)
+	if err != nil {
+		zerolog.Ctx(ctx).Err(err).Msg("Failed to expire old invite acceptances")
+	} else if n > 0 {
+		zerolog.Ctx(ctx).Info().Int64("count", n).Msg("Dropped invite acceptances past the accept window")
+	}
+}

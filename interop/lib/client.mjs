@@ -1,0 +1,478 @@
+// One human-like Matrix user: a matrix-js-sdk MatrixClient with Rust crypto,
+// exactly as Element Web runs it, minus the UI. Every method here backs one RPC.
+//
+// import "./polyfill.mjs" must have run before this module; lib/rpc.mjs and
+// peer.mjs make sure of that.
+
+import * as RustSdkCryptoJs from "@matrix-org/matrix-sdk-crypto-wasm";
+import { createClient, SyncState } from "matrix-js-sdk";
+import { EventShieldColour, EventShieldReason } from "matrix-js-sdk/lib/crypto-api/index.js";
+
+import { makeLogger } from "./log.mjs";
+import { passwordLogin, registerWithSharedSecret } from "./synapse.mjs";
+import { required, sleep, timeoutOf, waitUntil } from "./util.mjs";
+
+const MEGOLM = "m.megolm.v1.aes-sha2";
+const VISIBILITIES = ["shared", "joined", "invited", "world_readable"];
+// The three spellings of the MSC3061/MSC4268 flag seen in exports (INTEROP.md).
+const SHARED_HISTORY_KEYS = ["shared_history", "m.shared_history", "org.matrix.msc3061.shared_history"];
+
+export class Peer {
+    constructor({ client, userId, deviceId, password, homeserver }) {
+        this.client = client;
+        this.userId = userId;
+        this.deviceId = deviceId;
+        this.password = password;
+        this.homeserver = homeserver;
+    }
+
+    get crypto() {
+        const crypto = this.client.getCrypto();
+        if (!crypto) throw new Error(`${this.userId}: crypto is not initialised`);
+        return crypto;
+    }
+
+    /** Create (or reuse) the account, log a fresh device in, set up E2EE and start syncing. */
+    static async register({ homeserver, sharedSecret, username, password, crossSigning, timeoutMs }) {
+        await registerWithSharedSecret(homeserver, sharedSecret, username, password);
+        const login = await passwordLogin(homeserver, username, password);
+        const logger = makeLogger(login.user_id);
+
+        const client = createClient({
+            baseUrl: homeserver,
+            userId: login.user_id,
+            deviceId: login.device_id,
+            accessToken: login.access_token,
+            logger,
+        });
+        const peer = new Peer({ client, userId: login.user_id, deviceId: login.device_id, password, homeserver });
+
+        // In-memory store: each peer lives for one test run, and this keeps the
+        // process free of IndexedDB shims.
+        await client.initRustCrypto({ useIndexedDB: false });
+
+        if (crossSigning) {
+            // Element does this at first login. The inviter's device must be
+            // signed by its own identity or js-sdk silently skips history
+            // sharing, and the invitee needs an identity or nothing is sent to it.
+            await peer.crypto.bootstrapCrossSigning({
+                setupNewCrossSigning: true,
+                authUploadDeviceSigningKeys: async (makeRequest) => {
+                    await makeRequest({
+                        type: "m.login.password",
+                        identifier: { type: "m.id.user", user: login.user_id },
+                        password,
+                    });
+                },
+            });
+        }
+
+        await peer.startSync(timeoutMs);
+        return peer;
+    }
+
+    async startSync(timeoutMs) {
+        const ready = new Promise((resolve, reject) => {
+            const onSync = (state, _prev, data) => {
+                if (state === SyncState.Prepared || state === SyncState.Syncing) {
+                    this.client.off("sync", onSync);
+                    resolve();
+                } else if (state === SyncState.Error) {
+                    this.client.off("sync", onSync);
+                    reject(new Error(`${this.userId}: sync failed: ${data?.error?.message ?? "unknown error"}`));
+                }
+            };
+            this.client.on("sync", onSync);
+        });
+        await this.client.startClient({
+            // Enough for a test room's whole history in the first sync; `messages`
+            // paginates for anything older.
+            initialSyncLimit: 50,
+            // Full member lists from the start: encryption needs every member's
+            // devices, and tests inspect memberships directly.
+            lazyLoadMembers: false,
+        });
+        await withTimeout(ready, timeoutMs, `${this.userId} to finish its first sync`);
+    }
+
+    async describe() {
+        const keys = await this.crypto.getOwnDeviceKeys();
+        const masterKey = await this.crypto.getCrossSigningKeyId();
+        const out = {
+            user_id: this.userId,
+            device_id: this.deviceId,
+            ed25519: keys.ed25519,
+            curve25519: keys.curve25519,
+        };
+        if (masterKey) out.master_key = masterKey;
+        return out;
+    }
+
+    // ---- rooms --------------------------------------------------------------
+
+    room(roomId) {
+        return this.client.getRoom(roomId);
+    }
+
+    /** Wait until the local copy of the room shows us joined (so its state is synced). */
+    async waitJoined(roomId, timeoutMs) {
+        return waitUntil(() => {
+            const room = this.room(roomId);
+            return room?.getMyMembership() === "join" ? room : undefined;
+        }, { timeoutMs, what: `${this.userId} to see itself joined to ${roomId}` });
+    }
+
+    async createRoom(params) {
+        const timeoutMs = timeoutOf(params);
+        const visibility = required(params, "history_visibility");
+        if (!VISIBILITIES.includes(visibility)) throw new Error(`bad history_visibility ${visibility}`);
+        const encrypted = params.encrypted ?? true;
+
+        const initialState = [
+            { type: "m.room.history_visibility", state_key: "", content: { history_visibility: visibility } },
+        ];
+        if (encrypted) initialState.push({ type: "m.room.encryption", state_key: "", content: { algorithm: MEGOLM } });
+
+        const { room_id: roomId } = await this.client.createRoom({
+            name: params.name,
+            preset: "private_chat",
+            invite: params.invite ?? [],
+            initial_state: initialState,
+        });
+
+        // Later calls (send, invite) read the local room copy: make sure it is
+        // there with the state we asked for, and that the crypto layer knows the
+        // room is encrypted (otherwise js-sdk would send in the clear).
+        await waitUntil(async () => {
+            const room = this.room(roomId);
+            if (room?.getMyMembership() !== "join") return false;
+            if (room.getHistoryVisibility() !== visibility) return false;
+            if (encrypted && !(await this.crypto.isEncryptionEnabledInRoom(roomId))) return false;
+            return true;
+        }, { timeoutMs, what: `${this.userId} to sync new room ${roomId}` });
+        return { room_id: roomId };
+    }
+
+    async send(params) {
+        const roomId = required(params, "room_id");
+        await this.waitForRoomCrypto(roomId, timeoutOf(params));
+        const res = await this.client.sendMessage(roomId, { msgtype: "m.text", body: required(params, "body") });
+        return { event_id: res.event_id };
+    }
+
+    /**
+     * js-sdk decides whether to encrypt from the crypto layer's view of the room.
+     * If the room has an m.room.encryption event, wait until crypto has seen it,
+     * so a message is never sent in the clear by accident.
+     */
+    async waitForRoomCrypto(roomId, timeoutMs) {
+        const room = await this.waitJoined(roomId, timeoutMs);
+        if (room.currentState.getStateEvents("m.room.encryption", "")) {
+            await waitUntil(() => this.crypto.isEncryptionEnabledInRoom(roomId), {
+                timeoutMs,
+                what: `${this.userId}'s crypto to see ${roomId} as encrypted`,
+            });
+        }
+    }
+
+    async invite(params) {
+        const roomId = required(params, "room_id");
+        const target = required(params, "target");
+        // client.invite() reads history visibility from the local room copy and
+        // assumes "shared" for an unknown room: make sure the state is synced.
+        await this.waitJoined(roomId, timeoutOf(params));
+        // In js-sdk 43 invite() itself shares history (MSC4268) whenever the
+        // room's current visibility is shared/world_readable; no opt-in exists.
+        await this.client.invite(roomId, target);
+        return {};
+    }
+
+    async join(params) {
+        const roomId = required(params, "room_id");
+        const timeoutMs = timeoutOf(params);
+        // joinRoom() only accepts a key bundle when the local copy shows us
+        // invited (that is where it learns who the inviter is): joining before
+        // the invite has synced silently loses the shared history.
+        if (params.wait_invite !== false) {
+            await waitUntil(() => {
+                const m = this.room(roomId)?.getMyMembership();
+                return m === "invite" || m === "join";
+            }, { timeoutMs, what: `${this.userId} to see its invite to ${roomId}` });
+        }
+        const room = await this.client.joinRoom(roomId);
+        await this.waitJoined(room.roomId, timeoutMs);
+        return { room_id: room.roomId };
+    }
+
+    async leave(params) {
+        const roomId = required(params, "room_id");
+        await this.client.leave(roomId);
+        await waitUntil(() => {
+            const m = this.room(roomId)?.getMyMembership();
+            return m === undefined || m === "leave";
+        }, { timeoutMs: timeoutOf(params), what: `${this.userId} to see itself leave ${roomId}` });
+        return {};
+    }
+
+    async setState(params) {
+        const roomId = required(params, "room_id");
+        const type = required(params, "type");
+        const stateKey = params.state_key ?? "";
+        const res = await this.client.sendStateEvent(roomId, type, params.content ?? {}, stateKey);
+        // Wait for the echo so that a following call sees the new state locally.
+        await waitUntil(() => this.room(roomId)?.currentState.getStateEvents(type, stateKey)?.getId() === res.event_id, {
+            timeoutMs: timeoutOf(params),
+            what: `${this.userId} to sync its ${type} state event in ${roomId}`,
+        });
+        return { event_id: res.event_id };
+    }
+
+    async setHistoryVisibility(params) {
+        const visibility = required(params, "visibility");
+        if (!VISIBILITIES.includes(visibility)) throw new Error(`bad visibility ${visibility}`);
+        return this.setState({
+            ...params,
+            type: "m.room.history_visibility",
+            state_key: "",
+            content: { history_visibility: visibility },
+        });
+    }
+
+    async waitForInvite(params) {
+        const wanted = params.room_id;
+        return waitUntil(() => {
+            const rooms = wanted ? [this.room(wanted)] : this.client.getRooms();
+            for (const room of rooms) {
+                if (room?.getMyMembership() === "invite") {
+                    const inviter = room.getMember(this.userId)?.events.member?.getSender() ?? null;
+                    return { room_id: room.roomId, inviter };
+                }
+            }
+            return undefined;
+        }, { timeoutMs: timeoutOf(params), what: `${this.userId} to receive an invite${wanted ? ` to ${wanted}` : ""}` });
+    }
+
+    async waitForMembership(params) {
+        const roomId = required(params, "room_id");
+        const target = required(params, "target");
+        const membership = required(params, "membership");
+        await waitUntil(() => this.room(roomId)?.getMember(target)?.membership === membership, {
+            timeoutMs: timeoutOf(params),
+            what: `${this.userId} to see ${target} with membership ${membership} in ${roomId}`,
+        });
+        return {};
+    }
+
+    // ---- timeline -----------------------------------------------------------
+
+    /**
+     * The room's messages as this user sees them. Waits until `min_count` are
+     * readable (decrypted, or sent in the clear); on timeout returns what there
+     * is with `timed_out: true`, since "could not decrypt" is often the result
+     * a test wants to assert.
+     */
+    async messages(params) {
+        const roomId = required(params, "room_id");
+        const minCount = params.min_count ?? 0;
+        const timeoutMs = timeoutOf(params);
+        const deadline = Date.now() + timeoutMs;
+
+        let room;
+        try {
+            room = await waitUntil(() => this.room(roomId), { timeoutMs, what: `${this.userId} to know room ${roomId}` });
+        } catch (err) {
+            return { messages: [], timed_out: true, error: err.message };
+        }
+
+        for (;;) {
+            await this.paginateToStart(room);
+            const events = room.getLiveTimeline().getEvents().filter(isMessageEvent);
+            await this.retryFailedDecryptions(events);
+            const messages = await Promise.all(events.map((ev) => this.describeMessage(ev)));
+            const readable = messages.filter((m) => m.body !== undefined && !m.error).length;
+            if (readable >= minCount) return { messages };
+            if (Date.now() >= deadline) return { messages, timed_out: true };
+            await sleep(100);
+        }
+    }
+
+    /**
+     * Walk the live timeline back to the oldest event the server lets us see.
+     * Bounded so a misbehaving server cannot spin us forever.
+     */
+    async paginateToStart(room) {
+        for (let i = 0; i < 200; i++) {
+            const more = await this.client.paginateEventTimeline(room.getLiveTimeline(), { backwards: true, limit: 100 });
+            if (!more) return;
+        }
+    }
+
+    /**
+     * The SDK retries decryption by itself when the crypto layer reports new
+     * keys; nudging failed events again is a cheap belt-and-braces for keys that
+     * arrive through a bundle import. Wait for in-flight attempts so the result
+     * reflects them.
+     */
+    async retryFailedDecryptions(events) {
+        const backend = this.client.getCrypto();
+        const pending = [];
+        for (const ev of events) {
+            if (ev.isBeingDecrypted()) {
+                pending.push(ev.getDecryptionPromise());
+            } else if (ev.isEncrypted() && ev.isDecryptionFailure()) {
+                pending.push(ev.attemptDecryption(backend, { isRetry: true }));
+            } else if (ev.shouldAttemptDecryption()) {
+                pending.push(this.client.decryptEventIfNeeded(ev));
+            }
+        }
+        await Promise.allSettled(pending);
+    }
+
+    async describeMessage(ev) {
+        const encrypted = ev.isEncrypted();
+        const decrypted = encrypted && !ev.isDecryptionFailure() && ev.getType() === "m.room.message";
+        const out = {
+            event_id: ev.getId(),
+            sender: ev.getSender(),
+            type: ev.getType(),
+            encrypted,
+            decrypted,
+        };
+        if (!encrypted || decrypted) out.body = ev.getContent().body;
+        if (encrypted) {
+            const sessionId = ev.getWireContent().session_id;
+            if (sessionId) out.session_id = sessionId;
+        }
+        if (ev.isDecryptionFailure()) {
+            out.error = `${ev.decryptionFailureReason}: ${ev.getContent().body ?? ""}`.trim();
+        } else if (encrypted && !decrypted) {
+            out.error = "not decrypted yet";
+        }
+        if (decrypted) {
+            // Set by the Rust crypto layer when the Megolm session came from
+            // someone else's MSC4268 key bundle (the "shared by" line in Element).
+            const forwarder = ev.getKeyForwardingUser();
+            if (forwarder) out.forwarder = forwarder;
+            const info = await this.crypto.getEncryptionInfoForEvent(ev);
+            if (info) {
+                out.shield_colour = EventShieldColour[info.shieldColour];
+                if (info.shieldReason !== null) out.shield_reason = EventShieldReason[info.shieldReason];
+            }
+        }
+        return out;
+    }
+
+    // ---- keys and trust -----------------------------------------------------
+
+    /**
+     * Ask the homeserver for the target's keys now rather than waiting for the
+     * next device-list change. The crypto API only downloads keys for users it
+     * does not track yet (and then does not store them), so this uses the Rust
+     * machine that RustCrypto wraps (TypeScript "private" fields are plain JS
+     * properties). An out-of-band query stores its answer even for untracked
+     * users; marking the user tracked as well would make every device lookup
+     * stall ~1 s on the "pending /keys/query" the sync loop then owes.
+     */
+    async refreshKeys(userId) {
+        const backend = this.client.getCrypto();
+        const olmMachine = backend.olmMachine;
+        const processor = backend.outgoingRequestProcessor;
+        if (!olmMachine || !processor) {
+            await backend.getUserDeviceInfo([userId], true);
+            return;
+        }
+        const rustUser = new RustSdkCryptoJs.UserId(userId);
+        await processor.makeOutgoingRequest(olmMachine.queryKeysForUsers([rustUser]));
+    }
+
+    async deviceStatus(params) {
+        const targetUser = required(params, "target_user");
+        const targetDevice = required(params, "target_device");
+        const timeoutMs = timeoutOf(params);
+
+        const read = async () => {
+            await this.refreshKeys(targetUser);
+            const status = await this.crypto.getDeviceVerificationStatus(targetUser, targetDevice);
+            return status;
+        };
+
+        let status;
+        if (params.wait_signed) {
+            // A device counts as cross-signed only after a key query that sees
+            // the signature, so poll.
+            status = await waitUntil(async () => {
+                const s = await read();
+                return s?.signedByOwner ? s : undefined;
+            }, { timeoutMs, intervalMs: 250, what: `${this.userId} to see ${targetUser} ${targetDevice} signed by its owner` });
+        } else {
+            status = await read();
+        }
+
+        const keys = await this.crypto.getUserCrossSigningKeys(targetUser);
+        const userStatus = await this.crypto.getUserVerificationStatus(targetUser);
+        return {
+            device: status
+                ? {
+                      signedByOwner: status.signedByOwner,
+                      crossSigningVerified: status.crossSigningVerified,
+                      locallyVerified: status.localVerified,
+                      tofu: status.tofu,
+                      isVerified: status.isVerified(),
+                  }
+                : null,
+            cross_signing_master_key: firstKey(keys?.master_key) ?? null,
+            cross_signing_self_signing_key: firstKey(keys?.self_signing_key) ?? null,
+            user: {
+                isCrossSigningVerified: userStatus.isCrossSigningVerified(),
+                wasCrossSigningVerified: userStatus.wasCrossSigningVerified(),
+                needsUserApproval: userStatus.needsUserApproval,
+            },
+        };
+    }
+
+    async exportKeys(params) {
+        const roomId = params.room_id;
+        const all = JSON.parse(await this.crypto.exportRoomKeysAsJson());
+        const sessions = all
+            .filter((k) => !roomId || k.room_id === roomId)
+            .map((k) => {
+                const rawFlags = {};
+                for (const key of SHARED_HISTORY_KEYS) if (key in k) rawFlags[key] = k[key];
+                const firstPresent = SHARED_HISTORY_KEYS.find((key) => key in k);
+                return {
+                    room_id: k.room_id,
+                    session_id: k.session_id,
+                    sender_key: k.sender_key,
+                    shared_history: firstPresent === undefined ? null : k[firstPresent],
+                    raw_flags: rawFlags,
+                };
+            });
+        return { sessions };
+    }
+
+    async stop() {
+        this.client.stopClient();
+    }
+}
+
+function isMessageEvent(ev) {
+    if (ev.getWireType() === "m.room.message") return true;
+    if (!ev.isEncrypted()) return false;
+    // Encrypted: keep it unless it decrypted to something other than a message
+    // (a failure shows as an m.room.message placeholder).
+    const clearType = ev.getType();
+    return clearType === "m.room.encrypted" || clearType === "m.room.message";
+}
+
+function firstKey(crossSigningKey) {
+    if (!crossSigningKey?.keys) return undefined;
+    return Object.values(crossSigningKey.keys)[0];
+}
+
+function withTimeout(promise, timeoutMs, what) {
+    let timer;
+    const timeout = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
+    });
+    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}

@@ -1,0 +1,136 @@
+// The HTTP control surface: POST /rpc/<method> with a JSON body, answered with
+// 200 + JSON result or 500 + {"error": "..."}. One process hosts many users.
+
+import { createServer } from "node:http";
+
+import { Peer } from "./client.mjs";
+import { makeLogger } from "./log.mjs";
+import { required, timeoutOf } from "./util.mjs";
+
+const log = makeLogger("peer");
+
+// Methods that act as an already-registered user: the value is the Peer method.
+const USER_METHODS = {
+    createRoom: "createRoom",
+    send: "send",
+    invite: "invite",
+    join: "join",
+    leave: "leave",
+    setState: "setState",
+    setHistoryVisibility: "setHistoryVisibility",
+    waitForInvite: "waitForInvite",
+    waitForMembership: "waitForMembership",
+    messages: "messages",
+    deviceStatus: "deviceStatus",
+    exportKeys: "exportKeys",
+};
+
+export class PeerServer {
+    constructor({ homeserver, sharedSecret, onShutdown }) {
+        this.homeserver = homeserver;
+        this.sharedSecret = sharedSecret;
+        this.onShutdown = onShutdown;
+        this.peers = new Map(); // user ID -> Peer
+    }
+
+    peer(userId) {
+        const peer = this.peers.get(userId);
+        if (!peer) throw new Error(`unknown user ${userId}: register it first`);
+        return peer;
+    }
+
+    async call(method, params) {
+        if (method in USER_METHODS) {
+            return this.peer(required(params, "user"))[USER_METHODS[method]](params);
+        }
+        switch (method) {
+            case "register":
+                return this.register(params);
+            case "stop": {
+                const userId = required(params, "user");
+                await this.peer(userId).stop();
+                this.peers.delete(userId);
+                return {};
+            }
+            case "shutdown":
+                // Answer first; the process exits once the response is flushed.
+                setImmediate(() => this.onShutdown());
+                return {};
+            default:
+                throw new Error(`unknown method ${method}`);
+        }
+    }
+
+    async register(params) {
+        const username = required(params, "username").replace(/^@/, "").replace(/:.*$/, "");
+        const existing = [...this.peers.values()].find((p) => p.userId.startsWith(`@${username}:`));
+        if (existing) throw new Error(`${existing.userId} is already running in this peer`);
+        const peer = await Peer.register({
+            homeserver: this.homeserver,
+            sharedSecret: this.sharedSecret,
+            username,
+            password: params.password ?? `${username}-interop-password`,
+            crossSigning: params.cross_signing ?? true,
+            timeoutMs: timeoutOf(params),
+        });
+        this.peers.set(peer.userId, peer);
+        return peer.describe();
+    }
+
+    async stopAll() {
+        for (const peer of this.peers.values()) {
+            try {
+                await peer.stop();
+            } catch (err) {
+                log.warn(`stopping ${peer.userId}:`, err);
+            }
+        }
+        this.peers.clear();
+    }
+
+    listen(port) {
+        const server = createServer((req, res) => this.handle(req, res));
+        return new Promise((resolve, reject) => {
+            server.once("error", reject);
+            server.listen(port, "127.0.0.1", () => resolve(server));
+        });
+    }
+
+    async handle(req, res) {
+        const reply = (status, body) => {
+            res.writeHead(status, { "Content-Type": "application/json" });
+            res.end(JSON.stringify(body));
+        };
+        const url = new URL(req.url, "http://127.0.0.1");
+        if (req.method === "GET" && url.pathname === "/health") return reply(200, { ok: true });
+
+        const match = /^\/rpc\/([A-Za-z]+)$/.exec(url.pathname);
+        if (req.method !== "POST" || !match) return reply(404, { error: `no route ${req.method} ${url.pathname}` });
+        const method = match[1];
+
+        const started = Date.now();
+        try {
+            const raw = await readBody(req);
+            const params = raw.trim() ? JSON.parse(raw) : {};
+            if (typeof params !== "object" || params === null || Array.isArray(params)) {
+                throw new Error("request body must be a JSON object");
+            }
+            const result = await this.call(method, params);
+            log.info(`${method} ok in ${Date.now() - started} ms`);
+            reply(200, result ?? {});
+        } catch (err) {
+            const message = err?.message ?? String(err);
+            log.warn(`${method} failed after ${Date.now() - started} ms: ${message}`);
+            reply(500, { error: message });
+        }
+    }
+}
+
+function readBody(req) {
+    return new Promise((resolve, reject) => {
+        const chunks = [];
+        req.on("data", (c) => chunks.push(c));
+        req.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+        req.on("error", reject);
+    });
+}

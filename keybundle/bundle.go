@@ -1,0 +1,258 @@
+package keybundle
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"maunium.net/go/mautrix/id"
+)
+
+// Withheld codes for sessions whose creator did not agree to share history. heirloom sends the
+// stable code and accepts both.
+const (
+	CodeHistoryNotShared         = "m.history_not_shared"
+	CodeHistoryNotSharedUnstable = "io.element.msc4268.history_not_shared"
+	reasonHistoryNotShared       = "The sender disabled sharing encrypted history."
+)
+
+// IsHistoryNotShared reports whether code is MSC4268's withheld code, stable or unstable.
+func IsHistoryNotShared(code string) bool {
+	return code == CodeHistoryNotShared || code == CodeHistoryNotSharedUnstable
+}
+
+// RoomKey is one exported session in a bundle's room_keys. The history flag and the forwarding
+// chain are omitted, as MSC4268 says.
+type RoomKey struct {
+	Algorithm         id.Algorithm      `json:"algorithm"`
+	RoomID            id.RoomID         `json:"room_id"`
+	SenderKey         id.SenderKey      `json:"sender_key"`
+	SessionID         id.SessionID      `json:"session_id"`
+	SessionKey        string            `json:"session_key"`
+	SenderClaimedKeys SenderClaimedKeys `json:"sender_claimed_keys"`
+}
+
+// SenderClaimedKeys holds the session creator's claimed Ed25519 key.
+type SenderClaimedKeys struct {
+	Ed25519 id.Ed25519 `json:"ed25519"`
+}
+
+// Withheld is one entry of a bundle's withheld list, shaped like m.room_key.withheld content.
+type Withheld struct {
+	Algorithm  id.Algorithm `json:"algorithm"`
+	Code       string       `json:"code"`
+	Reason     string       `json:"reason,omitempty"`
+	FromDevice id.DeviceID  `json:"from_device,omitempty"`
+	RoomID     id.RoomID    `json:"room_id"`
+	SenderKey  id.SenderKey `json:"sender_key"`
+	SessionID  id.SessionID `json:"session_id"`
+}
+
+// Session is an inbound megolm session as the builder sees it. Export is called only for sessions
+// that go into room_keys, so withheld sessions are never decrypted from the store.
+type Session struct {
+	RoomID        id.RoomID
+	SessionID     id.SessionID
+	SenderKey     id.SenderKey
+	SigningKey    id.Ed25519
+	SharedHistory bool
+	// Export returns the session key in export format at its first known index.
+	Export func() (string, error)
+}
+
+// Counts says what a bundle holds.
+type Counts struct {
+	Sessions int `json:"sessions"`
+	Withheld int `json:"withheld"`
+}
+
+// Empty reports whether the bundle would carry nothing at all.
+func (c Counts) Empty() bool { return c.Sessions == 0 && c.Withheld == 0 }
+
+// Builder writes a bundle's JSON as the sessions stream past it, so a bundle of any size is never
+// held in memory as a whole. Write every session with AddSession, then every withheld entry passed
+// on from earlier bundles with AddWithheld, then Close.
+//
+// Rules (MSC4268, as matrix-rust-sdk applies them): a session of another room is skipped; a session
+// with shared_history goes into room_keys at its first known index, any other into withheld with
+// m.history_not_shared; a session already written is never written again, in either list. Both
+// arrays are always present, since rust-sdk fails to parse a bundle that lacks either.
+type Builder struct {
+	roomID   id.RoomID
+	device   id.DeviceID
+	w        *bufio.Writer
+	seen     map[id.SessionID]struct{}
+	withheld []Withheld
+	counts   Counts
+	started  bool
+	err      error
+}
+
+// NewBuilder starts a bundle for roomID, built by device, written to w.
+func NewBuilder(w io.Writer, roomID id.RoomID, device id.DeviceID) *Builder {
+	return &Builder{roomID: roomID, device: device, w: bufio.NewWriterSize(w, 64<<10), seen: make(map[id.SessionID]struct{})}
+}
+
+func (b *Builder) write(s string) {
+	if b.err == nil {
+		_, b.err = b.w.WriteString(s)
+	}
+}
+
+func (b *Builder) writeJSON(v any) {
+	if b.err != nil {
+		return
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		b.err = err
+		return
+	}
+	_, b.err = b.w.Write(data)
+}
+
+// AddSession adds one inbound session. It reports an error only for a failed write or export.
+func (b *Builder) AddSession(s Session) error {
+	if s.RoomID != b.roomID || s.SessionID == "" {
+		return nil
+	}
+	if _, dup := b.seen[s.SessionID]; dup {
+		return nil
+	}
+	if !s.SharedHistory {
+		b.seen[s.SessionID] = struct{}{}
+		b.withheld = append(b.withheld, Withheld{
+			Algorithm: id.AlgorithmMegolmV1, Code: CodeHistoryNotShared, Reason: reasonHistoryNotShared,
+			FromDevice: b.device, RoomID: s.RoomID, SenderKey: s.SenderKey, SessionID: s.SessionID,
+		})
+		return nil
+	}
+	key, err := s.Export()
+	if err != nil {
+		return fmt.Errorf("failed to export session %s: %w", s.SessionID, err)
+	}
+	b.seen[s.SessionID] = struct{}{}
+	if !b.started {
+		b.write(`{"room_keys":[`)
+		b.started = true
+	} else if b.counts.Sessions > 0 {
+		b.write(",")
+	}
+	b.writeJSON(RoomKey{
+		Algorithm: id.AlgorithmMegolmV1, RoomID: s.RoomID, SenderKey: s.SenderKey, SessionID: s.SessionID,
+		SessionKey: key, SenderClaimedKeys: SenderClaimedKeys{Ed25519: s.SigningKey},
+	})
+	b.counts.Sessions++
+	return b.err
+}
+
+// AddWithheld passes on a withheld entry the builder's owner received in an earlier bundle. Only
+// m.history_not_shared entries of this room whose session is not in the bundle already are kept.
+func (b *Builder) AddWithheld(w Withheld) {
+	if w.RoomID != b.roomID || !IsHistoryNotShared(w.Code) || w.SessionID == "" {
+		return
+	}
+	if _, dup := b.seen[w.SessionID]; dup {
+		return
+	}
+	b.seen[w.SessionID] = struct{}{}
+	w.Algorithm = id.AlgorithmMegolmV1
+	w.Code = CodeHistoryNotShared
+	b.withheld = append(b.withheld, w)
+}
+
+// Close writes the withheld list and the closing brackets, and returns what the bundle holds.
+func (b *Builder) Close() (Counts, error) {
+	if !b.started {
+		b.write(`{"room_keys":[`)
+	}
+	b.write(`],"withheld":`)
+	if len(b.withheld) == 0 {
+		b.write(`[]`)
+	} else {
+		b.writeJSON(b.withheld)
+	}
+	b.write("}")
+	b.counts.Withheld = len(b.withheld)
+	if b.err == nil {
+		b.err = b.w.Flush()
+	}
+	return b.counts, b.err
+}
+
+// ErrMalformedBundle wraps every reason a bundle's JSON is refused as a whole.
+var ErrMalformedBundle = errors.New("malformed key bundle")
+
+// Decode reads a bundle's JSON from r, calling onKey for each room key and onWithheld for each
+// withheld entry as they stream past, so a large bundle is never held whole. An entry that does not
+// parse is counted in skipped and the rest go on; a document that is not a bundle (not an object,
+// either array missing or not an array) fails with ErrMalformedBundle.
+func Decode(r io.Reader, onKey func(RoomKey) error, onWithheld func(Withheld) error) (skipped int, err error) {
+	dec := json.NewDecoder(r)
+	if err = expectDelim(dec, '{'); err != nil {
+		return 0, err
+	}
+	var sawKeys, sawWithheld bool
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return skipped, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+		}
+		name, _ := tok.(string)
+		switch name {
+		case "room_keys":
+			sawKeys = true
+			err = decodeArray(dec, &skipped, onKey)
+		case "withheld":
+			sawWithheld = true
+			err = decodeArray(dec, &skipped, onWithheld)
+		default:
+			var ignored json.RawMessage
+			err = dec.Decode(&ignored)
+		}
+		if err != nil {
+			return skipped, err
+		}
+	}
+	if err = expectDelim(dec, '}'); err != nil {
+		return skipped, err
+	}
+	if !sawKeys || !sawWithheld {
+		return skipped, fmt.Errorf("%w: room_keys and withheld must both be present", ErrMalformedBundle)
+	}
+	return skipped, nil
+}
+
+func expectDelim(dec *json.Decoder, want json.Delim) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != want {
+		return fmt.Errorf("%w: expected %q", ErrMalformedBundle, want)
+	}
+	return nil
+}
+
+func decodeArray[T any](dec *json.Decoder, skipped *int, each func(T) error) error {
+	if err := expectDelim(dec, '['); err != nil {
+		return err
+	}
+	for dec.More() {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+		}
+		var item T
+		if err := json.Unmarshal(raw, &item); err != nil {
+			*skipped++
+			continue
+		}
+		if err := each(item); err != nil {
+			return err
+		}
+	}
+	return expectDelim(dec, ']')
+}
