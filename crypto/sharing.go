@@ -107,8 +107,12 @@ func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
 	if err = p.sendRoomKey(ctx, ogs, shared, recipients); err != nil {
 		return err
 	}
-	ogs.Shared = true
-	return p.Store.UpdateOutboundGroupSession(ctx, ogs)
+	if !ogs.Shared {
+		// UpdateOutboundGroupSession does not write the shared flag; the upsert does.
+		ogs.Shared = true
+		return p.Store.AddOutboundGroupSession(ctx, ogs)
+	}
+	return nil
 }
 
 // rotationReason says why the outbound session must not be used again, or "" if it may.

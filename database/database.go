@@ -8,7 +8,7 @@ import (
 	"time"
 
 	_ "github.com/lib/pq"           // PostgreSQL driver for database.type: postgres
-	_ "github.com/mattn/go-sqlite3" // SQLite driver for database.type: sqlite3-fk-wal
+	_ "go.mau.fi/util/dbutil/litestream" // registers sqlite3-fk-wal (WAL, foreign keys, busy timeout)
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/crypto/sql_store_upgrade"

@@ -145,7 +145,7 @@ do_install() {
   fi
 
   local got
-  got="$("${VENV_PY}" -c 'import synapse; print(synapse.__version__)')" \
+  got="$("${VENV_PY}" -c 'import importlib.metadata as m; print(m.version("matrix-synapse"))')" \
     || die "synapse does not import after the install"
   [[ "${got}" == "${SYNAPSE_VERSION}" ]] || die "installed synapse is ${got}, expected ${SYNAPSE_VERSION}"
   printf '%s\n' "${SYNAPSE_SPEC}" >"${STAMP}"
