@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"time"
 
-	_ "github.com/lib/pq"           // PostgreSQL driver for database.type: postgres
-	_ "go.mau.fi/util/dbutil/litestream" // registers sqlite3-fk-wal (WAL, foreign keys, busy timeout)
+	_ "github.com/lib/pq" // PostgreSQL driver for database.type: postgres
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/dbutil"
+	_ "go.mau.fi/util/dbutil/litestream" // registers sqlite3-fk-wal (WAL, foreign keys, busy timeout)
 	"maunium.net/go/mautrix/crypto/sql_store_upgrade"
 	"maunium.net/go/mautrix/sqlstatestore"
 
