@@ -23,7 +23,6 @@ func errInvalidParam(msg string) *apiError {
 	return &apiError{http.StatusBadRequest, "M_INVALID_PARAM", msg}
 }
 func errNotFound(msg string) *apiError  { return &apiError{http.StatusNotFound, "M_NOT_FOUND", msg} }
-func errForbidden(msg string) *apiError { return &apiError{http.StatusForbidden, "M_FORBIDDEN", msg} }
 func errTooLarge(msg string) *apiError {
 	return &apiError{http.StatusRequestEntityTooLarge, "M_TOO_LARGE", msg}
 }

@@ -217,21 +217,25 @@ func (s *Server) processTransaction(ctx context.Context, txn *Transaction) {
 }
 
 // trackState records room state from the transaction and marks rooms whose outbound sessions
-// must rotate: any history-visibility change, and any member other than the sender leaving,
-// being kicked or banned.
+// must rotate: a history visibility that differs from the one heirloom knew, and any member
+// leaving, being kicked or banned. (A send also checks both itself, so a late transaction only
+// adds safety; the visibility comparison keeps the echo of heirloom's own change from rotating twice.)
 func (s *Server) trackState(ctx context.Context, evt *event.Event) {
 	if evt.StateKey == nil || evt.RoomID == "" {
 		return
 	}
-	mautrix.UpdateStateStore(ctx, s.db.StateStore, evt)
 	rotate := false
 	switch evt.Type {
 	case event.StateHistoryVisibility:
-		rotate = true
+		previous, err := s.db.StateStore.GetHistoryVisibility(ctx, evt.RoomID)
+		if content, ok := evt.Content.Parsed.(*event.HistoryVisibilityEventContent); ok && err == nil && previous != nil {
+			rotate = previous.HistoryVisibility != content.HistoryVisibility
+		}
 	case event.StateMember:
 		membership := evt.Content.AsMember().Membership
 		rotate = membership == event.MembershipLeave || membership == event.MembershipBan
 	}
+	mautrix.UpdateStateStore(ctx, s.db.StateStore, evt)
 	if rotate {
 		if err := s.db.RequireRotation(ctx, evt.RoomID); err != nil {
 			zerolog.Ctx(ctx).Err(err).Stringer("room_id", evt.RoomID).Msg("Failed to mark room for session rotation")

@@ -119,6 +119,10 @@ func Load(path string) (*Config, error) {
 		if err = os.WriteFile(path, filled, 0o600); err != nil {
 			return nil, fmt.Errorf("failed to save generated secrets to config: %w", err)
 		}
+		// WriteFile keeps the mode of an existing file: a file that now holds secrets must be 0600.
+		if err = os.Chmod(path, 0o600); err != nil {
+			return nil, fmt.Errorf("failed to restrict config permissions: %w", err)
+		}
 	}
 	return cfg, nil
 }

@@ -181,6 +181,12 @@ func (x *env) synapse(args ...string) error {
 }
 
 func (x *env) startHeirloom() error {
+	return x.startHeirloomWith()
+}
+
+// startHeirloomWith starts heirloom with extra environment (e.g. HEIRLOOM_FAULT) and waits until
+// its API answers.
+func (x *env) startHeirloomWith(extraEnv ...string) error {
 	if x.logFile == nil {
 		f, err := os.Create(filepath.Join(x.dir, "heirloom.log"))
 		if err != nil {
@@ -189,6 +195,7 @@ func (x *env) startHeirloom() error {
 		x.logFile = f
 	}
 	cmd := exec.Command(x.binary, "-c", x.configPath)
+	cmd.Env = append(os.Environ(), extraEnv...)
 	cmd.Stdout, cmd.Stderr = x.logFile, x.logFile
 	cmd.Dir = x.dir
 	if err := cmd.Start(); err != nil {
@@ -204,6 +211,19 @@ func (x *env) startHeirloom() error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("heirloom did not answer GET /status within 60 s; see %s", x.logFile.Name())
+}
+
+// waitHeirloomExit waits for heirloom to exit by itself (a fault point) and reports whether it did.
+func (x *env) waitHeirloomExit(timeout time.Duration) bool {
+	done := make(chan struct{})
+	go func() { _ = x.heirloom.Wait(); close(done) }()
+	select {
+	case <-done:
+		x.heirloom = nil
+		return true
+	case <-time.After(timeout):
+		return false
+	}
 }
 
 // stopHeirloom stops heirloom with the given signal and waits for it to exit.

@@ -173,6 +173,7 @@ func (s *Service) tryAccept(ctx context.Context, p *crypto.Puppet, roomID id.Roo
 	case keybundle.Expire:
 		b.State, b.Error = database.ReceivedExpired, reason
 	case keybundle.Import:
+		faultPoint("crash_before_import")
 		s.downloadAndImport(ctx, p, b)
 	}
 	if err = s.db.UpdateReceivedBundle(ctx, b); err != nil {

@@ -135,6 +135,7 @@ func (s *Service) share(ctx context.Context, p *crypto.Puppet, b *database.SentB
 		return nil
 	}
 	if b.State == database.SentUploaded {
+		faultPoint("crash_before_delivery")
 		return s.deliver(ctx, p, b)
 	}
 	return nil

@@ -183,7 +183,23 @@ export class Peer {
         await this.waitJoined(roomId, timeoutOf(params));
         // In js-sdk 43 invite() itself shares history (MSC4268) whenever the
         // room's current visibility is shared/world_readable; no opt-in exists.
-        await this.client.invite(roomId, target);
+        // share_history: false sends a bare invite instead, so a test can share
+        // the history later (a bundle that arrives after the join).
+        if (params.share_history === false) {
+            await this.client.http.authedRequest("POST", `/rooms/${encodeURIComponent(roomId)}/invite`, undefined, { user_id: target });
+        } else {
+            await this.client.invite(roomId, target);
+        }
+        return {};
+    }
+
+    // shareHistory builds, uploads and sends a key bundle to target now, as
+    // invite() does before inviting (the Rust crypto's own MSC4268 sender).
+    async shareHistory(params) {
+        const roomId = required(params, "room_id");
+        const target = required(params, "target");
+        await this.waitJoined(roomId, timeoutOf(params));
+        await this.client.getCrypto().shareRoomHistoryWithUser(roomId, target);
         return {};
     }
 

@@ -14,6 +14,7 @@ const USER_METHODS = {
     createRoom: "createRoom",
     send: "send",
     invite: "invite",
+    shareHistory: "shareHistory",
     join: "join",
     leave: "leave",
     setState: "setState",

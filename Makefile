@@ -1,0 +1,61 @@
+# heirloom: build, test, demo and benchmarks. Every Go command uses the goolm tag (pure-Go Olm).
+export GOFLAGS := -tags=goolm -buildvcs=false
+STATE := .state
+
+.PHONY: all build test unit e2e vet lint deps demo bench fuzz clean registration synapse-stop
+
+all: build
+
+build: heirloom
+
+heirloom: $(shell find . -name '*.go' -not -path './.state/*') go.mod go.sum config.example.yaml migrations/*.sql
+	go build -o heirloom .
+
+# deps installs what the tests need: Go modules, the js-sdk test clients, Synapse in a virtualenv.
+deps: interop/node_modules/.installed
+	go mod download
+	scripts/synapse.sh install
+
+interop/node_modules/.installed: interop/package.json interop/package-lock.json
+	cd interop && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+vet:
+	go vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt would change:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+lint: vet
+	go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+# test runs vet, the unit tests and the end-to-end suite (real Synapse, real js-sdk clients),
+# then prints one summary line.
+test: deps lint
+	@mkdir -p $(STATE)
+	@set -o pipefail; go test -count=1 -timeout 40m -v ./... 2>&1 | tee $(STATE)/test.log | grep -E '^(=== RUN|--- |ok|FAIL|panic)|_test.go:' ; \
+		status=$$?; scripts/test-summary.sh $(STATE)/test.log; exit $$status
+
+unit:
+	go test -count=1 $$(go list ./... | grep -v /e2e)
+
+e2e: deps
+	go test -count=1 -timeout 40m -v ./e2e
+
+# demo brings up Synapse with heirloom registered (SQLite) and shows history sharing both ways.
+demo: build deps
+	scripts/demo.sh
+
+bench: deps
+	scripts/bench.sh
+
+fuzz:
+	scripts/fuzz.sh $(or $(FUZZTIME),30s)
+
+# registration regenerates the committed example registration from config.example.yaml.
+registration:
+	go run . -g -c config.example.yaml -r registration.yaml || true
+
+synapse-stop:
+	scripts/synapse.sh stop
+
+clean:
+	rm -f heirloom

@@ -1,0 +1,170 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"maunium.net/go/mautrix/id"
+)
+
+func exampleConfig(t *testing.T) []byte {
+	t.Helper()
+	data, err := os.ReadFile("../config.example.yaml")
+	require.NoError(t, err)
+	return data
+}
+
+// validConfig is the example with the placeholders a bridge admin must edit filled in.
+func validConfig(t *testing.T) *Config {
+	t.Helper()
+	filled, _, err := FillSecrets(exampleConfig(t))
+	require.NoError(t, err)
+	cfg, err := Parse(filled)
+	require.NoError(t, err)
+	cfg.Homeserver.Address = "http://127.0.0.1:8008"
+	cfg.Homeserver.Domain = "localhost"
+	require.NoError(t, cfg.Validate())
+	return cfg
+}
+
+func TestExampleConfigRefusedUntilEdited(t *testing.T) {
+	filled, _, err := FillSecrets(exampleConfig(t))
+	require.NoError(t, err)
+	cfg, err := Parse(filled)
+	require.NoError(t, err)
+	err = cfg.Validate()
+	require.ErrorIs(t, err, ErrInvalid)
+	require.Contains(t, err.Error(), "homeserver.address")
+}
+
+func TestValidateNamesTheBadKey(t *testing.T) {
+	for _, tc := range []struct {
+		key    string
+		mutate func(*Config)
+	}{
+		{"homeserver.address", func(c *Config) { c.Homeserver.Address = "ftp://x" }},
+		{"homeserver.domain", func(c *Config) { c.Homeserver.Domain = "" }},
+		{"appservice.address", func(c *Config) { c.AppService.Address = "not a url" }},
+		{"appservice.port", func(c *Config) { c.AppService.Port = 70000 }},
+		{"appservice.puppet_prefix", func(c *Config) { c.AppService.PuppetPrefix = "" }},
+		{"appservice.bot_username", func(c *Config) { c.AppService.BotUsername = "Bad User" }},
+		{"appservice.bot_username", func(c *Config) { c.AppService.BotUsername = "heirloom_bot" }},
+		{"appservice.as_token", func(c *Config) { c.AppService.ASToken = "generate" }},
+		{"appservice.hs_token", func(c *Config) { c.AppService.HSToken = "short" }},
+		{"appservice.hs_token", func(c *Config) { c.AppService.HSToken = c.AppService.ASToken }},
+		{"encryption.pickle_key", func(c *Config) { c.Encryption.PickleKey = "" }},
+		{"provisioning.shared_secret", func(c *Config) { c.Provisioning.SharedSecret = "generate" }},
+		{"database.type", func(c *Config) { c.Database.Type = "mysql" }},
+		{"database.uri", func(c *Config) { c.Database.URI = "" }},
+		{"history_sharing.accept_window", func(c *Config) { c.HistorySharing.AcceptWindow = 0 }},
+		{"history_sharing.max_bundle_size", func(c *Config) { c.HistorySharing.MaxBundleSize = 10 }},
+		{"history_sharing.auto_join", func(c *Config) { c.HistorySharing.AutoJoin = []string{"@[:x"} }},
+		{"logging.level", func(c *Config) { c.Logging.Level = "loud" }},
+		{"logging.format", func(c *Config) { c.Logging.Format = "xml" }},
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			cfg := validConfig(t)
+			tc.mutate(cfg)
+			err := cfg.Validate()
+			require.ErrorIs(t, err, ErrInvalid)
+			require.Contains(t, err.Error(), tc.key)
+		})
+	}
+}
+
+func TestUnknownKeyRefused(t *testing.T) {
+	_, err := Parse([]byte("homeserver:\n    adress: http://x\n"))
+	require.ErrorIs(t, err, ErrInvalid)
+	require.Contains(t, err.Error(), "adress")
+}
+
+func TestLoadGeneratesSecretsOnce(t *testing.T) {
+	data := strings.Replace(string(exampleConfig(t)), "https://matrix.example.com", "http://127.0.0.1:8008", 1)
+	data = strings.Replace(data, "domain: example.com", "domain: localhost", 1)
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	require.NoError(t, os.WriteFile(path, []byte(data), 0o644))
+
+	first, err := Load(path)
+	require.NoError(t, err)
+	require.NotEqual(t, Generate, first.AppService.ASToken)
+	require.NotEqual(t, first.AppService.ASToken, first.AppService.HSToken)
+	saved, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.NotContains(t, string(saved), ": generate")
+	require.Contains(t, string(saved), "# Tokens shared with the homeserver", "comments survive the rewrite")
+	info, err := os.Stat(path)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), info.Mode().Perm(), "a config holding secrets is 0600")
+
+	second, err := Load(path)
+	require.NoError(t, err)
+	require.Equal(t, first.AppService, second.AppService)
+	require.Equal(t, first.Encryption, second.Encryption)
+	require.Equal(t, first.Provisioning, second.Provisioning)
+}
+
+func TestPuppetNamespace(t *testing.T) {
+	cfg := validConfig(t)
+	for userID, want := range map[id.UserID]bool{
+		"@heirloom_alice:localhost":   true,
+		"@heirloom_:localhost":        false,
+		"@heirloom_alice:example.org": false,
+		"@alice:localhost":            false,
+		"@heirloombot:localhost":      false,
+		"@heirloom_Alice:localhost":   false,
+		"not a user":                  false,
+	} {
+		require.Equal(t, want, cfg.IsPuppet(userID), userID)
+	}
+}
+
+func TestAutoJoinAllowList(t *testing.T) {
+	cfg := validConfig(t)
+	cfg.HistorySharing.AutoJoin = []string{"@alice:example.org", "@*:trusted.example", "localhost"}
+	for inviter, want := range map[id.UserID]bool{
+		"@alice:example.org":    true,
+		"@bob:example.org":      false,
+		"@bob:trusted.example":  true,
+		"@carol:localhost":      true,
+		"@mallory:evil.example": false,
+	} {
+		require.Equal(t, want, cfg.AutoJoinAllowed(inviter), inviter)
+	}
+	cfg.HistorySharing.AutoJoin = nil
+	require.False(t, cfg.AutoJoinAllowed("@alice:example.org"), "an empty list turns auto-join off")
+}
+
+func TestRegistrationForSynapse(t *testing.T) {
+	cfg := validConfig(t)
+	data, err := RegistrationYAML(cfg)
+	require.NoError(t, err)
+	text := string(data)
+	for _, want := range []string{
+		"receive_ephemeral: true", "de.sorunome.msc2409.push_ephemeral: true",
+		"org.matrix.msc3202: true", "io.element.msc4190: true", "exclusive: true",
+		`regex: ^@heirloom_.+:localhost$`, `regex: ^@heirloombot:localhost$`,
+		"as_token: " + cfg.AppService.ASToken, "hs_token: " + cfg.AppService.HSToken,
+		"url: http://localhost:29340",
+	} {
+		require.Contains(t, text, want)
+	}
+	reg := cfg.Registration()
+	require.True(t, reg.Namespaces.UserIDs[0].Exclusive)
+}
+
+// The committed registration.yaml is what -g produces from the example config (placeholder tokens).
+func TestCommittedRegistrationMatchesExample(t *testing.T) {
+	cfg, err := Parse(exampleConfig(t))
+	require.NoError(t, err)
+	data, err := RegistrationYAML(cfg)
+	require.NoError(t, err)
+	if os.Getenv("HEIRLOOM_UPDATE_REGISTRATION") != "" {
+		require.NoError(t, os.WriteFile("../registration.yaml", data, 0o600))
+	}
+	committed, err := os.ReadFile("../registration.yaml")
+	require.NoError(t, err)
+	require.Equal(t, string(data), string(committed), "run HEIRLOOM_UPDATE_REGISTRATION=1 go test ./config")
+}
