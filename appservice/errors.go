@@ -22,7 +22,7 @@ func errBadJSON(msg string) *apiError { return &apiError{http.StatusBadRequest, 
 func errInvalidParam(msg string) *apiError {
 	return &apiError{http.StatusBadRequest, "M_INVALID_PARAM", msg}
 }
-func errNotFound(msg string) *apiError  { return &apiError{http.StatusNotFound, "M_NOT_FOUND", msg} }
+func errNotFound(msg string) *apiError { return &apiError{http.StatusNotFound, "M_NOT_FOUND", msg} }
 func errTooLarge(msg string) *apiError {
 	return &apiError{http.StatusRequestEntityTooLarge, "M_TOO_LARGE", msg}
 }
