@@ -274,9 +274,21 @@ func (s *Server) apiSetState(r *http.Request) (any, error) {
 	}
 	ctx := r.Context()
 	stateKey := r.PathValue("stateKey")
+	// mautrix updates the state store as the event is sent: read the visibility before that.
+	previous, err := s.db.StateStore.GetHistoryVisibility(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
 	resp, err := p.Client.SendStateEvent(ctx, roomID, evtType, stateKey, content)
 	if err != nil {
 		return nil, err
+	}
+	if evtType == event.StateHistoryVisibility {
+		if value, _ := content["history_visibility"].(string); previous == nil || string(previous.HistoryVisibility) != value {
+			if err = s.db.RequireRotation(ctx, roomID); err != nil {
+				return nil, err
+			}
+		}
 	}
 	// The next send must already see the new state, without waiting for the transaction.
 	raw, _ := json.Marshal(content)

@@ -112,7 +112,7 @@ func (db *Database) PutInvite(ctx context.Context, inv *Invite) error {
 		INSERT INTO puppet_invite (puppet, room_id, inviter, invite_event_id, invited_at, accepted_at) VALUES ($1, $2, $3, $4, $5, 0)
 		ON CONFLICT (puppet, room_id) DO UPDATE SET inviter=excluded.inviter, invite_event_id=excluded.invite_event_id,
 			invited_at=excluded.invited_at, accepted_at=CASE WHEN puppet_invite.invite_event_id=excluded.invite_event_id
-			THEN puppet_invite.accepted_at ELSE 0 END`,
+			OR puppet_invite.invite_event_id='' OR excluded.invite_event_id='' THEN puppet_invite.accepted_at ELSE 0 END`,
 		inv.Puppet, inv.RoomID, inv.Inviter, inv.InviteEventID, inv.InvitedAt)
 	return err
 }

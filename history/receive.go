@@ -108,10 +108,17 @@ func (s *Service) Join(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) 
 	if err = s.db.StateStore.SetMembership(ctx, roomID, p.UserID, event.MembershipJoin); err != nil {
 		log.Warn().Err(err).Msg("Failed to record own membership")
 	}
-	result := &JoinResult{RoomID: roomID, History: "joined without an invite record: no key bundle will be imported"}
+	result := &JoinResult{RoomID: roomID, History: "joined without an invite: no key bundle will be imported"}
 	if inv == nil {
-		log.Info().Msg("Joined room")
-		return result, nil
+		// The bridge may call join before the invite's transaction reached heirloom: learn the
+		// inviter from the homeserver's record of the membership the join replaced.
+		if inv = s.inviteFromJoin(ctx, p, roomID); inv == nil {
+			log.Info().Msg("Joined room")
+			return result, nil
+		}
+		if err = s.db.PutInvite(ctx, inv); err != nil {
+			return nil, err
+		}
 	}
 	if inv, err = s.db.MarkInviteAccepted(ctx, p.UserID, roomID); err != nil {
 		return nil, err
@@ -120,6 +127,32 @@ func (s *Service) Join(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) 
 	result.Bundle = s.tryAccept(ctx, p, roomID)
 	result.History = describe(result.Bundle, inv.Inviter)
 	return result, nil
+}
+
+// inviteFromJoin reads the puppet's own member event after joining: if it replaced an invite,
+// Synapse names the inviter in unsigned.prev_sender.
+func (s *Service) inviteFromJoin(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) *database.Invite {
+	var evt struct {
+		EventID  id.EventID `json:"event_id"`
+		Unsigned struct {
+			PrevSender    id.UserID  `json:"prev_sender"`
+			ReplacesState id.EventID `json:"replaces_state"`
+			PrevContent   struct {
+				Membership event.Membership `json:"membership"`
+			} `json:"prev_content"`
+		} `json:"unsigned"`
+	}
+	url := p.Client.BuildURLWithQuery(mautrix.ClientURLPath{"v3", "rooms", roomID, "state", event.StateMember.Type, p.UserID},
+		map[string]string{"format": "event"})
+	if _, err := p.Client.MakeRequest(ctx, "GET", url, nil, &evt); err != nil {
+		zerolog.Ctx(ctx).Debug().Err(err).Msg("Could not read own member event after joining")
+		return nil
+	}
+	if evt.Unsigned.PrevContent.Membership != event.MembershipInvite || evt.Unsigned.PrevSender == "" {
+		return nil
+	}
+	return &database.Invite{Puppet: p.UserID, RoomID: roomID, Inviter: evt.Unsigned.PrevSender,
+		InviteEventID: evt.Unsigned.ReplacesState, InvitedAt: time.Now().UnixMilli()}
 }
 
 func describe(b *database.ReceivedBundle, inviter id.UserID) string {
