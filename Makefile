@@ -2,7 +2,7 @@
 export GOFLAGS := -tags=goolm -buildvcs=false
 STATE := .state
 
-.PHONY: all build test unit e2e vet lint deps demo bench fuzz clean registration synapse-stop
+.PHONY: all build test unit e2e vet lint deps demo bench fuzz clean registration stop
 
 all: build
 
@@ -54,7 +54,9 @@ fuzz:
 registration:
 	go run . -g -c config.example.yaml -r registration.yaml || true
 
-synapse-stop:
+# stop ends what make demo left running.
+stop:
+	-@test -f $(STATE)/demo/heirloom.pid && kill $$(cat $(STATE)/demo/heirloom.pid) 2>/dev/null; rm -f $(STATE)/demo/heirloom.pid
 	scripts/synapse.sh stop
 
 clean:
