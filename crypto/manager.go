@@ -229,3 +229,9 @@ func (p *Puppet) LockRoom(roomID id.RoomID) func() {
 
 // Manager returns the manager that loaded the puppet.
 func (p *Puppet) Manager() *Manager { return p.mgr }
+
+// LocalPuppet loads (or creates) the Olm machine of a puppet device from the store without
+// touching the homeserver: for tools, tests and benchmarks that work on stored keys only.
+func (m *Manager) LocalPuppet(ctx context.Context, userID id.UserID, deviceID id.DeviceID) (*Puppet, error) {
+	return m.newMachine(ctx, userID, deviceID)
+}
