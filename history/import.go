@@ -30,6 +30,7 @@ func (s *Service) importBundle(ctx context.Context, p *crypto.Puppet, b *databas
 	log := zerolog.Ctx(ctx)
 	err := s.db.Raw.DoTxn(ctx, nil, func(ctx context.Context) error {
 		res = importResult{}
+		writer := &sessionWriter{p: p}
 		seen := make(map[id.SessionID]struct{})
 		skipped, err := keybundle.Decode(plaintext, func(key keybundle.RoomKey) error {
 			reason := ""
@@ -55,29 +56,26 @@ func (s *Service) importBundle(ctx context.Context, p *crypto.Puppet, b *databas
 				return nil
 			}
 			seen[key.SessionID] = struct{}{}
-			if err = p.Mach.StoreGroupSession(ctx, igs); err != nil {
-				return err
-			}
 			res.imported++
-			return nil
+			return writer.addSession(ctx, igs)
 		}, func(w keybundle.Withheld) error {
 			if w.RoomID != b.RoomID || w.SessionID == "" {
 				res.skipped++
 				return nil
 			}
-			// A session that is also in room_keys keeps its key: mautrix ignores a withheld entry for
-			// a session it holds (as rust-sdk does, it keeps both facts; the key wins for decryption).
-			err := p.Store.PutWithheldGroupSession(ctx, event.RoomKeyWithheldEventContent{
+			res.withheld++
+			// A session also in room_keys keeps its key: sessions are written first, and a
+			// withheld row never replaces a key (rust-sdk too keeps both facts; the key decrypts).
+			return writer.addWithheld(ctx, event.RoomKeyWithheldEventContent{
 				RoomID: w.RoomID, Algorithm: id.AlgorithmMegolmV1, SessionID: w.SessionID, SenderKey: w.SenderKey,
 				Code: event.RoomKeyWithheldCode(w.Code), Reason: w.Reason,
 			})
-			if err == nil {
-				res.withheld++
-			}
-			return err
 		})
 		res.skipped += skipped
 		if err != nil {
+			return err
+		}
+		if err = writer.flush(ctx); err != nil {
 			return err
 		}
 		// Closing verifies the SHA-256 hash over the whole ciphertext.
