@@ -92,7 +92,7 @@ func DecodeBody(r *http.Request, v any) error {
 	}
 	data = bytes.TrimSpace(data)
 	if len(data) == 0 || data[0] != '{' {
-		return errBadJSON("request body must be a JSON object")
+		return &apiError{http.StatusBadRequest, "M_NOT_JSON", "request body must be a JSON object"}
 	}
 	if err = json.Unmarshal(data, v); err != nil {
 		var typeErr *json.UnmarshalTypeError

@@ -52,6 +52,6 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		writeJSON(w, status, &apiError{ErrCode: he.RespError.ErrCode, Message: "homeserver: " + he.RespError.Err})
 	default:
 		zerolog.Ctx(r.Context()).Err(err).Str("path", r.URL.Path).Msg("Request failed")
-		writeJSON(w, http.StatusInternalServerError, &apiError{ErrCode: "M_UNKNOWN", Message: err.Error()})
+		writeJSON(w, http.StatusInternalServerError, &apiError{ErrCode: "M_UNKNOWN", Message: "internal error: see heirloom's log"})
 	}
 }

@@ -1,6 +1,7 @@
 package appservice
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -49,7 +50,11 @@ type Transaction struct {
 // ParseTransaction decodes a transaction body. Only a body that is not a JSON object fails;
 // malformed events or sections are skipped and counted.
 func ParseTransaction(body []byte) (*Transaction, error) {
+	if trimmed := bytes.TrimSpace(body); len(trimmed) == 0 || trimmed[0] != '{' {
+		return nil, errors.New("transaction body is not a JSON object")
+	}
 	var raw rawTransaction
+	invalid := 0
 	if err := json.Unmarshal(body, &raw); err != nil {
 		// A section of the wrong shape (e.g. "events": 5) fails the whole decode: retry per section.
 		var sections map[string]json.RawMessage
@@ -59,10 +64,12 @@ func ParseTransaction(body []byte) (*Transaction, error) {
 		raw = rawTransaction{}
 		for name, value := range sections {
 			single, _ := json.Marshal(map[string]json.RawMessage{name: value})
-			_ = json.Unmarshal(single, &raw)
+			if json.Unmarshal(single, &raw) != nil {
+				invalid++
+			}
 		}
 	}
-	txn := &Transaction{}
+	txn := &Transaction{Invalid: invalid}
 	txn.Events = txn.parseEvents(raw.Events, false)
 	txn.Ephemeral = txn.parseEvents(firstNonNil(raw.Ephemeral, raw.MSC2409Ephemeral), false)
 	txn.ToDevice = txn.parseEvents(firstNonNil(raw.ToDevice, raw.MSC2409ToDevice), true)
@@ -164,7 +171,7 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	txn, err := ParseTransaction(body)
 	if err != nil {
 		s.metrics.transactions.WithLabelValues("rejected").Inc()
-		writeError(w, r, errBadJSON("transaction is not a JSON object"))
+		writeError(w, r, &apiError{http.StatusBadRequest, "M_NOT_JSON", "transaction body is not a JSON object"})
 		return
 	}
 	txn.ID = txnID

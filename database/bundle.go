@@ -88,7 +88,7 @@ func (db *Database) PutSentBundle(ctx context.Context, b *SentBundle) error {
 func (db *Database) ClaimSentBundleForInvite(ctx context.Context, puppet id.UserID, roomID id.RoomID, invitee id.UserID, eventID id.EventID, maxAge time.Duration) (bool, error) {
 	res, err := db.Exec(ctx, `
 		UPDATE bundle_sent SET invite_event_id=$4, updated_at=$5
-		WHERE bundle_id = (
+		WHERE invite_event_id IS NULL AND bundle_id = (
 			SELECT bundle_id FROM bundle_sent
 			WHERE puppet=$1 AND room_id=$2 AND invitee=$3 AND invite_event_id IS NULL AND created_at > $6
 			ORDER BY created_at DESC LIMIT 1

@@ -123,7 +123,11 @@ func Seal(dir string, maxSize int64, build func(w io.Writer) (Counts, error)) (*
 		return nil, err
 	}
 	sealed.Size = limited.written
-	sealed.Info = &event.EncryptedFileInfo{EncryptedFile: *ew.enc}
+	// Copy the exported fields only: mautrix caches decoded keys (with the hash still unset while
+	// encrypting) in an unexported field, which would make Open on this Info fail its hash check.
+	sealed.Info = &event.EncryptedFileInfo{EncryptedFile: attachment.EncryptedFile{
+		Key: ew.enc.Key, InitVector: ew.enc.InitVector, Hashes: ew.enc.Hashes, Version: ew.enc.Version,
+	}}
 	return sealed, nil
 }
 

@@ -210,7 +210,9 @@ func Decode(r io.Reader, onKey func(RoomKey) error, onWithheld func(Withheld) er
 			err = decodeArray(dec, &skipped, onWithheld)
 		default:
 			var ignored json.RawMessage
-			err = dec.Decode(&ignored)
+			if err = dec.Decode(&ignored); err != nil {
+				err = fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+			}
 		}
 		if err != nil {
 			return skipped, err
@@ -218,6 +220,9 @@ func Decode(r io.Reader, onKey func(RoomKey) error, onWithheld func(Withheld) er
 	}
 	if err = expectDelim(dec, '}'); err != nil {
 		return skipped, err
+	}
+	if _, err = dec.Token(); err != io.EOF {
+		return skipped, fmt.Errorf("%w: data after the bundle object", ErrMalformedBundle)
 	}
 	if !sawKeys || !sawWithheld {
 		return skipped, fmt.Errorf("%w: room_keys and withheld must both be present", ErrMalformedBundle)
@@ -246,7 +251,7 @@ func decodeArray[T any](dec *json.Decoder, skipped *int, each func(T) error) err
 			return fmt.Errorf("%w: %w", ErrMalformedBundle, err)
 		}
 		var item T
-		if err := json.Unmarshal(raw, &item); err != nil {
+		if err := json.Unmarshal(raw, &item); err != nil || isEmptyEntry(raw) {
 			*skipped++
 			continue
 		}
@@ -255,4 +260,12 @@ func decodeArray[T any](dec *json.Decoder, skipped *int, each func(T) error) err
 		}
 	}
 	return expectDelim(dec, ']')
+}
+
+// isEmptyEntry reports whether an entry is null or has no session_id: nothing to import or pass on.
+func isEmptyEntry(raw json.RawMessage) bool {
+	var probe struct {
+		SessionID string `json:"session_id"`
+	}
+	return json.Unmarshal(raw, &probe) != nil || probe.SessionID == ""
 }

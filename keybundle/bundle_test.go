@@ -416,8 +416,8 @@ func TestDecodeCallbackErrorStops(t *testing.T) {
 	stop := errors.New("store failed")
 	input := `{"room_keys":[{"session_id":"a"},{"session_id":"b"}],"withheld":[{"session_id":"w"}]}`
 	for _, tc := range []struct {
-		name                 string
-		failKey, failWithheld bool
+		name                   string
+		failKey, failWithheld  bool
 		wantKeys, wantWithheld int
 	}{
 		{name: "room key callback", failKey: true, wantKeys: 1},
