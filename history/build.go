@@ -34,7 +34,8 @@ func (s *Service) writeBundle(ctx context.Context, p *crypto.Puppet, roomID id.R
 		return err == nil, err
 	})
 	if err != nil {
-		return keybundle.Counts{}, fmt.Errorf("failed to read sessions: %w", err)
+		counts, _ := builder.Close()
+		return counts, fmt.Errorf("failed to read sessions: %w", err)
 	}
 	withheld, err := s.receivedWithheld(ctx, p, roomID)
 	if err != nil {

@@ -78,7 +78,10 @@ func (s *Service) importBundle(ctx context.Context, p *crypto.Puppet, b *databas
 		if err = writer.flush(ctx); err != nil {
 			return err
 		}
-		// Closing verifies the SHA-256 hash over the whole ciphertext.
+		// Closing verifies the SHA-256 hash over the whole ciphertext: read it all first.
+		if _, err = io.Copy(io.Discard, plaintext); err != nil {
+			return err
+		}
 		return plaintext.Close()
 	})
 	return res, err
