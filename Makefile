@@ -1,5 +1,6 @@
 # heirloom: build, test, demo and benchmarks. Every Go command uses the goolm tag (pure-Go Olm).
 export GOFLAGS := -tags=goolm -buildvcs=false
+SHELL := /bin/bash
 STATE := .state
 
 .PHONY: all build test unit e2e vet lint deps demo bench fuzz clean registration stop

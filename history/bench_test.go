@@ -1,12 +1,19 @@
 package history
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,7 +102,117 @@ func fillSessions(tb testing.TB, b *benchEnv, p *crypto.Puppet, n int) {
 	}
 }
 
-func benchSizes() []int { return []int{1_000, 10_000} }
+// benchSizes are the session counts, from HEIRLOOM_BENCH_SIZES (comma-separated; default 1000,10000).
+func benchSizes() []int {
+	raw := os.Getenv("HEIRLOOM_BENCH_SIZES")
+	if raw == "" {
+		return []int{1_000, 10_000}
+	}
+	var out []int
+	for _, f := range strings.Split(raw, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err == nil && n > 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// writeFixture exports the room's sessions as a key export (what `make bench` hands the reference
+// implementation, so both sides work on the same sessions). The flag goes under the stable name
+// and the unstable one rust-sdk reads in exports.
+func writeFixture(tb testing.TB, p *crypto.Puppet, n int) {
+	dir := os.Getenv("HEIRLOOM_BENCH_FIXTURES")
+	if dir == "" {
+		return
+	}
+	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("fixture-%d.json", n)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	w := bufio.NewWriter(f)
+	_, _ = w.WriteString("[")
+	first := true
+	err = p.Store.GetGroupSessionsForRoom(context.Background(), benchRoom).Iter(func(igs *mcrypto.InboundGroupSession) (bool, error) {
+		key, err := igs.Internal.Export(igs.Internal.FirstKnownIndex())
+		if err != nil {
+			return false, err
+		}
+		shared := igs.SharedHistory != nil && *igs.SharedHistory
+		entry := map[string]any{
+			"algorithm": id.AlgorithmMegolmV1, "room_id": igs.RoomID, "sender_key": igs.SenderKey, "session_id": igs.ID(),
+			"session_key": string(key), "sender_claimed_keys": map[string]any{"ed25519": igs.SigningKey},
+			"forwarding_curve25519_key_chain": []string{},
+		}
+		for k, v := range keybundle.SendFlagFields(shared) {
+			entry[k] = v
+		}
+		data, err := json.Marshal(entry)
+		if err != nil {
+			return false, err
+		}
+		if !first {
+			_, _ = w.WriteString(",")
+		}
+		first = false
+		_, err = w.Write(data)
+		return err == nil, err
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	_, _ = w.WriteString("]")
+	if err = w.Flush(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// durations collects per-iteration times to report their median.
+type durations []time.Duration
+
+func (d durations) median() time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+// peakHeap samples the heap while fn runs and returns the largest growth over the heap before it.
+func peakHeap(fn func()) uint64 {
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	stop := make(chan struct{})
+	peak := make(chan uint64)
+	go func() {
+		var max uint64
+		var ms runtime.MemStats
+		ticker := time.NewTicker(2 * time.Millisecond)
+		defer ticker.Stop()
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > max {
+				max = ms.HeapInuse
+			}
+			select {
+			case <-stop:
+				peak <- max
+				return
+			case <-ticker.C:
+			}
+		}
+	}()
+	fn()
+	close(stop)
+	max := <-peak
+	if max < before.HeapInuse {
+		return 0
+	}
+	return max - before.HeapInuse
+}
 
 // BenchmarkBuildBundle builds and encrypts the bundle of a room with N sessions from SQLite, as an
 // invite does before uploading.
@@ -105,13 +222,22 @@ func BenchmarkBuildBundle(b *testing.B) {
 			env := newBenchEnv(b)
 			p := env.puppet(b, "builder")
 			fillSessions(b, env, p, n)
+			writeFixture(b, p, n)
 			ctx := context.Background()
 			b.ResetTimer()
 			var size int64
+			var peak uint64
+			var times durations
 			for i := 0; i < b.N; i++ {
-				sealed, err := keybundle.Seal(env.dir, 1<<30, func(w io.Writer) (keybundle.Counts, error) {
-					return env.svc.writeBundle(ctx, p, benchRoom, w)
+				start := time.Now()
+				var sealed *keybundle.Sealed
+				var err error
+				grew := peakHeap(func() {
+					sealed, err = keybundle.Seal(env.dir, 1<<30, func(w io.Writer) (keybundle.Counts, error) {
+						return env.svc.writeBundle(ctx, p, benchRoom, w)
+					})
 				})
+				times = append(times, time.Since(start))
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -119,9 +245,12 @@ func BenchmarkBuildBundle(b *testing.B) {
 					b.Fatalf("bundle holds %+v", sealed.Counts)
 				}
 				size = sealed.Size
+				peak = max(peak, grew)
 				_ = sealed.Close()
 			}
 			b.ReportMetric(float64(size), "bundle-bytes")
+			b.ReportMetric(float64(peak), "peak-heap-bytes")
+			b.ReportMetric(float64(times.median().Microseconds())/1000, "median-ms")
 		})
 	}
 }
@@ -139,12 +268,21 @@ func BenchmarkImportBundle(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ResetTimer()
+			var times durations
+			var peak uint64
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				dst := env.puppet(b, fmt.Sprintf("dst%d", i))
 				rb := &database.ReceivedBundle{Puppet: dst.UserID, RoomID: benchRoom, Sender: "@alice:localhost", SenderKey: "alicekey"}
 				b.StartTimer()
-				res, err := env.svc.importBundle(context.Background(), dst, rb, io.NopCloser(bytes.NewReader(plain.Bytes())))
+				start := time.Now()
+				var res importResult
+				var err error
+				grew := peakHeap(func() {
+					res, err = env.svc.importBundle(context.Background(), dst, rb, io.NopCloser(bytes.NewReader(plain.Bytes())))
+				})
+				times = append(times, time.Since(start))
+				peak = max(peak, grew)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -152,6 +290,8 @@ func BenchmarkImportBundle(b *testing.B) {
 					b.Fatalf("imported %+v of %+v", res, counts)
 				}
 			}
+			b.ReportMetric(float64(peak), "peak-heap-bytes")
+			b.ReportMetric(float64(times.median().Microseconds())/1000, "median-ms")
 		})
 	}
 }
