@@ -90,6 +90,9 @@ func newLogger(cfg config.Logging) zerolog.Logger {
 
 // Run starts heirloom and blocks until SIGINT or SIGTERM. It returns the process exit code.
 func Run(configPath string) int {
+	// Everything heirloom creates (the SQLite database and its WAL, temporary bundles) holds
+	// secrets or key material: readable by heirloom's user only.
+	syscall.Umask(0o077)
 	cfg, err := config.Load(configPath)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "Failed to load config: %v\n", err)

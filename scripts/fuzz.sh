@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# make fuzz: runs every fuzz target for FUZZTIME each (default 30s); CI runs them briefly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export GOFLAGS="-tags=goolm -buildvcs=false"
+fuzztime="${1:-30s}"
+targets=(
+  "./keybundle FuzzDecode"
+  "./keybundle FuzzHistoryFlagJSON"
+  "./crypto FuzzRoomKeyContent"
+  "./crypto FuzzBundleContent"
+  "./appservice FuzzParseTransaction"
+)
+for t in "${targets[@]}"; do
+  read -r pkg name <<<"$t"
+  echo "== ${name} (${pkg}) for ${fuzztime}"
+  if ! go test "${pkg}" -run '^$' -fuzz "^${name}\$" -fuzztime "${fuzztime}" >"${log:=$(mktemp)}" 2>&1; then
+    cat "${log}"
+    status=1
+  else
+    grep -E 'fuzz: elapsed.*execs' "${log}" | tail -n 1
+  fi
+done
+exit "${status:-0}"
