@@ -3,6 +3,8 @@ package appservice
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -158,7 +160,9 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	// processed-ID check below must not race with a retry of the same ID.
 	s.txnLock.Lock()
 	defer s.txnLock.Unlock()
-	if done, err := s.db.IsTxnProcessed(ctx, txnID); err != nil {
+	sum := sha256.Sum256(body)
+	bodyHash := hex.EncodeToString(sum[:])
+	if done, err := s.db.IsTxnProcessed(ctx, txnID, bodyHash); err != nil {
 		s.metrics.errors.WithLabelValues("transaction").Inc()
 		writeError(w, r, err)
 		return
@@ -179,7 +183,7 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	// but half-processed state must not be abandoned.
 	procCtx := context.WithoutCancel(ctx)
 	s.processTransaction(procCtx, txn)
-	if err = s.db.MarkTxnProcessed(procCtx, txnID); err != nil {
+	if err = s.db.MarkTxnProcessed(procCtx, txnID, bodyHash); err != nil {
 		s.metrics.errors.WithLabelValues("transaction").Inc()
 		writeError(w, r, err)
 		return

@@ -68,26 +68,32 @@ func TestUpgradeRefusesNewerSchema(t *testing.T) {
 func TestTransactions(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, db *database.Database) {
 		ctx := context.Background()
-		done, err := db.IsTxnProcessed(ctx, "txn1")
+		done, err := db.IsTxnProcessed(ctx, "txn1", "hash-a")
 		require.NoError(t, err)
 		require.False(t, done)
 
-		require.NoError(t, db.MarkTxnProcessed(ctx, "txn1"))
-		require.NoError(t, db.MarkTxnProcessed(ctx, "txn1"), "marking twice is harmless")
-		done, err = db.IsTxnProcessed(ctx, "txn1")
+		require.NoError(t, db.MarkTxnProcessed(ctx, "txn1", "hash-a"))
+		require.NoError(t, db.MarkTxnProcessed(ctx, "txn1", "hash-a"), "marking twice is harmless")
+		done, err = db.IsTxnProcessed(ctx, "txn1", "hash-a")
 		require.NoError(t, err)
 		require.True(t, done)
-		done, err = db.IsTxnProcessed(ctx, "txn2")
+		done, err = db.IsTxnProcessed(ctx, "txn2", "hash-a")
 		require.NoError(t, err)
 		require.False(t, done, "transaction IDs are not prefixes of each other")
 
+		// Synapse on SQLite reuses IDs after a restart: the same ID with another body is new.
+		done, err = db.IsTxnProcessed(ctx, "txn1", "hash-b")
+		require.NoError(t, err)
+		require.False(t, done, "a reused transaction ID with a different body is a new transaction")
+
 		// Prune forgets only old IDs.
-		require.NoError(t, db.MarkTxnProcessed(ctx, "old"))
+		require.NoError(t, db.MarkTxnProcessed(ctx, "old", "hash-o"))
 		_, err = db.Exec(ctx, `UPDATE heirloom_txn SET received_at=$1 WHERE txn_id='old'`, time.Now().Add(-48*time.Hour).UnixMilli())
 		require.NoError(t, err)
 		require.NoError(t, db.PruneTxns(ctx, 24*time.Hour))
 		for txnID, want := range map[string]bool{"txn1": true, "old": false} {
-			done, err = db.IsTxnProcessed(ctx, txnID)
+			hash := map[string]string{"txn1": "hash-a", "old": "hash-o"}[txnID]
+			done, err = db.IsTxnProcessed(ctx, txnID, hash)
 			require.NoError(t, err)
 			require.Equal(t, want, done, "transaction %s after pruning", txnID)
 		}

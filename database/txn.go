@@ -5,17 +5,21 @@ import (
 	"time"
 )
 
-// IsTxnProcessed reports whether the appservice transaction was already processed.
-func (db *Database) IsTxnProcessed(ctx context.Context, txnID string) (bool, error) {
+// IsTxnProcessed reports whether the appservice transaction with this ID and body hash was already
+// processed. The same ID with another body is a new transaction: Synapse on SQLite numbers its
+// transactions from 1 again after each restart.
+func (db *Database) IsTxnProcessed(ctx context.Context, txnID, bodyHash string) (bool, error) {
 	var found int
-	err := db.QueryRow(ctx, `SELECT COUNT(*) FROM heirloom_txn WHERE txn_id=$1`, txnID).Scan(&found)
+	err := db.QueryRow(ctx, `SELECT COUNT(*) FROM heirloom_txn WHERE txn_id=$1 AND body_hash=$2`, txnID, bodyHash).Scan(&found)
 	return found > 0, err
 }
 
 // MarkTxnProcessed records that the appservice transaction was processed.
-func (db *Database) MarkTxnProcessed(ctx context.Context, txnID string) error {
-	_, err := db.Exec(ctx, `INSERT INTO heirloom_txn (txn_id, received_at) VALUES ($1, $2) ON CONFLICT (txn_id) DO NOTHING`,
-		txnID, nowMillis())
+func (db *Database) MarkTxnProcessed(ctx context.Context, txnID, bodyHash string) error {
+	_, err := db.Exec(ctx, `
+		INSERT INTO heirloom_txn (txn_id, body_hash, received_at) VALUES ($1, $2, $3)
+		ON CONFLICT (txn_id) DO UPDATE SET body_hash=excluded.body_hash, received_at=excluded.received_at`,
+		txnID, bodyHash, nowMillis())
 	return err
 }
 

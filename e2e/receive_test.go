@@ -233,3 +233,18 @@ func TestJoinedRoomPuppetGetsNoHistory(t *testing.T) {
 		}
 	}
 }
+
+// After Synapse restarts (on SQLite it numbers its transactions from 1 again), heirloom keeps
+// processing what Synapse pushes: a bundle sent after the restart is received and imported.
+func TestHomeserverRestartKeepsTransactionsFlowing(t *testing.T) {
+	if err := e.synapse("restart"); err != nil {
+		t.Fatal(err)
+	}
+	u := newJSUser(t, true)
+	p := newPuppet(t)
+	roomID := jsCreateRoom(t, u, "shared")
+	jsSend(t, u, roomID, "after the homeserver restart")
+	e.peer(t, "invite", map[string]any{"user": u.UserID, "room_id": roomID, "target": p.UserID}, nil)
+	waitReceived(t, p, roomID, u.UserID, "imported")
+	requireSharedBy(t, p, roomID, []string{"after the homeserver restart"}, u.UserID)
+}

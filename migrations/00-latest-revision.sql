@@ -1,8 +1,11 @@
--- v0 -> v1: Latest revision
+-- v0 -> v2: Latest revision
 
--- Appservice transactions already processed, so a retried transaction is processed once.
+-- Appservice transactions already processed, so a retried transaction is processed once. A
+-- transaction is known by its ID and the SHA-256 of its body: Synapse on SQLite numbers its
+-- transactions from 1 again after a restart, so an ID alone does not identify one.
 CREATE TABLE heirloom_txn (
     txn_id      TEXT   PRIMARY KEY,
+    body_hash   TEXT   NOT NULL DEFAULT '',
     received_at BIGINT NOT NULL
 );
 

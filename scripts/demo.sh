@@ -30,14 +30,21 @@ fi
 step "Generating the registration"
 ./heirloom -g -c "${config}" -r "${DEMO}/registration.yaml"
 
+# Stop a heirloom left from an earlier run first, and restart Synapse only if its config changed:
+# Synapse may drop to-device messages it tries to push while the appservice is down or restarting
+# (element-hq/synapse#14710), so the two are never restarted around each other needlessly.
+if [[ -f "${DEMO}/heirloom.pid" ]] && kill -0 "$(cat "${DEMO}/heirloom.pid")" 2>/dev/null; then
+  step "Stopping the heirloom from an earlier run"
+  kill "$(cat "${DEMO}/heirloom.pid")"
+  while kill -0 "$(cat "${DEMO}/heirloom.pid")" 2>/dev/null; do sleep 0.1; done
+fi
 step "Starting Synapse (pinned, in ${STATE}/venv) with heirloom registered"
-SYNAPSE_PORT="${PORT_HS}" SYNAPSE_REGISTRATION="${DEMO}/registration.yaml" SYNAPSE_SHARED_SECRET="${SECRET}" \
+export SYNAPSE_PORT="${PORT_HS}" SYNAPSE_REGISTRATION="${DEMO}/registration.yaml" SYNAPSE_SHARED_SECRET="${SECRET}"
+if scripts/synapse.sh start 2>&1 | tee /dev/stderr | grep -q "run '.*restart'"; then
   scripts/synapse.sh restart
+fi
 
 step "Starting heirloom"
-if [[ -f "${DEMO}/heirloom.pid" ]] && kill -0 "$(cat "${DEMO}/heirloom.pid")" 2>/dev/null; then
-  kill "$(cat "${DEMO}/heirloom.pid")"; sleep 1
-fi
 nohup ./heirloom -c "${config}" >"${DEMO}/heirloom.log" 2>&1 &
 echo $! >"${DEMO}/heirloom.pid"
 api_secret="$(sed -n 's/^ *shared_secret: *//p' "${config}")"

@@ -68,6 +68,13 @@ export class Peer {
         }
 
         await peer.startSync(timeoutMs);
+        if (crossSigning) {
+            // js-sdk shares history only once the Rust crypto sees this device verified by the
+            // user's own identity, which it learns from its next key query after the upload:
+            // wait for it, or an early invite() silently shares nothing.
+            await waitUntil(async () => (await peer.crypto.getUserVerificationStatus(login.user_id)).isCrossSigningVerified(),
+                { timeoutMs, what: `${login.user_id} to see its own identity verified` });
+        }
         return peer;
     }
 
