@@ -27,11 +27,13 @@ var ErrNotProvisioned = errors.New("puppet is not provisioned")
 
 // Manager owns the puppets' machines.
 type Manager struct {
-	cfg        *config.Config
-	db         *database.Database
-	hsURL      *mautrix.Client // template: homeserver URL, HTTP client
-	pickleKey  []byte
-	Sealer     *Sealer
+	cfg       *config.Config
+	db        *database.Database
+	hsURL     *mautrix.Client // template: homeserver URL, HTTP client
+	pickleKey []byte
+	Sealer    *Sealer
+	// Pickles reads and writes stored megolm sessions fast, in goolm's format.
+	Pickles    *PickleCipher
 	maxLoaded  int
 	idleEvict  time.Duration
 	provisions exsync.KeyedMutex[id.UserID]
@@ -54,12 +56,17 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 	if err != nil {
 		return nil, err
 	}
+	pickles, err := NewPickleCipher(pickleKey)
+	if err != nil {
+		return nil, err
+	}
 	return &Manager{
 		cfg:       cfg,
 		db:        db,
 		hsURL:     &mautrix.Client{HomeserverURL: hsURL, Client: httpClient},
 		pickleKey: pickleKey,
 		Sealer:    sealer,
+		Pickles:   pickles,
 		maxLoaded: 2000,
 		idleEvict: 30 * time.Minute,
 		machines:  make(map[id.UserID]*Puppet),

@@ -4,9 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"runtime"
+	"sync"
 
 	"github.com/rs/zerolog"
-	mcrypto "maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/crypto"
@@ -15,23 +16,30 @@ import (
 
 type ioWriter = io.Writer
 
+// storedSession is one inbound session row as the builder needs it. Only shared sessions are
+// unpickled, and that happens on every core: it is most of a bundle's cost.
+type storedSession struct {
+	sessionID  id.SessionID
+	senderKey  id.SenderKey
+	signingKey id.Ed25519
+	shared     bool
+	pickled    []byte
+	exported   string
+	err        error
+}
+
 // writeBundle streams every inbound session the puppet holds for the room through the builder,
-// then the m.history_not_shared entries it received in earlier bundles.
+// then the m.history_not_shared entries it received in earlier bundles. It reads mautrix's
+// crypto_megolm_inbound_session rows itself (read-only) so the sessions that go into room_keys can
+// be unpickled and exported in parallel.
 func (s *Service) writeBundle(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, w io.Writer) (keybundle.Counts, error) {
 	builder := keybundle.NewBuilder(w, roomID, p.DeviceID)
-	err := p.Store.GetGroupSessionsForRoom(ctx, roomID).Iter(func(igs *mcrypto.InboundGroupSession) (bool, error) {
-		err := builder.AddSession(keybundle.Session{
-			RoomID:        igs.RoomID,
-			SessionID:     igs.ID(),
-			SenderKey:     igs.SenderKey,
-			SigningKey:    igs.SigningKey,
-			SharedHistory: igs.SharedHistory != nil && *igs.SharedHistory,
-			Export: func() (string, error) {
-				key, err := igs.Internal.Export(igs.Internal.FirstKnownIndex())
-				return string(key), err
-			},
+	err := s.exportSessions(ctx, p, roomID, func(st *storedSession) error {
+		return builder.AddSession(keybundle.Session{
+			RoomID: roomID, SessionID: st.sessionID, SenderKey: st.senderKey, SigningKey: st.signingKey,
+			SharedHistory: st.shared,
+			Export:        func() (string, error) { return st.exported, st.err },
 		})
-		return err == nil, err
 	})
 	if err != nil {
 		counts, _ := builder.Close()
@@ -39,12 +47,75 @@ func (s *Service) writeBundle(ctx context.Context, p *crypto.Puppet, roomID id.R
 	}
 	withheld, err := s.receivedWithheld(ctx, p, roomID)
 	if err != nil {
-		return keybundle.Counts{}, err
+		counts, _ := builder.Close()
+		return counts, err
 	}
 	for _, w := range withheld {
 		builder.AddWithheld(w)
 	}
 	return builder.Close()
+}
+
+// exportSessions reads the room's sessions and calls each for every one, with shared sessions
+// exported at their first known index by a pool of workers. Order is not kept: a bundle's order
+// carries no meaning.
+func (s *Service) exportSessions(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, each func(*storedSession) error) error {
+	rows, err := p.Store.DB.Query(ctx, `
+		SELECT session_id, sender_key, signing_key, session, shared_history
+		FROM crypto_megolm_inbound_session
+		WHERE room_id=$1 AND account_id=$2 AND session IS NOT NULL`, roomID, p.Store.AccountID)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	jobs := make(chan *storedSession, 256)
+	done := make(chan *storedSession, 256)
+	var wg sync.WaitGroup
+	for range max(1, runtime.GOMAXPROCS(0)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for st := range jobs {
+				st.exported, st.err = s.mgr.Pickles.ExportPickled(st.pickled)
+				st.pickled = nil
+				done <- st
+			}
+		}()
+	}
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(jobs)
+		for rows.Next() {
+			st := &storedSession{}
+			var shared *bool
+			if err := rows.Scan(&st.sessionID, &st.senderKey, &st.signingKey, &st.pickled, &shared); err != nil {
+				readErr <- err
+				return
+			}
+			st.shared = shared != nil && *shared
+			if !st.shared {
+				done <- st // withheld: the key is never decrypted from the store
+				continue
+			}
+			jobs <- st
+		}
+		readErr <- rows.Err()
+	}()
+	go func() {
+		wg.Wait()
+		// All workers are done; the reader finished before closing jobs.
+		close(done)
+	}()
+	var firstErr error
+	for st := range done {
+		if firstErr == nil {
+			firstErr = each(st)
+		}
+	}
+	if err := <-readErr; err != nil && firstErr == nil {
+		firstErr = err
+	}
+	return firstErr
 }
 
 // receivedWithheld reads the withheld entries the puppet stored for the room. mautrix keeps them

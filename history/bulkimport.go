@@ -119,7 +119,7 @@ func (w *sessionWriter) flushSessions(ctx context.Context) error {
 			}
 			continue
 		}
-		pickled, err := igs.Internal.Pickle(w.p.Store.PickleKey)
+		pickled, err := w.p.Manager().Pickles.Pickle(igs.Internal)
 		if err != nil {
 			return fmt.Errorf("failed to pickle session: %w", err)
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"unicode/utf8"
 
 	"maunium.net/go/mautrix/id"
 )
@@ -86,6 +87,7 @@ type Builder struct {
 	seen     map[id.SessionID]struct{}
 	withheld []Withheld
 	counts   Counts
+	scratch  []byte
 	started  bool
 	err      error
 }
@@ -140,12 +142,84 @@ func (b *Builder) AddSession(s Session) error {
 	} else if b.counts.Sessions > 0 {
 		b.write(",")
 	}
-	b.writeJSON(RoomKey{
-		Algorithm: id.AlgorithmMegolmV1, RoomID: s.RoomID, SenderKey: s.SenderKey, SessionID: s.SessionID,
-		SessionKey: key, SenderClaimedKeys: SenderClaimedKeys{Ed25519: s.SigningKey},
-	})
+	b.writeRoomKey(s, key)
 	b.counts.Sessions++
 	return b.err
+}
+
+// writeRoomKey writes one room_keys entry by hand: the same JSON encoding/json writes for a
+// RoomKey (field order included), at a fraction of the cost for 100,000 entries.
+func (b *Builder) writeRoomKey(s Session, key string) {
+	if b.err != nil {
+		return
+	}
+	buf := b.scratch[:0]
+	buf = append(buf, `{"algorithm":`...)
+	buf = appendJSONString(buf, string(id.AlgorithmMegolmV1))
+	buf = append(buf, `,"room_id":`...)
+	buf = appendJSONString(buf, string(s.RoomID))
+	buf = append(buf, `,"sender_key":`...)
+	buf = appendJSONString(buf, string(s.SenderKey))
+	buf = append(buf, `,"session_id":`...)
+	buf = appendJSONString(buf, string(s.SessionID))
+	buf = append(buf, `,"session_key":`...)
+	buf = appendJSONString(buf, key)
+	buf = append(buf, `,"sender_claimed_keys":{"ed25519":`...)
+	buf = appendJSONString(buf, string(s.SigningKey))
+	buf = append(buf, "}}"...)
+	b.scratch = buf
+	_, b.err = b.w.Write(buf)
+}
+
+// appendJSONString appends s as a JSON string, escaped as encoding/json escapes it.
+func appendJSONString(buf []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	buf = append(buf, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' && c < utf8.RuneSelf {
+			i++
+			continue
+		}
+		if c < utf8.RuneSelf {
+			buf = append(buf, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				buf = append(buf, '\\', c)
+			case '\n':
+				buf = append(buf, '\\', 'n')
+			case '\r':
+				buf = append(buf, '\\', 'r')
+			case '\t':
+				buf = append(buf, '\\', 't')
+			case '\b':
+				buf = append(buf, '\\', 'b')
+			case '\f':
+				buf = append(buf, '\\', 'f')
+			default:
+				buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 || r == '\u2028' || r == '\u2029' {
+			buf = append(buf, s[start:i]...)
+			if r == utf8.RuneError {
+				buf = append(buf, `\ufffd`...)
+			} else {
+				buf = append(buf, '\\', 'u', '2', '0', '2', hex[r&0xF])
+			}
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	buf = append(buf, s[start:]...)
+	return append(buf, '"')
 }
 
 // AddWithheld passes on a withheld entry the builder's owner received in an earlier bundle. Only
@@ -246,13 +320,19 @@ func decodeArray[T any](dec *json.Decoder, skipped *int, each func(T) error) err
 		return err
 	}
 	for dec.More() {
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return fmt.Errorf("%w: %w", ErrMalformedBundle, err)
-		}
+		// Decoding straight into the entry consumes the whole value even when a field has the
+		// wrong type (that is reported as an UnmarshalTypeError); only broken JSON stops here.
 		var item T
-		if err := json.Unmarshal(raw, &item); err != nil || isEmptyEntry(raw) {
+		if err := dec.Decode(&item); err != nil {
+			var typeErr *json.UnmarshalTypeError
+			if !errors.As(err, &typeErr) {
+				return fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+			}
 			*skipped++
+			continue
+		}
+		if sessionID(item) == "" {
+			*skipped++ // null, {} or no session_id: nothing to import or pass on
 			continue
 		}
 		if err := each(item); err != nil {
@@ -262,10 +342,12 @@ func decodeArray[T any](dec *json.Decoder, skipped *int, each func(T) error) err
 	return expectDelim(dec, ']')
 }
 
-// isEmptyEntry reports whether an entry is null or has no session_id: nothing to import or pass on.
-func isEmptyEntry(raw json.RawMessage) bool {
-	var probe struct {
-		SessionID string `json:"session_id"`
+func sessionID(entry any) id.SessionID {
+	switch e := entry.(type) {
+	case RoomKey:
+		return e.SessionID
+	case Withheld:
+		return e.SessionID
 	}
-	return json.Unmarshal(raw, &probe) != nil || probe.SessionID == ""
+	return ""
 }

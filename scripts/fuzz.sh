@@ -7,6 +7,7 @@ fuzztime="${1:-30s}"
 targets=(
   "./keybundle FuzzDecode"
   "./keybundle FuzzHistoryFlagJSON"
+  "./keybundle FuzzWriteRoomKeyMatchesEncodingJSON"
   "./crypto FuzzRoomKeyContent"
   "./crypto FuzzBundleContent"
   "./appservice FuzzParseTransaction"
