@@ -27,11 +27,14 @@ const importBatch = 500
 type sessionWriter struct {
 	p        *crypto.Puppet
 	sessions []*mcrypto.InboundGroupSession
+	pickles  [][]byte
 	withheld []event.RoomKeyWithheldEventContent
 }
 
-func (w *sessionWriter) addSession(ctx context.Context, igs *mcrypto.InboundGroupSession) error {
+// addPrepared buffers a session and its pickle (made by a worker) and writes a full batch.
+func (w *sessionWriter) addPrepared(ctx context.Context, igs *mcrypto.InboundGroupSession, pickled []byte) error {
 	w.sessions = append(w.sessions, igs)
+	w.pickles = append(w.pickles, pickled)
 	if len(w.sessions) >= importBatch {
 		return w.flushSessions(ctx)
 	}
@@ -104,7 +107,7 @@ func (w *sessionWriter) flushSessions(ctx context.Context) error {
 	if len(w.sessions) == 0 {
 		return nil
 	}
-	defer func() { w.sessions = w.sessions[:0] }()
+	defer func() { w.sessions, w.pickles = w.sessions[:0], w.pickles[:0] }()
 	held, err := w.held(ctx)
 	if err != nil {
 		return fmt.Errorf("failed to check held sessions: %w", err)
@@ -112,17 +115,14 @@ func (w *sessionWriter) flushSessions(ctx context.Context) error {
 	const cols = 16
 	args := make([]any, 0, len(w.sessions)*cols)
 	fresh := make([]*mcrypto.InboundGroupSession, 0, len(w.sessions))
-	for _, igs := range w.sessions {
+	for i, igs := range w.sessions {
 		if held[igs.ID()] {
 			if err = w.p.Mach.StoreGroupSession(ctx, igs); err != nil {
 				return err
 			}
 			continue
 		}
-		pickled, err := w.p.Manager().Pickles.Pickle(igs.Internal)
-		if err != nil {
-			return fmt.Errorf("failed to pickle session: %w", err)
-		}
+		pickled := w.pickles[i]
 		ratchetSafety, err := json.Marshal(&igs.RatchetSafety)
 		if err != nil {
 			return err

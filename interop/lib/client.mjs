@@ -466,6 +466,8 @@ export class Peer {
                     room_id: k.room_id,
                     session_id: k.session_id,
                     sender_key: k.sender_key,
+                    // The key itself (export format): the secrets test looks for it in heirloom's log.
+                    session_key: k.session_key,
                     shared_history: firstPresent === undefined ? null : k[firstPresent],
                     raw_flags: rawFlags,
                 };
