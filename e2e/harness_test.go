@@ -25,6 +25,10 @@ import (
 	_ "github.com/mattn/go-sqlite3"
 )
 
+// e2eMaxBundle is history_sharing.max_bundle_size in the suite: small enough that the hostile
+// bundle test can exceed it cheaply.
+const e2eMaxBundle = 8 << 20
+
 const (
 	sharedSecret = "heirloom-e2e-registration-secret"
 	apiSecret    = "heirloom-e2e-api-shared-secret-0123456789"
@@ -152,11 +156,11 @@ history_sharing:
     share_on_invite: true
     auto_join: ["@js_*:localhost", "@heirloom_*:localhost"]
     accept_window: 24h
-    max_bundle_size: 67108864
+    max_bundle_size: %d
 logging:
     level: debug
     format: json
-`, x.hsURL, domain, x.asPort, x.asPort, x.asToken, dbType, dbURI, apiSecret)
+`, x.hsURL, domain, x.asPort, x.asPort, x.asToken, dbType, dbURI, apiSecret, e2eMaxBundle)
 	return os.WriteFile(x.configPath, []byte(cfg), 0o600)
 }
 

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net/url"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -275,5 +276,24 @@ func TestDeliveryResumesAfterCrash(t *testing.T) {
 	requireJSDecrypts(t, u, roomID, []string{"survives a crash"})
 	if sent = puppetBundles(t, p).Sent; len(sent) != 1 {
 		t.Fatalf("the resumed delivery was repeated or duplicated: %d bundles", len(sent))
+	}
+}
+
+// An invitee whose cross-signing identity changed since heirloom first saw it gets nothing: the
+// API reports the identity change (MSC4268's red flag).
+func TestInviteeWithChangedIdentityGetsNothing(t *testing.T) {
+	p := newPuppet(t)
+	u := newJSUser(t, true)
+	first := puppetCreateRoom(t, p, "shared")
+	puppetSend(t, p, first, "seen before the reset")
+	if resp := puppetInvite(t, p, first, u.UserID); resp.Bundle.State != "delivered" {
+		t.Fatalf("first invite: %+v", resp.Bundle)
+	}
+	e.peer(t, "resetCrossSigning", map[string]any{"user": u.UserID}, nil)
+	second := puppetCreateRoom(t, p, "shared")
+	puppetSend(t, p, second, "not for a changed identity")
+	resp := puppetInvite(t, p, second, u.UserID)
+	if resp.Bundle.State != "skipped" || !strings.Contains(resp.Bundle.Reason, "identity changed") || resp.Bundle.MXC != "" {
+		t.Fatalf("want a skipped bundle for the changed identity: %+v", resp.Bundle)
 	}
 }

@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -79,6 +82,16 @@ func (b *benchEnv) puppet(tb testing.TB, name string) *crypto.Puppet {
 func fillSessions(tb testing.TB, b *benchEnv, p *crypto.Puppet, n int) {
 	tb.Helper()
 	ctx := context.Background()
+	// 50 senders with real keys: the reference implementation validates them on import.
+	senderKeys := make([]id.SenderKey, 50)
+	signingKeys := make([]id.Ed25519, 50)
+	for i := range senderKeys {
+		curve := make([]byte, 32)
+		_, _ = rand.Read(curve)
+		senderKeys[i] = id.SenderKey(base64.RawStdEncoding.EncodeToString(curve))
+		pub, _, _ := ed25519.GenerateKey(rand.Reader)
+		signingKeys[i] = id.Ed25519(base64.RawStdEncoding.EncodeToString(pub))
+	}
 	err := b.db.Raw.DoTxn(ctx, nil, func(ctx context.Context) error {
 		for i := 0; i < n; i++ {
 			ogs, err := olm.NewOutboundGroupSession()
@@ -86,7 +99,7 @@ func fillSessions(tb testing.TB, b *benchEnv, p *crypto.Puppet, n int) {
 				return err
 			}
 			shared := i%10 != 0
-			igs, err := mcrypto.NewInboundGroupSession(id.SenderKey(fmt.Sprintf("senderkey%06d", i%50)), id.Ed25519("signingkey"),
+			igs, err := mcrypto.NewInboundGroupSession(senderKeys[i%50], signingKeys[i%50],
 				benchRoom, ogs.Key(), 7*24*time.Hour, 100, &shared, false)
 			if err != nil {
 				return err

@@ -200,6 +200,56 @@ export class Peer {
         return {};
     }
 
+    // sendBundle sends target a hand-made key bundle: `plaintext` (the bundle JSON, any bytes) is
+    // encrypted with the Rust crypto's attachment encryption, uploaded, and its details sent to
+    // every device of target over Olm (with sender_device_keys), as m.room_key_bundle or `type`.
+    // tamper_hash replaces the file's SHA-256 with another. For hostile-bundle tests.
+    async sendBundle(params) {
+        const roomId = required(params, "room_id");
+        const target = required(params, "target");
+        const plaintext = required(params, "plaintext");
+        const encrypted = RustSdkCryptoJs.Attachment.encrypt(new TextEncoder().encode(plaintext));
+        const data = encrypted.encryptedData;
+        const file = JSON.parse(encrypted.mediaEncryptionInfo);
+        const upload = await this.client.uploadContent(Buffer.from(data), { type: "application/octet-stream" });
+        file.url = upload.content_uri;
+        if (params.tamper_hash) {
+            file.hashes.sha256 = Buffer.alloc(32, 7).toString("base64").replace(/=+$/, "");
+        }
+        const devices = await this.crypto.getUserDeviceInfo([target], true);
+        const targets = [...(devices.get(target)?.keys() ?? [])].map((deviceId) => ({ userId: target, deviceId }));
+        if (targets.length === 0) throw new Error(`${target} has no devices`);
+        await this.client.encryptAndSendToDevice(params.type ?? "m.room_key_bundle", targets, { room_id: roomId, file });
+        return { mxc: upload.content_uri, bytes: data.length, devices: targets.length };
+    }
+
+    // exportRaw returns this user's exported room keys for a room as the key export holds them.
+    async exportRaw(params) {
+        const roomId = required(params, "room_id");
+        const all = JSON.parse(await this.crypto.exportRoomKeysAsJson());
+        return { sessions: all.filter((k) => k.room_id === roomId) };
+    }
+
+    // resetCrossSigning replaces this user's cross-signing identity with a new one.
+    async resetCrossSigning(params) {
+        const old = await this.crypto.getCrossSigningKeyId();
+        await this.crypto.bootstrapCrossSigning({
+            setupNewCrossSigning: true,
+            authUploadDeviceSigningKeys: async (makeRequest) => {
+                await makeRequest({
+                    type: "m.login.password",
+                    identifier: { type: "m.id.user", user: this.userId },
+                    password: this.password,
+                });
+            },
+        });
+        await waitUntil(async () => {
+            const now = await this.crypto.getCrossSigningKeyId();
+            return now && now !== old && (await this.crypto.getUserVerificationStatus(this.userId)).isCrossSigningVerified();
+        }, { timeoutMs: timeoutOf(params), what: `${this.userId} to see its new identity verified` });
+        return { master_key: await this.crypto.getCrossSigningKeyId() };
+    }
+
     // shareHistory builds, uploads and sends a key bundle to target now, as
     // invite() does before inviting (the Rust crypto's own MSC4268 sender).
     async shareHistory(params) {
