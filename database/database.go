@@ -52,16 +52,17 @@ func Open(cfg config.Database, log zerolog.Logger) (*Database, error) {
 // Upgrade brings heirloom's tables, mautrix's state store and mautrix's crypto store to
 // their latest schema, each under its own version table.
 func (db *Database) Upgrade(ctx context.Context) error {
-	if err := db.Database.Upgrade(ctx); err != nil {
-		return fmt.Errorf("failed to upgrade heirloom tables: %w", err)
-	}
-	if err := db.StateStore.Upgrade(ctx); err != nil {
-		return fmt.Errorf("failed to upgrade state store: %w", err)
-	}
+	// mautrix's stores first: heirloom's schema adds an index to the crypto store's table.
 	dblog := dbutil.ZeroLogger(db.log.With().Str("component", "database").Logger())
 	cryptoDB := db.Raw.Child(sql_store_upgrade.VersionTableName, sql_store_upgrade.Table, dblog)
 	if err := cryptoDB.Upgrade(ctx); err != nil {
 		return fmt.Errorf("failed to upgrade crypto store: %w", err)
+	}
+	if err := db.StateStore.Upgrade(ctx); err != nil {
+		return fmt.Errorf("failed to upgrade state store: %w", err)
+	}
+	if err := db.Database.Upgrade(ctx); err != nil {
+		return fmt.Errorf("failed to upgrade heirloom tables: %w", err)
 	}
 	return nil
 }

@@ -348,7 +348,7 @@ func (x *env) request(method, url, auth string, body any, out any) (int, error) 
 }
 
 // peer calls the js-sdk peer.
-func (x *env) peer(t *testing.T, method string, params map[string]any, out any) {
+func (x *env) peer(t testing.TB, method string, params map[string]any, out any) {
 	t.Helper()
 	var raw json.RawMessage
 	code, err := x.request("POST", x.peerURL+"/rpc/"+method, "", params, &raw)

@@ -52,14 +52,14 @@ type jsMessage struct {
 	SessionID string `json:"session_id"`
 }
 
-func newJSUser(t *testing.T, crossSigning bool) jsUser {
+func newJSUser(t testing.TB, crossSigning bool) jsUser {
 	t.Helper()
 	var u jsUser
 	e.peer(t, "register", map[string]any{"username": name("js_"), "cross_signing": crossSigning}, &u)
 	return u
 }
 
-func newPuppet(t *testing.T) puppetIdentity {
+func newPuppet(t testing.TB) puppetIdentity {
 	t.Helper()
 	userID := "@" + name("heirloom_") + ":" + domain
 	var p puppetIdentity
@@ -70,7 +70,7 @@ func newPuppet(t *testing.T) puppetIdentity {
 	return p
 }
 
-func apiOK(t *testing.T, method, path string, body any, out any) {
+func apiOK(t testing.TB, method, path string, body any, out any) {
 	t.Helper()
 	var raw json.RawMessage
 	code, err := e.api(method, path, body, &raw)
@@ -84,7 +84,7 @@ func apiOK(t *testing.T, method, path string, body any, out any) {
 	}
 }
 
-func puppetCreateRoom(t *testing.T, p puppetIdentity, visibility string, invite ...string) string {
+func puppetCreateRoom(t testing.TB, p puppetIdentity, visibility string, invite ...string) string {
 	t.Helper()
 	var resp struct {
 		RoomID string `json:"room_id"`
@@ -97,7 +97,7 @@ func puppetCreateRoom(t *testing.T, p puppetIdentity, visibility string, invite 
 	return resp.RoomID
 }
 
-func puppetSend(t *testing.T, p puppetIdentity, roomID, text string) string {
+func puppetSend(t testing.TB, p puppetIdentity, roomID, text string) string {
 	t.Helper()
 	var resp struct {
 		EventID string `json:"event_id"`
@@ -173,7 +173,7 @@ func waitPuppetDecrypts(t *testing.T, p puppetIdentity, roomID string, want []st
 	return events
 }
 
-func jsMessages(t *testing.T, u jsUser, roomID string, minCount int, timeoutMS int) []jsMessage {
+func jsMessages(t testing.TB, u jsUser, roomID string, minCount int, timeoutMS int) []jsMessage {
 	t.Helper()
 	var resp struct {
 		Messages []jsMessage `json:"messages"`

@@ -20,7 +20,7 @@ func newManualUser(t *testing.T) jsUser {
 	return u
 }
 
-func jsCreateRoom(t *testing.T, u jsUser, visibility string) string {
+func jsCreateRoom(t testing.TB, u jsUser, visibility string) string {
 	t.Helper()
 	var room struct {
 		RoomID string `json:"room_id"`
@@ -29,7 +29,7 @@ func jsCreateRoom(t *testing.T, u jsUser, visibility string) string {
 	return room.RoomID
 }
 
-func jsSend(t *testing.T, u jsUser, roomID string, texts ...string) {
+func jsSend(t testing.TB, u jsUser, roomID string, texts ...string) {
 	t.Helper()
 	for _, text := range texts {
 		e.peer(t, "send", map[string]any{"user": u.UserID, "room_id": roomID, "body": text}, nil)

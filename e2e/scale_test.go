@@ -67,3 +67,97 @@ func BenchmarkIdlePuppets(b *testing.B) {
 	b.ReportMetric(float64(heirloomRSS(b)), "idle-rss-bytes")
 	b.ReportMetric(float64(status.Puppets), "puppets")
 }
+
+// BenchmarkRouteToDevice posts one transaction of b.N to-device events, each to a different
+// provisioned (and unloaded) puppet, and measures heirloom routing them to their machines, which
+// it loads lazily. Run with -benchtime 1000x for the 1,000-event transaction.
+func BenchmarkRouteToDevice(b *testing.B) {
+	type target struct{ user, device string }
+	targets := make([]target, b.N)
+	for i := range targets {
+		userID := "@" + name("heirloom_route") + ":" + domain
+		var p puppetIdentity
+		if code, err := e.api("PUT", "/puppets/"+userID, map[string]any{}, &p); err != nil || code != 200 {
+			b.Fatalf("provisioning: %d %v", code, err)
+		}
+		targets[i] = target{p.UserID, p.DeviceID}
+	}
+	e.stopHeirloom(syscall.SIGTERM) // start with no machine loaded
+	if err := e.startHeirloom(); err != nil {
+		b.Fatal(err)
+	}
+	events := make([]map[string]any, len(targets))
+	for i, t := range targets {
+		events[i] = map[string]any{"type": "m.room_key_request", "sender": "@someone:" + domain, "to_user_id": t.user,
+			"to_device_id": t.device, "content": map[string]any{"action": "request_cancellation", "request_id": fmt.Sprint("r", i),
+				"requesting_device_id": "OTHER"}}
+	}
+	hsToken := readHSToken(b)
+	b.ResetTimer()
+	code, err := e.request("PUT", fmt.Sprintf("http://127.0.0.1:%d/_matrix/app/v1/transactions/route-%d", e.asPort, b.N),
+		"Bearer "+hsToken, map[string]any{"events": []any{}, "de.sorunome.msc2409.to_device": events}, nil)
+	b.StopTimer()
+	if err != nil || code != 200 {
+		b.Fatalf("transaction: %d %v", code, err)
+	}
+	var status struct {
+		Loaded int `json:"loaded_machines"`
+	}
+	if _, err = e.api("GET", "/status", nil, &status); err != nil {
+		b.Fatal(err)
+	}
+	if status.Loaded < b.N {
+		b.Fatalf("only %d machines loaded for %d events", status.Loaded, b.N)
+	}
+	b.ReportMetric(float64(heirloomRSS(b)), "rss-bytes")
+}
+
+func readHSToken(tb testing.TB) string {
+	tb.Helper()
+	data, err := os.ReadFile(e.configPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "hs_token: "); ok {
+			return v
+		}
+	}
+	tb.Fatal("no hs_token in the config")
+	return ""
+}
+
+// BenchmarkInviteToFirstDecrypt measures, on the local Synapse, the time from the invite call to
+// the invitee's first decrypted historical message: a puppet inviting a js-sdk user, and a js-sdk
+// user inviting another, in the same run.
+func BenchmarkInviteToFirstDecrypt(b *testing.B) {
+	b.Run("puppet_to_js", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			b.StopTimer()
+			p := newPuppet(b)
+			u := newJSUser(b, true)
+			roomID := puppetCreateRoom(b, p, "shared")
+			puppetSend(b, p, roomID, "history")
+			b.StartTimer()
+			puppetInvite(b, p, roomID, u.UserID)
+			e.peer(b, "join", map[string]any{"user": u.UserID, "room_id": roomID}, nil)
+			if _, ok := decryptedBodies(jsMessages(b, u, roomID, 1, 60000))["history"]; !ok {
+				b.Fatal("not decrypted")
+			}
+		}
+	})
+	b.Run("js_to_js", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			b.StopTimer()
+			alice, bob := newJSUser(b, true), newJSUser(b, true)
+			roomID := jsCreateRoom(b, alice, "shared")
+			jsSend(b, alice, roomID, "history")
+			b.StartTimer()
+			e.peer(b, "invite", map[string]any{"user": alice.UserID, "room_id": roomID, "target": bob.UserID}, nil)
+			e.peer(b, "join", map[string]any{"user": bob.UserID, "room_id": roomID}, nil)
+			if _, ok := decryptedBodies(jsMessages(b, bob, roomID, 1, 60000))["history"]; !ok {
+				b.Fatal("not decrypted")
+			}
+		}
+	})
+}

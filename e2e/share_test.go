@@ -26,7 +26,7 @@ type inviteResponse struct {
 	} `json:"bundle"`
 }
 
-func puppetInvite(t *testing.T, p puppetIdentity, roomID, invitee string) inviteResponse {
+func puppetInvite(t testing.TB, p puppetIdentity, roomID, invitee string) inviteResponse {
 	t.Helper()
 	var resp inviteResponse
 	apiOK(t, "POST", "/puppets/"+p.UserID+"/rooms/"+roomID+"/invite", map[string]any{"user_id": invitee}, &resp)
@@ -41,6 +41,7 @@ type sentBundle struct {
 	State         string `json:"state"`
 	Sessions      int    `json:"sessions"`
 	Withheld      int    `json:"withheld"`
+	Size          int64  `json:"size"`
 	Reason        string `json:"reason"`
 	Devices       []struct {
 		DeviceID  string `json:"device_id"`
@@ -63,7 +64,7 @@ type bundlesResponse struct {
 	Received []receivedBundle `json:"received"`
 }
 
-func puppetBundles(t *testing.T, p puppetIdentity) bundlesResponse {
+func puppetBundles(t testing.TB, p puppetIdentity) bundlesResponse {
 	t.Helper()
 	var resp bundlesResponse
 	apiOK(t, "GET", "/puppets/"+p.UserID+"/bundles", nil, &resp)

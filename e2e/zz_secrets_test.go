@@ -39,14 +39,8 @@ func TestZZSecretsNeverLogged(t *testing.T) {
 	waitPuppetDecrypts(t, p, roomID, []string{"secret-test from js", "secret-test from the puppet"})
 	jsMessages(t, u, roomID, 2, 30000)
 
-	data, err := os.ReadFile(e.configPath)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var cfg secretsConfig
-	if err = yaml.Unmarshal(data, &cfg); err != nil {
-		t.Fatal(err)
-	}
+	readYAML(t, e.configPath, &cfg)
 	secrets := map[string]string{
 		"as_token": cfg.AppService.ASToken, "hs_token": cfg.AppService.HSToken,
 		"pickle_key": cfg.Encryption.PickleKey, "api shared secret": cfg.Provisioning.SharedSecret,
@@ -109,5 +103,16 @@ func TestZZSecretsNeverLogged(t *testing.T) {
 		if mode := info.Mode().Perm(); mode != 0o600 {
 			t.Errorf("%s has mode %o, want 0600", filepath.Base(file), mode)
 		}
+	}
+}
+
+func readYAML(tb testing.TB, path string, out any) {
+	tb.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err = yaml.Unmarshal(data, out); err != nil {
+		tb.Fatal(err)
 	}
 }

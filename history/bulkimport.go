@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	mcrypto "maunium.net/go/mautrix/crypto"
@@ -57,37 +59,46 @@ func (w *sessionWriter) flush(ctx context.Context) error {
 	return w.flushWithheld(ctx)
 }
 
+var placeholderCache sync.Map // [2]int{rows, cols} → string
+
+// placeholders returns "($1,…,$cols),(…)" for rows rows, numbered on; built once per shape.
 func placeholders(rows, cols int) string {
-	var sb strings.Builder
+	key := [2]int{rows, cols}
+	if cached, ok := placeholderCache.Load(key); ok {
+		return cached.(string)
+	}
+	buf := make([]byte, 0, rows*cols*6)
 	n := 1
 	for r := 0; r < rows; r++ {
 		if r > 0 {
-			sb.WriteByte(',')
+			buf = append(buf, ',')
 		}
-		sb.WriteByte('(')
+		buf = append(buf, '(')
 		for c := 0; c < cols; c++ {
 			if c > 0 {
-				sb.WriteByte(',')
+				buf = append(buf, ',')
 			}
-			fmt.Fprintf(&sb, "$%d", n)
+			buf = append(buf, '$')
+			buf = strconv.AppendInt(buf, int64(n), 10)
 			n++
 		}
-		sb.WriteByte(')')
+		buf = append(buf, ')')
 	}
-	return sb.String()
+	placeholderCache.Store(key, string(buf))
+	return string(buf)
 }
 
 // held returns which of the sessions the puppet already has a row for (key or withheld entry).
 func (w *sessionWriter) held(ctx context.Context) (map[id.SessionID]bool, error) {
 	args := make([]any, 0, len(w.sessions)+1)
-	args = append(args, w.p.Store.AccountID)
-	marks := make([]string, len(w.sessions))
-	for i, igs := range w.sessions {
+	for _, igs := range w.sessions {
 		args = append(args, igs.ID())
-		marks[i] = fmt.Sprintf("$%d", i+2)
 	}
+	args = append(args, w.p.Store.AccountID)
+	// One parenthesised list of $1…$n: the placeholders of a single row of n columns.
+	list := placeholders(1, len(w.sessions))
 	rows, err := w.p.Store.DB.Query(ctx, `SELECT session_id FROM crypto_megolm_inbound_session
-		WHERE account_id=$1 AND session_id IN (`+strings.Join(marks, ",")+`)`, args...)
+		WHERE session_id IN `+list+` AND account_id=$`+strconv.Itoa(len(args)), args...)
 	if err != nil {
 		return nil, err
 	}

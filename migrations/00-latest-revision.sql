@@ -1,4 +1,4 @@
--- v0 -> v2: Latest revision
+-- v0 -> v3: Latest revision
 
 -- Appservice transactions already processed, so a retried transaction is processed once. A
 -- transaction is known by its ID and the SHA-256 of its body: Synapse on SQLite numbers its
@@ -88,3 +88,7 @@ CREATE TABLE puppet_invite (
     accepted_at     BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (puppet, room_id)
 );
+
+-- mautrix's crypto store indexes inbound sessions by account and backup version only; bundles
+-- read one room of one puppet. The crypto store's tables exist before heirloom's upgrade runs.
+CREATE INDEX IF NOT EXISTS heirloom_megolm_inbound_room_idx ON crypto_megolm_inbound_session (account_id, room_id);

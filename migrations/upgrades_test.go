@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.mau.fi/util/dbutil"
 	_ "go.mau.fi/util/dbutil/litestream" // sqlite3-fk-wal
+	"maunium.net/go/mautrix/crypto/sql_store_upgrade"
 
 	"github.com/heirloom-matrix/heirloom/migrations"
 )
@@ -17,6 +18,8 @@ func openSQLite(t *testing.T) *dbutil.Database {
 	raw, err := dbutil.NewWithDialect("file:"+filepath.Join(t.TempDir(), "t.db")+"?_txlock=immediate", "sqlite3-fk-wal")
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = raw.Close() })
+	// heirloom's schema indexes a table of mautrix's crypto store, which is created first.
+	require.NoError(t, raw.Child(sql_store_upgrade.VersionTableName, sql_store_upgrade.Table, nil).Upgrade(context.Background()))
 	return raw.Child(migrations.VersionTable, migrations.Table, nil)
 }
 
