@@ -1,0 +1,130 @@
+package history
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"maunium.net/go/mautrix"
+
+	"github.com/heirloom-matrix/heirloom/crypto"
+	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/keybundle"
+)
+
+// mediaServer serves one encrypted bundle at any download path, failing the first `failures`
+// requests with status.
+func mediaServer(t *testing.T, body []byte, status int, failures int32) (*httptest.Server, *atomic.Int32) {
+	t.Helper()
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) <= failures {
+			w.WriteHeader(status)
+			_, _ = w.Write([]byte(`{"errcode":"M_UNKNOWN","error":"try again"}`))
+			return
+		}
+		_, _ = w.Write(body)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &calls
+}
+
+// receivedFixture seals a real bundle of n sessions and returns the received-bundle row for it.
+func receivedFixture(t *testing.T, env *benchEnv, n int) (*database.ReceivedBundle, []byte) {
+	t.Helper()
+	src := env.puppet(t, "sender")
+	fillSessions(t, env, src, n)
+	sealed, err := keybundle.Seal(env.dir, 1<<20, func(w io.Writer) (keybundle.Counts, error) {
+		return env.svc.writeBundle(context.Background(), src, benchRoom, w)
+	})
+	require.NoError(t, err)
+	defer sealed.Close()
+	body, err := io.ReadAll(sealed.File)
+	require.NoError(t, err)
+	sealed.Info.URL = "mxc://localhost/bundle"
+	rb := &database.ReceivedBundle{Puppet: "@heirloom_dst:localhost", RoomID: benchRoom, Sender: "@alice:localhost",
+		SenderKey: "alicekey", State: database.ReceivedRetry}
+	rb.FileInfo, err = env.mgr.Sealer.SealJSON(receivedOwner(rb), sealed.Info)
+	require.NoError(t, err)
+	return rb, body
+}
+
+func pointPuppetAt(t *testing.T, env *benchEnv, url string) *crypto.Puppet {
+	t.Helper()
+	p := env.puppet(t, "dst")
+	base, err := mautrix.ParseAndNormalizeBaseURL(url)
+	require.NoError(t, err)
+	p.Client.HomeserverURL = base
+	p.Client.DefaultHTTPRetries = 0
+	return p
+}
+
+// Download failures other than "not found" are retried with a doubling backoff, bounded; the
+// bundle is imported once the media answers; M_NOT_FOUND gives up at once.
+func TestDownloadRetriesThenImports(t *testing.T) {
+	env := newBenchEnv(t)
+	env.svc.retryBase = time.Second
+	rb, body := receivedFixture(t, env, 20)
+	srv, calls := mediaServer(t, body, http.StatusBadGateway, 2)
+	p := pointPuppetAt(t, env, srv.URL)
+	ctx := context.Background()
+
+	before := time.Now()
+	env.svc.downloadAndImport(ctx, p, rb)
+	require.Equal(t, database.ReceivedRetry, rb.State)
+	require.Equal(t, 1, rb.Attempts)
+	require.InDelta(t, before.Add(time.Second).UnixMilli(), rb.NextAttempt, 500, "first retry after the base delay")
+
+	env.svc.downloadAndImport(ctx, p, rb)
+	require.Equal(t, database.ReceivedRetry, rb.State)
+	require.InDelta(t, time.Now().Add(2*time.Second).UnixMilli(), rb.NextAttempt, 500, "the delay doubles")
+
+	env.svc.downloadAndImport(ctx, p, rb)
+	require.Equal(t, database.ReceivedImported, rb.State, rb.Error)
+	require.Equal(t, 18, rb.Imported)
+	require.Equal(t, 2, rb.Withheld)
+	require.EqualValues(t, 3, calls.Load())
+}
+
+func TestDownloadGivesUpAfterMaxAttempts(t *testing.T) {
+	env := newBenchEnv(t)
+	env.svc.maxAttempts = 3
+	rb, body := receivedFixture(t, env, 5)
+	srv, calls := mediaServer(t, body, http.StatusServiceUnavailable, 100)
+	p := pointPuppetAt(t, env, srv.URL)
+	for range 3 {
+		env.svc.downloadAndImport(context.Background(), p, rb)
+	}
+	require.Equal(t, database.ReceivedFailed, rb.State)
+	require.Contains(t, rb.Error, "gave up after 3 attempts")
+	require.EqualValues(t, 3, calls.Load())
+}
+
+func TestDownloadNotFoundExpires(t *testing.T) {
+	env := newBenchEnv(t)
+	rb, body := receivedFixture(t, env, 5)
+	srv, calls := mediaServer(t, body, http.StatusNotFound, 100)
+	p := pointPuppetAt(t, env, srv.URL)
+	env.svc.downloadAndImport(context.Background(), p, rb)
+	require.Equal(t, database.ReceivedExpired, rb.State)
+	require.EqualValues(t, 1, calls.Load())
+	require.Zero(t, rb.NextAttempt, "no retry is scheduled")
+}
+
+// A bundle larger than the cap is refused from its Content-Length, before it is read.
+func TestDownloadOverCapRefused(t *testing.T) {
+	env := newBenchEnv(t)
+	rb, body := receivedFixture(t, env, 50)
+	env.svc.cfg.HistorySharing.MaxBundleSize = int64(len(body) / 2)
+	srv, _ := mediaServer(t, body, http.StatusOK, 0)
+	p := pointPuppetAt(t, env, srv.URL)
+	env.svc.downloadAndImport(context.Background(), p, rb)
+	require.Equal(t, database.ReceivedFailed, rb.State)
+	require.Contains(t, rb.Error, "too large")
+	require.Zero(t, rb.Imported)
+}
