@@ -3,7 +3,7 @@ export GOFLAGS := -tags=goolm -buildvcs=false
 SHELL := /bin/bash
 STATE := .state
 
-.PHONY: all build test unit e2e vet lint deps demo bench fuzz clean registration stop
+.PHONY: all build test unit e2e e2e-postgres vet lint deps demo bench fuzz clean registration stop
 
 all: build
 
@@ -34,6 +34,13 @@ test: deps lint
 	@mkdir -p $(STATE)
 	@set -o pipefail; go test -count=1 -timeout 40m -v ./... 2>&1 | tee $(STATE)/test.log | grep -E '^(=== RUN|--- |ok|FAIL|panic)|_test.go:' ; \
 		status=$$?; scripts/test-summary.sh $(STATE)/test.log; exit $$status
+
+# e2e-postgres runs the end-to-end suite with heirloom on PostgreSQL (HEIRLOOM_E2E_POSTGRES).
+e2e-postgres: deps
+	@test -n "$$HEIRLOOM_E2E_POSTGRES" || { echo "HEIRLOOM_E2E_POSTGRES is unset: eval \"\$$(scripts/postgres.sh start)\""; exit 1; }
+	@mkdir -p $(STATE)
+	@set -o pipefail; go test -count=1 -timeout 40m -v ./e2e 2>&1 | tee $(STATE)/test-postgres.log | grep -E '^(--- |ok|FAIL|panic)|_test.go:' ; \
+		status=$$?; scripts/test-summary.sh $(STATE)/test-postgres.log; exit $$status
 
 unit:
 	go test -count=1 $$(go list ./... | grep -v /e2e)

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	_ "github.com/lib/pq"
 	_ "github.com/mattn/go-sqlite3"
 )
 
@@ -365,18 +366,55 @@ func (x *env) peer(t testing.TB, method string, params map[string]any, out any) 
 	}
 }
 
-// db opens heirloom's SQLite database read-only for assertions on what it stored.
-func (x *env) db(t *testing.T) *sql.DB {
+// testDB is heirloom's database opened by the test for assertions on what heirloom stored.
+type testDB struct {
+	*sql.DB
+	postgres bool
+}
+
+// rebind turns the ? placeholders of a query into PostgreSQL's $N when needed.
+func (d testDB) rebind(query string) string {
+	if !d.postgres {
+		return query
+	}
+	var sb strings.Builder
+	n := 0
+	for _, r := range query {
+		if r == '?' {
+			n++
+			fmt.Fprintf(&sb, "$%d", n)
+			continue
+		}
+		sb.WriteRune(r)
+	}
+	return sb.String()
+}
+
+func (d testDB) QueryRow(query string, args ...any) *sql.Row {
+	return d.DB.QueryRow(d.rebind(query), args...)
+}
+
+func (d testDB) Query(query string, args ...any) (*sql.Rows, error) {
+	return d.DB.Query(d.rebind(query), args...)
+}
+
+// db opens heirloom's database (SQLite read-only, or the PostgreSQL run's database).
+func (x *env) db(t *testing.T) testDB {
 	t.Helper()
-	if os.Getenv("HEIRLOOM_E2E_POSTGRES") != "" {
-		t.Skip("database assertions read SQLite; this run uses PostgreSQL")
+	if pg := os.Getenv("HEIRLOOM_E2E_POSTGRES"); pg != "" {
+		db, err := sql.Open("postgres", pg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		return testDB{DB: db, postgres: true}
 	}
 	db, err := sql.Open("sqlite3", "file:"+x.dbPath+"?mode=ro&_busy_timeout=5000")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	return db
+	return testDB{DB: db}
 }
 
 // name returns a unique localpart suffix for this run.

@@ -56,8 +56,12 @@ start() {
     || "${psql[@]}" -c "CREATE ROLE heirloom LOGIN SUPERUSER"
   "${psql[@]}" -tc "SELECT 1 FROM pg_database WHERE datname='heirloom_test'" | grep -q 1 \
     || "${psql[@]}" -c "CREATE DATABASE heirloom_test OWNER heirloom"
+  # A fresh database for the end-to-end suite's PostgreSQL run.
+  "${psql[@]}" -c "DROP DATABASE IF EXISTS heirloom_e2e WITH (FORCE)" >/dev/null
+  "${psql[@]}" -c "CREATE DATABASE heirloom_e2e OWNER heirloom" >/dev/null
   log "running on 127.0.0.1:${PG_PORT}"
   printf 'export HEIRLOOM_TEST_POSTGRES=%q\n' "${URL}"
+  printf 'export HEIRLOOM_E2E_POSTGRES=%q\n' "${URL/heirloom_test/heirloom_e2e}"
 }
 
 stop() {
