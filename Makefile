@@ -3,7 +3,7 @@ export GOFLAGS := -tags=goolm -buildvcs=false
 SHELL := /bin/bash
 STATE := .state
 
-.PHONY: all build test unit e2e e2e-postgres vet lint deps demo bench fuzz clean registration stop
+.PHONY: all build test unit e2e e2e-postgres load vet lint deps demo bench fuzz clean registration stop
 
 all: build
 
@@ -54,6 +54,10 @@ demo: build deps
 
 bench: deps
 	scripts/bench.sh
+
+# load runs the load test at full scale: 200 puppets, 50 rooms, 5,000 messages.
+load: deps
+	HEIRLOOM_LOAD_SCALE=1 go test -count=1 -timeout 60m -v -run '^TestLoad$$' ./e2e
 
 fuzz:
 	scripts/fuzz.sh $(or $(FUZZTIME),30s)

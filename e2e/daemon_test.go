@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-func metric(t *testing.T, name string) float64 {
+func metric(t testing.TB, name string) float64 {
 	t.Helper()
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", e.asPort))
 	if err != nil {

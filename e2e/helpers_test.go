@@ -106,17 +106,17 @@ func puppetSend(t testing.TB, p puppetIdentity, roomID, text string) string {
 	return resp.EventID
 }
 
-func puppetTimeline(t *testing.T, p puppetIdentity, roomID string) []timelineEvent {
+func puppetTimeline(t testing.TB, p puppetIdentity, roomID string) []timelineEvent {
 	t.Helper()
 	var resp struct {
 		Events []timelineEvent `json:"events"`
 	}
-	apiOK(t, "GET", "/puppets/"+p.UserID+"/rooms/"+roomID+"/messages?limit=100", nil, &resp)
+	apiOK(t, "GET", "/puppets/"+p.UserID+"/rooms/"+roomID+"/messages?limit=500", nil, &resp)
 	return resp.Events
 }
 
 // puppetMessages returns the m.room.message events of the puppet's timeline.
-func puppetMessages(t *testing.T, p puppetIdentity, roomID string) []timelineEvent {
+func puppetMessages(t testing.TB, p puppetIdentity, roomID string) []timelineEvent {
 	t.Helper()
 	var out []timelineEvent
 	for _, ev := range puppetTimeline(t, p, roomID) {
@@ -134,7 +134,7 @@ func setVisibility(t *testing.T, p puppetIdentity, roomID, visibility string) {
 }
 
 // eventually retries check until it reports true or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, check func() (bool, string)) {
+func eventually(t testing.TB, timeout time.Duration, what string, check func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	last := ""
@@ -152,7 +152,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, check func() (
 }
 
 // waitPuppetDecrypts waits until the puppet's timeline has every body in want decrypted.
-func waitPuppetDecrypts(t *testing.T, p puppetIdentity, roomID string, want []string) []timelineEvent {
+func waitPuppetDecrypts(t testing.TB, p puppetIdentity, roomID string, want []string) []timelineEvent {
 	t.Helper()
 	var events []timelineEvent
 	eventually(t, 60*time.Second, "the puppet to decrypt "+strings.Join(want, ", "), func() (bool, string) {
