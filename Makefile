@@ -32,7 +32,7 @@ lint: vet
 # then prints one summary line.
 test: deps lint
 	@mkdir -p $(STATE)
-	@set -o pipefail; go test -count=1 -timeout 40m -v ./... 2>&1 | tee $(STATE)/test.log | grep -E '^(=== RUN|--- |ok|FAIL|panic)|_test.go:' ; \
+	@set -o pipefail; go test -count=1 -timeout 40m -v ./... 2>&1 | tee $(STATE)/test.log | grep -E '^(--- |ok|FAIL|panic)|_test.go:' ; \
 		status=$$?; scripts/test-summary.sh $(STATE)/test.log; exit $$status
 
 # e2e-postgres runs the end-to-end suite with heirloom on PostgreSQL (HEIRLOOM_E2E_POSTGRES).

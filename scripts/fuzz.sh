@@ -15,11 +15,13 @@ targets=(
 for t in "${targets[@]}"; do
   read -r pkg name <<<"$t"
   echo "== ${name} (${pkg}) for ${fuzztime}"
-  if ! go test "${pkg}" -run '^$' -fuzz "^${name}\$" -fuzztime "${fuzztime}" >"${log:=$(mktemp)}" 2>&1; then
+  log="$(mktemp)"
+  if ! go test "${pkg}" -run '^$' -fuzz "^${name}\$" -fuzztime "${fuzztime}" >"${log}" 2>&1; then
     cat "${log}"
     status=1
   else
     grep -E 'fuzz: elapsed.*execs' "${log}" | tail -n 1
   fi
+  rm -f "${log}"
 done
 exit "${status:-0}"

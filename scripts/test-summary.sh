@@ -9,5 +9,5 @@ if grep -qE '^(FAIL|panic:)' "$log" && [ "$failed" -eq 0 ]; then
   failed=1
 fi
 echo
-grep -E '^\s*--- SKIP' -A1 "$log" | grep -vE '^\s*--- SKIP|^--$' | sed 's/^ */skip reason: /' || true
+grep -E '^\s*--- SKIP' "$log" | sed -E 's/^\s*--- SKIP: ([^ ]+).*/skipped: \1 (its reason is printed above it)/' || true
 echo "tests: ${passed} passed, ${failed} failed, ${skipped} skipped"
