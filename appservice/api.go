@@ -133,7 +133,8 @@ func (s *Server) LoadPuppet(r *http.Request) (*crypto.Puppet, error) {
 // RoomParam returns the {roomID} path parameter, checked for shape.
 func RoomParam(r *http.Request) (id.RoomID, error) {
 	roomID := id.RoomID(r.PathValue("roomID"))
-	if !strings.HasPrefix(string(roomID), "!") || !strings.Contains(string(roomID), ":") && len(roomID) < 2 {
+	// Room IDs start with "!"; newer room versions drop the ":server" part, so that is not required.
+	if len(roomID) < 2 || roomID[0] != '!' || strings.ContainsAny(string(roomID), "/ ") {
 		return "", errInvalidParam(fmt.Sprintf("%q is not a room ID", roomID))
 	}
 	return roomID, nil

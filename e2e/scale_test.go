@@ -3,28 +3,10 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 )
-
-// heirloomRSS returns the resident set size of the running heirloom process, in bytes.
-func heirloomRSS(tb testing.TB) int64 {
-	tb.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", e.heirloom.Process.Pid))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
-			return kb * 1024
-		}
-	}
-	tb.Fatal("no VmRSS")
-	return 0
-}
 
 func provision(tb testing.TB) {
 	userID := "@" + name("heirloom_scale") + ":" + domain
@@ -64,7 +46,7 @@ func BenchmarkIdlePuppets(b *testing.B) {
 	if status.Loaded != 0 || status.Puppets < b.N {
 		b.Fatalf("after a restart: %+v", status)
 	}
-	b.ReportMetric(float64(heirloomRSS(b)), "idle-rss-bytes")
+	b.ReportMetric(float64(procStatus(b, "VmRSS")), "idle-rss-bytes")
 	b.ReportMetric(float64(status.Puppets), "puppets")
 }
 
@@ -109,7 +91,7 @@ func BenchmarkRouteToDevice(b *testing.B) {
 	if status.Loaded < b.N {
 		b.Fatalf("only %d machines loaded for %d events", status.Loaded, b.N)
 	}
-	b.ReportMetric(float64(heirloomRSS(b)), "rss-bytes")
+	b.ReportMetric(float64(procStatus(b, "VmRSS")), "rss-bytes")
 }
 
 func readHSToken(tb testing.TB) string {

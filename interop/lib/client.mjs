@@ -55,16 +55,7 @@ export class Peer {
             // Element does this at first login. The inviter's device must be
             // signed by its own identity or js-sdk silently skips history
             // sharing, and the invitee needs an identity or nothing is sent to it.
-            await peer.crypto.bootstrapCrossSigning({
-                setupNewCrossSigning: true,
-                authUploadDeviceSigningKeys: async (makeRequest) => {
-                    await makeRequest({
-                        type: "m.login.password",
-                        identifier: { type: "m.id.user", user: login.user_id },
-                        password,
-                    });
-                },
-            });
+            await peer.bootstrapCrossSigning();
         }
 
         await peer.startSync(timeoutMs);
@@ -230,9 +221,9 @@ export class Peer {
         return { sessions: all.filter((k) => k.room_id === roomId) };
     }
 
-    // resetCrossSigning replaces this user's cross-signing identity with a new one.
-    async resetCrossSigning(params) {
-        const old = await this.crypto.getCrossSigningKeyId();
+    // bootstrapCrossSigning creates and publishes a new cross-signing identity for this user and
+    // signs this device with it, answering the user-interactive auth with the password.
+    async bootstrapCrossSigning() {
         await this.crypto.bootstrapCrossSigning({
             setupNewCrossSigning: true,
             authUploadDeviceSigningKeys: async (makeRequest) => {
@@ -243,6 +234,12 @@ export class Peer {
                 });
             },
         });
+    }
+
+    // resetCrossSigning replaces this user's cross-signing identity with a new one.
+    async resetCrossSigning(params) {
+        const old = await this.crypto.getCrossSigningKeyId();
+        await this.bootstrapCrossSigning();
         await waitUntil(async () => {
             const now = await this.crypto.getCrossSigningKeyId();
             return now && now !== old && (await this.crypto.getUserVerificationStatus(this.userId)).isCrossSigningVerified();
