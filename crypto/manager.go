@@ -84,6 +84,9 @@ type Puppet struct {
 	mgr      *Manager
 	roomLock exsync.KeyedMutex[id.RoomID]
 	lastUsed time.Time
+
+	sweepLock sync.Mutex
+	lastSweep time.Time
 }
 
 // client returns a client acting as userID (and deviceID, if set) through the appservice token.

@@ -38,6 +38,13 @@ func (c *RoomKeyContent) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
+// ForwardedRoomKeyContent is an m.forwarded_room_key. Puppets never request room keys (each has
+// one device and no key backup), so a forwarded key is always unsolicited; mautrix v0.32.0 would
+// store one from any sender, attributed to whatever sender_key it names. heirloom refuses them.
+type ForwardedRoomKeyContent struct {
+	event.ForwardedRoomKeyEventContent
+}
+
 // BundleContent is the content of an m.room_key_bundle (or its unstable twin) to-device message.
 type BundleContent struct {
 	event.RoomKeyBundleEventContent
@@ -52,6 +59,7 @@ type BundleContent struct {
 // the full Olm envelope, after mautrix has done the Olm decryption itself.
 func init() {
 	event.TypeMap[event.ToDeviceRoomKey] = reflect.TypeOf(RoomKeyContent{})
+	event.TypeMap[event.ToDeviceForwardedRoomKey] = reflect.TypeOf(ForwardedRoomKeyContent{})
 	event.TypeMap[event.ToDeviceRoomKeyBundle] = reflect.TypeOf(BundleContent{})
 	event.TypeMap[ToDeviceRoomKeyBundleUnstable] = reflect.TypeOf(BundleContent{})
 }
@@ -71,6 +79,9 @@ func (p *Puppet) HandleToDevice(ctx context.Context, evt *event.Event) {
 	switch content := decrypted.Content.Parsed.(type) {
 	case *RoomKeyContent:
 		p.receiveRoomKey(ctx, decrypted, content)
+	case *ForwardedRoomKeyContent:
+		log.Warn().Stringer("room_id", content.RoomID).Stringer("session_id", content.SessionID).
+			Msg("Ignoring forwarded room key: puppets never request keys, so it was not asked for")
 	case *BundleContent:
 		content.Type = decrypted.Type
 		if p.mgr.OnRoomKeyBundle != nil {

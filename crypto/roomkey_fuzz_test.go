@@ -65,3 +65,15 @@ func FuzzBundleContent(f *testing.F) {
 		}
 	})
 }
+
+// A forwarded room key parses into heirloom's own type, which HandleToDevice refuses: mautrix's
+// handler, which would store an unsolicited key from anyone, never sees it.
+func TestForwardedRoomKeyIsHeirloomsType(t *testing.T) {
+	content := event.Content{VeryRaw: []byte(`{"algorithm":"m.megolm.v1.aes-sha2","room_id":"!r:hs","session_id":"s","session_key":"k","sender_key":"c","sender_claimed_ed25519_key":"e","forwarding_curve25519_key_chain":[]}`)}
+	if err := content.ParseRaw(event.ToDeviceForwardedRoomKey); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := content.Parsed.(*ForwardedRoomKeyContent); !ok {
+		t.Fatalf("m.forwarded_room_key parsed into %T", content.Parsed)
+	}
+}

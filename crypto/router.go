@@ -86,6 +86,7 @@ func (m *Manager) RunMaintenance(ctx context.Context, every time.Duration) {
 			return
 		case <-ticker.C:
 			m.ReplenishKeys(ctx)
+			m.SweepLoaded(ctx)
 			if n := m.EvictIdle(); n > 0 {
 				zerolog.Ctx(ctx).Debug().Int("count", n).Msg("Evicted idle puppet machines")
 			}

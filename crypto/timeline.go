@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 	mcrypto "maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/event"
@@ -39,8 +40,23 @@ func (p *Puppet) Timeline(ctx context.Context, roomID id.RoomID, limit int) ([]T
 		return nil, fmt.Errorf("failed to get messages: %w", err)
 	}
 	out := make([]TimelineEvent, 0, len(resp.Chunk))
+	missing := false
 	for i := len(resp.Chunk) - 1; i >= 0; i-- {
-		out = append(out, p.decryptForTimeline(ctx, resp.Chunk[i]))
+		te := p.decryptForTimeline(ctx, resp.Chunk[i])
+		missing = missing || te.Error == errNoKey
+		out = append(out, te)
+	}
+	// A missing key may be sitting in the device inbox (see SweepToDevice): fetch it, then retry.
+	if missing {
+		if n, err := p.SweepToDevice(ctx, false); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to sweep to-device messages for missing keys")
+		} else if n > 0 {
+			for i := range out {
+				if out[i].Error == errNoKey {
+					out[i] = p.decryptForTimeline(ctx, resp.Chunk[len(resp.Chunk)-1-i])
+				}
+			}
+		}
 	}
 	return out, nil
 }
@@ -87,8 +103,10 @@ func describeDecryptError(err error) string {
 	case errors.As(err, &withheld):
 		return fmt.Sprintf("key withheld: %s (%s)", withheld.Code, withheld.Reason)
 	case errors.Is(err, mcrypto.ErrNoSessionFound):
-		return "no key for this session"
+		return errNoKey
 	default:
 		return err.Error()
 	}
 }
+
+const errNoKey = "no key for this session"

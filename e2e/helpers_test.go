@@ -163,12 +163,23 @@ func waitPuppetDecrypts(t testing.TB, p puppetIdentity, roomID string, want []st
 				got[ev.body()] = true
 			}
 		}
+		var missing []string
 		for _, w := range want {
 			if !got[w] {
-				return false, fmt.Sprintf("missing %q in %+v", w, events)
+				missing = append(missing, w)
 			}
 		}
-		return true, ""
+		if len(missing) == 0 {
+			return true, ""
+		}
+		errors := map[string]int{}
+		for _, ev := range events {
+			if !ev.Decrypted && ev.Error != "" {
+				errors[ev.Error+" (session "+ev.SessionID+")"]++
+			}
+		}
+		return false, fmt.Sprintf("%d of %d missing (first %q) in %d timeline messages; undecrypted: %v",
+			len(missing), len(want), missing[0], len(events), errors)
 	})
 	return events
 }

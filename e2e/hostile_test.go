@@ -228,3 +228,27 @@ func TestBundleFromChangedIdentityRefused(t *testing.T) {
 	}
 	stillWorks(t, p, second)
 }
+
+// An unsolicited m.forwarded_room_key (puppets never request keys) is refused: nobody can plant
+// sessions in a puppet's store, attributed to whatever sender they name.
+func TestUnsolicitedForwardedKeyRefused(t *testing.T) {
+	mallory := newJSUser(t, true)
+	p := newPuppet(t)
+	shared := jsRoomWithPuppet(t, mallory, p, "shared")
+	secret := jsCreateRoom(t, mallory, "shared")
+	jsSend(t, mallory, secret, "planted")
+	key := jsRawKeys(t, mallory, secret)[0]
+	const toDevice = `heirloom_events_total{section="to_device",type="m.room.encrypted"}`
+	before := metric(t, toDevice)
+	e.peer(t, "sendEncrypted", map[string]any{"user": mallory.UserID, "target": p.UserID, "type": "m.forwarded_room_key",
+		"content": map[string]any{"algorithm": key.Algorithm, "room_id": secret, "session_id": key.SessionID,
+			"session_key": key.SessionKey, "sender_key": key.SenderKey, "sender_claimed_ed25519_key": key.SenderClaimedKeys["ed25519"],
+			"forwarding_curve25519_key_chain": []string{}, "org.matrix.msc3061.shared_history": true}}, nil)
+	eventually(t, 30*time.Second, "heirloom to process the forwarded key", func() (bool, string) {
+		return metric(t, toDevice) > before, "no new encrypted to-device event yet"
+	})
+	stillWorks(t, p, shared)
+	if held := heldSessions(t, p, secret); len(held) != 0 {
+		t.Fatalf("an unsolicited forwarded key was stored: %v", held)
+	}
+}

@@ -125,6 +125,14 @@ func (s *Service) Join(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) 
 	}
 	log.Info().Stringer("inviter", inv.Inviter).Msg("Joined room from invite")
 	result.Bundle = s.tryAccept(ctx, p, roomID)
+	if result.Bundle == nil {
+		// The bundle may be waiting in the device inbox, never pushed (see crypto.SweepToDevice).
+		if n, err := p.SweepToDevice(ctx, true); err != nil {
+			log.Warn().Err(err).Msg("Failed to sweep to-device messages after joining")
+		} else if n > 0 {
+			result.Bundle = s.tryAccept(ctx, p, roomID)
+		}
+	}
 	result.History = describe(result.Bundle, inv.Inviter)
 	return result, nil
 }

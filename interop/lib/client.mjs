@@ -214,6 +214,16 @@ export class Peer {
         return { mxc: upload.content_uri, bytes: data.length, devices: targets.length };
     }
 
+    // sendEncrypted sends any content, Olm-encrypted, as `type` to every device of target.
+    async sendEncrypted(params) {
+        const target = required(params, "target");
+        const devices = await this.crypto.getUserDeviceInfo([target], true);
+        const targets = [...(devices.get(target)?.keys() ?? [])].map((deviceId) => ({ userId: target, deviceId }));
+        if (targets.length === 0) throw new Error(`${target} has no devices`);
+        await this.client.encryptAndSendToDevice(required(params, "type"), targets, required(params, "content"));
+        return { devices: targets.length };
+    }
+
     // exportRaw returns this user's exported room keys for a room as the key export holds them.
     async exportRaw(params) {
         const roomId = required(params, "room_id");

@@ -16,6 +16,7 @@ const USER_METHODS = {
     invite: "invite",
     shareHistory: "shareHistory",
     sendBundle: "sendBundle",
+    sendEncrypted: "sendEncrypted",
     exportRaw: "exportRaw",
     resetCrossSigning: "resetCrossSigning",
     join: "join",
