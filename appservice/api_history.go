@@ -1,10 +1,13 @@
 package appservice
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 
 	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
 var errHistoryUnavailable = &apiError{http.StatusServiceUnavailable, "M_UNAVAILABLE", "history sharing is not running"}
@@ -39,6 +42,9 @@ func (s *Server) apiInvite(r *http.Request) (any, error) {
 	}
 	share := req.ShareHistory == nil || *req.ShareHistory
 	resp, err := s.history.Invite(r.Context(), p, roomID, req.UserID, share)
+	if errors.Is(err, keybundle.ErrBundleTooLarge) {
+		return nil, errTooLarge(err.Error() + "; the invite was not sent (retry with share_history: false to invite without history)")
+	}
 	return resp, MapRoomError(err)
 }
 

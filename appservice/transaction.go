@@ -245,6 +245,13 @@ func (s *Server) trackState(ctx context.Context, evt *event.Event) {
 	case event.StateMember:
 		membership := evt.Content.AsMember().Membership
 		rotate = membership == event.MembershipLeave || membership == event.MembershipBan
+		// A puppet that leaves, rejects, loses or is banned from an invite no longer accepts a
+		// bundle on the strength of that invite.
+		if target := id.UserID(evt.GetStateKey()); rotate && s.cfg.IsPuppet(target) {
+			if err := s.db.DeleteInvite(ctx, target, evt.RoomID); err != nil {
+				zerolog.Ctx(ctx).Err(err).Msg("Failed to forget invite")
+			}
+		}
 	}
 	mautrix.UpdateStateStore(ctx, s.db.StateStore, evt)
 	if rotate {

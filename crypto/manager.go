@@ -184,7 +184,9 @@ func (m *Manager) remember(p *Puppet) {
 	}
 }
 
-// evictLocked drops the n least recently used machines. Their state is all in the database.
+// evictLocked drops up to n least recently used machines. Their state is all in the database.
+// A machine used within the last minute stays even over the cap: a caller may still hold it, and
+// a second machine for the same device would keep its own in-memory Olm state.
 func (m *Manager) evictLocked(n int) {
 	for ; n > 0; n-- {
 		var oldest *Puppet
@@ -193,7 +195,7 @@ func (m *Manager) evictLocked(n int) {
 				oldest = p
 			}
 		}
-		if oldest == nil {
+		if oldest == nil || time.Since(oldest.lastUsed) < time.Minute {
 			return
 		}
 		oldest.Mach.Destroy()

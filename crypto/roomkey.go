@@ -123,6 +123,16 @@ func (p *Puppet) receiveRoomKey(ctx context.Context, evt *mcrypto.DecryptedOlmEv
 		return
 	}
 	igs.SourceUser = evt.Sender
+	// A copy that came in a bundle rests on the bundle sender's word; this one came from the
+	// session's own device over Olm. If they are not the same ratchet, this one replaces it.
+	if existing, _ := p.Store.GetGroupSession(ctx, content.RoomID, content.SessionID); existing != nil &&
+		existing.KeySource != id.KeySourceDirect && !SameRatchet(existing.Internal, igs.Internal) {
+		log.Warn().Stringer("source_user", existing.SourceUser).Msg("Replacing an imported key that contradicts the sender's own")
+		if err = p.Store.PutGroupSession(ctx, igs); err != nil {
+			log.Err(err).Msg("Failed to store room key")
+		}
+		return
+	}
 	if err = p.Mach.StoreGroupSession(ctx, igs); err != nil {
 		log.Err(err).Msg("Failed to store room key")
 		return

@@ -66,14 +66,16 @@ func (db *Database) PutReceivedBundle(ctx context.Context, b *ReceivedBundle) er
 	return err
 }
 
-// UpdateReceivedBundle saves the state of a received bundle.
+// UpdateReceivedBundle saves the state of a received bundle. It changes nothing if a newer bundle
+// from the same sender replaced this one meanwhile (its received_at differs): that one is pending.
 func (db *Database) UpdateReceivedBundle(ctx context.Context, b *ReceivedBundle) error {
 	b.UpdatedAt = nowMillis()
 	_, err := db.Exec(ctx, `
 		UPDATE bundle_received SET state=$4, imported=$5, withheld=$6, skipped=$7, error=$8, attempts=$9,
 			next_attempt=$10, updated_at=$11
-		WHERE puppet=$1 AND room_id=$2 AND sender=$3`,
-		b.Puppet, b.RoomID, b.Sender, b.State, b.Imported, b.Withheld, b.Skipped, b.Error, b.Attempts, b.NextAttempt, b.UpdatedAt)
+		WHERE puppet=$1 AND room_id=$2 AND sender=$3 AND received_at=$12`,
+		b.Puppet, b.RoomID, b.Sender, b.State, b.Imported, b.Withheld, b.Skipped, b.Error, b.Attempts, b.NextAttempt, b.UpdatedAt,
+		b.ReceivedAt)
 	return err
 }
 
@@ -175,4 +177,10 @@ func (db *Database) ExpireAcceptWindow(ctx context.Context, window time.Duration
 		return 0, err
 	}
 	return res.RowsAffected()
+}
+
+// DeleteInvite forgets the puppet's invite to the room (it left, rejected it or was removed).
+func (db *Database) DeleteInvite(ctx context.Context, puppet id.UserID, roomID id.RoomID) error {
+	_, err := db.Exec(ctx, `DELETE FROM puppet_invite WHERE puppet=$1 AND room_id=$2`, puppet, roomID)
+	return err
 }

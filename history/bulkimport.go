@@ -3,12 +3,14 @@ package history
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/rs/zerolog"
 	mcrypto "maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -30,7 +32,9 @@ type sessionWriter struct {
 	p        *crypto.Puppet
 	sessions []*mcrypto.InboundGroupSession
 	pickles  [][]byte
-	withheld []event.RoomKeyWithheldEventContent
+	// mismatched counts bundle keys dropped because they contradict a held session.
+	mismatched int
+	withheld   []event.RoomKeyWithheldEventContent
 }
 
 // addPrepared buffers a session and its pickle (made by a worker) and writes a full batch.
@@ -128,7 +132,7 @@ func (w *sessionWriter) flushSessions(ctx context.Context) error {
 	fresh := make([]*mcrypto.InboundGroupSession, 0, len(w.sessions))
 	for i, igs := range w.sessions {
 		if held[igs.ID()] {
-			if err = w.p.Mach.StoreGroupSession(ctx, igs); err != nil {
+			if err = w.mergeHeld(ctx, igs); err != nil {
 				return err
 			}
 			continue
@@ -180,4 +184,22 @@ func (w *sessionWriter) flushWithheld(ctx context.Context) error {
 		return fmt.Errorf("failed to insert withheld entries: %w", err)
 	}
 	return nil
+}
+
+// mergeHeld merges a bundle's copy of a session the puppet already holds. A copy that is not the
+// same ratchet as the held one is a forgery (or a mistake) and is dropped: otherwise mautrix's
+// merge, which compares only first indexes, would let an earlier-index fake replace a real key.
+func (w *sessionWriter) mergeHeld(ctx context.Context, igs *mcrypto.InboundGroupSession) error {
+	existing, err := w.p.Store.GetGroupSession(ctx, igs.RoomID, igs.ID())
+	var withheld *event.RoomKeyWithheldEventContent
+	if err != nil && !errors.As(err, &withheld) && !errors.Is(err, mcrypto.ErrGroupSessionWithheld) {
+		return err
+	}
+	if existing != nil && !crypto.SameRatchet(existing.Internal, igs.Internal) {
+		w.mismatched++
+		zerolog.Ctx(ctx).Warn().Stringer("session_id", igs.ID()).
+			Msg("Dropping bundle key that does not match the session already held")
+		return nil
+	}
+	return w.p.Mach.StoreGroupSession(ctx, igs)
 }

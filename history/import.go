@@ -106,6 +106,8 @@ func (s *Service) importBundle(ctx context.Context, p *crypto.Puppet, b *databas
 		if err := writer.flush(ctx); err != nil {
 			return err
 		}
+		res.imported -= writer.mismatched
+		res.skipped += writer.mismatched
 		// Closing verifies the SHA-256 hash over the whole ciphertext: read it all first.
 		if _, err := io.Copy(io.Discard, plaintext); err != nil {
 			return err

@@ -136,7 +136,13 @@ func (s *Service) share(ctx context.Context, p *crypto.Puppet, b *database.SentB
 	}
 	if b.State == database.SentUploaded {
 		faultPoint("crash_before_delivery")
-		return s.deliver(ctx, p, b)
+		if err = s.deliver(ctx, p, b); err != nil {
+			// Like a failed build: the bundle is marked failed with the reason and the invite goes
+			// on; a later invite builds a fresh bundle rather than resurrecting this one.
+			zerolog.Ctx(ctx).Err(err).Msg("Failed to deliver key bundle")
+			b.State, b.Reason = database.SentFailed, "delivery failed: "+err.Error()
+			return s.db.PutSentBundle(ctx, b)
+		}
 	}
 	return nil
 }

@@ -79,7 +79,9 @@ func Decide(in AcceptInput) (Verdict, string) {
 	case in.Sender != in.Inviter:
 		return Reject, fmt.Sprintf("sender %s is not the inviter %s", in.Sender, in.Inviter)
 	case !in.Joined:
-		return Reject, "puppet is not joined to the room"
+		// Not a refusal: heirloom may learn of its own join after the bundle (a late invite
+		// transaction replays the invite); the accept window bounds the wait.
+		return Wait, "puppet is not joined to the room (yet)"
 	case in.SenderTrust == id.TrustStateCrossSignedUntrusted:
 		return Reject, "sender's cross-signing identity changed since heirloom first saw it"
 	case in.SenderTrust == id.TrustStateBlacklisted:

@@ -45,7 +45,7 @@ func TestDecide(t *testing.T) {
 		}, keybundle.Expire, "24h0m0s"},
 		{"accepted days ago", func(in *keybundle.AcceptInput) { in.AcceptedAt = now.Add(-72 * time.Hour) }, keybundle.Expire, "ago"},
 		{"sender is not the inviter", func(in *keybundle.AcceptInput) { in.Sender = stranger }, keybundle.Reject, "not the inviter"},
-		{"not joined", func(in *keybundle.AcceptInput) { in.Joined = false }, keybundle.Reject, "not joined"},
+		{"not joined", func(in *keybundle.AcceptInput) { in.Joined = false }, keybundle.Wait, "not joined"},
 		{"sender identity changed", func(in *keybundle.AcceptInput) { in.SenderTrust = id.TrustStateCrossSignedUntrusted }, keybundle.Reject, "identity changed"},
 		{"trust unset", func(in *keybundle.AcceptInput) { in.SenderTrust = id.TrustStateUnset }, keybundle.Reject, "not cross-signed"},
 		{"unknown device", func(in *keybundle.AcceptInput) { in.SenderTrust = id.TrustStateUnknownDevice }, keybundle.Reject, "not cross-signed"},
