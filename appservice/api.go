@@ -75,6 +75,8 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 	mux.Handle("POST "+p+"/puppets/{userID}/rooms/{roomID}/join", s.wrap(s.apiJoin))
 	mux.Handle("POST "+p+"/puppets/{userID}/rooms/{roomID}/invite", s.wrap(s.apiInvite))
 	mux.Handle("GET "+p+"/puppets/{userID}/bundles", s.wrap(s.apiBundles))
+	mux.Handle("GET "+p+"/identities/{userID}", s.wrap(s.apiGetIdentity))
+	mux.Handle("PUT "+p+"/identities/{userID}", s.wrap(s.apiConfirmIdentity))
 	mux.Handle(p+"/", s.wrap(func(r *http.Request) (any, error) {
 		return nil, &apiError{http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request"}
 	}))

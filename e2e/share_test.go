@@ -297,4 +297,29 @@ func TestInviteeWithChangedIdentityGetsNothing(t *testing.T) {
 	if resp.Bundle.State != "skipped" || !strings.Contains(resp.Bundle.Reason, "identity changed") || resp.Bundle.MXC != "" {
 		t.Fatalf("want a skipped bundle for the changed identity: %+v", resp.Bundle)
 	}
+
+	// The admin checks the new key with the user and confirms it: sharing resumes.
+	var identity struct {
+		MasterKey string `json:"master_key"`
+		FirstSeen string `json:"first_seen_master_key"`
+		Changed   bool   `json:"changed"`
+	}
+	apiOK(t, "GET", "/identities/"+u.UserID, nil, &identity)
+	if !identity.Changed || identity.FirstSeen != u.MasterKey || identity.MasterKey == u.MasterKey {
+		t.Fatalf("identity after the reset: %+v (registered with %s)", identity, u.MasterKey)
+	}
+	if code, _ := e.api("PUT", "/identities/"+u.UserID, map[string]any{"master_key": identity.FirstSeen}, nil); code != 409 {
+		t.Fatalf("confirming a key that is not the current one answered %d, want 409", code)
+	}
+	apiOK(t, "PUT", "/identities/"+u.UserID, map[string]any{"master_key": identity.MasterKey}, &identity)
+	if identity.Changed {
+		t.Fatalf("still changed after confirming: %+v", identity)
+	}
+	third := puppetCreateRoom(t, p, "shared")
+	puppetSend(t, p, third, "after the admin confirmed")
+	if resp = puppetInvite(t, p, third, u.UserID); resp.Bundle.State != "delivered" {
+		t.Fatalf("after confirming the new identity: %+v", resp.Bundle)
+	}
+	e.peer(t, "join", map[string]any{"user": u.UserID, "room_id": third}, nil)
+	requireJSDecrypts(t, u, third, []string{"after the admin confirmed"})
 }
