@@ -207,19 +207,23 @@ export class Peer {
         if (params.tamper_hash) {
             file.hashes.sha256 = Buffer.alloc(32, 7).toString("base64").replace(/=+$/, "");
         }
+        const targets = await this.devicesOf(target);
+        await this.client.encryptAndSendToDevice(params.type ?? "m.room_key_bundle", targets, { room_id: roomId, file });
+        return { mxc: upload.content_uri, bytes: data.length, devices: targets.length };
+    }
+
+    // devicesOf lists target's devices, downloaded fresh, as encryptAndSendToDevice wants them.
+    async devicesOf(target) {
         const devices = await this.crypto.getUserDeviceInfo([target], true);
         const targets = [...(devices.get(target)?.keys() ?? [])].map((deviceId) => ({ userId: target, deviceId }));
         if (targets.length === 0) throw new Error(`${target} has no devices`);
-        await this.client.encryptAndSendToDevice(params.type ?? "m.room_key_bundle", targets, { room_id: roomId, file });
-        return { mxc: upload.content_uri, bytes: data.length, devices: targets.length };
+        return targets;
     }
 
     // sendEncrypted sends any content, Olm-encrypted, as `type` to every device of target.
     async sendEncrypted(params) {
         const target = required(params, "target");
-        const devices = await this.crypto.getUserDeviceInfo([target], true);
-        const targets = [...(devices.get(target)?.keys() ?? [])].map((deviceId) => ({ userId: target, deviceId }));
-        if (targets.length === 0) throw new Error(`${target} has no devices`);
+        const targets = await this.devicesOf(target);
         await this.client.encryptAndSendToDevice(required(params, "type"), targets, required(params, "content"));
         return { devices: targets.length };
     }
