@@ -164,7 +164,7 @@ func (s *Server) apiStatus(r *http.Request) (any, error) {
 		"loaded_machines":        s.mgr.LoadedCount(),
 		"last_homeserver_ping":   s.lastPing.Load(),
 		"uptime_seconds":         int(time.Since(s.startedAt).Seconds()),
-		"history_sharing_active": s.history != nil,
+		"history_sharing_active": s.cfg.HistorySharing.ShareOnInvite,
 	}, nil
 }
 

@@ -10,8 +10,6 @@ import (
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
-var errHistoryUnavailable = &apiError{http.StatusServiceUnavailable, "M_UNAVAILABLE", "history sharing is not running"}
-
 type inviteRequest struct {
 	UserID       id.UserID `json:"user_id"`
 	ShareHistory *bool     `json:"share_history"`
@@ -37,9 +35,6 @@ func (s *Server) apiInvite(r *http.Request) (any, error) {
 	} else if req.UserID == p.UserID {
 		return nil, errInvalidParam("a puppet cannot invite itself")
 	}
-	if s.history == nil {
-		return nil, errHistoryUnavailable
-	}
 	share := req.ShareHistory == nil || *req.ShareHistory
 	resp, err := s.history.Invite(r.Context(), p, roomID, req.UserID, share)
 	if errors.Is(err, keybundle.ErrBundleTooLarge) {
@@ -57,9 +52,6 @@ func (s *Server) apiJoin(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.history == nil {
-		return nil, errHistoryUnavailable
-	}
 	resp, err := s.history.Join(r.Context(), p, roomID)
 	return resp, MapRoomError(err)
 }
@@ -68,9 +60,6 @@ func (s *Server) apiBundles(r *http.Request) (any, error) {
 	userID, err := s.PuppetParam(r)
 	if err != nil {
 		return nil, err
-	}
-	if s.history == nil {
-		return nil, errHistoryUnavailable
 	}
 	return s.history.Bundles(r.Context(), userID)
 }

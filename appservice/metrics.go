@@ -3,6 +3,7 @@ package appservice
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"maunium.net/go/mautrix/event"
 )
 
 // metrics are heirloom's Prometheus metrics, served at /metrics.
@@ -23,7 +24,7 @@ func newMetrics() *metrics {
 		}, []string{"outcome"}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "heirloom_events_total",
-			Help: "Events received in transactions, by section and event type.",
+			Help: "Events received in transactions, by section and event type (known types; the rest as other).",
 		}, []string{"section", "type"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "heirloom_errors_total",
@@ -37,4 +38,31 @@ func newMetrics() *metrics {
 	m.registry.MustRegister(m.transactions, m.events, m.errors, m.apiRequests,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// knownEventTypes are the event types counted under their own label; anything else is "other".
+// Labels come from events anyone can send, so the set must not grow with what arrives.
+var knownEventTypes = func() map[string]bool {
+	known := map[string]bool{}
+	for _, t := range []event.Type{
+		event.EventMessage, event.EventEncrypted, event.EventReaction, event.EventRedaction, event.EventSticker,
+		event.StateMember, event.StateCreate, event.StatePowerLevels, event.StateJoinRules, event.StateHistoryVisibility,
+		event.StateEncryption, event.StateRoomName, event.StateTopic, event.StateRoomAvatar, event.StateCanonicalAlias,
+		event.StateTombstone, event.StateServerACL, event.StateGuestAccess, event.StatePinnedEvents,
+		event.EphemeralEventTyping, event.EphemeralEventReceipt, event.EphemeralEventPresence,
+		event.ToDeviceEncrypted, event.ToDeviceRoomKey, event.ToDeviceRoomKeyRequest, event.ToDeviceRoomKeyWithheld,
+		event.ToDeviceForwardedRoomKey, event.ToDeviceRoomKeyBundle, event.ToDeviceSecretRequest, event.ToDeviceDummy,
+		event.ToDeviceVerificationRequest, event.ToDeviceVerificationStart, event.ToDeviceVerificationCancel,
+	} {
+		known[t.Type] = true
+	}
+	return known
+}()
+
+// eventTypeLabel returns the label an event type is counted under.
+func eventTypeLabel(evtType string) string {
+	if knownEventTypes[evtType] {
+		return evtType
+	}
+	return "other"
 }

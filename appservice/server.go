@@ -16,37 +16,22 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
-	"maunium.net/go/mautrix/event"
-	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/crypto"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/history"
 )
 
 // Version is heirloom's version, reported by GET /status.
 var Version = "0.1.0"
-
-// HistorySharing is the MSC4268 side of heirloom that the transaction stream and the API call into.
-type HistorySharing interface {
-	// InviteSent is called for an invite a puppet sent by any path, seen in a transaction.
-	InviteSent(ctx context.Context, evt *event.Event)
-	// InviteReceived is called when a puppet is invited.
-	InviteReceived(ctx context.Context, evt *event.Event)
-	// Invite shares the room's history with invitee (unless share is false), then invites.
-	Invite(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, invitee id.UserID, share bool) (any, error)
-	// Join joins the room as the puppet and imports the inviter's bundle if there is one.
-	Join(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) (any, error)
-	// Bundles lists the bundles the puppet sent and received.
-	Bundles(ctx context.Context, puppet id.UserID) (any, error)
-}
 
 // Server is heirloom's HTTP listener.
 type Server struct {
 	cfg     *config.Config
 	db      *database.Database
 	mgr     *crypto.Manager
-	history HistorySharing
+	history *history.Service
 	metrics *metrics
 	log     zerolog.Logger
 
@@ -56,13 +41,10 @@ type Server struct {
 	server    *http.Server
 }
 
-// NewServer creates the listener. history may be nil until MSC4268 is wired in.
-func NewServer(cfg *config.Config, db *database.Database, mgr *crypto.Manager, log zerolog.Logger) *Server {
-	return &Server{cfg: cfg, db: db, mgr: mgr, metrics: newMetrics(), log: log, startedAt: time.Now()}
+// NewServer creates the listener, with history sharing (MSC4268) for the transaction stream and the API.
+func NewServer(cfg *config.Config, db *database.Database, mgr *crypto.Manager, hist *history.Service, log zerolog.Logger) *Server {
+	return &Server{cfg: cfg, db: db, mgr: mgr, history: hist, metrics: newMetrics(), log: log, startedAt: time.Now()}
 }
-
-// SetHistorySharing wires in the MSC4268 implementation.
-func (s *Server) SetHistorySharing(h HistorySharing) { s.history = h }
 
 // Handler returns the complete HTTP handler.
 func (s *Server) Handler() http.Handler {

@@ -21,6 +21,7 @@ import (
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/crypto"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/history"
 )
 
 const (
@@ -67,7 +68,7 @@ func newHarness(t *testing.T) *harness {
 	require.NoError(t, db.Upgrade(context.Background()))
 	mgr, err := crypto.NewManager(cfg, db, http.DefaultClient)
 	require.NoError(t, err)
-	s := appservice.NewServer(cfg, db, mgr, zerolog.Nop())
+	s := appservice.NewServer(cfg, db, mgr, history.NewService(cfg, db, mgr), zerolog.Nop())
 	return &harness{handler: s.Handler(), db: db, cfg: cfg}
 }
 
@@ -349,7 +350,7 @@ func TestAPIStatus(t *testing.T) {
 	require.NotNil(t, status.HomeserverReachable)
 	require.False(t, *status.HomeserverReachable, "the test homeserver answers 404 to /versions")
 	require.NotNil(t, status.HistorySharing)
-	require.False(t, *status.HistorySharing)
+	require.True(t, *status.HistorySharing, "history_sharing.share_on_invite is on in the harness")
 }
 
 func TestAPIErrors(t *testing.T) {
@@ -403,8 +404,8 @@ func TestAPIErrors(t *testing.T) {
 			http.StatusBadRequest, "M_BAD_JSON", "share_history"},
 		{"invite: bad user_id", http.MethodPost, room + "/invite", `{"user_id":"carol"}`, http.StatusBadRequest, "M_INVALID_PARAM", "carol"},
 		{"invite: itself", http.MethodPost, room + "/invite", `{"user_id":"` + string(puppet) + `"}`, http.StatusBadRequest, "M_INVALID_PARAM", "itself"},
-		{"invite: history sharing not running", http.MethodPost, room + "/invite", `{"user_id":"@carol:localhost"}`,
-			http.StatusServiceUnavailable, "M_UNAVAILABLE", ""},
+		{"invite: the homeserver's error is kept", http.MethodPost, room + "/invite", `{"user_id":"@carol:localhost"}`,
+			http.StatusNotFound, "M_UNRECOGNIZED", "homeserver"},
 
 		{"state: not JSON", http.MethodPut, room + "/state/m.room.topic", `topic`, http.StatusBadRequest, "M_NOT_JSON", "JSON object"},
 		{"unknown endpoint", http.MethodGet, "/_heirloom/v1/nope", ``, http.StatusNotFound, "M_UNRECOGNIZED", ""},

@@ -206,14 +206,14 @@ func (s *Server) processTransaction(ctx context.Context, txn *Transaction) {
 		log.Warn().Int("invalid", txn.Invalid).Msg("Skipped malformed items in transaction")
 	}
 	for _, evt := range txn.Events {
-		s.metrics.events.WithLabelValues("events", evt.Type.Type).Inc()
+		s.metrics.events.WithLabelValues("events", eventTypeLabel(evt.Type.Type)).Inc()
 		s.trackState(ctx, evt)
 	}
 	for _, evt := range txn.Ephemeral {
-		s.metrics.events.WithLabelValues("ephemeral", evt.Type.Type).Inc()
+		s.metrics.events.WithLabelValues("ephemeral", eventTypeLabel(evt.Type.Type)).Inc()
 	}
 	for _, evt := range txn.ToDevice {
-		s.metrics.events.WithLabelValues("to_device", evt.Type.Type).Inc()
+		s.metrics.events.WithLabelValues("to_device", eventTypeLabel(evt.Type.Type)).Inc()
 		s.mgr.RouteToDevice(ctx, evt)
 	}
 	for userID, devices := range txn.OTKCounts {
@@ -245,12 +245,8 @@ func (s *Server) trackState(ctx context.Context, evt *event.Event) {
 	case event.StateMember:
 		membership := evt.Content.AsMember().Membership
 		rotate = membership == event.MembershipLeave || membership == event.MembershipBan
-		// A puppet that leaves, rejects, loses or is banned from an invite no longer accepts a
-		// bundle on the strength of that invite.
-		if target := id.UserID(evt.GetStateKey()); rotate && s.cfg.IsPuppet(target) {
-			if err := s.db.DeleteInvite(ctx, target, evt.RoomID); err != nil {
-				zerolog.Ctx(ctx).Err(err).Msg("Failed to forget invite")
-			}
+		if s.cfg.IsPuppet(id.UserID(evt.GetStateKey())) {
+			s.history.TrackMembership(ctx, evt)
 		}
 	}
 	mautrix.UpdateStateStore(ctx, s.db.StateStore, evt)
@@ -261,25 +257,31 @@ func (s *Server) trackState(ctx context.Context, evt *event.Event) {
 	}
 }
 
-// reactToEvent handles events heirloom acts on: invites of puppets and invites sent by puppets.
+// reactToEvent handles events heirloom acts on: invites of puppets and invites sent by puppets,
+// and puppets' joins (a bundle from the inviter may be imported now).
 func (s *Server) reactToEvent(ctx context.Context, evt *event.Event) {
 	if evt.Type != event.StateMember || evt.StateKey == nil {
 		return
 	}
 	member := evt.Content.AsMember()
 	target := id.UserID(*evt.StateKey)
-	if member.Membership != event.MembershipInvite {
-		return
-	}
-	log := zerolog.Ctx(ctx).With().Stringer("room_id", evt.RoomID).Stringer("inviter", evt.Sender).
-		Stringer("invitee", target).Stringer("event_id", evt.ID).Logger()
-	if s.cfg.IsPuppet(evt.Sender) && s.history != nil {
-		s.history.InviteSent(log.WithContext(ctx), evt)
-	}
-	if s.cfg.IsPuppet(target) && s.history != nil {
-		s.history.InviteReceived(log.WithContext(ctx), evt)
-	} else if target == s.cfg.BotUserID() {
-		log.Info().Msg("Bot was invited to a room")
+	log := zerolog.Ctx(ctx).With().Stringer("room_id", evt.RoomID).Stringer("sender", evt.Sender).
+		Stringer("target", target).Stringer("event_id", evt.ID).Logger()
+	ctx = log.WithContext(ctx)
+	switch member.Membership {
+	case event.MembershipInvite:
+		if s.cfg.IsPuppet(evt.Sender) {
+			s.history.InviteSent(ctx, evt)
+		}
+		if s.cfg.IsPuppet(target) {
+			s.history.InviteReceived(ctx, evt)
+		} else if target == s.cfg.BotUserID() {
+			log.Info().Msg("Bot was invited to a room")
+		}
+	case event.MembershipJoin:
+		if s.cfg.IsPuppet(target) {
+			s.history.ObserveJoin(ctx, evt)
+		}
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	mcrypto "maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -24,14 +23,9 @@ type IdentityStatus struct {
 	Changed   bool       `json:"changed"`
 }
 
-// identityStore reads the cross-signing key tables, which mautrix shares between all accounts.
-func (m *Manager) identityStore() *mcrypto.SQLCryptoStore {
-	return mcrypto.NewSQLCryptoStore(m.db.Raw, nil, "", "", m.pickleKey)
-}
-
 // Identity returns what heirloom has recorded of the user's cross-signing identity.
 func (m *Manager) Identity(ctx context.Context, userID id.UserID) (*IdentityStatus, error) {
-	keys, err := m.identityStore().GetCrossSigningKeys(ctx, userID)
+	keys, err := m.shared.GetCrossSigningKeys(ctx, userID)
 	if err != nil {
 		return nil, fmt.Errorf("failed to read cross-signing keys: %w", err)
 	}
@@ -52,7 +46,7 @@ func (m *Manager) ConfirmIdentity(ctx context.Context, userID id.UserID, key id.
 	if status.Current != key {
 		return nil, fmt.Errorf("%w (current: %s)", ErrIdentityMismatch, status.Current)
 	}
-	if err = m.identityStore().ResetMasterKeyTOFU(ctx, userID, key); err != nil {
+	if err = m.shared.ResetMasterKeyTOFU(ctx, userID, key); err != nil {
 		return nil, fmt.Errorf("failed to confirm identity: %w", err)
 	}
 	return m.Identity(ctx, userID)

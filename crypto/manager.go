@@ -38,8 +38,14 @@ type Manager struct {
 	idleEvict  time.Duration
 	provisions exsync.KeyedMutex[id.UserID]
 
+	// shared reaches the tables mautrix's crypto store keeps for all accounts at once: tracked
+	// users and their device lists, devices, cross-signing keys and signatures. Built once, with
+	// no account; each puppet's own store holds its account's rows.
+	shared *mcrypto.SQLCryptoStore
+
 	lock     sync.Mutex
 	machines map[id.UserID]*Puppet
+	gates    sync.Map // id.UserID → *sessionGate
 
 	// OnRoomKeyBundle is called with every Olm-decrypted room key bundle a puppet receives.
 	OnRoomKeyBundle func(ctx context.Context, p *Puppet, evt *mcrypto.DecryptedOlmEvent, content *BundleContent)
@@ -67,6 +73,7 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 		pickleKey: pickleKey,
 		Sealer:    sealer,
 		Pickles:   pickles,
+		shared:    mcrypto.NewSQLCryptoStore(db.Raw, dbutil.ZeroLogger(zerolog.Nop()), "", "", pickleKey),
 		maxLoaded: 2000,
 		idleEvict: 30 * time.Minute,
 		machines:  make(map[id.UserID]*Puppet),
@@ -226,6 +233,8 @@ func (m *Manager) newMachine(ctx context.Context, userID id.UserID, deviceID id.
 	mach := mcrypto.NewOlmMachine(cli, &log, store, m.db.StateStore)
 	// heirloom shares room keys itself (sharing.go); mautrix must not rotate behind its back.
 	mach.DisableDeviceChangeKeyRotation = true
+	mach.SetMegolmDecryptLock(m.gate(userID).megolmLock)
+	mach.AllowKeyShare = refuseOtherUsersKeyRequests(mach)
 	if err := mach.Load(ctx); err != nil {
 		return nil, fmt.Errorf("failed to load olm account: %w", err)
 	}

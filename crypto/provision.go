@@ -147,3 +147,19 @@ func (m *Manager) ensureCrossSigning(ctx context.Context, p *Puppet, row *databa
 	}
 	return nil
 }
+
+// OwnDeviceSigned reports whether the store holds the puppet's self-signing signature on its own
+// device: the signature mautrix puts into sender_device_keys, without which matrix-rust-sdk
+// refuses the puppet's bundles. (Resolving the trust of the machine's own device would say
+// "verified" whatever the signatures.)
+func (p *Puppet) OwnDeviceSigned(ctx context.Context) (bool, error) {
+	keys := p.Mach.CrossSigningKeys
+	if keys == nil || keys.SelfSigningKey == nil {
+		return false, nil
+	}
+	signed, err := p.Store.IsKeySignedBy(ctx, p.UserID, p.Mach.OwnIdentity().SigningKey, p.UserID, keys.SelfSigningKey.PublicKey())
+	if err != nil {
+		return false, fmt.Errorf("failed to check own device signature: %w", err)
+	}
+	return signed, nil
+}

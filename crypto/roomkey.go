@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"reflect"
-	"time"
 
 	"github.com/rs/zerolog"
 	mcrypto "maunium.net/go/mautrix/crypto"
@@ -67,7 +66,18 @@ func init() {
 // HandleToDevice processes one to-device event addressed to this puppet's device.
 func (p *Puppet) HandleToDevice(ctx context.Context, evt *event.Event) {
 	if evt.Type != event.ToDeviceEncrypted {
-		p.Mach.HandleToDeviceEvent(ctx, evt)
+		switch {
+		case p.isForeignKeyRequest(evt):
+			requestID := ""
+			if req, ok := evt.Content.Parsed.(*event.RoomKeyRequestEventContent); ok {
+				requestID = req.RequestID
+			}
+			zerolog.Ctx(ctx).Info().Str("request_id", requestID).Msg("Refusing room key request from another user")
+		case evt.Type == event.ToDeviceRoomKeyWithheld:
+			p.receiveWithheld(ctx, evt)
+		default:
+			p.Mach.HandleToDeviceEvent(ctx, evt)
+		}
 		return
 	}
 	decrypted := p.Mach.HandleEncryptedEvent(ctx, evt)
@@ -92,27 +102,21 @@ func (p *Puppet) HandleToDevice(ctx context.Context, evt *event.Event) {
 	}
 }
 
-// receiveRoomKey stores an inbound megolm session with its history flag, as mautrix would
-// (same session ID check, same merge rules through StoreGroupSession).
+// receiveRoomKey stores an inbound megolm session with its history flag: the session ID checked
+// against the key, then StoreSession's rules (never over another room's session, merged by
+// MergeSessions with a copy of the same room).
 func (p *Puppet) receiveRoomKey(ctx context.Context, evt *mcrypto.DecryptedOlmEvent, content *RoomKeyContent) {
 	log := zerolog.Ctx(ctx).With().
 		Stringer("room_id", content.RoomID).
 		Stringer("session_id", content.SessionID).
 		Bool("shared_history", content.HistoryShared).
 		Logger()
+	ctx = log.WithContext(ctx)
 	if content.Algorithm != id.AlgorithmMegolmV1 || evt.Keys.Ed25519 == "" {
 		log.Debug().Str("algorithm", string(content.Algorithm)).Msg("Ignoring room key with unknown algorithm or no signing key")
 		return
 	}
-	maxAge, maxMessages := 7*24*time.Hour, 100
-	if enc, err := p.Mach.StateStore.GetEncryptionEvent(ctx, content.RoomID); err == nil && enc != nil {
-		if enc.RotationPeriodMillis > 0 {
-			maxAge = time.Duration(enc.RotationPeriodMillis) * time.Millisecond
-		}
-		if enc.RotationPeriodMessages > 0 {
-			maxMessages = enc.RotationPeriodMessages
-		}
-	}
+	maxAge, maxMessages := p.RotationLimits(ctx, content.RoomID)
 	igs, err := mcrypto.NewInboundGroupSession(evt.SenderKey, evt.Keys.Ed25519, content.RoomID, content.SessionKey,
 		maxAge, maxMessages, &content.HistoryShared, content.IsScheduled)
 	if err != nil {
@@ -123,19 +127,37 @@ func (p *Puppet) receiveRoomKey(ctx context.Context, evt *mcrypto.DecryptedOlmEv
 		return
 	}
 	igs.SourceUser = evt.Sender
-	// A copy that came in a bundle rests on the bundle sender's word; this one came from the
-	// session's own device over Olm. If they are not the same ratchet, this one replaces it.
-	if existing, _ := p.Store.GetGroupSession(ctx, content.RoomID, content.SessionID); existing != nil &&
-		existing.KeySource != id.KeySourceDirect && !SameRatchet(existing.Internal, igs.Internal) {
-		log.Warn().Stringer("source_user", existing.SourceUser).Msg("Replacing an imported key that contradicts the sender's own")
-		if err = p.Store.PutGroupSession(ctx, igs); err != nil {
-			log.Err(err).Msg("Failed to store room key")
-		}
-		return
-	}
-	if err = p.Mach.StoreGroupSession(ctx, igs); err != nil {
+	stored, reason, err := p.StoreSession(ctx, igs)
+	switch {
+	case err != nil:
 		log.Err(err).Msg("Failed to store room key")
+	case !stored && reason == ReasonHeldNoBetter:
+		log.Debug().Msg("Room key already held")
+	case !stored:
+		log.Warn().Str("reason", reason).Msg("Dropping room key")
+	default:
+		log.Debug().Msg("Stored room key")
+	}
+}
+
+// receiveWithheld stores a plaintext m.room_key.withheld. Anyone can send one, unauthenticated,
+// so heirloom keeps only what a member of the room says about a room the puppet is in, never
+// m.history_not_shared (MSC4268 uses that code only inside bundles), and never over a row.
+func (p *Puppet) receiveWithheld(ctx context.Context, evt *event.Event) {
+	content, ok := evt.Content.Parsed.(*event.RoomKeyWithheldEventContent)
+	if !ok {
 		return
 	}
-	log.Debug().Msg("Stored room key")
+	log := zerolog.Ctx(ctx).With().Stringer("room_id", content.RoomID).Stringer("session_id", content.SessionID).
+		Str("code", string(content.Code)).Logger()
+	switch {
+	case content.Algorithm != id.AlgorithmMegolmV1 || !keybundle.ValidKey(string(content.SessionID)) || !keybundle.ValidKey(string(content.SenderKey)):
+		log.Debug().Msg("Ignoring malformed room key withheld message")
+	case keybundle.IsHistoryNotShared(string(content.Code)):
+		log.Debug().Msg("Ignoring history-not-shared code outside a key bundle")
+	case !p.mgr.isMember(ctx, content.RoomID, p.UserID) || !p.mgr.isMember(ctx, content.RoomID, evt.Sender):
+		log.Debug().Msg("Ignoring room key withheld message for a room the puppet and sender do not share")
+	default:
+		p.Mach.HandleRoomKeyWithheld(ctx, content)
+	}
 }

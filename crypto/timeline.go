@@ -26,6 +26,42 @@ type TimelineEvent struct {
 	// KeysSharedBy is the user whose key bundle supplied the key that decrypted this event:
 	// MSC4268 says the receiver has only that user's word for who sent it.
 	KeysSharedBy id.UserID `json:"keys_shared_by,omitempty"`
+	// Trust says how far the decrypting key vouches for the sender (TrustName).
+	Trust string `json:"trust,omitempty"`
+}
+
+// Trust levels of a decrypted event, as the API reports them.
+const (
+	TrustVerified        = "verified"         // the puppet's own session, or a user it verified
+	TrustCrossSigned     = "cross_signed"     // a device its owner's cross-signing identity signs
+	TrustUnsigned        = "unsigned"         // a known device its owner never signed
+	TrustIdentityChanged = "identity_changed" // signed by an identity that changed since first seen
+	TrustUnknownDevice   = "unknown_device"   // the session's device is not among the sender's devices
+	TrustForwarded       = "forwarded"        // the key came from someone else (a bundle or a backup)
+	TrustKeyMismatch     = "key_mismatch"     // the session's keys are not the sender device's keys
+	TrustBlacklisted     = "blacklisted"      // a device marked as not to be trusted
+)
+
+// TrustName maps mautrix's trust state of a decrypted event to the API's name for it.
+func TrustName(state id.TrustState, forwarded bool) string {
+	switch {
+	case forwarded, state == id.TrustStateForwarded, state == id.TrustStateBackup:
+		return TrustForwarded
+	case state >= id.TrustStateCrossSignedVerified:
+		return TrustVerified
+	case state >= id.TrustStateCrossSignedTOFU:
+		return TrustCrossSigned
+	case state == id.TrustStateCrossSignedUntrusted:
+		return TrustIdentityChanged
+	case state == id.TrustStateUnset:
+		return TrustUnsigned
+	case state == id.TrustStateDeviceKeyMismatch:
+		return TrustKeyMismatch
+	case state == id.TrustStateBlacklisted:
+		return TrustBlacklisted
+	default:
+		return TrustUnknownDevice
+	}
 }
 
 // Timeline returns the last limit timeline events of the room, oldest first, decrypted where the
@@ -90,6 +126,7 @@ func (p *Puppet) decryptForTimeline(ctx context.Context, evt *event.Event) Timel
 	te.Decrypted = true
 	te.Type = decrypted.Type.Type
 	te.Content = decrypted.Content.VeryRaw
+	te.Trust = TrustName(decrypted.Mautrix.TrustState, decrypted.Mautrix.ForwardedKeys)
 	if igs, err := p.Store.GetGroupSession(ctx, evt.RoomID, content.SessionID); err == nil && igs != nil &&
 		igs.KeySource == id.KeySourceForward && igs.SourceUser != "" {
 		te.KeysSharedBy = igs.SourceUser

@@ -123,9 +123,8 @@ func Run(configPath string) int {
 		log.Error().Err(err).Str("homeserver", cfg.Homeserver.Address).Msg("The homeserver is not reachable")
 		return ExitHomeserver
 	}
-	server := appservice.NewServer(cfg, db, mgr, log)
-	history := history.NewService(cfg, db, mgr)
-	server.SetHistorySharing(history)
+	sharing := history.NewService(cfg, db, mgr)
+	server := appservice.NewServer(cfg, db, mgr, sharing, log)
 	if err = server.Start(); err != nil {
 		log.Error().Err(err).Msg("Failed to start the HTTP listener")
 		return ExitStartup
@@ -140,7 +139,7 @@ func Run(configPath string) int {
 		return ExitHomeserver
 	}
 	go mgr.RunMaintenance(ctx, 5*time.Minute)
-	go history.Run(ctx)
+	go sharing.Run(ctx)
 	go pruneTransactions(ctx, db)
 	log.Info().Str("version", appservice.Version).Msg("heirloom is running")
 	<-ctx.Done()

@@ -83,21 +83,43 @@ func (db *Database) PutSentBundle(ctx context.Context, b *SentBundle) error {
 }
 
 // ClaimSentBundleForInvite links the newest bundle the API built for this invite (no invite event
-// yet, created within maxAge) to the invite event seen in a transaction. It reports whether one was
-// claimed: if so, the transaction path must not build another.
-func (db *Database) ClaimSentBundleForInvite(ctx context.Context, puppet id.UserID, roomID id.RoomID, invitee id.UserID, eventID id.EventID, maxAge time.Duration) (bool, error) {
-	res, err := db.Exec(ctx, `
+// recorded yet) to the invite event seen in a transaction, however late that echo is, and returns
+// it; nil if there is none: then the transaction path may build one. A bundle whose invite failed
+// is never claimed (SetInviteFailed).
+func (db *Database) ClaimSentBundleForInvite(ctx context.Context, puppet id.UserID, roomID id.RoomID, invitee id.UserID, eventID id.EventID) (*SentBundle, error) {
+	var bundleID string
+	err := db.QueryRow(ctx, `
 		UPDATE bundle_sent SET invite_event_id=$4, updated_at=$5
 		WHERE invite_event_id IS NULL AND bundle_id = (
 			SELECT bundle_id FROM bundle_sent
-			WHERE puppet=$1 AND room_id=$2 AND invitee=$3 AND invite_event_id IS NULL AND created_at > $6
+			WHERE puppet=$1 AND room_id=$2 AND invitee=$3 AND invite_event_id IS NULL
 			ORDER BY created_at DESC LIMIT 1
-		)`, puppet, roomID, invitee, eventID, nowMillis(), time.Now().Add(-maxAge).UnixMilli())
-	if err != nil {
-		return false, err
+		) RETURNING bundle_id`, puppet, roomID, invitee, eventID, nowMillis()).Scan(&bundleID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
 	}
-	n, err := res.RowsAffected()
-	return n > 0, err
+	return db.GetSentBundle(ctx, bundleID)
+}
+
+// inviteFailedPrefix marks, in invite_event_id, a bundle whose invite the homeserver refused:
+// never an event ID, unique per bundle, and never NULL, so no later invite's echo claims it.
+const inviteFailedPrefix = "invite-failed:"
+
+// SetInviteFailed records that the invite a bundle was built for was never sent.
+func (db *Database) SetInviteFailed(ctx context.Context, bundleID string) error {
+	_, err := db.Exec(ctx, `UPDATE bundle_sent SET invite_event_id=$2, updated_at=$3 WHERE bundle_id=$1 AND invite_event_id IS NULL`,
+		bundleID, inviteFailedPrefix+bundleID, nowMillis())
+	return err
+}
+
+// SetInviteEvent records the invite event a bundle was built for, once the homeserver names it. It
+// changes nothing if the echo claimed the bundle first.
+func (db *Database) SetInviteEvent(ctx context.Context, bundleID string, eventID id.EventID) error {
+	_, err := db.Exec(ctx, `UPDATE bundle_sent SET invite_event_id=$2, updated_at=$3 WHERE bundle_id=$1 AND invite_event_id IS NULL`,
+		bundleID, eventID, nowMillis())
+	return err
 }
 
 // HasSentBundleForInvite reports whether a bundle already exists for the invite event.
@@ -170,4 +192,15 @@ func (db *Database) GetDeliveries(ctx context.Context, bundleID string) ([]Deliv
 		out = append(out, d)
 	}
 	return out, rows.Err()
+}
+
+// FailStaleSentBundles marks bundles still waiting to be delivered that were built before the
+// given time as failed, for the given reason. It returns how many it marked.
+func (db *Database) FailStaleSentBundles(ctx context.Context, builtBefore time.Time, reason string) (int64, error) {
+	res, err := db.Exec(ctx, `UPDATE bundle_sent SET state=$1, reason=$2, updated_at=$3 WHERE state=$4 AND created_at < $5`,
+		SentFailed, reason, nowMillis(), SentUploaded, builtBefore.UnixMilli())
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }

@@ -101,8 +101,7 @@ func TestSentBundleInviteEventIsUnique(t *testing.T) {
 }
 
 func TestClaimSentBundleForInvite(t *testing.T) {
-	const maxAge = 10 * time.Minute
-	old := time.Now().Add(-maxAge - time.Minute).UnixMilli()
+	old := time.Now().Add(-30 * 24 * time.Hour).UnixMilli()
 	for _, tc := range []struct {
 		name      string
 		bundles   []database.SentBundle
@@ -126,8 +125,12 @@ func TestClaimSentBundleForInvite(t *testing.T) {
 		{"another room's bundle", []database.SentBundle{
 			{BundleID: "y", Puppet: puppetA, RoomID: roomY, Invitee: invitee},
 		}, "", ""},
+		// An explicit refusal (share_history: false) holds however late the invite's echo comes.
 		{"an old bundle", []database.SentBundle{
 			{BundleID: "old", Puppet: puppetA, RoomID: roomX, Invitee: invitee, CreatedAt: old},
+		}, "old", ""},
+		{"a bundle whose invite failed", []database.SentBundle{
+			{BundleID: "failed", Puppet: puppetA, RoomID: roomX, Invitee: invitee},
 		}, "", ""},
 		{"a bundle already linked to an invite", []database.SentBundle{
 			{BundleID: "linked", Puppet: puppetA, RoomID: roomX, Invitee: invitee, InviteEventID: "$earlier"},
@@ -140,11 +143,18 @@ func TestClaimSentBundleForInvite(t *testing.T) {
 				for _, b := range tc.bundles {
 					b.State = database.SentDelivered
 					putSent(t, db, &b)
+					if b.BundleID == "failed" {
+						require.NoError(t, db.SetInviteFailed(ctx, b.BundleID))
+						b.InviteEventID = getSent(t, db, b.BundleID).InviteEventID
+					}
 					before[b.BundleID] = b.InviteEventID
 				}
-				claimed, err := db.ClaimSentBundleForInvite(ctx, puppetA, roomX, invitee, "$invite", maxAge)
+				claimed, err := db.ClaimSentBundleForInvite(ctx, puppetA, roomX, invitee, "$invite")
 				require.NoError(t, err)
-				require.Equal(t, tc.wantClaim != "", claimed)
+				require.Equal(t, tc.wantClaim != "", claimed != nil)
+				if claimed != nil {
+					require.Equal(t, tc.wantClaim, claimed.BundleID)
+				}
 				for _, b := range tc.bundles {
 					want := before[b.BundleID]
 					if b.BundleID == tc.wantClaim {
@@ -154,12 +164,12 @@ func TestClaimSentBundleForInvite(t *testing.T) {
 				}
 				has, err := db.HasSentBundleForInvite(ctx, puppetA, roomX, "$invite")
 				require.NoError(t, err)
-				require.Equal(t, claimed, has)
+				require.Equal(t, claimed != nil, has)
 
 				// A bundle is claimed once: a later invite event finds only a bundle still unclaimed.
-				again, err := db.ClaimSentBundleForInvite(ctx, puppetA, roomX, invitee, "$reinvite", maxAge)
+				again, err := db.ClaimSentBundleForInvite(ctx, puppetA, roomX, invitee, "$reinvite")
 				require.NoError(t, err)
-				require.Equal(t, tc.wantSecond != "", again, "claiming for a second invite")
+				require.Equal(t, tc.wantSecond != "", again != nil, "claiming for a second invite")
 				if tc.wantClaim != "" {
 					require.Equal(t, id.EventID("$invite"), getSent(t, db, tc.wantClaim).InviteEventID, "the first claim stays")
 				}
@@ -243,8 +253,8 @@ func TestClaimSentBundleForInviteConcurrently(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					eventID := id.EventID(fmt.Sprintf("$invite%d", i))
-					claimed, err := db.ClaimSentBundleForInvite(ctx, puppetA, room, invitee, eventID, time.Hour)
-					if err == nil && claimed {
+					claimed, err := db.ClaimSentBundleForInvite(ctx, puppetA, room, invitee, eventID)
+					if err == nil && claimed != nil {
 						wins <- eventID
 					}
 				}()

@@ -69,13 +69,37 @@ func (db *Database) PutReceivedBundle(ctx context.Context, b *ReceivedBundle) er
 // UpdateReceivedBundle saves the state of a received bundle. It changes nothing if a newer bundle
 // from the same sender replaced this one meanwhile (its received_at differs): that one is pending.
 func (db *Database) UpdateReceivedBundle(ctx context.Context, b *ReceivedBundle) error {
+	_, err := db.updateReceived(ctx, b)
+	return err
+}
+
+// updateReceived saves b's state if b is still the stored bundle, and returns how many rows changed.
+func (db *Database) updateReceived(ctx context.Context, b *ReceivedBundle) (int64, error) {
 	b.UpdatedAt = nowMillis()
-	_, err := db.Exec(ctx, `
+	res, err := db.Exec(ctx, `
 		UPDATE bundle_received SET state=$4, imported=$5, withheld=$6, skipped=$7, error=$8, attempts=$9,
 			next_attempt=$10, updated_at=$11
 		WHERE puppet=$1 AND room_id=$2 AND sender=$3 AND received_at=$12`,
 		b.Puppet, b.RoomID, b.Sender, b.State, b.Imported, b.Withheld, b.Skipped, b.Error, b.Attempts, b.NextAttempt, b.UpdatedAt,
 		b.ReceivedAt)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// ErrBundleSuperseded means a newer bundle from the same sender replaced the one being saved.
+var ErrBundleSuperseded = errors.New("a newer bundle from the same sender replaced this one")
+
+// SaveImportedBundle saves an imported bundle's final state, inside the import's transaction so
+// that the keys and the state commit together. It fails with ErrBundleSuperseded if a newer bundle
+// from the same sender replaced this one meanwhile: the import is then rolled back, and the newer
+// bundle, pending, is imported instead.
+func (db *Database) SaveImportedBundle(ctx context.Context, b *ReceivedBundle) error {
+	n, err := db.updateReceived(ctx, b)
+	if err == nil && n == 0 {
+		err = ErrBundleSuperseded
+	}
 	return err
 }
 
@@ -98,6 +122,15 @@ func (db *Database) ListDueRetries(ctx context.Context) ([]*ReceivedBundle, erro
 	return dbutil.NewRowIterWithError(rows, scanReceived, err).AsList()
 }
 
+// RejectBundlesNotFrom marks the puppet's pending bundles for the room from anyone but sender as
+// rejected, for the given reason.
+func (db *Database) RejectBundlesNotFrom(ctx context.Context, puppet id.UserID, roomID id.RoomID, sender id.UserID, reason string) error {
+	_, err := db.Exec(ctx, `UPDATE bundle_received SET state=$4, error=$5, updated_at=$6
+		WHERE puppet=$1 AND room_id=$2 AND sender<>$3 AND state IN ($7, $8)`,
+		puppet, roomID, sender, ReceivedRejected, reason, nowMillis(), ReceivedPending, ReceivedRetry)
+	return err
+}
+
 // Invite is an invite a puppet received and perhaps accepted.
 type Invite struct {
 	Puppet        id.UserID
@@ -105,58 +138,72 @@ type Invite struct {
 	Inviter       id.UserID
 	InviteEventID id.EventID
 	InvitedAt     int64
-	AcceptedAt    int64
+	// AcceptedAt is when the puppet set out to join from this invite (0: it has not).
+	AcceptedAt int64
+	// JoinEventID is the puppet's join that replaced this invite ("" until it is known). Only then
+	// does the acceptance count.
+	JoinEventID id.EventID
 }
 
-// PutInvite records an invite a puppet received (keeping an earlier acceptance of the same invite).
-func (db *Database) PutInvite(ctx context.Context, inv *Invite) error {
-	_, err := db.Exec(ctx, `
-		INSERT INTO puppet_invite (puppet, room_id, inviter, invite_event_id, invited_at, accepted_at) VALUES ($1, $2, $3, $4, $5, 0)
-		ON CONFLICT (puppet, room_id) DO UPDATE SET inviter=excluded.inviter, invite_event_id=excluded.invite_event_id,
-			invited_at=excluded.invited_at, accepted_at=CASE WHEN puppet_invite.invite_event_id=excluded.invite_event_id
-			OR puppet_invite.invite_event_id='' OR excluded.invite_event_id='' THEN puppet_invite.accepted_at ELSE 0 END`,
-		inv.Puppet, inv.RoomID, inv.Inviter, inv.InviteEventID, inv.InvitedAt)
-	return err
+// Confirmed reports whether the puppet joined from this invite: a bundle from the inviter may be
+// imported (within the accept window).
+func (inv *Invite) Confirmed() bool {
+	return inv != nil && inv.AcceptedAt > 0 && inv.JoinEventID != ""
 }
 
-// MarkInviteAccepted records durably that the puppet joined the room from the invite.
-func (db *Database) MarkInviteAccepted(ctx context.Context, puppet id.UserID, roomID id.RoomID) (*Invite, error) {
-	_, err := db.Exec(ctx, `UPDATE puppet_invite SET accepted_at=$3 WHERE puppet=$1 AND room_id=$2 AND accepted_at=0`,
-		puppet, roomID, nowMillis())
-	if err != nil {
-		return nil, err
-	}
-	return db.GetInvite(ctx, puppet, roomID)
-}
+const inviteColumns = `puppet, room_id, inviter, invite_event_id, invited_at, accepted_at, join_event_id`
 
-// GetInvite returns the puppet's invite to the room, or nil.
-func (db *Database) GetInvite(ctx context.Context, puppet id.UserID, roomID id.RoomID) (*Invite, error) {
+func scanInvite(row dbutil.Scannable) (*Invite, error) {
 	var inv Invite
-	err := db.QueryRow(ctx, `SELECT puppet, room_id, inviter, invite_event_id, invited_at, accepted_at FROM puppet_invite WHERE puppet=$1 AND room_id=$2`,
-		puppet, roomID).Scan(&inv.Puppet, &inv.RoomID, &inv.Inviter, &inv.InviteEventID, &inv.InvitedAt, &inv.AcceptedAt)
+	err := row.Scan(&inv.Puppet, &inv.RoomID, &inv.Inviter, &inv.InviteEventID, &inv.InvitedAt, &inv.AcceptedAt, &inv.JoinEventID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
 	return &inv, err
 }
 
-// ListAcceptedInvites returns invites accepted since the given time.
+// PutInvite records an invite a puppet received. Seeing the same invite again keeps its
+// acceptance; another invite event replaces it, acceptance and all.
+func (db *Database) PutInvite(ctx context.Context, inv *Invite) error {
+	_, err := db.Exec(ctx, `
+		INSERT INTO puppet_invite (`+inviteColumns+`) VALUES ($1, $2, $3, $4, $5, 0, '')
+		ON CONFLICT (puppet, room_id) DO UPDATE SET inviter=excluded.inviter, invite_event_id=excluded.invite_event_id,
+			invited_at=excluded.invited_at,
+			accepted_at=CASE WHEN puppet_invite.invite_event_id=excluded.invite_event_id THEN puppet_invite.accepted_at ELSE 0 END,
+			join_event_id=CASE WHEN puppet_invite.invite_event_id=excluded.invite_event_id THEN puppet_invite.join_event_id ELSE '' END`,
+		inv.Puppet, inv.RoomID, inv.Inviter, inv.InviteEventID, inv.InvitedAt)
+	return err
+}
+
+// MarkInviteAccepted records durably, before the join is sent, that the puppet is joining from
+// this very invite. It changes nothing if the stored invite is another one by now.
+func (db *Database) MarkInviteAccepted(ctx context.Context, puppet id.UserID, roomID id.RoomID, inviteEventID id.EventID) error {
+	_, err := db.Exec(ctx, `UPDATE puppet_invite SET accepted_at=$4 WHERE puppet=$1 AND room_id=$2 AND invite_event_id=$3 AND accepted_at=0`,
+		puppet, roomID, inviteEventID, nowMillis())
+	return err
+}
+
+// ConfirmJoin records that the join joinEventID replaced the puppet's stored invite to the room,
+// accepting it if it was not yet (a join made outside heirloom's API). It changes nothing if the
+// stored invite is another one by now.
+func (db *Database) ConfirmJoin(ctx context.Context, puppet id.UserID, roomID id.RoomID, inviteEventID, joinEventID id.EventID) error {
+	_, err := db.Exec(ctx, `
+		UPDATE puppet_invite SET join_event_id=$4, accepted_at=CASE WHEN accepted_at=0 THEN $5 ELSE accepted_at END
+		WHERE puppet=$1 AND room_id=$2 AND invite_event_id=$3`,
+		puppet, roomID, inviteEventID, joinEventID, nowMillis())
+	return err
+}
+
+// GetInvite returns the puppet's invite to the room, or nil.
+func (db *Database) GetInvite(ctx context.Context, puppet id.UserID, roomID id.RoomID) (*Invite, error) {
+	return scanInvite(db.QueryRow(ctx, `SELECT `+inviteColumns+` FROM puppet_invite WHERE puppet=$1 AND room_id=$2`, puppet, roomID))
+}
+
+// ListAcceptedInvites returns invites accepted since the given time, confirmed by their join or not.
 func (db *Database) ListAcceptedInvites(ctx context.Context, since time.Time) ([]*Invite, error) {
-	rows, err := db.Query(ctx, `SELECT puppet, room_id, inviter, invite_event_id, invited_at, accepted_at FROM puppet_invite WHERE accepted_at >= $1 AND accepted_at > 0`,
+	rows, err := db.Query(ctx, `SELECT `+inviteColumns+` FROM puppet_invite WHERE accepted_at >= $1 AND accepted_at > 0`,
 		since.UnixMilli())
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []*Invite
-	for rows.Next() {
-		var inv Invite
-		if err = rows.Scan(&inv.Puppet, &inv.RoomID, &inv.Inviter, &inv.InviteEventID, &inv.InvitedAt, &inv.AcceptedAt); err != nil {
-			return nil, err
-		}
-		out = append(out, &inv)
-	}
-	return out, rows.Err()
+	return dbutil.NewRowIterWithError(rows, scanInvite, err).AsList()
 }
 
 // ExpireAcceptWindow drops acceptance records older than the window and marks their pending

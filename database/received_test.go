@@ -111,7 +111,10 @@ func TestInvites(t *testing.T) {
 		inv, err := db.GetInvite(ctx, puppetA, roomX)
 		require.NoError(t, err)
 		require.Nil(t, inv)
-		inv, err = db.MarkInviteAccepted(ctx, puppetA, roomX)
+		require.False(t, inv.Confirmed())
+		require.NoError(t, db.MarkInviteAccepted(ctx, puppetA, roomX, "$one"))
+		require.NoError(t, db.ConfirmJoin(ctx, puppetA, roomX, "$one", "$join"))
+		inv, err = db.GetInvite(ctx, puppetA, roomX)
 		require.NoError(t, err)
 		require.Nil(t, inv, "joining without an invite records nothing")
 
@@ -120,22 +123,38 @@ func TestInvites(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, &database.Invite{Puppet: puppetA, RoomID: roomX, Inviter: alice, InviteEventID: "$one", InvitedAt: 1000}, inv)
 
+		// Accepting another invite than the stored one changes nothing.
+		require.NoError(t, db.MarkInviteAccepted(ctx, puppetA, roomX, "$other"))
+		inv, err = db.GetInvite(ctx, puppetA, roomX)
+		require.NoError(t, err)
+		require.Zero(t, inv.AcceptedAt)
+
 		before := time.Now().UnixMilli()
-		inv, err = db.MarkInviteAccepted(ctx, puppetA, roomX)
+		require.NoError(t, db.MarkInviteAccepted(ctx, puppetA, roomX, "$one"))
+		inv, err = db.GetInvite(ctx, puppetA, roomX)
 		require.NoError(t, err)
 		require.GreaterOrEqual(t, inv.AcceptedAt, before)
 		require.LessOrEqual(t, inv.AcceptedAt, time.Now().UnixMilli())
+		require.False(t, inv.Confirmed(), "accepted, but the join that replaced the invite is not known yet")
 		acceptedAt := inv.AcceptedAt
 
-		time.Sleep(2 * time.Millisecond)
-		inv, err = db.MarkInviteAccepted(ctx, puppetA, roomX)
+		// A join confirms only the invite it replaced.
+		require.NoError(t, db.ConfirmJoin(ctx, puppetA, roomX, "$other", "$join"))
+		inv, err = db.GetInvite(ctx, puppetA, roomX)
 		require.NoError(t, err)
+		require.False(t, inv.Confirmed())
+		require.NoError(t, db.ConfirmJoin(ctx, puppetA, roomX, "$one", "$join"))
+		inv, err = db.GetInvite(ctx, puppetA, roomX)
+		require.NoError(t, err)
+		require.True(t, inv.Confirmed())
+		require.Equal(t, id.EventID("$join"), inv.JoinEventID)
 		require.Equal(t, acceptedAt, inv.AcceptedAt, "the first acceptance counts")
 
 		// The same invite seen again (a replayed transaction, a resync) keeps the acceptance.
 		require.NoError(t, db.PutInvite(ctx, &database.Invite{Puppet: puppetA, RoomID: roomX, Inviter: alice, InviteEventID: "$one", InvitedAt: 1000}))
 		inv, err = db.GetInvite(ctx, puppetA, roomX)
 		require.NoError(t, err)
+		require.True(t, inv.Confirmed())
 		require.Equal(t, acceptedAt, inv.AcceptedAt)
 
 		// A new invite (after leaving) from someone else starts over: only its inviter counts now.
@@ -143,6 +162,13 @@ func TestInvites(t *testing.T) {
 		inv, err = db.GetInvite(ctx, puppetA, roomX)
 		require.NoError(t, err)
 		require.Equal(t, &database.Invite{Puppet: puppetA, RoomID: roomX, Inviter: bob, InviteEventID: "$two", InvitedAt: 2000}, inv)
+
+		// A join made outside the API (seen in the transaction stream) accepts and confirms at once.
+		require.NoError(t, db.ConfirmJoin(ctx, puppetA, roomX, "$two", "$join2"))
+		inv, err = db.GetInvite(ctx, puppetA, roomX)
+		require.NoError(t, err)
+		require.True(t, inv.Confirmed())
+		require.NotZero(t, inv.AcceptedAt)
 	})
 }
 
@@ -153,8 +179,7 @@ func TestListAcceptedInvites(t *testing.T) {
 			require.NoError(t, db.PutInvite(ctx, &database.Invite{Puppet: puppetA, RoomID: room, Inviter: alice, InviteEventID: "$" + id.EventID(room), InvitedAt: 1}))
 		}
 		for _, room := range []id.RoomID{"!accepted:hs", "!old:hs"} {
-			_, err := db.MarkInviteAccepted(ctx, puppetA, room)
-			require.NoError(t, err)
+			require.NoError(t, db.MarkInviteAccepted(ctx, puppetA, room, "$"+id.EventID(room)))
 		}
 		_, err := db.Exec(ctx, `UPDATE puppet_invite SET accepted_at=$1 WHERE room_id='!old:hs'`, time.Now().Add(-48*time.Hour).UnixMilli())
 		require.NoError(t, err)
@@ -184,8 +209,7 @@ func TestExpireAcceptWindow(t *testing.T) {
 			require.NoError(t, db.PutInvite(ctx, &database.Invite{Puppet: puppetA, RoomID: room, Inviter: alice, InviteEventID: "$" + id.EventID(room), InvitedAt: 1}))
 		}
 		for _, room := range []id.RoomID{oldRoom, freshRoom} {
-			_, err := db.MarkInviteAccepted(ctx, puppetA, room)
-			require.NoError(t, err)
+			require.NoError(t, db.MarkInviteAccepted(ctx, puppetA, room, "$"+id.EventID(room)))
 		}
 		_, err := db.Exec(ctx, `UPDATE puppet_invite SET accepted_at=$1 WHERE room_id=$2`, time.Now().Add(-25*time.Hour).UnixMilli(), oldRoom)
 		require.NoError(t, err)

@@ -22,48 +22,70 @@ type storedSession struct {
 	sessionID  id.SessionID
 	senderKey  id.SenderKey
 	signingKey id.Ed25519
-	shared     bool
 	pickled    []byte
 	exported   string
 	err        error
 }
 
-// writeBundle streams every inbound session the puppet holds for the room through the builder,
-// then the m.history_not_shared entries it received in earlier bundles. It reads mautrix's
+// writeBundle streams every inbound session the puppet holds for the room through the builder:
+// first what goes into the withheld list (sessions without shared history, then the
+// m.history_not_shared entries the puppet imported from accepted bundles), then the shared
+// sessions, so the builder never holds either list. It reads mautrix's
 // crypto_megolm_inbound_session rows itself (read-only) so the sessions that go into room_keys can
 // be unpickled and exported in parallel.
 func (s *Service) writeBundle(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, w io.Writer) (keybundle.Counts, error) {
 	builder := keybundle.NewBuilder(w, roomID, p.DeviceID)
-	err := s.exportSessions(ctx, p, roomID, func(st *storedSession) error {
-		return builder.AddSession(keybundle.Session{
-			RoomID: roomID, SessionID: st.sessionID, SenderKey: st.senderKey, SigningKey: st.signingKey,
-			SharedHistory: st.shared,
-			Export:        func() (string, error) { return st.exported, st.err },
-		})
+	err := s.withheldSessions(ctx, p, roomID, func(st *storedSession) error {
+		return builder.AddSession(keybundle.Session{RoomID: roomID, SessionID: st.sessionID, SenderKey: st.senderKey})
 	})
+	if err == nil {
+		err = s.receivedWithheld(ctx, p, roomID, builder.AddWithheld)
+	}
+	if err == nil {
+		err = s.exportSessions(ctx, p, roomID, func(st *storedSession) error {
+			return builder.AddSession(keybundle.Session{
+				RoomID: roomID, SessionID: st.sessionID, SenderKey: st.senderKey, SigningKey: st.signingKey,
+				SharedHistory: true,
+				Export:        func() (string, error) { return st.exported, st.err },
+			})
+		})
+	}
 	if err != nil {
 		counts, _ := builder.Close()
 		return counts, fmt.Errorf("failed to read sessions: %w", err)
 	}
-	withheld, err := s.receivedWithheld(ctx, p, roomID)
-	if err != nil {
-		counts, _ := builder.Close()
-		return counts, err
-	}
-	for _, w := range withheld {
-		builder.AddWithheld(w)
-	}
 	return builder.Close()
 }
 
-// exportSessions reads the room's sessions and calls each for every one, with shared sessions
-// exported at their first known index by a pool of workers. Order is not kept: a bundle's order
-// carries no meaning.
+// withheldSessions calls each for every session of the room the puppet holds without shared
+// history: those go into the withheld list, and their keys are never decrypted from the store.
+func (s *Service) withheldSessions(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, each func(*storedSession) error) error {
+	rows, err := p.Store.DB.Query(ctx, `
+		SELECT session_id, sender_key FROM crypto_megolm_inbound_session
+		WHERE room_id=$1 AND account_id=$2 AND session IS NOT NULL AND shared_history IS NOT TRUE`, roomID, p.Store.AccountID)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		st := &storedSession{}
+		if err = rows.Scan(&st.sessionID, &st.senderKey); err != nil {
+			return err
+		}
+		if err = each(st); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// exportSessions reads the room's shared sessions and calls each for every one, exported at its
+// first known index by a pool of workers. Order is not kept: a bundle's order carries no meaning.
 func (s *Service) exportSessions(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, each func(*storedSession) error) error {
 	rows, err := p.Store.DB.Query(ctx, `
-		SELECT session_id, sender_key, signing_key, session, shared_history
+		SELECT session_id, sender_key, signing_key, session
 		FROM crypto_megolm_inbound_session
-		WHERE room_id=$1 AND account_id=$2 AND session IS NOT NULL`, roomID, p.Store.AccountID)
+		WHERE room_id=$1 AND account_id=$2 AND session IS NOT NULL AND shared_history IS TRUE`, roomID, p.Store.AccountID)
 	if err != nil {
 		return err
 	}
@@ -87,15 +109,9 @@ func (s *Service) exportSessions(ctx context.Context, p *crypto.Puppet, roomID i
 		defer close(jobs)
 		for rows.Next() {
 			st := &storedSession{}
-			var shared *bool
-			if err := rows.Scan(&st.sessionID, &st.senderKey, &st.signingKey, &st.pickled, &shared); err != nil {
+			if err := rows.Scan(&st.sessionID, &st.senderKey, &st.signingKey, &st.pickled); err != nil {
 				readErr <- err
 				return
-			}
-			st.shared = shared != nil && *shared
-			if !st.shared {
-				done <- st // withheld: the key is never decrypted from the store
-				continue
 			}
 			jobs <- st
 		}
@@ -118,27 +134,31 @@ func (s *Service) exportSessions(ctx context.Context, p *crypto.Puppet, roomID i
 	return firstErr
 }
 
-// receivedWithheld reads the withheld entries the puppet stored for the room. mautrix keeps them
-// as inbound-session rows with a withheld code and no session; it has no query for them by room.
-func (s *Service) receivedWithheld(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) ([]keybundle.Withheld, error) {
+// receivedWithheld calls each for every m.history_not_shared entry the puppet imported for the
+// room from an accepted bundle (marked with the bundle's sender as source_user). Withheld messages
+// that arrived over to-device are never passed on: anyone can send one, and MSC4268 does not use
+// that code there. mautrix keeps withheld entries as inbound-session rows with a withheld code and
+// no session; it has no query for them by room.
+func (s *Service) receivedWithheld(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, each func(keybundle.Withheld) error) error {
 	rows, err := s.db.Raw.Query(ctx, `
 		SELECT session_id, sender_key, withheld_code, COALESCE(withheld_reason, '')
 		FROM crypto_megolm_inbound_session
-		WHERE account_id=$1 AND room_id=$2 AND session IS NULL AND withheld_code IN ($3, $4)`,
+		WHERE account_id=$1 AND room_id=$2 AND session IS NULL AND withheld_code IN ($3, $4) AND source_user <> ''`,
 		p.UserID.String(), roomID, keybundle.CodeHistoryNotShared, keybundle.CodeHistoryNotSharedUnstable)
 	if err != nil {
-		return nil, fmt.Errorf("failed to read withheld sessions: %w", err)
+		return fmt.Errorf("failed to read withheld sessions: %w", err)
 	}
 	defer rows.Close()
-	var out []keybundle.Withheld
 	for rows.Next() {
 		w := keybundle.Withheld{RoomID: roomID, Algorithm: id.AlgorithmMegolmV1}
 		if err = rows.Scan(&w.SessionID, &w.SenderKey, &w.Code, &w.Reason); err != nil {
-			return nil, err
+			return err
 		}
-		out = append(out, w)
+		if err = each(w); err != nil {
+			return err
+		}
 	}
-	return out, rows.Err()
+	return rows.Err()
 }
 
 // countSessions counts the room's sessions, for reporting what an invite did not share.

@@ -3,7 +3,6 @@ package history
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -22,29 +21,45 @@ import (
 // parameters per statement; 500 rows × 16 columns stays far below.
 const importBatch = 500
 
-// sessionWriter stores a bundle's sessions in batches. Sessions the puppet does not hold yet are
-// inserted with one multi-row statement per batch, in the row format of mautrix's SQL crypto store
-// (crypto_megolm_inbound_session, schema v22 of mautrix-go v0.32.0, checked by a round-trip test);
-// sessions it already holds go through OlmMachine.StoreGroupSession, whose merge rules keep the
-// better copy. A 10,000-session import is otherwise dominated by two statement preparations per
-// session.
+// sessionWriter stores a bundle's sessions in batches, inside the import's transaction and under
+// the puppet's exclusive session lock. Sessions the puppet holds under no row yet are inserted with
+// one multi-row statement per batch, in the row format of mautrix's SQL crypto store
+// (crypto_megolm_inbound_session, schema v22 of mautrix-go v0.32.0, checked by a round-trip test).
+// A session ID the puppet holds already goes through crypto.Puppet.StoreSessionInTxn: a key held
+// for another room is never touched, and a copy of the same room is merged by MergeSessions.
 type sessionWriter struct {
-	p        *crypto.Puppet
-	sessions []*mcrypto.InboundGroupSession
-	pickles  [][]byte
-	// mismatched counts bundle keys dropped because they contradict a held session.
-	mismatched int
-	withheld   []event.RoomKeyWithheldEventContent
+	p       *crypto.Puppet
+	sender  id.UserID
+	session []*mcrypto.InboundGroupSession
+	pickles [][]byte
+	// seen holds the session IDs of entries that passed validation: a later entry with the same
+	// ID is a duplicate, an earlier invalid one never counted.
+	seen     map[id.SessionID]struct{}
+	withheld []event.RoomKeyWithheldEventContent
+	// refused counts keys not stored, by reason: duplicates, another room's session, forgeries.
+	refused map[string]int
 }
 
-// addPrepared buffers a session and its pickle (made by a worker) and writes a full batch.
-func (w *sessionWriter) addPrepared(ctx context.Context, igs *mcrypto.InboundGroupSession, pickled []byte) error {
-	w.sessions = append(w.sessions, igs)
-	w.pickles = append(w.pickles, pickled)
-	if len(w.sessions) >= importBatch {
-		return w.flushSessions(ctx)
+func newSessionWriter(p *crypto.Puppet, sender id.UserID) *sessionWriter {
+	return &sessionWriter{p: p, sender: sender, seen: make(map[id.SessionID]struct{}), refused: make(map[string]int)}
+}
+
+const reasonDuplicate = "duplicate session in the bundle"
+
+// addPrepared buffers a validated session and its pickle (made by a worker) and writes a full
+// batch. It reports false if the session was not taken (a duplicate of an earlier valid entry).
+func (w *sessionWriter) addPrepared(ctx context.Context, igs *mcrypto.InboundGroupSession, pickled []byte) (bool, error) {
+	if _, dup := w.seen[igs.ID()]; dup {
+		w.refused[reasonDuplicate]++
+		return false, nil
 	}
-	return nil
+	w.seen[igs.ID()] = struct{}{}
+	w.session = append(w.session, igs)
+	w.pickles = append(w.pickles, pickled)
+	if len(w.session) >= importBatch {
+		return true, w.flushSessions(ctx)
+	}
+	return true, nil
 }
 
 func (w *sessionWriter) addWithheld(ctx context.Context, content event.RoomKeyWithheldEventContent) error {
@@ -61,6 +76,15 @@ func (w *sessionWriter) flush(ctx context.Context) error {
 		return err
 	}
 	return w.flushWithheld(ctx)
+}
+
+// refusedTotal returns how many keys were not stored.
+func (w *sessionWriter) refusedTotal() int {
+	n := 0
+	for _, count := range w.refused {
+		n += count
+	}
+	return n
 }
 
 var placeholderCache sync.Map // [2]int{rows, cols} → string
@@ -92,57 +116,34 @@ func placeholders(rows, cols int) string {
 	return string(buf)
 }
 
-// held returns which of the sessions the puppet already has a row for (key or withheld entry).
-func (w *sessionWriter) held(ctx context.Context) (map[id.SessionID]bool, error) {
-	args := make([]any, 0, len(w.sessions)+1)
-	for _, igs := range w.sessions {
-		args = append(args, igs.ID())
-	}
-	args = append(args, w.p.Store.AccountID)
-	// One parenthesised list of $1…$n: the placeholders of a single row of n columns.
-	list := placeholders(1, len(w.sessions))
-	rows, err := w.p.Store.DB.Query(ctx, `SELECT session_id FROM crypto_megolm_inbound_session
-		WHERE session_id IN `+list+` AND account_id=$`+strconv.Itoa(len(args)), args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := make(map[id.SessionID]bool)
-	for rows.Next() {
-		var sid id.SessionID
-		if err = rows.Scan(&sid); err != nil {
-			return nil, err
-		}
-		out[sid] = true
-	}
-	return out, rows.Err()
-}
-
 func (w *sessionWriter) flushSessions(ctx context.Context) error {
-	if len(w.sessions) == 0 {
+	if len(w.session) == 0 {
 		return nil
 	}
-	defer func() { w.sessions, w.pickles = w.sessions[:0], w.pickles[:0] }()
-	held, err := w.held(ctx)
+	defer func() { w.session, w.pickles = w.session[:0], w.pickles[:0] }()
+	ids := make([]id.SessionID, len(w.session))
+	for i, igs := range w.session {
+		ids[i] = igs.ID()
+	}
+	held, err := w.p.HeldSessions(ctx, ids)
 	if err != nil {
-		return fmt.Errorf("failed to check held sessions: %w", err)
+		return err
 	}
 	const cols = 16
-	args := make([]any, 0, len(w.sessions)*cols)
-	fresh := make([]*mcrypto.InboundGroupSession, 0, len(w.sessions))
-	for i, igs := range w.sessions {
-		if held[igs.ID()] {
-			if err = w.mergeHeld(ctx, igs); err != nil {
+	args := make([]any, 0, len(w.session)*cols)
+	fresh := make([]*mcrypto.InboundGroupSession, 0, len(w.session))
+	for i, igs := range w.session {
+		if h, ok := held[igs.ID()]; ok {
+			if err = w.storeHeld(ctx, igs, h); err != nil {
 				return err
 			}
 			continue
 		}
-		pickled := w.pickles[i]
 		ratchetSafety, err := json.Marshal(&igs.RatchetSafety)
 		if err != nil {
 			return err
 		}
-		args = append(args, igs.ID(), igs.SenderKey, igs.SigningKey, igs.RoomID, pickled,
+		args = append(args, igs.ID(), igs.SenderKey, igs.SigningKey, igs.RoomID, w.pickles[i],
 			strings.Join(igs.ForwardingChains, ","), igs.SharedHistory, ratchetSafety, igs.ReceivedAt,
 			igs.MaxAge, igs.MaxMessages, igs.IsScheduled, igs.KeyBackupVersion, igs.KeySource, igs.SourceUser,
 			w.p.Store.AccountID)
@@ -151,6 +152,7 @@ func (w *sessionWriter) flushSessions(ctx context.Context) error {
 	if len(fresh) == 0 {
 		return nil
 	}
+	// DO NOTHING: no row existed a moment ago in this transaction, under the exclusive lock.
 	_, err = w.p.Store.DB.Exec(ctx, `INSERT INTO crypto_megolm_inbound_session (
 			session_id, sender_key, signing_key, room_id, session, forwarding_chains, shared_history,
 			ratchet_safety, received_at, max_age, max_messages, is_scheduled, key_backup_version, key_source,
@@ -165,41 +167,45 @@ func (w *sessionWriter) flushSessions(ctx context.Context) error {
 	return nil
 }
 
-// flushWithheld stores withheld entries; an entry for a session the puppet holds changes nothing.
+// storeHeld stores a bundle's copy of a session ID the puppet holds a row for, by StoreSession's
+// rules, and counts what they refused.
+func (w *sessionWriter) storeHeld(ctx context.Context, igs *mcrypto.InboundGroupSession, h crypto.HeldSession) error {
+	stored, reason, err := w.p.StoreSessionInTxn(ctx, igs, &h)
+	if err != nil {
+		return err
+	}
+	switch {
+	case stored:
+		w.p.Mach.MarkSessionReceived(ctx, igs.RoomID, igs.ID(), igs.Internal.FirstKnownIndex())
+	case reason == crypto.ReasonHeldNoBetter:
+		// Held already, as good: nothing to change, nothing refused.
+	default:
+		w.refused[reason]++
+		zerolog.Ctx(ctx).Warn().Stringer("session_id", igs.ID()).Stringer("held_room_id", h.RoomID).
+			Str("reason", reason).Msg("Not importing bundle key")
+	}
+	return nil
+}
+
+// flushWithheld stores withheld entries, marked with the bundle's sender so that only these are
+// passed on in the puppet's own bundles; an entry for a session the puppet holds changes nothing.
 func (w *sessionWriter) flushWithheld(ctx context.Context) error {
 	if len(w.withheld) == 0 {
 		return nil
 	}
 	defer func() { w.withheld = w.withheld[:0] }()
-	const cols = 7
+	const cols = 9
 	args := make([]any, 0, len(w.withheld)*cols)
 	now := time.Now().UTC()
 	for _, c := range w.withheld {
-		args = append(args, c.SessionID, c.SenderKey, c.RoomID, c.Code, c.Reason, now, w.p.Store.AccountID)
+		args = append(args, c.SessionID, c.SenderKey, c.RoomID, c.Code, c.Reason, now, id.KeySourceForward, w.sender,
+			w.p.Store.AccountID)
 	}
 	_, err := w.p.Store.DB.Exec(ctx, `INSERT INTO crypto_megolm_inbound_session
-			(session_id, sender_key, room_id, withheld_code, withheld_reason, received_at, account_id)
+			(session_id, sender_key, room_id, withheld_code, withheld_reason, received_at, key_source, source_user, account_id)
 		VALUES `+placeholders(len(w.withheld), cols)+` ON CONFLICT (session_id, account_id) DO NOTHING`, args...)
 	if err != nil {
 		return fmt.Errorf("failed to insert withheld entries: %w", err)
 	}
 	return nil
-}
-
-// mergeHeld merges a bundle's copy of a session the puppet already holds. A copy that is not the
-// same ratchet as the held one is a forgery (or a mistake) and is dropped: otherwise mautrix's
-// merge, which compares only first indexes, would let an earlier-index fake replace a real key.
-func (w *sessionWriter) mergeHeld(ctx context.Context, igs *mcrypto.InboundGroupSession) error {
-	existing, err := w.p.Store.GetGroupSession(ctx, igs.RoomID, igs.ID())
-	var withheld *event.RoomKeyWithheldEventContent
-	if err != nil && !errors.As(err, &withheld) && !errors.Is(err, mcrypto.ErrGroupSessionWithheld) {
-		return err
-	}
-	if existing != nil && !crypto.SameRatchet(existing.Internal, igs.Internal) {
-		w.mismatched++
-		zerolog.Ctx(ctx).Warn().Stringer("session_id", igs.ID()).
-			Msg("Dropping bundle key that does not match the session already held")
-		return nil
-	}
-	return w.p.Mach.StoreGroupSession(ctx, igs)
 }

@@ -48,9 +48,10 @@ func receivedFixture(t *testing.T, env *benchEnv, n int) (*database.ReceivedBund
 	require.NoError(t, err)
 	sealed.Info.URL = "mxc://localhost/bundle"
 	rb := &database.ReceivedBundle{Puppet: "@heirloom_dst:localhost", RoomID: benchRoom, Sender: "@alice:localhost",
-		SenderKey: "alicekey", State: database.ReceivedRetry}
+		SenderDevice: "ALICEDEV", SenderKey: "alicekey", State: database.ReceivedRetry}
 	rb.FileInfo, err = env.mgr.Sealer.SealJSON(receivedOwner(rb), sealed.Info)
 	require.NoError(t, err)
+	require.NoError(t, env.db.PutReceivedBundle(context.Background(), rb))
 	return rb, body
 }
 

@@ -33,16 +33,23 @@ type bundleItem struct {
 	err      error
 }
 
-// importBundle imports a decrypted bundle in one database transaction: keys of the bundle's room
-// only, each checked against its session ID, merged so a better (earlier index) or better-trusted
-// session already held is never replaced, each remembering who shared it. If the bundle turns out
-// malformed or its hash does not verify at the end, nothing of it is kept.
+// importBundle imports a decrypted bundle in one database transaction, and records the bundle as
+// imported in the same transaction: keys of the bundle's room only, each checked against its
+// session ID, never over a key the puppet holds for another room, merged with a copy of the same
+// room so a better (earlier index) or better-trusted session is never replaced and no flag or
+// provenance is laundered (crypto.MergeSessions), each remembering who shared it. If the bundle
+// turns out malformed or its hash does not verify at the end, nothing of it is kept, and the
+// counts say so.
 //
 // Decoding, key checks and pickling, and database writes run as a pipeline: the key checks (an
 // Ed25519 point validation per session) run on every core while the writer inserts in batches.
+// The puppet's sessions are locked for the whole transaction (Puppet.LockSessionsExclusive), so no
+// decryption writes a session back in between.
 func (s *Service) importBundle(ctx context.Context, p *crypto.Puppet, b *database.ReceivedBundle, plaintext io.ReadCloser) (importResult, error) {
 	var res importResult
 	log := zerolog.Ctx(ctx)
+	defer p.LockSessionsExclusive()()
+	maxAge, maxMessages := p.RotationLimits(ctx, b.RoomID)
 	err := s.db.Raw.DoTxn(ctx, nil, func(ctx context.Context) error {
 		res = importResult{}
 		ctx, cancel := context.WithCancel(ctx)
@@ -62,7 +69,7 @@ func (s *Service) importBundle(ctx context.Context, p *crypto.Puppet, b *databas
 				defer wg.Done()
 				for it := range items {
 					if it.key != nil {
-						it.igs, it.pickled, it.err = s.prepareSession(*it.key, b)
+						it.igs, it.pickled, it.err = s.prepareSession(*it.key, b, maxAge, maxMessages)
 					}
 					prepared <- it
 				}
@@ -72,7 +79,7 @@ func (s *Service) importBundle(ctx context.Context, p *crypto.Puppet, b *databas
 			wg.Wait()
 			close(prepared)
 		}()
-		writer := &sessionWriter{p: p}
+		writer := newSessionWriter(p, b.Sender)
 		var writeErr error
 		for it := range prepared {
 			if writeErr != nil {
@@ -89,8 +96,10 @@ func (s *Service) importBundle(ctx context.Context, p *crypto.Puppet, b *databas
 				res.skipped++
 				log.Warn().Err(it.err).Stringer("session_id", it.key.SessionID).Msg("Ignoring invalid key in bundle")
 			default:
-				res.imported++
-				writeErr = writer.addPrepared(ctx, it.igs, it.pickled)
+				var taken bool
+				if taken, writeErr = writer.addPrepared(ctx, it.igs, it.pickled); taken {
+					res.imported++
+				}
 			}
 			if writeErr != nil {
 				cancel()
@@ -106,22 +115,35 @@ func (s *Service) importBundle(ctx context.Context, p *crypto.Puppet, b *databas
 		if err := writer.flush(ctx); err != nil {
 			return err
 		}
-		res.imported -= writer.mismatched
-		res.skipped += writer.mismatched
+		refused := writer.refusedTotal() - writer.refused[reasonDuplicate] // duplicates were never counted
+		res.imported -= refused
+		res.skipped += writer.refusedTotal()
+		if len(writer.refused) > 0 {
+			log.Warn().Any("refused", writer.refused).Msg("Some bundle keys were not imported")
+		}
 		// Closing verifies the SHA-256 hash over the whole ciphertext: read it all first.
 		if _, err := io.Copy(io.Discard, plaintext); err != nil {
 			return err
 		}
-		return plaintext.Close()
+		if err := plaintext.Close(); err != nil {
+			return err
+		}
+		b.State, b.Error = database.ReceivedImported, ""
+		b.Imported, b.Withheld, b.Skipped = res.imported, res.withheld, res.skipped
+		return s.db.SaveImportedBundle(ctx, b)
 	})
-	return res, err
+	if err != nil {
+		// Nothing of the bundle was kept: the report must not say otherwise.
+		return importResult{}, err
+	}
+	return res, nil
 }
 
 // decodeEntries streams the bundle's entries into items, dropping those that must not be imported
-// (another room, another algorithm, a repeated session) and counting them in skipped.
+// (another room, another algorithm, malformed withheld entries) and counting them in skipped.
+// Duplicates are left to the writer, which counts only entries that passed validation.
 func (s *Service) decodeEntries(ctx context.Context, plaintext io.Reader, b *database.ReceivedBundle, items chan<- bundleItem, skipped *int) error {
 	log := zerolog.Ctx(ctx)
-	seen := make(map[id.SessionID]struct{})
 	send := func(it bundleItem) error {
 		select {
 		case items <- it:
@@ -138,19 +160,16 @@ func (s *Service) decodeEntries(ctx context.Context, plaintext io.Reader, b *dat
 		case key.Algorithm != id.AlgorithmMegolmV1:
 			reason = "unknown algorithm"
 		}
-		if _, dup := seen[key.SessionID]; dup && reason == "" {
-			reason = "duplicate session"
-		}
 		if reason != "" {
 			*skipped++
 			log.Debug().Stringer("session_id", key.SessionID).Stringer("key_room_id", key.RoomID).Str("reason", reason).
 				Msg("Ignoring entry of key bundle")
 			return nil
 		}
-		seen[key.SessionID] = struct{}{}
 		return send(bundleItem{key: &key})
 	}, func(w keybundle.Withheld) error {
-		if w.RoomID != b.RoomID {
+		if w.RoomID != b.RoomID || !keybundle.ValidKey(string(w.SessionID)) || !keybundle.ValidKey(string(w.SenderKey)) ||
+			len(w.Code) > maxWithheldField || len(w.Reason) > maxWithheldField {
 			*skipped++
 			return nil
 		}
@@ -162,10 +181,13 @@ func (s *Service) decodeEntries(ctx context.Context, plaintext io.Reader, b *dat
 	return err
 }
 
+// maxWithheldField bounds a withheld entry's code and reason as stored.
+const maxWithheldField = 1024
+
 // prepareSession turns a bundle entry into an inbound session (checking the session ID against
 // the key) and its pickle, ready for the database.
-func (s *Service) prepareSession(key keybundle.RoomKey, b *database.ReceivedBundle) (*mcrypto.InboundGroupSession, []byte, error) {
-	igs, err := sessionFromBundle(key, b)
+func (s *Service) prepareSession(key keybundle.RoomKey, b *database.ReceivedBundle, maxAge time.Duration, maxMessages int) (*mcrypto.InboundGroupSession, []byte, error) {
+	igs, err := sessionFromBundle(key, b, maxAge, maxMessages)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -173,8 +195,12 @@ func (s *Service) prepareSession(key keybundle.RoomKey, b *database.ReceivedBund
 	return igs, pickled, err
 }
 
-// sessionFromBundle turns a bundle entry into an inbound session, checking the ID against the key.
-func sessionFromBundle(key keybundle.RoomKey, b *database.ReceivedBundle) (*mcrypto.InboundGroupSession, error) {
+// sessionFromBundle turns a bundle entry into an inbound session, checking the keys' form and the
+// session ID against the key. The room's rotation limits are the same as for a key received directly.
+func sessionFromBundle(key keybundle.RoomKey, b *database.ReceivedBundle, maxAge time.Duration, maxMessages int) (*mcrypto.InboundGroupSession, error) {
+	if !keybundle.ValidKey(string(key.SenderKey)) || !keybundle.ValidKey(string(key.SenderClaimedKeys.Ed25519)) {
+		return nil, errMalformedKeys
+	}
 	internal, err := olm.InboundGroupSessionImport([]byte(key.SessionKey))
 	if err != nil {
 		return nil, err
@@ -190,12 +216,15 @@ func sessionFromBundle(key keybundle.RoomKey, b *database.ReceivedBundle) (*mcry
 		RoomID:           key.RoomID,
 		ForwardingChains: []string{b.SenderKey.String()},
 		ReceivedAt:       time.Now().UTC(),
-		MaxAge:           (7 * 24 * time.Hour).Milliseconds(),
-		MaxMessages:      100,
+		MaxAge:           maxAge.Milliseconds(),
+		MaxMessages:      maxMessages,
 		SharedHistory:    &shared,
 		KeySource:        id.KeySourceForward,
 		SourceUser:       b.Sender,
 	}, nil
 }
 
-var errSessionIDMismatch = errors.New("session ID does not match the session key")
+var (
+	errSessionIDMismatch = errors.New("session ID does not match the session key")
+	errMalformedKeys     = errors.New("sender_key or sender_claimed_keys.ed25519 is not a 32-byte key in unpadded base64")
+)

@@ -14,7 +14,6 @@ import (
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -56,7 +55,7 @@ func TestBundleCannotReplaceHeldKeyWithForgery(t *testing.T) {
 			SessionKey: sessionKey, SenderClaimedKeys: keybundle.SenderClaimedKeys{Ed25519: "signingkey"},
 		}}, "withheld": []any{}})
 		require.NoError(t, err)
-		rb := &database.ReceivedBundle{Puppet: p.UserID, RoomID: benchRoom, Sender: "@mallory:localhost", SenderKey: "mkey"}
+		rb := storedBundle(t, env, p.UserID, "@mallory:localhost")
 		res, err := env.svc.importBundle(ctx, p, rb, io.NopCloser(bytes.NewReader(bundle)))
 		require.NoError(t, err)
 		return res

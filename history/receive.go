@@ -67,17 +67,67 @@ func (s *Service) receiveBundle(ctx context.Context, p *crypto.Puppet, evt *mcry
 	go s.tryAccept(context.WithoutCancel(log.WithContext(ctx)), p, content.RoomID)
 }
 
-// recordInvite remembers who invited the puppet, and joins at once if auto_join allows the inviter.
-func (s *Service) recordInvite(ctx context.Context, evt *event.Event) {
+// TrackMembership keeps the puppets' invite records in step with the transaction stream, event by
+// event in order, before any reaction: an invite is recorded, a join that replaced the recorded
+// invite confirms it, and anything else (a leave, a rescinded invite, a ban, a join that replaced
+// something else) forgets it. So an invite rescinded within the same transaction is never live. A
+// join whose event does not say what it replaced is left to ObserveJoin, which asks the homeserver.
+func (s *Service) TrackMembership(ctx context.Context, evt *event.Event) {
+	puppet := id.UserID(evt.GetStateKey())
+	log := zerolog.Ctx(ctx).With().Stringer("puppet", puppet).Stringer("room_id", evt.RoomID).Stringer("event_id", evt.ID).Logger()
+	var err error
+	switch evt.Content.AsMember().Membership {
+	case event.MembershipInvite:
+		err = s.db.PutInvite(ctx, &database.Invite{Puppet: puppet, RoomID: evt.RoomID, Inviter: evt.Sender,
+			InviteEventID: evt.ID, InvitedAt: time.Now().UnixMilli()})
+	case event.MembershipJoin:
+		var inv *database.Invite
+		if inv, err = s.db.GetInvite(ctx, puppet, evt.RoomID); err == nil && inv != nil && !inv.Confirmed() {
+			s.bindJoin(log.WithContext(ctx), inv, keybundle.JoinFromMemberEvent(evt))
+		}
+	default:
+		// A puppet that leaves, rejects, loses or is banned from an invite no longer accepts a
+		// bundle on the strength of that invite.
+		err = s.db.DeleteInvite(ctx, puppet, evt.RoomID)
+	}
+	if err != nil {
+		log.Err(err).Msg("Failed to track puppet membership")
+	}
+}
+
+// bindJoin applies what a join says it replaced to the recorded invite: confirmed if it replaced
+// exactly that invite, forgotten if it replaced anything else, left as it is if the join does not say.
+func (s *Service) bindJoin(ctx context.Context, inv *database.Invite, join keybundle.JoinInfo) keybundle.Replaced {
+	log := zerolog.Ctx(ctx)
+	verdict := keybundle.JoinReplaced(inv.InviteEventID, join)
+	var err error
+	switch verdict {
+	case keybundle.ReplacedInvite:
+		err = s.db.ConfirmJoin(ctx, inv.Puppet, inv.RoomID, inv.InviteEventID, join.EventID)
+		log.Debug().Stringer("inviter", inv.Inviter).Stringer("join_event_id", join.EventID).Msg("Puppet joined from invite")
+	case keybundle.ReplacedOther:
+		err = s.db.DeleteInvite(ctx, inv.Puppet, inv.RoomID)
+		log.Info().Stringer("inviter", inv.Inviter).Stringer("invite_event_id", inv.InviteEventID).
+			Stringer("replaced", join.ReplacesState).
+			Msg("Puppet's join did not replace the recorded invite: no bundle will be accepted on it")
+	}
+	if err != nil {
+		log.Err(err).Msg("Failed to record how the puppet joined")
+	}
+	return verdict
+}
+
+// InviteReceived joins at once if auto_join allows the inviter and the invite is still the
+// current one (TrackMembership recorded it, and nothing in the transaction replaced it since).
+func (s *Service) InviteReceived(ctx context.Context, evt *event.Event) {
 	puppet := id.UserID(evt.GetStateKey())
 	log := zerolog.Ctx(ctx)
-	inv := &database.Invite{Puppet: puppet, RoomID: evt.RoomID, Inviter: evt.Sender, InviteEventID: evt.ID, InvitedAt: time.Now().UnixMilli()}
-	if err := s.db.PutInvite(ctx, inv); err != nil {
-		log.Err(err).Msg("Failed to record invite")
-		return
-	}
 	if !s.cfg.AutoJoinAllowed(evt.Sender) {
 		log.Info().Msg("Puppet was invited; not joining automatically (history_sharing.auto_join does not allow the inviter)")
+		return
+	}
+	if inv, err := s.db.GetInvite(ctx, puppet, evt.RoomID); err != nil || inv == nil || inv.InviteEventID != evt.ID {
+		log.Info().Msg("Not joining automatically: the invite is no longer current")
 		return
 	}
 	go func() {
@@ -93,14 +143,46 @@ func (s *Service) recordInvite(ctx context.Context, evt *event.Event) {
 	}()
 }
 
-// Join joins the room as the puppet. If the puppet was invited, the acceptance is recorded
-// durably first and the inviter's bundle, if it arrived, is imported before Join returns.
-func (s *Service) Join(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) (any, error) {
+// ObserveJoin finishes what TrackMembership could not decide from a puppet's join event alone: it
+// asks the homeserver what the join replaced, then imports the inviter's bundle if that allows it.
+func (s *Service) ObserveJoin(ctx context.Context, evt *event.Event) {
+	puppet := id.UserID(evt.GetStateKey())
+	go func() {
+		ctx := context.WithoutCancel(ctx)
+		p, err := s.mgr.Get(ctx, puppet)
+		if err != nil {
+			return
+		}
+		inv, err := s.db.GetInvite(ctx, puppet, evt.RoomID)
+		if err != nil || inv == nil {
+			return
+		}
+		if !inv.Confirmed() {
+			if join, ok := s.ownJoin(ctx, p, evt.RoomID); ok {
+				s.bindJoin(ctx, inv, join)
+			}
+		}
+		s.tryAccept(ctx, p, evt.RoomID)
+	}()
+}
+
+// Join joins the room as the puppet. If the puppet was invited, the acceptance is recorded durably
+// before the join is sent, bound to the join that replaced the invite once the homeserver names it,
+// and the inviter's bundle, if it arrived, is imported before Join returns.
+func (s *Service) Join(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) (*JoinResult, error) {
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", roomID).Logger()
-	ctx = log.WithContext(ctx)
+	// Nothing here may depend on the caller staying: a request cancelled half-way (the bridge gave
+	// up waiting) would otherwise leave a join done on the homeserver and its bundle pending,
+	// with no retry to pick it up. The homeserver client's own timeouts bound it.
+	ctx = context.WithoutCancel(log.WithContext(ctx))
 	inv, err := s.db.GetInvite(ctx, p.UserID, roomID)
 	if err != nil {
 		return nil, err
+	}
+	if inv != nil && inv.AcceptedAt == 0 {
+		if err = s.db.MarkInviteAccepted(ctx, p.UserID, roomID, inv.InviteEventID); err != nil {
+			return nil, err
+		}
 	}
 	if _, err = p.Client.JoinRoomByID(ctx, roomID); err != nil {
 		return nil, err
@@ -109,19 +191,29 @@ func (s *Service) Join(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) 
 		log.Warn().Err(err).Msg("Failed to record own membership")
 	}
 	result := &JoinResult{RoomID: roomID, History: "joined without an invite: no key bundle will be imported"}
-	if inv == nil {
+	join, known := s.ownJoin(ctx, p, roomID)
+	switch {
+	case inv != nil && known:
+		if s.bindJoin(ctx, inv, join) != keybundle.ReplacedInvite {
+			inv = nil
+		}
+	case inv == nil && known && join.PrevMembership == event.MembershipInvite && join.PrevSender != "":
 		// The bridge may call join before the invite's transaction reached heirloom: learn the
 		// inviter from the homeserver's record of the membership the join replaced.
-		if inv = s.inviteFromJoin(ctx, p, roomID); inv == nil {
-			log.Info().Msg("Joined room")
-			return result, nil
+		inv = &database.Invite{Puppet: p.UserID, RoomID: roomID, Inviter: join.PrevSender,
+			InviteEventID: join.ReplacesState, InvitedAt: time.Now().UnixMilli()}
+		if err = s.db.PutInvite(ctx, inv); err == nil {
+			err = s.db.ConfirmJoin(ctx, p.UserID, roomID, inv.InviteEventID, join.EventID)
 		}
-		if err = s.db.PutInvite(ctx, inv); err != nil {
+		if err != nil {
 			return nil, err
 		}
+	case inv != nil:
+		log.Warn().Msg("Could not read what the join replaced; the invite's acceptance waits for the join's event")
 	}
-	if inv, err = s.db.MarkInviteAccepted(ctx, p.UserID, roomID); err != nil {
-		return nil, err
+	if inv == nil {
+		log.Info().Msg("Joined room")
+		return result, nil
 	}
 	log.Info().Stringer("inviter", inv.Inviter).Msg("Joined room from invite")
 	result.Bundle = s.tryAccept(ctx, p, roomID)
@@ -137,30 +229,23 @@ func (s *Service) Join(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) 
 	return result, nil
 }
 
-// inviteFromJoin reads the puppet's own member event after joining: if it replaced an invite,
-// Synapse names the inviter in unsigned.prev_sender.
-func (s *Service) inviteFromJoin(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) *database.Invite {
-	var evt struct {
-		EventID  id.EventID `json:"event_id"`
-		Unsigned struct {
-			PrevSender    id.UserID  `json:"prev_sender"`
-			ReplacesState id.EventID `json:"replaces_state"`
-			PrevContent   struct {
-				Membership event.Membership `json:"membership"`
-			} `json:"prev_content"`
-		} `json:"unsigned"`
-	}
+// ownJoin reads the puppet's own member event in the room from the homeserver, with what it
+// replaced (Synapse names it in unsigned: replaces_state, prev_content, prev_sender).
+func (s *Service) ownJoin(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) (keybundle.JoinInfo, bool) {
+	var evt event.Event
 	url := p.Client.BuildURLWithQuery(mautrix.ClientURLPath{"v3", "rooms", roomID, "state", event.StateMember.Type, p.UserID},
 		map[string]string{"format": "event"})
 	if _, err := p.Client.MakeRequest(ctx, "GET", url, nil, &evt); err != nil {
 		zerolog.Ctx(ctx).Debug().Err(err).Msg("Could not read own member event after joining")
-		return nil
+		return keybundle.JoinInfo{}, false
 	}
-	if evt.Unsigned.PrevContent.Membership != event.MembershipInvite || evt.Unsigned.PrevSender == "" {
-		return nil
+	if err := evt.Content.ParseRaw(event.StateMember); err != nil && !errors.Is(err, event.ErrContentAlreadyParsed) {
+		return keybundle.JoinInfo{}, false
 	}
-	return &database.Invite{Puppet: p.UserID, RoomID: roomID, Inviter: evt.Unsigned.PrevSender,
-		InviteEventID: evt.Unsigned.ReplacesState, InvitedAt: time.Now().UnixMilli()}
+	if evt.Content.AsMember().Membership != event.MembershipJoin {
+		return keybundle.JoinInfo{}, false
+	}
+	return keybundle.JoinFromMemberEvent(&evt), true
 }
 
 func describe(b *database.ReceivedBundle, inviter id.UserID) string {
@@ -185,7 +270,7 @@ func (s *Service) tryAccept(ctx context.Context, p *crypto.Puppet, roomID id.Roo
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", roomID).Logger()
 	ctx = log.WithContext(ctx)
 	inv, err := s.db.GetInvite(ctx, p.UserID, roomID)
-	if err != nil || inv == nil || inv.AcceptedAt == 0 {
+	if err != nil || !inv.Confirmed() {
 		return nil
 	}
 	s.rejectOthers(ctx, p.UserID, roomID, inv.Inviter)
@@ -206,6 +291,7 @@ func (s *Service) tryAccept(ctx context.Context, p *crypto.Puppet, roomID id.Roo
 		Now:         time.Now(),
 		Window:      s.cfg.HistorySharing.AcceptWindow,
 	})
+	saved := false // an imported bundle's state is saved with its keys
 	switch verdict {
 	case keybundle.Wait:
 		return b
@@ -215,10 +301,12 @@ func (s *Service) tryAccept(ctx context.Context, p *crypto.Puppet, roomID id.Roo
 		b.State, b.Error = database.ReceivedExpired, reason
 	case keybundle.Import:
 		faultPoint("crash_before_import")
-		s.downloadAndImport(ctx, p, b)
+		saved = s.downloadAndImport(ctx, p, b)
 	}
-	if err = s.db.UpdateReceivedBundle(ctx, b); err != nil {
-		log.Err(err).Msg("Failed to save bundle state")
+	if !saved {
+		if err = s.db.UpdateReceivedBundle(ctx, b); err != nil {
+			log.Err(err).Msg("Failed to save bundle state")
+		}
 	}
 	log.Info().Str("state", b.State).Int("imported", b.Imported).Int("withheld", b.Withheld).Str("reason", b.Error).
 		Stringer("sender", b.Sender).Msg("Processed key bundle")
@@ -227,11 +315,7 @@ func (s *Service) tryAccept(ctx context.Context, p *crypto.Puppet, roomID id.Roo
 
 // rejectOthers marks bundles for the room from anyone but the inviter as never to be imported.
 func (s *Service) rejectOthers(ctx context.Context, puppet id.UserID, roomID id.RoomID, inviter id.UserID) {
-	_, err := s.db.Exec(ctx, `UPDATE bundle_received SET state=$4, error=$5, updated_at=$6
-		WHERE puppet=$1 AND room_id=$2 AND sender<>$3 AND state IN ($7, $8)`,
-		puppet, roomID, inviter, database.ReceivedRejected, "sender is not the inviter "+inviter.String(),
-		time.Now().UnixMilli(), database.ReceivedPending, database.ReceivedRetry)
-	if err != nil {
+	if err := s.db.RejectBundlesNotFrom(ctx, puppet, roomID, inviter, "sender is not the inviter "+inviter.String()); err != nil {
 		zerolog.Ctx(ctx).Err(err).Msg("Failed to reject bundles from non-inviters")
 	}
 }
@@ -260,12 +344,14 @@ func (s *Service) senderTrust(ctx context.Context, p *crypto.Puppet, b *database
 }
 
 // downloadAndImport fetches the bundle (capped, hash-checked) into a temporary file, then
-// decrypts and imports it. It sets b's state: imported, expired (media gone), retry or failed.
-func (s *Service) downloadAndImport(ctx context.Context, p *crypto.Puppet, b *database.ReceivedBundle) {
+// decrypts and imports it. It sets b's state: imported, expired (media gone), retry or failed. It
+// reports whether the state is saved already: an imported bundle's state is written in the
+// import's own transaction, so a crash can never leave the keys stored and the bundle pending.
+func (s *Service) downloadAndImport(ctx context.Context, p *crypto.Puppet, b *database.ReceivedBundle) (saved bool) {
 	var info event.EncryptedFileInfo
 	if err := p.Manager().Sealer.OpenJSON(receivedOwner(b), b.FileInfo, &info); err != nil {
 		b.State, b.Error = database.ReceivedFailed, err.Error()
-		return
+		return false
 	}
 	file, err := s.download(ctx, p, &info)
 	if err != nil {
@@ -282,7 +368,7 @@ func (s *Service) downloadAndImport(ctx context.Context, p *crypto.Puppet, b *da
 			b.State, b.Error = database.ReceivedRetry, err.Error()
 			b.NextAttempt = time.Now().Add(s.retryBase << (b.Attempts - 1)).UnixMilli()
 		}
-		return
+		return false
 	}
 	defer func() {
 		name := file.Name()
@@ -292,15 +378,15 @@ func (s *Service) downloadAndImport(ctx context.Context, p *crypto.Puppet, b *da
 	plaintext, err := keybundle.Open(file, &info, s.cfg.HistorySharing.MaxBundleSize)
 	if err != nil {
 		b.State, b.Error = database.ReceivedFailed, err.Error()
-		return
+		return false
 	}
-	res, err := s.importBundle(ctx, p, b, plaintext)
-	b.Imported, b.Withheld, b.Skipped = res.imported, res.withheld, res.skipped
-	if err != nil {
+	if _, err = s.importBundle(ctx, p, b, plaintext); err != nil {
+		// Rolled back: nothing of the bundle is stored, and the report says so.
 		b.State, b.Error = database.ReceivedFailed, err.Error()
-		return
+		b.Imported, b.Withheld, b.Skipped = 0, 0, 0
+		return false
 	}
-	b.State, b.Error = database.ReceivedImported, ""
+	return true
 }
 
 var errHashMismatch = errors.New("bundle hash does not match: refusing it")
@@ -390,8 +476,14 @@ func (s *Service) retryDue(ctx context.Context) {
 	}
 }
 
-// expire drops acceptance records past the window.
+// expire drops acceptance records past the window, and gives up on bundles whose delivery waited
+// past deliveryBound.
 func (s *Service) expire(ctx context.Context) {
+	if n, err := s.db.FailStaleSentBundles(ctx, time.Now().Add(-s.deliveryBound()), ReasonDeliveryTooLate); err != nil {
+		zerolog.Ctx(ctx).Err(err).Msg("Failed to expire undelivered bundles")
+	} else if n > 0 {
+		zerolog.Ctx(ctx).Info().Int64("count", n).Msg("Gave up on bundles whose delivery did not finish in time")
+	}
 	n, err := s.db.ExpireAcceptWindow(ctx, s.cfg.HistorySharing.AcceptWindow)
 	if err != nil {
 		zerolog.Ctx(ctx).Err(err).Msg("Failed to expire old invite acceptances")

@@ -59,8 +59,9 @@ func report(b *database.SentBundle) *BundleReport {
 
 // Invite shares the room's history with the invitee (MSC4268: before the invite is sent), then
 // invites. The bundle row is created first, so the invite's echo in the transaction stream finds it
-// and does not build a second bundle.
-func (s *Service) Invite(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, invitee id.UserID, share bool) (any, error) {
+// and does not build a second bundle, however late it comes; the invite's event ID is recorded as
+// soon as the homeserver names it.
+func (s *Service) Invite(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, invitee id.UserID, share bool) (*InviteResult, error) {
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", roomID).Stringer("invitee", invitee).Logger()
 	ctx = log.WithContext(ctx)
 	if err := p.Manager().EnsureRoomState(ctx, p.Client, roomID); err != nil {
@@ -76,25 +77,62 @@ func (s *Service) Invite(ctx context.Context, p *crypto.Puppet, roomID id.RoomID
 		return nil, err
 	}
 	if _, err := p.Client.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: invitee}); err != nil {
+		if markErr := s.db.SetInviteFailed(context.WithoutCancel(ctx), b.BundleID); markErr != nil {
+			log.Err(markErr).Msg("Failed to record that the invite failed")
+		}
 		return nil, err
+	}
+	if eventID := s.inviteEventID(ctx, p, roomID, invitee); eventID != "" {
+		if err := s.db.SetInviteEvent(ctx, b.BundleID, eventID); err != nil {
+			log.Warn().Err(err).Msg("Failed to record the invite's event ID")
+		}
 	}
 	log.Info().Str("bundle_state", b.State).Int("sessions", b.Sessions).Int("withheld", b.Withheld).Msg("Invited user")
 	return &InviteResult{Bundle: report(b)}, nil
 }
 
-// shareForInvite builds a bundle for an invite seen in a transaction whose sender is a puppet.
+// inviteEventID asks the homeserver for the invitee's member event, if it is the puppet's invite.
+func (s *Service) inviteEventID(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, invitee id.UserID) id.EventID {
+	evt, err := memberEvent(ctx, p, roomID, invitee)
+	if err != nil || evt.Sender != p.UserID || evt.Content.AsMember().Membership != event.MembershipInvite {
+		return ""
+	}
+	return evt.ID
+}
+
+// memberEvent reads a user's current member event in the room, with its unsigned data.
+func memberEvent(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, userID id.UserID) (*event.Event, error) {
+	var evt event.Event
+	url := p.Client.BuildURLWithQuery(mautrix.ClientURLPath{"v3", "rooms", roomID, "state", event.StateMember.Type, userID},
+		map[string]string{"format": "event"})
+	if _, err := p.Client.MakeRequest(ctx, "GET", url, nil, &evt); err != nil {
+		return nil, err
+	}
+	if err := evt.Content.ParseRaw(event.StateMember); err != nil && !errors.Is(err, event.ErrContentAlreadyParsed) {
+		return nil, err
+	}
+	return &evt, nil
+}
+
+// shareForInvite handles the echo of an invite whose sender is a puppet: the bundle built for it
+// before it was sent, if the API built one (delivered now if a restart interrupted its delivery),
+// or a new bundle for an invite sent by another path.
 func (s *Service) shareForInvite(ctx context.Context, evt *event.Event) {
 	log := zerolog.Ctx(ctx)
-	if !s.cfg.HistorySharing.ShareOnInvite {
-		return
-	}
 	invitee := id.UserID(evt.GetStateKey())
-	claimed, err := s.db.ClaimSentBundleForInvite(ctx, evt.Sender, evt.RoomID, invitee, evt.ID, 10*time.Minute)
+	claimed, err := s.db.ClaimSentBundleForInvite(ctx, evt.Sender, evt.RoomID, invitee, evt.ID)
 	if err != nil {
 		log.Err(err).Msg("Failed to check for a bundle built by the API")
 		return
-	} else if claimed {
-		log.Debug().Msg("Invite already has the bundle built before it was sent")
+	} else if claimed != nil {
+		log.Debug().Str("bundle_id", claimed.BundleID).Str("bundle_state", claimed.State).
+			Msg("Invite already has the bundle built before it was sent")
+		if claimed.State == database.SentUploaded {
+			s.resumeDelivery(ctx, claimed)
+		}
+		return
+	}
+	if !s.cfg.HistorySharing.ShareOnInvite {
 		return
 	}
 	if done, err := s.db.HasSentBundleForInvite(ctx, evt.Sender, evt.RoomID, evt.ID); err != nil || done {
@@ -169,7 +207,7 @@ func (s *Service) buildAndUpload(ctx context.Context, p *crypto.Puppet, b *datab
 		b.State, b.Reason, b.Withheld = database.SentNothing, ReasonVisibility, counts
 		return nil
 	}
-	if trust, err := p.Mach.ResolveTrustContext(ctx, p.Mach.OwnIdentity()); err != nil || trust < id.TrustStateCrossSignedTOFU {
+	if signed, err := p.OwnDeviceSigned(ctx); err != nil || !signed {
 		b.State, b.Reason = database.SentSkipped, ReasonPuppetUnsigned
 		return err
 	}
@@ -216,15 +254,35 @@ func (s *Service) buildAndUpload(ctx context.Context, p *crypto.Puppet, b *datab
 
 func bundleOwner(b *database.SentBundle) string { return "bundle-sent:" + b.BundleID }
 
-// bundleRecipients queries the invitee's keys fresh and picks the devices signed by the invitee's
-// current cross-signing identity. Every device gets a delivery row: pending (Delivered false, no
-// reason) or skipped with the reason. A non-empty reason means nobody gets the bundle.
+// bundleRecipients picks the invitee's devices for a new bundle (recipients). Every device gets a
+// delivery row: pending (Delivered false, no reason) or skipped with the reason. A non-empty
+// reason means nobody gets the bundle.
 func (s *Service) bundleRecipients(ctx context.Context, p *crypto.Puppet, b *database.SentBundle) ([]database.Delivery, string, error) {
-	devices, err := p.Mach.FetchKeys(ctx, []id.UserID{b.Invitee}, true)
+	targets, reason, err := s.recipients(ctx, p, b.Invitee)
+	if err != nil || reason == ReasonNoCrossSigning || reason == ReasonIdentityChanged {
+		return nil, reason, err
+	}
+	if reason == ReasonNoDevices {
+		for _, d := range targets {
+			if err = s.db.PutDelivery(ctx, b.BundleID, d); err != nil {
+				return nil, "", err
+			}
+		}
+		return nil, reason, nil
+	}
+	return targets, "", nil
+}
+
+// recipients queries the invitee's keys fresh and sorts their devices: those signed by the
+// invitee's current cross-signing identity (no reason), the others (with the reason). The reason
+// returned says why nobody may get anything: no identity, an identity that changed since heirloom
+// first saw it, or no signed device.
+func (s *Service) recipients(ctx context.Context, p *crypto.Puppet, invitee id.UserID) ([]database.Delivery, string, error) {
+	devices, err := p.Mach.FetchKeys(ctx, []id.UserID{invitee}, true)
 	if err != nil {
 		return nil, "", fmt.Errorf("failed to query invitee keys: %w", err)
 	}
-	xsKeys, err := p.Store.GetCrossSigningKeys(ctx, b.Invitee)
+	xsKeys, err := p.Store.GetCrossSigningKeys(ctx, invitee)
 	if err != nil {
 		return nil, "", err
 	}
@@ -236,8 +294,8 @@ func (s *Service) bundleRecipients(ctx context.Context, p *crypto.Puppet, b *dat
 	}
 	var targets []database.Delivery
 	eligible := 0
-	for _, device := range devices[b.Invitee] {
-		d := database.Delivery{UserID: b.Invitee, DeviceID: device.DeviceID}
+	for _, device := range devices[invitee] {
+		d := database.Delivery{UserID: invitee, DeviceID: device.DeviceID}
 		trust, err := p.Mach.ResolveTrustContext(ctx, device)
 		if err != nil {
 			return nil, "", err
@@ -250,12 +308,7 @@ func (s *Service) bundleRecipients(ctx context.Context, p *crypto.Puppet, b *dat
 		targets = append(targets, d)
 	}
 	if eligible == 0 {
-		for _, d := range targets {
-			if err = s.db.PutDelivery(ctx, b.BundleID, d); err != nil {
-				return nil, "", err
-			}
-		}
-		return nil, ReasonNoDevices, nil
+		return targets, ReasonNoDevices, nil
 	}
 	return targets, "", nil
 }
@@ -310,8 +363,9 @@ func (s *Service) deliver(ctx context.Context, p *crypto.Puppet, b *database.Sen
 	return s.db.PutSentBundle(ctx, b)
 }
 
-// resumeSending finishes bundles a restart interrupted: uploaded ones are delivered to the devices
-// still pending; ones interrupted while building are marked failed (nothing was sent for them).
+// resumeSending finishes bundles a restart interrupted: uploaded ones are delivered after the
+// same checks as a first delivery (resumeDelivery); ones interrupted while building are marked
+// failed (nothing was sent for them).
 func (s *Service) resumeSending(ctx context.Context) {
 	unfinished, err := s.db.ListUnfinishedSentBundles(ctx)
 	if err != nil {
@@ -327,17 +381,103 @@ func (s *Service) resumeSending(ctx context.Context) {
 			}
 			continue
 		}
-		p, err := s.mgr.Get(ctx, b.Puppet)
-		if err != nil {
-			log.Err(err).Msg("Failed to load puppet to resume delivery")
-			continue
+		s.resumeDelivery(log.WithContext(ctx), b)
+	}
+}
+
+// deliveryBound is how long after a bundle was built heirloom still delivers it (a delivery a
+// restart interrupted, or one whose invite is not sent yet): past it, the checks made when it was
+// built are too old to rest on, and the bundle is marked failed.
+func (s *Service) deliveryBound() time.Duration {
+	return s.cfg.HistorySharing.AcceptWindow
+}
+
+// Reasons a delivery that resumed does not go ahead.
+const (
+	ReasonDeliveryTooLate  = "delivery did not finish within history_sharing.accept_window of building the bundle"
+	ReasonNoLongerInvited  = "the invitee is no longer invited or joined"
+	ReasonDeviceNowUnknown = "device is no longer signed by the invitee's cross-signing identity"
+)
+
+// resumeDelivery delivers an uploaded bundle whose delivery did not finish, after checking again
+// everything its devices were chosen on: the invite was sent and still stands (else it waits for
+// the invite's echo, which calls it again), the invitee's identity has not changed, and each
+// pending device is still signed by it. Past deliveryBound it gives up.
+func (s *Service) resumeDelivery(ctx context.Context, b *database.SentBundle) {
+	log := zerolog.Ctx(ctx).With().Str("bundle_id", b.BundleID).Stringer("invitee", b.Invitee).Logger()
+	ctx = log.WithContext(ctx)
+	p, err := s.mgr.Get(ctx, b.Puppet)
+	if err != nil {
+		log.Err(err).Msg("Failed to load puppet to resume delivery")
+		return
+	}
+	defer p.LockRoom(b.RoomID)()
+	if b, err = s.db.GetSentBundle(ctx, b.BundleID); err != nil || b == nil || b.State != database.SentUploaded {
+		return // finished meanwhile
+	}
+	reason, wait, err := s.recheckDelivery(ctx, p, b)
+	switch {
+	case err != nil:
+		log.Warn().Err(err).Msg("Cannot check the invitee before resuming delivery; will try again")
+		return
+	case wait:
+		log.Info().Msg("Bundle delivery waits for the invite to be sent")
+		return
+	case reason != "":
+		b.State, b.Reason = database.SentFailed, reason
+		log.Warn().Str("reason", reason).Msg("Not resuming bundle delivery")
+		if err = s.db.PutSentBundle(ctx, b); err != nil {
+			log.Err(err).Msg("Failed to record bundle state")
 		}
-		if err = s.deliver(log.WithContext(ctx), p, b); err != nil {
-			log.Err(err).Msg("Failed to resume bundle delivery")
-		} else {
-			log.Info().Msg("Resumed bundle delivery after restart")
+		return
+	}
+	if err = s.deliver(ctx, p, b); err != nil {
+		log.Err(err).Msg("Failed to resume bundle delivery")
+		return
+	}
+	log.Info().Msg("Resumed bundle delivery")
+}
+
+// recheckDelivery checks an uploaded bundle before it is delivered late. It returns a reason not
+// to deliver at all, or wait if the invite has not been sent yet.
+func (s *Service) recheckDelivery(ctx context.Context, p *crypto.Puppet, b *database.SentBundle) (reason string, wait bool, err error) {
+	if time.Since(time.UnixMilli(b.CreatedAt)) > s.deliveryBound() {
+		return ReasonDeliveryTooLate, false, nil
+	}
+	member, err := memberEvent(ctx, p, b.RoomID, b.Invitee)
+	switch {
+	case errors.Is(err, mautrix.MNotFound):
+		return "", true, nil // never invited (yet): the invite's echo resumes the delivery
+	case err != nil:
+		return "", false, fmt.Errorf("failed to read the invitee's membership: %w", err)
+	}
+	switch member.Content.AsMember().Membership {
+	case event.MembershipInvite, event.MembershipJoin:
+	case event.MembershipLeave:
+		if b.InviteEventID == "" {
+			return "", true, nil // not invited yet (left before): the invite's echo resumes it
+		}
+		return ReasonNoLongerInvited, false, nil
+	default:
+		return ReasonNoLongerInvited, false, nil
+	}
+	current, reason, err := s.recipients(ctx, p, b.Invitee)
+	if err != nil || reason != "" {
+		return reason, false, err
+	}
+	eligible := make(map[id.DeviceID]bool, len(current))
+	for _, d := range current {
+		eligible[d.DeviceID] = d.Reason == ""
+	}
+	for _, d := range b.Devices {
+		if !d.Delivered && d.Reason == "" && !eligible[d.DeviceID] {
+			d.Reason = ReasonDeviceNowUnknown
+			if err = s.db.PutDelivery(ctx, b.BundleID, d); err != nil {
+				return "", false, err
+			}
 		}
 	}
+	return "", false, nil
 }
 
 // Bundles lists what the puppet sent and received.

@@ -72,8 +72,3 @@ func (s *Service) Run(ctx context.Context) {
 func (s *Service) InviteSent(ctx context.Context, evt *event.Event) {
 	go s.shareForInvite(context.WithoutCancel(ctx), evt)
 }
-
-// InviteReceived records an invite to a puppet and accepts it where the config allows.
-func (s *Service) InviteReceived(ctx context.Context, evt *event.Event) {
-	s.recordInvite(ctx, evt)
-}

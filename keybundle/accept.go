@@ -7,6 +7,7 @@ import (
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto/signatures"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -90,4 +91,53 @@ func Decide(in AcceptInput) (Verdict, string) {
 		return Reject, "sender device is not cross-signed by its owner"
 	}
 	return Import, ""
+}
+
+// JoinInfo is what a join member event says, in its unsigned data, about the membership it
+// replaced.
+type JoinInfo struct {
+	EventID        id.EventID
+	ReplacesState  id.EventID
+	PrevMembership event.Membership
+	PrevSender     id.UserID
+}
+
+// JoinFromMemberEvent reads a join member event's unsigned data.
+func JoinFromMemberEvent(evt *event.Event) JoinInfo {
+	info := JoinInfo{EventID: evt.ID, ReplacesState: evt.Unsigned.ReplacesState, PrevSender: evt.Unsigned.PrevSender}
+	if prev := evt.Unsigned.PrevContent; prev != nil {
+		if err := prev.ParseRaw(event.StateMember); err == nil || errors.Is(err, event.ErrContentAlreadyParsed) {
+			info.PrevMembership = prev.AsMember().Membership
+		}
+	}
+	return info
+}
+
+// Replaced says how a join relates to a recorded invite.
+type Replaced int
+
+const (
+	// ReplacedUnknown: the join's event does not say what it replaced; ask the homeserver.
+	ReplacedUnknown Replaced = iota
+	// ReplacedInvite: the join replaced exactly the recorded invite. The puppet joined from it.
+	ReplacedInvite
+	// ReplacedOther: the join replaced something else; the recorded invite was not current (it
+	// was rescinded, or another invite followed) and must not be accepted on this join.
+	ReplacedOther
+)
+
+// JoinReplaced says whether the join replaced the invite inviteEventID. Only the state event the
+// join replaced (unsigned.replaces_state) binds the two: "the puppet was invited once" is not
+// enough, or an invite rescinded before a later join (say, to a room made public) would still let
+// the rescinded inviter's bundle in.
+func JoinReplaced(inviteEventID id.EventID, join JoinInfo) Replaced {
+	switch {
+	case join.ReplacesState == "":
+		return ReplacedUnknown
+	case inviteEventID != "" && join.ReplacesState == inviteEventID &&
+		(join.PrevMembership == "" || join.PrevMembership == event.MembershipInvite):
+		return ReplacedInvite
+	default:
+		return ReplacedOther
+	}
 }

@@ -2,6 +2,7 @@ package keybundle
 
 import (
 	"bufio"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -73,24 +74,37 @@ type Counts struct {
 func (c Counts) Empty() bool { return c.Sessions == 0 && c.Withheld == 0 }
 
 // Builder writes a bundle's JSON as the sessions stream past it, so a bundle of any size is never
-// held in memory as a whole. Write every session with AddSession, then every withheld entry passed
-// on from earlier bundles with AddWithheld, then Close.
+// held in memory: only the session IDs already written are kept, to write none twice. The
+// withheld list is written first, then room_keys (JSON objects are unordered; rust-sdk, like
+// every JSON parser, reads the fields in any order). So a caller adds every session without
+// shared history and every withheld entry it passes on first, then the shared sessions, then
+// calls Close; a withheld entry after the first key is an error (ErrWithheldAfterKeys).
 //
 // Rules (MSC4268, as matrix-rust-sdk applies them): a session of another room is skipped; a session
 // with shared_history goes into room_keys at its first known index, any other into withheld with
 // m.history_not_shared; a session already written is never written again, in either list. Both
 // arrays are always present, since rust-sdk fails to parse a bundle that lacks either.
 type Builder struct {
-	roomID   id.RoomID
-	device   id.DeviceID
-	w        *bufio.Writer
-	seen     map[id.SessionID]struct{}
-	withheld []Withheld
-	counts   Counts
-	scratch  []byte
-	started  bool
-	err      error
+	roomID  id.RoomID
+	device  id.DeviceID
+	w       *bufio.Writer
+	seen    map[id.SessionID]struct{}
+	counts  Counts
+	scratch []byte
+	phase   builderPhase
+	err     error
 }
+
+type builderPhase int
+
+const (
+	phaseStart    builderPhase = iota // nothing written
+	phaseWithheld                     // inside the withheld array
+	phaseKeys                         // inside the room_keys array
+)
+
+// ErrWithheldAfterKeys means a withheld entry came after the first room key (see Builder).
+var ErrWithheldAfterKeys = errors.New("withheld entries must be added before shared sessions")
 
 // NewBuilder starts a bundle for roomID, built by device, written to w.
 func NewBuilder(w io.Writer, roomID id.RoomID, device id.DeviceID) *Builder {
@@ -125,23 +139,26 @@ func (b *Builder) AddSession(s Session) error {
 	}
 	if !s.SharedHistory {
 		b.seen[s.SessionID] = struct{}{}
-		b.withheld = append(b.withheld, Withheld{
+		b.writeWithheld(Withheld{
 			Algorithm: id.AlgorithmMegolmV1, Code: CodeHistoryNotShared, Reason: reasonHistoryNotShared,
 			FromDevice: b.device, RoomID: s.RoomID, SenderKey: s.SenderKey, SessionID: s.SessionID,
 		})
-		return nil
+		return b.err
 	}
 	key, err := s.Export()
 	if err != nil {
 		return fmt.Errorf("failed to export session %s: %w", s.SessionID, err)
 	}
 	b.seen[s.SessionID] = struct{}{}
-	if !b.started {
-		b.write(`{"room_keys":[`)
-		b.started = true
-	} else if b.counts.Sessions > 0 {
+	switch b.phase {
+	case phaseStart:
+		b.write(`{"withheld":[],"room_keys":[`)
+	case phaseWithheld:
+		b.write(`],"room_keys":[`)
+	default:
 		b.write(",")
 	}
+	b.phase = phaseKeys
 	b.writeRoomKey(s, key)
 	b.counts.Sessions++
 	return b.err
@@ -222,34 +239,51 @@ func appendJSONString(buf []byte, s string) []byte {
 	return append(buf, '"')
 }
 
+// writeWithheld writes one entry of the withheld list.
+func (b *Builder) writeWithheld(w Withheld) {
+	switch b.phase {
+	case phaseKeys:
+		if b.err == nil {
+			b.err = ErrWithheldAfterKeys
+		}
+		return
+	case phaseStart:
+		b.write(`{"withheld":[`)
+	default:
+		b.write(",")
+	}
+	b.phase = phaseWithheld
+	b.writeJSON(w)
+	b.counts.Withheld++
+}
+
 // AddWithheld passes on a withheld entry the builder's owner received in an earlier bundle. Only
 // m.history_not_shared entries of this room whose session is not in the bundle already are kept.
-func (b *Builder) AddWithheld(w Withheld) {
+// It reports an error only for a failed write or an entry after the first key.
+func (b *Builder) AddWithheld(w Withheld) error {
 	if w.RoomID != b.roomID || !IsHistoryNotShared(w.Code) || w.SessionID == "" {
-		return
+		return nil
 	}
 	if _, dup := b.seen[w.SessionID]; dup {
-		return
+		return nil
 	}
 	b.seen[w.SessionID] = struct{}{}
 	w.Algorithm = id.AlgorithmMegolmV1
 	w.Code = CodeHistoryNotShared
-	b.withheld = append(b.withheld, w)
+	b.writeWithheld(w)
+	return b.err
 }
 
-// Close writes the withheld list and the closing brackets, and returns what the bundle holds.
+// Close writes the closing brackets, and returns what the bundle holds.
 func (b *Builder) Close() (Counts, error) {
-	if !b.started {
-		b.write(`{"room_keys":[`)
+	switch b.phase {
+	case phaseStart:
+		b.write(`{"withheld":[],"room_keys":[]}`)
+	case phaseWithheld:
+		b.write(`],"room_keys":[]}`)
+	default:
+		b.write("]}")
 	}
-	b.write(`],"withheld":`)
-	if len(b.withheld) == 0 {
-		b.write(`[]`)
-	} else {
-		b.writeJSON(b.withheld)
-	}
-	b.write("}")
-	b.counts.Withheld = len(b.withheld)
 	if b.err == nil {
 		b.err = b.w.Flush()
 	}
@@ -350,4 +384,16 @@ func sessionID(entry any) id.SessionID {
 		return e.SessionID
 	}
 	return ""
+}
+
+// ValidKey reports whether s is a 32-byte key (Curve25519 or Ed25519, also a megolm session ID)
+// in unpadded base64, the only form Matrix uses for them: 43 characters. mautrix's crypto store
+// keeps them in CHAR(43) columns, which PostgreSQL enforces and SQLite does not, so anything else
+// is refused before it reaches a statement, the same on both.
+func ValidKey(s string) bool {
+	if len(s) != 43 {
+		return false
+	}
+	decoded, err := base64.RawStdEncoding.DecodeString(s)
+	return err == nil && len(decoded) == 32
 }

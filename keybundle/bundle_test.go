@@ -108,8 +108,9 @@ func TestBuilder(t *testing.T) {
 		name: "duplicate sessions are written once",
 		steps: func(b *keybundle.Builder, s []*megolm) error {
 			return errors.Join(
+				b.AddSession(s[1].session(testRoom, false)), b.AddSession(s[1].session(testRoom, false)),
 				b.AddSession(s[0].session(testRoom, true)), b.AddSession(s[0].session(testRoom, true)),
-				b.AddSession(s[1].session(testRoom, false)), b.AddSession(s[1].session(testRoom, false)))
+				b.AddSession(s[1].session(testRoom, false)))
 		},
 		want: func(t *testing.T, s []*megolm) result {
 			return result{
@@ -120,9 +121,8 @@ func TestBuilder(t *testing.T) {
 	}, {
 		name: "key written, then passed-on withheld for the same session: only in room_keys",
 		steps: func(b *keybundle.Builder, s []*megolm) error {
-			err := b.AddSession(s[0].session(testRoom, true))
-			b.AddWithheld(passedOn(s[0], testRoom, keybundle.CodeHistoryNotShared))
-			return err
+			return errors.Join(b.AddSession(s[0].session(testRoom, true)),
+				b.AddWithheld(passedOn(s[0], testRoom, keybundle.CodeHistoryNotShared)))
 		},
 		want: func(t *testing.T, s []*megolm) result {
 			return result{keys: []map[string]any{wantKey(t, s[0])}, exports: []int{1, 0, 0}, counts: keybundle.Counts{Sessions: 1}}
@@ -130,9 +130,8 @@ func TestBuilder(t *testing.T) {
 	}, {
 		name: "own withheld, then passed-on withheld for the same session: once",
 		steps: func(b *keybundle.Builder, s []*megolm) error {
-			err := b.AddSession(s[0].session(testRoom, false))
-			b.AddWithheld(passedOn(s[0], testRoom, keybundle.CodeHistoryNotShared))
-			return err
+			return errors.Join(b.AddSession(s[0].session(testRoom, false)),
+				b.AddWithheld(passedOn(s[0], testRoom, keybundle.CodeHistoryNotShared)))
 		},
 		want: func(t *testing.T, s []*megolm) result {
 			return result{withheld: []map[string]any{wantOwnWithheld(s[0])}, exports: []int{0, 0, 0}, counts: keybundle.Counts{Withheld: 1}}
@@ -166,13 +165,13 @@ func TestBuilder(t *testing.T) {
 	}, {
 		name: "mixed bundle keeps every list in order",
 		steps: func(b *keybundle.Builder, s []*megolm) error {
-			err := errors.Join(
-				b.AddSession(s[0].session(testRoom, true)),
+			return errors.Join(
 				b.AddSession(s[1].session(testRoom, false)),
-				b.AddSession(s[2].session(testRoom, true)))
-			b.AddWithheld(passedOn(s[2], testRoom, keybundle.CodeHistoryNotShared))
-			b.AddWithheld(passedOn(s[3], testRoom, keybundle.CodeHistoryNotSharedUnstable))
-			return err
+				b.AddWithheld(passedOn(s[3], testRoom, keybundle.CodeHistoryNotSharedUnstable)),
+				b.AddSession(s[0].session(testRoom, true)),
+				b.AddSession(s[2].session(testRoom, true)),
+				// Already written as a key: not written again as withheld, and no ordering error.
+				b.AddWithheld(passedOn(s[2], testRoom, keybundle.CodeHistoryNotShared)))
 		},
 		want: func(t *testing.T, s []*megolm) result {
 			return result{
@@ -222,11 +221,11 @@ func TestBuilderEmptyBundleHasBothArrays(t *testing.T) {
 	b := keybundle.NewBuilder(&buf, testRoom, testDevice)
 	// Only things the builder must leave out.
 	require.NoError(t, b.AddSession(newMegolm(t).session(otherRoom, true)))
-	b.AddWithheld(keybundle.Withheld{Code: "m.unverified", RoomID: testRoom, SessionID: "x"})
+	require.NoError(t, b.AddWithheld(keybundle.Withheld{Code: "m.unverified", RoomID: testRoom, SessionID: "x"}))
 	counts, err := b.Close()
 	require.NoError(t, err)
 	require.True(t, counts.Empty())
-	require.Equal(t, `{"room_keys":[],"withheld":[]}`, buf.String())
+	require.Equal(t, `{"withheld":[],"room_keys":[]}`, buf.String())
 }
 
 func TestBuilderOnlyWithheldHasEmptyRoomKeys(t *testing.T) {
@@ -235,7 +234,29 @@ func TestBuilderOnlyWithheldHasEmptyRoomKeys(t *testing.T) {
 	require.NoError(t, b.AddSession(newMegolm(t).session(testRoom, false)))
 	_, err := b.Close()
 	require.NoError(t, err)
-	require.True(t, strings.HasPrefix(buf.String(), `{"room_keys":[],"withheld":[{`), buf.String())
+	require.True(t, strings.HasPrefix(buf.String(), `{"withheld":[{`), buf.String())
+	require.True(t, strings.HasSuffix(buf.String(), `}],"room_keys":[]}`), buf.String())
+}
+
+// The withheld list is written first, so the builder never holds it: one after a key is refused.
+func TestBuilderRefusesWithheldAfterKeys(t *testing.T) {
+	for name, late := range map[string]func(b *keybundle.Builder, m *megolm) error{
+		"session without shared history": func(b *keybundle.Builder, m *megolm) error {
+			return b.AddSession(m.session(testRoom, false))
+		},
+		"passed-on withheld entry": func(b *keybundle.Builder, m *megolm) error {
+			return b.AddWithheld(passedOn(m, testRoom, keybundle.CodeHistoryNotShared))
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var buf bytes.Buffer
+			b := keybundle.NewBuilder(&buf, testRoom, testDevice)
+			require.NoError(t, b.AddSession(newMegolm(t).session(testRoom, true)))
+			require.ErrorIs(t, late(b, newMegolm(t)), keybundle.ErrWithheldAfterKeys)
+			_, err := b.Close()
+			require.ErrorIs(t, err, keybundle.ErrWithheldAfterKeys)
+		})
+	}
 }
 
 func TestBuilderExportErrorPropagates(t *testing.T) {
@@ -270,10 +291,15 @@ func TestBuilderLargeBundleIsValidJSON(t *testing.T) {
 	var buf bytes.Buffer
 	b := keybundle.NewBuilder(&buf, testRoom, testDevice)
 	const n = 1000
-	for i := range n {
-		sess := s.session(testRoom, i%10 != 0)
-		sess.SessionID = id.SessionID(fmt.Sprintf("session-%04d", i))
-		require.NoError(t, b.AddSession(sess))
+	for _, shared := range []bool{false, true} {
+		for i := range n {
+			if (i%10 != 0) != shared {
+				continue
+			}
+			sess := s.session(testRoom, shared)
+			sess.SessionID = id.SessionID(fmt.Sprintf("session-%04d", i))
+			require.NoError(t, b.AddSession(sess))
+		}
 	}
 	counts, err := b.Close()
 	require.NoError(t, err)
@@ -288,8 +314,8 @@ func TestDecodeRoundTrip(t *testing.T) {
 	s := []*megolm{newMegolm(t), newMegolm(t), newMegolm(t)}
 	var buf bytes.Buffer
 	b := keybundle.NewBuilder(&buf, testRoom, testDevice)
-	require.NoError(t, b.AddSession(s[0].session(testRoom, true)))
 	require.NoError(t, b.AddSession(s[1].session(testRoom, false)))
+	require.NoError(t, b.AddSession(s[0].session(testRoom, true)))
 	require.NoError(t, b.AddSession(s[2].session(testRoom, true)))
 	_, err := b.Close()
 	require.NoError(t, err)

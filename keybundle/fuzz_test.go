@@ -55,9 +55,9 @@ func FuzzDecode(f *testing.F) {
 	s := []*megolm{newMegolm(f), newMegolm(f)}
 	var built bytes.Buffer
 	b := keybundle.NewBuilder(&built, testRoom, testDevice)
-	_ = b.AddSession(s[0].session(testRoom, true))
 	_ = b.AddSession(s[1].session(testRoom, false))
-	b.AddWithheld(keybundle.Withheld{Code: keybundle.CodeHistoryNotSharedUnstable, RoomID: testRoom, SessionID: "passed", SenderKey: "a2V5"})
+	_ = b.AddWithheld(keybundle.Withheld{Code: keybundle.CodeHistoryNotSharedUnstable, RoomID: testRoom, SessionID: "passed", SenderKey: "a2V5"})
+	_ = b.AddSession(s[0].session(testRoom, true))
 	_, _ = b.Close()
 	f.Add(built.Bytes())
 	f.Add([]byte(rustBundle))

@@ -1,4 +1,4 @@
--- v0 -> v3: Latest revision
+-- v0 -> v4: Latest revision
 
 -- Appservice transactions already processed, so a retried transaction is processed once. A
 -- transaction is known by its ID and the SHA-256 of its body: Synapse on SQLite numbers its
@@ -78,7 +78,8 @@ CREATE TABLE bundle_received (
 );
 
 -- Invites a puppet received, and when it accepted them: a bundle is imported only from the
--- inviter, and only within history_sharing.accept_window of accepting (accepted_at 0 = not yet).
+-- inviter, and only within history_sharing.accept_window of accepting (accepted_at 0 = not yet),
+-- once the join that replaced this very invite is known (join_event_id, '' = not yet).
 CREATE TABLE puppet_invite (
     puppet          TEXT   NOT NULL,
     room_id         TEXT   NOT NULL,
@@ -86,6 +87,7 @@ CREATE TABLE puppet_invite (
     invite_event_id TEXT   NOT NULL DEFAULT '',
     invited_at      BIGINT NOT NULL,
     accepted_at     BIGINT NOT NULL DEFAULT 0,
+    join_event_id   TEXT   NOT NULL DEFAULT '',
     PRIMARY KEY (puppet, room_id)
 );
 

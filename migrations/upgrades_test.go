@@ -2,6 +2,7 @@ package migrations_test
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -63,14 +64,19 @@ func TestUpgradeRefusesNewerDatabase(t *testing.T) {
 	require.Equal(t, newer, version, "the refused database is left as it was")
 }
 
-// A v1 database (transactions known by ID only) upgrades through 02-txn-body-hash.sql, keeps its
-// rows, and ends with the same heirloom_txn columns as a fresh one.
+// A v1 database (the schema heirloom shipped first, testdata/v1-schema.sql: transactions known by
+// ID only, acceptances not bound to a join) upgrades through every later file and keeps its rows.
 func TestUpgradeFromV1(t *testing.T) {
 	ctx := context.Background()
 	db := openSQLite(t)
-	_, err := db.Exec(ctx, `CREATE TABLE heirloom_txn (txn_id TEXT PRIMARY KEY, received_at BIGINT NOT NULL)`)
+	schema, err := os.ReadFile("testdata/v1-schema.sql")
+	require.NoError(t, err)
+	_, err = db.Exec(ctx, string(schema))
 	require.NoError(t, err)
 	_, err = db.Exec(ctx, `INSERT INTO heirloom_txn (txn_id, received_at) VALUES ('old', 1)`)
+	require.NoError(t, err)
+	_, err = db.Exec(ctx, `INSERT INTO puppet_invite (puppet, room_id, inviter, invite_event_id, invited_at, accepted_at)
+		VALUES ('@p:hs', '!accepted:hs', '@a:hs', '$i1', 1, 5), ('@p:hs', '!open:hs', '@a:hs', '$i2', 1, 0)`)
 	require.NoError(t, err)
 	_, err = db.Exec(ctx, `CREATE TABLE `+migrations.VersionTable+` (version INTEGER, compat INTEGER)`)
 	require.NoError(t, err)
@@ -81,6 +87,17 @@ func TestUpgradeFromV1(t *testing.T) {
 	var hash string
 	require.NoError(t, db.QueryRow(ctx, `SELECT body_hash FROM heirloom_txn WHERE txn_id='old'`).Scan(&hash))
 	require.Empty(t, hash, "a v1 row matches no body, so no new transaction is wrongly skipped")
+	joins := map[string]string{}
+	rows, err := db.Query(ctx, `SELECT room_id, join_event_id FROM puppet_invite`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var room, join string
+		require.NoError(t, rows.Scan(&room, &join))
+		joins[room] = join
+	}
+	require.NoError(t, rows.Err())
+	require.NotEmpty(t, joins["!accepted:hs"], "an acceptance recorded before v4 still counts")
+	require.Empty(t, joins["!open:hs"], "an invite not accepted stays unaccepted")
 	var version int
 	require.NoError(t, db.QueryRow(ctx, `SELECT version FROM `+migrations.VersionTable).Scan(&version))
 	require.Equal(t, len(migrations.Table), version)

@@ -1,0 +1,172 @@
+package history
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/crypto"
+	"github.com/heirloom-matrix/heirloom/database"
+)
+
+// joinHomeserver is a homeserver for one room the puppet joins: the join answers, the puppet's
+// member event names the state event the join replaced, the bundle media is served, and nobody
+// has keys to query.
+type joinHomeserver struct {
+	*httptest.Server
+	mu sync.Mutex
+	// replacesState and prevMembership are what the join replaced, as the homeserver names it.
+	replacesState  id.EventID
+	prevMembership event.Membership
+	media          []byte
+	// onJoin runs while the homeserver handles the join, e.g. to cancel the caller's request.
+	onJoin func()
+	joins  int
+}
+
+func newJoinHomeserver(t *testing.T, media []byte) *joinHomeserver {
+	t.Helper()
+	hs := &joinHomeserver{media: media, prevMembership: event.MembershipInvite}
+	hs.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hs.mu.Lock()
+		defer hs.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		path := r.URL.Path
+		switch {
+		case strings.HasSuffix(path, "/join") && r.Method == http.MethodPost:
+			hs.joins++
+			if hs.onJoin != nil {
+				hs.onJoin()
+			}
+			_, _ = w.Write([]byte(`{"room_id":"` + string(benchRoom) + `"}`))
+		case strings.Contains(path, "/state/m.room.member/"):
+			evt := map[string]any{"type": "m.room.member", "event_id": "$join", "sender": "@heirloom_dst:localhost",
+				"state_key": "@heirloom_dst:localhost", "room_id": benchRoom, "content": map[string]any{"membership": "join"},
+				"unsigned": map[string]any{"replaces_state": hs.replacesState, "prev_sender": "@alice:localhost",
+					"prev_content": map[string]any{"membership": hs.prevMembership}}}
+			_ = json.NewEncoder(w).Encode(evt)
+		case strings.HasSuffix(path, "/keys/query"):
+			_, _ = w.Write([]byte(`{"device_keys":{}}`))
+		case strings.Contains(path, "/media/download/"):
+			w.Header().Set("Content-Type", "application/octet-stream")
+			_, _ = w.Write(hs.media)
+		case strings.HasSuffix(path, "/sync"):
+			_, _ = w.Write([]byte(`{"next_batch":"s1"}`))
+		default:
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = w.Write([]byte(`{"errcode":"M_UNRECOGNIZED","error":"not in this test"}`))
+		}
+	}))
+	t.Cleanup(hs.Close)
+	return hs
+}
+
+// joinFixture is a puppet invited by alice, whose bundle for the room arrived and waits for the
+// join: alice's device is one the puppet trusts, so only the invite rules decide.
+func joinFixture(t *testing.T) (*benchEnv, *crypto.Puppet, *joinHomeserver, *database.ReceivedBundle) {
+	t.Helper()
+	env := newBenchEnv(t)
+	rb, body := receivedFixture(t, env, 20)
+	rb.State = database.ReceivedPending
+	require.NoError(t, env.db.UpdateReceivedBundle(context.Background(), rb))
+	hs := newJoinHomeserver(t, body)
+	p := pointPuppetAt(t, env, hs.URL)
+	require.NoError(t, p.Store.PutDevice(context.Background(), rb.Sender, &id.Device{
+		UserID: rb.Sender, DeviceID: rb.SenderDevice, IdentityKey: rb.SenderKey, SigningKey: "aliceSigning", Trust: id.TrustStateVerified,
+	}))
+	return env, p, hs, rb
+}
+
+func invite(t *testing.T, env *benchEnv, p *crypto.Puppet, eventID id.EventID, membership event.Membership) {
+	t.Helper()
+	stateKey := p.UserID.String()
+	evt := &event.Event{ID: eventID, Type: event.StateMember, RoomID: benchRoom, Sender: "@alice:localhost", StateKey: &stateKey,
+		Content: event.Content{Parsed: &event.MemberEventContent{Membership: membership}}}
+	env.svc.TrackMembership(context.Background(), evt)
+}
+
+func bundleState(t *testing.T, env *benchEnv, rb *database.ReceivedBundle) *database.ReceivedBundle {
+	t.Helper()
+	b, err := env.db.GetReceivedBundle(context.Background(), rb.Puppet, rb.RoomID, rb.Sender)
+	require.NoError(t, err)
+	return b
+}
+
+// The join that replaced alice's invite accepts it: her bundle is imported.
+func TestJoinFromTheInviteImportsTheBundle(t *testing.T) {
+	env, p, hs, rb := joinFixture(t)
+	invite(t, env, p, "$invite", event.MembershipInvite)
+	hs.replacesState = "$invite"
+	res, err := env.svc.Join(context.Background(), p, benchRoom)
+	require.NoError(t, err)
+	require.NotNil(t, res.Bundle, res.History)
+	require.Equal(t, database.ReceivedImported, res.Bundle.State, res.Bundle.Error)
+	require.Equal(t, database.ReceivedImported, bundleState(t, env, rb).State)
+}
+
+// A bridge that gives up on its /join request (the request's context is cancelled once the join
+// went through) still gets the bundle imported: nothing after the join hangs on the request.
+func TestCancelledJoinRequestStillImports(t *testing.T) {
+	env, p, hs, rb := joinFixture(t)
+	invite(t, env, p, "$invite", event.MembershipInvite)
+	hs.replacesState = "$invite"
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hs.onJoin = cancel
+	_, _ = env.svc.Join(ctx, p, benchRoom)
+	require.Eventually(t, func() bool { return bundleState(t, env, rb).State == database.ReceivedImported },
+		10*time.Second, 20*time.Millisecond, "the bundle is imported although the request was cancelled")
+}
+
+// An invite rescinded (or left) before the join, in the same transaction as the invite itself:
+// a later join without an invite, e.g. to a room made public, accepts nothing.
+func TestRescindedInviteIsNotAcceptedOnALaterJoin(t *testing.T) {
+	env, p, hs, rb := joinFixture(t)
+	invite(t, env, p, "$invite", event.MembershipInvite)
+	invite(t, env, p, "$rescind", event.MembershipLeave)
+	hs.replacesState, hs.prevMembership = "$rescind", event.MembershipLeave // the join replaced the leave
+	res, err := env.svc.Join(context.Background(), p, benchRoom)
+	require.NoError(t, err)
+	require.Nil(t, res.Bundle, res.History)
+	require.Equal(t, database.ReceivedPending, bundleState(t, env, rb).State, "alice's bundle is never imported")
+}
+
+// A join that replaced another membership event than the recorded invite (the invite was rescinded
+// and heirloom did not hear of it) accepts nothing, and the stale invite is forgotten.
+func TestJoinThatReplacedSomethingElseAcceptsNothing(t *testing.T) {
+	env, p, hs, rb := joinFixture(t)
+	invite(t, env, p, "$invite", event.MembershipInvite)
+	hs.replacesState, hs.prevMembership = "$some-later-leave", event.MembershipLeave
+	res, err := env.svc.Join(context.Background(), p, benchRoom)
+	require.NoError(t, err)
+	require.Nil(t, res.Bundle, res.History)
+	require.Equal(t, database.ReceivedPending, bundleState(t, env, rb).State)
+	inv, err := env.db.GetInvite(context.Background(), p.UserID, benchRoom)
+	require.NoError(t, err)
+	require.Nil(t, inv, "the stale invite is forgotten")
+}
+
+// A join made outside the API, seen in the transaction stream after the invite, accepts the
+// invite it replaced.
+func TestJoinSeenInTransactionsAcceptsTheInvite(t *testing.T) {
+	env, p, _, _ := joinFixture(t)
+	invite(t, env, p, "$invite", event.MembershipInvite)
+	stateKey := p.UserID.String()
+	join := &event.Event{ID: "$join", Type: event.StateMember, RoomID: benchRoom, Sender: p.UserID, StateKey: &stateKey,
+		Content:  event.Content{Parsed: &event.MemberEventContent{Membership: event.MembershipJoin}},
+		Unsigned: event.Unsigned{ReplacesState: "$invite", PrevContent: &event.Content{VeryRaw: json.RawMessage(`{"membership":"invite"}`)}}}
+	env.svc.TrackMembership(context.Background(), join)
+	inv, err := env.db.GetInvite(context.Background(), p.UserID, benchRoom)
+	require.NoError(t, err)
+	require.True(t, inv.Confirmed())
+	require.Equal(t, id.EventID("$join"), inv.JoinEventID)
+}

@@ -1,0 +1,87 @@
+-- v0 -> v1: Latest revision
+
+-- Appservice transactions already processed, so a retried transaction is processed once.
+CREATE TABLE heirloom_txn (
+    txn_id      TEXT   PRIMARY KEY,
+    received_at BIGINT NOT NULL
+);
+
+-- Puppets provisioned through the API. cross_signing_seeds is encrypted with the pickle key.
+CREATE TABLE puppet (
+    user_id             TEXT    PRIMARY KEY,
+    device_id           TEXT    NOT NULL,
+    displayname         TEXT    NOT NULL DEFAULT '',
+    cross_signing_seeds TEXT    NOT NULL DEFAULT '',
+    master_key          TEXT    NOT NULL DEFAULT '',
+    ready               BOOLEAN NOT NULL DEFAULT false,
+    created_at          BIGINT  NOT NULL
+);
+
+-- Outbound megolm sessions created before rotate_after (unix ms) are not used again:
+-- bumped when history visibility changes or a member leaves, is kicked or banned.
+CREATE TABLE room_rotation (
+    room_id      TEXT   PRIMARY KEY,
+    rotate_after BIGINT NOT NULL
+);
+
+-- Key bundles a puppet built and delivered (MSC4268 sending side).
+CREATE TABLE bundle_sent (
+    bundle_id       TEXT    PRIMARY KEY,
+    puppet          TEXT    NOT NULL,
+    room_id         TEXT    NOT NULL,
+    invitee         TEXT    NOT NULL,
+    invite_event_id TEXT,
+    state           TEXT    NOT NULL,
+    sessions        INTEGER NOT NULL DEFAULT 0,
+    withheld        INTEGER NOT NULL DEFAULT 0,
+    size            BIGINT  NOT NULL DEFAULT 0,
+    mxc             TEXT    NOT NULL DEFAULT '',
+    file_info       TEXT    NOT NULL DEFAULT '',
+    reason          TEXT    NOT NULL DEFAULT '',
+    created_at      BIGINT  NOT NULL,
+    updated_at      BIGINT  NOT NULL
+);
+CREATE UNIQUE INDEX bundle_sent_invite_idx ON bundle_sent (puppet, room_id, invite_event_id);
+CREATE INDEX bundle_sent_state_idx ON bundle_sent (state);
+
+-- One row per invitee device a bundle was (or was not) delivered to.
+CREATE TABLE bundle_delivery (
+    bundle_id TEXT    NOT NULL REFERENCES bundle_sent (bundle_id) ON DELETE CASCADE,
+    user_id   TEXT    NOT NULL,
+    device_id TEXT    NOT NULL,
+    delivered BOOLEAN NOT NULL,
+    reason    TEXT    NOT NULL DEFAULT '',
+    PRIMARY KEY (bundle_id, user_id, device_id)
+);
+
+-- Key bundles a puppet received (MSC4268 receiving side), newest per (puppet, room, sender).
+CREATE TABLE bundle_received (
+    puppet        TEXT    NOT NULL,
+    room_id       TEXT    NOT NULL,
+    sender        TEXT    NOT NULL,
+    sender_device TEXT    NOT NULL,
+    sender_key    TEXT    NOT NULL,
+    file_info     TEXT    NOT NULL,
+    state         TEXT    NOT NULL,
+    imported      INTEGER NOT NULL DEFAULT 0,
+    withheld      INTEGER NOT NULL DEFAULT 0,
+    skipped       INTEGER NOT NULL DEFAULT 0,
+    error         TEXT    NOT NULL DEFAULT '',
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    next_attempt  BIGINT  NOT NULL DEFAULT 0,
+    received_at   BIGINT  NOT NULL,
+    updated_at    BIGINT  NOT NULL,
+    PRIMARY KEY (puppet, room_id, sender)
+);
+
+-- Invites a puppet received, and when it accepted them: a bundle is imported only from the
+-- inviter, and only within history_sharing.accept_window of accepting (accepted_at 0 = not yet).
+CREATE TABLE puppet_invite (
+    puppet          TEXT   NOT NULL,
+    room_id         TEXT   NOT NULL,
+    inviter         TEXT   NOT NULL,
+    invite_event_id TEXT   NOT NULL DEFAULT '',
+    invited_at      BIGINT NOT NULL,
+    accepted_at     BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (puppet, room_id)
+);
