@@ -5,7 +5,7 @@
 // peer.mjs make sure of that.
 
 import * as RustSdkCryptoJs from "@matrix-org/matrix-sdk-crypto-wasm";
-import { createClient, SyncState } from "matrix-js-sdk";
+import { ClientEvent, createClient, SyncState } from "matrix-js-sdk";
 import { EventShieldColour, EventShieldReason } from "matrix-js-sdk/lib/crypto-api/index.js";
 
 import { makeLogger } from "./log.mjs";
@@ -24,6 +24,20 @@ export class Peer {
         this.deviceId = deviceId;
         this.password = password;
         this.homeserver = homeserver;
+        // Every to-device message this device received, as the Rust crypto handed it over
+        // (decrypted where it was encrypted): for tests of what a puppet sent, or did not send.
+        this.toDevice = [];
+        client.on(ClientEvent.ReceivedToDeviceMessage, ({ message, encryptionInfo }) => {
+            this.toDevice.push({
+                type: message.type,
+                sender: message.sender,
+                encrypted: encryptionInfo != null,
+                sender_curve25519: encryptionInfo?.senderCurve25519KeyBase64,
+                room_id: message.content?.room_id,
+                session_id: message.content?.session_id,
+                received_at: Date.now(),
+            });
+        });
     }
 
     get crypto() {
@@ -133,7 +147,7 @@ export class Peer {
 
         const { room_id: roomId } = await this.client.createRoom({
             name: params.name,
-            preset: "private_chat",
+            preset: params.preset ?? "private_chat",
             invite: params.invite ?? [],
             initial_state: initialState,
         });
@@ -226,6 +240,27 @@ export class Peer {
         const targets = await this.devicesOf(target);
         await this.client.encryptAndSendToDevice(required(params, "type"), targets, required(params, "content"));
         return { devices: targets.length };
+    }
+
+    // kick removes target from the room: for an invited target, it rescinds the invite.
+    async kick(params) {
+        await this.client.kick(required(params, "room_id"), required(params, "target"), params.reason);
+        return {};
+    }
+
+    // sendToDeviceRaw sends any content, unencrypted, as `type` to one device of target (e.g. a
+    // hand-made m.room_key_request).
+    async sendToDeviceRaw(params) {
+        const target = required(params, "target");
+        const device = required(params, "target_device");
+        await this.client.sendToDevice(required(params, "type"), new Map([[target, new Map([[device, required(params, "content")]])]]));
+        return {};
+    }
+
+    // toDeviceLog lists the to-device messages this device received (of `type`, if given).
+    toDeviceLog(params) {
+        const messages = this.toDevice.filter((m) => !params.type || m.type === params.type);
+        return { messages };
     }
 
     // exportRaw returns this user's exported room keys for a room as the key export holds them.

@@ -1,0 +1,275 @@
+package e2e
+
+import (
+	"encoding/base64"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// toDeviceMessage is one to-device message a js-sdk device received (decrypted if it was encrypted).
+type toDeviceMessage struct {
+	Type      string `json:"type"`
+	Sender    string `json:"sender"`
+	Encrypted bool   `json:"encrypted"`
+	RoomID    string `json:"room_id"`
+	SessionID string `json:"session_id"`
+}
+
+func jsToDevice(t *testing.T, u jsUser, evtType string) []toDeviceMessage {
+	t.Helper()
+	var resp struct {
+		Messages []toDeviceMessage `json:"messages"`
+	}
+	e.peer(t, "toDeviceLog", map[string]any{"user": u.UserID, "type": evtType}, &resp)
+	return resp.Messages
+}
+
+// heirloomLogged reports whether heirloom's log has a line containing every one of parts.
+func heirloomLogged(t *testing.T, parts ...string) bool {
+	t.Helper()
+	data, err := os.ReadFile(e.logFile.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+// forgeRatchet returns an export of the same session ID (its public key) with another ratchet.
+func forgeRatchet(t *testing.T, exported string) string {
+	t.Helper()
+	raw, err := base64.RawStdEncoding.DecodeString(exported)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 5; i < 5+128; i++ { // version (1) and index (4), then the ratchet
+		raw[i] ^= 0x5a
+	}
+	return base64.RawStdEncoding.EncodeToString(raw)
+}
+
+// A member who joined a `joined`-visibility room late asks the puppet for the room key by hand:
+// no m.forwarded_room_key comes back, and he still reads none of what was sent before he joined.
+func TestKeyRequestFromLateMemberGetsNothing(t *testing.T) {
+	p := newPuppet(t)
+	u := newJSUser(t, true)
+	roomID := puppetCreateRoom(t, p, "joined")
+	before := []string{"before the join 1", "before the join 2", "before the join 3"}
+	for _, text := range before {
+		puppetSend(t, p, roomID, text)
+	}
+	puppetInvite(t, p, roomID, u.UserID)
+	e.peer(t, "join", map[string]any{"user": u.UserID, "room_id": roomID}, nil)
+	puppetSend(t, p, roomID, "after the join")
+	requireJSDecrypts(t, u, roomID, []string{"after the join"})
+	session := sessionOf(t, p, roomID, "after the join")
+	if first := sessionOf(t, p, roomID, before[0]); first != session {
+		t.Fatalf("the test needs one session for all four messages: %s vs %s", first, session)
+	}
+
+	requestID := name("req_")
+	e.peer(t, "sendToDeviceRaw", map[string]any{"user": u.UserID, "target": p.UserID, "target_device": p.DeviceID,
+		"type": "m.room_key_request", "content": map[string]any{
+			"action": "request", "request_id": requestID, "requesting_device_id": u.DeviceID,
+			"body": map[string]any{"algorithm": "m.megolm.v1.aes-sha2", "room_id": roomID, "session_id": session,
+				"sender_key": p.Curve25519},
+		}}, nil)
+	// Wait for heirloom to have handled this very request, or for the leak itself.
+	eventually(t, 30*time.Second, "heirloom to handle the key request", func() (bool, string) {
+		if fwd := jsToDevice(t, u, "m.forwarded_room_key"); len(fwd) > 0 {
+			t.Fatalf("the puppet forwarded a room key to a member who joined late: %+v", fwd)
+		}
+		return heirloomLogged(t, "room key request", requestID), "not handled yet"
+	})
+	if fwd := jsToDevice(t, u, "m.forwarded_room_key"); len(fwd) > 0 {
+		t.Fatalf("the puppet forwarded a room key to a member who joined late: %+v", fwd)
+	}
+	got := decryptedBodies(jsMessages(t, u, roomID, 1, 5000))
+	for _, text := range before {
+		if _, ok := got[text]; ok {
+			t.Fatalf("the late member decrypted %q from before he joined", text)
+		}
+	}
+}
+
+// heldRow is what heirloom stores for a puppet's session ID, whatever room it names.
+func heldRow(t *testing.T, p puppetIdentity, sessionID string) string {
+	t.Helper()
+	var room, senderKey string
+	var pickle []byte
+	err := e.db(t).QueryRow(`SELECT room_id, sender_key, session FROM crypto_megolm_inbound_session WHERE account_id=? AND session_id=?`,
+		p.UserID, sessionID).Scan(&room, &senderKey, &pickle)
+	if err != nil {
+		t.Fatalf("reading session %s: %v", sessionID, err)
+	}
+	return fmt.Sprintf("%s|%s|%x", room, senderKey, pickle)
+}
+
+// An inviter's bundle for one room naming the session the puppet holds for another room (its ID is
+// public), with a forged ratchet or with the genuine key: the other room's row stays as it was, its
+// messages still decrypt, and the bundle's report counts the entry as skipped.
+func TestBundleCannotOverwriteAnotherRoomsSessionEndToEnd(t *testing.T) {
+	alice := newJSUser(t, true)
+	p := newPuppet(t)
+	other := jsRoomWithPuppet(t, alice, p, "shared")
+	jsSend(t, alice, other, "the other room's secret")
+	events := waitPuppetDecrypts(t, p, other, []string{"the other room's secret"})
+	var session string
+	for _, ev := range events {
+		if ev.body() == "the other room's secret" {
+			session = ev.SessionID
+		}
+	}
+	var key exportedKey
+	for _, k := range jsRawKeys(t, alice, other) {
+		if k.SessionID == session {
+			key = k
+		}
+	}
+	if key.SessionID == "" {
+		t.Fatalf("alice holds no key for session %s", session)
+	}
+	before := heldRow(t, p, session)
+
+	for _, tc := range []struct {
+		name       string
+		sessionKey string
+	}{{"forged ratchet", forgeRatchet(t, key.SessionKey)}, {"genuine key", key.SessionKey}} {
+		t.Run(tc.name, func(t *testing.T) {
+			roomID, keys := hostileSetup(t, alice, p)
+			claim := key
+			claim.RoomID, claim.SessionKey = roomID, tc.sessionKey
+			e.peer(t, "sendBundle", map[string]any{"user": alice.UserID, "room_id": roomID, "target": p.UserID,
+				"plaintext": bundleJSON(t, append([]exportedKey{claim}, keys...), nil), "timeout_ms": 60000}, nil)
+			b := waitReceived(t, p, roomID, alice.UserID, "imported", "failed", "rejected")
+			if b.State != "imported" || b.Skipped < 1 {
+				t.Fatalf("want the bundle imported with the other room's session skipped: %+v", b)
+			}
+			if after := heldRow(t, p, session); after != before {
+				t.Fatalf("the other room's session row changed:\nbefore %s\nafter  %s", before, after)
+			}
+			waitPuppetDecrypts(t, p, other, []string{"the other room's secret"})
+			stillWorks(t, p, other)
+		})
+	}
+}
+
+// An invite rescinded before heirloom heard of it, arriving in the same transaction as its
+// rescinding: the puppet's later join of the (public) room accepts nothing from the rescinded
+// inviter, whose bundle is never imported.
+func TestRescindedInviteIsNotAcceptedEndToEnd(t *testing.T) {
+	alice := newJSUser(t, true)
+	p := newPuppet(t)
+	busy := jsRoomWithPuppet(t, alice, p, "shared")
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	e.peer(t, "createRoom", map[string]any{"user": alice.UserID, "history_visibility": "shared", "preset": "public_chat"}, &room)
+	jsSend(t, alice, room.RoomID, "before the invite")
+
+	// Hold heirloom still while a transaction is in flight: Synapse queues what follows, and sends
+	// the invite and its rescinding together once heirloom answers.
+	if err := e.heirloom.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = e.heirloom.Process.Signal(syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+	jsSend(t, alice, busy, "keeps a transaction in flight")
+	time.Sleep(time.Second) // let Synapse start that transaction (ordering, not an assertion)
+	e.peer(t, "invite", map[string]any{"user": alice.UserID, "room_id": room.RoomID, "target": p.UserID}, nil)
+	e.peer(t, "kick", map[string]any{"user": alice.UserID, "room_id": room.RoomID, "target": p.UserID}, nil)
+	resume()
+
+	eventually(t, 60*time.Second, "heirloom to learn the invite was rescinded", func() (bool, string) {
+		var membership string
+		err := e.db(t).QueryRow(`SELECT membership FROM mx_user_profile WHERE room_id=? AND user_id=?`, room.RoomID, p.UserID).Scan(&membership)
+		return err == nil && membership == "leave", fmt.Sprintf("membership %q (%v)", membership, err)
+	})
+	var join struct {
+		History string          `json:"history"`
+		Bundle  *receivedBundle `json:"bundle"`
+	}
+	apiOK(t, "POST", "/puppets/"+p.UserID+"/rooms/"+room.RoomID+"/join", nil, &join)
+	if join.Bundle != nil || !strings.Contains(join.History, "without an invite") {
+		t.Fatalf("the join accepted a rescinded invite: %+v", join)
+	}
+	for _, b := range puppetBundles(t, p).Received {
+		if b.RoomID == room.RoomID && b.State == "imported" {
+			t.Fatalf("the rescinded inviter's bundle was imported: %+v", b)
+		}
+	}
+	for _, ev := range puppetMessages(t, p, room.RoomID) {
+		if ev.Decrypted && ev.body() == "before the invite" {
+			t.Fatal("the puppet reads history it was never given")
+		}
+	}
+}
+
+// A device-list change that arrives while no puppet machine is loaded still reaches the shared
+// device tables: the puppet, loaded later, re-queries the user's devices before it encrypts.
+func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
+	p := newPuppet(t)
+	u := newJSUser(t, true)
+	roomID := puppetCreateRoom(t, p, "shared")
+	puppetInvite(t, p, roomID, u.UserID)
+	e.peer(t, "join", map[string]any{"user": u.UserID, "room_id": roomID}, nil)
+	puppetSend(t, p, roomID, "u's devices are tracked now")
+	outdated := func() bool {
+		var v bool
+		if err := e.db(t).QueryRow(`SELECT devices_outdated FROM crypto_tracked_user WHERE user_id=?`, u.UserID).Scan(&v); err != nil {
+			t.Fatalf("%s is not tracked: %v", u.UserID, err)
+		}
+		return v
+	}
+	if outdated() {
+		t.Fatal("the device list is outdated before any change")
+	}
+
+	e.stopHeirloom(syscall.SIGTERM)
+	if err := e.startHeirloom(); err != nil {
+		t.Fatal(err)
+	}
+	var status struct {
+		Loaded int `json:"loaded_machines"`
+	}
+	apiOK(t, "GET", "/status", nil, &status)
+	t.Logf("machines loaded after the restart: %d", status.Loaded)
+
+	// A new device of u: Synapse tells heirloom in the next transaction's device_lists.
+	localpart := strings.TrimPrefix(strings.SplitN(u.UserID, ":", 2)[0], "@")
+	var login struct {
+		DeviceID string `json:"device_id"`
+	}
+	code, err := e.request("POST", e.hsURL+"/_matrix/client/v3/login", "", map[string]any{
+		"type": "m.login.password", "identifier": map[string]any{"type": "m.id.user", "user": localpart},
+		"password": localpart + "-interop-password"}, &login)
+	if err != nil || code != 200 {
+		t.Fatalf("logging in a second device: %d %v", code, err)
+	}
+	eventually(t, 30*time.Second, "the device-list change to reach the shared tables", func() (bool, string) {
+		return outdated(), "devices_outdated is still false"
+	})
+	puppetSend(t, p, roomID, "after the new device")
+	if outdated() {
+		t.Fatal("the puppet encrypted without re-querying the changed device list")
+	}
+	_ = login.DeviceID
+}
