@@ -252,7 +252,15 @@ func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
 	}
 	apiOK(t, "GET", "/status", nil, &status)
 	t.Logf("machines loaded after the restart: %d", status.Loaded)
-
+	// Synapse drops the device lists of a transaction it could not deliver (it keeps only events,
+	// ephemeral and to-device messages for its retries): wait until it delivers again, with an
+	// event that loads no machine.
+	const processed = `heirloom_transactions_total{outcome="processed"}`
+	before := metric(t, processed)
+	jsSend(t, u, roomID, "heirloom is reachable again")
+	eventually(t, 60*time.Second, "Synapse to deliver to heirloom again", func() (bool, string) {
+		return metric(t, processed) > before, "no transaction processed yet"
+	})
 	// A new device of u: Synapse tells heirloom in the next transaction's device_lists.
 	localpart := strings.TrimPrefix(strings.SplitN(u.UserID, ":", 2)[0], "@")
 	var login struct {

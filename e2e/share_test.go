@@ -267,6 +267,9 @@ func TestDeliveryResumesAfterCrash(t *testing.T) {
 		t.Fatalf("want the one interrupted bundle: %+v", sent)
 	}
 	eventually(t, 30*time.Second, "the resumed delivery to wait for the invite", func() (bool, string) {
+		if now := puppetBundles(t, p).Sent; len(now) == 1 && now[0].State == "delivered" {
+			t.Fatalf("a bundle was delivered to a user who was never invited: %+v", now[0])
+		}
 		return heirloomLogged(t, "waits for the invite", sent[0].BundleID), "not checked yet"
 	})
 	if sent = puppetBundles(t, p).Sent; sent[0].State != "uploaded" {
