@@ -139,7 +139,7 @@ func Run(configPath string) int {
 		log.Error().Err(err).Msg("The homeserver does not accept heirloom's registration")
 		return ExitHomeserver
 	}
-	go mgr.RunMaintenance(ctx, 5*time.Minute)
+	go mgr.RunMaintenance(ctx, cfg.Encryption.Maintenance())
 	go history.Run(ctx)
 	go pruneTransactions(ctx, db)
 	log.Info().Str("version", appservice.Version).Msg("heirloom is running")
