@@ -157,6 +157,9 @@ func checkHomeserverReachable(ctx context.Context, mgr *crypto.Manager, cfg *con
 		if lastErr == nil {
 			return nil
 		}
+		if attempt == 4 {
+			break
+		}
 		zerolog.Ctx(ctx).Warn().Err(lastErr).Int("attempt", attempt+1).Msg("Homeserver not reachable yet, retrying")
 		select {
 		case <-ctx.Done():

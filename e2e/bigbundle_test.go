@@ -17,16 +17,32 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-// procStatus reads a field (in kB) of heirloom's /proc status, in bytes.
+// procStatus reads a field (in kB) of the shared heirloom's /proc status, in bytes.
 func procStatus(tb testing.TB, field string) int64 {
 	tb.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", e.heirloom.Process.Pid))
+	return e.procStatus(tb, field)
+}
+
+// procStatus reads a field (in kB) of the heirloom process's /proc status, in bytes.
+func (h *instance) procStatus(tb testing.TB, field string) int64 {
+	tb.Helper()
+	if h.heirloom == nil {
+		tb.Fatalf("heirloom (%s) is not running", h.name)
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", h.heirloom.Process.Pid))
 	if err != nil {
 		tb.Fatal(err)
 	}
 	for _, line := range strings.Split(string(data), "\n") {
 		if strings.HasPrefix(line, field+":") {
-			kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+			fields := strings.Fields(line)
+			if len(fields) != 3 || fields[2] != "kB" {
+				tb.Fatalf("unexpected /proc status line %q", line)
+			}
+			kb, err := strconv.ParseInt(fields[1], 10, 64)
+			if err != nil {
+				tb.Fatalf("/proc status line %q: %v", line, err)
+			}
 			return kb * 1024
 		}
 	}
