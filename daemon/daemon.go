@@ -154,7 +154,11 @@ func checkHomeserverReachable(ctx context.Context, mgr *crypto.Manager, cfg *con
 		checkCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		_, lastErr = mgr.Client(ctx, cfg.BotUserID()).Versions(checkCtx)
 		cancel()
-		if lastErr == nil {
+		// Any HTTP answer means the homeserver is up. An error answer (401 M_UNKNOWN_TOKEN for an
+		// as_token of a registration the homeserver has not loaded) is for checkRegistration to
+		// explain; retrying it here would only end in a wrong "not reachable".
+		var he mautrix.HTTPError
+		if lastErr == nil || errors.As(lastErr, &he) && he.Response != nil {
 			return nil
 		}
 		if attempt == 4 {

@@ -64,7 +64,7 @@ func openPostgres(t *testing.T) *database.Database {
 	t.Helper()
 	base := os.Getenv(postgresEnv)
 	if base == "" {
-		const msg = "CI must run the PostgreSQL store tests: " + postgresEnv + " is unset"
+		const msg = postgresEnv + " is unset: the PostgreSQL store tests did not run (make unit-postgres runs them; CI must)"
 		if os.Getenv("CI") != "" {
 			t.Fatal(msg)
 		}

@@ -72,17 +72,28 @@ func withBundleCap(tb testing.TB, size int64) {
 	tb.Cleanup(func() { restart(string(data)) })
 }
 
-// fillPuppetSessions writes n valid megolm sessions (90 % shared) for the puppet into heirloom's
-// SQLite database, through mautrix's crypto store, while heirloom runs.
+// fillPuppetSessions writes n valid megolm sessions (90 % shared) for the puppet into the shared
+// heirloom's database, through mautrix's crypto store, while heirloom runs.
 func fillPuppetSessions(tb testing.TB, p puppetIdentity, roomID string, n int) {
 	tb.Helper()
-	raw, err := dbutil.NewWithDialect("file:"+e.dbPath+"?_txlock=immediate", "sqlite3-fk-wal")
+	e.fillSessions(tb, p, roomID, n)
+}
+
+// fillSessions writes n valid megolm sessions (90 % shared) for the puppet into the instance's
+// database (SQLite or PostgreSQL), through mautrix's crypto store, while heirloom runs.
+func (h *instance) fillSessions(tb testing.TB, p puppetIdentity, roomID string, n int) {
+	tb.Helper()
+	uri, dialect := "file:"+h.dbPath+"?_txlock=immediate", "sqlite3-fk-wal"
+	if h.postgres {
+		uri, dialect = os.Getenv("HEIRLOOM_E2E_POSTGRES"), "postgres"
+	}
+	raw, err := dbutil.NewWithDialect(uri, dialect)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer raw.Close()
 	var cfg secretsConfig
-	readYAML(tb, e.configPath, &cfg)
+	readYAML(tb, h.configPath, &cfg)
 	store := mcrypto.NewSQLCryptoStore(raw, nil, p.UserID, id.DeviceID(p.DeviceID), []byte(cfg.Encryption.PickleKey))
 	ctx := context.Background()
 	for done := 0; done < n; {

@@ -62,8 +62,12 @@ func (h *instance) waitReceived(t testing.TB, p puppetIdentity, roomID, sender s
 func requireSharedBy(t *testing.T, p puppetIdentity, roomID string, texts []string, by string) {
 	t.Helper()
 	events := waitPuppetDecrypts(t, p, roomID, texts)
+	want := map[string]bool{}
+	for _, text := range texts {
+		want[text] = true
+	}
 	for _, ev := range events {
-		if ev.Decrypted && ev.Sender == by && ev.KeysSharedBy != by {
+		if ev.Decrypted && want[ev.body()] && ev.Sender == by && ev.KeysSharedBy != by {
 			t.Fatalf("%q decrypted with keys_shared_by %q, want %q", ev.body(), ev.KeysSharedBy, by)
 		}
 	}
