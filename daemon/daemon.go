@@ -150,9 +150,11 @@ func Run(configPath string) int {
 
 func checkHomeserverReachable(ctx context.Context, mgr *crypto.Manager, cfg *config.Config) error {
 	var lastErr error
+	cli := mgr.Client(ctx, cfg.BotUserID())
+	cli.DefaultHTTPRetries = 0 // this loop is the retry schedule (about 20 s in all)
 	for attempt := 0; attempt < 5; attempt++ {
 		checkCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, lastErr = mgr.Client(ctx, cfg.BotUserID()).Versions(checkCtx)
+		_, lastErr = cli.Versions(checkCtx)
 		cancel()
 		// Any HTTP answer means the homeserver is up. An error answer (401 M_UNKNOWN_TOKEN for an
 		// as_token of a registration the homeserver has not loaded) is for checkRegistration to

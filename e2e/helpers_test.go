@@ -71,10 +71,6 @@ func puppetSend(t testing.TB, p puppetIdentity, roomID, text string) string {
 	return e.send(t, p, roomID, text)
 }
 
-func puppetTimeline(t testing.TB, p puppetIdentity, roomID string) []timelineEvent {
-	return e.timeline(t, p, roomID)
-}
-
 func puppetMessages(t testing.TB, p puppetIdentity, roomID string) []timelineEvent {
 	return e.messages(t, p, roomID)
 }

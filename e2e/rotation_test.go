@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"database/sql"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"net/url"
 	"testing"
 	"time"
 )
@@ -68,5 +71,44 @@ func TestPuppetRotatesOnKickAndBan(t *testing.T) {
 	puppetSend(t, p, roomID, "after the ban")
 	if s4 := jsSessionOf(t, admin, roomID, "after the ban", 5); s4 == s3 {
 		t.Fatalf("a member was banned but the puppet kept session %s", s4)
+	}
+}
+
+// A departure that reaches heirloom in a transaction after the puppet already rotated for it (its
+// send saw the member list first) must not rotate the new session again. The late transaction is
+// made deterministic here by delivering the kick once more, in a transaction of the test's own.
+func TestLateDepartureTransactionRotatesOnce(t *testing.T) {
+	admin, gone := newJSUser(t, true), newJSUser(t, true)
+	p := newPuppet(t)
+	roomID := jsRoomWithPuppet(t, admin, p, "shared")
+	e.peer(t, "invite", map[string]any{"user": admin.UserID, "room_id": roomID, "target": gone.UserID, "share_history": false}, nil)
+	e.peer(t, "join", map[string]any{"user": gone.UserID, "room_id": roomID}, nil)
+	e.peer(t, "waitForMembership", map[string]any{"user": admin.UserID, "room_id": roomID, "target": gone.UserID, "membership": "join"}, nil)
+	puppetSend(t, p, roomID, "before the kick")
+
+	before := rotateAfter(t, roomID)
+	var kick struct {
+		EventID string `json:"event_id"`
+	}
+	e.peer(t, "kick", map[string]any{"user": admin.UserID, "room_id": roomID, "target": gone.UserID}, &kick)
+	eventually(t, 30*time.Second, "heirloom to process the kick", func() (bool, string) {
+		return rotateAfter(t, roomID) > before, ""
+	})
+	puppetSend(t, p, roomID, "after the kick")
+	s1 := jsSessionOf(t, admin, roomID, "after the kick", 2)
+
+	var raw json.RawMessage
+	path := fmt.Sprintf("%s/_matrix/client/v3/rooms/%s/event/%s?user_id=%s", e.hsURL, url.PathEscape(roomID),
+		url.PathEscape(kick.EventID), url.QueryEscape(p.UserID))
+	if code, err := e.request("GET", path, "Bearer "+e.asToken, nil, &raw); err != nil || code != 200 {
+		t.Fatalf("fetching the kick event: %d %v", code, err)
+	}
+	txn := fmt.Sprintf("http://127.0.0.1:%d/_matrix/app/v1/transactions/%s", e.asPort, name("late"))
+	if code, err := e.request("PUT", txn, "Bearer "+readHSToken(t), map[string]any{"events": []json.RawMessage{raw}}, nil); err != nil || code != 200 {
+		t.Fatalf("delivering the kick late: %d %v", code, err)
+	}
+	puppetSend(t, p, roomID, "after the late transaction")
+	if s2 := jsSessionOf(t, admin, roomID, "after the late transaction", 3); s2 != s1 {
+		t.Fatalf("the late transaction of a departure already rotated for rotated the new session %s again (now %s)", s1, s2)
 	}
 }
