@@ -524,10 +524,16 @@ func startInstance(t testing.TB, profileName string, mutate func(*heirloomConfig
 	e.instances = append(e.instances, h)
 	e.mu.Unlock()
 	t.Cleanup(func() { h.stopHeirloom(syscall.SIGTERM) })
-	if err = h.start(e.binary); err != nil {
-		t.Fatal(err)
+	for attempt := 1; ; attempt++ {
+		if err = h.start(e.binary); err == nil {
+			return h
+		}
+		if !h.portClash() || attempt == 3 {
+			t.Fatal(err)
+		}
+		// Another process holds the profile's registered port for a moment: wait and try again.
+		time.Sleep(2 * time.Second)
 	}
-	return h
 }
 
 func (x *env) startPeer() error {

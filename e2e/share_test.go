@@ -314,8 +314,8 @@ func TestInviteeWithChangedIdentityGetsNothing(t *testing.T) {
 	if !identity.Changed || identity.FirstSeen != u.MasterKey || identity.MasterKey == u.MasterKey {
 		t.Fatalf("identity after the reset: %+v (registered with %s)", identity, u.MasterKey)
 	}
-	if code, _ := e.api("PUT", "/identities/"+u.UserID, map[string]any{"master_key": identity.FirstSeen}, nil); code != 409 {
-		t.Fatalf("confirming a key that is not the current one answered %d, want 409", code)
+	if code, err := e.api("PUT", "/identities/"+u.UserID, map[string]any{"master_key": identity.FirstSeen}, nil); err != nil || code != 409 {
+		t.Fatalf("confirming a key that is not the current one answered %d %v, want 409", code, err)
 	}
 	apiOK(t, "PUT", "/identities/"+u.UserID, map[string]any{"master_key": identity.MasterKey}, &identity)
 	if identity.Changed {
