@@ -3,7 +3,7 @@ export GOFLAGS := -tags=goolm -buildvcs=false
 SHELL := /bin/bash
 STATE := .state
 
-.PHONY: all build test unit e2e e2e-postgres load vet lint deps demo bench fuzz clean registration stop
+.PHONY: all build test unit unit-postgres e2e e2e-postgres load vet lint deps demo bench fuzz clean registration stop
 
 all: build
 
@@ -42,8 +42,16 @@ e2e-postgres: deps
 	@set -o pipefail; go test -count=1 -timeout 40m -v ./e2e 2>&1 | tee $(STATE)/test-postgres.log | grep -E '^(--- |ok|FAIL|panic)|_test.go:' ; \
 		status=$$?; scripts/test-summary.sh $(STATE)/test-postgres.log; exit $$status
 
+# unit runs the unit tests; the PostgreSQL store tests skip (and say so) without HEIRLOOM_TEST_POSTGRES.
 unit:
-	go test -count=1 $$(go list ./... | grep -v /e2e)
+	@mkdir -p $(STATE)
+	@set -o pipefail; go test -count=1 -v $$(go list ./... | grep -v /e2e) 2>&1 | tee $(STATE)/unit.log | grep -E '^(--- FAIL|ok|FAIL|panic)|_test.go:' ; \
+		status=$$?; scripts/test-summary.sh $(STATE)/unit.log; exit $$status
+
+# unit-postgres starts this checkout's private PostgreSQL cluster (scripts/postgres.sh; it stays up,
+# make stop ends it) and runs the unit tests with the PostgreSQL store tests on it.
+unit-postgres:
+	@eval "$$(scripts/postgres.sh start)" && $(MAKE) --no-print-directory unit
 
 e2e: deps
 	go test -count=1 -timeout 40m -v ./e2e
@@ -62,14 +70,16 @@ load: deps
 fuzz:
 	scripts/fuzz.sh $(or $(FUZZTIME),30s)
 
-# registration regenerates the committed example registration from config.example.yaml.
+# registration regenerates the committed example registration from config.example.yaml (placeholder
+# tokens kept); config's TestCommittedRegistrationMatchesExample fails while it is stale.
 registration:
-	go run . -g -c config.example.yaml -r registration.yaml || true
+	go run ./scripts/registration -c config.example.yaml -r registration.yaml
 
 # stop ends what make demo left running.
 stop:
 	-@test -f $(STATE)/demo/heirloom.pid && kill $$(cat $(STATE)/demo/heirloom.pid) 2>/dev/null; rm -f $(STATE)/demo/heirloom.pid
 	scripts/synapse.sh stop
+	scripts/postgres.sh stop
 
 clean:
 	rm -f heirloom

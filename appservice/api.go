@@ -288,7 +288,7 @@ func (s *Server) apiSetState(r *http.Request) (any, error) {
 	}
 	if evtType == event.StateHistoryVisibility {
 		if value, _ := content["history_visibility"].(string); previous == nil || string(previous.HistoryVisibility) != value {
-			if err = s.db.RequireRotation(ctx, roomID); err != nil {
+			if err = s.db.RequireRotation(ctx, roomID, time.Now()); err != nil {
 				return nil, err
 			}
 		}

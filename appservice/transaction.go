@@ -251,7 +251,9 @@ func (s *Server) trackState(ctx context.Context, evt *event.Event) {
 	}
 	mautrix.UpdateStateStore(ctx, s.db.StateStore, evt)
 	if rotate {
-		if err := s.db.RequireRotation(ctx, evt.RoomID); err != nil {
+		// At the event's own time: a late transaction of a departure must not rotate a session
+		// created after it (the send path already rotated for it, from the member list).
+		if err := s.db.RequireRotation(ctx, evt.RoomID, time.UnixMilli(evt.Timestamp)); err != nil {
 			zerolog.Ctx(ctx).Err(err).Stringer("room_id", evt.RoomID).Msg("Failed to mark room for session rotation")
 		}
 	}

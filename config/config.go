@@ -62,9 +62,23 @@ type Database struct {
 	MaxIdleConns int    `yaml:"max_idle_conns"`
 }
 
-// Encryption holds the pickle key for secrets at rest.
+// Encryption holds the pickle key for secrets at rest and the puppets' device upkeep.
 type Encryption struct {
 	PickleKey string `yaml:"pickle_key"`
+	// MaintenanceInterval is how often one-time keys are replenished, loaded puppets' to-device
+	// inboxes swept and idle machines unloaded. Zero (a config from before the key) means 5m.
+	MaintenanceInterval time.Duration `yaml:"maintenance_interval"`
+}
+
+// DefaultMaintenanceInterval is encryption.maintenance_interval when the config leaves it out.
+const DefaultMaintenanceInterval = 5 * time.Minute
+
+// Maintenance returns encryption.maintenance_interval, or its default when unset.
+func (e Encryption) Maintenance() time.Duration {
+	if e.MaintenanceInterval == 0 {
+		return DefaultMaintenanceInterval
+	}
+	return e.MaintenanceInterval
 }
 
 // Provisioning holds the bridge-facing API's secret.
@@ -245,6 +259,9 @@ func (cfg *Config) Validate() error {
 	}
 	if cfg.Database.MaxOpenConns < 1 {
 		return bad("database.max_open_conns", "must be at least 1")
+	}
+	if cfg.Encryption.MaintenanceInterval != 0 && cfg.Encryption.MaintenanceInterval < time.Second {
+		return bad("encryption.maintenance_interval", "must be at least 1s (default 5m)")
 	}
 	if cfg.HistorySharing.AcceptWindow <= 0 {
 		return bad("history_sharing.accept_window", "must be a positive duration such as 24h")

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/id"
@@ -59,6 +60,7 @@ func TestValidateNamesTheBadKey(t *testing.T) {
 		{"provisioning.shared_secret", func(c *Config) { c.Provisioning.SharedSecret = "generate" }},
 		{"database.type", func(c *Config) { c.Database.Type = "mysql" }},
 		{"database.uri", func(c *Config) { c.Database.URI = "" }},
+		{"encryption.maintenance_interval", func(c *Config) { c.Encryption.MaintenanceInterval = time.Millisecond }},
 		{"history_sharing.accept_window", func(c *Config) { c.HistorySharing.AcceptWindow = 0 }},
 		{"history_sharing.max_bundle_size", func(c *Config) { c.HistorySharing.MaxBundleSize = 10 }},
 		{"history_sharing.auto_join", func(c *Config) { c.HistorySharing.AutoJoin = []string{"@[:x"} }},
@@ -161,10 +163,20 @@ func TestCommittedRegistrationMatchesExample(t *testing.T) {
 	require.NoError(t, err)
 	data, err := RegistrationYAML(cfg)
 	require.NoError(t, err)
-	if os.Getenv("HEIRLOOM_UPDATE_REGISTRATION") != "" {
-		require.NoError(t, os.WriteFile("../registration.yaml", data, 0o600))
-	}
 	committed, err := os.ReadFile("../registration.yaml")
 	require.NoError(t, err)
-	require.Equal(t, string(data), string(committed), "run HEIRLOOM_UPDATE_REGISTRATION=1 go test ./config")
+	require.Equal(t, string(data), string(committed), "registration.yaml is stale: run make registration")
+}
+
+// The example's maintenance interval is the documented default, and a config written before the
+// key existed gets the same.
+func TestMaintenanceIntervalDefault(t *testing.T) {
+	cfg := validConfig(t)
+	require.Equal(t, DefaultMaintenanceInterval, cfg.Encryption.MaintenanceInterval)
+	require.Equal(t, 5*time.Minute, DefaultMaintenanceInterval)
+	cfg.Encryption.MaintenanceInterval = 0
+	require.NoError(t, cfg.Validate())
+	require.Equal(t, 5*time.Minute, cfg.Encryption.Maintenance())
+	cfg.Encryption.MaintenanceInterval = 3 * time.Second
+	require.Equal(t, 3*time.Second, cfg.Encryption.Maintenance())
 }

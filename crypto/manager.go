@@ -94,6 +94,11 @@ type Puppet struct {
 
 	sweepLock sync.Mutex
 	lastSweep time.Time
+
+	// departuresSeen holds, per outbound session, the leave and ban events already in the member
+	// list it was created from: those members never held it, so they do not rotate it.
+	departuresLock sync.Mutex
+	departuresSeen map[id.SessionID]map[id.EventID]struct{}
 }
 
 // client returns a client acting as userID (and deviceID, if set) through the appservice token.

@@ -73,6 +73,7 @@ func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
 			if err = p.Store.RemoveOutboundGroupSession(ctx, roomID); err != nil {
 				return fmt.Errorf("failed to discard outbound session: %w", err)
 			}
+			p.forgetDepartures(ogs.ID())
 			ogs = nil
 		}
 	}
@@ -80,6 +81,7 @@ func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
 		if ogs, err = p.newOutboundSession(ctx, roomID, visibility, shared); err != nil {
 			return err
 		}
+		p.rememberDepartures(ogs.ID(), members)
 	}
 	recipients := make(map[id.UserID]map[id.DeviceID]*id.Device)
 	for _, evt := range members.Chunk {
@@ -128,8 +130,17 @@ func (p *Puppet) rotationReason(ctx context.Context, ogs *mcrypto.OutboundGroupS
 	}
 	// MSC4268: a departed member may hold any existing session through a bundle, so every leave,
 	// kick or ban since the session was created rotates it, whether or not it was shared with them.
+	// The second of slack covers the homeserver's clock being behind heirloom's; departures already
+	// listed when the session was created are left out, or every session created within that second
+	// after a departure would rotate on each use.
+	p.departuresLock.Lock()
+	seen := p.departuresSeen[ogs.ID()]
+	p.departuresLock.Unlock()
 	for _, evt := range members.Chunk {
 		membership := evt.Content.AsMember().Membership
+		if _, known := seen[evt.ID]; known {
+			continue
+		}
 		if (membership == event.MembershipLeave || membership == event.MembershipBan) &&
 			id.UserID(evt.GetStateKey()) != p.UserID &&
 			time.UnixMilli(evt.Timestamp).After(ogs.CreationTime.Add(-time.Second)) {
@@ -137,6 +148,29 @@ func (p *Puppet) rotationReason(ctx context.Context, ogs *mcrypto.OutboundGroupS
 		}
 	}
 	return ""
+}
+
+// rememberDepartures records the leave and ban events of the member list a new outbound session
+// was created from.
+func (p *Puppet) rememberDepartures(sessionID id.SessionID, members *mautrix.RespMembers) {
+	seen := map[id.EventID]struct{}{}
+	for _, evt := range members.Chunk {
+		if m := evt.Content.AsMember().Membership; m == event.MembershipLeave || m == event.MembershipBan {
+			seen[evt.ID] = struct{}{}
+		}
+	}
+	p.departuresLock.Lock()
+	defer p.departuresLock.Unlock()
+	if p.departuresSeen == nil {
+		p.departuresSeen = map[id.SessionID]map[id.EventID]struct{}{}
+	}
+	p.departuresSeen[sessionID] = seen
+}
+
+func (p *Puppet) forgetDepartures(sessionID id.SessionID) {
+	p.departuresLock.Lock()
+	defer p.departuresLock.Unlock()
+	delete(p.departuresSeen, sessionID)
 }
 
 func (p *Puppet) newOutboundSession(ctx context.Context, roomID id.RoomID, visibility *event.HistoryVisibilityEventContent, shared bool) (*mcrypto.OutboundGroupSession, error) {

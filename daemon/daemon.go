@@ -138,7 +138,7 @@ func Run(configPath string) int {
 		log.Error().Err(err).Msg("The homeserver does not accept heirloom's registration")
 		return ExitHomeserver
 	}
-	go mgr.RunMaintenance(ctx, 5*time.Minute)
+	go mgr.RunMaintenance(ctx, cfg.Encryption.Maintenance())
 	go sharing.Run(ctx)
 	go pruneTransactions(ctx, db)
 	log.Info().Str("version", appservice.Version).Msg("heirloom is running")
@@ -149,12 +149,21 @@ func Run(configPath string) int {
 
 func checkHomeserverReachable(ctx context.Context, mgr *crypto.Manager, cfg *config.Config) error {
 	var lastErr error
+	cli := mgr.Client(ctx, cfg.BotUserID())
+	cli.DefaultHTTPRetries = 0 // this loop is the retry schedule (about 20 s in all)
 	for attempt := 0; attempt < 5; attempt++ {
 		checkCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, lastErr = mgr.Client(ctx, cfg.BotUserID()).Versions(checkCtx)
+		_, lastErr = cli.Versions(checkCtx)
 		cancel()
-		if lastErr == nil {
+		// Any HTTP answer means the homeserver is up. An error answer (401 M_UNKNOWN_TOKEN for an
+		// as_token of a registration the homeserver has not loaded) is for checkRegistration to
+		// explain; retrying it here would only end in a wrong "not reachable".
+		var he mautrix.HTTPError
+		if lastErr == nil || errors.As(lastErr, &he) && he.Response != nil {
 			return nil
+		}
+		if attempt == 4 {
+			break
 		}
 		zerolog.Ctx(ctx).Warn().Err(lastErr).Int("attempt", attempt+1).Msg("Homeserver not reachable yet, retrying")
 		select {

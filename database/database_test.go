@@ -153,22 +153,26 @@ func TestRotation(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, after.IsZero(), "a room never marked has no rotation time")
 
-		before := time.Now()
-		require.NoError(t, db.RequireRotation(ctx, "!room:hs"))
+		at := time.UnixMilli(1_800_000_000_000)
+		require.NoError(t, db.RequireRotation(ctx, "!room:hs", at))
 		first, err := db.RotateAfter(ctx, "!room:hs")
 		require.NoError(t, err)
 		// A session created in the same millisecond as the change must rotate too.
-		require.True(t, first.After(before.Truncate(time.Millisecond)), "rotate_after %s, marked at %s", first, before)
-		require.False(t, first.After(time.Now().Add(time.Millisecond)))
+		require.Equal(t, at.Add(time.Millisecond), first)
 
 		other, err := db.RotateAfter(ctx, "!other:hs")
 		require.NoError(t, err)
 		require.True(t, other.IsZero(), "rooms are independent")
 
-		time.Sleep(5 * time.Millisecond)
-		require.NoError(t, db.RequireRotation(ctx, "!room:hs"))
+		require.NoError(t, db.RequireRotation(ctx, "!room:hs", at.Add(time.Second)))
 		second, err := db.RotateAfter(ctx, "!room:hs")
 		require.NoError(t, err)
-		require.True(t, second.After(first), "a later change moves the time forward")
+		require.Equal(t, at.Add(time.Second+time.Millisecond), second, "a later change moves the time forward")
+
+		// A late transaction of an earlier change never moves it back.
+		require.NoError(t, db.RequireRotation(ctx, "!room:hs", at))
+		third, err := db.RotateAfter(ctx, "!room:hs")
+		require.NoError(t, err)
+		require.Equal(t, second, third)
 	})
 }

@@ -21,12 +21,13 @@ func (db *Database) RotateAfter(ctx context.Context, roomID id.RoomID) (time.Tim
 	return time.UnixMilli(ms), nil
 }
 
-// RequireRotation marks every outbound megolm session in the room created until now as used up.
-func (db *Database) RequireRotation(ctx context.Context, roomID id.RoomID) error {
-	// +1 ms: a session created in the same millisecond as the change must rotate too.
+// RequireRotation marks every outbound megolm session in the room created until at (and in the
+// same millisecond) as used up. A later mark never moves an earlier one back.
+func (db *Database) RequireRotation(ctx context.Context, roomID id.RoomID, at time.Time) error {
 	_, err := db.Exec(ctx, `
 		INSERT INTO room_rotation (room_id, rotate_after) VALUES ($1, $2)
-		ON CONFLICT (room_id) DO UPDATE SET rotate_after=excluded.rotate_after`,
-		roomID, time.Now().UnixMilli()+1)
+		ON CONFLICT (room_id) DO UPDATE SET rotate_after=CASE WHEN excluded.rotate_after > room_rotation.rotate_after
+			THEN excluded.rotate_after ELSE room_rotation.rotate_after END`,
+		roomID, at.UnixMilli()+1)
 	return err
 }

@@ -17,16 +17,32 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-// procStatus reads a field (in kB) of heirloom's /proc status, in bytes.
+// procStatus reads a field (in kB) of the shared heirloom's /proc status, in bytes.
 func procStatus(tb testing.TB, field string) int64 {
 	tb.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", e.heirloom.Process.Pid))
+	return e.procStatus(tb, field)
+}
+
+// procStatus reads a field (in kB) of the heirloom process's /proc status, in bytes.
+func (h *instance) procStatus(tb testing.TB, field string) int64 {
+	tb.Helper()
+	if h.heirloom == nil {
+		tb.Fatalf("heirloom (%s) is not running", h.name)
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", h.heirloom.Process.Pid))
 	if err != nil {
 		tb.Fatal(err)
 	}
 	for _, line := range strings.Split(string(data), "\n") {
 		if strings.HasPrefix(line, field+":") {
-			kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+			fields := strings.Fields(line)
+			if len(fields) != 3 || fields[2] != "kB" {
+				tb.Fatalf("unexpected /proc status line %q", line)
+			}
+			kb, err := strconv.ParseInt(fields[1], 10, 64)
+			if err != nil {
+				tb.Fatalf("/proc status line %q: %v", line, err)
+			}
 			return kb * 1024
 		}
 	}
@@ -56,17 +72,28 @@ func withBundleCap(tb testing.TB, size int64) {
 	tb.Cleanup(func() { restart(string(data)) })
 }
 
-// fillPuppetSessions writes n valid megolm sessions (90 % shared) for the puppet into heirloom's
-// SQLite database, through mautrix's crypto store, while heirloom runs.
+// fillPuppetSessions writes n valid megolm sessions (90 % shared) for the puppet into the shared
+// heirloom's database, through mautrix's crypto store, while heirloom runs.
 func fillPuppetSessions(tb testing.TB, p puppetIdentity, roomID string, n int) {
 	tb.Helper()
-	raw, err := dbutil.NewWithDialect("file:"+e.dbPath+"?_txlock=immediate", "sqlite3-fk-wal")
+	e.fillSessions(tb, p, roomID, n)
+}
+
+// fillSessions writes n valid megolm sessions (90 % shared) for the puppet into the instance's
+// database (SQLite or PostgreSQL), through mautrix's crypto store, while heirloom runs.
+func (h *instance) fillSessions(tb testing.TB, p puppetIdentity, roomID string, n int) {
+	tb.Helper()
+	uri, dialect := "file:"+h.dbPath+"?_txlock=immediate", "sqlite3-fk-wal"
+	if h.postgres {
+		uri, dialect = os.Getenv("HEIRLOOM_E2E_POSTGRES"), "postgres"
+	}
+	raw, err := dbutil.NewWithDialect(uri, dialect)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer raw.Close()
 	var cfg secretsConfig
-	readYAML(tb, e.configPath, &cfg)
+	readYAML(tb, h.configPath, &cfg)
 	store := mcrypto.NewSQLCryptoStore(raw, nil, p.UserID, id.DeviceID(p.DeviceID), []byte(cfg.Encryption.PickleKey))
 	ctx := context.Background()
 	for done := 0; done < n; {

@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 )
 
+// metric sums the values of the shared heirloom's Prometheus series that start with name.
 func metric(t testing.TB, name string) float64 {
 	t.Helper()
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", e.asPort))
@@ -15,75 +18,122 @@ func metric(t testing.TB, name string) float64 {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	buf := new(strings.Builder)
-	_, _ = fmt.Fprint(buf, "")
-	data := make([]byte, 0, 64<<10)
-	tmp := make([]byte, 32<<10)
-	for {
-		n, err := resp.Body.Read(tmp)
-		data = append(data, tmp[:n]...)
-		if err != nil {
-			break
-		}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics answered %d", resp.StatusCode)
+	}
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading /metrics: %v", err)
 	}
 	total := 0.0
 	for _, line := range strings.Split(string(data), "\n") {
 		if strings.HasPrefix(line, name) {
-			var v float64
 			fields := strings.Fields(line)
-			_, _ = fmt.Sscan(fields[len(fields)-1], &v)
+			v, err := strconv.ParseFloat(fields[len(fields)-1], 64)
+			if err != nil {
+				t.Fatalf("metrics line %q: %v", line, err)
+			}
 			total += v
 		}
 	}
 	return total
 }
 
-// A user registered through the admin API invites heirloom's bot; Synapse must deliver that
-// invite to heirloom in a transaction.
+// txnRecorded reports whether heirloom recorded the appservice transaction as processed.
+func txnRecorded(t testing.TB, txnID string) bool {
+	t.Helper()
+	var n int
+	if err := e.db(t).QueryRow(`SELECT COUNT(*) FROM heirloom_txn WHERE txn_id=?`, txnID).Scan(&n); err != nil {
+		t.Fatalf("reading heirloom_txn: %v", err)
+	}
+	return n > 0
+}
+
+// memberEventID returns the ID of target's m.room.member event in the room, as the js user sees it.
+func memberEventID(t testing.TB, u jsUser, roomID, target string) string {
+	t.Helper()
+	var ev struct {
+		EventID    string `json:"event_id"`
+		Membership string `json:"membership"`
+	}
+	e.peer(t, "memberEvent", map[string]any{"user": u.UserID, "room_id": roomID, "target": target}, &ev)
+	if ev.EventID == "" {
+		t.Fatalf("no member event for %s in %s", target, roomID)
+	}
+	return ev.EventID
+}
+
+// A user invites heirloom's bot; Synapse delivers that invite to heirloom in a transaction, which
+// heirloom processes and records.
 func TestSynapseDeliversTransactionOnBotInvite(t *testing.T) {
 	u := newJSUser(t, true)
-	before := metric(t, `heirloom_events_total{section="events",type="m.room.member"}`)
+	mark := e.mark(t)
+	bot := "@heirloombot:" + domain
 	var room struct {
 		RoomID string `json:"room_id"`
 	}
 	e.peer(t, "createRoom", map[string]any{"user": u.UserID, "history_visibility": "shared", "encrypted": false,
-		"invite": []string{"@heirloombot:" + domain}}, &room)
-	eventually(t, 30*time.Second, "heirloom to receive the bot's invite", func() (bool, string) {
-		after := metric(t, `heirloom_events_total{section="events",type="m.room.member"}`)
-		return after > before, fmt.Sprintf("member events before %v, now %v", before, after)
-	})
-	if processed := metric(t, `heirloom_transactions_total{outcome="processed"}`); processed < 1 {
-		t.Fatalf("no transaction counted as processed")
+		"invite": []string{bot}}, &room)
+	inviteID := memberEventID(t, u, room.RoomID, bot)
+	line := mark.wait(t, 30*time.Second, "the bot's invite "+inviteID, msgIs("Bot was invited to a room", "event_id", inviteID))
+	txnID := line.str("txn_id")
+	if txnID == "" {
+		t.Fatalf("the invite was not handled in a transaction: %v", line)
 	}
+	eventually(t, 10*time.Second, "transaction "+txnID+" to be recorded as processed", func() (bool, string) {
+		return txnRecorded(t, txnID), ""
+	})
 }
 
 // heirloom answers Synapse's appservice ping (Synapse calls heirloom's /ping and reports back).
 func TestAppservicePing(t *testing.T) {
+	mark := e.mark(t)
+	pingID := name("e2e-ping-")
 	var resp struct {
-		DurationMS int64 `json:"duration_ms"`
+		DurationMS *int64 `json:"duration_ms"`
 	}
 	code, err := e.request("POST", e.hsURL+"/_matrix/client/v1/appservice/heirloom/ping", "Bearer "+e.asToken,
-		map[string]any{"transaction_id": "e2e-ping"}, &resp)
-	if err != nil || code != 200 {
-		t.Fatalf("ping through Synapse: %d %v", code, err)
+		map[string]any{"transaction_id": pingID}, &resp)
+	if err != nil || code != 200 || resp.DurationMS == nil {
+		t.Fatalf("ping through Synapse: %d %v %+v", code, err, resp)
+	}
+	if _, ok := mark.find(t, msgIs("Received ping from homeserver", "ping_txn_id", pingID)); !ok {
+		t.Fatalf("Synapse answered the ping, but heirloom did not log receiving %s", pingID)
 	}
 }
 
-// A transaction with a wrong hs_token is refused and processes nothing.
+// A transaction with a wrong hs_token is refused and processes nothing; the same transaction with
+// the right token is processed (so the check below can see a processed one).
 func TestBadHSTokenRefused(t *testing.T) {
-	before := metric(t, `heirloom_transactions_total{outcome="processed"}`)
+	txnID := name("evil")
 	body := map[string]any{"events": []any{map[string]any{"type": "m.room.message", "room_id": "!x:localhost",
-		"sender": "@evil:localhost", "event_id": "$evil", "content": map[string]any{"body": "x"}}}}
+		"sender": "@evil:localhost", "event_id": "$" + txnID, "content": map[string]any{"body": "x"}}}}
+	url := fmt.Sprintf("http://127.0.0.1:%d/_matrix/app/v1/transactions/%s", e.asPort, txnID)
+	mark := e.mark(t)
 	var errResp struct {
 		ErrCode string `json:"errcode"`
 	}
-	code, err := e.request("PUT", fmt.Sprintf("http://127.0.0.1:%d/_matrix/app/v1/transactions/evil1", e.asPort),
-		"Bearer wrong-token", body, &errResp)
+	code, err := e.request("PUT", url, "Bearer wrong-token", body, &errResp)
 	if err != nil || code != 403 || errResp.ErrCode != "M_FORBIDDEN" {
 		t.Fatalf("wrong hs_token answered %d %q %v, want 403 M_FORBIDDEN", code, errResp.ErrCode, err)
 	}
-	if after := metric(t, `heirloom_transactions_total{outcome="processed"}`); after != before {
-		t.Fatalf("a refused transaction was processed (%v -> %v)", before, after)
+	if txnRecorded(t, txnID) {
+		t.Fatalf("the refused transaction %s was recorded as processed", txnID)
+	}
+	processed := msgIs("Processing transaction", "txn_id", txnID)
+	if l, ok := mark.find(t, processed); ok {
+		t.Fatalf("the refused transaction was processed: %v", l)
+	}
+
+	code, err = e.request("PUT", url, "Bearer "+readHSToken(t), body, nil)
+	if err != nil || code != 200 {
+		t.Fatalf("the same transaction with the right hs_token answered %d %v", code, err)
+	}
+	if !txnRecorded(t, txnID) {
+		t.Fatalf("the accepted transaction %s was not recorded", txnID)
+	}
+	if _, ok := mark.find(t, processed); !ok {
+		t.Fatalf("the accepted transaction %s was not logged as processed", txnID)
 	}
 }
 

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"database/sql"
 	"os"
 	"strconv"
@@ -26,11 +27,13 @@ func TestHomeserverOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	restarted := false
-	defer func() {
+	t.Cleanup(func() {
 		if !restarted {
-			_ = e.synapse("start")
+			if err := e.synapse("start"); err != nil {
+				t.Errorf("restarting Synapse after the outage: %v", err)
+			}
 		}
-	}()
+	})
 	deadline := time.Now().Add(outage)
 	for time.Now().Before(deadline) {
 		var errResp struct {
@@ -65,12 +68,13 @@ func TestHomeserverOutage(t *testing.T) {
 	waitReceived(t, p, other, u.UserID, "imported")
 }
 
-// Another process holding SQLite's write lock for a while does not make heirloom fail: its
-// writes wait (busy timeout) and go through.
+// Another process holding SQLite's write lock for a while does not make heirloom fail: a write
+// that comes in meanwhile waits for the lock (busy timeout) and goes through once it is released.
 func TestSQLiteBusy(t *testing.T) {
 	if os.Getenv("HEIRLOOM_E2E_POSTGRES") != "" {
 		t.Skip("SQLite locking: this run uses PostgreSQL")
 	}
+	const hold = 2 * time.Second
 	p := newPuppet(t)
 	roomID := puppetCreateRoom(t, p, "shared")
 	db, err := sql.Open("sqlite3", "file:"+e.dbPath+"?_busy_timeout=5000")
@@ -86,17 +90,49 @@ func TestSQLiteBusy(t *testing.T) {
 	if _, err = conn.ExecContext(t.Context(), "BEGIN IMMEDIATE"); err != nil {
 		t.Fatal(err)
 	}
-	released := make(chan struct{})
-	go func() {
-		time.Sleep(2 * time.Second)
-		_, _ = conn.ExecContext(t.Context(), "COMMIT")
-		close(released)
+	locked := true
+	defer func() {
+		if locked {
+			_, _ = conn.ExecContext(context.Background(), "ROLLBACK")
+		}
 	}()
-	start := time.Now()
-	eventID := puppetSend(t, p, roomID, "written while the database was locked")
-	<-released
-	if eventID == "" || time.Since(start) < time.Second {
-		t.Fatalf("the send did not wait for the lock (%s)", time.Since(start))
+	type result struct {
+		code    int
+		err     error
+		eventID string
+		at      time.Time
 	}
-	waitPuppetDecrypts(t, p, roomID, []string{"written while the database was locked"})
+	done := make(chan result, 1)
+	const text = "written while the database was locked"
+	go func() {
+		var resp struct {
+			EventID string `json:"event_id"`
+		}
+		code, err := e.api("POST", "/puppets/"+p.UserID+"/rooms/"+roomID+"/messages", map[string]any{"msgtype": "m.text", "body": text}, &resp)
+		done <- result{code, err, resp.EventID, time.Now()}
+	}()
+	// The send needs the write lock (its new outbound session is stored): while another process
+	// holds the lock, it must not finish.
+	select {
+	case r := <-done:
+		t.Fatalf("the send finished (%d %v) while another process held the write lock", r.code, r.err)
+	case <-time.After(hold):
+	}
+	if _, err = conn.ExecContext(t.Context(), "COMMIT"); err != nil {
+		t.Fatalf("releasing the lock: %v", err)
+	}
+	locked = false
+	released := time.Now()
+	select {
+	case r := <-done:
+		if r.err != nil || r.code != 200 || r.eventID == "" {
+			t.Fatalf("the send that waited for the lock answered %d %v %q", r.code, r.err, r.eventID)
+		}
+		if r.at.Before(released) {
+			t.Fatalf("the send finished before the lock was released")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the send did not finish within 30 s of the lock's release")
+	}
+	waitPuppetDecrypts(t, p, roomID, []string{text})
 }

@@ -1,14 +1,23 @@
 // Package e2e runs heirloom against a real Synapse and real matrix-js-sdk clients (Rust crypto):
 // Synapse from scripts/synapse.sh, the clients from interop/peer.mjs, heirloom as a subprocess so
 // tests can restart and kill it.
+//
+// One heirloom (the shared one, registered as "heirloom") serves most tests. Synapse also loads two
+// more registrations, each with its own namespace and port: "alt" (pushes like the shared one) and
+// "nopush" (no to-device or ephemeral pushes, so to-device messages wait in the device inboxes).
+// A test that needs another configuration starts a short-lived heirloom of its own under one of
+// them (startInstance), on SQLite, while the shared one keeps running.
 package e2e
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +26,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -30,31 +40,51 @@ import (
 // bundle test can exceed it cheaply.
 const e2eMaxBundle = 8 << 20
 
+// synapseMaxUpload is the shared Synapse's max_upload_size, above e2eMaxBundle so the configured
+// cap is the one that applies (the bundle-cap test lowers it for a while).
+const synapseMaxUpload = "200M"
+
 const (
 	sharedSecret = "heirloom-e2e-registration-secret"
 	apiSecret    = "heirloom-e2e-api-shared-secret-0123456789"
 	domain       = "localhost"
 )
 
-// env is the shared test environment: one Synapse, one heirloom, one js-sdk peer process.
+// env is the shared test environment: one Synapse, one shared heirloom, one js-sdk peer process.
 type env struct {
-	root       string
-	dir        string
-	binary     string
-	configPath string
-	dbPath     string
-	hsURL      string
-	hsPort     int
-	asPort     int
-	peerURL    string
-	peerCmd    *exec.Cmd
-	heirloom   *exec.Cmd
-	logFile    *os.File
-	asToken    string
+	*instance // the shared heirloom
+	root      string
+	dir       string
+	binary    string
+	hsURL     string
+	hsPort    int
+	peerURL   string
+	peerCmd   *exec.Cmd
+	// profiles are the extra registrations Synapse loads, by name ("alt", "nopush").
+	profiles map[string]*profile
+	// maxUpload is Synapse's current max_upload_size.
+	maxUpload string
+	// registrations are the registration files Synapse loads.
+	registrations []string
+
+	mu        sync.Mutex
+	instances []*instance // every heirloom started in the run, for the teardown secrets check
+}
+
+// profile is one appservice registration Synapse has loaded.
+type profile struct {
+	name, id, bot, prefix string
+	port                  int
+	asToken, hsToken      string
+	push                  bool
+	registration          string
 }
 
 var e *env
 var uniq atomic.Int64
+
+// errPortClash marks a setup failure caused by another process taking a port picked for the run.
+var errPortClash = errors.New("a picked port was taken by another process")
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -62,7 +92,10 @@ func TestMain(m *testing.M) {
 
 func run(m *testing.M) int {
 	if os.Getenv("HEIRLOOM_SKIP_E2E") != "" && os.Getenv("CI") == "" {
-		fmt.Println("skipping the end-to-end suite: HEIRLOOM_SKIP_E2E is set")
+		// The go-test form, so scripts/test-summary.sh counts the suite as skipped, not passed.
+		fmt.Println("=== RUN   TestEndToEndSuite")
+		fmt.Println("    harness_test.go:1: HEIRLOOM_SKIP_E2E is set: the end-to-end suite did not run")
+		fmt.Println("--- SKIP: TestEndToEndSuite (0.00s)")
 		return 0
 	}
 	var err error
@@ -75,6 +108,11 @@ func run(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
+	// Checked after every test, whatever ran: no secret of any heirloom in the run was logged.
+	if err = e.checkSecretsNotLogged(); err != nil {
+		fmt.Printf("--- FAIL: TestSuiteTeardownSecrets (0.00s)\n    harness_test.go: %v\nFAIL\n", err)
+		code = 1
+	}
 	e.teardown()
 	return code
 }
@@ -88,6 +126,12 @@ func freePort() int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+func randomToken(prefix string) string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
 func setup() (*env, error) {
 	root, err := filepath.Abs("..")
 	if err != nil {
@@ -97,26 +141,26 @@ func setup() (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	x := &env{root: root, dir: dir, hsPort: freePort(), asPort: freePort()}
-	x.hsURL = fmt.Sprintf("http://127.0.0.1:%d", x.hsPort)
+	x := &env{root: root, dir: dir, maxUpload: synapseMaxUpload}
 	x.binary = filepath.Join(dir, "heirloom")
 	build := exec.Command("go", "build", "-tags=goolm", "-o", x.binary, ".")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		return x, fmt.Errorf("go build: %v\n%s", err, out)
 	}
-	if err = x.writeConfig(); err != nil {
-		return x, err
-	}
-	gen := exec.Command(x.binary, "-g", "-c", x.configPath, "-r", filepath.Join(dir, "registration.yaml"))
-	if out, err := gen.CombinedOutput(); err != nil {
-		return x, fmt.Errorf("heirloom -g: %v\n%s", err, out)
-	}
-	if err = x.synapse("start"); err != nil {
-		return x, err
-	}
-	if err = x.startHeirloom(); err != nil {
-		return x, err
+	// Ports are picked free, then bound by Synapse and heirloom: another process can take one in
+	// between. Such a clash is retried with new ports.
+	for attempt := 1; ; attempt++ {
+		err = x.bringUp()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errPortClash) || attempt == 3 {
+			return x, err
+		}
+		fmt.Fprintf(os.Stderr, "end-to-end setup: %v; retrying with other ports\n", err)
+		x.stopHeirloom(syscall.SIGTERM)
+		_ = x.synapse("stop")
 	}
 	if err = x.startPeer(); err != nil {
 		return x, err
@@ -124,54 +168,168 @@ func setup() (*env, error) {
 	return x, nil
 }
 
-func (x *env) writeConfig() error {
-	x.configPath = filepath.Join(x.dir, "config.yaml")
-	x.dbPath = filepath.Join(x.dir, "heirloom.db")
-	dbType, dbURI := "sqlite3-fk-wal", "file:"+x.dbPath+"?_txlock=immediate"
+// bringUp picks the ports, writes the configs and registrations, and starts Synapse and the
+// shared heirloom.
+func (x *env) bringUp() error {
+	x.hsPort = freePort()
+	x.hsURL = fmt.Sprintf("http://127.0.0.1:%d", x.hsPort)
+	main := &instance{name: "shared", home: x.dir, asPort: freePort(), prefix: "heirloom_", appserviceID: "heirloom"}
+	main.configPath = filepath.Join(x.dir, "config.yaml")
+	main.dbPath = filepath.Join(x.dir, "heirloom.db")
+	main.logPath = filepath.Join(x.dir, "heirloom.log")
+	dbType, dbURI := "sqlite3-fk-wal", "file:"+main.dbPath+"?_txlock=immediate"
 	if pg := os.Getenv("HEIRLOOM_E2E_POSTGRES"); pg != "" {
 		dbType, dbURI = "postgres", pg
+		main.postgres = true
 	}
-	x.asToken = "as-token-e2e-" + fmt.Sprint(time.Now().UnixNano())
-	cfg := fmt.Sprintf(`homeserver:
+	cfg := heirloomConfig{
+		hsURL: x.hsURL, id: "heirloom", bot: "heirloombot", prefix: "heirloom_", port: main.asPort,
+		asToken: "generate", hsToken: "generate", dbType: dbType, dbURI: dbURI, shareOnInvite: true,
+		autoJoin: []string{"@js_*:localhost", "@heirloom_*:localhost"}, acceptWindow: "24h", maxBundle: e2eMaxBundle,
+	}
+	if err := os.WriteFile(main.configPath, []byte(cfg.yaml()), 0o600); err != nil {
+		return err
+	}
+	registrations := []string{filepath.Join(x.dir, "registration.yaml")}
+	if err := x.generate(main.configPath, registrations[0]); err != nil {
+		return err
+	}
+	var filled secretsConfig
+	if err := readYAMLFile(main.configPath, &filled); err != nil {
+		return err
+	}
+	main.asToken = filled.AppService.ASToken
+	x.instance = main
+
+	x.profiles = map[string]*profile{}
+	for _, p := range []*profile{
+		{name: "alt", id: "heirloom-alt", bot: "altbot", prefix: "alt_", push: true},
+		{name: "nopush", id: "heirloom-nopush", bot: "npbot", prefix: "np_", push: false},
+	} {
+		p.port = freePort()
+		p.asToken, p.hsToken = randomToken("as-"+p.name+"-"), randomToken("hs-"+p.name+"-")
+		p.registration = filepath.Join(x.dir, "registration-"+p.name+".yaml")
+		tmpl := filepath.Join(x.dir, "config-"+p.name+"-template.yaml")
+		pc := x.profileConfig(p)
+		if err := os.WriteFile(tmpl, []byte(pc.yaml()), 0o600); err != nil {
+			return err
+		}
+		if err := x.generate(tmpl, p.registration); err != nil {
+			return err
+		}
+		if !p.push {
+			data, err := os.ReadFile(p.registration)
+			if err != nil {
+				return err
+			}
+			reg := strings.NewReplacer("receive_ephemeral: true", "receive_ephemeral: false",
+				"de.sorunome.msc2409.push_ephemeral: true", "de.sorunome.msc2409.push_ephemeral: false").Replace(string(data))
+			if reg == string(data) {
+				return fmt.Errorf("the generated registration has no ephemeral switches to turn off:\n%s", data)
+			}
+			if err = os.WriteFile(p.registration, []byte(reg), 0o600); err != nil {
+				return err
+			}
+		}
+		registrations = append(registrations, p.registration)
+		x.profiles[p.name] = p
+	}
+	x.registrations = registrations
+	if err := x.synapse("start"); err != nil {
+		if strings.Contains(err.Error(), "already in use") {
+			return fmt.Errorf("%w: starting Synapse on %d: %v", errPortClash, x.hsPort, err)
+		}
+		return err
+	}
+	if err := x.startHeirloom(); err != nil {
+		if x.instance.portClash() {
+			return fmt.Errorf("%w: heirloom on %d: %v", errPortClash, x.asPort, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// profileConfig is the configuration a short-lived heirloom of the profile starts from.
+func (x *env) profileConfig(p *profile) heirloomConfig {
+	return heirloomConfig{
+		hsURL: x.hsURL, id: p.id, bot: p.bot, prefix: p.prefix, port: p.port,
+		asToken: p.asToken, hsToken: p.hsToken, dbType: "sqlite3-fk-wal", dbURI: "file:unused.db?_txlock=immediate",
+		shareOnInvite: true, autoJoin: []string{"@js_*:localhost", "@" + p.prefix + "*:localhost"},
+		acceptWindow: "24h", maxBundle: e2eMaxBundle,
+	}
+}
+
+func (x *env) generate(configPath, registrationPath string) error {
+	gen := exec.Command(x.binary, "-g", "-c", configPath, "-r", registrationPath)
+	if out, err := gen.CombinedOutput(); err != nil {
+		return fmt.Errorf("heirloom -g -c %s: %v\n%s", configPath, err, out)
+	}
+	return nil
+}
+
+// heirloomConfig is what the suite varies in heirloom's config.
+type heirloomConfig struct {
+	hsURL, id, bot, prefix string
+	port                   int
+	asToken, hsToken       string
+	dbType, dbURI          string
+	shareOnInvite          bool
+	autoJoin               []string
+	acceptWindow           string
+	maxBundle              int64
+	maintenance            string // encryption.maintenance_interval; empty leaves it out (the default)
+}
+
+func (c heirloomConfig) yaml() string {
+	autoJoin, _ := json.Marshal(c.autoJoin)
+	if c.autoJoin == nil {
+		autoJoin = []byte("[]")
+	}
+	maintenance := ""
+	if c.maintenance != "" {
+		maintenance = "\n    maintenance_interval: " + c.maintenance
+	}
+	return fmt.Sprintf(`homeserver:
     address: %s
     domain: %s
 appservice:
     address: http://127.0.0.1:%d
     hostname: 127.0.0.1
     port: %d
-    id: heirloom
-    bot_username: heirloombot
-    puppet_prefix: heirloom_
+    id: %s
+    bot_username: %s
+    puppet_prefix: %s
     as_token: %s
-    hs_token: generate
+    hs_token: %s
 database:
     type: %s
     uri: %s
     max_open_conns: 5
     max_idle_conns: 2
 encryption:
-    pickle_key: generate
+    pickle_key: generate%s
 provisioning:
     shared_secret: %s
 history_sharing:
-    share_on_invite: true
-    auto_join: ["@js_*:localhost", "@heirloom_*:localhost"]
-    accept_window: 24h
+    share_on_invite: %t
+    auto_join: %s
+    accept_window: %s
     max_bundle_size: %d
 logging:
     level: debug
     format: json
-`, x.hsURL, domain, x.asPort, x.asPort, x.asToken, dbType, dbURI, apiSecret, e2eMaxBundle)
-	return os.WriteFile(x.configPath, []byte(cfg), 0o600)
+`, c.hsURL, domain, c.port, c.port, c.id, c.bot, c.prefix, c.asToken, c.hsToken, c.dbType, c.dbURI,
+		maintenance, apiSecret, c.shareOnInvite, autoJoin, c.acceptWindow, c.maxBundle)
 }
 
 func (x *env) synapseEnv() []string {
 	return append(os.Environ(),
 		fmt.Sprintf("SYNAPSE_PORT=%d", x.hsPort),
 		"SYNAPSE_DATA="+filepath.Join(x.dir, "synapse"),
-		"SYNAPSE_REGISTRATION="+filepath.Join(x.dir, "registration.yaml"),
+		"SYNAPSE_REGISTRATION="+strings.Join(x.registrations, ":"),
 		"SYNAPSE_SHARED_SECRET="+sharedSecret,
-		"SYNAPSE_MAX_UPLOAD=200M",
+		"SYNAPSE_MAX_UPLOAD="+x.maxUpload,
 	)
 }
 
@@ -185,46 +343,105 @@ func (x *env) synapse(args ...string) error {
 	return nil
 }
 
+// instance is one heirloom process: the shared one, or a short-lived one of a profile.
+type instance struct {
+	name         string
+	home         string
+	appserviceID string
+	prefix       string
+	asPort       int
+	asToken      string
+	configPath   string
+	dbPath       string
+	logPath      string
+	postgres     bool
+	heirloom     *exec.Cmd
+	exited       chan struct{} // closed when heirloom exits
+	exitErr      error
+	fault        string // HEIRLOOM_FAULT of the running process
+}
+
 func (x *env) startHeirloom() error {
 	return x.startHeirloomWith()
 }
 
-// startHeirloomWith starts heirloom with extra environment (e.g. HEIRLOOM_FAULT) and waits until
-// its API answers.
+// startHeirloomWith (re)starts the shared heirloom with extra environment and waits until its API
+// answers.
 func (x *env) startHeirloomWith(extraEnv ...string) error {
-	if x.logFile == nil {
-		f, err := os.Create(filepath.Join(x.dir, "heirloom.log"))
-		if err != nil {
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		if err = x.instance.start(x.binary, extraEnv...); err == nil || !x.instance.portClash() {
 			return err
 		}
-		x.logFile = f
+		// Another process holds the registered port for a moment: wait and try again.
+		time.Sleep(2 * time.Second)
 	}
-	cmd := exec.Command(x.binary, "-c", x.configPath)
-	cmd.Env = append(os.Environ(), extraEnv...)
-	cmd.Stdout, cmd.Stderr = x.logFile, x.logFile
-	cmd.Dir = x.dir
-	if err := cmd.Start(); err != nil {
+	return err
+}
+
+// start starts the heirloom process and waits until its API answers (or it exits).
+func (h *instance) start(binary string, extraEnv ...string) error {
+	logFile, err := os.OpenFile(h.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
 		return err
 	}
-	x.heirloom = cmd
+	cmd := exec.Command(binary, "-c", h.configPath)
+	cmd.Env = append(os.Environ(), extraEnv...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Dir = h.home
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return err
+	}
+	logFile.Close() // the child holds its own copy
+	h.heirloom, h.exited, h.exitErr, h.fault = cmd, make(chan struct{}), nil, ""
+	for _, kv := range extraEnv {
+		if v, ok := strings.CutPrefix(kv, "HEIRLOOM_FAULT="); ok {
+			h.fault = v
+		}
+	}
+	exited := h.exited
+	go func() { h.exitErr = cmd.Wait(); close(exited) }()
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			h.heirloom = nil
+			return fmt.Errorf("heirloom (%s) exited during startup (%v): %s", h.name, h.exitErr, h.logTail(20))
+		default:
+		}
 		var status map[string]any
-		if code, _ := x.api("GET", "/status", nil, &status); code == 200 {
+		if code, _ := h.api("GET", "/status", nil, &status); code == 200 {
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("heirloom did not answer GET /status within 60 s; see %s", x.logFile.Name())
+	return fmt.Errorf("heirloom (%s) did not answer GET /status within 60 s; see %s", h.name, h.logPath)
+}
+
+// portClash reports whether the last start failed because its port was taken.
+func (h *instance) portClash() bool {
+	return h.heirloom == nil && strings.Contains(h.logTail(20), "address already in use")
+}
+
+// logTail returns the last n lines of the instance's log.
+func (h *instance) logTail(n int) string {
+	data, _ := os.ReadFile(h.logPath)
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 // waitHeirloomExit waits for heirloom to exit by itself (a fault point) and reports whether it did.
-func (x *env) waitHeirloomExit(timeout time.Duration) bool {
-	done := make(chan struct{})
-	go func() { _ = x.heirloom.Wait(); close(done) }()
+func (h *instance) waitHeirloomExit(timeout time.Duration) bool {
+	if h.heirloom == nil {
+		return true
+	}
 	select {
-	case <-done:
-		x.heirloom = nil
+	case <-h.exited:
+		h.heirloom = nil
 		return true
 	case <-time.After(timeout):
 		return false
@@ -232,20 +449,91 @@ func (x *env) waitHeirloomExit(timeout time.Duration) bool {
 }
 
 // stopHeirloom stops heirloom with the given signal and waits for it to exit.
-func (x *env) stopHeirloom(sig syscall.Signal) {
-	if x.heirloom == nil || x.heirloom.Process == nil {
+func (h *instance) stopHeirloom(sig syscall.Signal) {
+	if h == nil || h.heirloom == nil || h.heirloom.Process == nil {
 		return
 	}
-	_ = x.heirloom.Process.Signal(sig)
-	done := make(chan struct{})
-	go func() { _ = x.heirloom.Wait(); close(done) }()
+	_ = h.heirloom.Process.Signal(sig)
 	select {
-	case <-done:
+	case <-h.exited:
 	case <-time.After(20 * time.Second):
-		_ = x.heirloom.Process.Kill()
-		<-done
+		_ = h.heirloom.Process.Kill()
+		<-h.exited
 	}
-	x.heirloom = nil
+	h.heirloom = nil
+}
+
+// armFault restarts the shared heirloom with HEIRLOOM_FAULT set. Whatever the test does next, its
+// cleanup leaves the shared heirloom running without the fault, so a test that fails midway does
+// not leave the crash point armed for the tests after it.
+func armFault(t *testing.T, fault string) {
+	t.Helper()
+	t.Cleanup(func() {
+		if e.heirloom != nil && e.fault == "" {
+			return
+		}
+		e.stopHeirloom(syscall.SIGTERM)
+		if err := e.startHeirloom(); err != nil {
+			t.Errorf("restarting heirloom without %s: %v", fault, err)
+		}
+	})
+	e.stopHeirloom(syscall.SIGTERM)
+	if err := e.startHeirloomWith("HEIRLOOM_FAULT=" + fault); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// restartHeirloom restarts the shared heirloom; if the restart fails, the test's cleanup tries
+// again so the tests after it find heirloom running.
+func restartHeirloom(t testing.TB) {
+	t.Helper()
+	t.Cleanup(func() {
+		if e.heirloom == nil {
+			if err := e.startHeirloom(); err != nil {
+				t.Errorf("restarting heirloom after the test: %v", err)
+			}
+		}
+	})
+	e.stopHeirloom(syscall.SIGTERM)
+	if err := e.startHeirloom(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startInstance starts a short-lived heirloom of the profile, with its own SQLite database, log and
+// config (mutate changes the profile's), and stops it when the test ends.
+func startInstance(t testing.TB, profileName string, mutate func(*heirloomConfig)) *instance {
+	t.Helper()
+	p := e.profiles[profileName]
+	home, err := os.MkdirTemp(e.dir, profileName+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &instance{name: profileName + " " + filepath.Base(home), home: home, appserviceID: p.id, prefix: p.prefix,
+		asPort: p.port, asToken: p.asToken, configPath: filepath.Join(home, "config.yaml"),
+		dbPath: filepath.Join(home, "heirloom.db"), logPath: filepath.Join(home, "heirloom.log")}
+	cfg := e.profileConfig(p)
+	cfg.dbURI = "file:" + h.dbPath + "?_txlock=immediate"
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	if err = os.WriteFile(h.configPath, []byte(cfg.yaml()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.mu.Lock()
+	e.instances = append(e.instances, h)
+	e.mu.Unlock()
+	t.Cleanup(func() { h.stopHeirloom(syscall.SIGTERM) })
+	for attempt := 1; ; attempt++ {
+		if err = h.start(e.binary); err == nil {
+			return h
+		}
+		if !h.portClash() || attempt == 3 {
+			t.Fatal(err)
+		}
+		// Another process holds the profile's registered port for a moment: wait and try again.
+		time.Sleep(2 * time.Second)
+	}
 }
 
 func (x *env) startPeer() error {
@@ -299,6 +587,9 @@ func (x *env) teardown() {
 		}
 	}
 	x.stopHeirloom(syscall.SIGTERM)
+	for _, h := range x.instances {
+		h.stopHeirloom(syscall.SIGTERM)
+	}
 	_ = x.synapse("stop")
 	if os.Getenv("HEIRLOOM_E2E_KEEP") != "" {
 		fmt.Println("kept end-to-end state in", x.dir)
@@ -308,8 +599,8 @@ func (x *env) teardown() {
 }
 
 // api calls heirloom's bridge API and decodes the answer into out. It returns the status code.
-func (x *env) api(method, path string, body any, out any) (int, error) {
-	return x.request(method, fmt.Sprintf("http://127.0.0.1:%d/_heirloom/v1%s", x.asPort, path), "Bearer "+apiSecret, body, out)
+func (h *instance) api(method, path string, body any, out any) (int, error) {
+	return e.request(method, fmt.Sprintf("http://127.0.0.1:%d/_heirloom/v1%s", h.asPort, path), "Bearer "+apiSecret, body, out)
 }
 
 func (x *env) request(method, url, auth string, body any, out any) (int, error) {
@@ -398,18 +689,18 @@ func (d testDB) Query(query string, args ...any) (*sql.Rows, error) {
 	return d.DB.Query(d.rebind(query), args...)
 }
 
-// db opens heirloom's database (SQLite read-only, or the PostgreSQL run's database).
-func (x *env) db(t *testing.T) testDB {
+// db opens the instance's database (SQLite read-only, or the PostgreSQL run's database).
+func (h *instance) db(t testing.TB) testDB {
 	t.Helper()
-	if pg := os.Getenv("HEIRLOOM_E2E_POSTGRES"); pg != "" {
-		db, err := sql.Open("postgres", pg)
+	if h.postgres {
+		db, err := sql.Open("postgres", os.Getenv("HEIRLOOM_E2E_POSTGRES"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { db.Close() })
 		return testDB{DB: db, postgres: true}
 	}
-	db, err := sql.Open("sqlite3", "file:"+x.dbPath+"?mode=ro&_busy_timeout=5000")
+	db, err := sql.Open("sqlite3", "file:"+h.dbPath+"?mode=ro&_busy_timeout=5000")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -59,21 +59,38 @@ func newJSUser(t testing.TB, crossSigning bool) jsUser {
 	return u
 }
 
-func newPuppet(t testing.TB) puppetIdentity {
+func newPuppet(t testing.TB) puppetIdentity { return e.newPuppet(t) }
+
+func apiOK(t testing.TB, method, path string, body any, out any) { e.apiOK(t, method, path, body, out) }
+
+func puppetCreateRoom(t testing.TB, p puppetIdentity, visibility string, invite ...string) string {
+	return e.createRoom(t, p, visibility, invite...)
+}
+
+func puppetSend(t testing.TB, p puppetIdentity, roomID, text string) string {
+	return e.send(t, p, roomID, text)
+}
+
+func puppetMessages(t testing.TB, p puppetIdentity, roomID string) []timelineEvent {
+	return e.messages(t, p, roomID)
+}
+
+// newPuppet provisions a new puppet of the instance.
+func (h *instance) newPuppet(t testing.TB) puppetIdentity {
 	t.Helper()
-	userID := "@" + name("heirloom_") + ":" + domain
+	userID := "@" + name(h.prefix) + ":" + domain
 	var p puppetIdentity
-	code, err := e.api("PUT", "/puppets/"+userID, map[string]any{"displayname": "Puppet " + userID}, &p)
+	code, err := h.api("PUT", "/puppets/"+userID, map[string]any{"displayname": "Puppet " + userID}, &p)
 	if err != nil || code != 200 {
 		t.Fatalf("provisioning %s: %d %v", userID, code, err)
 	}
 	return p
 }
 
-func apiOK(t testing.TB, method, path string, body any, out any) {
+func (h *instance) apiOK(t testing.TB, method, path string, body any, out any) {
 	t.Helper()
 	var raw json.RawMessage
-	code, err := e.api(method, path, body, &raw)
+	code, err := h.api(method, path, body, &raw)
 	if err != nil || code != 200 {
 		t.Fatalf("%s %s: %d %v %s", method, path, code, err, raw)
 	}
@@ -84,7 +101,7 @@ func apiOK(t testing.TB, method, path string, body any, out any) {
 	}
 }
 
-func puppetCreateRoom(t testing.TB, p puppetIdentity, visibility string, invite ...string) string {
+func (h *instance) createRoom(t testing.TB, p puppetIdentity, visibility string, invite ...string) string {
 	t.Helper()
 	var resp struct {
 		RoomID string `json:"room_id"`
@@ -93,33 +110,33 @@ func puppetCreateRoom(t testing.TB, p puppetIdentity, visibility string, invite 
 	if len(invite) > 0 {
 		body["invite"] = invite
 	}
-	apiOK(t, "POST", "/puppets/"+p.UserID+"/rooms", body, &resp)
+	h.apiOK(t, "POST", "/puppets/"+p.UserID+"/rooms", body, &resp)
 	return resp.RoomID
 }
 
-func puppetSend(t testing.TB, p puppetIdentity, roomID, text string) string {
+func (h *instance) send(t testing.TB, p puppetIdentity, roomID, text string) string {
 	t.Helper()
 	var resp struct {
 		EventID string `json:"event_id"`
 	}
-	apiOK(t, "POST", "/puppets/"+p.UserID+"/rooms/"+roomID+"/messages", map[string]any{"msgtype": "m.text", "body": text}, &resp)
+	h.apiOK(t, "POST", "/puppets/"+p.UserID+"/rooms/"+roomID+"/messages", map[string]any{"msgtype": "m.text", "body": text}, &resp)
 	return resp.EventID
 }
 
-func puppetTimeline(t testing.TB, p puppetIdentity, roomID string) []timelineEvent {
+func (h *instance) timeline(t testing.TB, p puppetIdentity, roomID string) []timelineEvent {
 	t.Helper()
 	var resp struct {
 		Events []timelineEvent `json:"events"`
 	}
-	apiOK(t, "GET", "/puppets/"+p.UserID+"/rooms/"+roomID+"/messages?limit=500", nil, &resp)
+	h.apiOK(t, "GET", "/puppets/"+p.UserID+"/rooms/"+roomID+"/messages?limit=500", nil, &resp)
 	return resp.Events
 }
 
-// puppetMessages returns the m.room.message events of the puppet's timeline.
-func puppetMessages(t testing.TB, p puppetIdentity, roomID string) []timelineEvent {
+// messages returns the m.room.message events of the puppet's timeline.
+func (h *instance) messages(t testing.TB, p puppetIdentity, roomID string) []timelineEvent {
 	t.Helper()
 	var out []timelineEvent
-	for _, ev := range puppetTimeline(t, p, roomID) {
+	for _, ev := range h.timeline(t, p, roomID) {
 		if ev.Type == "m.room.message" || ev.Type == "m.room.encrypted" {
 			out = append(out, ev)
 		}
@@ -154,9 +171,14 @@ func eventually(t testing.TB, timeout time.Duration, what string, check func() (
 // waitPuppetDecrypts waits until the puppet's timeline has every body in want decrypted.
 func waitPuppetDecrypts(t testing.TB, p puppetIdentity, roomID string, want []string) []timelineEvent {
 	t.Helper()
+	return e.waitDecrypts(t, p, roomID, want)
+}
+
+func (h *instance) waitDecrypts(t testing.TB, p puppetIdentity, roomID string, want []string) []timelineEvent {
+	t.Helper()
 	var events []timelineEvent
 	eventually(t, 60*time.Second, "the puppet to decrypt "+strings.Join(want, ", "), func() (bool, string) {
-		events = puppetMessages(t, p, roomID)
+		events = h.messages(t, p, roomID)
 		got := map[string]bool{}
 		for _, ev := range events {
 			if ev.Decrypted {

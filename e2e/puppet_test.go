@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -191,10 +190,7 @@ func TestPuppetSurvivesRestart(t *testing.T) {
 	puppetSend(t, p, roomID, "puppet before restart")
 	waitPuppetDecrypts(t, p, roomID, []string{"before restart"})
 
-	e.stopHeirloom(syscall.SIGTERM)
-	if err := e.startHeirloom(); err != nil {
-		t.Fatal(err)
-	}
+	restartHeirloom(t)
 	var again puppetIdentity
 	apiOK(t, "PUT", "/puppets/"+p.UserID, map[string]any{}, &again)
 	if again != p {

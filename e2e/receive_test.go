@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -36,11 +35,16 @@ func jsSend(t testing.TB, u jsUser, roomID string, texts ...string) {
 	}
 }
 
-func waitReceived(t *testing.T, p puppetIdentity, roomID, sender string, states ...string) receivedBundle {
+func waitReceived(t testing.TB, p puppetIdentity, roomID, sender string, states ...string) receivedBundle {
+	t.Helper()
+	return e.waitReceived(t, p, roomID, sender, states...)
+}
+
+func (h *instance) waitReceived(t testing.TB, p puppetIdentity, roomID, sender string, states ...string) receivedBundle {
 	t.Helper()
 	var found receivedBundle
 	eventually(t, 60*time.Second, fmt.Sprintf("a bundle from %s in state %v", sender, states), func() (bool, string) {
-		for _, b := range puppetBundles(t, p).Received {
+		for _, b := range h.bundles(t, p).Received {
 			if b.RoomID == roomID && b.Sender == sender {
 				found = b
 				for _, s := range states {
@@ -58,8 +62,12 @@ func waitReceived(t *testing.T, p puppetIdentity, roomID, sender string, states 
 func requireSharedBy(t *testing.T, p puppetIdentity, roomID string, texts []string, by string) {
 	t.Helper()
 	events := waitPuppetDecrypts(t, p, roomID, texts)
+	want := map[string]bool{}
+	for _, text := range texts {
+		want[text] = true
+	}
 	for _, ev := range events {
-		if ev.Decrypted && ev.Sender == by && ev.KeysSharedBy != by {
+		if ev.Decrypted && want[ev.body()] && ev.Sender == by && ev.KeysSharedBy != by {
 			t.Fatalf("%q decrypted with keys_shared_by %q, want %q", ev.body(), ev.KeysSharedBy, by)
 		}
 	}
@@ -90,6 +98,10 @@ func TestBundleAfterJoin(t *testing.T) {
 	jsSend(t, u, roomID, texts...)
 	e.peer(t, "invite", map[string]any{"user": u.UserID, "room_id": roomID, "target": p.UserID, "share_history": false}, nil)
 	e.peer(t, "waitForMembership", map[string]any{"user": u.UserID, "room_id": roomID, "target": p.UserID, "membership": "join"}, nil)
+	// A message sent after the join reaches the puppet over the same device-to-device channel a
+	// bundle of the invite would have come by, and after it: once it decrypts, no bundle came.
+	jsSend(t, u, roomID, "after the join")
+	waitPuppetDecrypts(t, p, roomID, []string{"after the join"})
 	if got := puppetBundles(t, p).Received; len(got) != 0 {
 		t.Fatalf("a bundle before sharing? %+v", got)
 	}
@@ -106,10 +118,7 @@ func TestImportResumesAfterCrash(t *testing.T) {
 	texts := []string{"crash 1", "crash 2"}
 	jsSend(t, u, roomID, texts...)
 
-	e.stopHeirloom(syscall.SIGTERM)
-	if err := e.startHeirloomWith("HEIRLOOM_FAULT=crash_before_import"); err != nil {
-		t.Fatal(err)
-	}
+	armFault(t, "crash_before_import")
 	e.peer(t, "invite", map[string]any{"user": u.UserID, "room_id": roomID, "target": p.UserID}, nil)
 	if !e.waitHeirloomExit(60 * time.Second) {
 		t.Fatal("heirloom did not reach the crash point")
@@ -194,10 +203,30 @@ func TestBundleMediaGoneExpires(t *testing.T) {
 	}
 	apiOK(t, "POST", "/puppets/"+p.UserID+"/rooms/"+roomID+"/join", map[string]any{}, &join)
 	b := waitReceived(t, p, roomID, u.UserID, "expired")
-	time.Sleep(3 * time.Second)
-	again := waitReceived(t, p, roomID, u.UserID, "expired")
-	if again.Attempts != b.Attempts || again.Attempts != 1 {
-		t.Fatalf("an expired bundle was retried: %d then %d attempts", b.Attempts, again.Attempts)
+	if b.Attempts != 1 {
+		t.Fatalf("an expired bundle after %d attempts, want 1", b.Attempts)
+	}
+	// A failed download is retried 5 s later (history.Service's retryBase), checked every second:
+	// an expired bundle must still be untouched well past that.
+	stays(t, 8*time.Second, "the expired bundle to stay expired after one attempt", func() (bool, string) {
+		for _, got := range puppetBundles(t, p).Received {
+			if got.RoomID == roomID && got.Sender == u.UserID {
+				return got.State == "expired" && got.Attempts == 1, fmt.Sprintf("%+v", got)
+			}
+		}
+		return false, "the bundle is gone"
+	})
+}
+
+// stays checks, for the whole duration, that check keeps reporting true.
+func stays(t testing.TB, d time.Duration, what string, check func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if ok, detail := check(); !ok {
+			t.Fatalf("want %s: %s", what, detail)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
@@ -208,10 +237,6 @@ func TestJoinedRoomPuppetGetsNoHistory(t *testing.T) {
 	roomID := jsCreateRoom(t, u, "joined")
 	jsSend(t, u, roomID, "members only")
 	e.peer(t, "invite", map[string]any{"user": u.UserID, "room_id": roomID, "target": p.UserID}, nil)
-	eventually(t, 30*time.Second, "heirloom to see the invite", func() (bool, string) {
-		code, _ := e.api("GET", "/puppets/"+p.UserID+"/bundles", nil, nil)
-		return code == 200, ""
-	})
 	var join struct {
 		History string          `json:"history"`
 		Bundle  *receivedBundle `json:"bundle"`
@@ -223,7 +248,10 @@ func TestJoinedRoomPuppetGetsNoHistory(t *testing.T) {
 	if join.Bundle != nil {
 		t.Fatalf("a joined room produced a bundle: %+v", join.Bundle)
 	}
-	time.Sleep(2 * time.Second)
+	// A message after the join comes over the same channel as a bundle would have, and later.
+	e.peer(t, "waitForMembership", map[string]any{"user": u.UserID, "room_id": roomID, "target": p.UserID, "membership": "join"}, nil)
+	jsSend(t, u, roomID, "after the join")
+	waitPuppetDecrypts(t, p, roomID, []string{"after the join"})
 	if got := puppetBundles(t, p).Received; len(got) != 0 {
 		t.Fatalf("received bundles in a joined room: %+v", got)
 	}

@@ -40,9 +40,7 @@ func BenchmarkIdlePuppets(b *testing.B) {
 		Puppets int `json:"puppets"`
 		Loaded  int `json:"loaded_machines"`
 	}
-	if _, err := e.api("GET", "/status", nil, &status); err != nil {
-		b.Fatal(err)
-	}
+	apiOK(b, "GET", "/status", nil, &status)
 	if status.Loaded != 0 || status.Puppets < b.N {
 		b.Fatalf("after a restart: %+v", status)
 	}
@@ -85,9 +83,7 @@ func BenchmarkRouteToDevice(b *testing.B) {
 	var status struct {
 		Loaded int `json:"loaded_machines"`
 	}
-	if _, err = e.api("GET", "/status", nil, &status); err != nil {
-		b.Fatal(err)
-	}
+	apiOK(b, "GET", "/status", nil, &status)
 	if status.Loaded < b.N {
 		b.Fatalf("only %d machines loaded for %d events", status.Loaded, b.N)
 	}

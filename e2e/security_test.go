@@ -31,7 +31,7 @@ func jsToDevice(t *testing.T, u jsUser, evtType string) []toDeviceMessage {
 // heirloomLogged reports whether heirloom's log has a line containing every one of parts.
 func heirloomLogged(t *testing.T, parts ...string) bool {
 	t.Helper()
-	data, err := os.ReadFile(e.logFile.Name())
+	data, err := os.ReadFile(e.logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,10 +243,7 @@ func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
 		t.Fatal("the device list is outdated before any change")
 	}
 
-	e.stopHeirloom(syscall.SIGTERM)
-	if err := e.startHeirloom(); err != nil {
-		t.Fatal(err)
-	}
+	restartHeirloom(t)
 	var status struct {
 		Loaded int `json:"loaded_machines"`
 	}

@@ -7,12 +7,38 @@
 #   stop    stop the cluster
 #   url     print the connection URL
 #
-# Environment: HEIRLOOM_PG_DIR (default /tmp/heirloom-postgres), HEIRLOOM_PG_PORT (default 55432).
+# Environment:
+#   HEIRLOOM_PG_DIR   data directory (default /tmp/heirloom-postgres-<hash of this checkout's path>,
+#                     so each checkout has its own cluster)
+#   HEIRLOOM_PG_PORT  port on 127.0.0.1 (default: a free one, picked when the cluster is created
+#                     and kept in the data directory's heirloom-port file)
 set -euo pipefail
 
-PG_DIR="${HEIRLOOM_PG_DIR:-/tmp/heirloom-postgres}"
-PG_PORT="${HEIRLOOM_PG_PORT:-55432}"
-URL="postgres://heirloom@127.0.0.1:${PG_PORT}/heirloom_test?sslmode=disable"
+REPO_ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
+PG_DIR="${HEIRLOOM_PG_DIR:-/tmp/heirloom-postgres-$(printf '%s' "${REPO_ROOT}" | sha256sum | cut -c1-12)}"
+PORT_FILE="${PG_DIR}/heirloom-port"
+
+# port_busy PORT: something accepts connections on 127.0.0.1:PORT.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# pick_port: a port nothing listens on, from a range outside the kernel's ephemeral one.
+pick_port() {
+  local p
+  for _ in $(seq 50); do
+    p=$((20000 + RANDOM % 10000))
+    port_busy "${p}" || { printf '%s\n' "${p}"; return; }
+  done
+  log "found no free port"; exit 1
+}
+
+# pg_port: HEIRLOOM_PG_PORT, else the cluster's saved port, else empty.
+pg_port() {
+  if [[ -n "${HEIRLOOM_PG_PORT:-}" ]]; then printf '%s\n' "${HEIRLOOM_PG_PORT}"
+  elif [[ -s "${PORT_FILE}" ]]; then cat "${PORT_FILE}"
+  fi
+}
+
+url() { printf 'postgres://heirloom@127.0.0.1:%s/heirloom_test?sslmode=disable\n' "$1"; }
 
 log() { printf 'postgres.sh: %s\n' "$*" >&2; }
 
@@ -47,10 +73,24 @@ start() {
     [[ "$(id -u)" == 0 ]] && chown postgres: "${PG_DIR}"
     as_postgres "${bin}/initdb" -D "${PG_DIR}" -U postgres --auth=trust -E UTF8 >/dev/null
   fi
+  local PG_PORT; PG_PORT="$(pg_port)"
   if ! as_postgres "${bin}/pg_ctl" -D "${PG_DIR}" status >/dev/null 2>&1; then
-    as_postgres "${bin}/pg_ctl" -D "${PG_DIR}" -l "${PG_DIR}/server.log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -p ${PG_PORT} -k ${PG_DIR} -c fsync=off" start >/dev/null
+    local attempt
+    for attempt in 1 2 3; do
+      if [[ -z "${PG_PORT}" ]] || { [[ -z "${HEIRLOOM_PG_PORT:-}" ]] && port_busy "${PG_PORT}"; }; then
+        PG_PORT="$(pick_port)"
+      fi
+      printf '%s\n' "${PG_PORT}" >"${PORT_FILE}"
+      if as_postgres "${bin}/pg_ctl" -D "${PG_DIR}" -l "${PG_DIR}/server.log" -w -t 60 \
+          -o "-c listen_addresses=127.0.0.1 -p ${PG_PORT} -k ${PG_DIR} -c fsync=off" start >/dev/null; then
+        break
+      fi
+      # Another process may have taken the port between the check and the bind.
+      [[ -z "${HEIRLOOM_PG_PORT:-}" && "${attempt}" -lt 3 ]] || { log "could not start; see ${PG_DIR}/server.log"; exit 1; }
+      PG_PORT=""
+    done
   fi
+  local URL; URL="$(url "${PG_PORT}")"
   local psql=("${bin}/psql" -h 127.0.0.1 -p "${PG_PORT}" -U postgres -q -v ON_ERROR_STOP=1)
   "${psql[@]}" -tc "SELECT 1 FROM pg_roles WHERE rolname='heirloom'" | grep -q 1 \
     || "${psql[@]}" -c "CREATE ROLE heirloom LOGIN SUPERUSER"
@@ -74,6 +114,9 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  url) printf '%s\n' "${URL}" ;;
+  url)
+    port="$(pg_port)"
+    [[ -n "${port}" ]] || { log "no cluster in ${PG_DIR}: run $0 start"; exit 1; }
+    url "${port}" ;;
   *) echo "usage: $0 start|stop|url" >&2; exit 2 ;;
 esac

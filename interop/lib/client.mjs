@@ -49,6 +49,15 @@ export class Peer {
     /** Create (or reuse) the account, log a fresh device in, set up E2EE and start syncing. */
     static async register({ homeserver, sharedSecret, username, password, crossSigning, timeoutMs }) {
         await registerWithSharedSecret(homeserver, sharedSecret, username, password);
+        return Peer.login({ homeserver, username, password, crossSigning, timeoutMs });
+    }
+
+    /**
+     * Log a new device of an existing account in, set up E2EE and start syncing. Without
+     * crossSigning the device is not signed by the account's identity: a second device of a
+     * cross-signed user logged in this way is the "unverified session" Element warns about.
+     */
+    static async login({ homeserver, username, password, crossSigning, timeoutMs }) {
         const login = await passwordLogin(homeserver, username, password);
         const logger = makeLogger(login.user_id);
 
@@ -380,6 +389,42 @@ export class Peer {
             what: `${this.userId} to see ${target} with membership ${membership} in ${roomId}`,
         });
         return {};
+    }
+
+    /** The target's current m.room.member event in the room, as this user's copy shows it. */
+    async memberEvent(params) {
+        const roomId = required(params, "room_id");
+        const target = required(params, "target");
+        const ev = await waitUntil(() => this.room(roomId)?.currentState.getStateEvents("m.room.member", target), {
+            timeoutMs: timeoutOf(params),
+            what: `${this.userId} to see a member event of ${target} in ${roomId}`,
+        });
+        return { event_id: ev.getId(), membership: ev.getContent().membership, sender: ev.getSender() };
+    }
+
+    /** Kick (or with ban: true, ban) target, and wait until the local copy shows it. */
+    async kick(params) {
+        const roomId = required(params, "room_id");
+        const target = required(params, "target");
+        const ban = params.ban === true;
+        if (ban) await this.client.ban(roomId, target, params.reason);
+        else await this.client.kick(roomId, target, params.reason);
+        const want = ban ? "ban" : "leave";
+        await waitUntil(() => this.room(roomId)?.getMember(target)?.membership === want, {
+            timeoutMs: timeoutOf(params),
+            what: `${this.userId} to see ${target} with membership ${want} in ${roomId}`,
+        });
+        return this.memberEvent(params);
+    }
+
+    /** Wait until the homeserver lists this device's keys (so other users' key queries find it). */
+    async waitKeysUploaded(timeoutMs) {
+        await waitUntil(async () => {
+            const res = await this.client.http.authedRequest("POST", "/keys/query", undefined, {
+                device_keys: { [this.userId]: [this.deviceId] },
+            });
+            return Boolean(res?.device_keys?.[this.userId]?.[this.deviceId]);
+        }, { timeoutMs, intervalMs: 200, what: `${this.userId} ${this.deviceId}'s keys on the homeserver` });
     }
 
     // ---- timeline -----------------------------------------------------------

@@ -28,6 +28,8 @@ const USER_METHODS = {
     setHistoryVisibility: "setHistoryVisibility",
     waitForInvite: "waitForInvite",
     waitForMembership: "waitForMembership",
+    memberEvent: "memberEvent",
+    kick: "kick",
     messages: "messages",
     deviceStatus: "deviceStatus",
     exportKeys: "exportKeys",
@@ -41,23 +43,28 @@ export class PeerServer {
         this.peers = new Map(); // user ID -> Peer
     }
 
-    peer(userId) {
-        const peer = this.peers.get(userId);
-        if (!peer) throw new Error(`unknown user ${userId}: register it first`);
+    // A user's first device is keyed by its user ID; further devices (addDevice) by
+    // "<user ID>|<device ID>", chosen with the `device` param.
+    peer(userId, deviceId) {
+        let peer = this.peers.get(userId);
+        if (deviceId && peer?.deviceId !== deviceId) peer = this.peers.get(`${userId}|${deviceId}`);
+        if (!peer) throw new Error(`unknown user ${userId}${deviceId ? ` device ${deviceId}` : ""}: register it first`);
         return peer;
     }
 
     async call(method, params) {
         if (method in USER_METHODS) {
-            return this.peer(required(params, "user"))[USER_METHODS[method]](params);
+            return this.peer(required(params, "user"), params.device)[USER_METHODS[method]](params);
         }
         switch (method) {
             case "register":
                 return this.register(params);
+            case "addDevice":
+                return this.addDevice(params);
             case "stop": {
                 const userId = required(params, "user");
-                await this.peer(userId).stop();
-                this.peers.delete(userId);
+                await this.peer(userId, params.device).stop();
+                this.peers.delete(params.device ? `${userId}|${params.device}` : userId);
                 return {};
             }
             case "shutdown":
@@ -82,6 +89,25 @@ export class PeerServer {
             timeoutMs: timeoutOf(params),
         });
         this.peers.set(peer.userId, peer);
+        return peer.describe();
+    }
+
+    // addDevice logs another device of a registered user in, not signed by the user's
+    // cross-signing identity (bootstrapping again would replace the identity). RPCs reach it
+    // with `device`.
+    async addDevice(params) {
+        const first = this.peer(required(params, "user"));
+        const username = first.userId.slice(1).replace(/:.*$/, "");
+        const timeoutMs = timeoutOf(params);
+        const peer = await Peer.login({
+            homeserver: this.homeserver,
+            username,
+            password: first.password,
+            crossSigning: false,
+            timeoutMs,
+        });
+        this.peers.set(`${peer.userId}|${peer.deviceId}`, peer);
+        await peer.waitKeysUploaded(timeoutMs);
         return peer.describe();
     }
 

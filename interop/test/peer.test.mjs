@@ -1,6 +1,7 @@
 // End-to-end check of peer.mjs against a real Synapse:
 //   HEIRLOOM_TEST_HS=http://127.0.0.1:18558 HEIRLOOM_TEST_SHARED_SECRET=... node --test interop/test/
-// Without those variables the suite is skipped (it needs a homeserver).
+// Without those variables the suite is skipped (it needs a homeserver). make test runs it against
+// the end-to-end suite's Synapse (e2e/interop_test.go), where a skip fails.
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -144,6 +145,47 @@ else describe("peer.mjs against Synapse", () => {
         const { sessions } = await rpc("exportKeys", { user: alice.user_id, room_id });
         assert.ok(sessions.length > 0);
         for (const s of sessions) assert.equal(s.shared_history, false, JSON.stringify(s));
+    });
+
+    test("addDevice: a second device, not cross-signed, reached with `device`", async () => {
+        const second = await rpc("addDevice", { user: bob.user_id });
+        assert.equal(second.user_id, bob.user_id);
+        assert.notEqual(second.device_id, bob.device_id);
+        const signed = await rpc("deviceStatus", {
+            user: alice.user_id, target_user: bob.user_id, target_device: bob.device_id, wait_signed: true,
+        });
+        assert.equal(signed.device.signedByOwner, true);
+        const unsigned = await rpc("deviceStatus", { user: alice.user_id, target_user: bob.user_id, target_device: second.device_id });
+        assert.ok(unsigned.device, "alice does not see bob's second device");
+        assert.equal(unsigned.device.signedByOwner, false);
+
+        const { room_id } = await rpc("createRoom", { user: alice.user_id, history_visibility: "shared" });
+        await rpc("invite", { user: alice.user_id, room_id, target: bob.user_id, share_history: false });
+        const invite = await rpc("waitForInvite", { user: bob.user_id, device: second.device_id, room_id });
+        assert.equal(invite.inviter, alice.user_id);
+        await assert.rejects(rpc("send", { user: bob.user_id, device: "NOSUCHDEVICE", room_id, body: "x" }), /unknown user/);
+    });
+
+    test("memberEvent, kick and ban", async () => {
+        const { room_id } = await rpc("createRoom", { user: alice.user_id, history_visibility: "shared" });
+        await rpc("invite", { user: alice.user_id, room_id, target: bob.user_id, share_history: false });
+        const invited = await rpc("memberEvent", { user: alice.user_id, room_id, target: bob.user_id });
+        assert.equal(invited.membership, "invite");
+        assert.equal(invited.sender, alice.user_id);
+        assert.match(invited.event_id, /^\$/);
+        await rpc("join", { user: bob.user_id, room_id });
+        await rpc("waitForMembership", { user: alice.user_id, room_id, target: bob.user_id, membership: "join" });
+
+        const kicked = await rpc("kick", { user: alice.user_id, room_id, target: bob.user_id, reason: "test" });
+        assert.equal(kicked.membership, "leave");
+        assert.equal(kicked.sender, alice.user_id);
+        assert.notEqual(kicked.event_id, invited.event_id);
+
+        await rpc("invite", { user: alice.user_id, room_id, target: bob.user_id, share_history: false });
+        await rpc("join", { user: bob.user_id, room_id });
+        await rpc("waitForMembership", { user: alice.user_id, room_id, target: bob.user_id, membership: "join" });
+        const banned = await rpc("kick", { user: alice.user_id, room_id, target: bob.user_id, ban: true });
+        assert.equal(banned.membership, "ban");
     });
 
     test("messages returns timed_out rather than failing", async () => {
