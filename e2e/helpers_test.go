@@ -32,6 +32,7 @@ type timelineEvent struct {
 	Error        string          `json:"error"`
 	SessionID    string          `json:"session_id"`
 	KeysSharedBy string          `json:"keys_shared_by"`
+	Trust        string          `json:"trust"`
 }
 
 func (ev timelineEvent) body() string {

@@ -29,7 +29,15 @@ func TestPuppetAndJSUserExchangeMessages(t *testing.T) {
 	e.peer(t, "send", map[string]any{"user": u.UserID, "room_id": roomID, "body": "hello from js"}, nil)
 	puppetSend(t, p, roomID, "hello from the puppet")
 
-	waitPuppetDecrypts(t, p, roomID, []string{"hello from js", "hello from the puppet"})
+	events := waitPuppetDecrypts(t, p, roomID, []string{"hello from js", "hello from the puppet"})
+	// The trust a bridge reads: the js user's device is signed by their identity, the puppet's own
+	// session is its own.
+	for _, ev := range events {
+		want := map[string]string{"hello from js": "cross_signed", "hello from the puppet": "verified"}[ev.body()]
+		if want != "" && ev.Trust != want {
+			t.Fatalf("%q decrypted with trust %q, want %q", ev.body(), ev.Trust, want)
+		}
+	}
 	got := decryptedBodies(jsMessages(t, u, roomID, 2, 30000))
 	if m, ok := got["hello from the puppet"]; !ok || m.Sender != p.UserID {
 		t.Fatalf("js-sdk user did not decrypt the puppet's message: %+v", got)
