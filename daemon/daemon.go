@@ -15,11 +15,11 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 
-	"github.com/heirloom-matrix/heirloom/appservice"
 	"github.com/heirloom-matrix/heirloom/config"
-	"github.com/heirloom-matrix/heirloom/crypto"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/history"
+	"github.com/heirloom-matrix/heirloom/server"
 )
 
 // Exit codes, distinct per failure so service managers and scripts can tell them apart.
@@ -114,7 +114,7 @@ func Run(configPath string) int {
 	}
 
 	httpClient := &http.Client{Timeout: 2 * time.Minute}
-	mgr, err := crypto.NewManager(cfg, db, httpClient)
+	mgr, err := e2ee.NewManager(cfg, db, httpClient)
 	if err != nil {
 		log.Error().Err(err).Msg("Failed to set up puppet crypto")
 		return ExitStartup
@@ -124,15 +124,15 @@ func Run(configPath string) int {
 		return ExitHomeserver
 	}
 	sharing := history.NewService(cfg, db, mgr)
-	server := appservice.NewServer(cfg, db, mgr, sharing, log)
-	if err = server.Start(); err != nil {
+	srv := server.NewServer(cfg, db, mgr, sharing, log)
+	if err = srv.Start(); err != nil {
 		log.Error().Err(err).Msg("Failed to start the HTTP listener")
 		return ExitStartup
 	}
 	defer func() {
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = server.Stop(shutdownCtx)
+		_ = srv.Stop(shutdownCtx)
 	}()
 	if err = checkRegistration(ctx, mgr, cfg); err != nil {
 		log.Error().Err(err).Msg("The homeserver does not accept heirloom's registration")
@@ -141,13 +141,13 @@ func Run(configPath string) int {
 	go mgr.RunMaintenance(ctx, cfg.Encryption.Maintenance())
 	go sharing.Run(ctx)
 	go pruneTransactions(ctx, db)
-	log.Info().Str("version", appservice.Version).Msg("heirloom is running")
+	log.Info().Str("version", server.Version).Msg("heirloom is running")
 	<-ctx.Done()
 	log.Info().Msg("Shutting down")
 	return ExitOK
 }
 
-func checkHomeserverReachable(ctx context.Context, mgr *crypto.Manager, cfg *config.Config) error {
+func checkHomeserverReachable(ctx context.Context, mgr *e2ee.Manager, cfg *config.Config) error {
 	var lastErr error
 	cli := mgr.Client(ctx, cfg.BotUserID())
 	cli.DefaultHTTPRetries = 0 // this loop is the retry schedule (about 20 s in all)
@@ -177,7 +177,7 @@ func checkHomeserverReachable(ctx context.Context, mgr *crypto.Manager, cfg *con
 
 // checkRegistration asks the homeserver to ping heirloom (MSC2659): it proves the homeserver has
 // loaded the registration, accepts the as_token and can reach heirloom's URL with the hs_token.
-func checkRegistration(ctx context.Context, mgr *crypto.Manager, cfg *config.Config) error {
+func checkRegistration(ctx context.Context, mgr *e2ee.Manager, cfg *config.Config) error {
 	resp, err := mgr.Client(ctx, cfg.BotUserID()).AppservicePing(ctx, cfg.AppService.ID, "heirloom-startup")
 	if err != nil {
 		var he mautrix.HTTPError

@@ -12,7 +12,7 @@ import (
 
 	"go.mau.fi/util/dbutil"
 	_ "go.mau.fi/util/dbutil/litestream"
-	mcrypto "maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/id"
 )
@@ -94,7 +94,7 @@ func (h *instance) fillSessions(tb testing.TB, p puppetIdentity, roomID string, 
 	defer raw.Close()
 	var cfg secretsConfig
 	readYAML(tb, h.configPath, &cfg)
-	store := mcrypto.NewSQLCryptoStore(raw, nil, p.UserID, id.DeviceID(p.DeviceID), []byte(cfg.Encryption.PickleKey))
+	store := crypto.NewSQLCryptoStore(raw, nil, p.UserID, id.DeviceID(p.DeviceID), []byte(cfg.Encryption.PickleKey))
 	ctx := context.Background()
 	for done := 0; done < n; {
 		err = raw.DoTxn(ctx, nil, func(ctx context.Context) error {
@@ -104,7 +104,7 @@ func (h *instance) fillSessions(tb testing.TB, p puppetIdentity, roomID string, 
 					return err
 				}
 				shared := done%10 != 0
-				igs, err := mcrypto.NewInboundGroupSession(id.SenderKey(p.Curve25519), id.Ed25519(p.Ed25519), id.RoomID(roomID),
+				igs, err := crypto.NewInboundGroupSession(id.SenderKey(p.Curve25519), id.Ed25519(p.Ed25519), id.RoomID(roomID),
 					ogs.Key(), 7*24*time.Hour, 100, &shared, false)
 				if err != nil {
 					return err

@@ -12,7 +12,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/heirloom-matrix/heirloom/crypto"
+	"github.com/heirloom-matrix/heirloom/e2ee"
 )
 
 type secretsConfig struct {
@@ -42,7 +42,7 @@ func configSecrets(path string) (map[string]string, error) {
 
 // seedSecrets opens the sealed cross-signing seeds of every puppet in db, in both base64 forms.
 func seedSecrets(db *sql.DB, pickleKey string) (map[string]string, error) {
-	sealer, err := crypto.NewSealer([]byte(pickleKey))
+	sealer, err := e2ee.NewSealer([]byte(pickleKey))
 	if err != nil {
 		return nil, err
 	}

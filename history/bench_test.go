@@ -21,13 +21,13 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	mcrypto "maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/config"
-	"github.com/heirloom-matrix/heirloom/crypto"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/internal/testdb"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
@@ -37,7 +37,7 @@ const benchRoom = id.RoomID("!bench:localhost")
 // benchEnv is a real SQLite database with a service and puppets, no homeserver.
 type benchEnv struct {
 	db  *database.Database
-	mgr *crypto.Manager
+	mgr *e2ee.Manager
 	svc *Service
 	dir string
 }
@@ -68,7 +68,7 @@ func newBenchEnvOn(tb testing.TB, dbCfg config.Database) *benchEnv {
 	if err = db.Upgrade(context.Background()); err != nil {
 		tb.Fatal(err)
 	}
-	mgr, err := crypto.NewManager(cfg, db, http.DefaultClient)
+	mgr, err := e2ee.NewManager(cfg, db, http.DefaultClient)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func storedBundle(tb testing.TB, env *benchEnv, puppet, sender id.UserID) *datab
 	return rb
 }
 
-func (b *benchEnv) puppet(tb testing.TB, name string) *crypto.Puppet {
+func (b *benchEnv) puppet(tb testing.TB, name string) *e2ee.Puppet {
 	tb.Helper()
 	p, err := b.mgr.LocalPuppet(context.Background(), id.UserID("@heirloom_"+name+":localhost"), id.DeviceID("DEV"+name))
 	if err != nil {
@@ -99,7 +99,7 @@ func (b *benchEnv) puppet(tb testing.TB, name string) *crypto.Puppet {
 }
 
 // fillSessions stores n valid megolm sessions in the room for the puppet: 90 % shared, 10 % not.
-func fillSessions(tb testing.TB, b *benchEnv, p *crypto.Puppet, n int) {
+func fillSessions(tb testing.TB, b *benchEnv, p *e2ee.Puppet, n int) {
 	tb.Helper()
 	ctx := context.Background()
 	// 50 senders with real keys: the reference implementation validates them on import.
@@ -119,7 +119,7 @@ func fillSessions(tb testing.TB, b *benchEnv, p *crypto.Puppet, n int) {
 				return err
 			}
 			shared := i%10 != 0
-			igs, err := mcrypto.NewInboundGroupSession(senderKeys[i%50], signingKeys[i%50],
+			igs, err := crypto.NewInboundGroupSession(senderKeys[i%50], signingKeys[i%50],
 				benchRoom, ogs.Key(), 7*24*time.Hour, 100, &shared, false)
 			if err != nil {
 				return err
@@ -154,7 +154,7 @@ func benchSizes() []int {
 // writeFixture exports the room's sessions as a key export (what `make bench` hands the reference
 // implementation, so both sides work on the same sessions). The flag goes under the stable name
 // and the unstable one rust-sdk reads in exports.
-func writeFixture(tb testing.TB, p *crypto.Puppet, n int) {
+func writeFixture(tb testing.TB, p *e2ee.Puppet, n int) {
 	dir := os.Getenv("HEIRLOOM_BENCH_FIXTURES")
 	if dir == "" {
 		return
@@ -167,7 +167,7 @@ func writeFixture(tb testing.TB, p *crypto.Puppet, n int) {
 	w := bufio.NewWriter(f)
 	_, _ = w.WriteString("[")
 	first := true
-	err = p.Store.GetGroupSessionsForRoom(context.Background(), benchRoom).Iter(func(igs *mcrypto.InboundGroupSession) (bool, error) {
+	err = p.Store.GetGroupSessionsForRoom(context.Background(), benchRoom).Iter(func(igs *crypto.InboundGroupSession) (bool, error) {
 		key, err := igs.Internal.Export(igs.Internal.FirstKnownIndex())
 		if err != nil {
 			return false, err
@@ -301,7 +301,7 @@ func BenchmarkImportBundle(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			importOnce := func(dst *crypto.Puppet, rb *database.ReceivedBundle) {
+			importOnce := func(dst *e2ee.Puppet, rb *database.ReceivedBundle) {
 				res, err := env.svc.importBundle(context.Background(), dst, rb, io.NopCloser(bytes.NewReader(plain.Bytes())))
 				if err != nil {
 					b.Fatal(err)

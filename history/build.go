@@ -10,7 +10,7 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/heirloom-matrix/heirloom/crypto"
+	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -33,7 +33,7 @@ type storedSession struct {
 // sessions, so the builder never holds either list. It reads mautrix's
 // crypto_megolm_inbound_session rows itself (read-only) so the sessions that go into room_keys can
 // be unpickled and exported in parallel.
-func (s *Service) writeBundle(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, w io.Writer) (keybundle.Counts, error) {
+func (s *Service) writeBundle(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, w io.Writer) (keybundle.Counts, error) {
 	builder := keybundle.NewBuilder(w, roomID, p.DeviceID)
 	err := s.withheldSessions(ctx, p, roomID, func(st *storedSession) error {
 		return builder.AddSession(keybundle.Session{RoomID: roomID, SessionID: st.sessionID, SenderKey: st.senderKey})
@@ -59,7 +59,7 @@ func (s *Service) writeBundle(ctx context.Context, p *crypto.Puppet, roomID id.R
 
 // withheldSessions calls each for every session of the room the puppet holds without shared
 // history: those go into the withheld list, and their keys are never decrypted from the store.
-func (s *Service) withheldSessions(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, each func(*storedSession) error) error {
+func (s *Service) withheldSessions(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, each func(*storedSession) error) error {
 	rows, err := p.Store.DB.Query(ctx, `
 		SELECT session_id, sender_key FROM crypto_megolm_inbound_session
 		WHERE room_id=$1 AND account_id=$2 AND session IS NOT NULL AND shared_history IS NOT TRUE`, roomID, p.Store.AccountID)
@@ -81,7 +81,7 @@ func (s *Service) withheldSessions(ctx context.Context, p *crypto.Puppet, roomID
 
 // exportSessions reads the room's shared sessions and calls each for every one, exported at its
 // first known index by a pool of workers. Order is not kept: a bundle's order carries no meaning.
-func (s *Service) exportSessions(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, each func(*storedSession) error) error {
+func (s *Service) exportSessions(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, each func(*storedSession) error) error {
 	rows, err := p.Store.DB.Query(ctx, `
 		SELECT session_id, sender_key, signing_key, session
 		FROM crypto_megolm_inbound_session
@@ -139,7 +139,7 @@ func (s *Service) exportSessions(ctx context.Context, p *crypto.Puppet, roomID i
 // that arrived over to-device are never passed on: anyone can send one, and MSC4268 does not use
 // that code there. mautrix keeps withheld entries as inbound-session rows with a withheld code and
 // no session; it has no query for them by room.
-func (s *Service) receivedWithheld(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, each func(keybundle.Withheld) error) error {
+func (s *Service) receivedWithheld(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, each func(keybundle.Withheld) error) error {
 	rows, err := s.db.Raw.Query(ctx, `
 		SELECT session_id, sender_key, withheld_code, COALESCE(withheld_reason, '')
 		FROM crypto_megolm_inbound_session
@@ -162,7 +162,7 @@ func (s *Service) receivedWithheld(ctx context.Context, p *crypto.Puppet, roomID
 }
 
 // countSessions counts the room's sessions, for reporting what an invite did not share.
-func (s *Service) countSessions(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) (int, error) {
+func (s *Service) countSessions(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (int, error) {
 	var n int
 	err := s.db.Raw.QueryRow(ctx, `SELECT COUNT(*) FROM crypto_megolm_inbound_session WHERE account_id=$1 AND room_id=$2`,
 		p.UserID.String(), roomID).Scan(&n)
@@ -171,7 +171,7 @@ func (s *Service) countSessions(ctx context.Context, p *crypto.Puppet, roomID id
 
 // maxBundleSize is the configured cap, lowered to the homeserver's media limit if that is smaller:
 // a bundle over it fails with a clear error before anything is uploaded.
-func (s *Service) maxBundleSize(ctx context.Context, p *crypto.Puppet) int64 {
+func (s *Service) maxBundleSize(ctx context.Context, p *e2ee.Puppet) int64 {
 	limit := s.cfg.HistorySharing.MaxBundleSize
 	if mc, err := p.Client.GetMediaConfig(ctx); err == nil && mc.UploadSize > 0 && mc.UploadSize < limit {
 		zerolog.Ctx(ctx).Debug().Int64("homeserver_limit", mc.UploadSize).Msg("Homeserver media limit caps the bundle size")

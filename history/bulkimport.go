@@ -10,11 +10,11 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	mcrypto "maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/heirloom-matrix/heirloom/crypto"
+	"github.com/heirloom-matrix/heirloom/e2ee"
 )
 
 // importBatch is how many bundle entries are written per statement. SQLite binds at most 32,766
@@ -25,12 +25,12 @@ const importBatch = 500
 // the puppet's exclusive session lock. Sessions the puppet holds under no row yet are inserted with
 // one multi-row statement per batch, in the row format of mautrix's SQL crypto store
 // (crypto_megolm_inbound_session, schema v22 of mautrix-go v0.32.0, checked by a round-trip test).
-// A session ID the puppet holds already goes through crypto.Puppet.StoreSessionInTxn: a key held
+// A session ID the puppet holds already goes through e2ee.Puppet.StoreSessionInTxn: a key held
 // for another room is never touched, and a copy of the same room is merged by MergeSessions.
 type sessionWriter struct {
-	p       *crypto.Puppet
+	p       *e2ee.Puppet
 	sender  id.UserID
-	session []*mcrypto.InboundGroupSession
+	session []*crypto.InboundGroupSession
 	pickles [][]byte
 	// seen holds the session IDs of entries that passed validation: a later entry with the same
 	// ID is a duplicate, an earlier invalid one never counted.
@@ -40,7 +40,7 @@ type sessionWriter struct {
 	refused map[string]int
 }
 
-func newSessionWriter(p *crypto.Puppet, sender id.UserID) *sessionWriter {
+func newSessionWriter(p *e2ee.Puppet, sender id.UserID) *sessionWriter {
 	return &sessionWriter{p: p, sender: sender, seen: make(map[id.SessionID]struct{}), refused: make(map[string]int)}
 }
 
@@ -48,7 +48,7 @@ const reasonDuplicate = "duplicate session in the bundle"
 
 // addPrepared buffers a validated session and its pickle (made by a worker) and writes a full
 // batch. It reports false if the session was not taken (a duplicate of an earlier valid entry).
-func (w *sessionWriter) addPrepared(ctx context.Context, igs *mcrypto.InboundGroupSession, pickled []byte) (bool, error) {
+func (w *sessionWriter) addPrepared(ctx context.Context, igs *crypto.InboundGroupSession, pickled []byte) (bool, error) {
 	if _, dup := w.seen[igs.ID()]; dup {
 		w.refused[reasonDuplicate]++
 		return false, nil
@@ -131,7 +131,7 @@ func (w *sessionWriter) flushSessions(ctx context.Context) error {
 	}
 	const cols = 16
 	args := make([]any, 0, len(w.session)*cols)
-	fresh := make([]*mcrypto.InboundGroupSession, 0, len(w.session))
+	fresh := make([]*crypto.InboundGroupSession, 0, len(w.session))
 	for i, igs := range w.session {
 		if h, ok := held[igs.ID()]; ok {
 			if err = w.storeHeld(ctx, igs, h); err != nil {
@@ -169,7 +169,7 @@ func (w *sessionWriter) flushSessions(ctx context.Context) error {
 
 // storeHeld stores a bundle's copy of a session ID the puppet holds a row for, by StoreSession's
 // rules, and counts what they refused.
-func (w *sessionWriter) storeHeld(ctx context.Context, igs *mcrypto.InboundGroupSession, h crypto.HeldSession) error {
+func (w *sessionWriter) storeHeld(ctx context.Context, igs *crypto.InboundGroupSession, h e2ee.HeldSession) error {
 	stored, reason, err := w.p.StoreSessionInTxn(ctx, igs, &h)
 	if err != nil {
 		return err
@@ -177,7 +177,7 @@ func (w *sessionWriter) storeHeld(ctx context.Context, igs *mcrypto.InboundGroup
 	switch {
 	case stored:
 		w.p.Mach.MarkSessionReceived(ctx, igs.RoomID, igs.ID(), igs.Internal.FirstKnownIndex())
-	case reason == crypto.ReasonHeldNoBetter:
+	case reason == e2ee.ReasonHeldNoBetter:
 		// Held already, as good: nothing to change, nothing refused.
 	default:
 		w.refused[reason]++

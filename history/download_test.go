@@ -12,8 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix"
 
-	"github.com/heirloom-matrix/heirloom/crypto"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -55,7 +55,7 @@ func receivedFixture(t *testing.T, env *benchEnv, n int) (*database.ReceivedBund
 	return rb, body
 }
 
-func pointPuppetAt(t *testing.T, env *benchEnv, url string) *crypto.Puppet {
+func pointPuppetAt(t *testing.T, env *benchEnv, url string) *e2ee.Puppet {
 	t.Helper()
 	p := env.puppet(t, "dst")
 	base, err := mautrix.ParseAndNormalizeBaseURL(url)

@@ -9,13 +9,13 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	mcrypto "maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/heirloom-matrix/heirloom/crypto"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -28,7 +28,7 @@ type importResult struct {
 type bundleItem struct {
 	key      *keybundle.RoomKey
 	withheld *keybundle.Withheld
-	igs      *mcrypto.InboundGroupSession
+	igs      *crypto.InboundGroupSession
 	pickled  []byte
 	err      error
 }
@@ -37,7 +37,7 @@ type bundleItem struct {
 // imported in the same transaction: keys of the bundle's room only, each checked against its
 // session ID, never over a key the puppet holds for another room, merged with a copy of the same
 // room so a better (earlier index) or better-trusted session is never replaced and no flag or
-// provenance is laundered (crypto.MergeSessions), each remembering who shared it. If the bundle
+// provenance is laundered (e2ee.MergeSessions), each remembering who shared it. If the bundle
 // turns out malformed or its hash does not verify at the end, nothing of it is kept, and the
 // counts say so.
 //
@@ -45,7 +45,7 @@ type bundleItem struct {
 // Ed25519 point validation per session) run on every core while the writer inserts in batches.
 // The puppet's sessions are locked for the whole transaction (Puppet.LockSessionsExclusive), so no
 // decryption writes a session back in between.
-func (s *Service) importBundle(ctx context.Context, p *crypto.Puppet, b *database.ReceivedBundle, plaintext io.ReadCloser) (importResult, error) {
+func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.ReceivedBundle, plaintext io.ReadCloser) (importResult, error) {
 	var res importResult
 	log := zerolog.Ctx(ctx)
 	defer p.LockSessionsExclusive()()
@@ -186,7 +186,7 @@ const maxWithheldField = 1024
 
 // prepareSession turns a bundle entry into an inbound session (checking the session ID against
 // the key) and its pickle, ready for the database.
-func (s *Service) prepareSession(key keybundle.RoomKey, b *database.ReceivedBundle, maxAge time.Duration, maxMessages int) (*mcrypto.InboundGroupSession, []byte, error) {
+func (s *Service) prepareSession(key keybundle.RoomKey, b *database.ReceivedBundle, maxAge time.Duration, maxMessages int) (*crypto.InboundGroupSession, []byte, error) {
 	igs, err := sessionFromBundle(key, b, maxAge, maxMessages)
 	if err != nil {
 		return nil, nil, err
@@ -197,7 +197,7 @@ func (s *Service) prepareSession(key keybundle.RoomKey, b *database.ReceivedBund
 
 // sessionFromBundle turns a bundle entry into an inbound session, checking the keys' form and the
 // session ID against the key. The room's rotation limits are the same as for a key received directly.
-func sessionFromBundle(key keybundle.RoomKey, b *database.ReceivedBundle, maxAge time.Duration, maxMessages int) (*mcrypto.InboundGroupSession, error) {
+func sessionFromBundle(key keybundle.RoomKey, b *database.ReceivedBundle, maxAge time.Duration, maxMessages int) (*crypto.InboundGroupSession, error) {
 	if !keybundle.ValidKey(string(key.SenderKey)) || !keybundle.ValidKey(string(key.SenderClaimedKeys.Ed25519)) {
 		return nil, errMalformedKeys
 	}
@@ -209,7 +209,7 @@ func sessionFromBundle(key keybundle.RoomKey, b *database.ReceivedBundle, maxAge
 		return nil, errSessionIDMismatch
 	}
 	shared := true
-	return &mcrypto.InboundGroupSession{
+	return &crypto.InboundGroupSession{
 		Internal:         internal,
 		SigningKey:       key.SenderClaimedKeys.Ed25519,
 		SenderKey:        key.SenderKey,

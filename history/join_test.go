@@ -14,8 +14,8 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/heirloom-matrix/heirloom/crypto"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/e2ee"
 )
 
 // joinHomeserver is a homeserver for one room the puppet joins: the join answers, the puppet's
@@ -72,7 +72,7 @@ func newJoinHomeserver(t *testing.T, media []byte) *joinHomeserver {
 
 // joinFixture is a puppet invited by alice, whose bundle for the room arrived and waits for the
 // join: alice's device is one the puppet trusts, so only the invite rules decide.
-func joinFixture(t *testing.T) (*benchEnv, *crypto.Puppet, *joinHomeserver, *database.ReceivedBundle) {
+func joinFixture(t *testing.T) (*benchEnv, *e2ee.Puppet, *joinHomeserver, *database.ReceivedBundle) {
 	t.Helper()
 	env := newBenchEnv(t)
 	rb, body := receivedFixture(t, env, 20)
@@ -86,7 +86,7 @@ func joinFixture(t *testing.T) (*benchEnv, *crypto.Puppet, *joinHomeserver, *dat
 	return env, p, hs, rb
 }
 
-func invite(t *testing.T, env *benchEnv, p *crypto.Puppet, eventID id.EventID, membership event.Membership) {
+func invite(t *testing.T, env *benchEnv, p *e2ee.Puppet, eventID id.EventID, membership event.Membership) {
 	t.Helper()
 	stateKey := p.UserID.String()
 	evt := &event.Event{ID: eventID, Type: event.StateMember, RoomID: benchRoom, Sender: "@alice:localhost", StateKey: &stateKey,

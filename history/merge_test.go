@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	mcrypto "maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/id"
 
@@ -41,7 +41,7 @@ func TestBundleCannotReplaceHeldKeyWithForgery(t *testing.T) {
 		require.NoError(t, err)
 	}
 	shared := true
-	held, err := mcrypto.NewInboundGroupSession("senderkey", "signingkey", benchRoom, out.Key(), time.Hour, 100, &shared, false)
+	held, err := crypto.NewInboundGroupSession("senderkey", "signingkey", benchRoom, out.Key(), time.Hour, 100, &shared, false)
 	require.NoError(t, err)
 	require.NoError(t, p.Mach.StoreGroupSession(ctx, held))
 	require.EqualValues(t, 5, held.Internal.FirstKnownIndex())

@@ -12,12 +12,12 @@ import (
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
-	mcrypto "maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/heirloom-matrix/heirloom/crypto"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -35,7 +35,7 @@ func receivedOwner(b *database.ReceivedBundle) string {
 
 // receiveBundle stores a bundle's details as they arrive over Olm; it does not download anything
 // unless the puppet already accepted an invite from the sender (MSC4268: no DoS by bundle).
-func (s *Service) receiveBundle(ctx context.Context, p *crypto.Puppet, evt *mcrypto.DecryptedOlmEvent, content *crypto.BundleContent) {
+func (s *Service) receiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto.DecryptedOlmEvent, content *e2ee.BundleContent) {
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", content.RoomID).
 		Stringer("sender", evt.Sender).Str("type", content.Type.Type).Logger()
 	if err := keybundle.ValidateSenderDeviceKeys(evt.Sender, evt.SenderKey, evt.Keys.Ed25519, evt.SenderDeviceKeys); err != nil {
@@ -169,7 +169,7 @@ func (s *Service) ObserveJoin(ctx context.Context, evt *event.Event) {
 // Join joins the room as the puppet. If the puppet was invited, the acceptance is recorded durably
 // before the join is sent, bound to the join that replaced the invite once the homeserver names it,
 // and the inviter's bundle, if it arrived, is imported before Join returns.
-func (s *Service) Join(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) (*JoinResult, error) {
+func (s *Service) Join(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (*JoinResult, error) {
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", roomID).Logger()
 	// Nothing here may depend on the caller staying: a request cancelled half-way (the bridge gave
 	// up waiting) would otherwise leave a join done on the homeserver and its bundle pending,
@@ -218,7 +218,7 @@ func (s *Service) Join(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) 
 	log.Info().Stringer("inviter", inv.Inviter).Msg("Joined room from invite")
 	result.Bundle = s.tryAccept(ctx, p, roomID)
 	if result.Bundle == nil {
-		// The bundle may be waiting in the device inbox, never pushed (see crypto.SweepToDevice).
+		// The bundle may be waiting in the device inbox, never pushed (see e2ee.SweepToDevice).
 		if n, err := p.SweepToDevice(ctx, true); err != nil {
 			log.Warn().Err(err).Msg("Failed to sweep to-device messages after joining")
 		} else if n > 0 {
@@ -231,7 +231,7 @@ func (s *Service) Join(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) 
 
 // ownJoin reads the puppet's own member event in the room from the homeserver, with what it
 // replaced (Synapse names it in unsigned: replaces_state, prev_content, prev_sender).
-func (s *Service) ownJoin(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) (keybundle.JoinInfo, bool) {
+func (s *Service) ownJoin(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (keybundle.JoinInfo, bool) {
 	var evt event.Event
 	url := p.Client.BuildURLWithQuery(mautrix.ClientURLPath{"v3", "rooms", roomID, "state", event.StateMember.Type, p.UserID},
 		map[string]string{"format": "event"})
@@ -265,7 +265,7 @@ func describe(b *database.ReceivedBundle, inviter id.UserID) string {
 // tryAccept imports the inviter's bundle for the room if every rule allows it now. It runs right
 // after a join, when a bundle arrives after the join, on retries and at startup; a per-room lock
 // keeps two of them from importing the same bundle at once.
-func (s *Service) tryAccept(ctx context.Context, p *crypto.Puppet, roomID id.RoomID) *database.ReceivedBundle {
+func (s *Service) tryAccept(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) *database.ReceivedBundle {
 	defer s.acceptLock.WithLock(p.UserID.String() + "|" + roomID.String())()
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", roomID).Logger()
 	ctx = log.WithContext(ctx)
@@ -322,7 +322,7 @@ func (s *Service) rejectOthers(ctx context.Context, puppet id.UserID, roomID id.
 
 // senderTrust queries the sender's keys fresh and resolves the trust in the sending device, using
 // the device keys from the Olm message if the device has since been deleted (MSC4147).
-func (s *Service) senderTrust(ctx context.Context, p *crypto.Puppet, b *database.ReceivedBundle) id.TrustState {
+func (s *Service) senderTrust(ctx context.Context, p *e2ee.Puppet, b *database.ReceivedBundle) id.TrustState {
 	devices, err := p.Mach.FetchKeys(ctx, []id.UserID{b.Sender}, true)
 	if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to query the bundle sender's keys")
@@ -347,7 +347,7 @@ func (s *Service) senderTrust(ctx context.Context, p *crypto.Puppet, b *database
 // decrypts and imports it. It sets b's state: imported, expired (media gone), retry or failed. It
 // reports whether the state is saved already: an imported bundle's state is written in the
 // import's own transaction, so a crash can never leave the keys stored and the bundle pending.
-func (s *Service) downloadAndImport(ctx context.Context, p *crypto.Puppet, b *database.ReceivedBundle) (saved bool) {
+func (s *Service) downloadAndImport(ctx context.Context, p *e2ee.Puppet, b *database.ReceivedBundle) (saved bool) {
 	var info event.EncryptedFileInfo
 	if err := p.Manager().Sealer.OpenJSON(receivedOwner(b), b.FileInfo, &info); err != nil {
 		b.State, b.Error = database.ReceivedFailed, err.Error()
@@ -393,7 +393,7 @@ var errHashMismatch = errors.New("bundle hash does not match: refusing it")
 
 // download streams the encrypted bundle into a temporary file, refusing more than the size cap
 // before reading it all, and checks its SHA-256 hash.
-func (s *Service) download(ctx context.Context, p *crypto.Puppet, info *event.EncryptedFileInfo) (*os.File, error) {
+func (s *Service) download(ctx context.Context, p *e2ee.Puppet, info *event.EncryptedFileInfo) (*os.File, error) {
 	mxc, err := info.URL.Parse()
 	if err != nil {
 		return nil, fmt.Errorf("bad bundle URL: %w", err)

@@ -12,14 +12,14 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix"
-	mcrypto "maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/config"
-	"github.com/heirloom-matrix/heirloom/crypto"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/internal/testdb"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
@@ -59,9 +59,9 @@ func (m *megolmKey) entry(t *testing.T, roomID id.RoomID, index uint32) keybundl
 }
 
 // holdDirect stores the session for the puppet as an m.room_key from its creator would.
-func holdDirect(t *testing.T, p *crypto.Puppet, m *megolmKey, roomID id.RoomID, shared bool) {
+func holdDirect(t *testing.T, p *e2ee.Puppet, m *megolmKey, roomID id.RoomID, shared bool) {
 	t.Helper()
-	igs, err := mcrypto.NewInboundGroupSession(validCurve, validEd, roomID, m.out.Key(), time.Hour, 100, &shared, false)
+	igs, err := crypto.NewInboundGroupSession(validCurve, validEd, roomID, m.out.Key(), time.Hour, 100, &shared, false)
 	require.NoError(t, err)
 	require.NoError(t, p.Mach.StoreGroupSession(context.Background(), igs))
 }
@@ -79,7 +79,7 @@ func bundleOf(t *testing.T, keys []keybundle.RoomKey, withheld []keybundle.Withh
 	return data
 }
 
-func importPlain(t *testing.T, env *benchEnv, p *crypto.Puppet, plaintext []byte) (importResult, error) {
+func importPlain(t *testing.T, env *benchEnv, p *e2ee.Puppet, plaintext []byte) (importResult, error) {
 	t.Helper()
 	rb := storedBundle(t, env, p.UserID, "@inviter:localhost")
 	return env.svc.importBundle(context.Background(), p, rb, io.NopCloser(bytes.NewReader(plaintext)))
@@ -94,7 +94,7 @@ type rowOf struct {
 	SourceUser string
 }
 
-func sessionRow(t *testing.T, env *benchEnv, p *crypto.Puppet, sessionID id.SessionID) *rowOf {
+func sessionRow(t *testing.T, env *benchEnv, p *e2ee.Puppet, sessionID id.SessionID) *rowOf {
 	t.Helper()
 	var r rowOf
 	err := env.db.Raw.QueryRow(context.Background(), `SELECT room_id, session, shared_history, key_source, source_user
@@ -283,7 +283,7 @@ func TestHonestMergeKeepsTheBetterSessionBothWays(t *testing.T) {
 	require.EqualValues(t, 0, held.Internal.FirstKnownIndex())
 
 	// Nor does a direct copy at a later index; the other way round, a direct copy at an earlier
-	// index than an imported one wins its index and provenance (crypto.MergeSessions' table).
+	// index than an imported one wins its index and provenance (e2ee.MergeSessions' table).
 	holdDirect(t, p, m, benchRoom, true)
 	held, err = p.Store.GetGroupSession(ctx, benchRoom, m.out.ID())
 	require.NoError(t, err)

@@ -12,8 +12,8 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/heirloom-matrix/heirloom/crypto"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -61,7 +61,7 @@ func report(b *database.SentBundle) *BundleReport {
 // invites. The bundle row is created first, so the invite's echo in the transaction stream finds it
 // and does not build a second bundle, however late it comes; the invite's event ID is recorded as
 // soon as the homeserver names it.
-func (s *Service) Invite(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, invitee id.UserID, share bool) (*InviteResult, error) {
+func (s *Service) Invite(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, invitee id.UserID, share bool) (*InviteResult, error) {
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", roomID).Stringer("invitee", invitee).Logger()
 	ctx = log.WithContext(ctx)
 	if err := p.Manager().EnsureRoomState(ctx, p.Client, roomID); err != nil {
@@ -92,7 +92,7 @@ func (s *Service) Invite(ctx context.Context, p *crypto.Puppet, roomID id.RoomID
 }
 
 // inviteEventID asks the homeserver for the invitee's member event, if it is the puppet's invite.
-func (s *Service) inviteEventID(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, invitee id.UserID) id.EventID {
+func (s *Service) inviteEventID(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, invitee id.UserID) id.EventID {
 	evt, err := memberEvent(ctx, p, roomID, invitee)
 	if err != nil || evt.Sender != p.UserID || evt.Content.AsMember().Membership != event.MembershipInvite {
 		return ""
@@ -101,7 +101,7 @@ func (s *Service) inviteEventID(ctx context.Context, p *crypto.Puppet, roomID id
 }
 
 // memberEvent reads a user's current member event in the room, with its unsigned data.
-func memberEvent(ctx context.Context, p *crypto.Puppet, roomID id.RoomID, userID id.UserID) (*event.Event, error) {
+func memberEvent(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, userID id.UserID) (*event.Event, error) {
 	var evt event.Event
 	url := p.Client.BuildURLWithQuery(mautrix.ClientURLPath{"v3", "rooms", roomID, "state", event.StateMember.Type, userID},
 		map[string]string{"format": "event"})
@@ -153,7 +153,7 @@ func (s *Service) shareForInvite(ctx context.Context, evt *event.Event) {
 }
 
 // share runs the sender side of MSC4268 for one invite and records every step in b.
-func (s *Service) share(ctx context.Context, p *crypto.Puppet, b *database.SentBundle) error {
+func (s *Service) share(ctx context.Context, p *e2ee.Puppet, b *database.SentBundle) error {
 	if err := s.db.PutSentBundle(ctx, b); err != nil {
 		return fmt.Errorf("failed to record bundle: %w", err)
 	}
@@ -187,7 +187,7 @@ func (s *Service) share(ctx context.Context, p *crypto.Puppet, b *database.SentB
 
 // buildAndUpload decides whether anything may be shared, with whom, and uploads the bundle.
 // It leaves b in SentUploaded (deliver next) or in a final state with a reason.
-func (s *Service) buildAndUpload(ctx context.Context, p *crypto.Puppet, b *database.SentBundle) error {
+func (s *Service) buildAndUpload(ctx context.Context, p *e2ee.Puppet, b *database.SentBundle) error {
 	encrypted, err := p.Mach.StateStore.IsEncrypted(ctx, b.RoomID)
 	if err != nil {
 		return err
@@ -257,7 +257,7 @@ func bundleOwner(b *database.SentBundle) string { return "bundle-sent:" + b.Bund
 // bundleRecipients picks the invitee's devices for a new bundle (recipients). Every device gets a
 // delivery row: pending (Delivered false, no reason) or skipped with the reason. A non-empty
 // reason means nobody gets the bundle.
-func (s *Service) bundleRecipients(ctx context.Context, p *crypto.Puppet, b *database.SentBundle) ([]database.Delivery, string, error) {
+func (s *Service) bundleRecipients(ctx context.Context, p *e2ee.Puppet, b *database.SentBundle) ([]database.Delivery, string, error) {
 	targets, reason, err := s.recipients(ctx, p, b.Invitee)
 	if err != nil || reason == ReasonNoCrossSigning || reason == ReasonIdentityChanged {
 		return nil, reason, err
@@ -277,7 +277,7 @@ func (s *Service) bundleRecipients(ctx context.Context, p *crypto.Puppet, b *dat
 // invitee's current cross-signing identity (no reason), the others (with the reason). The reason
 // returned says why nobody may get anything: no identity, an identity that changed since heirloom
 // first saw it, or no signed device.
-func (s *Service) recipients(ctx context.Context, p *crypto.Puppet, invitee id.UserID) ([]database.Delivery, string, error) {
+func (s *Service) recipients(ctx context.Context, p *e2ee.Puppet, invitee id.UserID) ([]database.Delivery, string, error) {
 	devices, err := p.Mach.FetchKeys(ctx, []id.UserID{invitee}, true)
 	if err != nil {
 		return nil, "", fmt.Errorf("failed to query invitee keys: %w", err)
@@ -315,7 +315,7 @@ func (s *Service) recipients(ctx context.Context, p *crypto.Puppet, invitee id.U
 
 // deliver sends the bundle's details over Olm to each pending device and records each outcome.
 // It is idempotent per device, so a delivery a restart interrupted finishes without repeats.
-func (s *Service) deliver(ctx context.Context, p *crypto.Puppet, b *database.SentBundle) error {
+func (s *Service) deliver(ctx context.Context, p *e2ee.Puppet, b *database.SentBundle) error {
 	var info event.EncryptedFileInfo
 	if err := p.Manager().Sealer.OpenJSON(bundleOwner(b), b.FileInfo, &info); err != nil {
 		return err
@@ -440,7 +440,7 @@ func (s *Service) resumeDelivery(ctx context.Context, b *database.SentBundle) {
 
 // recheckDelivery checks an uploaded bundle before it is delivered late. It returns a reason not
 // to deliver at all, or wait if the invite has not been sent yet.
-func (s *Service) recheckDelivery(ctx context.Context, p *crypto.Puppet, b *database.SentBundle) (reason string, wait bool, err error) {
+func (s *Service) recheckDelivery(ctx context.Context, p *e2ee.Puppet, b *database.SentBundle) (reason string, wait bool, err error) {
 	if time.Since(time.UnixMilli(b.CreatedAt)) > s.deliveryBound() {
 		return ReasonDeliveryTooLate, false, nil
 	}

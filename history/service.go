@@ -13,8 +13,8 @@ import (
 	"maunium.net/go/mautrix/event"
 
 	"github.com/heirloom-matrix/heirloom/config"
-	"github.com/heirloom-matrix/heirloom/crypto"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/e2ee"
 )
 
 // Service is heirloom's MSC4268 implementation at the edge: it builds, uploads and delivers bundles
@@ -22,7 +22,7 @@ import (
 type Service struct {
 	cfg *config.Config
 	db  *database.Database
-	mgr *crypto.Manager
+	mgr *e2ee.Manager
 	// TempDir holds encrypted bundles between building and uploading, and between download and import.
 	TempDir string
 	// retryBase is the first retry delay after a failed download; it doubles per attempt.
@@ -33,7 +33,7 @@ type Service struct {
 }
 
 // NewService creates the service and registers it for the bundles puppets receive.
-func NewService(cfg *config.Config, db *database.Database, mgr *crypto.Manager) *Service {
+func NewService(cfg *config.Config, db *database.Database, mgr *e2ee.Manager) *Service {
 	s := &Service{
 		cfg: cfg, db: db, mgr: mgr, TempDir: os.TempDir(),
 		retryBase: 5 * time.Second, maxAttempts: 8,

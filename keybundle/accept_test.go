@@ -7,7 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix"
-	mcrypto "maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/signatures"
 	"maunium.net/go/mautrix/id"
 
@@ -69,9 +69,9 @@ func TestDecide(t *testing.T) {
 }
 
 // deviceKeys returns self-signed device keys of a fresh Olm account, as mautrix uploads them.
-func deviceKeys(t *testing.T, userID id.UserID, deviceID id.DeviceID) (*mautrix.DeviceKeys, *mcrypto.OlmAccount) {
+func deviceKeys(t *testing.T, userID id.UserID, deviceID id.DeviceID) (*mautrix.DeviceKeys, *crypto.OlmAccount) {
 	t.Helper()
-	account := mcrypto.NewOlmAccount()
+	account := crypto.NewOlmAccount()
 	keys := &mautrix.DeviceKeys{
 		UserID:     userID,
 		DeviceID:   deviceID,
@@ -85,7 +85,7 @@ func deviceKeys(t *testing.T, userID id.UserID, deviceID id.DeviceID) (*mautrix.
 	return keys, account
 }
 
-func sign(t *testing.T, account *mcrypto.OlmAccount, keys *mautrix.DeviceKeys) {
+func sign(t *testing.T, account *crypto.OlmAccount, keys *mautrix.DeviceKeys) {
 	t.Helper()
 	sig, err := account.SignJSON(keys)
 	require.NoError(t, err)
@@ -160,14 +160,14 @@ func TestValidateSenderDeviceKeys(t *testing.T) {
 		name: "ed25519 key differs from the Olm message's",
 		prepare: func(t *testing.T) (*mautrix.DeviceKeys, id.SenderKey, id.Ed25519) {
 			keys, acc := deviceKeys(t, sender, device)
-			return viaJSON(t, keys), acc.IdentityKey(), mcrypto.NewOlmAccount().SigningKey()
+			return viaJSON(t, keys), acc.IdentityKey(), crypto.NewOlmAccount().SigningKey()
 		},
 		wantErr: keybundle.ErrDeviceKeysMismatch,
 	}, {
 		name: "curve25519 key differs from the Olm session's",
 		prepare: func(t *testing.T) (*mautrix.DeviceKeys, id.SenderKey, id.Ed25519) {
 			keys, acc := deviceKeys(t, sender, device)
-			return viaJSON(t, keys), mcrypto.NewOlmAccount().IdentityKey(), acc.SigningKey()
+			return viaJSON(t, keys), crypto.NewOlmAccount().IdentityKey(), acc.SigningKey()
 		},
 		wantErr: keybundle.ErrDeviceKeysMismatch,
 	}, {
@@ -205,7 +205,7 @@ func TestValidateSenderDeviceKeys(t *testing.T) {
 		name: "signed by another device",
 		prepare: func(t *testing.T) (*mautrix.DeviceKeys, id.SenderKey, id.Ed25519) {
 			keys, acc := deviceKeys(t, sender, device)
-			sign(t, mcrypto.NewOlmAccount(), keys)
+			sign(t, crypto.NewOlmAccount(), keys)
 			return viaJSON(t, keys), acc.IdentityKey(), acc.SigningKey()
 		},
 		wantErr: keybundle.ErrDeviceKeysBadSignature,

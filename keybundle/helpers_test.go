@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	mcrypto "maunium.net/go/mautrix/crypto" // also registers the pure-Go Olm (goolm tag)
+	"maunium.net/go/mautrix/crypto" // also registers the pure-Go Olm (goolm tag)
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/id"
 
@@ -36,7 +36,7 @@ func newMegolm(t testing.TB) *megolm {
 	in, err := olm.NewInboundGroupSession([]byte(out.Key()))
 	require.NoError(t, err)
 	require.Equal(t, out.ID(), in.ID())
-	account := mcrypto.NewOlmAccount()
+	account := crypto.NewOlmAccount()
 	signing, identity := account.Keys()
 	return &megolm{inbound: in, senderKey: identity, signingKey: signing}
 }

@@ -8,9 +8,9 @@ targets=(
   "./keybundle FuzzDecode"
   "./keybundle FuzzHistoryFlagJSON"
   "./keybundle FuzzWriteRoomKeyMatchesEncodingJSON"
-  "./crypto FuzzRoomKeyContent"
-  "./crypto FuzzBundleContent"
-  "./appservice FuzzParseTransaction"
+  "./e2ee FuzzRoomKeyContent"
+  "./e2ee FuzzBundleContent"
+  "./server FuzzParseTransaction"
 )
 for t in "${targets[@]}"; do
   read -r pkg name <<<"$t"

@@ -1,0 +1,263 @@
+// Package e2ee makes every puppet a real end-to-end-encrypted Matrix user: one device, one Olm
+// account in the shared crypto store and one cross-signing identity per puppet, with the
+// OlmMachines loaded lazily, routed to from the transaction stream, and evicted when idle.
+package e2ee
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
+	"go.mau.fi/util/exsync"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/config"
+	"github.com/heirloom-matrix/heirloom/database"
+)
+
+// ErrNotProvisioned means the user is in the puppet namespace but was never provisioned.
+var ErrNotProvisioned = errors.New("puppet is not provisioned")
+
+// Manager owns the puppets' machines.
+type Manager struct {
+	cfg       *config.Config
+	db        *database.Database
+	hsURL     *mautrix.Client // template: homeserver URL, HTTP client
+	pickleKey []byte
+	Sealer    *Sealer
+	// Pickles reads and writes stored megolm sessions fast, in goolm's format.
+	Pickles    *PickleCipher
+	maxLoaded  int
+	idleEvict  time.Duration
+	provisions exsync.KeyedMutex[id.UserID]
+
+	// shared reaches the tables mautrix's crypto store keeps for all accounts at once: tracked
+	// users and their device lists, devices, cross-signing keys and signatures. Built once, with
+	// no account; each puppet's own store holds its account's rows.
+	shared *crypto.SQLCryptoStore
+
+	lock     sync.Mutex
+	machines map[id.UserID]*Puppet
+	gates    sync.Map // id.UserID → *sessionGate
+
+	// OnRoomKeyBundle is called with every Olm-decrypted room key bundle a puppet receives.
+	OnRoomKeyBundle func(ctx context.Context, p *Puppet, evt *crypto.DecryptedOlmEvent, content *BundleContent)
+}
+
+// NewManager creates a manager. httpClient is shared by every puppet's client.
+func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Client) (*Manager, error) {
+	hsURL, err := mautrix.ParseAndNormalizeBaseURL(cfg.Homeserver.Address)
+	if err != nil {
+		return nil, fmt.Errorf("failed to parse homeserver address: %w", err)
+	}
+	pickleKey := []byte(cfg.Encryption.PickleKey)
+	sealer, err := NewSealer(pickleKey)
+	if err != nil {
+		return nil, err
+	}
+	pickles, err := NewPickleCipher(pickleKey)
+	if err != nil {
+		return nil, err
+	}
+	return &Manager{
+		cfg:       cfg,
+		db:        db,
+		hsURL:     &mautrix.Client{HomeserverURL: hsURL, Client: httpClient},
+		pickleKey: pickleKey,
+		Sealer:    sealer,
+		Pickles:   pickles,
+		shared:    crypto.NewSQLCryptoStore(db.Raw, dbutil.ZeroLogger(zerolog.Nop()), "", "", pickleKey),
+		maxLoaded: 2000,
+		idleEvict: 30 * time.Minute,
+		machines:  make(map[id.UserID]*Puppet),
+	}, nil
+}
+
+// Puppet is one loaded puppet: its client (masquerading as the puppet and its device) and its OlmMachine.
+type Puppet struct {
+	UserID   id.UserID
+	DeviceID id.DeviceID
+	Client   *mautrix.Client
+	Mach     *crypto.OlmMachine
+	Store    *crypto.SQLCryptoStore
+
+	mgr      *Manager
+	roomLock exsync.KeyedMutex[id.RoomID]
+	lastUsed time.Time
+
+	sweepLock sync.Mutex
+	lastSweep time.Time
+
+	// departuresSeen holds, per outbound session, the leave and ban events already in the member
+	// list it was created from: those members never held it, so they do not rotate it.
+	departuresLock sync.Mutex
+	departuresSeen map[id.SessionID]map[id.EventID]struct{}
+}
+
+// client returns a client acting as userID (and deviceID, if set) through the appservice token.
+func (m *Manager) client(userID id.UserID, deviceID id.DeviceID, log zerolog.Logger) *mautrix.Client {
+	cli := &mautrix.Client{
+		HomeserverURL:       m.hsURL.HomeserverURL,
+		UserID:              userID,
+		DeviceID:            deviceID,
+		AccessToken:         m.cfg.AppService.ASToken,
+		SetAppServiceUserID: true,
+		UserAgent:           "heirloom",
+		StateStore:          m.db.StateStore,
+		Client:              m.hsURL.Client,
+		Log:                 log,
+		DefaultHTTPRetries:  2,
+	}
+	cli.SetAppServiceDeviceID = deviceID != ""
+	return cli
+}
+
+// Client returns a client acting as userID without a device, for calls that need none.
+func (m *Manager) Client(ctx context.Context, userID id.UserID) *mautrix.Client {
+	return m.client(userID, "", zerolog.Ctx(ctx).With().Stringer("as_user_id", userID).Logger())
+}
+
+// Get returns the loaded puppet, loading its machine from the store if needed.
+func (m *Manager) Get(ctx context.Context, userID id.UserID) (*Puppet, error) {
+	m.lock.Lock()
+	p, ok := m.machines[userID]
+	if ok {
+		p.lastUsed = time.Now()
+		m.lock.Unlock()
+		return p, nil
+	}
+	m.lock.Unlock()
+	row, err := m.db.GetPuppet(ctx, userID)
+	if err != nil {
+		return nil, fmt.Errorf("failed to get puppet: %w", err)
+	} else if row == nil || !row.Ready {
+		return nil, ErrNotProvisioned
+	}
+	return m.load(ctx, row)
+}
+
+// Loaded returns the machines currently in memory.
+func (m *Manager) Loaded() []*Puppet {
+	m.lock.Lock()
+	defer m.lock.Unlock()
+	out := make([]*Puppet, 0, len(m.machines))
+	for _, p := range m.machines {
+		out = append(out, p)
+	}
+	return out
+}
+
+// LoadedCount returns how many machines are in memory.
+func (m *Manager) LoadedCount() int {
+	m.lock.Lock()
+	defer m.lock.Unlock()
+	return len(m.machines)
+}
+
+func (m *Manager) load(ctx context.Context, row *database.Puppet) (*Puppet, error) {
+	defer m.provisions.WithLock(row.UserID)()
+	m.lock.Lock()
+	if p, ok := m.machines[row.UserID]; ok {
+		m.lock.Unlock()
+		return p, nil
+	}
+	m.lock.Unlock()
+	p, err := m.newMachine(ctx, row.UserID, row.DeviceID)
+	if err != nil {
+		return nil, err
+	}
+	if row.CrossSigningSeeds != "" {
+		seeds, err := m.Sealer.openSeeds(string(row.UserID), row.CrossSigningSeeds)
+		if err != nil {
+			return nil, err
+		}
+		if err = p.Mach.ImportCrossSigningKeys(seeds); err != nil {
+			return nil, fmt.Errorf("failed to import cross-signing keys: %w", err)
+		}
+	}
+	m.remember(p)
+	return p, nil
+}
+
+func (m *Manager) remember(p *Puppet) {
+	m.lock.Lock()
+	defer m.lock.Unlock()
+	p.lastUsed = time.Now()
+	m.machines[p.UserID] = p
+	if len(m.machines) > m.maxLoaded {
+		m.evictLocked(len(m.machines) - m.maxLoaded)
+	}
+}
+
+// evictLocked drops up to n least recently used machines. Their state is all in the database.
+// A machine used within the last minute stays even over the cap: a caller may still hold it, and
+// a second machine for the same device would keep its own in-memory Olm state.
+func (m *Manager) evictLocked(n int) {
+	for ; n > 0; n-- {
+		var oldest *Puppet
+		for _, p := range m.machines {
+			if oldest == nil || p.lastUsed.Before(oldest.lastUsed) {
+				oldest = p
+			}
+		}
+		if oldest == nil || time.Since(oldest.lastUsed) < time.Minute {
+			return
+		}
+		oldest.Mach.Destroy()
+		delete(m.machines, oldest.UserID)
+	}
+}
+
+// EvictIdle unloads machines unused for longer than the idle limit.
+func (m *Manager) EvictIdle() int {
+	m.lock.Lock()
+	defer m.lock.Unlock()
+	n := 0
+	for uid, p := range m.machines {
+		if time.Since(p.lastUsed) > m.idleEvict {
+			p.Mach.Destroy()
+			delete(m.machines, uid)
+			n++
+		}
+	}
+	return n
+}
+
+// newMachine builds the client, store and OlmMachine of a puppet device and loads its Olm account.
+func (m *Manager) newMachine(ctx context.Context, userID id.UserID, deviceID id.DeviceID) (*Puppet, error) {
+	log := zerolog.Ctx(ctx).With().Stringer("puppet", userID).Stringer("device_id", deviceID).Logger()
+	cli := m.client(userID, deviceID, log)
+	store := crypto.NewSQLCryptoStore(m.db.Raw, dbutil.ZeroLogger(log), userID.String(), deviceID, m.pickleKey)
+	mach := crypto.NewOlmMachine(cli, &log, store, m.db.StateStore)
+	// heirloom shares room keys itself (sharing.go); mautrix must not rotate behind its back.
+	mach.DisableDeviceChangeKeyRotation = true
+	mach.SetMegolmDecryptLock(m.gate(userID).megolmLock)
+	mach.AllowKeyShare = refuseOtherUsersKeyRequests(mach)
+	if err := mach.Load(ctx); err != nil {
+		return nil, fmt.Errorf("failed to load olm account: %w", err)
+	}
+	p := &Puppet{UserID: userID, DeviceID: deviceID, Client: cli, Mach: mach, Store: store, mgr: m}
+	mach.SetBackgroundCtx(context.WithoutCancel(log.WithContext(ctx)))
+	return p, nil
+}
+
+// LockRoom serializes the puppet's encryption work in a room (sending, sharing a bundle).
+func (p *Puppet) LockRoom(roomID id.RoomID) func() {
+	return p.roomLock.WithLock(roomID)
+}
+
+// Manager returns the manager that loaded the puppet.
+func (p *Puppet) Manager() *Manager { return p.mgr }
+
+// LocalPuppet loads (or creates) the Olm machine of a puppet device from the store without
+// touching the homeserver: for tools, tests and benchmarks that work on stored keys only.
+func (m *Manager) LocalPuppet(ctx context.Context, userID id.UserID, deviceID id.DeviceID) (*Puppet, error) {
+	return m.newMachine(ctx, userID, deviceID)
+}

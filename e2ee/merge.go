@@ -1,0 +1,100 @@
+package e2ee
+
+import (
+	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/id"
+)
+
+// Reasons a copy of a session is not stored (logged, and counted as skipped in a bundle's report).
+const (
+	ReasonOtherRoom    = "session is held for another room"
+	ReasonContradicts  = "key contradicts the session already held"
+	ReasonOtherSender  = "key claims another sender than the session already held"
+	ReasonHeldNoBetter = "session already held at an index as early"
+)
+
+// isDirect reports whether a copy came over Olm from the device that created the session (an
+// m.room_key, or the puppet's own outbound session), rather than from someone else's word.
+func isDirect(s *crypto.InboundGroupSession) bool {
+	return s.KeySource == id.KeySourceDirect || s.KeySource == ""
+}
+
+func sharesHistory(s *crypto.InboundGroupSession) bool {
+	return s.SharedHistory != nil && *s.SharedHistory
+}
+
+// MergeSessions decides what the stored row of a megolm session becomes when a second copy of it
+// arrives. held and incoming are copies of the same session ID in the same room (the caller checks
+// both: a copy claiming another room never reaches this). It returns the row to store, or nil and
+// the reason to keep held unchanged. Neither input is modified.
+//
+// mautrix's own merge compares first indexes only and keeps the newer copy's flags, which lets a
+// copy launder what the older one said. heirloom's rules, field by field:
+//
+//   - ratchet: two copies must be the same ratchet (SameRatchet). If they are not, one is forged:
+//     a copy received directly (signed by the session's own key inside m.room_key) replaces an
+//     imported copy; in every other case the held copy stays and the incoming one is dropped.
+//   - sender claims (sender_key, signing_key): the direct copy's, which Olm authenticated. Two
+//     copies that are both direct or both imported and claim different senders: the held stays.
+//   - index: the earlier first known index wins, and the row takes that copy's provenance
+//     (key_source, source_user, forwarding chain): keys_shared_by then names whoever supplied the
+//     earliest messages. At equal indexes a direct copy's provenance wins.
+//   - shared_history: true only if both copies say true. A session someone once marked not
+//     shareable is never turned shareable by another copy.
+//   - limits (max_age, max_messages, is_scheduled): the direct copy's, else the held copy's.
+//   - received_at: the earlier of the two.
+func MergeSessions(held, incoming *crypto.InboundGroupSession) (*crypto.InboundGroupSession, string) {
+	heldDirect, inDirect := isDirect(held), isDirect(incoming)
+	if !SameRatchet(held.Internal, incoming.Internal) {
+		if inDirect && !heldDirect {
+			out := *incoming
+			shared := sharesHistory(incoming)
+			out.SharedHistory = &shared
+			if held.ReceivedAt.Before(out.ReceivedAt) && !held.ReceivedAt.IsZero() {
+				out.ReceivedAt = held.ReceivedAt
+			}
+			return &out, ""
+		}
+		return nil, ReasonContradicts
+	}
+	sameClaims := held.SenderKey == incoming.SenderKey && held.SigningKey == incoming.SigningKey
+	if !sameClaims && inDirect == heldDirect {
+		return nil, ReasonOtherSender
+	}
+	// The copy whose ratchet (and so whose provenance) the row keeps.
+	base, other := held, incoming
+	heldIndex, inIndex := held.Internal.FirstKnownIndex(), incoming.Internal.FirstKnownIndex()
+	if inIndex < heldIndex || (inIndex == heldIndex && inDirect && !heldDirect) {
+		base, other = incoming, held
+	}
+	out := *base
+	// Claims and limits come from the copy Olm authenticated, whichever ratchet the row keeps.
+	if authority := directOf(held, incoming); authority != nil {
+		out.SenderKey, out.SigningKey = authority.SenderKey, authority.SigningKey
+		out.MaxAge, out.MaxMessages, out.IsScheduled = authority.MaxAge, authority.MaxMessages, authority.IsScheduled
+	} else {
+		out.MaxAge, out.MaxMessages, out.IsScheduled = held.MaxAge, held.MaxMessages, held.IsScheduled
+	}
+	shared := sharesHistory(held) && sharesHistory(incoming)
+	out.SharedHistory = &shared
+	if !other.ReceivedAt.IsZero() && other.ReceivedAt.Before(out.ReceivedAt) {
+		out.ReceivedAt = other.ReceivedAt
+	}
+	if base == held && shared == sharesHistory(held) && out.SenderKey == held.SenderKey &&
+		out.SigningKey == held.SigningKey && out.MaxAge == held.MaxAge && out.MaxMessages == held.MaxMessages &&
+		out.IsScheduled == held.IsScheduled {
+		return nil, ReasonHeldNoBetter
+	}
+	return &out, ""
+}
+
+// directOf returns the one copy of the two that came directly, or nil if both or neither did.
+func directOf(a, b *crypto.InboundGroupSession) *crypto.InboundGroupSession {
+	switch {
+	case isDirect(a) && !isDirect(b):
+		return a
+	case isDirect(b) && !isDirect(a):
+		return b
+	}
+	return nil
+}

@@ -1,0 +1,46 @@
+package e2ee
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"maunium.net/go/mautrix/crypto/olm"
+)
+
+// The cached cipher writes byte for byte what goolm writes, and reads what goolm wrote: mautrix's
+// store must not be able to tell the difference.
+func TestPickleCipherMatchesGoolm(t *testing.T) {
+	key := []byte("test-pickle-key-0123456789")
+	pc, err := NewPickleCipher(key)
+	require.NoError(t, err)
+	for range 20 {
+		out, err := olm.NewOutboundGroupSession()
+		require.NoError(t, err)
+		in, err := olm.NewInboundGroupSession([]byte(out.Key()))
+		require.NoError(t, err)
+
+		want, err := in.Pickle(key)
+		require.NoError(t, err)
+		got, err := pc.Pickle(in)
+		require.NoError(t, err)
+		require.Equal(t, string(want), string(got))
+
+		back, err := pc.Unpickle(want)
+		require.NoError(t, err)
+		require.Equal(t, in.ID(), back.ID())
+		wantExport, err := in.Export(in.FirstKnownIndex())
+		require.NoError(t, err)
+		gotExport, err := pc.ExportPickled(got)
+		require.NoError(t, err)
+		require.Equal(t, string(wantExport), gotExport)
+	}
+	other, err := NewPickleCipher([]byte("another key"))
+	require.NoError(t, err)
+	out, _ := olm.NewOutboundGroupSession()
+	in, _ := olm.NewInboundGroupSession([]byte(out.Key()))
+	pickled, _ := in.Pickle(key)
+	_, err = other.Unpickle(pickled)
+	require.ErrorIs(t, err, ErrBadPickle, "a pickle under another key is refused")
+	_, err = pc.Unpickle([]byte("!!"))
+	require.ErrorIs(t, err, ErrBadPickle)
+}

@@ -1,0 +1,163 @@
+package e2ee
+
+import (
+	"context"
+	"encoding/json"
+	"reflect"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/keybundle"
+)
+
+// ToDeviceRoomKeyBundleUnstable is MSC4268's unstable to-device type. matrix-rust-sdk ≥ 0.17 sends
+// only the stable m.room_key_bundle, older clients only this one; heirloom accepts both.
+var ToDeviceRoomKeyBundleUnstable = event.Type{Type: "io.element.msc4268.room_key_bundle", Class: event.ToDeviceEventType}
+
+// RoomKeyContent is an m.room_key whose history flag was read from any of its three names.
+type RoomKeyContent struct {
+	event.RoomKeyEventContent
+	HistoryShared bool `json:"-"`
+}
+
+// UnmarshalJSON reads the standard fields and the history flag (keybundle.HistoryFlag).
+func (c *RoomKeyContent) UnmarshalJSON(data []byte) error {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(data, &fields); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, &c.RoomKeyEventContent); err != nil {
+		return err
+	}
+	c.HistoryShared = keybundle.HistoryFlag(fields)
+	c.SharedHistory = &c.HistoryShared
+	return nil
+}
+
+// ForwardedRoomKeyContent is an m.forwarded_room_key. Puppets never request room keys (each has
+// one device and no key backup), so a forwarded key is always unsolicited; mautrix v0.32.0 would
+// store one from any sender, attributed to whatever sender_key it names. heirloom refuses them.
+type ForwardedRoomKeyContent struct {
+	event.ForwardedRoomKeyEventContent
+}
+
+// BundleContent is the content of an m.room_key_bundle (or its unstable twin) to-device message.
+type BundleContent struct {
+	event.RoomKeyBundleEventContent
+	// Type is the event type it arrived as.
+	Type event.Type `json:"-"`
+}
+
+// mautrix v0.32.0 parses m.room_key into a struct that knows only the plain `shared_history`
+// name, and hands received bundles to a callback without the Olm sender or its device keys.
+// Registering heirloom's own content types (mautrix's documented extension point, event.TypeMap)
+// makes OlmMachine.HandleEncryptedEvent return those decrypted events to heirloom unhandled, with
+// the full Olm envelope, after mautrix has done the Olm decryption itself.
+func init() {
+	event.TypeMap[event.ToDeviceRoomKey] = reflect.TypeOf(RoomKeyContent{})
+	event.TypeMap[event.ToDeviceForwardedRoomKey] = reflect.TypeOf(ForwardedRoomKeyContent{})
+	event.TypeMap[event.ToDeviceRoomKeyBundle] = reflect.TypeOf(BundleContent{})
+	event.TypeMap[ToDeviceRoomKeyBundleUnstable] = reflect.TypeOf(BundleContent{})
+}
+
+// HandleToDevice processes one to-device event addressed to this puppet's device.
+func (p *Puppet) HandleToDevice(ctx context.Context, evt *event.Event) {
+	if evt.Type != event.ToDeviceEncrypted {
+		switch {
+		case p.isForeignKeyRequest(evt):
+			requestID := ""
+			if req, ok := evt.Content.Parsed.(*event.RoomKeyRequestEventContent); ok {
+				requestID = req.RequestID
+			}
+			zerolog.Ctx(ctx).Info().Str("request_id", requestID).Msg("Refusing room key request from another user")
+		case evt.Type == event.ToDeviceRoomKeyWithheld:
+			p.receiveWithheld(ctx, evt)
+		default:
+			p.Mach.HandleToDeviceEvent(ctx, evt)
+		}
+		return
+	}
+	decrypted := p.Mach.HandleEncryptedEvent(ctx, evt)
+	if decrypted == nil {
+		return
+	}
+	log := zerolog.Ctx(ctx).With().Stringer("sender", decrypted.Sender).Str("decrypted_type", decrypted.Type.Type).Logger()
+	ctx = log.WithContext(ctx)
+	switch content := decrypted.Content.Parsed.(type) {
+	case *RoomKeyContent:
+		p.receiveRoomKey(ctx, decrypted, content)
+	case *ForwardedRoomKeyContent:
+		log.Warn().Stringer("room_id", content.RoomID).Stringer("session_id", content.SessionID).
+			Msg("Ignoring forwarded room key: puppets never request keys, so it was not asked for")
+	case *BundleContent:
+		content.Type = decrypted.Type
+		if p.mgr.OnRoomKeyBundle != nil {
+			p.mgr.OnRoomKeyBundle(ctx, p, decrypted, content)
+		}
+	default:
+		log.Debug().Msg("Ignoring unhandled encrypted to-device event")
+	}
+}
+
+// receiveRoomKey stores an inbound megolm session with its history flag: the session ID checked
+// against the key, then StoreSession's rules (never over another room's session, merged by
+// MergeSessions with a copy of the same room).
+func (p *Puppet) receiveRoomKey(ctx context.Context, evt *crypto.DecryptedOlmEvent, content *RoomKeyContent) {
+	log := zerolog.Ctx(ctx).With().
+		Stringer("room_id", content.RoomID).
+		Stringer("session_id", content.SessionID).
+		Bool("shared_history", content.HistoryShared).
+		Logger()
+	ctx = log.WithContext(ctx)
+	if content.Algorithm != id.AlgorithmMegolmV1 || evt.Keys.Ed25519 == "" {
+		log.Debug().Str("algorithm", string(content.Algorithm)).Msg("Ignoring room key with unknown algorithm or no signing key")
+		return
+	}
+	maxAge, maxMessages := p.RotationLimits(ctx, content.RoomID)
+	igs, err := crypto.NewInboundGroupSession(evt.SenderKey, evt.Keys.Ed25519, content.RoomID, content.SessionKey,
+		maxAge, maxMessages, &content.HistoryShared, content.IsScheduled)
+	if err != nil {
+		log.Warn().Err(err).Msg("Dropping malformed room key")
+		return
+	} else if igs.ID() != content.SessionID {
+		log.Warn().Stringer("actual_session_id", igs.ID()).Msg("Dropping room key whose session ID does not match its key")
+		return
+	}
+	igs.SourceUser = evt.Sender
+	stored, reason, err := p.StoreSession(ctx, igs)
+	switch {
+	case err != nil:
+		log.Err(err).Msg("Failed to store room key")
+	case !stored && reason == ReasonHeldNoBetter:
+		log.Debug().Msg("Room key already held")
+	case !stored:
+		log.Warn().Str("reason", reason).Msg("Dropping room key")
+	default:
+		log.Debug().Msg("Stored room key")
+	}
+}
+
+// receiveWithheld stores a plaintext m.room_key.withheld. Anyone can send one, unauthenticated,
+// so heirloom keeps only what a member of the room says about a room the puppet is in, never
+// m.history_not_shared (MSC4268 uses that code only inside bundles), and never over a row.
+func (p *Puppet) receiveWithheld(ctx context.Context, evt *event.Event) {
+	content, ok := evt.Content.Parsed.(*event.RoomKeyWithheldEventContent)
+	if !ok {
+		return
+	}
+	log := zerolog.Ctx(ctx).With().Stringer("room_id", content.RoomID).Stringer("session_id", content.SessionID).
+		Str("code", string(content.Code)).Logger()
+	switch {
+	case content.Algorithm != id.AlgorithmMegolmV1 || !keybundle.ValidKey(string(content.SessionID)) || !keybundle.ValidKey(string(content.SenderKey)):
+		log.Debug().Msg("Ignoring malformed room key withheld message")
+	case keybundle.IsHistoryNotShared(string(content.Code)):
+		log.Debug().Msg("Ignoring history-not-shared code outside a key bundle")
+	case !p.mgr.isMember(ctx, content.RoomID, p.UserID) || !p.mgr.isMember(ctx, content.RoomID, evt.Sender):
+		log.Debug().Msg("Ignoring room key withheld message for a room the puppet and sender do not share")
+	default:
+		p.Mach.HandleRoomKeyWithheld(ctx, content)
+	}
+}

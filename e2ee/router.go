@@ -1,0 +1,92 @@
+package e2ee
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// RouteToDevice hands a to-device event to the machine of the puppet device it is addressed to.
+// It reports whether a puppet took it.
+func (m *Manager) RouteToDevice(ctx context.Context, evt *event.Event) bool {
+	log := zerolog.Ctx(ctx).With().
+		Stringer("to_user_id", evt.ToUserID).Stringer("to_device_id", evt.ToDeviceID).
+		Stringer("sender", evt.Sender).Str("type", evt.Type.Type).Logger()
+	if !m.cfg.IsPuppet(evt.ToUserID) {
+		log.Debug().Msg("Ignoring to-device event for a user that is not a puppet")
+		return false
+	}
+	p, err := m.Get(ctx, evt.ToUserID)
+	if errors.Is(err, ErrNotProvisioned) {
+		log.Debug().Msg("Ignoring to-device event for an unprovisioned puppet")
+		return false
+	} else if err != nil {
+		log.Err(err).Msg("Failed to load puppet for to-device event")
+		return false
+	} else if evt.ToDeviceID != "" && evt.ToDeviceID != p.DeviceID {
+		log.Debug().Msg("Ignoring to-device event for another device of the puppet")
+		return false
+	}
+	p.HandleToDevice(log.WithContext(ctx), evt)
+	return true
+}
+
+// RouteOTKCounts tells a puppet's machine how many one-time keys the homeserver holds for it,
+// so it uploads more when they run low.
+func (m *Manager) RouteOTKCounts(ctx context.Context, userID id.UserID, deviceID id.DeviceID, count mautrix.OTKCount) {
+	if !m.cfg.IsPuppet(userID) {
+		return
+	}
+	p, err := m.Get(ctx, userID)
+	if err != nil || p.DeviceID != deviceID {
+		return
+	}
+	count.UserID, count.DeviceID = userID, deviceID
+	p.Mach.HandleOTKCounts(ctx, &count)
+}
+
+// RouteDeviceListChanges marks the changed users' device lists outdated. Device tables in the
+// crypto store are shared by all puppets, so one mark reaches every machine, loaded now or later:
+// each re-queries the keys before it next encrypts for that user, and a new device gets the room
+// key then.
+func (m *Manager) RouteDeviceListChanges(ctx context.Context, changed []id.UserID) {
+	if len(changed) == 0 {
+		return
+	}
+	if err := m.shared.MarkTrackedUsersOutdated(ctx, changed); err != nil {
+		zerolog.Ctx(ctx).Err(err).Msg("Failed to mark device lists outdated")
+	}
+}
+
+// ReplenishKeys checks each loaded puppet's one-time key count with the homeserver and uploads
+// more where needed. Synapse does not report every claim in transactions, so this runs on a timer.
+func (m *Manager) ReplenishKeys(ctx context.Context) {
+	for _, p := range m.Loaded() {
+		if err := p.Mach.ShareKeys(ctx, -1); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Stringer("puppet", p.UserID).Msg("Failed to replenish one-time keys")
+		}
+	}
+}
+
+// RunMaintenance replenishes one-time keys and evicts idle machines until ctx ends.
+func (m *Manager) RunMaintenance(ctx context.Context, every time.Duration) {
+	ticker := time.NewTicker(every)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+			m.ReplenishKeys(ctx)
+			m.SweepLoaded(ctx)
+			if n := m.EvictIdle(); n > 0 {
+				zerolog.Ctx(ctx).Debug().Int("count", n).Msg("Evicted idle puppet machines")
+			}
+		}
+	}
+}

@@ -1,0 +1,183 @@
+package e2ee
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/exsync"
+	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// sessionGate orders every write of a puppet's inbound megolm sessions. mautrix's decryption
+// writes a session back after reading it (ratchet safety data), so a merge running beside a
+// decryption could be undone by the older copy. Decryptions and single stores hold the gate shared
+// and the session's own lock; a bundle import holds the gate alone for its whole transaction, so it
+// needs no per-session lock (taking one inside the transaction would deadlock with a decryption
+// waiting for the database).
+type sessionGate struct {
+	rw       sync.RWMutex
+	sessions exsync.KeyedMutex[id.SessionID]
+}
+
+// gate returns the puppet's session gate, shared by every machine ever loaded for it.
+func (m *Manager) gate(userID id.UserID) *sessionGate {
+	g, _ := m.gates.LoadOrStore(userID, &sessionGate{})
+	return g.(*sessionGate)
+}
+
+// megolmLock is the machine's MegolmDecryptLock: the gate shared, then the session's lock.
+func (g *sessionGate) megolmLock(ctx context.Context, sessionID id.SessionID, _ bool, cb func(context.Context) error) error {
+	g.rw.RLock()
+	defer g.rw.RUnlock()
+	defer g.sessions.WithLock(sessionID)()
+	return cb(ctx)
+}
+
+// LockSessionsExclusive stops every decryption and session store of the puppet until the returned
+// function is called. A bundle import holds it around its transaction.
+func (p *Puppet) LockSessionsExclusive() func() {
+	g := p.mgr.gate(p.UserID)
+	g.rw.Lock()
+	return g.rw.Unlock
+}
+
+// HeldSession is what a puppet's store holds under a session ID, whatever room it claims.
+type HeldSession struct {
+	RoomID id.RoomID
+	// HasKey is false for a withheld entry: a row that says the key was refused, with no key.
+	HasKey bool
+}
+
+// HeldSessions returns the rows the puppet holds for the session IDs, keyed by session ID. mautrix's
+// crypto store (schema v22 of mautrix-go v0.32.0) keys inbound sessions by account and session ID
+// only, so one puppet can hold one room's copy of a session ID; GetGroupSession filters by room
+// and cannot tell "not held" from "held for another room".
+func (p *Puppet) HeldSessions(ctx context.Context, sessionIDs []id.SessionID) (map[id.SessionID]HeldSession, error) {
+	out := make(map[id.SessionID]HeldSession, len(sessionIDs))
+	for start := 0; start < len(sessionIDs); start += 500 {
+		chunk := sessionIDs[start:min(start+500, len(sessionIDs))]
+		args := make([]any, 0, len(chunk)+1)
+		args = append(args, p.Store.AccountID)
+		query := `SELECT session_id, room_id, session IS NOT NULL FROM crypto_megolm_inbound_session
+			WHERE account_id=$1 AND session_id IN (`
+		for i, sid := range chunk {
+			if i > 0 {
+				query += ","
+			}
+			query += fmt.Sprintf("$%d", i+2)
+			args = append(args, sid)
+		}
+		rows, err := p.Store.DB.Query(ctx, query+")", args...)
+		if err != nil {
+			return nil, fmt.Errorf("failed to look up held sessions: %w", err)
+		}
+		for rows.Next() {
+			var sid id.SessionID
+			var h HeldSession
+			if err = rows.Scan(&sid, &h.RoomID, &h.HasKey); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out[sid] = h
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// StoreSession stores a copy of an inbound session the puppet received, never letting it replace,
+// merge into or re-label a session the puppet holds for another room, and merging it with a copy
+// of the same room by MergeSessions. It reports whether the store changed and, if not, why.
+func (p *Puppet) StoreSession(ctx context.Context, igs *crypto.InboundGroupSession) (stored bool, reason string, err error) {
+	err = p.mgr.gate(p.UserID).megolmLock(ctx, igs.ID(), true, func(ctx context.Context) error {
+		stored, reason, err = p.storeSessionLocked(ctx, igs)
+		return err
+	})
+	if stored {
+		p.Mach.MarkSessionReceived(ctx, igs.RoomID, igs.ID(), igs.Internal.FirstKnownIndex())
+	}
+	return
+}
+
+// StoreSessionInTxn is StoreSession for a caller that holds LockSessionsExclusive, inside its
+// own database transaction.
+func (p *Puppet) StoreSessionInTxn(ctx context.Context, igs *crypto.InboundGroupSession, held *HeldSession) (bool, string, error) {
+	return p.storeSession(ctx, igs, held)
+}
+
+func (p *Puppet) storeSessionLocked(ctx context.Context, igs *crypto.InboundGroupSession) (bool, string, error) {
+	held, err := p.HeldSessions(ctx, []id.SessionID{igs.ID()})
+	if err != nil {
+		return false, "", err
+	}
+	var h *HeldSession
+	if found, ok := held[igs.ID()]; ok {
+		h = &found
+	}
+	return p.storeSession(ctx, igs, h)
+}
+
+func (p *Puppet) storeSession(ctx context.Context, igs *crypto.InboundGroupSession, held *HeldSession) (bool, string, error) {
+	switch {
+	case held == nil:
+		// Nothing under this ID.
+	case held.HasKey && held.RoomID != igs.RoomID:
+		// A session ID is the session's public key, which every member of its room sees: anyone
+		// can name it. A key held for another room is never replaced, merged or re-labelled.
+		return false, ReasonOtherRoom, nil
+	case held.HasKey:
+		existing, err := p.Store.GetGroupSession(ctx, igs.RoomID, igs.ID())
+		if err != nil {
+			return false, "", fmt.Errorf("failed to read held session: %w", err)
+		} else if existing == nil {
+			return false, "", errors.New("held session disappeared")
+		}
+		merged, reason := MergeSessions(existing, igs)
+		if merged == nil {
+			return false, reason, nil
+		}
+		igs = merged
+	}
+	// A withheld entry holds no key, and gives way to one, whatever room it named: otherwise
+	// whoever names a session ID first (in a withheld message or a bundle) could keep its key out.
+	if err := p.Store.PutGroupSession(ctx, igs); err != nil {
+		return false, "", fmt.Errorf("failed to store session: %w", err)
+	}
+	return true, "", nil
+}
+
+// RotationLimits returns how long and for how many messages the room's megolm sessions may be
+// used, from its m.room.encryption event (the spec's defaults where it says nothing): the same
+// limits for a key received directly and for one imported from a bundle.
+func (p *Puppet) RotationLimits(ctx context.Context, roomID id.RoomID) (time.Duration, int) {
+	maxAge, maxMessages := 7*24*time.Hour, 100
+	if enc, err := p.Mach.StateStore.GetEncryptionEvent(ctx, roomID); err == nil && enc != nil {
+		if enc.RotationPeriodMillis > 0 {
+			maxAge = time.Duration(enc.RotationPeriodMillis) * time.Millisecond
+		}
+		if enc.RotationPeriodMessages > 0 {
+			maxMessages = enc.RotationPeriodMessages
+		}
+	} else if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		zerolog.Ctx(ctx).Debug().Err(err).Msg("Failed to read room encryption settings; using the defaults")
+	}
+	return maxAge, maxMessages
+}
+
+// isMember reports whether the user is joined to or invited into the room, as heirloom's state
+// store knows it.
+func (m *Manager) isMember(ctx context.Context, roomID id.RoomID, userID id.UserID) bool {
+	membership, err := m.db.StateStore.GetMembership(ctx, roomID, userID)
+	return err == nil && (membership == event.MembershipJoin || membership == event.MembershipInvite)
+}

@@ -1,0 +1,265 @@
+package e2ee
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/keybundle"
+)
+
+// SendMessage sends an event into the room as the puppet, megolm-encrypted if the room is
+// encrypted. The room key goes first to every device of every joined and invited member, as the
+// homeserver knows them now.
+func (p *Puppet) SendMessage(ctx context.Context, roomID id.RoomID, evtType event.Type, content any) (id.EventID, error) {
+	if err := p.mgr.EnsureRoomState(ctx, p.Client, roomID); err != nil {
+		return "", err
+	}
+	encrypted, err := p.Mach.StateStore.IsEncrypted(ctx, roomID)
+	if err != nil {
+		return "", fmt.Errorf("failed to check room encryption: %w", err)
+	}
+	if !encrypted {
+		resp, err := p.Client.SendMessageEvent(ctx, roomID, evtType, content)
+		if err != nil {
+			return "", err
+		}
+		return resp.EventID, nil
+	}
+	defer p.roomLock.WithLock(roomID)()
+	if err = p.ShareRoomKey(ctx, roomID); err != nil {
+		return "", err
+	}
+	enc, err := p.Mach.EncryptMegolmEvent(ctx, roomID, evtType, content)
+	if err != nil {
+		return "", fmt.Errorf("failed to encrypt event: %w", err)
+	}
+	resp, err := p.Client.SendMessageEvent(ctx, roomID, event.EventEncrypted, enc)
+	if err != nil {
+		return "", err
+	}
+	zerolog.Ctx(ctx).Debug().Stringer("room_id", roomID).Stringer("event_id", resp.EventID).
+		Stringer("session_id", enc.SessionID).Msg("Sent encrypted event")
+	return resp.EventID, nil
+}
+
+// ShareRoomKey makes sure the puppet has a current outbound megolm session for the room and that
+// every device of every joined or invited member holds its key. Callers hold the room lock.
+func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
+	log := zerolog.Ctx(ctx).With().Stringer("room_id", roomID).Logger()
+	members, err := p.Client.Members(ctx, roomID)
+	if err != nil {
+		return fmt.Errorf("failed to get room members: %w", err)
+	}
+	visibility, err := p.Mach.StateStore.GetHistoryVisibility(ctx, roomID)
+	if err != nil {
+		return fmt.Errorf("failed to get history visibility: %w", err)
+	}
+	shared := keybundle.VisibilitySharesHistory(visibility)
+	ogs, err := p.Store.GetOutboundGroupSession(ctx, roomID)
+	if err != nil {
+		return fmt.Errorf("failed to get outbound session: %w", err)
+	}
+	if ogs != nil {
+		if reason := p.rotationReason(ctx, ogs, shared, members); reason != "" {
+			log.Info().Stringer("session_id", ogs.ID()).Str("reason", reason).Msg("Rotating outbound megolm session")
+			if err = p.Store.RemoveOutboundGroupSession(ctx, roomID); err != nil {
+				return fmt.Errorf("failed to discard outbound session: %w", err)
+			}
+			p.forgetDepartures(ogs.ID())
+			ogs = nil
+		}
+	}
+	if ogs == nil {
+		if ogs, err = p.newOutboundSession(ctx, roomID, visibility, shared); err != nil {
+			return err
+		}
+		p.rememberDepartures(ogs.ID(), members)
+	}
+	recipients := make(map[id.UserID]map[id.DeviceID]*id.Device)
+	for _, evt := range members.Chunk {
+		membership := evt.Content.AsMember().Membership
+		if membership != event.MembershipJoin && membership != event.MembershipInvite {
+			continue
+		}
+		userID := id.UserID(evt.GetStateKey())
+		for deviceID, device := range p.Mach.LoadDevices(ctx, userID) {
+			if userID == p.UserID && deviceID == p.DeviceID {
+				continue
+			}
+			already, err := p.Store.IsOutboundGroupSessionShared(ctx, userID, device.IdentityKey, ogs.ID())
+			if err != nil {
+				return fmt.Errorf("failed to check session recipients: %w", err)
+			} else if already || device.Trust == id.TrustStateBlacklisted {
+				continue
+			}
+			if recipients[userID] == nil {
+				recipients[userID] = make(map[id.DeviceID]*id.Device)
+			}
+			recipients[userID][deviceID] = device
+		}
+	}
+	if err = p.sendRoomKey(ctx, ogs, shared, recipients); err != nil {
+		return err
+	}
+	if !ogs.Shared {
+		// UpdateOutboundGroupSession does not write the shared flag; the upsert does.
+		ogs.Shared = true
+		return p.Store.AddOutboundGroupSession(ctx, ogs)
+	}
+	return nil
+}
+
+// rotationReason says why the outbound session must not be used again, or "" if it may.
+func (p *Puppet) rotationReason(ctx context.Context, ogs *crypto.OutboundGroupSession, shared bool, members *mautrix.RespMembers) string {
+	if ogs.Expired() {
+		return "expired"
+	}
+	if ogs.SharedHistory == nil || *ogs.SharedHistory != shared {
+		return "history visibility changed"
+	}
+	if after, err := p.mgr.db.RotateAfter(ctx, ogs.RoomID); err == nil && ogs.CreationTime.Before(after) {
+		return "room state changed"
+	}
+	// MSC4268: a departed member may hold any existing session through a bundle, so every leave,
+	// kick or ban since the session was created rotates it, whether or not it was shared with them.
+	// The second of slack covers the homeserver's clock being behind heirloom's; departures already
+	// listed when the session was created are left out, or every session created within that second
+	// after a departure would rotate on each use.
+	p.departuresLock.Lock()
+	seen := p.departuresSeen[ogs.ID()]
+	p.departuresLock.Unlock()
+	for _, evt := range members.Chunk {
+		membership := evt.Content.AsMember().Membership
+		if _, known := seen[evt.ID]; known {
+			continue
+		}
+		if (membership == event.MembershipLeave || membership == event.MembershipBan) &&
+			id.UserID(evt.GetStateKey()) != p.UserID &&
+			time.UnixMilli(evt.Timestamp).After(ogs.CreationTime.Add(-time.Second)) {
+			return "member left"
+		}
+	}
+	return ""
+}
+
+// rememberDepartures records the leave and ban events of the member list a new outbound session
+// was created from.
+func (p *Puppet) rememberDepartures(sessionID id.SessionID, members *mautrix.RespMembers) {
+	seen := map[id.EventID]struct{}{}
+	for _, evt := range members.Chunk {
+		if m := evt.Content.AsMember().Membership; m == event.MembershipLeave || m == event.MembershipBan {
+			seen[evt.ID] = struct{}{}
+		}
+	}
+	p.departuresLock.Lock()
+	defer p.departuresLock.Unlock()
+	if p.departuresSeen == nil {
+		p.departuresSeen = map[id.SessionID]map[id.EventID]struct{}{}
+	}
+	p.departuresSeen[sessionID] = seen
+}
+
+func (p *Puppet) forgetDepartures(sessionID id.SessionID) {
+	p.departuresLock.Lock()
+	defer p.departuresLock.Unlock()
+	delete(p.departuresSeen, sessionID)
+}
+
+func (p *Puppet) newOutboundSession(ctx context.Context, roomID id.RoomID, visibility *event.HistoryVisibilityEventContent, shared bool) (*crypto.OutboundGroupSession, error) {
+	encEvt, err := p.Mach.StateStore.GetEncryptionEvent(ctx, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("failed to get encryption event: %w", err)
+	}
+	ogs, err := crypto.NewOutboundGroupSession(roomID, encEvt, visibility)
+	if err != nil {
+		return nil, fmt.Errorf("failed to create outbound session: %w", err)
+	}
+	ogs.SharedHistory = &shared
+	own := p.Mach.OwnIdentity()
+	igs, err := crypto.NewInboundGroupSession(own.IdentityKey, own.SigningKey, roomID, ogs.Internal.Key(),
+		time.Duration(ogs.MaxAge), ogs.MaxMessages, &shared, false)
+	if err != nil {
+		return nil, fmt.Errorf("failed to create own inbound session: %w", err)
+	}
+	igs.SourceUser = p.UserID
+	if err = p.Mach.StoreGroupSession(ctx, igs); err != nil {
+		return nil, fmt.Errorf("failed to store own inbound session: %w", err)
+	}
+	if err = p.Store.AddOutboundGroupSession(ctx, ogs); err != nil {
+		return nil, fmt.Errorf("failed to store outbound session: %w", err)
+	}
+	zerolog.Ctx(ctx).Debug().Stringer("room_id", roomID).Stringer("session_id", ogs.ID()).
+		Bool("shared_history", shared).Msg("Created outbound megolm session")
+	return ogs, nil
+}
+
+// sendRoomKey Olm-encrypts the m.room_key to each recipient device and sends it. The history flag
+// is written under both names rust-sdk reads (keybundle.SendFlagFields). Devices without an Olm
+// session (no one-time key left) are skipped now and get the key on the next send.
+func (p *Puppet) sendRoomKey(ctx context.Context, ogs *crypto.OutboundGroupSession, shared bool, recipients map[id.UserID]map[id.DeviceID]*id.Device) error {
+	if len(recipients) == 0 {
+		return nil
+	}
+	keyContent := &event.RoomKeyEventContent{
+		Algorithm:  id.AlgorithmMegolmV1,
+		RoomID:     ogs.RoomID,
+		SessionID:  ogs.ID(),
+		SessionKey: ogs.Internal.Key(),
+	}
+	req := &mautrix.ReqSendToDevice{Messages: make(map[id.UserID]map[id.DeviceID]*event.Content)}
+	for userID, devices := range recipients {
+		req.Messages[userID] = make(map[id.DeviceID]*event.Content)
+		for deviceID := range devices {
+			req.Messages[userID][deviceID] = &event.Content{Parsed: keyContent, Raw: keybundle.SendFlagFields(shared)}
+		}
+	}
+	encrypted, err := p.Mach.EncryptToDevices(ctx, event.ToDeviceRoomKey, req)
+	if err != nil {
+		return fmt.Errorf("failed to encrypt room key: %w", err)
+	}
+	if _, err = p.Client.SendToDevice(ctx, event.ToDeviceEncrypted, encrypted); err != nil {
+		return fmt.Errorf("failed to send room key: %w", err)
+	}
+	sent := 0
+	for userID, devices := range encrypted.Messages {
+		for deviceID := range devices {
+			device := recipients[userID][deviceID]
+			if err = p.Store.MarkOutboundGroupSessionShared(ctx, userID, device.IdentityKey, ogs.ID()); err != nil {
+				return fmt.Errorf("failed to record session recipient: %w", err)
+			}
+			sent++
+		}
+	}
+	zerolog.Ctx(ctx).Debug().Stringer("session_id", ogs.ID()).Int("devices", sent).Bool("shared_history", shared).
+		Msg("Shared room key")
+	return nil
+}
+
+// EnsureRoomState loads the room's state from the homeserver once, so encryption and history
+// visibility are known before heirloom encrypts or shares anything in it.
+func (m *Manager) EnsureRoomState(ctx context.Context, cli *mautrix.Client, roomID id.RoomID) error {
+	create, err := m.db.StateStore.GetCreate(ctx, roomID)
+	if err != nil {
+		return fmt.Errorf("failed to check room state: %w", err)
+	} else if create != nil {
+		return nil
+	}
+	if _, err = cli.State(ctx, roomID); err != nil {
+		if errors.Is(err, mautrix.MForbidden) || errors.Is(err, mautrix.MNotFound) {
+			return fmt.Errorf("%w: %w", ErrUnknownRoom, err)
+		}
+		return fmt.Errorf("failed to fetch room state: %w", err)
+	}
+	return nil
+}
+
+// ErrUnknownRoom means the homeserver does not let the puppet see the room.
+var ErrUnknownRoom = errors.New("room unknown or not visible to the puppet")

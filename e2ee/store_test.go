@@ -1,0 +1,230 @@
+package e2ee
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"net/http"
+	"path/filepath"
+	"testing"
+
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto/olm"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/config"
+	"github.com/heirloom-matrix/heirloom/database"
+)
+
+// testManager is a manager over a real SQLite database, with a homeserver nobody answers at.
+func testManager(t *testing.T) (*Manager, *database.Database) {
+	t.Helper()
+	cfg := &config.Config{
+		Homeserver: config.Homeserver{Address: "http://127.0.0.1:1", Domain: "localhost"},
+		AppService: config.AppService{ASToken: "test-as-token-0123456789", PuppetPrefix: "heirloom_", BotUsername: "bot"},
+		Database: config.Database{Type: "sqlite3-fk-wal", URI: "file:" + filepath.Join(t.TempDir(), "t.db") + "?_txlock=immediate",
+			MaxOpenConns: 5, MaxIdleConns: 2},
+		Encryption: config.Encryption{PickleKey: "test-pickle-key-0123456789"},
+	}
+	db, err := database.Open(cfg.Database, zerolog.Nop())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	require.NoError(t, db.Upgrade(context.Background()))
+	mgr, err := NewManager(cfg, db, http.DefaultClient)
+	require.NoError(t, err)
+	return mgr, db
+}
+
+func testPuppet(t *testing.T, mgr *Manager, name string) *Puppet {
+	t.Helper()
+	p, err := mgr.LocalPuppet(context.Background(), id.UserID("@heirloom_"+name+":localhost"), id.DeviceID("DEV"+name))
+	require.NoError(t, err)
+	return p
+}
+
+// olmSender is a device that sends m.room_key over Olm: its keys are what Olm authenticates.
+type olmSender struct {
+	user    id.UserID
+	curve   id.SenderKey
+	signing id.Ed25519
+}
+
+func newOlmSender(user id.UserID) olmSender {
+	curve := make([]byte, 32)
+	_, _ = rand.Read(curve)
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	return olmSender{user: user, curve: id.SenderKey(base64.RawStdEncoding.EncodeToString(curve)),
+		signing: id.Ed25519(base64.RawStdEncoding.EncodeToString(pub))}
+}
+
+// sendRoomKey hands p what arrives when s's device sends an m.room_key for the session over Olm.
+func (s olmSender) sendRoomKey(ctx context.Context, p *Puppet, roomID id.RoomID, sessionID id.SessionID, sessionKey string, shared bool) {
+	evt := &crypto.DecryptedOlmEvent{Sender: s.user, SenderKey: s.curve, Keys: crypto.OlmEventKeys{Ed25519: s.signing}}
+	content := &RoomKeyContent{RoomKeyEventContent: event.RoomKeyEventContent{
+		Algorithm: id.AlgorithmMegolmV1, RoomID: roomID, SessionID: sessionID, SessionKey: sessionKey,
+	}, HistoryShared: shared}
+	p.receiveRoomKey(ctx, evt, content)
+}
+
+// sessionRow is what the store holds for a session ID, whatever room.
+type sessionRow struct {
+	room      id.RoomID
+	senderKey id.SenderKey
+	shared    bool
+	index     uint32
+}
+
+func heldRow(t *testing.T, p *Puppet, roomID id.RoomID, sessionID id.SessionID) *sessionRow {
+	t.Helper()
+	igs, err := p.Store.GetGroupSession(context.Background(), roomID, sessionID)
+	require.NoError(t, err)
+	if igs == nil {
+		return nil
+	}
+	return &sessionRow{room: igs.RoomID, senderKey: igs.SenderKey, shared: igs.SharedHistory != nil && *igs.SharedHistory,
+		index: igs.Internal.FirstKnownIndex()}
+}
+
+// A genuinely signed m.room_key, replayed by a past member under another room_id, must not move
+// or overwrite the puppet's session of the room it belongs to.
+func TestRoomKeyReplayedUnderAnotherRoomChangesNothing(t *testing.T) {
+	mgr, _ := testManager(t)
+	p := testPuppet(t, mgr, "victim")
+	ctx := context.Background()
+	const realRoom, otherRoom id.RoomID = "!real:localhost", "!other:localhost"
+	out, err := olm.NewOutboundGroupSession()
+	require.NoError(t, err)
+	aliceDev, malloryDev := newOlmSender("@alice:localhost"), newOlmSender("@mallory:localhost")
+
+	aliceDev.sendRoomKey(ctx, p, realRoom, out.ID(), out.Key(), true)
+	before := heldRow(t, p, realRoom, out.ID())
+	require.NotNil(t, before, "alice's key is stored")
+
+	for _, replay := range []struct {
+		name   string
+		sender olmSender
+		room   id.RoomID
+		shared bool
+	}{
+		{"by another member, under another room", malloryDev, otherRoom, true},
+		{"by the creator itself, under another room", aliceDev, otherRoom, true},
+		{"by another member, in the same room, claiming not shared", malloryDev, realRoom, false},
+	} {
+		t.Run(replay.name, func(t *testing.T) {
+			replay.sender.sendRoomKey(ctx, p, replay.room, out.ID(), out.Key(), replay.shared)
+			require.Equal(t, before, heldRow(t, p, realRoom, out.ID()), "the real room's row is unchanged")
+			if replay.room != realRoom {
+				require.Nil(t, heldRow(t, p, replay.room, out.ID()), "nothing is held under the other room")
+			}
+		})
+	}
+}
+
+// A bundle key (StoreSession, as the bundle import uses it) claiming another room is refused the
+// same way, whether its ratchet is genuine or forged.
+func TestStoreSessionNeverTouchesAnotherRoomsSession(t *testing.T) {
+	mgr, _ := testManager(t)
+	p := testPuppet(t, mgr, "victim")
+	ctx := context.Background()
+	out, err := olm.NewOutboundGroupSession()
+	require.NoError(t, err)
+	alice := newOlmSender("@alice:localhost")
+	alice.sendRoomKey(ctx, p, "!real:localhost", out.ID(), out.Key(), false)
+	before := heldRow(t, p, "!real:localhost", out.ID())
+
+	exported, err := mustSession(t, out.Key()).Export(0)
+	require.NoError(t, err)
+	internal, err := olm.InboundGroupSessionImport(exported)
+	require.NoError(t, err)
+	shared := true
+	claim := &crypto.InboundGroupSession{Internal: internal, SenderKey: alice.curve, SigningKey: alice.signing,
+		RoomID: "!bundle:localhost", SharedHistory: &shared, KeySource: id.KeySourceForward, SourceUser: "@inviter:localhost"}
+	stored, reason, err := p.StoreSession(ctx, claim)
+	require.NoError(t, err)
+	require.False(t, stored)
+	require.Equal(t, ReasonOtherRoom, reason)
+	require.Equal(t, before, heldRow(t, p, "!real:localhost", out.ID()))
+}
+
+func mustSession(t *testing.T, key string) olm.InboundGroupSession {
+	t.Helper()
+	igs, err := olm.NewInboundGroupSession([]byte(key))
+	require.NoError(t, err)
+	return igs
+}
+
+// A withheld entry (no key) gives way to a key, whatever room it named: otherwise whoever names a
+// session ID first could keep its key out.
+func TestWithheldEntryNeverBlocksAKey(t *testing.T) {
+	mgr, _ := testManager(t)
+	p := testPuppet(t, mgr, "victim")
+	ctx := context.Background()
+	out, err := olm.NewOutboundGroupSession()
+	require.NoError(t, err)
+	require.NoError(t, p.Store.PutWithheldGroupSession(ctx, event.RoomKeyWithheldEventContent{
+		RoomID: "!elsewhere:localhost", Algorithm: id.AlgorithmMegolmV1, SessionID: out.ID(), SenderKey: "x", Code: "m.unavailable",
+	}))
+	alice := newOlmSender("@alice:localhost")
+	alice.sendRoomKey(ctx, p, "!real:localhost", out.ID(), out.Key(), true)
+	row := heldRow(t, p, "!real:localhost", out.ID())
+	require.NotNil(t, row)
+	require.Equal(t, alice.curve, row.senderKey)
+}
+
+// Plaintext m.room_key.withheld messages are unauthenticated: only a member of a room the puppet is
+// in is heard, and never with the history-not-shared code, which belongs to bundles.
+func TestWithheldMessagesFromStrangersAreIgnored(t *testing.T) {
+	mgr, db := testManager(t)
+	p := testPuppet(t, mgr, "victim")
+	ctx := context.Background()
+	const room id.RoomID = "!shared:localhost"
+	require.NoError(t, db.StateStore.SetMembership(ctx, room, p.UserID, event.MembershipJoin))
+	require.NoError(t, db.StateStore.SetMembership(ctx, room, "@member:localhost", event.MembershipJoin))
+	sessionID := func() id.SessionID {
+		out, err := olm.NewOutboundGroupSession()
+		require.NoError(t, err)
+		return out.ID()
+	}
+	withheld := func(sender id.UserID, roomID id.RoomID, code event.RoomKeyWithheldCode) id.SessionID {
+		sid := sessionID()
+		evt := &event.Event{Sender: sender, Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID, ToDeviceID: p.DeviceID,
+			Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{RoomID: roomID, Algorithm: id.AlgorithmMegolmV1,
+				SessionID: sid, SenderKey: newOlmSender(sender).curve, Code: code, Reason: "test"}}}
+		p.HandleToDevice(ctx, evt)
+		return sid
+	}
+	stored := func(roomID id.RoomID, sid id.SessionID) bool {
+		w, err := p.Store.GetWithheldGroupSession(ctx, roomID, sid)
+		require.NoError(t, err)
+		return w != nil
+	}
+	require.True(t, stored(room, withheld("@member:localhost", room, event.RoomKeyWithheldUnverified)), "a member is heard")
+	require.False(t, stored(room, withheld("@stranger:localhost", room, event.RoomKeyWithheldUnverified)), "a stranger is not")
+	require.False(t, stored("!other:localhost", withheld("@member:localhost", "!other:localhost", event.RoomKeyWithheldUnverified)),
+		"nor a room the puppet is not in")
+	require.False(t, stored(room, withheld("@member:localhost", room, "m.history_not_shared")), "nor the bundle-only code")
+}
+
+// Another user's room key request is refused, however the session was shared with them: a member
+// must not get messages from before they were let in.
+func TestKeyRequestsFromOtherUsersAreRefused(t *testing.T) {
+	mgr, _ := testManager(t)
+	p := testPuppet(t, mgr, "sender")
+	ctx := context.Background()
+	ogs, err := crypto.NewOutboundGroupSession("!room:localhost", nil, nil)
+	require.NoError(t, err)
+	require.NoError(t, p.Store.AddOutboundGroupSession(ctx, ogs))
+	member := &id.Device{UserID: "@member:localhost", DeviceID: "MEMBERDEV", IdentityKey: newOlmSender("@member:localhost").curve,
+		Trust: id.TrustStateVerified}
+	require.NoError(t, p.Store.MarkOutboundGroupSessionShared(ctx, member.UserID, member.IdentityKey, ogs.ID()))
+	rejection := p.Mach.AllowKeyShare(ctx, member, event.RequestedKeyInfo{
+		Algorithm: id.AlgorithmMegolmV1, RoomID: "!room:localhost", SessionID: ogs.ID(),
+	})
+	require.NotNil(t, rejection, "a member the session was shared with still gets no forwarded key")
+	require.True(t, p.isForeignKeyRequest(&event.Event{Type: event.ToDeviceRoomKeyRequest, Sender: member.UserID}))
+	require.False(t, p.isForeignKeyRequest(&event.Event{Type: event.ToDeviceRoomKeyRequest, Sender: p.UserID}))
+}

@@ -1,0 +1,353 @@
+package server
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/e2ee"
+)
+
+// APIPrefix is where the bridge-facing API lives.
+const APIPrefix = "/_heirloom/v1"
+
+// maxAPIBody caps API request bodies; message and state contents are far smaller in practice
+// (the homeserver itself refuses events over 64 KiB).
+const maxAPIBody = 1 << 20
+
+// apiHandler is an API endpoint: it returns the JSON answer for a 200, or an error.
+type apiHandler = func(r *http.Request) (any, error)
+
+// wrap adds bearer authentication, the body limit, metrics and Matrix-style errors.
+func (s *Server) wrap(h apiHandler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization")
+		if auth == "" {
+			s.metrics.apiRequests.WithLabelValues("401").Inc()
+			writeError(w, r, errMissingToken)
+			return
+		}
+		token, ok := strings.CutPrefix(auth, "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.Provisioning.SharedSecret)) != 1 {
+			s.metrics.apiRequests.WithLabelValues("401").Inc()
+			writeError(w, r, errUnknownToken)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxAPIBody)
+		resp, err := h(r)
+		if err != nil {
+			var ae *apiError
+			status := http.StatusInternalServerError
+			if errors.As(err, &ae) {
+				status = ae.Status
+			}
+			s.metrics.apiRequests.WithLabelValues(strconv.Itoa(status)).Inc()
+			writeError(w, r, err)
+			return
+		}
+		s.metrics.apiRequests.WithLabelValues("200").Inc()
+		writeJSON(w, http.StatusOK, resp)
+	})
+}
+
+func (s *Server) apiRoutes(mux *http.ServeMux) {
+	p := APIPrefix
+	mux.Handle("GET "+p+"/status", s.wrap(s.apiStatus))
+	mux.Handle("PUT "+p+"/puppets/{userID}", s.wrap(s.apiProvision))
+	mux.Handle("POST "+p+"/puppets/{userID}/rooms", s.wrap(s.apiCreateRoom))
+	mux.Handle("POST "+p+"/puppets/{userID}/rooms/{roomID}/leave", s.wrap(s.apiLeave))
+	mux.Handle("PUT "+p+"/puppets/{userID}/rooms/{roomID}/state/{type}", s.wrap(s.apiSetState))
+	mux.Handle("PUT "+p+"/puppets/{userID}/rooms/{roomID}/state/{type}/{stateKey...}", s.wrap(s.apiSetState))
+	mux.Handle("POST "+p+"/puppets/{userID}/rooms/{roomID}/messages", s.wrap(s.apiSend))
+	mux.Handle("GET "+p+"/puppets/{userID}/rooms/{roomID}/messages", s.wrap(s.apiMessages))
+	mux.Handle("POST "+p+"/puppets/{userID}/rooms/{roomID}/join", s.wrap(s.apiJoin))
+	mux.Handle("POST "+p+"/puppets/{userID}/rooms/{roomID}/invite", s.wrap(s.apiInvite))
+	mux.Handle("GET "+p+"/puppets/{userID}/bundles", s.wrap(s.apiBundles))
+	mux.Handle("GET "+p+"/identities/{userID}", s.wrap(s.apiGetIdentity))
+	mux.Handle("PUT "+p+"/identities/{userID}", s.wrap(s.apiConfirmIdentity))
+	mux.Handle(p+"/", s.wrap(func(r *http.Request) (any, error) {
+		return nil, &apiError{http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request"}
+	}))
+}
+
+// DecodeBody reads a JSON object from the request into v.
+func DecodeBody(r *http.Request, v any) error {
+	data, err := io.ReadAll(r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return errTooLarge(fmt.Sprintf("request body over %d bytes", mbe.Limit))
+		}
+		return errBadJSON("failed to read request body")
+	}
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 || data[0] != '{' {
+		return &apiError{http.StatusBadRequest, "M_NOT_JSON", "request body must be a JSON object"}
+	}
+	if err = json.Unmarshal(data, v); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			return errBadJSON(fmt.Sprintf("field %q must be %s", typeErr.Field, typeErr.Type))
+		}
+		return errBadJSON("malformed JSON: " + err.Error())
+	}
+	return nil
+}
+
+// PuppetParam returns the {userID} path parameter, checked to be in the puppet namespace.
+func (s *Server) PuppetParam(r *http.Request) (id.UserID, error) {
+	userID := id.UserID(r.PathValue("userID"))
+	if _, _, err := userID.Parse(); err != nil {
+		return "", errInvalidParam(fmt.Sprintf("%q is not a valid user ID", userID))
+	}
+	if !s.cfg.IsPuppet(userID) {
+		return "", errInvalidParam(fmt.Sprintf("%s is not in the puppet namespace (@%s…:%s)",
+			userID, s.cfg.AppService.PuppetPrefix, s.cfg.Homeserver.Domain))
+	}
+	return userID, nil
+}
+
+// LoadPuppet returns the provisioned puppet named by the path.
+func (s *Server) LoadPuppet(r *http.Request) (*e2ee.Puppet, error) {
+	userID, err := s.PuppetParam(r)
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.mgr.Get(r.Context(), userID)
+	if errors.Is(err, e2ee.ErrNotProvisioned) {
+		return nil, errNotFound(fmt.Sprintf("%s is not provisioned: PUT %s/puppets/%s first", userID, APIPrefix, userID))
+	}
+	return p, err
+}
+
+// RoomParam returns the {roomID} path parameter, checked for shape.
+func RoomParam(r *http.Request) (id.RoomID, error) {
+	roomID := id.RoomID(r.PathValue("roomID"))
+	// Room IDs start with "!"; newer room versions drop the ":server" part, so that is not required.
+	if len(roomID) < 2 || roomID[0] != '!' || strings.ContainsAny(string(roomID), "/ ") {
+		return "", errInvalidParam(fmt.Sprintf("%q is not a room ID", roomID))
+	}
+	return roomID, nil
+}
+
+// MapRoomError turns "the homeserver does not know this room" into a 404.
+func MapRoomError(err error) error {
+	if errors.Is(err, e2ee.ErrUnknownRoom) {
+		return errNotFound(err.Error())
+	}
+	return err
+}
+
+func (s *Server) apiStatus(r *http.Request) (any, error) {
+	ctx := r.Context()
+	puppets, err := s.db.CountPuppets(ctx)
+	if err != nil {
+		return nil, err
+	}
+	_, versionsErr := s.mgr.Client(ctx, s.cfg.BotUserID()).Versions(ctx)
+	return map[string]any{
+		"version":                Version,
+		"homeserver_reachable":   versionsErr == nil,
+		"puppets":                puppets,
+		"loaded_machines":        s.mgr.LoadedCount(),
+		"last_homeserver_ping":   s.lastPing.Load(),
+		"uptime_seconds":         int(time.Since(s.startedAt).Seconds()),
+		"history_sharing_active": s.cfg.HistorySharing.ShareOnInvite,
+	}, nil
+}
+
+type provisionRequest struct {
+	Displayname string `json:"displayname"`
+}
+
+func (s *Server) apiProvision(r *http.Request) (any, error) {
+	userID, err := s.PuppetParam(r)
+	if err != nil {
+		return nil, err
+	}
+	var req provisionRequest
+	if r.ContentLength != 0 {
+		if err = DecodeBody(r, &req); err != nil {
+			return nil, err
+		}
+	}
+	return s.mgr.Provision(r.Context(), userID, req.Displayname)
+}
+
+type createRoomRequest struct {
+	Name              string      `json:"name"`
+	Topic             string      `json:"topic"`
+	Encrypted         *bool       `json:"encrypted"`
+	HistoryVisibility string      `json:"history_visibility"`
+	Invite            []id.UserID `json:"invite"`
+}
+
+func (s *Server) apiCreateRoom(r *http.Request) (any, error) {
+	p, err := s.LoadPuppet(r)
+	if err != nil {
+		return nil, err
+	}
+	var req createRoomRequest
+	if err = DecodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	visibility := event.HistoryVisibility(req.HistoryVisibility)
+	switch visibility {
+	case "":
+		visibility = event.HistoryVisibilityShared
+	case event.HistoryVisibilityShared, event.HistoryVisibilityJoined, event.HistoryVisibilityInvited, event.HistoryVisibilityWorldReadable:
+	default:
+		return nil, errInvalidParam("history_visibility must be shared, joined, invited or world_readable")
+	}
+	for _, invitee := range req.Invite {
+		if _, _, err = invitee.Parse(); err != nil {
+			return nil, errInvalidParam(fmt.Sprintf("invite: %q is not a valid user ID", invitee))
+		}
+	}
+	initial := []*event.Event{{
+		Type:    event.StateHistoryVisibility,
+		Content: event.Content{Parsed: &event.HistoryVisibilityEventContent{HistoryVisibility: visibility}},
+	}}
+	if req.Encrypted == nil || *req.Encrypted {
+		initial = append(initial, &event.Event{
+			Type:    event.StateEncryption,
+			Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}},
+		})
+	}
+	resp, err := p.Client.CreateRoom(r.Context(), &mautrix.ReqCreateRoom{
+		Name:         req.Name,
+		Topic:        req.Topic,
+		Preset:       "private_chat",
+		Invite:       req.Invite,
+		InitialState: initial,
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Learn the new room's state now, so the first send needs no transaction to have arrived.
+	if _, err = p.Client.State(r.Context(), resp.RoomID); err != nil {
+		zerolog.Ctx(r.Context()).Warn().Err(err).Stringer("room_id", resp.RoomID).Msg("Failed to fetch state of new room")
+	}
+	return map[string]any{"room_id": resp.RoomID}, nil
+}
+
+func (s *Server) apiLeave(r *http.Request) (any, error) {
+	p, err := s.LoadPuppet(r)
+	if err != nil {
+		return nil, err
+	}
+	roomID, err := RoomParam(r)
+	if err != nil {
+		return nil, err
+	}
+	if _, err = p.Client.LeaveRoom(r.Context(), roomID); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+func (s *Server) apiSetState(r *http.Request) (any, error) {
+	p, err := s.LoadPuppet(r)
+	if err != nil {
+		return nil, err
+	}
+	roomID, err := RoomParam(r)
+	if err != nil {
+		return nil, err
+	}
+	evtType := event.Type{Type: r.PathValue("type"), Class: event.StateEventType}
+	if evtType.Type == "" {
+		return nil, errInvalidParam("missing event type")
+	}
+	var content map[string]any
+	if err = DecodeBody(r, &content); err != nil {
+		return nil, err
+	}
+	ctx := r.Context()
+	stateKey := r.PathValue("stateKey")
+	// mautrix updates the state store as the event is sent: read the visibility before that.
+	previous, err := s.db.StateStore.GetHistoryVisibility(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := p.Client.SendStateEvent(ctx, roomID, evtType, stateKey, content)
+	if err != nil {
+		return nil, err
+	}
+	if evtType == event.StateHistoryVisibility {
+		if value, _ := content["history_visibility"].(string); previous == nil || string(previous.HistoryVisibility) != value {
+			if err = s.db.RequireRotation(ctx, roomID, time.Now()); err != nil {
+				return nil, err
+			}
+		}
+	}
+	// The next send must already see the new state, without waiting for the transaction.
+	raw, _ := json.Marshal(content)
+	evt := &event.Event{Type: evtType, RoomID: roomID, StateKey: &stateKey, Sender: p.UserID, ID: resp.EventID,
+		Content: event.Content{VeryRaw: raw}}
+	if err = evt.Content.ParseRaw(evtType); err == nil || errors.Is(err, event.ErrUnsupportedContentType) {
+		s.trackState(ctx, evt)
+	}
+	return map[string]any{"event_id": resp.EventID}, nil
+}
+
+func (s *Server) apiSend(r *http.Request) (any, error) {
+	p, err := s.LoadPuppet(r)
+	if err != nil {
+		return nil, err
+	}
+	roomID, err := RoomParam(r)
+	if err != nil {
+		return nil, err
+	}
+	var content map[string]any
+	if err = DecodeBody(r, &content); err != nil {
+		return nil, err
+	}
+	if msgtype, ok := content["msgtype"].(string); !ok || msgtype == "" {
+		return nil, errBadJSON("msgtype must be a non-empty string")
+	}
+	if _, ok := content["body"].(string); !ok {
+		return nil, errBadJSON("body must be a string")
+	}
+	eventID, err := p.SendMessage(r.Context(), roomID, event.EventMessage, content)
+	if err != nil {
+		return nil, MapRoomError(err)
+	}
+	return map[string]any{"event_id": eventID}, nil
+}
+
+func (s *Server) apiMessages(r *http.Request) (any, error) {
+	p, err := s.LoadPuppet(r)
+	if err != nil {
+		return nil, err
+	}
+	roomID, err := RoomParam(r)
+	if err != nil {
+		return nil, err
+	}
+	limit := 50
+	if raw := r.URL.Query().Get("limit"); raw != "" {
+		limit, err = strconv.Atoi(raw)
+		if err != nil || limit < 1 || limit > 1000 {
+			return nil, errInvalidParam("limit must be an integer from 1 to 1000")
+		}
+	}
+	events, err := p.Timeline(r.Context(), roomID, limit)
+	if err != nil {
+		return nil, MapRoomError(err)
+	}
+	return map[string]any{"events": events}, nil
+}

@@ -1,0 +1,65 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/keybundle"
+)
+
+type inviteRequest struct {
+	UserID       id.UserID `json:"user_id"`
+	ShareHistory *bool     `json:"share_history"`
+}
+
+func (s *Server) apiInvite(r *http.Request) (any, error) {
+	p, err := s.LoadPuppet(r)
+	if err != nil {
+		return nil, err
+	}
+	roomID, err := RoomParam(r)
+	if err != nil {
+		return nil, err
+	}
+	var req inviteRequest
+	if err = DecodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	if req.UserID == "" {
+		return nil, errBadJSON("user_id is required")
+	} else if _, _, err = req.UserID.Parse(); err != nil {
+		return nil, errInvalidParam(fmt.Sprintf("user_id %q is not a valid user ID", req.UserID))
+	} else if req.UserID == p.UserID {
+		return nil, errInvalidParam("a puppet cannot invite itself")
+	}
+	share := req.ShareHistory == nil || *req.ShareHistory
+	resp, err := s.history.Invite(r.Context(), p, roomID, req.UserID, share)
+	if errors.Is(err, keybundle.ErrBundleTooLarge) {
+		return nil, errTooLarge(err.Error() + "; the invite was not sent (retry with share_history: false to invite without history)")
+	}
+	return resp, MapRoomError(err)
+}
+
+func (s *Server) apiJoin(r *http.Request) (any, error) {
+	p, err := s.LoadPuppet(r)
+	if err != nil {
+		return nil, err
+	}
+	roomID, err := RoomParam(r)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.history.Join(r.Context(), p, roomID)
+	return resp, MapRoomError(err)
+}
+
+func (s *Server) apiBundles(r *http.Request) (any, error) {
+	userID, err := s.PuppetParam(r)
+	if err != nil {
+		return nil, err
+	}
+	return s.history.Bundles(r.Context(), userID)
+}

@@ -1,0 +1,61 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/e2ee"
+)
+
+// Identities: when a user's cross-signing identity changes, heirloom stops sharing history with
+// them and refuses their bundles (MSC4268's red flag) until an admin, having checked the new key
+// with the user, confirms it here.
+
+func identityParam(r *http.Request) (id.UserID, error) {
+	userID := id.UserID(r.PathValue("userID"))
+	if _, _, err := userID.Parse(); err != nil {
+		return "", errInvalidParam(fmt.Sprintf("%q is not a valid user ID", userID))
+	}
+	return userID, nil
+}
+
+func mapIdentityError(err error) error {
+	switch {
+	case errors.Is(err, e2ee.ErrUnknownIdentity):
+		return errNotFound(err.Error())
+	case errors.Is(err, e2ee.ErrIdentityMismatch):
+		return &apiError{http.StatusConflict, "M_INVALID_PARAM", err.Error()}
+	}
+	return err
+}
+
+func (s *Server) apiGetIdentity(r *http.Request) (any, error) {
+	userID, err := identityParam(r)
+	if err != nil {
+		return nil, err
+	}
+	status, err := s.mgr.Identity(r.Context(), userID)
+	return status, mapIdentityError(err)
+}
+
+type confirmIdentityRequest struct {
+	MasterKey id.Ed25519 `json:"master_key"`
+}
+
+func (s *Server) apiConfirmIdentity(r *http.Request) (any, error) {
+	userID, err := identityParam(r)
+	if err != nil {
+		return nil, err
+	}
+	var req confirmIdentityRequest
+	if err = DecodeBody(r, &req); err != nil {
+		return nil, err
+	} else if req.MasterKey == "" {
+		return nil, errBadJSON("master_key is required: the key you checked with the user")
+	}
+	status, err := s.mgr.ConfirmIdentity(r.Context(), userID, req.MasterKey)
+	return status, mapIdentityError(err)
+}

@@ -1,0 +1,68 @@
+package server
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"maunium.net/go/mautrix/event"
+)
+
+// metrics are heirloom's Prometheus metrics, served at /metrics.
+type metrics struct {
+	registry     *prometheus.Registry
+	transactions *prometheus.CounterVec
+	events       *prometheus.CounterVec
+	errors       *prometheus.CounterVec
+	apiRequests  *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "heirloom_transactions_total",
+			Help: "Appservice transactions received, by outcome (processed, duplicate, rejected, failed).",
+		}, []string{"outcome"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "heirloom_events_total",
+			Help: "Events received in transactions, by section and event type (known types; the rest as other).",
+		}, []string{"section", "type"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "heirloom_errors_total",
+			Help: "Errors, by where they happened.",
+		}, []string{"where"}),
+		apiRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "heirloom_api_requests_total",
+			Help: "HTTP API requests, by status code.",
+		}, []string{"code"}),
+	}
+	m.registry.MustRegister(m.transactions, m.events, m.errors, m.apiRequests,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// knownEventTypes are the event types counted under their own label; anything else is "other".
+// Labels come from events anyone can send, so the set must not grow with what arrives.
+var knownEventTypes = func() map[string]bool {
+	known := map[string]bool{}
+	for _, t := range []event.Type{
+		event.EventMessage, event.EventEncrypted, event.EventReaction, event.EventRedaction, event.EventSticker,
+		event.StateMember, event.StateCreate, event.StatePowerLevels, event.StateJoinRules, event.StateHistoryVisibility,
+		event.StateEncryption, event.StateRoomName, event.StateTopic, event.StateRoomAvatar, event.StateCanonicalAlias,
+		event.StateTombstone, event.StateServerACL, event.StateGuestAccess, event.StatePinnedEvents,
+		event.EphemeralEventTyping, event.EphemeralEventReceipt, event.EphemeralEventPresence,
+		event.ToDeviceEncrypted, event.ToDeviceRoomKey, event.ToDeviceRoomKeyRequest, event.ToDeviceRoomKeyWithheld,
+		event.ToDeviceForwardedRoomKey, event.ToDeviceRoomKeyBundle, event.ToDeviceSecretRequest, event.ToDeviceDummy,
+		event.ToDeviceVerificationRequest, event.ToDeviceVerificationStart, event.ToDeviceVerificationCancel,
+	} {
+		known[t.Type] = true
+	}
+	return known
+}()
+
+// eventTypeLabel returns the label an event type is counted under.
+func eventTypeLabel(evtType string) string {
+	if knownEventTypes[evtType] {
+		return evtType
+	}
+	return "other"
+}

@@ -1,0 +1,110 @@
+// Package server provides heirloom's HTTP side: the appservice endpoints the homeserver
+// pushes transactions to, the bridge-facing API at /_heirloom/v1, metrics, and the routing of
+// what arrives to the puppets.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/heirloom-matrix/heirloom/config"
+	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/history"
+)
+
+// Version is heirloom's version, reported by GET /status.
+var Version = "0.1.0"
+
+// Server is heirloom's HTTP listener.
+type Server struct {
+	cfg     *config.Config
+	db      *database.Database
+	mgr     *e2ee.Manager
+	history *history.Service
+	metrics *metrics
+	log     zerolog.Logger
+
+	txnLock   sync.Mutex
+	lastPing  atomic.Int64
+	startedAt time.Time
+	server    *http.Server
+}
+
+// NewServer creates the listener, with history sharing (MSC4268) for the transaction stream and the API.
+func NewServer(cfg *config.Config, db *database.Database, mgr *e2ee.Manager, hist *history.Service, log zerolog.Logger) *Server {
+	return &Server{cfg: cfg, db: db, mgr: mgr, history: hist, metrics: newMetrics(), log: log, startedAt: time.Now()}
+}
+
+// Handler returns the complete HTTP handler.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	for _, prefix := range []string{"/_matrix/app/v1", ""} {
+		mux.HandleFunc("PUT "+prefix+"/transactions/{txnID}", s.handleTransaction)
+	}
+	mux.HandleFunc("POST /_matrix/app/v1/ping", s.handlePing)
+	mux.HandleFunc("GET /_matrix/app/v1/users/{userID}", s.handleQueryUser)
+	mux.HandleFunc("GET /_matrix/app/v1/rooms/{alias}", s.handleQueryAlias)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	s.apiRoutes(mux)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mux.ServeHTTP(w, r.WithContext(s.log.WithContext(r.Context())))
+	})
+}
+
+// Start listens on the configured address. It returns once the listener is bound.
+func (s *Server) Start() error {
+	addr := net.JoinHostPort(s.cfg.AppService.Hostname, strconv.Itoa(s.cfg.AppService.Port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("failed to listen on %s: %w", addr, err)
+	}
+	s.server = &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       5 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+	}
+	go func() {
+		if err := s.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Err(err).Msg("HTTP server stopped")
+		}
+	}()
+	s.log.Info().Str("address", addr).Msg("Listening for the homeserver and the bridge API")
+	return nil
+}
+
+// Stop shuts the listener down, letting requests in flight finish.
+func (s *Server) Stop(ctx context.Context) error {
+	if s.server == nil {
+		return nil
+	}
+	return s.server.Shutdown(ctx)
+}
+
+// handleQueryUser answers the homeserver's user queries: puppets exist only once provisioned.
+func (s *Server) handleQueryUser(w http.ResponseWriter, r *http.Request) {
+	if !s.checkHSToken(r) {
+		writeJSON(w, http.StatusForbidden, &apiError{ErrCode: "M_FORBIDDEN", Message: "Bad homeserver token"})
+		return
+	}
+	writeJSON(w, http.StatusNotFound, &apiError{ErrCode: "M_NOT_FOUND", Message: "Puppets are created through the heirloom API"})
+}
+
+func (s *Server) handleQueryAlias(w http.ResponseWriter, r *http.Request) {
+	if !s.checkHSToken(r) {
+		writeJSON(w, http.StatusForbidden, &apiError{ErrCode: "M_FORBIDDEN", Message: "Bad homeserver token"})
+		return
+	}
+	writeJSON(w, http.StatusNotFound, &apiError{ErrCode: "M_NOT_FOUND", Message: "heirloom has no room aliases"})
+}

@@ -1,0 +1,303 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// maxTransactionSize caps a transaction body. Synapse sends at most 100 PDUs, 100 EDUs and a
+// bounded number of to-device messages per transaction; this leaves ample room.
+const maxTransactionSize = 64 << 20
+
+// rawTransaction holds each section unparsed, so one malformed event spoils only itself.
+type rawTransaction struct {
+	Events           []json.RawMessage `json:"events"`
+	Ephemeral        []json.RawMessage `json:"ephemeral"`
+	MSC2409Ephemeral []json.RawMessage `json:"de.sorunome.msc2409.ephemeral"`
+	ToDevice         []json.RawMessage `json:"to_device"`
+	MSC2409ToDevice  []json.RawMessage `json:"de.sorunome.msc2409.to_device"`
+
+	DeviceLists        json.RawMessage `json:"device_lists"`
+	MSC3202DeviceLists json.RawMessage `json:"org.matrix.msc3202.device_lists"`
+	OTKCounts          json.RawMessage `json:"device_one_time_keys_count"`
+	MSC3202OTKCounts   json.RawMessage `json:"org.matrix.msc3202.device_one_time_keys_count"`
+}
+
+// Transaction is a parsed appservice transaction: every section as far as it was valid.
+type Transaction struct {
+	ID          string
+	Events      []*event.Event
+	Ephemeral   []*event.Event
+	ToDevice    []*event.Event
+	DeviceLists mautrix.DeviceLists
+	OTKCounts   map[id.UserID]map[id.DeviceID]mautrix.OTKCount
+	// Invalid counts the items that could not be parsed and were skipped.
+	Invalid int
+}
+
+// ParseTransaction decodes a transaction body. Only a body that is not a JSON object fails;
+// malformed events or sections are skipped and counted.
+func ParseTransaction(body []byte) (*Transaction, error) {
+	if trimmed := bytes.TrimSpace(body); len(trimmed) == 0 || trimmed[0] != '{' {
+		return nil, errors.New("transaction body is not a JSON object")
+	}
+	var raw rawTransaction
+	invalid := 0
+	if err := json.Unmarshal(body, &raw); err != nil {
+		// A section of the wrong shape (e.g. "events": 5) fails the whole decode: retry per section.
+		var sections map[string]json.RawMessage
+		if err2 := json.Unmarshal(body, &sections); err2 != nil {
+			return nil, err
+		}
+		raw = rawTransaction{}
+		for name, value := range sections {
+			single, _ := json.Marshal(map[string]json.RawMessage{name: value})
+			if json.Unmarshal(single, &raw) != nil {
+				invalid++
+			}
+		}
+	}
+	txn := &Transaction{Invalid: invalid}
+	txn.Events = txn.parseEvents(raw.Events, false)
+	txn.Ephemeral = txn.parseEvents(firstNonNil(raw.Ephemeral, raw.MSC2409Ephemeral), false)
+	txn.ToDevice = txn.parseEvents(firstNonNil(raw.ToDevice, raw.MSC2409ToDevice), true)
+	for _, section := range []json.RawMessage{raw.DeviceLists, raw.MSC3202DeviceLists} {
+		if len(section) == 0 {
+			continue
+		}
+		var dl mautrix.DeviceLists
+		if err := json.Unmarshal(section, &dl); err != nil {
+			txn.Invalid++
+			continue
+		}
+		txn.DeviceLists.Changed = append(txn.DeviceLists.Changed, dl.Changed...)
+		txn.DeviceLists.Left = append(txn.DeviceLists.Left, dl.Left...)
+	}
+	for _, section := range []json.RawMessage{raw.OTKCounts, raw.MSC3202OTKCounts} {
+		if len(section) == 0 || txn.OTKCounts != nil {
+			continue
+		}
+		if err := json.Unmarshal(section, &txn.OTKCounts); err != nil {
+			txn.OTKCounts = nil
+			txn.Invalid++
+		}
+	}
+	return txn, nil
+}
+
+func firstNonNil(a, b []json.RawMessage) []json.RawMessage {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+func (txn *Transaction) parseEvents(raws []json.RawMessage, toDevice bool) []*event.Event {
+	out := make([]*event.Event, 0, len(raws))
+	for _, raw := range raws {
+		var evt event.Event
+		if err := json.Unmarshal(raw, &evt); err != nil || evt.Type.Type == "" {
+			txn.Invalid++
+			continue
+		}
+		if toDevice {
+			evt.Type.Class = event.ToDeviceEventType
+		} else if evt.StateKey != nil {
+			evt.Type.Class = event.StateEventType
+		} else {
+			evt.Type.Class = event.MessageEventType
+		}
+		// Unknown types stay unparsed (Raw only); known types that fail to parse are skipped.
+		if err := evt.Content.ParseRaw(evt.Type); err != nil && !errors.Is(err, event.ErrUnsupportedContentType) {
+			txn.Invalid++
+			continue
+		}
+		out = append(out, &evt)
+	}
+	return out
+}
+
+// checkHSToken compares the homeserver's token in constant time. Synapse sends it as a bearer
+// token; the legacy access_token query parameter is accepted too.
+func (s *Server) checkHSToken(r *http.Request) bool {
+	token := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if token == "" {
+		token = r.URL.Query().Get("access_token")
+	}
+	return subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.AppService.HSToken)) == 1
+}
+
+func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
+	if !s.checkHSToken(r) {
+		s.metrics.transactions.WithLabelValues("rejected").Inc()
+		writeJSON(w, http.StatusForbidden, &apiError{ErrCode: "M_FORBIDDEN", Message: "Bad homeserver token"})
+		return
+	}
+	txnID := r.PathValue("txnID")
+	log := zerolog.Ctx(r.Context()).With().Str("txn_id", txnID).Logger()
+	ctx := log.WithContext(r.Context())
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxTransactionSize))
+	if err != nil {
+		s.metrics.transactions.WithLabelValues("rejected").Inc()
+		writeError(w, r, errTooLarge("transaction body too large or unreadable"))
+		return
+	}
+	// Serialize transactions: the homeserver sends one at a time per appservice anyway, and the
+	// processed-ID check below must not race with a retry of the same ID.
+	s.txnLock.Lock()
+	defer s.txnLock.Unlock()
+	sum := sha256.Sum256(body)
+	bodyHash := hex.EncodeToString(sum[:])
+	if done, err := s.db.IsTxnProcessed(ctx, txnID, bodyHash); err != nil {
+		s.metrics.errors.WithLabelValues("transaction").Inc()
+		writeError(w, r, err)
+		return
+	} else if done {
+		s.metrics.transactions.WithLabelValues("duplicate").Inc()
+		log.Debug().Msg("Ignoring repeated transaction")
+		writeJSON(w, http.StatusOK, struct{}{})
+		return
+	}
+	txn, err := ParseTransaction(body)
+	if err != nil {
+		s.metrics.transactions.WithLabelValues("rejected").Inc()
+		writeError(w, r, &apiError{http.StatusBadRequest, "M_NOT_JSON", "transaction body is not a JSON object"})
+		return
+	}
+	txn.ID = txnID
+	// Process with a context that outlives the request: the homeserver may time out and retry,
+	// but half-processed state must not be abandoned.
+	procCtx := context.WithoutCancel(ctx)
+	s.processTransaction(procCtx, txn)
+	if err = s.db.MarkTxnProcessed(procCtx, txnID, bodyHash); err != nil {
+		s.metrics.errors.WithLabelValues("transaction").Inc()
+		writeError(w, r, err)
+		return
+	}
+	s.metrics.transactions.WithLabelValues("processed").Inc()
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// processTransaction applies a transaction in order: room state first (so encryption and
+// membership are known), then to-device messages, key counts and device lists, then the
+// reactions to events (invites, rotation triggers).
+func (s *Server) processTransaction(ctx context.Context, txn *Transaction) {
+	log := zerolog.Ctx(ctx)
+	log.Debug().
+		Int("events", len(txn.Events)).Int("ephemeral", len(txn.Ephemeral)).Int("to_device", len(txn.ToDevice)).
+		Int("device_list_changes", len(txn.DeviceLists.Changed)).Int("otk_count_users", len(txn.OTKCounts)).
+		Int("invalid", txn.Invalid).Msg("Processing transaction")
+	if txn.Invalid > 0 {
+		s.metrics.errors.WithLabelValues("transaction_parse").Add(float64(txn.Invalid))
+		log.Warn().Int("invalid", txn.Invalid).Msg("Skipped malformed items in transaction")
+	}
+	for _, evt := range txn.Events {
+		s.metrics.events.WithLabelValues("events", eventTypeLabel(evt.Type.Type)).Inc()
+		s.trackState(ctx, evt)
+	}
+	for _, evt := range txn.Ephemeral {
+		s.metrics.events.WithLabelValues("ephemeral", eventTypeLabel(evt.Type.Type)).Inc()
+	}
+	for _, evt := range txn.ToDevice {
+		s.metrics.events.WithLabelValues("to_device", eventTypeLabel(evt.Type.Type)).Inc()
+		s.mgr.RouteToDevice(ctx, evt)
+	}
+	for userID, devices := range txn.OTKCounts {
+		for deviceID, count := range devices {
+			s.mgr.RouteOTKCounts(ctx, userID, deviceID, count)
+		}
+	}
+	s.mgr.RouteDeviceListChanges(ctx, txn.DeviceLists.Changed)
+	for _, evt := range txn.Events {
+		s.reactToEvent(ctx, evt)
+	}
+}
+
+// trackState records room state from the transaction and marks rooms whose outbound sessions
+// must rotate: a history visibility that differs from the one heirloom knew, and any member
+// leaving, being kicked or banned. (A send also checks both itself, so a late transaction only
+// adds safety; the visibility comparison keeps the echo of heirloom's own change from rotating twice.)
+func (s *Server) trackState(ctx context.Context, evt *event.Event) {
+	if evt.StateKey == nil || evt.RoomID == "" {
+		return
+	}
+	rotate := false
+	switch evt.Type {
+	case event.StateHistoryVisibility:
+		previous, err := s.db.StateStore.GetHistoryVisibility(ctx, evt.RoomID)
+		if content, ok := evt.Content.Parsed.(*event.HistoryVisibilityEventContent); ok && err == nil && previous != nil {
+			rotate = previous.HistoryVisibility != content.HistoryVisibility
+		}
+	case event.StateMember:
+		membership := evt.Content.AsMember().Membership
+		rotate = membership == event.MembershipLeave || membership == event.MembershipBan
+		if s.cfg.IsPuppet(id.UserID(evt.GetStateKey())) {
+			s.history.TrackMembership(ctx, evt)
+		}
+	}
+	mautrix.UpdateStateStore(ctx, s.db.StateStore, evt)
+	if rotate {
+		// At the event's own time: a late transaction of a departure must not rotate a session
+		// created after it (the send path already rotated for it, from the member list).
+		if err := s.db.RequireRotation(ctx, evt.RoomID, time.UnixMilli(evt.Timestamp)); err != nil {
+			zerolog.Ctx(ctx).Err(err).Stringer("room_id", evt.RoomID).Msg("Failed to mark room for session rotation")
+		}
+	}
+}
+
+// reactToEvent handles events heirloom acts on: invites of puppets and invites sent by puppets,
+// and puppets' joins (a bundle from the inviter may be imported now).
+func (s *Server) reactToEvent(ctx context.Context, evt *event.Event) {
+	if evt.Type != event.StateMember || evt.StateKey == nil {
+		return
+	}
+	member := evt.Content.AsMember()
+	target := id.UserID(*evt.StateKey)
+	log := zerolog.Ctx(ctx).With().Stringer("room_id", evt.RoomID).Stringer("sender", evt.Sender).
+		Stringer("target", target).Stringer("event_id", evt.ID).Logger()
+	ctx = log.WithContext(ctx)
+	switch member.Membership {
+	case event.MembershipInvite:
+		if s.cfg.IsPuppet(evt.Sender) {
+			s.history.InviteSent(ctx, evt)
+		}
+		if s.cfg.IsPuppet(target) {
+			s.history.InviteReceived(ctx, evt)
+		} else if target == s.cfg.BotUserID() {
+			log.Info().Msg("Bot was invited to a room")
+		}
+	case event.MembershipJoin:
+		if s.cfg.IsPuppet(target) {
+			s.history.ObserveJoin(ctx, evt)
+		}
+	}
+}
+
+// handlePing answers the homeserver's appservice ping (MSC2659).
+func (s *Server) handlePing(w http.ResponseWriter, r *http.Request) {
+	if !s.checkHSToken(r) {
+		writeJSON(w, http.StatusForbidden, &apiError{ErrCode: "M_FORBIDDEN", Message: "Bad homeserver token"})
+		return
+	}
+	var body struct {
+		TransactionID string `json:"transaction_id"`
+	}
+	_ = json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&body)
+	zerolog.Ctx(r.Context()).Debug().Str("ping_txn_id", body.TransactionID).Msg("Received ping from homeserver")
+	s.lastPing.Store(time.Now().UnixMilli())
+	writeJSON(w, http.StatusOK, struct{}{})
+}
