@@ -19,7 +19,8 @@
 #   HEIRLOOM_STATE           state directory                            (default: <repo>/.state)
 #   SYNAPSE_PORT             client listener port, bound to 127.0.0.1   (default: 8008)
 #   SYNAPSE_DATA             data directory                             (default: $HEIRLOOM_STATE/synapse)
-#   SYNAPSE_REGISTRATION     appservice registration.yaml to load       (optional)
+#   SYNAPSE_REGISTRATION     appservice registration file(s) to load:   (optional)
+#                            one path, or several separated by ':'
 #   SYNAPSE_SHARED_SECRET    registration_shared_secret                 (default: a fixed dev value)
 #   SYNAPSE_MAX_UPLOAD       max_upload_size                            (default: 100M)
 #   SYNAPSE_START_TIMEOUT    seconds to wait for /health                (default: 120)
@@ -50,9 +51,13 @@ SHARED_SECRET="${SYNAPSE_SHARED_SECRET:-heirloom-dev-registration-secret}"
 MAX_UPLOAD="${SYNAPSE_MAX_UPLOAD:-100M}"
 START_TIMEOUT="${SYNAPSE_START_TIMEOUT:-120}"
 PYTHON="${SYNAPSE_PYTHON:-python3}"
-REGISTRATION=""
+REGISTRATIONS=()
 if [[ -n "${SYNAPSE_REGISTRATION:-}" ]]; then
-  REGISTRATION="$(abspath "${SYNAPSE_REGISTRATION}")"
+  IFS=':' read -r -a _regs <<<"${SYNAPSE_REGISTRATION}"
+  for _reg in "${_regs[@]}"; do
+    if [[ -n "${_reg}" ]]; then REGISTRATIONS+=("$(abspath "${_reg}")"); fi
+  done
+  unset _regs _reg
 fi
 
 CONFIG="${DATA}/homeserver.yaml"
@@ -83,9 +88,10 @@ validate_env() {
   [[ "${MAX_UPLOAD}" =~ ^[0-9]+[KMGkmg]?$ ]] \
     || die "SYNAPSE_MAX_UPLOAD must look like 100M, got '${MAX_UPLOAD}'"
   [[ -n "${SHARED_SECRET}" ]] || die "SYNAPSE_SHARED_SECRET must not be empty"
-  if [[ -n "${REGISTRATION}" && ! -f "${REGISTRATION}" ]]; then
-    die "SYNAPSE_REGISTRATION points to a missing file: ${REGISTRATION}"
-  fi
+  local reg
+  for reg in "${REGISTRATIONS[@]}"; do
+    [[ -f "${reg}" ]] || die "SYNAPSE_REGISTRATION names a missing file: ${reg}"
+  done
 }
 
 # ------------------------------------------------------------------------------------ install
@@ -309,13 +315,12 @@ experimental_features:
   msc2409_to_device_messages_enabled: true
   msc3202_transaction_extensions: true
 EOF
-  if [[ -n "${REGISTRATION}" ]]; then
-    cat <<EOF
-
-# Appservice registration (sha256 $(sha256sum <"${REGISTRATION}" | cut -c1-16); restart after changing it).
-app_service_config_files:
-  - $(yq "${REGISTRATION}")
-EOF
+  if (( ${#REGISTRATIONS[@]} > 0 )); then
+    printf '\n# Appservice registrations (restart after changing one).\napp_service_config_files:\n'
+    local reg
+    for reg in "${REGISTRATIONS[@]}"; do
+      printf '  - %s  # sha256 %s\n' "$(yq "${reg}")" "$(sha256sum <"${reg}" | cut -c1-16)"
+    done
   fi
 }
 
