@@ -4,6 +4,8 @@
 // import "./polyfill.mjs" must have run before this module; lib/rpc.mjs and
 // peer.mjs make sure of that.
 
+import { createHash } from "node:crypto";
+
 import * as RustSdkCryptoJs from "@matrix-org/matrix-sdk-crypto-wasm";
 import { createClient, SyncState } from "matrix-js-sdk";
 import { EventShieldColour, EventShieldReason } from "matrix-js-sdk/lib/crypto-api/index.js";
@@ -422,7 +424,13 @@ export class Peer {
             encrypted,
             decrypted,
         };
-        if (!encrypted || decrypted) out.body = ev.getContent().body;
+        if (!encrypted || decrypted) {
+            const content = ev.getContent();
+            out.body = content.body;
+            if (content.msgtype) out.msgtype = content.msgtype;
+            if (content.url) out.url = content.url;
+            if (content.file?.url) out.file_url = content.file.url;
+        }
         if (encrypted) {
             const sessionId = ev.getWireContent().session_id;
             if (sessionId) out.session_id = sessionId;
@@ -444,6 +452,55 @@ export class Peer {
             }
         }
         return out;
+    }
+
+    /**
+     * Wait until the room's live timeline has a readable message matching the filter (sender,
+     * body exactly, or body_contains; after_event_id: only messages after that event), and
+     * return it as `messages` describes it. No back-pagination: for messages that arrive while
+     * waiting, or recently.
+     */
+    async waitForMessage(params) {
+        const roomId = required(params, "room_id");
+        const timeoutMs = timeoutOf(params);
+        const room = await waitUntil(() => this.room(roomId), { timeoutMs, what: `${this.userId} to know room ${roomId}` });
+        const want = (ev) => {
+            if (params.sender && ev.getSender() !== params.sender) return false;
+            if (ev.isEncrypted() && ev.isDecryptionFailure()) return false;
+            const body = ev.getContent().body;
+            if (typeof body !== "string") return false;
+            if (params.body !== undefined && body !== params.body) return false;
+            if (params.body_contains !== undefined && !body.includes(params.body_contains)) return false;
+            if (params.msgtype !== undefined && ev.getContent().msgtype !== params.msgtype) return false;
+            return true;
+        };
+        const what = `${this.userId} to see a message matching ${JSON.stringify(params)} in ${roomId}`;
+        const ev = await waitUntil(() => {
+            let events = room.getLiveTimeline().getEvents().filter(isMessageEvent);
+            if (params.after_event_id) {
+                const i = events.findIndex((e) => e.getId() === params.after_event_id);
+                if (i < 0) return undefined;
+                events = events.slice(i + 1);
+            }
+            return events.find(want);
+        }, { timeoutMs, what });
+        return this.describeMessage(ev);
+    }
+
+    /** Download media (mxc://) through the homeserver's authenticated media API, as this user. */
+    async downloadMedia(params) {
+        const mxc = required(params, "mxc");
+        const match = /^mxc:\/\/([^/]+)\/([^/?#]+)$/.exec(mxc);
+        if (!match) throw new Error(`not an mxc URI: ${mxc}`);
+        const url = new URL(`/_matrix/client/v1/media/download/${encodeURIComponent(match[1])}/${encodeURIComponent(match[2])}`, this.homeserver);
+        const res = await fetch(url, { headers: { Authorization: `Bearer ${this.client.getAccessToken()}` } });
+        const data = Buffer.from(await res.arrayBuffer());
+        if (!res.ok) throw new Error(`GET ${url.pathname}: HTTP ${res.status} ${data.toString("utf8")}`);
+        return {
+            size: data.length,
+            sha256: createHash("sha256").update(data).digest("hex"),
+            content_type: res.headers.get("content-type"),
+        };
     }
 
     // ---- keys and trust -----------------------------------------------------

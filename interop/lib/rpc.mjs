@@ -26,6 +26,8 @@ const USER_METHODS = {
     waitForInvite: "waitForInvite",
     waitForMembership: "waitForMembership",
     messages: "messages",
+    waitForMessage: "waitForMessage",
+    downloadMedia: "downloadMedia",
     deviceStatus: "deviceStatus",
     exportKeys: "exportKeys",
 };
