@@ -51,6 +51,15 @@ type env struct {
 	heirloom   *exec.Cmd
 	logFile    *os.File
 	asToken    string
+
+	// The bridges' own registrations, loaded by Synapse, and the programs that run them.
+	heisenbridgeReg  bridgeRegistration
+	jsBridgeReg      bridgeRegistration
+	jsBridgeSpareReg bridgeRegistration
+	heisenbridgeBin  string
+	bridgeNode       string
+	// cleanups run at teardown, last first, before Synapse stops.
+	cleanups []func()
 }
 
 var e *env
@@ -100,9 +109,16 @@ func setup() (*env, error) {
 	x := &env{root: root, dir: dir, hsPort: freePort(), asPort: freePort()}
 	x.hsURL = fmt.Sprintf("http://127.0.0.1:%d", x.hsPort)
 	x.binary = filepath.Join(dir, "heirloom")
+	// The bridges' registrations are generated while heirloom builds.
+	bridgeRegs := make(chan error, 1)
+	go func() { bridgeRegs <- x.writeBridgeRegistrations() }()
 	build := exec.Command("go", "build", "-tags=goolm", "-o", x.binary, ".")
 	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
+	out, err := build.CombinedOutput()
+	if regErr := <-bridgeRegs; err == nil && regErr != nil {
+		return x, regErr
+	}
+	if err != nil {
 		return x, fmt.Errorf("go build: %v\n%s", err, out)
 	}
 	if err = x.writeConfig(); err != nil {
@@ -169,7 +185,8 @@ func (x *env) synapseEnv() []string {
 	return append(os.Environ(),
 		fmt.Sprintf("SYNAPSE_PORT=%d", x.hsPort),
 		"SYNAPSE_DATA="+filepath.Join(x.dir, "synapse"),
-		"SYNAPSE_REGISTRATION="+filepath.Join(x.dir, "registration.yaml"),
+		"SYNAPSE_REGISTRATION="+strings.Join([]string{filepath.Join(x.dir, "registration.yaml"),
+			x.heisenbridgeReg.Path, x.jsBridgeReg.Path, x.jsBridgeSpareReg.Path}, ":"),
 		"SYNAPSE_SHARED_SECRET="+sharedSecret,
 		"SYNAPSE_MAX_UPLOAD=200M",
 	)
@@ -288,6 +305,9 @@ func (x *env) startPeer() error {
 }
 
 func (x *env) teardown() {
+	for i := len(x.cleanups) - 1; i >= 0; i-- {
+		x.cleanups[i]()
+	}
 	if x.peerCmd != nil && x.peerCmd.Process != nil {
 		_ = x.peerCmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan struct{})
