@@ -54,7 +54,12 @@ type bridgeRegistration struct {
 // BotID is the bridge bot's user ID on the suite's homeserver.
 func (r bridgeRegistration) BotID() string { return "@" + r.SenderLocalpart + ":" + domain }
 
+// readRegistration reads a registration a bridge generated, and makes it readable by its owner
+// only (it holds the bridge's tokens).
 func readRegistration(path string) (bridgeRegistration, error) {
+	if err := os.Chmod(path, 0o600); err != nil {
+		return bridgeRegistration{}, err
+	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return bridgeRegistration{}, err
@@ -100,7 +105,7 @@ func (x *env) tool(script, command string) (string, error) {
 // a test runs by itself.
 func (x *env) writeBridgeRegistrations() error {
 	var wg sync.WaitGroup
-	var hbErr, jsErr error
+	var hbErr, jsErr, spareErr error
 	wg.Go(func() {
 		if x.heisenbridgeBin, hbErr = x.tool("heisenbridge.sh", "bin"); hbErr != nil {
 			return
@@ -126,14 +131,16 @@ func (x *env) writeBridgeRegistrations() error {
 			}
 			return readRegistration(path)
 		}
-		if x.jsBridgeReg, jsErr = generate("jsbridge-registration.yaml"); jsErr != nil {
-			return
-		}
-		x.jsBridgeSpareReg, jsErr = generate("jsbridge-spare-registration.yaml",
-			"--id", "heirloom-test-bridge-spare", "--sender-localpart", "jsbridge_spare", "--prefix", "jsc_")
+		var spare sync.WaitGroup
+		spare.Go(func() {
+			x.jsBridgeSpareReg, spareErr = generate("jsbridge-spare-registration.yaml",
+				"--id", "heirloom-test-bridge-spare", "--sender-localpart", "jsbridge_spare", "--prefix", "jsc_")
+		})
+		x.jsBridgeReg, jsErr = generate("jsbridge-registration.yaml")
+		spare.Wait()
 	})
 	wg.Wait()
-	return errors.Join(hbErr, jsErr)
+	return errors.Join(hbErr, jsErr, spareErr)
 }
 
 // ---------------------------------------------------------------------------------- processes
