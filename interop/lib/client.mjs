@@ -20,8 +20,9 @@ const VISIBILITIES = ["shared", "joined", "invited", "world_readable"];
 const SHARED_HISTORY_KEYS = ["shared_history", "m.shared_history", "org.matrix.msc3061.shared_history"];
 
 export class Peer {
-    constructor({ client, userId, deviceId, password, homeserver }) {
+    constructor({ client, userId, deviceId, password, homeserver, logger }) {
         this.client = client;
+        this.logger = logger;
         this.userId = userId;
         this.deviceId = deviceId;
         this.password = password;
@@ -47,7 +48,7 @@ export class Peer {
             accessToken: login.access_token,
             logger,
         });
-        const peer = new Peer({ client, userId: login.user_id, deviceId: login.device_id, password, homeserver });
+        const peer = new Peer({ client, userId: login.user_id, deviceId: login.device_id, password, homeserver, logger });
 
         // In-memory store: each peer lives for one test run, and this keeps the
         // process free of IndexedDB shims.
@@ -114,12 +115,37 @@ export class Peer {
         return this.client.getRoom(roomId);
     }
 
-    /** Wait until the local copy of the room shows us joined (so its state is synced). */
-    async waitJoined(roomId, timeoutMs) {
-        return waitUntil(() => {
+    /**
+     * Wait until the local copy of the room shows us joined (so its state is synced).
+     * joinedOnServer: the homeserver has accepted our join (joinRoom returned).
+     */
+    async waitJoined(roomId, timeoutMs, { joinedOnServer = false } = {}) {
+        const started = Date.now();
+        let refreshed = false;
+        return waitUntil(async () => {
             const room = this.room(roomId);
-            return room?.getMyMembership() === "join" ? room : undefined;
+            if (room?.getMyMembership() === "join") return room;
+            // A /sync that races with our own join (Synapse logs "User membership change
+            // between getting rooms and current token") can list the room as joined while the
+            // state it carries still has our invite; js-sdk then recalculates our membership
+            // from that state and stays at "invite" until another member event of ours comes.
+            // Once the server has our join, take our member event from /members, once.
+            if (room && joinedOnServer && !refreshed && Date.now() - started > 1000) {
+                refreshed = true;
+                await this.refreshOwnMembership(room);
+            }
+            return undefined;
         }, { timeoutMs, what: `${this.userId} to see itself joined to ${roomId}` });
+    }
+
+    async refreshOwnMembership(room) {
+        const { chunk } = await this.client.members(room.roomId);
+        const raw = chunk.find((ev) => ev.state_key === this.userId);
+        const local = room.currentState.getStateEvents("m.room.member", this.userId);
+        if (raw?.content?.membership !== "join" || local?.getId() === raw.event_id) return;
+        this.logger.warn(`${room.roomId}: the synced state still had our ${local?.getContent().membership ?? "missing"} membership; took our join ${raw.event_id} from /members`);
+        room.currentState.setStateEvents([this.client.getEventMapper()(raw)]);
+        room.recalculate();
     }
 
     async createRoom(params) {
@@ -286,7 +312,7 @@ export class Peer {
             }, { timeoutMs, what: `${this.userId} to see its invite to ${roomId}` });
         }
         const room = await this.client.joinRoom(roomId);
-        await this.waitJoined(room.roomId, timeoutMs);
+        await this.waitJoined(room.roomId, timeoutMs, { joinedOnServer: true });
         return { room_id: room.roomId };
     }
 
