@@ -155,9 +155,11 @@ type proc struct {
 	waitErr error
 }
 
+var unsafeInFileName = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
+
 // logPathFor returns a log file path in the run's directory for the current test and a component.
 func logPathFor(t testing.TB, component string) string {
-	safe := regexp.MustCompile(`[^A-Za-z0-9_.-]+`).ReplaceAllString(t.Name(), "_")
+	safe := unsafeInFileName.ReplaceAllString(t.Name(), "_")
 	return filepath.Join(e.dir, fmt.Sprintf("%s-%s-%d.log", safe, component, uniq.Add(1)))
 }
 
