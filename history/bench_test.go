@@ -14,9 +14,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,12 +53,13 @@ func newBenchEnv(tb testing.TB) *benchEnv {
 	return env
 }
 
-// openBenchEnv opens (and migrates) a fresh database in dir; close ends it.
+// openBenchEnv opens (and migrates) a fresh database in dir; close ends it. HEIRLOOM_BENCH_SQLITE_PARAMS
+// (e.g. "&_cache_size=-65536") is appended to the SQLite URI, to measure connection settings.
 func openBenchEnv(dir string) (*benchEnv, error) {
 	cfg := &config.Config{
 		Homeserver: config.Homeserver{Address: "http://127.0.0.1:1", Domain: "localhost"},
 		AppService: config.AppService{ASToken: "bench-as-token-0123456789", PuppetPrefix: "heirloom_", BotUsername: "bot"},
-		Database: config.Database{Type: "sqlite3-fk-wal", URI: "file:" + filepath.Join(dir, "bench.db") + "?_txlock=immediate",
+		Database: config.Database{Type: "sqlite3-fk-wal", URI: "file:" + filepath.Join(dir, "bench.db") + "?_txlock=immediate" + os.Getenv("HEIRLOOM_BENCH_SQLITE_PARAMS"),
 			MaxOpenConns: 5, MaxIdleConns: 2},
 		Encryption:     config.Encryption{PickleKey: "bench-pickle-key-0123456789"},
 		HistorySharing: config.HistorySharing{AcceptWindow: 24 * time.Hour, MaxBundleSize: 1 << 30},
@@ -385,6 +388,36 @@ func BenchmarkBuildBundle(b *testing.B) {
 	}
 }
 
+// cpuTime is the CPU time (user and system, every thread) the process has used so far: beside the
+// wall time it tells the work done from the time lost to other processes on the machine.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// profileImport writes a CPU profile of one timed import (garbage collection included, setup left
+// out) to $HEIRLOOM_BENCH_CPUPROFILE-<run>.prof when that is set; go tool pprof merges several.
+func profileImport(b *testing.B, timed bool, run int) (stop func()) {
+	prefix := os.Getenv("HEIRLOOM_BENCH_CPUPROFILE")
+	if prefix == "" || !timed {
+		return func() {}
+	}
+	f, err := os.Create(fmt.Sprintf("%s-%d.prof", prefix, run))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err = pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}
+}
+
 // BenchmarkImportBundle imports a decrypted bundle of N sessions into a fresh puppet in a fresh
 // SQLite database (the reference sides too start each import on a fresh store). It writes the
 // bundle it imports to HEIRLOOM_BENCH_FIXTURES, for the reference sides to import the same bytes.
@@ -414,6 +447,7 @@ func BenchmarkImportBundle(b *testing.B) {
 			var rssBefore, rssPeak uint64
 			first := st.warm == nil
 			times := make([]float64, 0, b.N)
+			var cpu []float64
 			var res importResult
 			for i := 0; i < b.N; i++ {
 				dir := filepath.Join(st.dir, fmt.Sprint("dst", st.next))
@@ -430,11 +464,15 @@ func BenchmarkImportBundle(b *testing.B) {
 				if first && i == 0 {
 					rssBefore = resetPeakRSS(b)
 				}
+				stopProfile := profileImport(b, !first, st.next)
+				cpuStart := cpuTime()
 				b.StartTimer()
 				start := time.Now()
 				res, err = env.svc.importBundle(context.Background(), dst, rb, io.NopCloser(bytes.NewReader(st.plain)))
 				elapsed := time.Since(start)
 				b.StopTimer()
+				cpu = append(cpu, millis(cpuTime()-cpuStart))
+				stopProfile()
 				if first && i == 0 {
 					rssPeak = procStatusBytes("VmHWM")
 				}
@@ -447,6 +485,9 @@ func BenchmarkImportBundle(b *testing.B) {
 				times = append(times, millis(elapsed))
 				env.close()
 				_ = os.RemoveAll(dir)
+			}
+			if !first {
+				b.ReportMetric(medianMS(cpu), "median-cpu-ms")
 			}
 			st.report(b, benchResult{Impl: "heirloom (goolm, SQLite)", Side: "heirloom", Op: "import", Sessions: n,
 				RoomKeys: res.imported, Withheld: res.withheld, BundleBytes: int64(len(st.plain))}, times, rssBefore, rssPeak)
