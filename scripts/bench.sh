@@ -38,8 +38,10 @@ fi
 echo "== heirloom: go test -c ./history"
 go test -c -o "${OUT}/history.test" ./history
 
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+echo "== load average before: $(loadavg) (this machine's cores are shared: a busy neighbour stretches wall times)"
 for n in ${SIZES//,/ }; do
-  echo "== ${n} sessions"
+  echo "== ${n} sessions (load average $(loadavg))"
   for op in build import; do
     bench=BuildBundle; [[ ${op} = import ]] && bench=ImportBundle
     (cd history && HEIRLOOM_BENCH_SIZES="${n}" HEIRLOOM_BENCH_RUNS="${RUNS}" HEIRLOOM_BENCH_FIXTURES="${OUT}/fixtures" \
@@ -67,6 +69,7 @@ for n in ${SIZES//,/ }; do
   fi
 done
 
+echo "== load average after: $(loadavg)"
 echo
 status=0
 go run ./scripts/benchtable ${skipped:+-skipped "${skipped}"} "${OUT}/results" | tee "${OUT}/table.md" || status=$?
