@@ -196,14 +196,6 @@ func writeFixture(tb testing.TB, p *crypto.Puppet, n int) {
 	}
 }
 
-// benchRuns is how many timed operations `make bench` counts per side (HEIRLOOM_BENCH_RUNS).
-func benchRuns() int {
-	if n, err := strconv.Atoi(os.Getenv("HEIRLOOM_BENCH_RUNS")); err == nil && n > 0 {
-		return n
-	}
-	return 5
-}
-
 // procStatusBytes reads a field of /proc/self/status (kB) in bytes; 0 if unreadable.
 func procStatusBytes(field string) uint64 {
 	data, err := os.ReadFile("/proc/self/status")

@@ -27,7 +27,7 @@ banner() { printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
 skipped=""
 native=1
 if ! command -v rustup >/dev/null || ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-  skipped="native-memory and native-sqlite: no nightly Rust toolchain (rustup toolchain list has none; matrix-sdk-crypto 0.19.1 needs rustc >= 1.96)"
+  skipped="native-memory and native-sqlite: no nightly Rust toolchain (no rustup, or no nightly in rustup toolchain list; matrix-sdk-crypto 0.19.1 needs rustc >= 1.96: rustup toolchain install nightly)"
   native=0
   banner "SKIPPING THE NATIVE REFERENCE: ${skipped}"
 else
@@ -44,7 +44,7 @@ for n in ${SIZES//,/ }; do
   echo "== ${n} sessions (load average $(loadavg))"
   for op in build import; do
     bench=BuildBundle; [[ ${op} = import ]] && bench=ImportBundle
-    (cd history && HEIRLOOM_BENCH_SIZES="${n}" HEIRLOOM_BENCH_RUNS="${RUNS}" HEIRLOOM_BENCH_FIXTURES="${OUT}/fixtures" \
+    (cd history && HEIRLOOM_BENCH_SIZES="${n}" HEIRLOOM_BENCH_FIXTURES="${OUT}/fixtures" \
       HEIRLOOM_BENCH_RESULTS="${OUT}/results" TMPDIR="${OUT}/tmp" \
       "${OUT}/history.test" -test.run '^$' -test.bench "^Benchmark${bench}\$" -test.benchtime "${RUNS}x" -test.timeout 60m) \
       | tee -a "${OUT}/go.txt" | grep '^Benchmark' || { echo "heirloom ${op} ${n} failed: ${OUT}/go.txt"; exit 1; }
