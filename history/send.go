@@ -200,7 +200,7 @@ func (s *Service) buildAndUpload(ctx context.Context, p *e2ee.Puppet, b *databas
 		return err
 	}
 	if !keybundle.VisibilitySharesHistory(visibility) {
-		counts, err := s.countSessions(ctx, p, b.RoomID)
+		counts, err := p.CountRoomSessions(ctx, b.RoomID)
 		if err != nil {
 			return err
 		}
