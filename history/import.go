@@ -49,7 +49,7 @@ func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.
 	log := zerolog.Ctx(ctx)
 	defer p.LockSessionsExclusive()()
 	maxAge, maxMessages := p.RotationLimits(ctx, b.RoomID)
-	err := s.db.Raw.DoTxn(ctx, nil, func(ctx context.Context) error {
+	err := s.db.DoTxn(ctx, func(ctx context.Context) error {
 		res = importResult{}
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()

@@ -1,4 +1,4 @@
--- v0 -> v4: Latest revision
+-- v0 -> v5: Latest revision
 
 -- Appservice transactions already processed, so a retried transaction is processed once. A
 -- transaction is known by its ID and the SHA-256 of its body: Synapse on SQLite numbers its
@@ -74,6 +74,8 @@ CREATE TABLE bundle_received (
     next_attempt  BIGINT  NOT NULL DEFAULT 0,
     received_at   BIGINT  NOT NULL,
     updated_at    BIGINT  NOT NULL,
+    -- The row version: one more for each newer bundle from the sender that replaced the row.
+    version       BIGINT  NOT NULL DEFAULT 1,
     PRIMARY KEY (puppet, room_id, sender)
 );
 

@@ -107,7 +107,7 @@ func (h *harness) do(t *testing.T, method, path, auth string, body io.Reader) re
 func (h *harness) processed(t *testing.T, txnID string) bool {
 	t.Helper()
 	var n int
-	require.NoError(t, h.db.QueryRow(context.Background(), `SELECT COUNT(*) FROM heirloom_txn WHERE txn_id=$1`, txnID).Scan(&n))
+	require.NoError(t, h.db.Raw.QueryRow(context.Background(), `SELECT COUNT(*) FROM heirloom_txn WHERE txn_id=$1`, txnID).Scan(&n))
 	return n > 0
 }
 
