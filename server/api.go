@@ -277,28 +277,25 @@ func (s *Server) apiSetState(r *http.Request) (any, error) {
 	}
 	ctx := r.Context()
 	stateKey := r.PathValue("stateKey")
-	// mautrix updates the state store as the event is sent: read the visibility before that.
+	// mautrix updates the state store as the event is sent: read the visibility before that. A
+	// puppet's change of a visibility heirloom never knew is compared with none at all: it rotates.
 	previous, err := s.db.StateStore.GetHistoryVisibility(ctx, roomID)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to read history visibility: %w", err)
+	} else if previous == nil {
+		previous = &event.HistoryVisibilityEventContent{}
 	}
 	resp, err := p.Client.SendStateEvent(ctx, roomID, evtType, stateKey, content)
 	if err != nil {
 		return nil, err
 	}
-	if evtType == event.StateHistoryVisibility {
-		if value, _ := content["history_visibility"].(string); previous == nil || string(previous.HistoryVisibility) != value {
-			if err = s.db.RequireRotation(ctx, roomID, time.Now()); err != nil {
-				return nil, err
-			}
-		}
-	}
-	// The next send must already see the new state, without waiting for the transaction.
+	// The next send must already see the new state (and its rotation), without waiting for the
+	// transaction.
 	raw, _ := json.Marshal(content)
 	evt := &event.Event{Type: evtType, RoomID: roomID, StateKey: &stateKey, Sender: p.UserID, ID: resp.EventID,
-		Content: event.Content{VeryRaw: raw}}
+		Timestamp: time.Now().UnixMilli(), Content: event.Content{VeryRaw: raw}}
 	if err = evt.Content.ParseRaw(evtType); err == nil || errors.Is(err, event.ErrUnsupportedContentType) {
-		s.trackState(ctx, evt)
+		s.applyState(ctx, evt, previous)
 	}
 	return map[string]any{"event_id": resp.EventID}, nil
 }
