@@ -23,29 +23,29 @@ const (
 
 // SentBundle is a key bundle a puppet built for an invitee.
 type SentBundle struct {
-	BundleID      string     `json:"bundle_id"`
-	Puppet        id.UserID  `json:"-"`
-	RoomID        id.RoomID  `json:"room_id"`
-	Invitee       id.UserID  `json:"invitee"`
-	InviteEventID id.EventID `json:"invite_event_id,omitempty"`
-	State         string     `json:"state"`
-	Sessions      int        `json:"sessions"`
-	Withheld      int        `json:"withheld"`
-	Size          int64      `json:"size"`
-	MXC           string     `json:"mxc,omitempty"`
-	FileInfo      string     `json:"-"` // sealed with the pickle key: it holds the bundle's AES key
-	Reason        string     `json:"reason,omitempty"`
-	CreatedAt     int64      `json:"created_at"`
-	UpdatedAt     int64      `json:"updated_at"`
-	Devices       []Delivery `json:"devices"`
+	BundleID      string
+	Puppet        id.UserID
+	RoomID        id.RoomID
+	Invitee       id.UserID
+	InviteEventID id.EventID
+	State         string
+	Sessions      int
+	Withheld      int
+	Size          int64
+	MXC           string
+	FileInfo      string // sealed with the pickle key: it holds the bundle's AES key
+	Reason        string
+	CreatedAt     int64
+	UpdatedAt     int64
+	Devices       []Delivery
 }
 
 // Delivery is the outcome of a bundle for one invitee device.
 type Delivery struct {
-	UserID    id.UserID   `json:"user_id"`
-	DeviceID  id.DeviceID `json:"device_id"`
-	Delivered bool        `json:"delivered"`
-	Reason    string      `json:"reason,omitempty"`
+	UserID    id.UserID
+	DeviceID  id.DeviceID
+	Delivered bool
+	Reason    string
 }
 
 const sentColumns = `bundle_id, puppet, room_id, invitee, invite_event_id, state, sessions, withheld, size, mxc, file_info, reason, created_at, updated_at`

@@ -23,24 +23,24 @@ const (
 
 // ReceivedBundle is a key bundle a puppet received over Olm.
 type ReceivedBundle struct {
-	Puppet       id.UserID    `json:"-"`
-	RoomID       id.RoomID    `json:"room_id"`
-	Sender       id.UserID    `json:"sender"`
-	SenderDevice id.DeviceID  `json:"sender_device"`
-	SenderKey    id.SenderKey `json:"-"`
-	FileInfo     string       `json:"-"` // sealed with the pickle key
-	State        string       `json:"state"`
-	Imported     int          `json:"imported"`
-	Withheld     int          `json:"withheld"`
-	Skipped      int          `json:"skipped"`
-	Error        string       `json:"error,omitempty"`
-	Attempts     int          `json:"attempts"`
-	NextAttempt  int64        `json:"-"`
-	ReceivedAt   int64        `json:"received_at"`
-	UpdatedAt    int64        `json:"updated_at"`
+	Puppet       id.UserID
+	RoomID       id.RoomID
+	Sender       id.UserID
+	SenderDevice id.DeviceID
+	SenderKey    id.SenderKey
+	FileInfo     string // sealed with the pickle key
+	State        string
+	Imported     int
+	Withheld     int
+	Skipped      int
+	Error        string
+	Attempts     int
+	NextAttempt  int64
+	ReceivedAt   int64
+	UpdatedAt    int64
 	// Version is the row's version: 1 for the first bundle from the sender for the room, one more
 	// for each newer bundle that replaced it. A save of an older one changes nothing.
-	Version int64 `json:"-"`
+	Version int64
 }
 
 const receivedColumns = `puppet, room_id, sender, sender_device, sender_key, file_info, state, imported, withheld, skipped, error, attempts, next_attempt, received_at, updated_at, version`

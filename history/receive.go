@@ -21,14 +21,6 @@ import (
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
-// JoinResult is what POST …/join answers.
-type JoinResult struct {
-	RoomID id.RoomID                `json:"room_id"`
-	Bundle *database.ReceivedBundle `json:"bundle,omitempty"`
-	// History says in words what happened to the room's history for this puppet.
-	History string `json:"history"`
-}
-
 func receivedOwner(b *database.ReceivedBundle) string {
 	return "bundle-received:" + b.Puppet.String() + "|" + b.RoomID.String() + "|" + b.Sender.String()
 }
@@ -216,16 +208,16 @@ func (s *Service) Join(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (*
 		return result, nil
 	}
 	log.Info().Stringer("inviter", inv.Inviter).Msg("Joined room from invite")
-	result.Bundle = s.tryAccept(ctx, p, roomID)
-	if result.Bundle == nil {
+	bundle := s.tryAccept(ctx, p, roomID)
+	if bundle == nil {
 		// The bundle may be waiting in the device inbox, never pushed (see e2ee.SweepToDevice).
 		if n, err := p.SweepToDevice(ctx, true); err != nil {
 			log.Warn().Err(err).Msg("Failed to sweep to-device messages after joining")
 		} else if n > 0 {
-			result.Bundle = s.tryAccept(ctx, p, roomID)
+			bundle = s.tryAccept(ctx, p, roomID)
 		}
 	}
-	result.History = describe(result.Bundle, inv.Inviter)
+	result.Bundle, result.History = receivedReport(bundle), describe(bundle, inv.Inviter)
 	return result, nil
 }
 

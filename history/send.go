@@ -31,32 +31,6 @@ const (
 	ReasonPuppetUnsigned  = "the puppet's own device is not signed by its cross-signing identity"
 )
 
-// InviteResult is what POST …/invite answers.
-type InviteResult struct {
-	Bundle *BundleReport `json:"bundle"`
-}
-
-// BundleReport describes a sent bundle for the API.
-type BundleReport struct {
-	BundleID string              `json:"bundle_id"`
-	State    string              `json:"state"`
-	Sessions int                 `json:"sessions"`
-	Withheld int                 `json:"withheld"`
-	MXC      string              `json:"mxc,omitempty"`
-	Size     int64               `json:"size,omitempty"`
-	Devices  []database.Delivery `json:"devices"`
-	Reason   string              `json:"reason,omitempty"`
-}
-
-func report(b *database.SentBundle) *BundleReport {
-	devices := b.Devices
-	if devices == nil {
-		devices = []database.Delivery{}
-	}
-	return &BundleReport{BundleID: b.BundleID, State: b.State, Sessions: b.Sessions, Withheld: b.Withheld,
-		MXC: b.MXC, Size: b.Size, Devices: devices, Reason: b.Reason}
-}
-
 // Invite shares the room's history with the invitee (MSC4268: before the invite is sent), then
 // invites. The bundle row is created first, so the invite's echo in the transaction stream finds it
 // and does not build a second bundle, however late it comes; the invite's event ID is recorded as
@@ -480,8 +454,8 @@ func (s *Service) recheckDelivery(ctx context.Context, p *e2ee.Puppet, b *databa
 	return "", false, nil
 }
 
-// Bundles lists what the puppet sent and received.
-func (s *Service) Bundles(ctx context.Context, puppet id.UserID) (any, error) {
+// Bundles lists what the puppet sent and received, newest first.
+func (s *Service) Bundles(ctx context.Context, puppet id.UserID) (*BundlesResult, error) {
 	sent, err := s.db.ListSentBundles(ctx, puppet)
 	if err != nil {
 		return nil, err
@@ -490,9 +464,12 @@ func (s *Service) Bundles(ctx context.Context, puppet id.UserID) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	sentOut := make([]*database.SentBundle, 0, len(sent))
-	sentOut = append(sentOut, sent...)
-	recvOut := make([]*database.ReceivedBundle, 0, len(received))
-	recvOut = append(recvOut, received...)
-	return map[string]any{"sent": sentOut, "received": recvOut}, nil
+	out := &BundlesResult{Sent: make([]SentReport, 0, len(sent)), Received: make([]*ReceivedReport, 0, len(received))}
+	for _, b := range sent {
+		out.Sent = append(out.Sent, sentReport(b))
+	}
+	for _, b := range received {
+		out.Received = append(out.Received, receivedReport(b))
+	}
+	return out, nil
 }

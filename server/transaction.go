@@ -144,9 +144,8 @@ func (s *Server) checkHSToken(r *http.Request) bool {
 }
 
 func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
-	if !s.checkHSToken(r) {
+	if !s.requireHSToken(w, r) {
 		s.metrics.transactions.WithLabelValues("rejected").Inc()
-		writeJSON(w, http.StatusForbidden, &apiError{ErrCode: "M_FORBIDDEN", Message: "Bad homeserver token"})
 		return
 	}
 	txnID := r.PathValue("txnID")
@@ -177,7 +176,7 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	txn, err := ParseTransaction(body)
 	if err != nil {
 		s.metrics.transactions.WithLabelValues("rejected").Inc()
-		writeError(w, r, &apiError{http.StatusBadRequest, "M_NOT_JSON", "transaction body is not a JSON object"})
+		writeError(w, r, errNotJSON("transaction body is not a JSON object"))
 		return
 	}
 	txn.ID = txnID
@@ -293,8 +292,7 @@ func (s *Server) reactToEvent(ctx context.Context, evt *event.Event) {
 
 // handlePing answers the homeserver's appservice ping (MSC2659).
 func (s *Server) handlePing(w http.ResponseWriter, r *http.Request) {
-	if !s.checkHSToken(r) {
-		writeJSON(w, http.StatusForbidden, &apiError{ErrCode: "M_FORBIDDEN", Message: "Bad homeserver token"})
+	if !s.requireHSToken(w, r) {
 		return
 	}
 	var body struct {
