@@ -124,6 +124,7 @@ func Run(configPath string) int {
 		return ExitHomeserver
 	}
 	sharing := history.NewService(cfg, db, mgr)
+	mgr.OnRoomKeyBundle = sharing.ReceiveBundle
 	srv := server.NewServer(cfg, db, mgr, sharing, log)
 	if err = srv.Start(); err != nil {
 		log.Error().Err(err).Msg("Failed to start the HTTP listener")

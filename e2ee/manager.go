@@ -47,8 +47,17 @@ type Manager struct {
 	machines map[id.UserID]*Puppet
 	gates    sync.Map // id.UserID → *sessionGate
 
-	// OnRoomKeyBundle is called with every Olm-decrypted room key bundle a puppet receives.
-	OnRoomKeyBundle func(ctx context.Context, p *Puppet, evt *crypto.DecryptedOlmEvent, content *BundleContent)
+	// OnRoomKeyBundle is called with every Olm-decrypted room key bundle a puppet receives. The
+	// daemon sets it to history.Service.ReceiveBundle; until then bundles are logged and dropped.
+	OnRoomKeyBundle BundleHandler
+}
+
+// BundleHandler receives an Olm-decrypted room key bundle (MSC4268) with its Olm envelope.
+type BundleHandler func(ctx context.Context, p *Puppet, evt *crypto.DecryptedOlmEvent, content *BundleContent)
+
+// dropBundle is the BundleHandler of a manager nobody gave one.
+func dropBundle(ctx context.Context, _ *Puppet, _ *crypto.DecryptedOlmEvent, content *BundleContent) {
+	zerolog.Ctx(ctx).Warn().Stringer("room_id", content.RoomID).Msg("Dropping key bundle: history sharing is not wired")
 }
 
 // NewManager creates a manager. httpClient is shared by every puppet's client.
@@ -77,6 +86,8 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 		maxLoaded: 2000,
 		idleEvict: 30 * time.Minute,
 		machines:  make(map[id.UserID]*Puppet),
+
+		OnRoomKeyBundle: dropBundle,
 	}, nil
 }
 

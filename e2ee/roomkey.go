@@ -94,9 +94,7 @@ func (p *Puppet) HandleToDevice(ctx context.Context, evt *event.Event) {
 			Msg("Ignoring forwarded room key: puppets never request keys, so it was not asked for")
 	case *BundleContent:
 		content.Type = decrypted.Type
-		if p.mgr.OnRoomKeyBundle != nil {
-			p.mgr.OnRoomKeyBundle(ctx, p, decrypted, content)
-		}
+		p.mgr.OnRoomKeyBundle(ctx, p, decrypted, content)
 	default:
 		log.Debug().Msg("Ignoring unhandled encrypted to-device event")
 	}

@@ -73,6 +73,7 @@ func newBenchEnvOn(tb testing.TB, dbCfg config.Database) *benchEnv {
 		tb.Fatal(err)
 	}
 	svc := NewService(cfg, db, mgr)
+	mgr.OnRoomKeyBundle = svc.ReceiveBundle
 	svc.TempDir = dir
 	return &benchEnv{db: db, mgr: mgr, svc: svc, dir: dir}
 }

@@ -25,9 +25,10 @@ func receivedOwner(b *database.ReceivedBundle) string {
 	return "bundle-received:" + b.Puppet.String() + "|" + b.RoomID.String() + "|" + b.Sender.String()
 }
 
-// receiveBundle stores a bundle's details as they arrive over Olm; it does not download anything
-// unless the puppet already accepted an invite from the sender (MSC4268: no DoS by bundle).
-func (s *Service) receiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto.DecryptedOlmEvent, content *e2ee.BundleContent) {
+// ReceiveBundle stores a bundle's details as they arrive over Olm; it does not download anything
+// unless the puppet already accepted an invite from the sender (MSC4268: no DoS by bundle). It is
+// the e2ee.BundleHandler of the daemon's manager.
+func (s *Service) ReceiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto.DecryptedOlmEvent, content *e2ee.BundleContent) {
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", content.RoomID).
 		Stringer("sender", evt.Sender).Str("type", content.Type.Type).Logger()
 	if err := keybundle.ValidateSenderDeviceKeys(evt.Sender, evt.SenderKey, evt.Keys.Ed25519, evt.SenderDeviceKeys); err != nil {

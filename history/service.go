@@ -32,14 +32,14 @@ type Service struct {
 	acceptLock  exsync.KeyedMutex[string]
 }
 
-// NewService creates the service and registers it for the bundles puppets receive.
+// NewService creates the service. The bundles puppets receive reach it through ReceiveBundle,
+// which the caller hands to the manager (e2ee.Manager.OnRoomKeyBundle).
 func NewService(cfg *config.Config, db *database.Database, mgr *e2ee.Manager) *Service {
 	s := &Service{
 		cfg: cfg, db: db, mgr: mgr, TempDir: os.TempDir(),
 		retryBase: 5 * time.Second, maxAttempts: 8,
 		wake: make(chan struct{}, 1),
 	}
-	mgr.OnRoomKeyBundle = s.receiveBundle
 	return s
 }
 

@@ -68,7 +68,9 @@ func newHarness(t *testing.T) *harness {
 	require.NoError(t, db.Upgrade(context.Background()))
 	mgr, err := e2ee.NewManager(cfg, db, http.DefaultClient)
 	require.NoError(t, err)
-	s := server.NewServer(cfg, db, mgr, history.NewService(cfg, db, mgr), zerolog.Nop())
+	sharing := history.NewService(cfg, db, mgr)
+	mgr.OnRoomKeyBundle = sharing.ReceiveBundle
+	s := server.NewServer(cfg, db, mgr, sharing, zerolog.Nop())
 	return &harness{handler: s.Handler(), db: db, cfg: cfg}
 }
 
