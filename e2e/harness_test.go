@@ -143,7 +143,8 @@ func setup() (*env, error) {
 	}
 	x := &env{root: root, dir: dir, maxUpload: synapseMaxUpload}
 	x.binary = filepath.Join(dir, "heirloom")
-	build := exec.Command("go", "build", "-tags=goolm", "-o", x.binary, ".")
+	// heirloom_fault builds in the crash points of the restart tests (history/fault.go).
+	build := exec.Command("go", "build", "-tags=goolm,heirloom_fault", "-o", x.binary, ".")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		return x, fmt.Errorf("go build: %v\n%s", err, out)
