@@ -57,7 +57,7 @@ func (s *Service) ReceiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto
 		return
 	}
 	log.Info().Stringer("sender_device", b.SenderDevice).Msg("Stored key bundle")
-	go s.tryAccept(context.WithoutCancel(log.WithContext(ctx)), p, content.RoomID)
+	s.background(log.WithContext(ctx), "accept_bundle", func(ctx context.Context) { s.tryAccept(ctx, p, content.RoomID) })
 }
 
 // TrackMembership keeps the puppets' invite records in step with the transaction stream, event by
@@ -123,8 +123,7 @@ func (s *Service) InviteReceived(ctx context.Context, evt *event.Event) {
 		log.Info().Msg("Not joining automatically: the invite is no longer current")
 		return
 	}
-	go func() {
-		ctx := context.WithoutCancel(ctx)
+	s.background(ctx, "auto_join", func(ctx context.Context) {
 		p, err := s.mgr.Get(ctx, puppet)
 		if err != nil {
 			log.Warn().Err(err).Msg("Cannot auto-join: puppet not provisioned")
@@ -133,15 +132,14 @@ func (s *Service) InviteReceived(ctx context.Context, evt *event.Event) {
 		if _, err = s.Join(ctx, p, evt.RoomID); err != nil {
 			log.Err(err).Msg("Failed to auto-join room")
 		}
-	}()
+	})
 }
 
 // ObserveJoin finishes what TrackMembership could not decide from a puppet's join event alone: it
 // asks the homeserver what the join replaced, then imports the inviter's bundle if that allows it.
 func (s *Service) ObserveJoin(ctx context.Context, evt *event.Event) {
 	puppet := id.UserID(evt.GetStateKey())
-	go func() {
-		ctx := context.WithoutCancel(ctx)
+	s.background(ctx, "observe_join", func(ctx context.Context) {
 		p, err := s.mgr.Get(ctx, puppet)
 		if err != nil {
 			return
@@ -156,7 +154,7 @@ func (s *Service) ObserveJoin(ctx context.Context, evt *event.Event) {
 			}
 		}
 		s.tryAccept(ctx, p, evt.RoomID)
-	}()
+	})
 }
 
 // Join joins the room as the puppet. If the puppet was invited, the acceptance is recorded durably
