@@ -115,7 +115,7 @@ func Run(configPath string) int {
 	}
 
 	httpClient := &http.Client{Timeout: 2 * time.Minute}
-	mgr, err := e2ee.NewManager(cfg, db, httpClient)
+	mgr, err := e2ee.NewManager(cfg, db, httpClient, log)
 	if err != nil {
 		log.Error().Err(err).Msg("Failed to set up puppet crypto")
 		return ExitStartup

@@ -37,7 +37,7 @@ func testManagerOn(t *testing.T, dbCfg config.Database) *Manager {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = db.Close() })
 	require.NoError(t, db.Upgrade(context.Background()))
-	mgr, err := NewManager(cfg, db, http.DefaultClient)
+	mgr, err := NewManager(cfg, db, http.DefaultClient, zerolog.Nop())
 	require.NoError(t, err)
 	return mgr
 }

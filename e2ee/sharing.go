@@ -29,7 +29,7 @@ func (p *Puppet) SendMessage(ctx context.Context, roomID id.RoomID, evtType even
 	if !encrypted {
 		resp, err := p.Client.SendMessageEvent(ctx, roomID, evtType, content)
 		if err != nil {
-			return "", err
+			return "", fmt.Errorf("failed to send event: %w", err)
 		}
 		return resp.EventID, nil
 	}
@@ -43,7 +43,7 @@ func (p *Puppet) SendMessage(ctx context.Context, roomID id.RoomID, evtType even
 	}
 	resp, err := p.Client.SendMessageEvent(ctx, roomID, event.EventEncrypted, enc)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("failed to send encrypted event: %w", err)
 	}
 	zerolog.Ctx(ctx).Debug().Stringer("room_id", roomID).Stringer("event_id", resp.EventID).
 		Stringer("session_id", enc.SessionID).Msg("Sent encrypted event")

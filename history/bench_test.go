@@ -68,7 +68,7 @@ func newBenchEnvOn(tb testing.TB, dbCfg config.Database) *benchEnv {
 	if err = db.Upgrade(context.Background()); err != nil {
 		tb.Fatal(err)
 	}
-	mgr, err := e2ee.NewManager(cfg, db, http.DefaultClient)
+	mgr, err := e2ee.NewManager(cfg, db, http.DefaultClient, zerolog.Nop())
 	if err != nil {
 		tb.Fatal(err)
 	}

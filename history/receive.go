@@ -29,8 +29,8 @@ func receivedOwner(b *database.ReceivedBundle) string {
 // unless the puppet already accepted an invite from the sender (MSC4268: no DoS by bundle). It is
 // the e2ee.BundleHandler of the daemon's manager.
 func (s *Service) ReceiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto.DecryptedOlmEvent, content *e2ee.BundleContent) {
-	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", content.RoomID).
-		Stringer("sender", evt.Sender).Str("type", content.Type.Type).Logger()
+	// The sender and the event type are in the context already (e2ee.Puppet.HandleToDevice).
+	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", content.RoomID).Logger()
 	if err := keybundle.ValidateSenderDeviceKeys(evt.Sender, evt.SenderKey, evt.Keys.Ed25519, evt.SenderDeviceKeys); err != nil {
 		log.Warn().Err(err).Msg("Dropping key bundle")
 		return
@@ -176,7 +176,7 @@ func (s *Service) Join(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (*
 		}
 	}
 	if _, err = p.Client.JoinRoomByID(ctx, roomID); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to join room: %w", err)
 	}
 	if err = s.db.StateStore.SetMembership(ctx, roomID, p.UserID, event.MembershipJoin); err != nil {
 		log.Warn().Err(err).Msg("Failed to record own membership")
@@ -255,11 +255,11 @@ func describe(b *database.ReceivedBundle, inviter id.UserID) string {
 
 // tryAccept imports the inviter's bundle for the room if every rule allows it now. It runs right
 // after a join, when a bundle arrives after the join, on retries and at startup; a per-room lock
-// keeps two of them from importing the same bundle at once.
+// keeps two of them from importing the same bundle at once. Its callers' contexts name the puppet
+// and the room in the log.
 func (s *Service) tryAccept(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) *database.ReceivedBundle {
 	defer s.acceptLock.WithLock(p.UserID.String() + "|" + roomID.String())()
-	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", roomID).Logger()
-	ctx = log.WithContext(ctx)
+	log := zerolog.Ctx(ctx)
 	inv, err := s.db.GetInvite(ctx, p.UserID, roomID)
 	if err != nil || !inv.Confirmed() {
 		return nil
@@ -392,7 +392,7 @@ func (s *Service) download(ctx context.Context, p *e2ee.Puppet, info *event.Encr
 	limit := s.cfg.HistorySharing.MaxBundleSize
 	resp, err := p.Client.Download(ctx, mxc)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to download bundle: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.ContentLength > limit {
@@ -400,7 +400,7 @@ func (s *Service) download(ctx context.Context, p *e2ee.Puppet, info *event.Encr
 	}
 	f, err := os.CreateTemp(s.TempDir, "heirloom-download-*")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to create temporary file: %w", err)
 	}
 	hasher := sha256.New()
 	n, err := io.Copy(io.MultiWriter(f, hasher), io.LimitReader(resp.Body, limit+1))
@@ -446,9 +446,9 @@ func (s *Service) resumeReceiving(ctx context.Context) {
 		if err != nil {
 			continue
 		}
-		if b := s.tryAccept(ctx, p, inv.RoomID); b != nil {
-			zerolog.Ctx(ctx).Info().Stringer("puppet", inv.Puppet).Stringer("room_id", inv.RoomID).Str("state", b.State).
-				Msg("Resumed key bundle after restart")
+		log := zerolog.Ctx(ctx).With().Stringer("puppet", inv.Puppet).Stringer("room_id", inv.RoomID).Logger()
+		if b := s.tryAccept(log.WithContext(ctx), p, inv.RoomID); b != nil {
+			log.Info().Str("state", b.State).Msg("Resumed key bundle after restart")
 		}
 	}
 }
@@ -462,7 +462,8 @@ func (s *Service) retryDue(ctx context.Context) {
 	}
 	for _, b := range due {
 		if p, err := s.mgr.Get(ctx, b.Puppet); err == nil {
-			s.tryAccept(ctx, p, b.RoomID)
+			log := zerolog.Ctx(ctx).With().Stringer("puppet", b.Puppet).Stringer("room_id", b.RoomID).Logger()
+			s.tryAccept(log.WithContext(ctx), p, b.RoomID)
 		}
 	}
 }

@@ -54,7 +54,7 @@ func (s *Service) Invite(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, 
 		if markErr := s.db.SetInviteFailed(context.WithoutCancel(ctx), b.BundleID); markErr != nil {
 			log.Err(markErr).Msg("Failed to record that the invite failed")
 		}
-		return nil, err
+		return nil, fmt.Errorf("failed to invite: %w", err)
 	}
 	if eventID := s.inviteEventID(ctx, p, roomID, invitee); eventID != "" {
 		if err := s.db.SetInviteEvent(ctx, b.BundleID, eventID); err != nil {
@@ -164,14 +164,14 @@ func (s *Service) share(ctx context.Context, p *e2ee.Puppet, b *database.SentBun
 func (s *Service) buildAndUpload(ctx context.Context, p *e2ee.Puppet, b *database.SentBundle) error {
 	encrypted, err := p.Mach.StateStore.IsEncrypted(ctx, b.RoomID)
 	if err != nil {
-		return err
+		return fmt.Errorf("failed to check room encryption: %w", err)
 	} else if !encrypted {
 		b.State, b.Reason = database.SentNothing, ReasonNotEncrypted
 		return nil
 	}
 	visibility, err := p.Mach.StateStore.GetHistoryVisibility(ctx, b.RoomID)
 	if err != nil {
-		return err
+		return fmt.Errorf("failed to get history visibility: %w", err)
 	}
 	if !keybundle.VisibilitySharesHistory(visibility) {
 		counts, err := p.CountRoomSessions(ctx, b.RoomID)
@@ -347,11 +347,11 @@ func (s *Service) resumeSending(ctx context.Context) {
 		return
 	}
 	for _, b := range unfinished {
-		log := zerolog.Ctx(ctx).With().Str("bundle_id", b.BundleID).Stringer("puppet", b.Puppet).Stringer("room_id", b.RoomID).Logger()
+		log := zerolog.Ctx(ctx).With().Stringer("puppet", b.Puppet).Stringer("room_id", b.RoomID).Logger()
 		if b.State == database.SentBuilding {
 			b.State, b.Reason = database.SentFailed, "interrupted by a restart before upload"
 			if err = s.db.PutSentBundle(ctx, b); err != nil {
-				log.Err(err).Msg("Failed to mark interrupted bundle")
+				log.Err(err).Str("bundle_id", b.BundleID).Msg("Failed to mark interrupted bundle")
 			}
 			continue
 		}

@@ -66,7 +66,7 @@ func newHarness(t *testing.T) *harness {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = db.Close() })
 	require.NoError(t, db.Upgrade(context.Background()))
-	mgr, err := e2ee.NewManager(cfg, db, http.DefaultClient)
+	mgr, err := e2ee.NewManager(cfg, db, http.DefaultClient, zerolog.Nop())
 	require.NoError(t, err)
 	sharing := history.NewService(cfg, db, mgr)
 	mgr.OnRoomKeyBundle = sharing.ReceiveBundle
