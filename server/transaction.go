@@ -25,7 +25,9 @@ import (
 // bounded number of to-device messages per transaction; this leaves ample room.
 const maxTransactionSize = 64 << 20
 
-// rawTransaction holds each section unparsed, so one malformed event spoils only itself.
+// rawTransaction holds each section unparsed, so one malformed event spoils only itself. It is not
+// mautrix's appservice.Transaction, which decodes the whole body in one go: one event of a known
+// type with a malformed content would fail every event of the transaction.
 type rawTransaction struct {
 	Events           []json.RawMessage `json:"events"`
 	Ephemeral        []json.RawMessage `json:"ephemeral"`
