@@ -26,8 +26,8 @@ import (
 const maxTransactionSize = 64 << 20
 
 // rawTransaction holds each section unparsed, so one malformed event spoils only itself. It is not
-// mautrix's appservice.Transaction, which decodes the whole body in one go: one event of a known
-// type with a malformed content would fail every event of the transaction.
+// mautrix's appservice.Transaction, which decodes the whole body in one go: one event with a field
+// of the wrong type (a string origin_server_ts) would fail every event of the transaction.
 type rawTransaction struct {
 	Events           []json.RawMessage `json:"events"`
 	Ephemeral        []json.RawMessage `json:"ephemeral"`
