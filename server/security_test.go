@@ -57,12 +57,12 @@ func TestEventTypeLabelsAreBounded(t *testing.T) {
 func TestDeviceListChangeWithNoMachineLoaded(t *testing.T) {
 	h := newHarness(t)
 	const user id.UserID = "@alice:localhost"
-	_, err := h.db.Exec(context.Background(), `INSERT INTO crypto_tracked_user (user_id, devices_outdated) VALUES ($1, false)`, user)
+	_, err := h.db.Raw.Exec(context.Background(), `INSERT INTO crypto_tracked_user (user_id, devices_outdated) VALUES ($1, false)`, user)
 	require.NoError(t, err)
 	resp := h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/dl", "Bearer "+hsToken,
 		strings.NewReader(`{"org.matrix.msc3202.device_lists":{"changed":["`+string(user)+`"],"left":[]}}`))
 	require.Equal(t, http.StatusOK, resp.status)
 	var outdated bool
-	require.NoError(t, h.db.QueryRow(context.Background(), `SELECT devices_outdated FROM crypto_tracked_user WHERE user_id=$1`, user).Scan(&outdated))
+	require.NoError(t, h.db.Raw.QueryRow(context.Background(), `SELECT devices_outdated FROM crypto_tracked_user WHERE user_id=$1`, user).Scan(&outdated))
 	require.True(t, outdated, "the change is recorded with no machine loaded")
 }
