@@ -15,10 +15,6 @@ const (
 	RotateMemberLeft   = "member left"
 )
 
-// departureSlack covers the homeserver's clock being behind heirloom's: a departure stamped up to
-// this long before a session was created may still have happened after it.
-const departureSlack = time.Second
-
 // RoomChange is a state change after which no outbound session created before it may be used
 // again: a member leaving, being kicked or banned (MSC4268: a departed member may hold any
 // existing session through a bundle, whether or not it was shared with them), or the room's
@@ -71,7 +67,8 @@ type RotationInput struct {
 	// Departures are the changes in the room's member list at the time of the send.
 	Departures []RoomChange
 	// Known holds the departures already in the member list the session was created from: those
-	// members never held it, so they do not rotate it.
+	// members never held it, so they do not rotate it. Nil when the session was created before the
+	// machine was loaded (a restart): then no departure can be shown to be known.
 	Known map[id.EventID]struct{}
 	// Self is the puppet: its own departure rotates nothing.
 	Self id.UserID
@@ -93,11 +90,10 @@ func RotationReason(in RotationInput) string {
 		if _, known := in.Known[d.EventID]; known || d.Departed == "" || d.Departed == in.Self {
 			continue
 		}
-		// Departures already listed when the session was created are Known; without that, every
-		// session created within the slack after a departure would rotate on each use.
-		if d.At.After(in.Created.Add(-departureSlack)) {
-			return RotateMemberLeft
-		}
+		// Decided by event, not by time: a departure's origin_server_ts is whatever its server
+		// says, so a backdated leave must still rotate, and a session whose member list is unknown
+		// (created before a restart) rotates once for the departures it may not have seen.
+		return RotateMemberLeft
 	}
 	return ""
 }

@@ -256,9 +256,14 @@ func (s *Server) applyState(ctx context.Context, evt *event.Event, previous *eve
 	}
 	mautrix.UpdateStateStore(ctx, s.db.StateStore, evt)
 	if change, ok := e2ee.RoomChangeOf(evt, previous); ok {
-		// At the event's own time: a late transaction of a departure must not rotate a session
-		// created after it (the send path already rotated for it, from the member list).
-		if err := s.db.RequireRotation(ctx, evt.RoomID, change.At); err != nil {
+		// At the event's own time, so a late transaction of a departure does not rotate a session
+		// created after it (the send path already rotated for it, from the member list); never
+		// later than now, so a timestamp from the future cannot pin the room's rotation mark.
+		at := change.At
+		if now := time.Now(); at.After(now) {
+			at = now
+		}
+		if err := s.db.RequireRotation(ctx, evt.RoomID, at); err != nil {
 			zerolog.Ctx(ctx).Err(err).Stringer("room_id", evt.RoomID).Msg("Failed to mark room for session rotation")
 		}
 	}
