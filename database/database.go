@@ -29,6 +29,7 @@ type Database struct {
 	log        zerolog.Logger
 	// Now is the clock every timestamp heirloom writes comes from (time.Now unless a test sets it).
 	Now func() time.Time
+	bulkState
 }
 
 // Open connects to the configured database. It does not upgrade the schema.
@@ -78,8 +79,9 @@ func (db *Database) DoTxn(ctx context.Context, fn func(ctx context.Context) erro
 	return db.Raw.DoTxn(ctx, nil, fn)
 }
 
-// Close closes the database.
+// Close closes the database, once the checkpoints of bulk transactions (DoBulkTxn) have finished.
 func (db *Database) Close() error {
+	db.WaitCheckpoints()
 	return db.Raw.Close()
 }
 
