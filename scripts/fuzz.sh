@@ -10,6 +10,7 @@ targets=(
   "./keybundle FuzzWriteRoomKeyMatchesEncodingJSON"
   "./e2ee FuzzRoomKeyContent"
   "./e2ee FuzzBundleContent"
+  "./e2ee FuzzImportSessionKeyMatchesGoolm"
   "./server FuzzParseTransaction"
 )
 for t in "${targets[@]}"; do
