@@ -2,7 +2,9 @@ package e2ee
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -28,6 +30,9 @@ import (
 // derivation each), which makes a 10,000-session bundle four times slower than reading the pickles
 // here and exporting them on every core with PickleCipher; it has no query for withheld entries
 // by room, and PutGroupSession writes one row per statement where an import writes 500.
+//
+// The statements of a bundle import (SessionInserter, InsertBundleWithheld) are written apart for
+// SQLite and PostgreSQL; the round-trip tests run on both.
 const (
 	MautrixVersion    = "v0.32.0"
 	CryptoStoreSchema = 22
@@ -65,7 +70,7 @@ func (p *Puppet) HeldSessions(ctx context.Context, sessionIDs []id.SessionID) (m
 			args = append(args, sid)
 		}
 		rows, err := p.Store.DB.Query(ctx, `SELECT session_id, room_id, session IS NOT NULL, key_source FROM crypto_megolm_inbound_session
-			WHERE account_id=$1 AND session_id IN (`+placeholderList(2, len(chunk))+`)`, args...)
+			WHERE account_id=$1 AND session_id IN (`+placeholderList(2, len(chunk), '$')+`)`, args...)
 		err = iterate(rows, err, func(row dbutil.Scannable) (h heldSessionRow, err error) {
 			var source id.KeySource
 			err = row.Scan(&h.sessionID, &h.RoomID, &h.HasKey, &source)
@@ -143,58 +148,213 @@ func (p *Puppet) CountRoomSessions(ctx context.Context, roomID id.RoomID) (int, 
 	return n, nil
 }
 
-// inboundSessionColumns are the columns of a row InsertNewSessions writes, in the order
-// mautrix's PutGroupSession writes them.
-const inboundSessionColumns = `session_id, sender_key, signing_key, room_id, session, forwarding_chains, shared_history,
-	ratchet_safety, received_at, max_age, max_messages, is_scheduled, key_backup_version, key_source, source_user, account_id`
+// NewSessionRow is one new inbound session for a SessionInserter: its keys and its pickle.
+type NewSessionRow struct {
+	SessionID  id.SessionID
+	SenderKey  id.SenderKey
+	SigningKey id.Ed25519
+	// Pickle is the session pickled with the store's pickle key (PickleCipher.Pickle).
+	Pickle []byte
+}
 
-// InsertNewSessions writes sessions the puppet holds no row for, with one statement, as mautrix's
-// PutGroupSession would write each: pickles[i] is sessions[i] pickled with the store's pickle key
-// (PickleCipher.Pickle). The caller holds LockSessionsExclusive and checked with HeldSessions, in
-// the same transaction, that no row exists: a row that does is left as it is. It does not mark the
-// sessions received on the machine.
-func (p *Puppet) InsertNewSessions(ctx context.Context, sessions []*crypto.InboundGroupSession, pickles [][]byte) error {
-	if len(sessions) == 0 {
-		return nil
+// SessionInserter writes new inbound sessions that share every column but their keys and pickle
+// (a bundle import's: room, forwarding chain, history flag, time received, limits, source), each row
+// as mautrix's PutGroupSession would write the session, one statement per batch. It runs inside the
+// caller's transaction, whose statements it prepares once (NewSessionInserter), and under
+// LockSessionsExclusive. A session ID the puppet holds a row for already (of any room, with a key
+// or withheld) is left alone and reported, for the caller to merge by the rules of
+// StoreSessionInTxn. It does not mark the sessions received on the machine.
+//
+// On SQLite the shared columns are bound once per statement and each row binds its four own
+// (INSERT … SELECT … FROM (VALUES …)), and the statement is INSERT OR IGNORE: its only constraint
+// that can fail is the primary key (no value it writes is NULL), which ON CONFLICT DO NOTHING
+// would skip alike, but a statement that may abort on a constraint keeps a statement journal (a
+// copy of every page it changes, for a rollback of the statement alone), which is a third of a
+// large import's SQLite time.
+type SessionInserter struct {
+	p      *Puppet
+	shared []any // the shared columns' values, in sharedSessionColumns' order
+	tx     preparer
+	stmts  map[int]*sql.Stmt // by rows per statement
+	ids    []byte            // the session IDs a statement returned, one after the other
+	ends   []int
+}
+
+// preparer is what prepares the inserter's statements: the transaction, or the database outside one.
+type preparer interface {
+	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
+}
+
+// sharedSessionColumns are the columns every row of a SessionInserter has in common, in order.
+const sharedSessionColumns = `room_id, forwarding_chains, shared_history, ratchet_safety, received_at, max_age,
+	max_messages, is_scheduled, key_backup_version, key_source, source_user, account_id`
+
+// NewSessionInserter starts writing new sessions whose columns, but for their keys and pickle, are
+// like's (its Internal, ID and keys are ignored) in the transaction of ctx.
+func (p *Puppet) NewSessionInserter(ctx context.Context, like *crypto.InboundGroupSession) (*SessionInserter, error) {
+	forwardingChains := like.ForwardingChains
+	if forwardingChains == nil {
+		forwardingChains = []string{}
 	}
-	const cols = 16
-	args := make([]any, 0, len(sessions)*cols)
-	for i, igs := range sessions {
-		ratchetSafety, err := json.Marshal(&igs.RatchetSafety)
-		if err != nil {
-			return fmt.Errorf("failed to encode ratchet safety: %w", err)
-		}
-		args = append(args, igs.ID(), igs.SenderKey, igs.SigningKey, igs.RoomID, pickles[i],
-			strings.Join(igs.ForwardingChains, ","), igs.SharedHistory, ratchetSafety, igs.ReceivedAt,
-			igs.MaxAge, igs.MaxMessages, igs.IsScheduled, igs.KeyBackupVersion, igs.KeySource, igs.SourceUser,
-			p.Store.AccountID)
-	}
-	_, err := p.Store.DB.Exec(ctx, `INSERT INTO crypto_megolm_inbound_session (`+inboundSessionColumns+`)
-		VALUES `+placeholderRows(len(sessions), cols)+` ON CONFLICT (session_id, account_id) DO NOTHING`, args...)
+	ratchetSafety, err := json.Marshal(&like.RatchetSafety)
 	if err != nil {
-		return fmt.Errorf("failed to insert sessions: %w", err)
+		return nil, fmt.Errorf("failed to encode ratchet safety: %w", err)
 	}
-	return nil
+	// The values, and NULLs, PutGroupSession writes.
+	var receivedAt *time.Time
+	if !like.ReceivedAt.IsZero() {
+		receivedAt = &like.ReceivedAt
+	}
+	si := &SessionInserter{p: p, stmts: make(map[int]*sql.Stmt), shared: []any{
+		string(like.RoomID), strings.Join(forwardingChains, ","), like.SharedHistory, ratchetSafety, receivedAt,
+		dbutil.NumPtr(like.MaxAge), dbutil.NumPtr(like.MaxMessages), like.IsScheduled, string(like.KeyBackupVersion),
+		string(like.KeySource), string(like.SourceUser), p.Store.AccountID,
+	}}
+	if txn, ok := p.Store.DB.Execable(ctx).(*dbutil.LoggingTxn); ok {
+		si.tx = txn.UnderlyingTx
+	} else {
+		si.tx = p.Store.DB.RawDB
+	}
+	return si, nil
+}
+
+// statement returns the prepared statement for n rows.
+func (si *SessionInserter) statement(ctx context.Context, n int) (*sql.Stmt, error) {
+	if stmt := si.stmts[n]; stmt != nil {
+		return stmt, nil
+	}
+	var query string
+	if si.p.Store.DB.Dialect == dbutil.SQLite {
+		const perRow, shared = 4, 12
+		query = `INSERT OR IGNORE INTO crypto_megolm_inbound_session (session_id, sender_key, signing_key, session,
+			` + sharedSessionColumns + `)
+			SELECT column1, column2, column3, column4, ` + placeholderList(1, shared, '?') + `
+			FROM (VALUES ` + placeholderRowsFrom(n, perRow, shared+1, '?') + `) RETURNING session_id`
+	} else {
+		const cols = 16
+		query = `INSERT INTO crypto_megolm_inbound_session (session_id, sender_key, signing_key, session,
+			` + sharedSessionColumns + `)
+			VALUES ` + placeholderRowsFrom(n, cols, 1, '$') + `
+			ON CONFLICT (session_id, account_id) DO NOTHING RETURNING session_id`
+	}
+	stmt, err := si.tx.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, fmt.Errorf("failed to prepare session insert: %w", err)
+	}
+	si.stmts[n] = stmt
+	return stmt, nil
+}
+
+// Insert writes the rows (of distinct session IDs) and returns the indexes of those it did not
+// write, because the puppet holds a row under their session ID.
+func (si *SessionInserter) Insert(ctx context.Context, rows []NewSessionRow) (held []int, err error) {
+	if len(rows) == 0 {
+		return nil, nil
+	}
+	stmt, err := si.statement(ctx, len(rows))
+	if err != nil {
+		return nil, err
+	}
+	var args []any
+	if si.p.Store.DB.Dialect == dbutil.SQLite {
+		args = make([]any, 0, len(si.shared)+4*len(rows))
+		args = append(args, si.shared...)
+		for _, r := range rows {
+			args = append(args, string(r.SessionID), string(r.SenderKey), string(r.SigningKey), r.Pickle)
+		}
+	} else {
+		args = make([]any, 0, 16*len(rows))
+		for _, r := range rows {
+			args = append(args, string(r.SessionID), string(r.SenderKey), string(r.SigningKey), r.Pickle)
+			args = append(args, si.shared...)
+		}
+	}
+	result, err := stmt.QueryContext(ctx, args...)
+	if err != nil {
+		return nil, fmt.Errorf("failed to insert sessions: %w", err)
+	}
+	// The IDs written, one after the other, ends[i] where the i-th ends: a batch's rows are
+	// nearly always all written, and then no ID needs a string of its own.
+	si.ids, si.ends = si.ids[:0], si.ends[:0]
+	for result.Next() {
+		var sessionID sql.RawBytes
+		if err = result.Scan(&sessionID); err != nil {
+			break
+		}
+		si.ids = append(si.ids, sessionID...)
+		si.ends = append(si.ends, len(si.ids))
+	}
+	if err == nil {
+		err = result.Err()
+	}
+	if closeErr := result.Close(); err == nil {
+		err = closeErr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("failed to insert sessions: %w", err)
+	}
+	if len(si.ends) == len(rows) {
+		return nil, nil
+	}
+	written := make(map[string]struct{}, len(si.ends))
+	start := 0
+	for _, end := range si.ends {
+		written[string(si.ids[start:end])] = struct{}{}
+		start = end
+	}
+	for i, r := range rows {
+		if _, ok := written[string(r.SessionID)]; !ok {
+			held = append(held, i)
+		}
+	}
+	return held, nil
+}
+
+// Close releases the prepared statements.
+func (si *SessionInserter) Close() {
+	for _, stmt := range si.stmts {
+		_ = stmt.Close()
+	}
+	clear(si.stmts)
 }
 
 // InsertBundleWithheld writes withheld entries of a bundle from sender, as mautrix's
 // PutWithheldGroupSession would but marked with sender as source_user, so that EachBundleWithheld
 // finds these and never one that arrived over to-device. An entry for a session ID the puppet
-// holds a row for changes nothing.
+// holds a row for changes nothing. (On SQLite as SessionInserter's statements: the shared columns
+// bound once, and INSERT OR IGNORE.)
 func (p *Puppet) InsertBundleWithheld(ctx context.Context, entries []keybundle.Withheld, sender id.UserID, receivedAt time.Time) error {
 	if len(entries) == 0 {
 		return nil
 	}
-	const cols = 9
-	args := make([]any, 0, len(entries)*cols)
-	for _, c := range entries {
-		args = append(args, c.SessionID, c.SenderKey, c.RoomID, c.Code, c.Reason, receivedAt.UTC(), id.KeySourceForward, sender,
-			p.Store.AccountID)
+	var query string
+	var args []any
+	if p.Store.DB.Dialect == dbutil.SQLite {
+		const perRow, shared = 4, 5
+		args = make([]any, 0, shared+perRow*len(entries))
+		args = append(args, string(entries[0].RoomID), receivedAt.UTC(), string(id.KeySourceForward), string(sender), p.Store.AccountID)
+		for _, c := range entries {
+			if c.RoomID != entries[0].RoomID {
+				return errors.New("withheld entries of more than one room")
+			}
+			args = append(args, string(c.SessionID), string(c.SenderKey), c.Code, c.Reason)
+		}
+		query = `INSERT OR IGNORE INTO crypto_megolm_inbound_session
+				(session_id, sender_key, withheld_code, withheld_reason, room_id, received_at, key_source, source_user, account_id)
+			SELECT column1, column2, column3, column4, $1, $2, $3, $4, $5
+			FROM (VALUES ` + placeholderRowsFrom(len(entries), perRow, shared+1, '$') + `)`
+	} else {
+		const cols = 9
+		args = make([]any, 0, len(entries)*cols)
+		for _, c := range entries {
+			args = append(args, c.SessionID, c.SenderKey, c.RoomID, c.Code, c.Reason, receivedAt.UTC(), id.KeySourceForward, sender,
+				p.Store.AccountID)
+		}
+		query = `INSERT INTO crypto_megolm_inbound_session
+				(session_id, sender_key, room_id, withheld_code, withheld_reason, received_at, key_source, source_user, account_id)
+			VALUES ` + placeholderRowsFrom(len(entries), cols, 1, '$') + ` ON CONFLICT (session_id, account_id) DO NOTHING`
 	}
-	_, err := p.Store.DB.Exec(ctx, `INSERT INTO crypto_megolm_inbound_session
-			(session_id, sender_key, room_id, withheld_code, withheld_reason, received_at, key_source, source_user, account_id)
-		VALUES `+placeholderRows(len(entries), cols)+` ON CONFLICT (session_id, account_id) DO NOTHING`, args...)
-	if err != nil {
+	if _, err := p.Store.DB.Exec(ctx, query, args...); err != nil {
 		return fmt.Errorf("failed to insert withheld entries: %w", err)
 	}
 	return nil
@@ -210,24 +370,33 @@ func iterate[T any](rows dbutil.Rows, err error, scan dbutil.ConvertRowFn[T], ea
 	})
 }
 
-// placeholderList returns "$first,…,$(first+n-1)".
-func placeholderList(first, n int) string {
-	buf := make([]byte, 0, n*5)
+// placeholderList returns "$first,…,$(first+n-1)", with mark for '$'.
+func placeholderList(first, n int, mark byte) string {
+	return string(appendPlaceholders(make([]byte, 0, n*5), first, n, mark))
+}
+
+func appendPlaceholders(buf []byte, first, n int, mark byte) []byte {
 	for i := range n {
 		if i > 0 {
 			buf = append(buf, ',')
 		}
-		buf = append(buf, '$')
+		buf = append(buf, mark)
 		buf = strconv.AppendInt(buf, int64(first+i), 10)
 	}
-	return string(buf)
+	return buf
 }
 
-var placeholderCache sync.Map // [2]int{rows, cols} → string
+var placeholderCache sync.Map // placeholderShape → string
 
-// placeholderRows returns "($1,…,$cols),(…)" for rows rows, numbered on; built once per shape.
-func placeholderRows(rows, cols int) string {
-	key := [2]int{rows, cols}
+type placeholderShape struct {
+	rows, cols, first int
+	mark              byte
+}
+
+// placeholderRowsFrom returns "($first,…),(…)" for rows rows of cols placeholders, numbered on
+// from first, with mark for '$'; built once per shape.
+func placeholderRowsFrom(rows, cols, first int, mark byte) string {
+	key := placeholderShape{rows, cols, first, mark}
 	if cached, ok := placeholderCache.Load(key); ok {
 		return cached.(string)
 	}
@@ -237,7 +406,7 @@ func placeholderRows(rows, cols int) string {
 			buf = append(buf, ',')
 		}
 		buf = append(buf, '(')
-		buf = append(buf, placeholderList(r*cols+1, cols)...)
+		buf = appendPlaceholders(buf, first+r*cols, cols, mark)
 		buf = append(buf, ')')
 	}
 	placeholderCache.Store(key, string(buf))

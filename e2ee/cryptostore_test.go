@@ -117,26 +117,47 @@ func rowValues(t *testing.T, p *Puppet, sessionID id.SessionID) map[string]any {
 	return out
 }
 
-// A batch written by InsertNewSessions reads back through mautrix's GetGroupSession with every
-// field as it went in, and its rows are column for column what mautrix's PutGroupSession writes
-// for the same sessions: a column mautrix adds shows up here.
-func TestInsertNewSessionsRoundTripsThroughMautrix(t *testing.T) {
+// Sessions written by a SessionInserter read back through mautrix's GetGroupSession with every
+// field as it went in, and their rows are column for column what mautrix's PutGroupSession writes
+// for the same sessions: a column mautrix adds shows up here. In a transaction (as an import writes)
+// and outside one, with statements of several sizes.
+func TestSessionInserterRoundTripsThroughMautrix(t *testing.T) {
 	testdb.ForEach(t, func(t *testing.T, dbCfg config.Database) {
 		ctx := context.Background()
 		mgr := testManagerOn(t, dbCfg)
 		bulk := testPuppet(t, mgr, "bulk")
 		single := testPuppet(t, mgr, "single")
 		const roomID = id.RoomID("!roundtrip:localhost")
+		like := fullSession(t, roomID, 3)
+		requireNoZeroField(t, like)
 		var sessions []*crypto.InboundGroupSession
-		var pickles [][]byte
-		for i := range 7 {
-			igs := fullSession(t, roomID, i)
-			requireNoZeroField(t, igs)
+		var rows []NewSessionRow
+		for i := range 9 {
+			own := fullSession(t, roomID, i)
+			igs := *like // every column but the keys and the session are shared
+			igs.Internal, igs.SenderKey, igs.SigningKey = own.Internal, own.SenderKey, own.SigningKey
 			pickled, err := mgr.Pickles.Pickle(igs.Internal)
 			require.NoError(t, err)
-			sessions, pickles = append(sessions, igs), append(pickles, pickled)
+			sessions = append(sessions, &igs)
+			rows = append(rows, NewSessionRow{SessionID: igs.ID(), SenderKey: igs.SenderKey, SigningKey: igs.SigningKey, Pickle: pickled})
 		}
-		require.NoError(t, bulk.InsertNewSessions(ctx, sessions, pickles))
+		require.NoError(t, mgr.db.DoBulkTxn(ctx, func(ctx context.Context) error {
+			si, err := bulk.NewSessionInserter(ctx, like)
+			require.NoError(t, err)
+			defer si.Close()
+			for _, batch := range [][]NewSessionRow{rows[:3], rows[3:6], rows[6:7]} {
+				held, err := si.Insert(ctx, batch)
+				require.NoError(t, err)
+				require.Empty(t, held)
+			}
+			return nil
+		}))
+		si, err := bulk.NewSessionInserter(ctx, like) // outside a transaction
+		require.NoError(t, err)
+		held, err := si.Insert(ctx, rows[7:])
+		si.Close()
+		require.NoError(t, err)
+		require.Empty(t, held)
 		for _, want := range sessions {
 			require.NoError(t, single.Store.PutGroupSession(ctx, want))
 			got, err := bulk.Store.GetGroupSession(ctx, roomID, want.ID())
@@ -147,6 +168,68 @@ func TestInsertNewSessionsRoundTripsThroughMautrix(t *testing.T) {
 				"the bulk row differs from mautrix's own for %s", want.ID())
 		}
 	})
+}
+
+// A SessionInserter never touches a row the puppet holds under a session ID, a key of another
+// room or a withheld entry, and says which rows it did not write.
+func TestSessionInserterReportsHeldSessions(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, dbCfg config.Database) {
+		ctx := context.Background()
+		mgr := testManagerOn(t, dbCfg)
+		p := testPuppet(t, mgr, "held")
+		other := testPuppet(t, mgr, "other")
+		const roomID, otherRoom = id.RoomID("!import:localhost"), id.RoomID("!other:localhost")
+		like := fullSession(t, roomID, 1)
+		var rows []NewSessionRow
+		for i := range 5 {
+			igs := fullSession(t, roomID, i)
+			pickled, err := mgr.Pickles.Pickle(igs.Internal)
+			require.NoError(t, err)
+			rows = append(rows, NewSessionRow{SessionID: igs.ID(), SenderKey: igs.SenderKey, SigningKey: igs.SigningKey, Pickle: pickled})
+		}
+		// Row 1's ID is held as another room's key, row 3's as a withheld entry; row 4's by
+		// another puppet only, which is no row of this one.
+		keyElsewhere := fullSession(t, otherRoom, 9)
+		keyElsewhere.Internal = sessionOfRow(t, mgr, rows[1])
+		require.NoError(t, p.Store.PutGroupSession(ctx, keyElsewhere))
+		require.NoError(t, p.InsertBundleWithheld(ctx, []keybundle.Withheld{{Algorithm: id.AlgorithmMegolmV1,
+			Code: keybundle.CodeHistoryNotShared, RoomID: otherRoom, SenderKey: rows[3].SenderKey, SessionID: rows[3].SessionID}},
+			"@inviter:localhost", time.Now()))
+		require.NoError(t, other.Store.PutGroupSession(ctx, fullSessionFrom(t, mgr, rows[4], roomID)))
+		before1, before3 := rowValues(t, p, rows[1].SessionID), rowValues(t, p, rows[3].SessionID)
+		var held []int
+		require.NoError(t, mgr.db.DoBulkTxn(ctx, func(ctx context.Context) error {
+			si, err := p.NewSessionInserter(ctx, like)
+			require.NoError(t, err)
+			defer si.Close()
+			held, err = si.Insert(ctx, rows)
+			return err
+		}))
+		require.Equal(t, []int{1, 3}, held)
+		require.Equal(t, before1, rowValues(t, p, rows[1].SessionID), "another room's key is untouched")
+		require.Equal(t, before3, rowValues(t, p, rows[3].SessionID), "the withheld entry is untouched")
+		for _, i := range []int{0, 2, 4} {
+			got, err := p.Store.GetGroupSession(ctx, roomID, rows[i].SessionID)
+			require.NoError(t, err)
+			require.NotNil(t, got, "row %d is written", i)
+		}
+	})
+}
+
+// sessionOfRow returns the goolm session a row was pickled from.
+func sessionOfRow(t *testing.T, mgr *Manager, row NewSessionRow) olm.InboundGroupSession {
+	t.Helper()
+	s, err := mgr.Pickles.Unpickle(row.Pickle)
+	require.NoError(t, err)
+	return s
+}
+
+// fullSessionFrom is a full session of roomID around a row's goolm session.
+func fullSessionFrom(t *testing.T, mgr *Manager, row NewSessionRow, roomID id.RoomID) *crypto.InboundGroupSession {
+	t.Helper()
+	igs := fullSession(t, roomID, 2)
+	igs.Internal = sessionOfRow(t, mgr, row)
+	return igs
 }
 
 // requireNoZeroField fails if a field of the session is zero: a field a later mautrix adds must be
