@@ -6,26 +6,28 @@ import (
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto/goolm/session"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
-// importBatch is how many bundle entries are written per statement. SQLite binds at most 32,766
-// parameters per statement; 500 rows × 16 columns stays far below.
+// importBatch is how many bundle entries are written per statement.
 const importBatch = 500
 
 // sessionWriter stores a bundle's sessions in batches, inside the import's transaction and under
-// the puppet's exclusive session lock. Sessions the puppet holds under no row yet are inserted with
-// one multi-row statement per batch (e2ee.Puppet.InsertNewSessions, in the row format of mautrix's
-// SQL crypto store). A session ID the puppet holds already goes through e2ee.Puppet.StoreSessionInTxn: a key held
-// for another room is never touched, and a copy of the same room is merged by MergeSessions.
+// the puppet's exclusive session lock. Every session of a bundle has the same columns but its keys
+// and ratchet (like): they are inserted with one statement per batch (e2ee.SessionInserter, in
+// the row format of mautrix's SQL crypto store), which leaves alone any session ID the puppet
+// holds a row for already. Those go through e2ee.Puppet.StoreSessionInTxn: a key held for another
+// room is never touched, and a copy of the same room is merged by MergeSessions.
 type sessionWriter struct {
-	p       *e2ee.Puppet
-	sender  id.UserID
-	session []*crypto.InboundGroupSession
-	pickles [][]byte
+	p        *e2ee.Puppet
+	like     *crypto.InboundGroupSession
+	inserter *e2ee.SessionInserter
+	rows     []e2ee.NewSessionRow
+	sessions []*session.MegolmInboundSession // rows[i]'s session
 	// seen holds the session IDs of entries that passed validation: a later entry with the same
 	// ID is a duplicate, an earlier invalid one never counted.
 	seen     map[id.SessionID]struct{}
@@ -34,23 +36,31 @@ type sessionWriter struct {
 	refused map[string]int
 }
 
-func newSessionWriter(p *e2ee.Puppet, sender id.UserID) *sessionWriter {
-	return &sessionWriter{p: p, sender: sender, seen: make(map[id.SessionID]struct{}), refused: make(map[string]int)}
+func newSessionWriter(ctx context.Context, p *e2ee.Puppet, like *crypto.InboundGroupSession) (*sessionWriter, error) {
+	inserter, err := p.NewSessionInserter(ctx, like)
+	if err != nil {
+		return nil, err
+	}
+	return &sessionWriter{p: p, like: like, inserter: inserter, seen: make(map[id.SessionID]struct{}),
+		refused: make(map[string]int)}, nil
 }
+
+func (w *sessionWriter) close() { w.inserter.Close() }
 
 const reasonDuplicate = "duplicate session in the bundle"
 
 // addPrepared buffers a validated session and its pickle (made by a worker) and writes a full
 // batch. It reports false if the session was not taken (a duplicate of an earlier valid entry).
-func (w *sessionWriter) addPrepared(ctx context.Context, igs *crypto.InboundGroupSession, pickled []byte) (bool, error) {
-	if _, dup := w.seen[igs.ID()]; dup {
+func (w *sessionWriter) addPrepared(ctx context.Context, key *keybundle.RoomKey, s *session.MegolmInboundSession, pickled []byte) (bool, error) {
+	if _, dup := w.seen[key.SessionID]; dup {
 		w.refused[reasonDuplicate]++
 		return false, nil
 	}
-	w.seen[igs.ID()] = struct{}{}
-	w.session = append(w.session, igs)
-	w.pickles = append(w.pickles, pickled)
-	if len(w.session) >= importBatch {
+	w.seen[key.SessionID] = struct{}{}
+	w.rows = append(w.rows, e2ee.NewSessionRow{SessionID: key.SessionID, SenderKey: key.SenderKey,
+		SigningKey: key.SenderClaimedKeys.Ed25519, Pickle: pickled})
+	w.sessions = append(w.sessions, s)
+	if len(w.rows) >= importBatch {
 		return true, w.flushSessions(ctx)
 	}
 	return true, nil
@@ -64,7 +74,7 @@ func (w *sessionWriter) addWithheld(ctx context.Context, content keybundle.Withh
 	return nil
 }
 
-// flush writes what is buffered: sessions first, so a withheld entry never shadows a key.
+// flush writes what is buffered.
 func (w *sessionWriter) flush(ctx context.Context) error {
 	if err := w.flushSessions(ctx); err != nil {
 		return err
@@ -81,45 +91,58 @@ func (w *sessionWriter) refusedTotal() int {
 	return n
 }
 
+// session returns the full inbound session of the i-th buffered row.
+func (w *sessionWriter) session(i int) *crypto.InboundGroupSession {
+	igs := *w.like
+	igs.Internal, igs.SenderKey, igs.SigningKey = w.sessions[i], w.rows[i].SenderKey, w.rows[i].SigningKey
+	return &igs
+}
+
 func (w *sessionWriter) flushSessions(ctx context.Context) error {
-	if len(w.session) == 0 {
+	if len(w.rows) == 0 {
 		return nil
 	}
-	defer func() { w.session, w.pickles = w.session[:0], w.pickles[:0] }()
-	ids := make([]id.SessionID, len(w.session))
-	for i, igs := range w.session {
-		ids[i] = igs.ID()
-	}
-	held, err := w.p.HeldSessions(ctx, ids)
+	defer func() { w.rows, w.sessions = w.rows[:0], w.sessions[:0] }()
+	held, err := w.inserter.Insert(ctx, w.rows)
 	if err != nil {
 		return err
 	}
-	fresh := make([]*crypto.InboundGroupSession, 0, len(w.session))
-	pickles := make([][]byte, 0, len(w.session))
-	for i, igs := range w.session {
-		if h, ok := held[igs.ID()]; ok {
-			if err = w.storeHeld(ctx, igs, h); err != nil {
-				return err
-			}
+	next := 0 // into held, which is in order
+	for i, row := range w.rows {
+		if next < len(held) && held[next] == i {
+			next++
 			continue
 		}
-		fresh = append(fresh, igs)
-		pickles = append(pickles, w.pickles[i])
+		w.p.Mach.MarkSessionReceived(ctx, w.like.RoomID, row.SessionID, w.sessions[i].FirstKnownIndex())
 	}
-	// No row existed a moment ago in this transaction, under the exclusive lock.
-	if err = w.p.InsertNewSessions(ctx, fresh, pickles); err != nil {
+	if len(held) == 0 {
+		return nil
+	}
+	ids := make([]id.SessionID, len(held))
+	for j, i := range held {
+		ids[j] = w.rows[i].SessionID
+	}
+	rows, err := w.p.HeldSessions(ctx, ids)
+	if err != nil {
 		return err
 	}
-	for _, igs := range fresh {
-		w.p.Mach.MarkSessionReceived(ctx, igs.RoomID, igs.ID(), igs.Internal.FirstKnownIndex())
+	for _, i := range held {
+		h, ok := rows[w.rows[i].SessionID]
+		var hp *e2ee.HeldSession
+		if ok {
+			hp = &h
+		}
+		if err = w.storeHeld(ctx, w.session(i), hp); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
 // storeHeld stores a bundle's copy of a session ID the puppet holds a row for, by StoreSession's
 // rules, and counts what they refused.
-func (w *sessionWriter) storeHeld(ctx context.Context, igs *crypto.InboundGroupSession, h e2ee.HeldSession) error {
-	stored, reason, err := w.p.StoreSessionInTxn(ctx, igs, &h)
+func (w *sessionWriter) storeHeld(ctx context.Context, igs *crypto.InboundGroupSession, h *e2ee.HeldSession) error {
+	stored, reason, err := w.p.StoreSessionInTxn(ctx, igs, h)
 	if err != nil {
 		return err
 	}
@@ -130,8 +153,11 @@ func (w *sessionWriter) storeHeld(ctx context.Context, igs *crypto.InboundGroupS
 		// Held already, as good: nothing to change, nothing refused.
 	default:
 		w.refused[reason]++
-		zerolog.Ctx(ctx).Warn().Stringer("session_id", igs.ID()).Stringer("held_room_id", h.RoomID).
-			Str("reason", reason).Msg("Not importing bundle key")
+		held := zerolog.Ctx(ctx).Warn().Stringer("session_id", igs.ID())
+		if h != nil {
+			held = held.Stringer("held_room_id", h.RoomID)
+		}
+		held.Str("reason", reason).Msg("Not importing bundle key")
 	}
 	return nil
 }
@@ -143,5 +169,5 @@ func (w *sessionWriter) flushWithheld(ctx context.Context) error {
 		return nil
 	}
 	defer func() { w.withheld = w.withheld[:0] }()
-	return w.p.InsertBundleWithheld(ctx, w.withheld, w.sender, time.Now())
+	return w.p.InsertBundleWithheld(ctx, w.withheld, w.like.SourceUser, time.Now())
 }

@@ -10,7 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/crypto"
-	"maunium.net/go/mautrix/crypto/olm"
+	"maunium.net/go/mautrix/crypto/goolm/session"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/database"
@@ -27,10 +27,14 @@ type importResult struct {
 type bundleItem struct {
 	key      *keybundle.RoomKey
 	withheld *keybundle.Withheld
-	igs      *crypto.InboundGroupSession
+	session  *session.MegolmInboundSession
 	pickled  []byte
 	err      error
 }
+
+// itemChunk is how many entries travel together between the pipeline's stages: one channel
+// operation per entry would cost more than some of the stages' work.
+const itemChunk = 64
 
 // importBundle imports a decrypted bundle in one database transaction, and records the bundle as
 // imported in the same transaction: keys of the bundle's room only, each checked against its
@@ -40,21 +44,35 @@ type bundleItem struct {
 // turns out malformed or its hash does not verify at the end, nothing of it is kept, and the
 // counts say so.
 //
-// Decoding, key checks and pickling, and database writes run as a pipeline: the key checks (an
-// Ed25519 point validation per session) run on every core while the writer inserts in batches.
-// The puppet's sessions are locked for the whole transaction (Puppet.LockSessionsExclusive), so no
-// decryption writes a session back in between.
+// Decoding, key checks and pickling, and database writes run as a pipeline, in chunks of entries:
+// the key checks (an Ed25519 point decompression per session) and the pickling run on every core
+// while the writer inserts in batches. The puppet's sessions are locked for the whole transaction
+// (Puppet.LockSessionsExclusive), so no decryption writes a session back in between. The
+// transaction is a bulk one (database.DoBulkTxn): durable when it returns, its WAL checkpoint
+// left to the background.
 func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.ReceivedBundle, plaintext io.ReadCloser) (importResult, error) {
 	var res importResult
 	log := zerolog.Ctx(ctx)
 	defer p.LockSessionsExclusive()()
 	maxAge, maxMessages := p.RotationLimits(ctx, b.RoomID)
-	err := s.db.DoTxn(ctx, func(ctx context.Context) error {
+	shared := true
+	// What every imported session has in common: only its keys and ratchet are its own.
+	like := &crypto.InboundGroupSession{
+		RoomID:           b.RoomID,
+		ForwardingChains: []string{b.SenderKey.String()},
+		ReceivedAt:       time.Now().UTC(),
+		MaxAge:           maxAge.Milliseconds(),
+		MaxMessages:      maxMessages,
+		SharedHistory:    &shared,
+		KeySource:        id.KeySourceForward,
+		SourceUser:       b.Sender,
+	}
+	err := s.db.DoBulkTxn(ctx, func(ctx context.Context) error {
 		res = importResult{}
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		items := make(chan bundleItem, 512)
-		prepared := make(chan bundleItem, 512)
+		items := make(chan []bundleItem, 8)
+		prepared := make(chan []bundleItem, 8)
 		decodeDone := make(chan error, 1)
 		decodeSkipped := 0
 		go func() {
@@ -66,11 +84,13 @@ func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for it := range items {
-					if it.key != nil {
-						it.igs, it.pickled, it.err = s.prepareSession(*it.key, b, maxAge, maxMessages)
+				for chunk := range items {
+					for i := range chunk {
+						if it := &chunk[i]; it.key != nil {
+							it.session, it.pickled, it.err = s.prepareSession(it.key)
+						}
 					}
-					prepared <- it
+					prepared <- chunk
 				}
 			}()
 		}
@@ -78,27 +98,38 @@ func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.
 			wg.Wait()
 			close(prepared)
 		}()
-		writer := newSessionWriter(p, b.Sender)
+		writer, err := newSessionWriter(ctx, p, like)
+		if err != nil {
+			cancel()
+			for range prepared { // drain, so every goroutine ends
+			}
+			<-decodeDone
+			return err
+		}
+		defer writer.close()
 		var writeErr error
-		for it := range prepared {
-			if writeErr != nil {
-				continue // drain, so every goroutine ends
-			}
-			switch {
-			case it.withheld != nil:
-				res.withheld++
-				writeErr = writer.addWithheld(ctx, *it.withheld)
-			case it.err != nil:
-				res.skipped++
-				log.Warn().Err(it.err).Stringer("session_id", it.key.SessionID).Msg("Ignoring invalid key in bundle")
-			default:
-				var taken bool
-				if taken, writeErr = writer.addPrepared(ctx, it.igs, it.pickled); taken {
-					res.imported++
+		for chunk := range prepared {
+			for i := range chunk {
+				if writeErr != nil {
+					break // drain, so every goroutine ends
 				}
-			}
-			if writeErr != nil {
-				cancel()
+				it := &chunk[i]
+				switch {
+				case it.withheld != nil:
+					res.withheld++
+					writeErr = writer.addWithheld(ctx, *it.withheld)
+				case it.err != nil:
+					res.skipped++
+					log.Warn().Err(it.err).Stringer("session_id", it.key.SessionID).Msg("Ignoring invalid key in bundle")
+				default:
+					var taken bool
+					if taken, writeErr = writer.addPrepared(ctx, it.key, it.session, it.pickled); taken {
+						res.imported++
+					}
+				}
+				if writeErr != nil {
+					cancel()
+				}
 			}
 		}
 		decodeErr := <-decodeDone
@@ -135,14 +166,19 @@ func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.
 	return res, nil
 }
 
-// decodeEntries streams the bundle's entries into items, dropping those that must not be imported
-// (another room, another algorithm, malformed withheld entries) and counting them in skipped.
-// Duplicates are left to the writer, which counts only entries that passed validation.
-func (s *Service) decodeEntries(ctx context.Context, plaintext io.Reader, b *database.ReceivedBundle, items chan<- bundleItem, skipped *int) error {
+// decodeEntries streams the bundle's entries into items, in chunks, dropping those that must not be
+// imported (another room, another algorithm, malformed withheld entries) and counting them in
+// skipped. Duplicates are left to the writer, which counts only entries that passed validation.
+func (s *Service) decodeEntries(ctx context.Context, plaintext io.Reader, b *database.ReceivedBundle, items chan<- []bundleItem, skipped *int) error {
 	log := zerolog.Ctx(ctx)
+	chunk := make([]bundleItem, 0, itemChunk)
 	send := func(it bundleItem) error {
+		if chunk = append(chunk, it); len(chunk) < itemChunk {
+			return nil
+		}
 		select {
-		case items <- it:
+		case items <- chunk:
+			chunk = make([]bundleItem, 0, itemChunk)
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
@@ -169,55 +205,49 @@ func (s *Service) decodeEntries(ctx context.Context, plaintext io.Reader, b *dat
 			*skipped++
 			return nil
 		}
-		// A session also in room_keys keeps its key: sessions are written before withheld rows,
-		// and a withheld row never replaces a key (rust-sdk too keeps both facts; the key decrypts).
+		// A session also in room_keys keeps its key: a withheld row never replaces a key, and a
+		// key replaces a withheld row (rust-sdk too keeps both facts; the key decrypts).
 		return send(bundleItem{withheld: &w})
 	})
 	*skipped += n
+	if err == nil && len(chunk) > 0 {
+		select {
+		case items <- chunk:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
 	return err
 }
 
 // maxWithheldField bounds a withheld entry's code and reason as stored.
 const maxWithheldField = 1024
 
-// prepareSession turns a bundle entry into an inbound session (checking the session ID against
-// the key) and its pickle, ready for the database.
-func (s *Service) prepareSession(key keybundle.RoomKey, b *database.ReceivedBundle, maxAge time.Duration, maxMessages int) (*crypto.InboundGroupSession, []byte, error) {
-	igs, err := sessionFromBundle(key, b, maxAge, maxMessages)
+// prepareSession turns a bundle entry into a session (checking its keys' form and the session ID
+// against the key) and its pickle, ready for the database.
+func (s *Service) prepareSession(key *keybundle.RoomKey) (*session.MegolmInboundSession, []byte, error) {
+	internal, err := sessionFromBundle(key)
 	if err != nil {
 		return nil, nil, err
 	}
-	pickled, err := s.mgr.Pickles.Pickle(igs.Internal)
-	return igs, pickled, err
+	pickled, err := s.mgr.Pickles.Pickle(internal)
+	return internal, pickled, err
 }
 
-// sessionFromBundle turns a bundle entry into an inbound session, checking the keys' form and the
-// session ID against the key. The room's rotation limits are the same as for a key received directly.
-func sessionFromBundle(key keybundle.RoomKey, b *database.ReceivedBundle, maxAge time.Duration, maxMessages int) (*crypto.InboundGroupSession, error) {
+// sessionFromBundle reads a bundle entry's session, checking the keys' form and the session ID
+// against the session's key (e2ee.ImportSessionKey checks that key as goolm's import does).
+func sessionFromBundle(key *keybundle.RoomKey) (*session.MegolmInboundSession, error) {
 	if !keybundle.ValidKey(string(key.SenderKey)) || !keybundle.ValidKey(string(key.SenderClaimedKeys.Ed25519)) {
 		return nil, errMalformedKeys
 	}
-	internal, err := olm.InboundGroupSessionImport([]byte(key.SessionKey))
+	internal, err := e2ee.ImportSessionKey(key.SessionKey)
 	if err != nil {
 		return nil, err
 	}
-	if internal.ID() != key.SessionID {
+	if !e2ee.SessionIDIs(internal, key.SessionID) {
 		return nil, errSessionIDMismatch
 	}
-	shared := true
-	return &crypto.InboundGroupSession{
-		Internal:         internal,
-		SigningKey:       key.SenderClaimedKeys.Ed25519,
-		SenderKey:        key.SenderKey,
-		RoomID:           key.RoomID,
-		ForwardingChains: []string{b.SenderKey.String()},
-		ReceivedAt:       time.Now().UTC(),
-		MaxAge:           maxAge.Milliseconds(),
-		MaxMessages:      maxMessages,
-		SharedHistory:    &shared,
-		KeySource:        id.KeySourceForward,
-		SourceUser:       b.Sender,
-	}, nil
+	return internal, nil
 }
 
 var (
