@@ -6,6 +6,7 @@ export GOFLAGS="-tags=goolm -buildvcs=false"
 fuzztime="${1:-30s}"
 targets=(
   "./keybundle FuzzDecode"
+  "./keybundle FuzzDecodeMatchesEncodingJSON"
   "./keybundle FuzzHistoryFlagJSON"
   "./keybundle FuzzWriteRoomKeyMatchesEncodingJSON"
   "./e2ee FuzzRoomKeyContent"
