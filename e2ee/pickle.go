@@ -5,7 +5,9 @@ import (
 	"crypto/cipher"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
@@ -15,6 +17,7 @@ import (
 	"go.mau.fi/util/pkcs7"
 	"golang.org/x/crypto/hkdf"
 	"maunium.net/go/mautrix/crypto/aescbc"
+	"maunium.net/go/mautrix/crypto/goolm/megolm"
 	"maunium.net/go/mautrix/crypto/goolm/session"
 	"maunium.net/go/mautrix/crypto/olm"
 )
@@ -73,22 +76,54 @@ func (pc *PickleCipher) Pickle(s olm.InboundGroupSession) ([]byte, error) {
 	if !ok {
 		return s.Pickle(nil) // not goolm: let the session say why
 	}
-	plain := inner.PickleLibOlm()
-	// PKCS#7: 1 to 16 bytes of padding, each the padding's length.
+	// The plaintext as goolm's PickleLibOlm writes it, then PKCS#7 padding (1 to 16 bytes, each the
+	// padding's length), in one buffer with room for the MAC.
+	var buf [inboundPickleLength + aes.BlockSize + pickleMACLength]byte
+	plain := appendInboundPickle(buf[:0], inner)
 	padding := aes.BlockSize - len(plain)%aes.BlockSize
 	padded := len(plain) + padding
-	raw := make([]byte, padded+pickleMACLength)
-	copy(raw, plain)
+	raw := buf[:padded+pickleMACLength]
 	for i := len(plain); i < padded; i++ {
 		raw[i] = byte(padding)
 	}
-	ciphertext := raw[:padded]
-	cipher.NewCBCEncrypter(pc.block, pc.iv).CryptBlocks(ciphertext, ciphertext)
-	pc.mac(raw[padded:], ciphertext)
+	// AES-256-CBC, block by block (as crypto/cipher's CBC encrypter does, without building one).
+	prev := pc.iv
+	for i := 0; i < padded; i += aes.BlockSize {
+		block := raw[i : i+aes.BlockSize]
+		subtle.XORBytes(block, block, prev)
+		pc.block.Encrypt(block, block)
+		prev = block
+	}
+	pc.mac(raw[padded:], raw[:padded])
 	out := make([]byte, base64.RawStdEncoding.EncodedLen(len(raw)))
 	base64.RawStdEncoding.Encode(out, raw)
 	return out, nil
 }
+
+// inboundPickleLength is the length of goolm's libolm-format pickle of an inbound megolm session:
+// the version, two ratchets (data and counter), the signing key and its verified flag.
+const inboundPickleLength = 4 + 2*(megolm.RatchetParts*megolm.RatchetPartLength+4) + 32 + 1
+
+// appendInboundPickle appends what goolm's MegolmInboundSession.PickleLibOlm returns.
+func appendInboundPickle(dst []byte, s *session.MegolmInboundSession) []byte {
+	dst = binary.BigEndian.AppendUint32(dst, inboundPickleVersion)
+	for _, r := range []*megolm.Ratchet{&s.InitialRatchet, &s.Ratchet} {
+		dst = append(dst, r.Data[:]...)
+		dst = binary.BigEndian.AppendUint32(dst, r.Counter)
+	}
+	if len(s.SigningKey) == 32 {
+		dst = append(dst, s.SigningKey...)
+	} else {
+		dst = append(dst, make([]byte, 32)...) // as goolm writes a key of another length
+	}
+	if s.SigningKeyVerified {
+		return append(dst, 1)
+	}
+	return append(dst, 0)
+}
+
+// inboundPickleVersion is goolm's megolmInboundSessionPickleVersionLibOlm.
+const inboundPickleVersion = 2
 
 // Unpickle decrypts and parses a session pickled by Pickle or by goolm.
 func (pc *PickleCipher) Unpickle(pickled []byte) (*session.MegolmInboundSession, error) {

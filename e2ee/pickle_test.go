@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"maunium.net/go/mautrix/crypto/goolm/session"
 	"maunium.net/go/mautrix/crypto/olm"
 )
 
@@ -43,10 +44,27 @@ func TestPickleCipherMatchesGoolm(t *testing.T) {
 		require.Equal(t, string(wantExport), gotExport)
 		require.Equal(t, string(wantExport), string(goolmExport))
 	}
+	// Imported sessions (signing key not verified), at a later index, and one without a signing key:
+	// every field of the plaintext is written as goolm writes it.
+	out, err := olm.NewOutboundGroupSession()
+	require.NoError(t, err)
+	in, err := olm.NewInboundGroupSession([]byte(out.Key()))
+	require.NoError(t, err)
+	exported, err := in.Export(7)
+	require.NoError(t, err)
+	imported, err := olm.InboundGroupSessionImport(exported)
+	require.NoError(t, err)
+	for _, s := range []olm.InboundGroupSession{imported, &session.MegolmInboundSession{}} {
+		want, err := s.Pickle(key)
+		require.NoError(t, err)
+		got, err := pc.Pickle(s)
+		require.NoError(t, err)
+		require.Equal(t, string(want), string(got))
+		require.Equal(t, s.(*session.MegolmInboundSession).PickleLibOlm(), appendInboundPickle(nil, s.(*session.MegolmInboundSession)))
+	}
+
 	other, err := NewPickleCipher([]byte("another key"))
 	require.NoError(t, err)
-	out, _ := olm.NewOutboundGroupSession()
-	in, _ := olm.NewInboundGroupSession([]byte(out.Key()))
 	pickled, _ := in.Pickle(key)
 	_, err = other.Unpickle(pickled)
 	require.ErrorIs(t, err, ErrBadPickle, "a pickle under another key is refused")
