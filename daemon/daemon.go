@@ -120,6 +120,14 @@ func Run(configPath string) int {
 		log.Error().Err(err).Msg("Failed to set up puppet crypto")
 		return ExitStartup
 	}
+	// Synapse drops the device-list changes of a transaction it could not deliver (while heirloom
+	// was down or restarting, it keeps only the events, ephemeral events and to-device messages for
+	// its retries): any tracked list may have changed unseen, so each is fetched again before a
+	// room key is next shared with its user.
+	if err = mgr.MarkDeviceListsOutdated(ctx); err != nil {
+		log.Error().Err(err).Msg("Failed to mark device lists outdated")
+		return ExitDatabase
+	}
 	if err = checkHomeserverReachable(ctx, mgr, cfg); err != nil {
 		log.Error().Err(err).Str("homeserver", cfg.Homeserver.Address).Msg("The homeserver is not reachable")
 		return ExitHomeserver

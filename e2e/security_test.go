@@ -228,12 +228,19 @@ func TestRescindedInviteIsNotAcceptedEndToEnd(t *testing.T) {
 	}
 }
 
-// A device-list change that arrives while no puppet machine is loaded still reaches the shared
-// device tables: the puppet, loaded later, re-queries the user's devices before it encrypts.
+// A device-list change that arrives while the puppet's machine is not loaded still reaches the
+// shared device tables: the puppet, loaded later, re-queries the user's devices before it
+// encrypts, and the new device reads what it sends. A restart marks every tracked list outdated
+// (a change reported while heirloom was down may be lost), and a list fetched again stays current
+// until a change is reported.
 func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
-	p := newPuppet(t)
+	p, other := newPuppet(t), newPuppet(t)
 	u := newJSUser(t, true)
-	roomID := puppetCreateRoom(t, p, "shared")
+	roomID := puppetCreateRoom(t, p, "shared", other.UserID)
+	eventually(t, 30*time.Second, "the other puppet to join", func() (bool, string) {
+		code, err := e.api("POST", "/puppets/"+other.UserID+"/rooms/"+roomID+"/join", map[string]any{}, nil)
+		return code == 200, fmt.Sprint(code, err)
+	})
 	puppetInvite(t, p, roomID, u.UserID)
 	e.peer(t, "join", map[string]any{"user": u.UserID, "room_id": roomID}, nil)
 	puppetSend(t, p, roomID, "u's devices are tracked now")
@@ -249,11 +256,20 @@ func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
 	}
 
 	restartHeirloom(t)
+	if !outdated() {
+		t.Fatal("a restart did not mark the tracked device list outdated")
+	}
+	// The other puppet sends: its machine fetches the lists again. Nothing of p's has happened
+	// since the restart, so p's machine is not loaded.
+	puppetSend(t, other, roomID, "lists fetched again after the restart")
+	if outdated() {
+		t.Fatal("sending after the restart did not fetch the outdated list")
+	}
 	var status struct {
 		Loaded int `json:"loaded_machines"`
 	}
 	apiOK(t, "GET", "/status", nil, &status)
-	t.Logf("machines loaded after the restart: %d", status.Loaded)
+	t.Logf("machines loaded before the change: %d", status.Loaded)
 	// Synapse drops the device lists of a transaction it could not deliver (it keeps only events,
 	// ephemeral and to-device messages for its retries): wait until it delivers again, with an
 	// event that loads no machine.
@@ -264,24 +280,26 @@ func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
 		return metric(t, processed) > before, "no transaction processed yet"
 	})
 	// A new device of u: Synapse tells heirloom in the next transaction's device_lists.
-	localpart := strings.TrimPrefix(strings.SplitN(u.UserID, ":", 2)[0], "@")
-	var login struct {
-		DeviceID string `json:"device_id"`
-	}
-	code, err := e.request("POST", e.hsURL+"/_matrix/client/v3/login", "", map[string]any{
-		"type": "m.login.password", "identifier": map[string]any{"type": "m.id.user", "user": localpart},
-		"password": localpart + "-interop-password"}, &login)
-	if err != nil || code != 200 {
-		t.Fatalf("logging in a second device: %d %v", code, err)
-	}
+	var second jsUser
+	e.peer(t, "addDevice", map[string]any{"user": u.UserID}, &second)
 	eventually(t, 30*time.Second, "the device-list change to reach the shared tables", func() (bool, string) {
 		return outdated(), "devices_outdated is still false"
 	})
+	queries := metric(t, "heirloom_key_queries_total")
 	puppetSend(t, p, roomID, "after the new device")
 	if outdated() {
 		t.Fatal("the puppet encrypted without re-querying the changed device list")
 	}
-	_ = login.DeviceID
+	if got := metric(t, "heirloom_key_queries_total") - queries; got != 1 {
+		t.Fatalf("%v key queries for the send after the change, want 1", got)
+	}
+	e.peer(t, "waitForMessage", map[string]any{"user": u.UserID, "device": second.DeviceID, "room_id": roomID,
+		"body": "after the new device", "timeout_ms": 60000}, nil)
+	queries = metric(t, "heirloom_key_queries_total")
+	puppetSend(t, p, roomID, "nothing changed since")
+	if got := metric(t, "heirloom_key_queries_total") - queries; got != 0 {
+		t.Fatalf("%v key queries for a send with no device-list change, want 0", got)
+	}
 }
 
 // In a `joined` room an invitee gets no room key until they join: what is sent while they are only

@@ -19,8 +19,8 @@ import (
 )
 
 // This file holds every statement heirloom runs itself on a table of mautrix's SQL crypto store
-// (all of them on crypto_megolm_inbound_session); everything else goes through mautrix's own
-// crypto.SQLCryptoStore methods. The statements are written for the table as mautrix-go
+// (on crypto_megolm_inbound_session, and on the device tables crypto_tracked_user and
+// crypto_device); everything else goes through mautrix's own crypto.SQLCryptoStore methods. The statements are written for the table as mautrix-go
 // MautrixVersion creates it at crypto store schema CryptoStoreSchema (sql_store_upgrade); a test
 // fails when that schema version changes, and round-trip tests read what these statements write
 // back through mautrix's GetGroupSession. heirloom's own migration 03 adds an index to the table
@@ -356,6 +356,98 @@ func (p *Puppet) InsertBundleWithheld(ctx context.Context, entries []keybundle.W
 	}
 	if _, err := p.Store.DB.Exec(ctx, query, args...); err != nil {
 		return fmt.Errorf("failed to insert withheld entries: %w", err)
+	}
+	return nil
+}
+
+// deviceListState is what the shared device tables say of a user's device list.
+type deviceListState struct {
+	// Outdated is true once a device-list change was reported (or heirloom restarted) since the
+	// list was last fetched.
+	Outdated bool
+	// Failures counts the fetches in a row that got no answer for the user (mautrix's
+	// IncrementTrackedUsersErrorCount), the last at LastAttempt (Unix seconds).
+	Failures    int
+	LastAttempt int64
+}
+
+// dueAt returns when an outdated list is to be fetched again (Unix seconds): at once, unless five
+// fetches in a row got no answer, then after failures³ seconds (at most three hours) from the
+// last, as mautrix's GetOutdatedTrackedUsers waits.
+func (st deviceListState) dueAt() int64 {
+	if st.Failures < 5 {
+		return 0
+	}
+	return st.LastAttempt + int64(min(st.Failures*st.Failures*st.Failures, 10800))
+}
+
+// deviceListStates returns the device-list state of each user heirloom tracks (has fetched the
+// device list of: mautrix's crypto_tracked_user); users missing from the map were never fetched.
+func (m *Manager) deviceListStates(ctx context.Context, users []id.UserID) (map[id.UserID]deviceListState, error) {
+	out := make(map[id.UserID]deviceListState, len(users))
+	for start := 0; start < len(users); start += heldLookupChunk {
+		chunk := users[start:min(start+heldLookupChunk, len(users))]
+		args := make([]any, len(chunk))
+		for i, u := range chunk {
+			args[i] = u
+		}
+		rows, err := m.shared.DB.Query(ctx, `SELECT user_id, devices_outdated, COALESCE(error_count, 0), COALESCE(last_attempt, 0)
+			FROM crypto_tracked_user WHERE user_id IN (`+placeholderList(1, len(chunk), '$')+`)`, args...)
+		err = iterate(rows, err, func(row dbutil.Scannable) (u trackedUser, err error) {
+			err = row.Scan(&u.userID, &u.Outdated, &u.Failures, &u.LastAttempt)
+			return
+		}, func(u trackedUser) error {
+			out[u.userID] = u.deviceListState
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("failed to read device list states: %w", err)
+		}
+	}
+	return out, nil
+}
+
+type trackedUser struct {
+	userID id.UserID
+	deviceListState
+}
+
+// storedDevices returns the devices the shared tables hold for the users (those not deleted), as
+// mautrix's GetDevices returns them, with one statement per 500 users instead of two per user.
+// A user without a device has no entry.
+func (m *Manager) storedDevices(ctx context.Context, users []id.UserID) (map[id.UserID]map[id.DeviceID]*id.Device, error) {
+	out := make(map[id.UserID]map[id.DeviceID]*id.Device, len(users))
+	for start := 0; start < len(users); start += heldLookupChunk {
+		chunk := users[start:min(start+heldLookupChunk, len(users))]
+		args := make([]any, len(chunk))
+		for i, u := range chunk {
+			args[i] = u
+		}
+		rows, err := m.shared.DB.Query(ctx, `SELECT user_id, device_id, identity_key, signing_key, trust, deleted, name
+			FROM crypto_device WHERE user_id IN (`+placeholderList(1, len(chunk), '$')+`) AND deleted=false`, args...)
+		err = iterate(rows, err, func(row dbutil.Scannable) (*id.Device, error) {
+			var d id.Device
+			err := row.Scan(&d.UserID, &d.DeviceID, &d.IdentityKey, &d.SigningKey, &d.Trust, &d.Deleted, &d.Name)
+			return &d, err
+		}, func(d *id.Device) error {
+			if out[d.UserID] == nil {
+				out[d.UserID] = make(map[id.DeviceID]*id.Device)
+			}
+			out[d.UserID][d.DeviceID] = d
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("failed to read devices: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// MarkDeviceListsOutdated marks the device list of every user heirloom tracks outdated, so that
+// each is fetched again before a room key is next shared with them.
+func (m *Manager) MarkDeviceListsOutdated(ctx context.Context) error {
+	if _, err := m.shared.DB.Exec(ctx, `UPDATE crypto_tracked_user SET devices_outdated=true`); err != nil {
+		return fmt.Errorf("failed to mark device lists outdated: %w", err)
 	}
 	return nil
 }

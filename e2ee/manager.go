@@ -31,6 +31,7 @@ type Manager struct {
 	db        *database.Database
 	log       zerolog.Logger
 	hsURL     *mautrix.Client // template: homeserver URL, HTTP client
+	requests  *requestCounter // counts what hsURL's client sends
 	pickleKey []byte
 	Sealer    *Sealer
 	// Pickles reads and writes stored megolm sessions fast, in goolm's format.
@@ -43,6 +44,9 @@ type Manager struct {
 	// users and their device lists, devices, cross-signing keys and signatures. Built once, with
 	// no account; each puppet's own store holds its account's rows.
 	shared *crypto.SQLCryptoStore
+
+	// deviceChanges counts the device-list changes reported per user (devices.go).
+	deviceChanges deviceListChanges
 
 	lock     sync.Mutex
 	machines map[id.UserID]*Puppet
@@ -77,11 +81,13 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 	if err != nil {
 		return nil, err
 	}
+	httpClient, requests := countRequests(httpClient)
 	return &Manager{
 		cfg:       cfg,
 		db:        db,
 		log:       log,
 		hsURL:     &mautrix.Client{HomeserverURL: hsURL, Client: httpClient},
+		requests:  requests,
 		pickleKey: pickleKey,
 		Sealer:    sealer,
 		Pickles:   pickles,

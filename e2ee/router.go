@@ -53,12 +53,14 @@ func (m *Manager) RouteOTKCounts(ctx context.Context, userID id.UserID, deviceID
 
 // RouteDeviceListChanges marks the changed users' device lists outdated. Device tables in the
 // crypto store are shared by all puppets, so one mark reaches every machine, loaded now or later:
-// each re-queries the keys before it next encrypts for that user, and a new device gets the room
-// key then.
+// each re-queries the keys before it next shares a room key with that user (memberDevices), and a
+// new device gets the room key then.
 func (m *Manager) RouteDeviceListChanges(ctx context.Context, changed []id.UserID) {
 	if len(changed) == 0 {
 		return
 	}
+	// First the count, then the mark: a fetch in flight that misses the mark sees the count.
+	m.deviceChanges.note(changed)
 	if err := m.shared.MarkTrackedUsersOutdated(ctx, changed); err != nil {
 		zerolog.Ctx(ctx).Err(err).Msg("Failed to mark device lists outdated")
 	}

@@ -17,7 +17,9 @@ import (
 
 // SendMessage sends an event into the room as the puppet, megolm-encrypted if the room is
 // encrypted. The room key goes first to every device of every joined member, and of every invited
-// member unless the history visibility is `joined`, as the homeserver knows them now.
+// member unless the history visibility is `joined`: the members as the homeserver knows them now,
+// their devices as the shared device tables hold them, fetched again where a change was reported
+// (memberDevices).
 func (p *Puppet) SendMessage(ctx context.Context, roomID id.RoomID, evtType event.Type, content any) (id.EventID, error) {
 	if err := p.mgr.EnsureRoomState(ctx, p.Client, roomID); err != nil {
 		return "", err
@@ -87,13 +89,20 @@ func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
 	// Invited members read what is sent while they are invited, unless the room's history is for
 	// joined members only (as Element's clients decide: an invitee of a `joined` room gets no key).
 	withInvited := visibility == nil || visibility.HistoryVisibility != event.HistoryVisibilityJoined
+	var users []id.UserID
 	for _, evt := range members.Chunk {
 		membership := evt.Content.AsMember().Membership
 		if membership != event.MembershipJoin && (membership != event.MembershipInvite || !withInvited) {
 			continue
 		}
-		userID := id.UserID(evt.GetStateKey())
-		for deviceID, device := range p.Mach.LoadDevices(ctx, userID) {
+		users = append(users, id.UserID(evt.GetStateKey()))
+	}
+	devices, err := p.memberDevices(ctx, users)
+	if err != nil {
+		return err
+	}
+	for _, userID := range users {
+		for deviceID, device := range devices[userID] {
 			if userID == p.UserID && deviceID == p.DeviceID {
 				continue
 			}

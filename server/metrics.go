@@ -4,6 +4,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"maunium.net/go/mautrix/event"
+
+	"github.com/heirloom-matrix/heirloom/e2ee"
 )
 
 // metrics are heirloom's Prometheus metrics, served at /metrics.
@@ -15,7 +17,7 @@ type metrics struct {
 	apiRequests  *prometheus.CounterVec
 }
 
-func newMetrics() *metrics {
+func newMetrics(mgr *e2ee.Manager) *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
 		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -35,7 +37,11 @@ func newMetrics() *metrics {
 			Help: "HTTP API requests, by status code.",
 		}, []string{"code"}),
 	}
-	m.registry.MustRegister(m.transactions, m.events, m.errors, m.apiRequests,
+	keyQueries := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "heirloom_key_queries_total",
+		Help: "Device key queries (/keys/query) the puppets sent to the homeserver.",
+	}, func() float64 { return float64(mgr.KeyQueries()) })
+	m.registry.MustRegister(m.transactions, m.events, m.errors, m.apiRequests, keyQueries,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -44,7 +44,7 @@ type Server struct {
 
 // NewServer creates the listener, with history sharing (MSC4268) for the transaction stream and the API.
 func NewServer(cfg *config.Config, db *database.Database, mgr *e2ee.Manager, hist *history.Service, log zerolog.Logger) *Server {
-	return &Server{cfg: cfg, db: db, mgr: mgr, history: hist, metrics: newMetrics(), log: log, startedAt: time.Now()}
+	return &Server{cfg: cfg, db: db, mgr: mgr, history: hist, metrics: newMetrics(mgr), log: log, startedAt: time.Now()}
 }
 
 // Handler returns the complete HTTP handler.
