@@ -223,8 +223,7 @@ func (s *jsonStream) objectKey() (string, error) {
 // value returns the next JSON value whole: its extent, found by matching brackets outside strings
 // (whether it is valid JSON is for json.Valid or json.Unmarshal to say).
 func (s *jsonStream) value() ([]byte, error) {
-	c, err := s.peek()
-	if err != nil {
+	if _, err := s.peek(); err != nil {
 		return nil, s.malformed(err)
 	}
 	start := s.pos
@@ -232,7 +231,7 @@ func (s *jsonStream) value() ([]byte, error) {
 	depth, inString, escaped := 0, false, false
 	for {
 		for ; s.pos+(i-start) < len(s.buf); i++ {
-			c = s.buf[s.pos+(i-start)]
+			c := s.buf[s.pos+(i-start)]
 			if inString && !escaped && c != '"' && c != '\\' {
 				// Most of a bundle is long strings: skip to the next quote or backslash at once.
 				rest := s.buf[s.pos+(i-start):]

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # make bench: heirloom's bundle build and import beside the reference implementation
 # (matrix-sdk-crypto 0.19.1: as matrix-sdk-crypto-wasm 18.9.0 in Node, and compiled natively on its
-# memory store and on its SQLite store) on the same inputs, in one run.
+# memory store and on its SQLite store) on the same inputs, and the send path (a puppet sending into a
+# room of js-sdk members through Synapse), in one run.
 #   HEIRLOOM_BENCH_SIZES   session counts (default 1000,10000,100000)
 #   HEIRLOOM_BENCH_RUNS    timed operations per side and size, after one discarded warm-up (default 5)
 #   HEIRLOOM_STATE         where results go (default .state; relative to the repository or absolute)
+#   HEIRLOOM_BENCH_SEND    0 leaves out the send-path benchmark (default 1: it starts Synapse and
+#                          js-sdk clients as the end-to-end suite does, for a few minutes)
+#   HEIRLOOM_BENCH_SEND_MESSAGES, HEIRLOOM_BENCH_SEND_MEMBERS  its size (default 1000 and 20)
 # Every side runs one process per operation and size (so its peak RSS is that work's): the setup,
 # one warm-up operation (memory is measured there), then the timed operations.
 # The native reference needs a nightly Rust toolchain (rustc >= 1.96); without one its columns are
@@ -69,9 +73,19 @@ for n in ${SIZES//,/ }; do
   fi
 done
 
+if [[ "${HEIRLOOM_BENCH_SEND:-1}" != 0 ]]; then
+  echo "== send path: a puppet sending ${HEIRLOOM_BENCH_SEND_MESSAGES:-1000} messages into a room of ${HEIRLOOM_BENCH_SEND_MEMBERS:-20} js-sdk members, through Synapse (load average $(loadavg))"
+  (cd e2e && HEIRLOOM_BENCH_RESULTS="${OUT}/results" go test -count=1 -run '^$' -bench '^BenchmarkSendPath$' -benchtime 1x -timeout 60m -v .) \
+    >"${OUT}/logs/send.log" 2>&1 || { echo "send-path benchmark failed:"; tail -30 "${OUT}/logs/send.log"; exit 1; }
+  grep -E 'sendpath_test.go' "${OUT}/logs/send.log" || true
+else
+  skipped="${skipped:+${skipped}; }send path: HEIRLOOM_BENCH_SEND=0"
+  banner "SKIPPING THE SEND-PATH BENCHMARK (HEIRLOOM_BENCH_SEND=0)"
+fi
+
 echo "== load average after: $(loadavg)"
 echo
 status=0
 go run ./scripts/benchtable ${skipped:+-skipped "${skipped}"} "${OUT}/results" | tee "${OUT}/table.md" || status=$?
-[[ -z "${skipped}" ]] || banner "NATIVE COLUMNS SKIPPED: ${skipped}"
+[[ -z "${skipped}" ]] || banner "LEFT OUT OF THIS RUN: ${skipped}"
 exit "${status}"

@@ -7,7 +7,8 @@
 // Usage: go run ./scripts/benchtable [-skipped 'side: reason'] RESULTS_DIR
 //
 // RESULTS_DIR holds one JSON file per side, operation and size (see history/bench_test.go,
-// interop/bench/reference.mjs and bench/native/src/main.rs for how each is measured).
+// interop/bench/reference.mjs and bench/native/src/main.rs for how each is measured), and
+// send.json when the send-path benchmark ran (e2e/sendpath_test.go).
 package main
 
 import (
@@ -34,6 +35,8 @@ type result struct {
 	RSSBeforeBytes uint64    `json:"rss_before_bytes"`
 	RSSPeakBytes   uint64    `json:"rss_peak_bytes"`
 	DecryptMS      float64   `json:"decrypt_ms"`
+	CPUMS          []float64 `json:"cpu_ms"`
+	CheckpointMS   []float64 `json:"checkpoint_after_ms"`
 }
 
 func (r *result) growth() uint64 { return r.RSSPeakBytes - min(r.RSSPeakBytes, r.RSSBeforeBytes) }
@@ -60,11 +63,20 @@ func main() {
 	files, _ := filepath.Glob(filepath.Join(flag.Arg(0), "*.json"))
 	results := map[key]*result{}
 	sizeSet := map[int]bool{}
+	var send *sendResult
 	for _, path := range files {
 		data, err := os.ReadFile(path)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
+		}
+		if filepath.Base(path) == "send.json" {
+			send = &sendResult{}
+			if err = json.Unmarshal(data, send); err != nil || len(send.Phases) == 0 {
+				fmt.Fprintf(os.Stderr, "benchtable: %s is not a send-path result (%v)\n", path, err)
+				os.Exit(1)
+			}
+			continue
 		}
 		var r result
 		if err = json.Unmarshal(data, &r); err != nil || r.Side == "" || r.Sessions == 0 {
@@ -102,12 +114,26 @@ func main() {
 			decrypt = append(decrypt, fmt.Sprintf("%d: %.0f ms", n, r.DecryptMS))
 		}
 	}
+	var extra []string
+	for _, n := range sizes {
+		if r := results[key{"heirloom", "import", n}]; r != nil && len(r.CheckpointMS) > 0 {
+			extra = append(extra, fmt.Sprintf("%d: CPU %s ms, checkpoint %s ms", n, spreadOf(r.CPUMS), spreadOf(r.CheckpointMS)))
+		}
+	}
+	if len(extra) > 0 {
+		fmt.Printf("heirloom's import, CPU time of each timed import (every thread) and the WAL checkpoint that runs after it returned\n")
+		fmt.Printf("(durable at the commit; the checkpoint copies the WAL into the database file in the background, outside the timed\n")
+		fmt.Printf("window), median (min–max): %s.\n\n", strings.Join(extra, "; "))
+	}
 	if len(decrypt) > 0 {
 		fmt.Printf("wasm's receiveRoomKeyBundle also checks the hash and decrypts the attachment; the decryption alone (Attachment.decrypt) took %s.\n\n",
 			strings.Join(decrypt, ", "))
 	}
 	memoryTable(results, sizes)
-	targets(results, sizes)
+	if send != nil {
+		sendTable(send)
+	}
+	targets(results, sizes, send)
 	if failed {
 		fmt.Println("FAIL: the sides' counts differ (see above)")
 		os.Exit(1)
@@ -146,6 +172,16 @@ func spread(r *result) string {
 		return "—"
 	}
 	return fmt.Sprintf("%s (%s–%s)", ms(r.MedianMS), ms(slices.Min(r.RunsMS)), ms(slices.Max(r.RunsMS)))
+}
+
+func spreadOf(xs []float64) string {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return fmt.Sprintf("%s (%s–%s)", ms(m), ms(s[0]), ms(s[len(s)-1]))
 }
 
 func ms(v float64) string {
@@ -224,7 +260,7 @@ func memoryTable(results map[key]*result, sizes []int) {
 
 // targets says, from the figures measured in this run, where heirloom meets the project's targets
 // and where it misses them.
-func targets(results map[key]*result, sizes []int) {
+func targets(results map[key]*result, sizes []int, send *sendResult) {
 	fmt.Println("Targets, against this run's medians:")
 	verdict := func(ok bool) string {
 		if ok {
@@ -258,6 +294,82 @@ func targets(results map[key]*result, sizes []int) {
 			fmt.Printf("- %s at %d, peak RSS growth under one bundle (%s MB): %s (%s MB)\n",
 				op, n, mb(uint64(r.BundleBytes)), verdict(r.growth() < uint64(r.BundleBytes)), mb(r.growth()))
 		}
+	}
+	if send != nil {
+		steady, homeserver := send.phase("steady"), send.phase("homeserver-only")
+		if steady != nil {
+			fmt.Printf("- send, one puppet, %d members, ≥ 200 messages/s: %s (%.1f msg/s", send.Members,
+				verdict(steady.PerSecond >= 200), steady.PerSecond)
+			if homeserver != nil {
+				fmt.Printf("; the homeserver alone, without heirloom: %.1f msg/s, Synapse using %.0f ms of CPU per message",
+					homeserver.PerSecond, homeserver.CPUMS["synapse"])
+			}
+			fmt.Printf(")\n- send, 0 key queries per message with no membership or device change: %s (%.0f in %d messages)\n",
+				verdict(steady.KeyQueries == 0), steady.KeyQueries, steady.Messages)
+		}
+		if nd := send.phase("new-device"); nd != nil {
+			fmt.Printf("- send, a member's new device halfway gets the room key: %s (it read the last message; %.0f key queries in %d messages)\n",
+				verdict(send.NewDeviceReadLast), nd.KeyQueries, nd.Messages)
+		}
+	} else {
+		fmt.Println("- send path: not measured in this run")
+	}
+	fmt.Println()
+}
+
+// sendResult is what e2e's BenchmarkSendPath measured.
+type sendResult struct {
+	Members           int         `json:"members"`
+	Messages          int         `json:"messages"`
+	NewDeviceReadLast bool        `json:"new_device_read_last"`
+	LoadBefore        string      `json:"load_before"`
+	LoadAfter         string      `json:"load_after"`
+	Phases            []sendPhase `json:"phases"`
+}
+
+type sendPhase struct {
+	Name       string             `json:"name"`
+	Messages   int                `json:"messages"`
+	Seconds    float64            `json:"seconds"`
+	PerSecond  float64            `json:"messages_per_second"`
+	KeyQueries float64            `json:"key_queries"`
+	MS         []float64          `json:"ms"`
+	CPUMS      map[string]float64 `json:"cpu_ms_per_message"`
+}
+
+func (s *sendResult) phase(name string) *sendPhase {
+	for i := range s.Phases {
+		if s.Phases[i].Name == name {
+			return &s.Phases[i]
+		}
+	}
+	return nil
+}
+
+var sendPhaseTitles = map[string]string{
+	"steady":          "heirloom, no membership or device change",
+	"new-device":      "heirloom, a member logs in a new device halfway",
+	"homeserver-only": "the homeserver's part alone (/members and /send per message, no heirloom)",
+}
+
+// sendTable prints the send-path benchmark: a puppet sending into a room of js-sdk members.
+func sendTable(s *sendResult) {
+	fmt.Printf("Send path: one puppet sends %d messages, one after the other, into an encrypted room with %d js-sdk members,\n",
+		s.Messages, s.Members)
+	fmt.Printf("through the real Synapse (load average %s before, %s after). Per message: the API call's time, median (min–max) in ms;\n",
+		s.LoadBefore, s.LoadAfter)
+	fmt.Println("key queries: heirloom's /keys/query requests (heirloom_key_queries_total); CPU: each process's user + system time per message.")
+	fmt.Println()
+	fmt.Println("| phase | msg/s | per message (ms) | key queries (per message) | CPU ms per message: heirloom / Synapse / js-sdk peer |")
+	fmt.Println("|---|---:|---:|---:|---:|")
+	for _, ph := range s.Phases {
+		title := sendPhaseTitles[ph.Name]
+		if title == "" {
+			title = ph.Name
+		}
+		fmt.Printf("| %s | %.1f | %s (%s–%s) | %.0f (%.3f) | %.2f / %.0f / %.0f |\n", title, ph.PerSecond,
+			ms(ph.MS[1]), ms(ph.MS[0]), ms(ph.MS[2]), ph.KeyQueries, ph.KeyQueries/float64(max(ph.Messages, 1)),
+			ph.CPUMS["heirloom"], ph.CPUMS["synapse"], ph.CPUMS["js-sdk peer"])
 	}
 	fmt.Println()
 }
