@@ -165,15 +165,15 @@ func (db *Database) ListDueRetries(ctx context.Context) ([]*ReceivedBundle, erro
 }
 
 // RejectBundlesNotFrom marks the puppet's pending bundles for the room from anyone but sender as
-// rejected, for the given reason.
-func (db *Database) RejectBundlesNotFrom(ctx context.Context, puppet id.UserID, roomID id.RoomID, sender id.UserID, reason string) error {
-	_, err := db.own.Exec(ctx, `UPDATE bundle_received SET state=$4, error=$5, updated_at=$6
+// rejected, for the given reason. It returns how many it rejected.
+func (db *Database) RejectBundlesNotFrom(ctx context.Context, puppet id.UserID, roomID id.RoomID, sender id.UserID, reason string) (int64, error) {
+	res, err := db.own.Exec(ctx, `UPDATE bundle_received SET state=$4, error=$5, updated_at=$6
 		WHERE puppet=$1 AND room_id=$2 AND sender<>$3 AND state IN ($7, $8)`,
 		puppet, roomID, sender, ReceivedRejected, reason, db.nowMillis(), ReceivedPending, ReceivedRetry)
 	if err != nil {
-		return fmt.Errorf("failed to reject bundles: %w", err)
+		return 0, fmt.Errorf("failed to reject bundles: %w", err)
 	}
-	return nil
+	return res.RowsAffected()
 }
 
 // Invite is an invite a puppet received and perhaps accepted.
