@@ -134,17 +134,21 @@ func (m *Manager) DeviceProblem(userID id.UserID) (DeviceProblem, bool) {
 	return p, ok
 }
 
-func (m *Manager) setProblem(row *database.Puppet, err error) {
+// setProblem records that the device cannot be restored, and reports whether that is news: no
+// problem was recorded for it, or another one.
+func (m *Manager) setProblem(row *database.Puppet, err error) bool {
 	m.devices.lock.Lock()
 	defer m.devices.lock.Unlock()
 	if m.devices.problems == nil {
 		m.devices.problems = map[id.UserID]DeviceProblem{}
 	}
 	since := time.Now().UnixMilli()
-	if old, ok := m.devices.problems[row.UserID]; ok {
+	old, known := m.devices.problems[row.UserID]
+	if known {
 		since = old.Since
 	}
 	m.devices.problems[row.UserID] = DeviceProblem{UserID: row.UserID, DeviceID: row.DeviceID, Error: err.Error(), Since: since}
+	return !known || old.Error != err.Error()
 }
 
 func (m *Manager) clearProblem(userID id.UserID) {
@@ -200,12 +204,11 @@ func (m *Manager) checkRows(ctx context.Context, rows []*database.Puppet, trigge
 		return
 	}
 	for _, row := range rows {
-		state := states[row.UserID]
-		if state.missing == "" {
+		if states[row.UserID].missing == "" {
 			m.clearProblem(row.UserID)
 			continue
 		}
-		m.restore(ctx, row, state, trigger)
+		m.restore(ctx, row, trigger)
 	}
 }
 
@@ -248,17 +251,32 @@ var errOtherIdentity = errors.New("the homeserver holds another cross-signing id
 	"heirloom will not replace it (check the puppet's account on the homeserver)")
 
 // restore puts back what the homeserver lost of the puppet's device, with the same device ID,
-// keys and identity, and records the outcome.
-func (m *Manager) restore(ctx context.Context, row *database.Puppet, state deviceState, trigger string) {
+// keys and identity, and records the outcome. One restore of a puppet runs at a time, and each
+// looks again at what is missing: another may have done the work meanwhile.
+func (m *Manager) restore(ctx context.Context, row *database.Puppet, trigger string) {
+	defer m.devices.restores.WithLock(row.UserID)()
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", row.UserID).Stringer("device_id", row.DeviceID).
-		Str("trigger", trigger).Str("missing", state.missing).Logger()
-	ctx = log.WithContext(ctx)
-	err := m.restoreDevice(ctx, row, state)
+		Str("trigger", trigger).Logger()
+	states, err := m.queryDevices(ctx, []*database.Puppet{row})
 	if err != nil {
-		m.setProblem(row, err)
-		m.Metrics.DeviceRestoreFailed(trigger)
-		log.Error().Err(err).Stringer("master_key", row.MasterKey).
-			Msg("Cannot restore the puppet's device: it can neither send nor read encrypted messages until this is fixed")
+		log.Warn().Err(err).Msg("Failed to check the puppet's device on the homeserver")
+		return
+	}
+	state := states[row.UserID]
+	if state.missing == "" {
+		m.clearProblem(row.UserID)
+		return
+	}
+	log = log.With().Str("missing", state.missing).Logger()
+	ctx = log.WithContext(ctx)
+	if err = m.restoreDevice(ctx, row, state); err != nil {
+		if m.setProblem(row, err) {
+			m.Metrics.DeviceRestoreFailed(trigger)
+			log.Error().Err(err).Stringer("master_key", row.MasterKey).
+				Msg("Cannot restore the puppet's device: it can neither send nor read encrypted messages until this is fixed")
+		} else {
+			log.Debug().Err(err).Msg("The puppet's device still cannot be restored")
+		}
 		return
 	}
 	m.clearProblem(row.UserID)
@@ -271,7 +289,6 @@ func (m *Manager) restoreDevice(ctx context.Context, row *database.Puppet, state
 	if state.master != "" && state.master != row.MasterKey {
 		return errOtherIdentity
 	}
-	defer m.devices.restores.WithLock(row.UserID)()
 	p, err := m.Get(ctx, row.UserID)
 	if err != nil {
 		return fmt.Errorf("failed to load the puppet's keys: %w", err)
