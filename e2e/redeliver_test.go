@@ -90,9 +90,14 @@ func TestNewDeviceOfInviteeReadsHistory(t *testing.T) {
 		e.peer(t, "join", map[string]any{"user": u.UserID, "room_id": other}, nil)
 		roomID := puppetCreateRoom(t, p, "shared")
 		puppetSend(t, p, roomID, "history before the new device")
+		delivered := e.metric(t, "heirloom_bundle_invite_to_delivered_seconds_count")
+		sent := e.metric(t, `heirloom_bundles_sent_total{outcome="delivered"`)
 		b := puppetInvite(t, p, roomID, u.UserID).Bundle
 		if b.State != "delivered" || len(b.Devices) != 1 || !b.Devices[0].Delivered {
 			t.Fatalf("the invite's bundle: %+v", b)
+		}
+		if d, s := e.metric(t, "heirloom_bundle_invite_to_delivered_seconds_count"), e.metric(t, `heirloom_bundles_sent_total{outcome="delivered"`); d != delivered+1 || s != sent+1 {
+			t.Fatalf("one delivered bundle counted %v in the latency histogram and %v in heirloom_bundles_sent_total", d-delivered, s-sent)
 		}
 		redelivered := e.metric(t, "heirloom_bundle_redeliveries_total")
 
