@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"strings"
+
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto"
@@ -40,6 +42,8 @@ const (
 	queueSize = 256
 	// keyWait bounds how long a command waits for its room key to arrive.
 	keyWait = 15 * time.Second
+	// keyRequestAfter is how long the bot waits for a room key before it asks the sender for it.
+	keyRequestAfter = 2 * time.Second
 	// maxAge: commands older than this (sent while heirloom was away) are not run.
 	maxAge = 10 * time.Minute
 )
@@ -196,57 +200,98 @@ func (b *Bot) handleInvite(ctx context.Context, bot *e2ee.Puppet, evt *event.Eve
 	b.reply(ctx, bot, evt.RoomID, text)
 }
 
-// handleMessage runs an admin's command and answers it; others get the refusal once.
+// handleMessage runs an admin's command and answers it; others get the refusal once. In a DM (the
+// bot and one other member) every message is for the bot; in a larger room only those addressed
+// to it ("!heirloom status", "heirloom: status"), so that people can talk there.
 func (b *Bot) handleMessage(ctx context.Context, bot *e2ee.Puppet, evt *event.Event) {
 	log := zerolog.Ctx(ctx)
-	if !b.cfg.IsAdmin(evt.Sender) {
-		if b.refuseFirst(ctx, evt.Sender) {
-			b.reply(ctx, bot, evt.RoomID, Refusal)
-			log.Info().Msg("Refused someone who is not an admin")
-		}
+	admin := b.cfg.IsAdmin(evt.Sender)
+	dm := b.isDM(ctx, evt.RoomID)
+	if !admin && dm {
+		b.refuse(ctx, bot, evt)
 		return
 	}
 	if age := time.Since(time.UnixMilli(evt.Timestamp)); age > maxAge {
-		log.Info().Dur("age", age).Msg("Not running a command sent while heirloom was away")
+		log.Info().Dur("age", age).Msg("Not handling a message sent while heirloom was away")
 		return
 	}
 	encrypted, err := b.db.StateStore.IsEncrypted(ctx, evt.RoomID)
-	switch {
-	case err != nil:
+	if err != nil {
 		log.Err(err).Msg("Failed to check the room's encryption")
 		return
+	}
+	msg := evt
+	if evt.Type == event.EventEncrypted {
+		if msg, err = b.decrypt(ctx, bot, evt); err != nil {
+			if admin && dm {
+				log.Warn().Err(err).Msg("Cannot decrypt an admin's message")
+				b.reply(ctx, bot, evt.RoomID, "I could not decrypt your message: "+err.Error())
+			}
+			return
+		}
+	}
+	body, ok := textOf(msg)
+	if !ok {
+		return
+	}
+	if !dm {
+		if body, ok = b.addressed(body); !ok {
+			return
+		}
+	}
+	switch {
+	case !admin:
+		b.refuse(ctx, bot, evt)
 	case !encrypted:
 		b.reply(ctx, bot, evt.RoomID, NotEncrypted)
-		return
 	case evt.Type != event.EventEncrypted:
 		b.reply(ctx, bot, evt.RoomID, SendEncrypted)
-		return
-	}
-	decrypted, err := b.decrypt(ctx, bot, evt)
-	if err != nil {
-		log.Warn().Err(err).Msg("Cannot decrypt an admin's message")
-		b.reply(ctx, bot, evt.RoomID, "I could not decrypt your message: "+err.Error())
-		return
-	}
-	if decrypted.Mautrix.ForwardedKeys || decrypted.Mautrix.TrustState < id.TrustStateCrossSignedTOFU {
-		log.Warn().Str("trust", e2ee.TrustName(decrypted.Mautrix.TrustState, decrypted.Mautrix.ForwardedKeys)).
+	case msg.Mautrix.ForwardedKeys || msg.Mautrix.TrustState < id.TrustStateCrossSignedTOFU:
+		log.Warn().Str("trust", e2ee.TrustName(msg.Mautrix.TrustState, msg.Mautrix.ForwardedKeys)).
 			Msg("Not running a command from a device the admin's identity does not sign")
 		b.reply(ctx, bot, evt.RoomID, UntrustedEvent)
-		return
+	default:
+		answer := b.run(ctx, evt.Sender, body)
+		log.Info().Str("command", commandName(body)).Msg("Answered an admin's command")
+		b.reply(ctx, bot, evt.RoomID, answer)
 	}
-	if decrypted.Type != event.EventMessage {
-		return
+}
+
+// refuse sends the refusal, if the sender never had it.
+func (b *Bot) refuse(ctx context.Context, bot *e2ee.Puppet, evt *event.Event) {
+	if b.refuseFirst(ctx, evt.Sender) {
+		b.reply(ctx, bot, evt.RoomID, Refusal)
+		zerolog.Ctx(ctx).Info().Msg("Refused someone who is not an admin")
 	}
-	if err = decrypted.Content.ParseRaw(decrypted.Type); err != nil && !errors.Is(err, event.ErrContentAlreadyParsed) {
-		return
+}
+
+// isDM reports whether the bot and at most one other user are joined to the room.
+func (b *Bot) isDM(ctx context.Context, roomID id.RoomID) bool {
+	members, err := b.db.StateStore.GetRoomMembers(ctx, roomID, event.MembershipJoin)
+	return err == nil && len(members) <= 2
+}
+
+// textOf returns the body of a text message event.
+func textOf(evt *event.Event) (string, bool) {
+	if evt.Type != event.EventMessage {
+		return "", false
 	}
-	msg := decrypted.Content.AsMessage()
-	if msg.MsgType != event.MsgText {
-		return
+	if err := evt.Content.ParseRaw(evt.Type); err != nil && !errors.Is(err, event.ErrContentAlreadyParsed) {
+		return "", false
 	}
-	answer := b.run(ctx, evt.Sender, msg.Body)
-	log.Info().Str("command", commandName(msg.Body)).Msg("Answered an admin's command")
-	b.reply(ctx, bot, evt.RoomID, answer)
+	msg := evt.Content.AsMessage()
+	return msg.Body, msg.MsgType == event.MsgText
+}
+
+// addressed returns the message without its address to the bot ("!heirloom", "heirloom:", the
+// bot's localpart or user ID and a colon), and whether it had one.
+func (b *Bot) addressed(body string) (string, bool) {
+	first, rest, _ := strings.Cut(strings.TrimSpace(body), " ")
+	switch strings.ToLower(first) {
+	case "!heirloom", "heirloom:", strings.ToLower(b.cfg.AppService.BotUsername) + ":", strings.ToLower(b.userID.String()) + ":":
+		return rest, true
+	}
+	return "", false
 }
 
 // refuseFirst records the refusal of userID and reports whether it is the first one.
@@ -259,27 +304,29 @@ func (b *Bot) refuseFirst(ctx context.Context, userID id.UserID) bool {
 	return first
 }
 
-// decrypt decrypts an event, waiting for its room key if it has not arrived yet (it comes over
-// to-device, which the homeserver may push after the event, or not at all: then a sweep finds it).
+// decrypt decrypts an event, waiting for its room key if it has not arrived yet: it comes over
+// to-device, which the homeserver may push after the event, or not at all (Synapse skips some
+// pushes, and refuses /sync to the bot, which is the appservice's sender). Then the bot asks the
+// sending device for the key.
 func (b *Bot) decrypt(ctx context.Context, bot *e2ee.Puppet, evt *event.Event) (*event.Event, error) {
 	content, ok := evt.Content.Parsed.(*event.EncryptedEventContent)
 	if !ok {
 		return nil, errors.New("malformed encrypted event")
 	}
-	deadline := time.Now().Add(keyWait)
-	swept := false
+	start := time.Now()
+	requested := false
 	for {
 		decrypted, err := bot.Mach.DecryptMegolmEvent(ctx, evt)
-		if !errors.Is(err, crypto.ErrNoSessionFound) || time.Now().After(deadline) {
+		if !errors.Is(err, crypto.ErrNoSessionFound) || time.Since(start) > keyWait {
 			return decrypted, err
 		}
-		if !bot.Mach.WaitForSession(ctx, evt.RoomID, content.SenderKey, content.SessionID, time.Second) && !swept &&
-			time.Until(deadline) < keyWait-3*time.Second {
-			swept = true
-			if _, err = bot.SweepToDevice(ctx, true); err != nil {
-				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to sweep the bot's to-device inbox")
+		if !requested && time.Since(start) > keyRequestAfter {
+			requested = true
+			if err = bot.RequestRoomKeyFromSender(ctx, evt.RoomID, evt.Sender, content.SenderKey, content.SessionID); err != nil {
+				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to ask for a missing room key")
 			}
 		}
+		bot.Mach.WaitForSession(ctx, evt.RoomID, content.SenderKey, content.SessionID, 500*time.Millisecond)
 	}
 }
 

@@ -37,17 +37,13 @@ func init() {
 	}
 }
 
-// parse splits a message into the command and its arguments. A leading mention of the bot
-// ("heirloombot:", as Element writes one) is left out; the command is case-insensitive.
+// parse splits a command into its name (case-insensitive) and its arguments.
 func parse(body string) (string, []string) {
 	fields := strings.Fields(body)
-	if len(fields) > 0 && strings.HasSuffix(fields[0], ":") && !strings.HasPrefix(fields[0], "!") && !strings.HasPrefix(fields[0], "@") {
-		fields = fields[1:]
-	}
 	if len(fields) == 0 {
 		return "", nil
 	}
-	return strings.ToLower(strings.TrimPrefix(fields[0], "!")), fields[1:]
+	return strings.ToLower(fields[0]), fields[1:]
 }
 
 // run answers one command.

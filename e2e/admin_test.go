@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 // heirloom's bot answers admins in an encrypted DM (package admin).
@@ -104,6 +105,17 @@ func TestAdminBot(t *testing.T) {
 
 	ask(t, admin, dm.RoomID, bot, "help", "- status:", "- puppet <user>:", "- bundles <room>:",
 		"- identity <user> [confirm <master key>]:", "- reshare <room> <user> [puppet]:", "- retry <room> [puppet]:")
+
+	// The bot loses the admin's room key, as when Synapse skips a push (the bot, the appservice's
+	// sender, cannot sync its inbox): it asks the admin's device for it and answers all the same.
+	res, err := e.dbWritable(t).Exec(`DELETE FROM crypto_megolm_inbound_session WHERE account_id=? AND room_id=?`, bot, dm.RoomID)
+	if n, _ := res.RowsAffected(); err != nil || n == 0 {
+		t.Fatalf("deleting the bot's copy of the admin's room key: %v (%d rows)", err, n)
+	}
+	mark := e.mark(t)
+	ask(t, admin, dm.RoomID, bot, "help", "- status:")
+	mark.wait(t, time.Second, "the bot's request for the lost key", msgIs("Asked the sender's device for a room key the homeserver did not deliver"))
+	mark.wait(t, time.Second, "the forwarded key", msgIs("Stored the room key its sender's device forwarded", "room_id", dm.RoomID))
 	apiOK(t, "GET", "/status", nil, &status)
 	ask(t, admin, dm.RoomID, bot, "status", "homeserver reachable: yes", fmt.Sprintf("puppets: %d\n", status.Puppets),
 		"bundles received:", "devices not restored: none")
@@ -151,36 +163,44 @@ func TestAdminBot(t *testing.T) {
 			t.Fatalf("invite %d from a stranger: the bot rejected it with %q, want %q", i+1, reason, want)
 		}
 	}
-	// Someone who is not an admin writes in the admin's room: one refusal, then silence.
+	// The admin's room becomes a group room: there the bot hears only what is addressed to it.
+	// Someone who is not an admin addresses it: one refusal, then silence.
 	member := newJSUser(t, true)
 	e.peer(t, "invite", map[string]any{"user": admin.UserID, "room_id": dm.RoomID, "target": member.UserID, "share_history": false}, nil)
 	e.peer(t, "join", map[string]any{"user": member.UserID, "room_id": dm.RoomID}, nil)
-	var first, second struct {
-		EventID string `json:"event_id"`
+	var first string
+	for _, said := range []struct {
+		who  jsUser
+		body string
+	}{
+		{member, "status, please"}, {member, "!heirloom status"}, {member, "!heirloom status"}, {admin, "hello everyone"},
+	} {
+		var sent struct {
+			EventID string `json:"event_id"`
+		}
+		e.peer(t, "send", map[string]any{"user": said.who.UserID, "room_id": dm.RoomID, "body": said.body}, &sent)
+		if first == "" {
+			first = sent.EventID
+		}
 	}
-	e.peer(t, "send", map[string]any{"user": member.UserID, "room_id": dm.RoomID, "body": "status"}, &first)
-	refusal := botReply(t, member, dm.RoomID, bot, first.EventID)
-	requireFromSignedDevice(t, refusal)
-	if refusal.Body != botRefusal {
-		t.Fatalf("the bot answered a member who is not an admin %q", refusal.Body)
-	}
-	e.peer(t, "send", map[string]any{"user": member.UserID, "room_id": dm.RoomID, "body": "status"}, &second)
-	// The bot answers in order: once the admin's next command is answered, the member's second
-	// message has been handled, and must have had no answer.
-	help := ask(t, admin, dm.RoomID, bot, "help", "Commands:")
+	// The bot answers in order: once the admin's next command is answered, the messages before
+	// it have been handled.
+	help := ask(t, admin, dm.RoomID, bot, "heirloom: help", "Commands:")
 	var after struct {
 		Messages []botMessage `json:"messages"`
 	}
-	e.peer(t, "messages", map[string]any{"user": admin.UserID, "room_id": dm.RoomID, "timeout_ms": 1000}, &after)
+	e.peer(t, "messages", map[string]any{"user": member.UserID, "room_id": dm.RoomID, "timeout_ms": 1000}, &after)
+	var answers []string
 	seen := false
 	for _, m := range after.Messages {
-		if m.EventID == second.EventID {
+		if m.EventID == first {
 			seen = true
-		} else if seen && m.Sender == bot && m.Body != help {
-			t.Fatalf("the bot answered the member's second message: %q", m.Body)
+		} else if seen && m.Sender == bot {
+			requireFromSignedDevice(t, m)
+			answers = append(answers, m.Body)
 		}
 	}
-	if !seen {
-		t.Fatal("the admin's client does not show the member's second message")
+	if want := []string{botRefusal, help}; !seen || fmt.Sprint(answers) != fmt.Sprint(want) {
+		t.Fatalf("after the member's first message, the bot said %q, want %q", answers, want)
 	}
 }

@@ -740,6 +740,25 @@ func (h *instance) db(t testing.TB) testDB {
 	return testDB{DB: db}
 }
 
+// dbWritable opens the instance's database for writing, for tests that take away what heirloom
+// holds (as a lost push would).
+func (h *instance) dbWritable(t testing.TB) testDB {
+	t.Helper()
+	if h.postgres {
+		return h.db(t)
+	}
+	db, err := sql.Open("sqlite3", "file:"+h.dbPath+"?_busy_timeout=5000&_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return testDB{DB: db}
+}
+
+func (d testDB) Exec(query string, args ...any) (sql.Result, error) {
+	return d.DB.Exec(d.rebind(query), args...)
+}
+
 // name returns a unique localpart suffix for this run.
 func name(prefix string) string {
 	return fmt.Sprintf("%s%d_%d", prefix, time.Now().UnixNano()%1_000_000, uniq.Add(1))

@@ -94,9 +94,13 @@ func (p *Puppet) neverHandled(ctx context.Context, evt *event.Event) bool {
 	return err == nil && seen.IsZero()
 }
 
-// SweepLoaded sweeps the inbox of every loaded puppet.
+// SweepLoaded sweeps the inbox of every loaded puppet. heirloom's bot is left out: Synapse
+// refuses /sync to an appservice's sender user (the bot asks for a missing key instead, forward.go).
 func (m *Manager) SweepLoaded(ctx context.Context) {
 	for _, p := range m.Loaded() {
+		if p.UserID == m.cfg.BotUserID() {
+			continue
+		}
 		if _, err := p.SweepToDevice(ctx, false); err != nil && !errors.Is(err, context.Canceled) {
 			var he mautrix.HTTPError
 			if errors.As(err, &he) || errors.Is(err, mautrix.MUnknownToken) {
