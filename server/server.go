@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
@@ -40,11 +41,17 @@ type Server struct {
 	lastPing  atomic.Int64
 	startedAt time.Time
 	server    *http.Server
+
+	// OnRoomEvent hears of every room event of a transaction, in order, after heirloom recorded
+	// its state and reacted to it. The daemon sets it to heirloom's bot (admin.Bot.HandleEvent);
+	// until then room events go nowhere else.
+	OnRoomEvent func(ctx context.Context, evt *event.Event)
 }
 
 // NewServer creates the listener, with history sharing (MSC4268) for the transaction stream and the API.
 func NewServer(cfg *config.Config, db *database.Database, mgr *e2ee.Manager, hist *history.Service, log zerolog.Logger) *Server {
-	return &Server{cfg: cfg, db: db, mgr: mgr, history: hist, metrics: newMetrics(mgr), log: log, startedAt: time.Now()}
+	return &Server{cfg: cfg, db: db, mgr: mgr, history: hist, metrics: newMetrics(mgr), log: log, startedAt: time.Now(),
+		OnRoomEvent: func(context.Context, *event.Event) {}}
 }
 
 // Handler returns the complete HTTP handler.
