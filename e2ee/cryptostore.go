@@ -93,20 +93,37 @@ type StoredSession struct {
 	SenderKey  id.SenderKey
 	SigningKey id.Ed25519
 	// Pickled is the session in goolm's pickle format (PickleCipher reads it); empty for
-	// sessions read by EachUnsharedSession, whose keys are never decrypted.
+	// sessions read by EachWithheldEntry, whose keys are never decrypted.
 	Pickled []byte
 }
 
-// EachUnsharedSession calls each for every session of the room the puppet holds a key for without
-// shared history, with its IDs only.
-func (p *Puppet) EachUnsharedSession(ctx context.Context, roomID id.RoomID, each func(StoredSession) error) error {
+// EachWithheldEntry calls unshared for every session of the room the puppet holds a key for
+// without shared history (with its IDs only: its key is never decrypted), and passedOn for every
+// m.history_not_shared entry (either name) the puppet imported for the room from an accepted
+// bundle (InsertBundleWithheld marks those with the bundle's sender as source_user): what a bundle
+// of the room lists as withheld, read in one pass. mautrix keeps withheld entries as
+// inbound-session rows with a withheld code and no session, and has no query for them by room.
+func (p *Puppet) EachWithheldEntry(ctx context.Context, roomID id.RoomID, unshared func(StoredSession) error, passedOn func(keybundle.Withheld) error) error {
 	rows, err := p.Store.DB.Query(ctx, `
-		SELECT session_id, sender_key FROM crypto_megolm_inbound_session
-		WHERE room_id=$1 AND account_id=$2 AND session IS NOT NULL AND shared_history IS NOT TRUE`, roomID, p.Store.AccountID)
-	return iterate(rows, err, func(row dbutil.Scannable) (st StoredSession, err error) {
-		err = row.Scan(&st.SessionID, &st.SenderKey)
+		SELECT session_id, sender_key, session IS NOT NULL, COALESCE(withheld_code, ''), COALESCE(withheld_reason, '')
+		FROM crypto_megolm_inbound_session
+		WHERE account_id=$1 AND room_id=$2 AND (session IS NOT NULL AND shared_history IS NOT TRUE
+			OR session IS NULL AND withheld_code IN ($3, $4) AND source_user <> '')`,
+		p.Store.AccountID, roomID, keybundle.CodeHistoryNotShared, keybundle.CodeHistoryNotSharedUnstable)
+	type entry struct {
+		sessionID, senderKey, code, reason string
+		hasKey                             bool
+	}
+	return iterate(rows, err, func(row dbutil.Scannable) (e entry, err error) {
+		err = row.Scan(&e.sessionID, &e.senderKey, &e.hasKey, &e.code, &e.reason)
 		return
-	}, each)
+	}, func(e entry) error {
+		if e.hasKey {
+			return unshared(StoredSession{SessionID: id.SessionID(e.sessionID), SenderKey: id.SenderKey(e.senderKey)})
+		}
+		return passedOn(keybundle.Withheld{RoomID: roomID, Algorithm: id.AlgorithmMegolmV1, SessionID: id.SessionID(e.sessionID),
+			SenderKey: id.SenderKey(e.senderKey), Code: e.code, Reason: e.reason})
+	})
 }
 
 // EachSharedSession calls each for every session of the room the puppet holds with shared
@@ -116,23 +133,10 @@ func (p *Puppet) EachSharedSession(ctx context.Context, roomID id.RoomID, each f
 		SELECT session_id, sender_key, signing_key, session FROM crypto_megolm_inbound_session
 		WHERE room_id=$1 AND account_id=$2 AND session IS NOT NULL AND shared_history IS TRUE`, roomID, p.Store.AccountID)
 	return iterate(rows, err, func(row dbutil.Scannable) (st StoredSession, err error) {
-		err = row.Scan(&st.SessionID, &st.SenderKey, &st.SigningKey, &st.Pickled)
-		return
-	}, each)
-}
-
-// EachBundleWithheld calls each for every m.history_not_shared entry (either name) the puppet
-// imported for the room from an accepted bundle (InsertBundleWithheld marks those with the
-// bundle's sender as source_user). mautrix keeps withheld entries as inbound-session rows with a
-// withheld code and no session, and has no query for them by room.
-func (p *Puppet) EachBundleWithheld(ctx context.Context, roomID id.RoomID, each func(keybundle.Withheld) error) error {
-	rows, err := p.Store.DB.Query(ctx, `
-		SELECT session_id, sender_key, withheld_code, COALESCE(withheld_reason, '') FROM crypto_megolm_inbound_session
-		WHERE account_id=$1 AND room_id=$2 AND session IS NULL AND withheld_code IN ($3, $4) AND source_user <> ''`,
-		p.Store.AccountID, roomID, keybundle.CodeHistoryNotShared, keybundle.CodeHistoryNotSharedUnstable)
-	return iterate(rows, err, func(row dbutil.Scannable) (w keybundle.Withheld, err error) {
-		w.RoomID, w.Algorithm = roomID, id.AlgorithmMegolmV1
-		err = row.Scan(&w.SessionID, &w.SenderKey, &w.Code, &w.Reason)
+		// Plain strings scan without reflection; the ID types are strings.
+		var sessionID, senderKey, signingKey string
+		err = row.Scan(&sessionID, &senderKey, &signingKey, &st.Pickled)
+		st.SessionID, st.SenderKey, st.SigningKey = id.SessionID(sessionID), id.SenderKey(senderKey), id.Ed25519(signingKey)
 		return
 	}, each)
 }

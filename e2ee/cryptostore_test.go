@@ -274,7 +274,8 @@ func requireSameSession(t *testing.T, want, got *crypto.InboundGroupSession) {
 }
 
 // Withheld entries written by InsertBundleWithheld read back through mautrix as the withheld
-// content they were, and EachBundleWithheld finds exactly those.
+// content they were, and EachWithheldEntry finds exactly those, and exactly the sessions without
+// shared history.
 func TestInsertBundleWithheldRoundTripsThroughMautrix(t *testing.T) {
 	testdb.ForEach(t, func(t *testing.T, dbCfg config.Database) {
 		ctx := context.Background()
@@ -306,11 +307,29 @@ func TestInsertBundleWithheldRoundTripsThroughMautrix(t *testing.T) {
 				Code: event.RoomKeyWithheldCode(w.Code), Reason: w.Reason,
 			}, *withheld)
 		}
+		// Sessions of the room with and without shared history, through mautrix.
+		var unsharedIDs []id.SessionID
+		for i := range 4 {
+			igs := fullSession(t, roomID, i) // shared for even i
+			if i == 3 {
+				igs.SharedHistory = nil // not recorded: not shared
+			}
+			require.NoError(t, p.Store.PutGroupSession(ctx, igs))
+			if i%2 != 0 {
+				unsharedIDs = append(unsharedIDs, igs.ID())
+			}
+		}
 		var found []keybundle.Withheld
-		require.NoError(t, p.EachBundleWithheld(ctx, roomID, func(w keybundle.Withheld) error {
+		var unshared []id.SessionID
+		require.NoError(t, p.EachWithheldEntry(ctx, roomID, func(st StoredSession) error {
+			require.Empty(t, st.Pickled, "an unshared session's key is not read")
+			unshared = append(unshared, st.SessionID)
+			return nil
+		}, func(w keybundle.Withheld) error {
 			found = append(found, w)
 			return nil
 		}))
 		require.ElementsMatch(t, entries, found)
+		require.ElementsMatch(t, unsharedIDs, unshared)
 	})
 }

@@ -25,22 +25,19 @@ type storedSession struct {
 }
 
 // writeBundle streams every inbound session the puppet holds for the room through the builder:
-// first what goes into the withheld list (sessions without shared history, then the
-// m.history_not_shared entries the puppet imported from accepted bundles), then the shared
-// sessions, so the builder never holds either list. The shared sessions' pickles are read
+// first what goes into the withheld list (sessions without shared history and the
+// m.history_not_shared entries the puppet imported from accepted bundles, in one pass), then the
+// shared sessions, so the builder never holds either list. The shared sessions' pickles are read
 // (e2ee.Puppet.EachSharedSession) and unpickled and exported in parallel.
 func (s *Service) writeBundle(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, w io.Writer) (keybundle.Counts, error) {
 	builder := keybundle.NewBuilder(w, roomID, p.DeviceID)
 	// Sessions without shared history go into the withheld list; their keys are never decrypted.
-	err := p.EachUnsharedSession(ctx, roomID, func(st e2ee.StoredSession) error {
+	// Only the m.history_not_shared entries imported from accepted bundles are passed on, never
+	// withheld messages that arrived over to-device: anyone can send one, and MSC4268 does not use
+	// that code there.
+	err := p.EachWithheldEntry(ctx, roomID, func(st e2ee.StoredSession) error {
 		return builder.AddSession(keybundle.Session{RoomID: roomID, SessionID: st.SessionID, SenderKey: st.SenderKey})
-	})
-	if err == nil {
-		// Only the m.history_not_shared entries imported from accepted bundles are passed on, never
-		// withheld messages that arrived over to-device: anyone can send one, and MSC4268 does not
-		// use that code there.
-		err = p.EachBundleWithheld(ctx, roomID, builder.AddWithheld)
-	}
+	}, builder.AddWithheld)
 	if err == nil {
 		err = s.exportSessions(ctx, p, roomID, func(st *storedSession) error {
 			return builder.AddSession(keybundle.Session{

@@ -183,6 +183,15 @@ func (b *Builder) writeRoomKey(s Session, key string) {
 	_, b.err = b.w.Write(buf)
 }
 
+// jsonPlain marks the bytes encoding/json writes as they are: ASCII from space on, but for the
+// quote, the backslash and the HTML characters it escapes.
+var jsonPlain = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return
+}()
+
 // appendJSONString appends s as a JSON string, escaped as encoding/json escapes it.
 func appendJSONString(buf []byte, s string) []byte {
 	const hex = "0123456789abcdef"
@@ -190,7 +199,7 @@ func appendJSONString(buf []byte, s string) []byte {
 	start := 0
 	for i := 0; i < len(s); {
 		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' && c < utf8.RuneSelf {
+		if jsonPlain[c] {
 			i++
 			continue
 		}
