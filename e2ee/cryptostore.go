@@ -182,6 +182,7 @@ type SessionInserter struct {
 	stmts  map[int]*sql.Stmt // by rows per statement
 	ids    []byte            // the session IDs a statement returned, one after the other
 	ends   []int
+	args   []any // a statement's arguments, reused
 }
 
 // preparer is what prepares the inserter's statements: the transaction, or the database outside one.
@@ -259,20 +260,19 @@ func (si *SessionInserter) Insert(ctx context.Context, rows []NewSessionRow) (he
 	if err != nil {
 		return nil, err
 	}
-	var args []any
+	args := si.args[:0]
 	if si.p.Store.DB.Dialect == dbutil.SQLite {
-		args = make([]any, 0, len(si.shared)+4*len(rows))
 		args = append(args, si.shared...)
 		for _, r := range rows {
 			args = append(args, string(r.SessionID), string(r.SenderKey), string(r.SigningKey), r.Pickle)
 		}
 	} else {
-		args = make([]any, 0, 16*len(rows))
 		for _, r := range rows {
 			args = append(args, string(r.SessionID), string(r.SenderKey), string(r.SigningKey), r.Pickle)
 			args = append(args, si.shared...)
 		}
 	}
+	defer func() { clear(args); si.args = args[:0] }() // reused, without holding on to the pickles
 	result, err := stmt.QueryContext(ctx, args...)
 	if err != nil {
 		return nil, fmt.Errorf("failed to insert sessions: %w", err)

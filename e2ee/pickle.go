@@ -77,8 +77,10 @@ func (pc *PickleCipher) Pickle(s olm.InboundGroupSession) ([]byte, error) {
 		return s.Pickle(nil) // not goolm: let the session say why
 	}
 	// The plaintext as goolm's PickleLibOlm writes it, then PKCS#7 padding (1 to 16 bytes, each the
-	// padding's length), in one buffer with room for the MAC.
-	var buf [inboundPickleLength + aes.BlockSize + pickleMACLength]byte
+	// padding's length), in one buffer with room for the MAC (pooled: the cipher's interface calls
+	// would move a local one to the heap for every session).
+	buf := pickleBuffers.Get().(*[inboundPickleLength + aes.BlockSize + pickleMACLength]byte)
+	defer pickleBuffers.Put(buf)
 	plain := appendInboundPickle(buf[:0], inner)
 	padding := aes.BlockSize - len(plain)%aes.BlockSize
 	padded := len(plain) + padding
@@ -99,6 +101,8 @@ func (pc *PickleCipher) Pickle(s olm.InboundGroupSession) ([]byte, error) {
 	base64.RawStdEncoding.Encode(out, raw)
 	return out, nil
 }
+
+var pickleBuffers = sync.Pool{New: func() any { return new([inboundPickleLength + aes.BlockSize + pickleMACLength]byte) }}
 
 // inboundPickleLength is the length of goolm's libolm-format pickle of an inbound megolm session:
 // the version, two ratchets (data and counter), the signing key and its verified flag.

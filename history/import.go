@@ -22,11 +22,11 @@ type importResult struct {
 	imported, withheld, skipped int
 }
 
-// bundleItem is one entry on its way from the decoder to the database: a key (prepared by a
-// worker into a session and its pickle) or a withheld entry.
+// bundleItem is one entry on its way from the decoder to the database: a withheld entry, or else
+// a key (prepared by a worker into a session and its pickle).
 type bundleItem struct {
-	key      *keybundle.RoomKey
 	withheld *keybundle.Withheld
+	key      keybundle.RoomKey
 	session  *session.MegolmInboundSession
 	pickled  []byte
 	err      error
@@ -86,8 +86,8 @@ func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.
 				defer wg.Done()
 				for chunk := range items {
 					for i := range chunk {
-						if it := &chunk[i]; it.key != nil {
-							it.session, it.pickled, it.err = s.prepareSession(it.key)
+						if it := &chunk[i]; it.withheld == nil {
+							it.session, it.pickled, it.err = s.prepareSession(&it.key)
 						}
 					}
 					prepared <- chunk
@@ -123,7 +123,7 @@ func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.
 					log.Warn().Err(it.err).Stringer("session_id", it.key.SessionID).Msg("Ignoring invalid key in bundle")
 				default:
 					var taken bool
-					if taken, writeErr = writer.addPrepared(ctx, it.key, it.session, it.pickled); taken {
+					if taken, writeErr = writer.addPrepared(ctx, &it.key, it.session, it.pickled); taken {
 						res.imported++
 					}
 				}
@@ -198,7 +198,7 @@ func (s *Service) decodeEntries(ctx context.Context, plaintext io.Reader, b *dat
 				Msg("Ignoring entry of key bundle")
 			return nil
 		}
-		return send(bundleItem{key: &key})
+		return send(bundleItem{key: key})
 	}, func(w keybundle.Withheld) error {
 		if w.RoomID != b.RoomID || !keybundle.ValidKey(string(w.SessionID)) || !keybundle.ValidKey(string(w.SenderKey)) ||
 			len(w.Code) > maxWithheldField || len(w.Reason) > maxWithheldField {

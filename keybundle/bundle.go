@@ -305,6 +305,9 @@ func ValidKey(s string) bool {
 	if len(s) != 43 {
 		return false
 	}
-	decoded, err := base64.RawStdEncoding.DecodeString(s)
-	return err == nil && len(decoded) == 32
+	var src [43]byte
+	var dst [32]byte
+	copy(src[:], s)
+	n, err := base64.RawStdEncoding.Decode(dst[:], src[:])
+	return err == nil && n == 32
 }
