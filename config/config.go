@@ -33,7 +33,12 @@ type Config struct {
 	Encryption     Encryption     `yaml:"encryption"`
 	Provisioning   Provisioning   `yaml:"provisioning"`
 	HistorySharing HistorySharing `yaml:"history_sharing"`
+	Gateway        Gateway        `yaml:"gateway"`
 	Logging        Logging        `yaml:"logging"`
+
+	// Bridge is the bridge gateway mode stands in front of, read from gateway.registration by
+	// Load; nil when gateway mode is off.
+	Bridge *Bridge `yaml:"-"`
 }
 
 // Homeserver says where the homeserver is and what it is called.
@@ -128,6 +133,11 @@ func Load(path string) (*Config, error) {
 	}
 	if err = cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Gateway.Enabled() {
+		if cfg.Bridge, err = cfg.LoadBridge(); err != nil {
+			return nil, err
+		}
 	}
 	if changed {
 		if err = os.WriteFile(path, filled, 0o600); err != nil {
@@ -276,6 +286,9 @@ func (cfg *Config) Validate() error {
 		if _, err := path.Match(entry, "@x:y"); err != nil {
 			return bad("history_sharing.auto_join", "has a bad glob %q: %v", entry, err)
 		}
+	}
+	if err := cfg.Gateway.validate(bad); err != nil {
+		return err
 	}
 	switch cfg.Logging.Level {
 	case "trace", "debug", "info", "warn", "error":

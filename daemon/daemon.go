@@ -178,7 +178,7 @@ func checkHomeserverReachable(ctx context.Context, mgr *e2ee.Manager, cfg *confi
 // checkRegistration asks the homeserver to ping heirloom (MSC2659): it proves the homeserver has
 // loaded the registration, accepts the as_token and can reach heirloom's URL with the hs_token.
 func checkRegistration(ctx context.Context, mgr *e2ee.Manager, cfg *config.Config) error {
-	resp, err := mgr.Client(ctx, cfg.BotUserID()).AppservicePing(ctx, cfg.AppService.ID, "heirloom-startup")
+	resp, err := mgr.Client(ctx, cfg.BotUserID()).AppservicePing(ctx, cfg.RegisteredID(), "heirloom-startup")
 	if err != nil {
 		var he mautrix.HTTPError
 		switch {
