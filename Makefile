@@ -12,10 +12,16 @@ build: heirloom
 heirloom: $(shell find . -name '*.go' -not -path './.state/*') go.mod go.sum config.example.yaml migrations/*.sql
 	go build -o heirloom .
 
-# deps installs what the tests need: Go modules, the js-sdk test clients, Synapse in a virtualenv.
+# deps installs what the tests need: Go modules, the js-sdk test clients, Synapse in a virtualenv,
+# and the real bridges of the gateway tests: heisenbridge (a virtualenv), ngircd (Debian's
+# package) and the test bridge on matrix-appservice-bridge with the Node.js it needs.
+# Each script is quick when its part is installed.
 deps: interop/node_modules/.installed
 	go mod download
 	scripts/synapse.sh install
+	scripts/heisenbridge.sh install
+	scripts/ngircd.sh install
+	scripts/jsbridge.sh install
 
 interop/node_modules/.installed: interop/package.json interop/package-lock.json
 	cd interop && npm ci --no-audit --no-fund --loglevel=error

@@ -10,7 +10,6 @@ import (
 	_ "github.com/lib/pq" // PostgreSQL driver for database.type: postgres
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/dbutil"
-	_ "go.mau.fi/util/dbutil/litestream" // registers sqlite3-fk-wal (WAL, foreign keys, busy timeout)
 	"maunium.net/go/mautrix/crypto/sql_store_upgrade"
 	"maunium.net/go/mautrix/sqlstatestore"
 
@@ -31,7 +30,7 @@ type Database struct {
 func Open(cfg config.Database, log zerolog.Logger) (*Database, error) {
 	raw, err := dbutil.NewFromConfig("heirloom", dbutil.Config{
 		PoolConfig: dbutil.PoolConfig{
-			Type:         cfg.Type,
+			Type:         driverFor(cfg.Type),
 			URI:          cfg.URI,
 			MaxOpenConns: cfg.MaxOpenConns,
 			MaxIdleConns: cfg.MaxIdleConns,

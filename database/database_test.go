@@ -10,6 +10,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/internal/testdb"
 	"github.com/heirloom-matrix/heirloom/migrations"
 )
 
@@ -175,4 +176,16 @@ func TestRotation(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, second, third)
 	})
+}
+
+// On SQLite a write waits a minute for the lock (a large bundle import holds it for seconds), not
+// the five seconds of go.mau.fi/util's driver.
+func TestSQLiteWritersWaitForTheLock(t *testing.T) {
+	db := openDatabase(t, testdb.SQLite(t))
+	conn, err := db.RawDB.Conn(context.Background())
+	require.NoError(t, err)
+	defer conn.Close()
+	var timeout int
+	require.NoError(t, conn.QueryRowContext(context.Background(), "PRAGMA busy_timeout").Scan(&timeout))
+	require.Equal(t, 60_000, timeout)
 }

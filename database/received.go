@@ -37,14 +37,16 @@ type ReceivedBundle struct {
 	NextAttempt  int64        `json:"-"`
 	ReceivedAt   int64        `json:"received_at"`
 	UpdatedAt    int64        `json:"updated_at"`
+	// ImportJoin is the join the bundle was imported under (Invite.JoinEventID).
+	ImportJoin id.EventID `json:"-"`
 }
 
-const receivedColumns = `puppet, room_id, sender, sender_device, sender_key, file_info, state, imported, withheld, skipped, error, attempts, next_attempt, received_at, updated_at`
+const receivedColumns = `puppet, room_id, sender, sender_device, sender_key, file_info, state, imported, withheld, skipped, error, attempts, next_attempt, received_at, updated_at, import_join`
 
 func scanReceived(row dbutil.Scannable) (*ReceivedBundle, error) {
 	var b ReceivedBundle
 	err := row.Scan(&b.Puppet, &b.RoomID, &b.Sender, &b.SenderDevice, &b.SenderKey, &b.FileInfo, &b.State, &b.Imported,
-		&b.Withheld, &b.Skipped, &b.Error, &b.Attempts, &b.NextAttempt, &b.ReceivedAt, &b.UpdatedAt)
+		&b.Withheld, &b.Skipped, &b.Error, &b.Attempts, &b.NextAttempt, &b.ReceivedAt, &b.UpdatedAt, &b.ImportJoin)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -57,10 +59,11 @@ func (db *Database) PutReceivedBundle(ctx context.Context, b *ReceivedBundle) er
 	now := nowMillis()
 	b.ReceivedAt, b.UpdatedAt = now, now
 	_, err := db.Exec(ctx, `
-		INSERT INTO bundle_received (`+receivedColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+		INSERT INTO bundle_received (`+receivedColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, '')
 		ON CONFLICT (puppet, room_id, sender) DO UPDATE SET sender_device=excluded.sender_device,
 			sender_key=excluded.sender_key, file_info=excluded.file_info, state=excluded.state, imported=0, withheld=0,
-			skipped=0, error='', attempts=0, next_attempt=0, received_at=excluded.received_at, updated_at=excluded.updated_at`,
+			skipped=0, error='', attempts=0, next_attempt=0, received_at=excluded.received_at, updated_at=excluded.updated_at,
+			import_join=''`,
 		b.Puppet, b.RoomID, b.Sender, b.SenderDevice, b.SenderKey, b.FileInfo, b.State, b.Imported, b.Withheld,
 		b.Skipped, b.Error, b.Attempts, b.NextAttempt, b.ReceivedAt, b.UpdatedAt)
 	return err
@@ -78,10 +81,10 @@ func (db *Database) updateReceived(ctx context.Context, b *ReceivedBundle) (int6
 	b.UpdatedAt = nowMillis()
 	res, err := db.Exec(ctx, `
 		UPDATE bundle_received SET state=$4, imported=$5, withheld=$6, skipped=$7, error=$8, attempts=$9,
-			next_attempt=$10, updated_at=$11
+			next_attempt=$10, updated_at=$11, import_join=$13
 		WHERE puppet=$1 AND room_id=$2 AND sender=$3 AND received_at=$12`,
 		b.Puppet, b.RoomID, b.Sender, b.State, b.Imported, b.Withheld, b.Skipped, b.Error, b.Attempts, b.NextAttempt, b.UpdatedAt,
-		b.ReceivedAt)
+		b.ReceivedAt, b.ImportJoin)
 	if err != nil {
 		return 0, err
 	}
@@ -216,6 +219,15 @@ func (db *Database) ExpireAcceptWindow(ctx context.Context, window time.Duration
 			SELECT 1 FROM puppet_invite i WHERE i.puppet=bundle_received.puppet AND i.room_id=bundle_received.room_id
 			AND i.accepted_at > 0 AND i.accepted_at < $5)`,
 		ReceivedExpired, nowMillis(), ReceivedPending, ReceivedRetry, cutoff)
+	if err != nil {
+		return 0, err
+	}
+	// Bundles arrive before their invite (MSC4268), so any sender can leave one for any room:
+	// one no invite came for within the window is dropped.
+	_, err = db.Exec(ctx, `
+		DELETE FROM bundle_received WHERE state=$1 AND received_at < $2 AND NOT EXISTS (
+			SELECT 1 FROM puppet_invite i WHERE i.puppet=bundle_received.puppet AND i.room_id=bundle_received.room_id)`,
+		ReceivedPending, cutoff)
 	if err != nil {
 		return 0, err
 	}

@@ -69,6 +69,15 @@ type env struct {
 
 	mu        sync.Mutex
 	instances []*instance // every heirloom started in the run, for the teardown secrets check
+
+	// The bridges' own registrations, loaded by Synapse, and the programs that run them.
+	heisenbridgeReg  bridgeRegistration
+	jsBridgeReg      bridgeRegistration
+	jsBridgeSpareReg bridgeRegistration
+	heisenbridgeBin  string
+	bridgeNode       string
+	// cleanups run at teardown, last first, before Synapse stops.
+	cleanups []func()
 }
 
 // profile is one appservice registration Synapse has loaded.
@@ -143,9 +152,16 @@ func setup() (*env, error) {
 	}
 	x := &env{root: root, dir: dir, maxUpload: synapseMaxUpload}
 	x.binary = filepath.Join(dir, "heirloom")
+	// The bridges' registrations are generated while heirloom builds.
+	bridgeRegs := make(chan error, 1)
+	go func() { bridgeRegs <- x.writeBridgeRegistrations() }()
 	build := exec.Command("go", "build", "-tags=goolm", "-o", x.binary, ".")
 	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
+	out, err := build.CombinedOutput()
+	if regErr := <-bridgeRegs; err == nil && regErr != nil {
+		return x, regErr
+	}
+	if err != nil {
 		return x, fmt.Errorf("go build: %v\n%s", err, out)
 	}
 	// Ports are picked free, then bound by Synapse and heirloom: another process can take one in
@@ -234,6 +250,8 @@ func (x *env) bringUp() error {
 		registrations = append(registrations, p.registration)
 		x.profiles[p.name] = p
 	}
+	// The bridges' own registrations, for the tests of the bridges talking straight to Synapse.
+	registrations = append(registrations, x.heisenbridgeReg.Path, x.jsBridgeReg.Path, x.jsBridgeSpareReg.Path)
 	x.registrations = registrations
 	if err := x.synapse("start"); err != nil {
 		if strings.Contains(err.Error(), "already in use") {
@@ -576,6 +594,9 @@ func (x *env) startPeer() error {
 }
 
 func (x *env) teardown() {
+	for i := len(x.cleanups) - 1; i >= 0; i-- {
+		x.cleanups[i]()
+	}
 	if x.peerCmd != nil && x.peerCmd.Process != nil {
 		_ = x.peerCmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan struct{})

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/base64"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 	"syscall"
@@ -277,4 +278,44 @@ func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
 		t.Fatal("the puppet encrypted without re-querying the changed device list")
 	}
 	_ = login.DeviceID
+}
+
+// In a `joined` room an invitee gets no room key until they join: what is sent while they are only
+// invited stays unreadable to them, as Element's clients share it.
+func TestJoinedRoomInviteeGetsNoKeyBeforeJoining(t *testing.T) {
+	p := newPuppet(t)
+	u := newJSUser(t, true)
+	roomID := puppetCreateRoom(t, p, "joined")
+	puppetInvite(t, p, roomID, u.UserID)
+	puppetSend(t, p, roomID, "while only invited")
+	e.peer(t, "join", map[string]any{"user": u.UserID, "room_id": roomID}, nil)
+	puppetSend(t, p, roomID, "after joining")
+	got := requireJSDecrypts(t, u, roomID, []string{"after joining"})
+	if _, ok := got["while only invited"]; ok {
+		t.Fatal("an invitee of a joined room read what was sent before they joined")
+	}
+}
+
+// An invite that cannot succeed (the invitee is banned) sends no bundle: MSC4268 shares before the
+// invite, so the keys must not leave for an invite the homeserver refuses.
+func TestBannedInviteeGetsNoBundle(t *testing.T) {
+	p := newPuppet(t)
+	u := newJSUser(t, true)
+	roomID := puppetCreateRoom(t, p, "shared")
+	puppetSend(t, p, roomID, "not for the banned")
+	path := fmt.Sprintf("%s/_matrix/client/v3/rooms/%s/ban?user_id=%s", e.hsURL, url.PathEscape(roomID), url.QueryEscape(p.UserID))
+	if code, err := e.request("POST", path, "Bearer "+e.asToken, map[string]any{"user_id": u.UserID}, nil); err != nil || code != 200 {
+		t.Fatalf("banning: %d %v", code, err)
+	}
+	code, err := e.api("POST", "/puppets/"+p.UserID+"/rooms/"+roomID+"/invite", map[string]any{"user_id": u.UserID}, nil)
+	if err != nil || code == 200 {
+		t.Fatalf("inviting a banned user answered %d %v, want the homeserver's refusal", code, err)
+	}
+	sent := puppetBundles(t, p).Sent
+	if len(sent) != 1 || sent[0].State != "skipped" || !strings.Contains(sent[0].Reason, "banned") {
+		t.Fatalf("want one bundle skipped for the ban: %+v", sent)
+	}
+	if got := jsToDevice(t, u, "m.room_key_bundle"); len(got) != 0 {
+		t.Fatalf("a banned user got the bundle: %+v", got)
+	}
 }

@@ -35,7 +35,8 @@ func sharesHistory(s *crypto.InboundGroupSession) bool {
 //     a copy received directly (signed by the session's own key inside m.room_key) replaces an
 //     imported copy; in every other case the held copy stays and the incoming one is dropped.
 //   - sender claims (sender_key, signing_key): the direct copy's, which Olm authenticated. Two
-//     copies that are both direct or both imported and claim different senders: the held stays.
+//     copies that are both direct or both imported and claim different senders: the held stays
+//     (but a "not shared" from the incoming one is kept, see shared_history).
 //   - index: the earlier first known index wins, and the row takes that copy's provenance
 //     (key_source, source_user, forwarding chain): keys_shared_by then names whoever supplied the
 //     earliest messages. At equal indexes a direct copy's provenance wins.
@@ -59,6 +60,15 @@ func MergeSessions(held, incoming *crypto.InboundGroupSession) (*crypto.InboundG
 	}
 	sameClaims := held.SenderKey == incoming.SenderKey && held.SigningKey == incoming.SigningKey
 	if !sameClaims && inDirect == heldDirect {
+		// Two copies with the same standing claim different senders: the held claims stay. But a
+		// copy that says "not shared" is heard even then: whoever relayed the held copy first
+		// must not keep a session shareable that its sender marked otherwise.
+		if sharesHistory(held) && !sharesHistory(incoming) {
+			out := *held
+			notShared := false
+			out.SharedHistory = &notShared
+			return &out, ""
+		}
 		return nil, ReasonOtherSender
 	}
 	// The copy whose ratchet (and so whose provenance) the row keeps.

@@ -1,11 +1,20 @@
 package e2ee
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash"
+	"io"
+	"sync"
 
-	"maunium.net/go/mautrix/crypto/goolm/aessha2"
+	"go.mau.fi/util/pkcs7"
+	"golang.org/x/crypto/hkdf"
+	"maunium.net/go/mautrix/crypto/aescbc"
 	"maunium.net/go/mautrix/crypto/goolm/session"
 	"maunium.net/go/mautrix/crypto/olm"
 )
@@ -20,20 +29,42 @@ var pickleKDFInfo = []byte("Pickle")
 var ErrBadPickle = errors.New("bad session pickle")
 
 // PickleCipher pickles and unpickles megolm inbound sessions in the exact format of goolm's
-// Pickle/Unpickle, with the keys derived from the pickle key once. goolm derives them (HKDF) for
-// every session, which is most of the cost of reading or writing 10,000 sessions at once.
-// Stateless after creation: safe for concurrent use.
+// Pickle/Unpickle (libolm's: AES-256-CBC with PKCS#7 padding under a key and IV derived by HKDF,
+// then the first 8 bytes of an HMAC-SHA-256 of the ciphertext, in unpadded base64). goolm derives
+// the keys and builds the AES and HMAC states for every session, which is most of the cost of
+// reading or writing 10,000 sessions at once; here the keys are derived and the AES key schedule
+// expanded once, and HMAC states are reused. Safe for concurrent use.
 type PickleCipher struct {
-	cipher aessha2.AESSHA2
+	block cipher.Block
+	iv    []byte
+	macs  sync.Pool // of hash.Hash: HMAC-SHA-256 under the pickle MAC key
 }
 
 // NewPickleCipher derives the pickle keys from the pickle key.
 func NewPickleCipher(pickleKey []byte) (*PickleCipher, error) {
-	c, err := aessha2.NewAESSHA2(pickleKey, pickleKDFInfo)
+	// The same derivation as goolm's aessha2.NewAESSHA2(pickleKey, "Pickle").
+	keys := make([]byte, 80)
+	if _, err := io.ReadFull(hkdf.New(sha256.New, pickleKey, nil, pickleKDFInfo), keys); err != nil {
+		return nil, err
+	}
+	aesKey, macKey, iv := keys[:32], keys[32:64], keys[64:]
+	block, err := aes.NewCipher(aesKey)
 	if err != nil {
 		return nil, err
 	}
-	return &PickleCipher{cipher: c}, nil
+	pc := &PickleCipher{block: block, iv: iv}
+	pc.macs.New = func() any { return hmac.New(sha256.New, macKey) }
+	return pc, nil
+}
+
+// mac writes the truncated HMAC of data into dst (pickleMACLength bytes).
+func (pc *PickleCipher) mac(dst, data []byte) {
+	h := pc.macs.Get().(hash.Hash)
+	h.Reset()
+	h.Write(data)
+	var sum [sha256.Size]byte
+	copy(dst, h.Sum(sum[:0])[:pickleMACLength])
+	pc.macs.Put(h)
 }
 
 // Pickle encrypts a session as goolm's MegolmInboundSession.Pickle would.
@@ -42,15 +73,18 @@ func (pc *PickleCipher) Pickle(s olm.InboundGroupSession) ([]byte, error) {
 	if !ok {
 		return s.Pickle(nil) // not goolm: let the session say why
 	}
-	ciphertext, err := pc.cipher.Encrypt(inner.PickleLibOlm())
-	if err != nil {
-		return nil, err
+	plain := inner.PickleLibOlm()
+	// PKCS#7: 1 to 16 bytes of padding, each the padding's length.
+	padding := aes.BlockSize - len(plain)%aes.BlockSize
+	padded := len(plain) + padding
+	raw := make([]byte, padded+pickleMACLength)
+	copy(raw, plain)
+	for i := len(plain); i < padded; i++ {
+		raw[i] = byte(padding)
 	}
-	mac, err := pc.cipher.MAC(ciphertext)
-	if err != nil {
-		return nil, err
-	}
-	raw := append(ciphertext, mac[:pickleMACLength]...)
+	ciphertext := raw[:padded]
+	cipher.NewCBCEncrypter(pc.block, pc.iv).CryptBlocks(ciphertext, ciphertext)
+	pc.mac(raw[padded:], ciphertext)
 	out := make([]byte, base64.RawStdEncoding.EncodedLen(len(raw)))
 	base64.RawStdEncoding.Encode(out, raw)
 	return out, nil
@@ -63,11 +97,17 @@ func (pc *PickleCipher) Unpickle(pickled []byte) (*session.MegolmInboundSession,
 	if err != nil || n < pickleMACLength {
 		return nil, fmt.Errorf("%w: not base64 or too short", ErrBadPickle)
 	}
-	ciphertext, mac := raw[:n-pickleMACLength], raw[n-pickleMACLength:n]
-	if ok, err := pc.cipher.VerifyMAC(ciphertext, mac, pickleMACLength); err != nil || !ok {
+	ciphertext, theirMAC := raw[:n-pickleMACLength], raw[n-pickleMACLength:n]
+	var ourMAC [pickleMACLength]byte
+	pc.mac(ourMAC[:], ciphertext)
+	if !hmac.Equal(ourMAC[:], theirMAC) {
 		return nil, fmt.Errorf("%w: MAC mismatch (wrong pickle key?)", ErrBadPickle)
 	}
-	plaintext, err := pc.cipher.Decrypt(ciphertext)
+	if len(ciphertext) == 0 || len(ciphertext)%aes.BlockSize != 0 {
+		return nil, fmt.Errorf("%w: %w", ErrBadPickle, aescbc.ErrNotMultipleBlockSize)
+	}
+	cipher.NewCBCDecrypter(pc.block, pc.iv).CryptBlocks(ciphertext, ciphertext)
+	plaintext, err := pkcs7.Unpad(ciphertext) // goolm's unpadding, with its checks
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadPickle, err)
 	}

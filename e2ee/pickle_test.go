@@ -44,3 +44,32 @@ func TestPickleCipherMatchesGoolm(t *testing.T) {
 	_, err = pc.Unpickle([]byte("!!"))
 	require.ErrorIs(t, err, ErrBadPickle)
 }
+
+// BenchmarkPickleCipher pickles and unpickles one megolm inbound session, as an import and a
+// bundle build do for every session.
+func BenchmarkPickleCipher(b *testing.B) {
+	pc, err := NewPickleCipher([]byte("bench-pickle-key-0123456789"))
+	require.NoError(b, err)
+	out, err := olm.NewOutboundGroupSession()
+	require.NoError(b, err)
+	in, err := olm.NewInboundGroupSession([]byte(out.Key()))
+	require.NoError(b, err)
+	pickled, err := pc.Pickle(in)
+	require.NoError(b, err)
+	b.Run("pickle", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := pc.Pickle(in); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("unpickle", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := pc.Unpickle(pickled); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

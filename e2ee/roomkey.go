@@ -116,6 +116,16 @@ func (p *Puppet) receiveRoomKey(ctx context.Context, evt *crypto.DecryptedOlmEve
 		log.Debug().Str("algorithm", string(content.Algorithm)).Msg("Ignoring room key with unknown algorithm or no signing key")
 		return
 	}
+	// A key is heard only for a room the puppet is in, from a sender not known to have left it:
+	// anyone with an Olm session can send one naming any room, and a past member holds the signed
+	// keys of every session he received.
+	if !p.inRoom(ctx, content.RoomID) {
+		log.Warn().Msg("Dropping room key for a room the puppet is not in")
+		return
+	} else if p.mgr.hasLeft(ctx, content.RoomID, evt.Sender) {
+		log.Warn().Msg("Dropping room key from a sender who left the room")
+		return
+	}
 	maxAge, maxMessages := p.RotationLimits(ctx, content.RoomID)
 	igs, err := crypto.NewInboundGroupSession(evt.SenderKey, evt.Keys.Ed25519, content.RoomID, content.SessionKey,
 		maxAge, maxMessages, &content.HistoryShared, content.IsScheduled)
@@ -158,6 +168,11 @@ func (p *Puppet) receiveWithheld(ctx context.Context, evt *event.Event) {
 	case !p.mgr.isMember(ctx, content.RoomID, p.UserID) || !p.mgr.isMember(ctx, content.RoomID, evt.Sender):
 		log.Debug().Msg("Ignoring room key withheld message for a room the puppet and sender do not share")
 	default:
-		p.Mach.HandleRoomKeyWithheld(ctx, content)
+		// Under the session's lock, like every other write of a session row: a withheld entry
+		// must not slip in between a bundle import's check and its insert.
+		_ = p.mgr.gate(p.UserID).megolmLock(ctx, content.SessionID, true, func(ctx context.Context) error {
+			p.Mach.HandleRoomKeyWithheld(ctx, content)
+			return nil
+		})
 	}
 }

@@ -53,6 +53,9 @@ type HeldSession struct {
 	RoomID id.RoomID
 	// HasKey is false for a withheld entry: a row that says the key was refused, with no key.
 	HasKey bool
+	// Direct is true for a key received from the session's own device (m.room_key, or the
+	// puppet's own session), false for one imported on someone else's word.
+	Direct bool
 }
 
 // HeldSessions returns the rows the puppet holds for the session IDs, keyed by session ID. mautrix's
@@ -65,7 +68,7 @@ func (p *Puppet) HeldSessions(ctx context.Context, sessionIDs []id.SessionID) (m
 		chunk := sessionIDs[start:min(start+500, len(sessionIDs))]
 		args := make([]any, 0, len(chunk)+1)
 		args = append(args, p.Store.AccountID)
-		query := `SELECT session_id, room_id, session IS NOT NULL FROM crypto_megolm_inbound_session
+		query := `SELECT session_id, room_id, session IS NOT NULL, key_source FROM crypto_megolm_inbound_session
 			WHERE account_id=$1 AND session_id IN (`
 		for i, sid := range chunk {
 			if i > 0 {
@@ -81,10 +84,12 @@ func (p *Puppet) HeldSessions(ctx context.Context, sessionIDs []id.SessionID) (m
 		for rows.Next() {
 			var sid id.SessionID
 			var h HeldSession
-			if err = rows.Scan(&sid, &h.RoomID, &h.HasKey); err != nil {
+			var source id.KeySource
+			if err = rows.Scan(&sid, &h.RoomID, &h.HasKey, &source); err != nil {
 				rows.Close()
 				return nil, err
 			}
+			h.Direct = source == id.KeySourceDirect || source == ""
 			out[sid] = h
 		}
 		err = rows.Err()
@@ -132,10 +137,16 @@ func (p *Puppet) storeSession(ctx context.Context, igs *crypto.InboundGroupSessi
 	switch {
 	case held == nil:
 		// Nothing under this ID.
-	case held.HasKey && held.RoomID != igs.RoomID:
+	case held.HasKey && held.RoomID != igs.RoomID && (held.Direct || !isDirect(igs)):
 		// A session ID is the session's public key, which every member of its room sees: anyone
-		// can name it. A key held for another room is never replaced, merged or re-labelled.
+		// can name it. A key held for another room is never replaced, merged or re-labelled by a
+		// copy of no better standing. Only a key received directly (signed by the session's own
+		// key, from a member of its room) takes the place of an imported copy that claimed another
+		// room on an inviter's word: otherwise an inviter who merely saw a session ID could keep
+		// its real key out.
 		return false, ReasonOtherRoom, nil
+	case held.HasKey && held.RoomID != igs.RoomID:
+		// Falls through to the store below: the direct copy replaces the imported one whole.
 	case held.HasKey:
 		existing, err := p.Store.GetGroupSession(ctx, igs.RoomID, igs.ID())
 		if err != nil {
@@ -180,4 +191,30 @@ func (p *Puppet) RotationLimits(ctx context.Context, roomID id.RoomID) (time.Dur
 func (m *Manager) isMember(ctx context.Context, roomID id.RoomID, userID id.UserID) bool {
 	membership, err := m.db.StateStore.GetMembership(ctx, roomID, userID)
 	return err == nil && (membership == event.MembershipJoin || membership == event.MembershipInvite)
+}
+
+// hasLeft reports whether heirloom's state store knows the user left, was kicked from or is
+// banned from the room.
+// (mautrix's GetMembership says "leave" for a user it never heard of: unknown is not left.)
+func (m *Manager) hasLeft(ctx context.Context, roomID id.RoomID, userID id.UserID) bool {
+	member, err := m.db.StateStore.TryGetMember(ctx, roomID, userID)
+	return err == nil && member != nil && (member.Membership == event.MembershipLeave || member.Membership == event.MembershipBan)
+}
+
+// inRoom reports whether the puppet is joined to or invited into the room. When heirloom's state
+// store has never heard of the puppet in the room, it asks the homeserver (and remembers).
+func (p *Puppet) inRoom(ctx context.Context, roomID id.RoomID) bool {
+	if member, err := p.mgr.db.StateStore.TryGetMember(ctx, roomID, p.UserID); err == nil && member != nil &&
+		(member.Membership == event.MembershipJoin || member.Membership == event.MembershipInvite) {
+		return true
+	}
+	var member event.MemberEventContent
+	if err := p.Client.StateEvent(ctx, roomID, event.StateMember, p.UserID.String(), &member); err != nil {
+		zerolog.Ctx(ctx).Debug().Err(err).Msg("The homeserver does not know the puppet in the room")
+		return false
+	}
+	if err := p.mgr.db.StateStore.SetMembership(ctx, roomID, p.UserID, member.Membership); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to record own membership")
+	}
+	return member.Membership == event.MembershipJoin || member.Membership == event.MembershipInvite
 }

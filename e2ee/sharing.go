@@ -16,8 +16,8 @@ import (
 )
 
 // SendMessage sends an event into the room as the puppet, megolm-encrypted if the room is
-// encrypted. The room key goes first to every device of every joined and invited member, as the
-// homeserver knows them now.
+// encrypted. The room key goes first to every device of every joined member, and of every invited
+// member unless the history visibility is `joined`, as the homeserver knows them now.
 func (p *Puppet) SendMessage(ctx context.Context, roomID id.RoomID, evtType event.Type, content any) (id.EventID, error) {
 	if err := p.mgr.EnsureRoomState(ctx, p.Client, roomID); err != nil {
 		return "", err
@@ -84,9 +84,12 @@ func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
 		p.rememberDepartures(ogs.ID(), members)
 	}
 	recipients := make(map[id.UserID]map[id.DeviceID]*id.Device)
+	// Invited members read what is sent while they are invited, unless the room's history is for
+	// joined members only (as Element's clients decide: an invitee of a `joined` room gets no key).
+	withInvited := visibility == nil || visibility.HistoryVisibility != event.HistoryVisibilityJoined
 	for _, evt := range members.Chunk {
 		membership := evt.Content.AsMember().Membership
-		if membership != event.MembershipJoin && membership != event.MembershipInvite {
+		if membership != event.MembershipJoin && (membership != event.MembershipInvite || !withInvited) {
 			continue
 		}
 		userID := id.UserID(evt.GetStateKey())

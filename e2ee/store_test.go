@@ -43,7 +43,16 @@ func testPuppet(t *testing.T, mgr *Manager, name string) *Puppet {
 	t.Helper()
 	p, err := mgr.LocalPuppet(context.Background(), id.UserID("@heirloom_"+name+":localhost"), id.DeviceID("DEV"+name))
 	require.NoError(t, err)
+	p.Client.DefaultHTTPRetries = 0 // nobody answers at the test homeserver
 	return p
+}
+
+// joined records in the state store that the users are joined to the room.
+func joined(t *testing.T, db *database.Database, roomID id.RoomID, users ...id.UserID) {
+	t.Helper()
+	for _, u := range users {
+		require.NoError(t, db.StateStore.SetMembership(context.Background(), roomID, u, event.MembershipJoin))
+	}
 }
 
 // olmSender is a device that sends m.room_key over Olm: its keys are what Olm authenticates.
@@ -92,13 +101,15 @@ func heldRow(t *testing.T, p *Puppet, roomID id.RoomID, sessionID id.SessionID) 
 // A genuinely signed m.room_key, replayed by a past member under another room_id, must not move
 // or overwrite the puppet's session of the room it belongs to.
 func TestRoomKeyReplayedUnderAnotherRoomChangesNothing(t *testing.T) {
-	mgr, _ := testManager(t)
+	mgr, db := testManager(t)
 	p := testPuppet(t, mgr, "victim")
 	ctx := context.Background()
 	const realRoom, otherRoom id.RoomID = "!real:localhost", "!other:localhost"
 	out, err := olm.NewOutboundGroupSession()
 	require.NoError(t, err)
 	aliceDev, malloryDev := newOlmSender("@alice:localhost"), newOlmSender("@mallory:localhost")
+	joined(t, db, realRoom, p.UserID, aliceDev.user, malloryDev.user)
+	joined(t, db, otherRoom, p.UserID, aliceDev.user, malloryDev.user)
 
 	aliceDev.sendRoomKey(ctx, p, realRoom, out.ID(), out.Key(), true)
 	before := heldRow(t, p, realRoom, out.ID())
@@ -109,14 +120,19 @@ func TestRoomKeyReplayedUnderAnotherRoomChangesNothing(t *testing.T) {
 		sender olmSender
 		room   id.RoomID
 		shared bool
+		// wantShared is the real room's flag afterwards: a "not shared" is heard from anyone.
+		wantShared bool
 	}{
-		{"by another member, under another room", malloryDev, otherRoom, true},
-		{"by the creator itself, under another room", aliceDev, otherRoom, true},
-		{"by another member, in the same room, claiming not shared", malloryDev, realRoom, false},
+		{"by another member, under another room", malloryDev, otherRoom, true, true},
+		{"by the creator itself, under another room", aliceDev, otherRoom, true, true},
+		{"by another member, in the same room, claiming shared", malloryDev, realRoom, true, true},
+		{"by another member, in the same room, claiming not shared", malloryDev, realRoom, false, false},
 	} {
 		t.Run(replay.name, func(t *testing.T) {
 			replay.sender.sendRoomKey(ctx, p, replay.room, out.ID(), out.Key(), replay.shared)
-			require.Equal(t, before, heldRow(t, p, realRoom, out.ID()), "the real room's row is unchanged")
+			want := *before
+			want.shared = replay.wantShared
+			require.Equal(t, &want, heldRow(t, p, realRoom, out.ID()), "the real room's row keeps its sender and room")
 			if replay.room != realRoom {
 				require.Nil(t, heldRow(t, p, replay.room, out.ID()), "nothing is held under the other room")
 			}
@@ -127,12 +143,13 @@ func TestRoomKeyReplayedUnderAnotherRoomChangesNothing(t *testing.T) {
 // A bundle key (StoreSession, as the bundle import uses it) claiming another room is refused the
 // same way, whether its ratchet is genuine or forged.
 func TestStoreSessionNeverTouchesAnotherRoomsSession(t *testing.T) {
-	mgr, _ := testManager(t)
+	mgr, db := testManager(t)
 	p := testPuppet(t, mgr, "victim")
 	ctx := context.Background()
 	out, err := olm.NewOutboundGroupSession()
 	require.NoError(t, err)
 	alice := newOlmSender("@alice:localhost")
+	joined(t, db, "!real:localhost", p.UserID, alice.user)
 	alice.sendRoomKey(ctx, p, "!real:localhost", out.ID(), out.Key(), false)
 	before := heldRow(t, p, "!real:localhost", out.ID())
 
@@ -160,9 +177,10 @@ func mustSession(t *testing.T, key string) olm.InboundGroupSession {
 // A withheld entry (no key) gives way to a key, whatever room it named: otherwise whoever names a
 // session ID first could keep its key out.
 func TestWithheldEntryNeverBlocksAKey(t *testing.T) {
-	mgr, _ := testManager(t)
+	mgr, db := testManager(t)
 	p := testPuppet(t, mgr, "victim")
 	ctx := context.Background()
+	joined(t, db, "!real:localhost", p.UserID, "@alice:localhost")
 	out, err := olm.NewOutboundGroupSession()
 	require.NoError(t, err)
 	require.NoError(t, p.Store.PutWithheldGroupSession(ctx, event.RoomKeyWithheldEventContent{
@@ -227,4 +245,58 @@ func TestKeyRequestsFromOtherUsersAreRefused(t *testing.T) {
 	require.NotNil(t, rejection, "a member the session was shared with still gets no forwarded key")
 	require.True(t, p.isForeignKeyRequest(&event.Event{Type: event.ToDeviceRoomKeyRequest, Sender: member.UserID}))
 	require.False(t, p.isForeignKeyRequest(&event.Event{Type: event.ToDeviceRoomKeyRequest, Sender: p.UserID}))
+}
+
+// A room key is heard only for a room the puppet is in (the homeserver is asked when heirloom has
+// never heard of it), and never from a sender known to have left: otherwise anyone could park a
+// session ID under a room of their making, and a past member could replay every key he received.
+func TestRoomKeyOnlyForRoomsThePuppetIsIn(t *testing.T) {
+	mgr, db := testManager(t)
+	p := testPuppet(t, mgr, "victim")
+	ctx := context.Background()
+	const room, bogus id.RoomID = "!real:localhost", "!bogus:localhost"
+	alice, gone := newOlmSender("@alice:localhost"), newOlmSender("@gone:localhost")
+	joined(t, db, room, p.UserID, alice.user)
+	require.NoError(t, db.StateStore.SetMembership(ctx, room, gone.user, event.MembershipLeave))
+	for _, tc := range []struct {
+		name   string
+		sender olmSender
+		room   id.RoomID
+		stored bool
+	}{
+		{"a member, in the puppet's room", alice, room, true},
+		{"a member, naming a room the puppet is not in", alice, bogus, false},
+		{"a past member", gone, room, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := olm.NewOutboundGroupSession()
+			require.NoError(t, err)
+			tc.sender.sendRoomKey(ctx, p, tc.room, out.ID(), out.Key(), true)
+			require.Equal(t, tc.stored, heldRow(t, p, tc.room, out.ID()) != nil)
+		})
+	}
+}
+
+// A key received directly (signed by its session) takes the place of a copy an inviter imported
+// under another room: merely naming a session ID in a bundle keeps no real key out.
+func TestDirectKeyReplacesAnImportedCopyOfAnotherRoom(t *testing.T) {
+	mgr, db := testManager(t)
+	p := testPuppet(t, mgr, "victim")
+	ctx := context.Background()
+	alice := newOlmSender("@alice:localhost")
+	joined(t, db, "!real:localhost", p.UserID, alice.user)
+	out, err := olm.NewOutboundGroupSession()
+	require.NoError(t, err)
+	exported, err := mustSession(t, out.Key()).Export(0)
+	require.NoError(t, err)
+	internal, err := olm.InboundGroupSessionImport(exported)
+	require.NoError(t, err)
+	shared := true
+	require.NoError(t, p.Store.PutGroupSession(ctx, &crypto.InboundGroupSession{Internal: internal, SenderKey: alice.curve,
+		SigningKey: alice.signing, RoomID: "!inviters:localhost", SharedHistory: &shared, KeySource: id.KeySourceForward,
+		SourceUser: "@inviter:localhost"}))
+	alice.sendRoomKey(ctx, p, "!real:localhost", out.ID(), out.Key(), true)
+	row := heldRow(t, p, "!real:localhost", out.ID())
+	require.NotNil(t, row, "the direct key is held for its own room")
+	require.Nil(t, heldRow(t, p, "!inviters:localhost", out.ID()))
 }

@@ -170,3 +170,26 @@ func TestJoinSeenInTransactionsAcceptsTheInvite(t *testing.T) {
 	require.True(t, inv.Confirmed())
 	require.Equal(t, id.EventID("$join"), inv.JoinEventID)
 }
+
+// One import per accepted invite: once alice's bundle is imported under the puppet's join, another
+// bundle from her for the same invite is dropped on arrival; a new invite starts over.
+func TestOneImportPerAcceptedInvite(t *testing.T) {
+	env, p, hs, rb := joinFixture(t)
+	ctx := context.Background()
+	invite(t, env, p, "$invite", event.MembershipInvite)
+	hs.replacesState = "$invite"
+	res, err := env.svc.Join(ctx, p, benchRoom)
+	require.NoError(t, err)
+	require.Equal(t, database.ReceivedImported, res.Bundle.State)
+	require.True(t, env.svc.alreadyImported(ctx, p, benchRoom, rb.Sender), "a second bundle for this invite is refused")
+	require.False(t, env.svc.alreadyImported(ctx, p, benchRoom, "@bob:localhost"), "the rule is per sender")
+
+	invite(t, env, p, "$leave", event.MembershipLeave)
+	invite(t, env, p, "$invite2", event.MembershipInvite)
+	require.False(t, env.svc.alreadyImported(ctx, p, benchRoom, rb.Sender), "not yet accepted: a new bundle may wait")
+	stateKey := p.UserID.String()
+	env.svc.TrackMembership(ctx, &event.Event{ID: "$join2", Type: event.StateMember, RoomID: benchRoom, Sender: p.UserID,
+		StateKey: &stateKey, Content: event.Content{Parsed: &event.MemberEventContent{Membership: event.MembershipJoin}},
+		Unsigned: event.Unsigned{ReplacesState: "$invite2"}})
+	require.False(t, env.svc.alreadyImported(ctx, p, benchRoom, rb.Sender), "a new accepted invite takes a new bundle")
+}

@@ -50,6 +50,10 @@ func (s *Service) receiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto
 		log.Warn().Err(err).Msg("Dropping key bundle with unusable file keys")
 		return
 	}
+	if s.alreadyImported(ctx, p, content.RoomID, evt.Sender) {
+		log.Warn().Msg("Dropping key bundle: one from this sender was already imported for the invite the puppet accepted")
+		return
+	}
 	b := &database.ReceivedBundle{
 		Puppet: p.UserID, RoomID: content.RoomID, Sender: evt.Sender, SenderDevice: evt.SenderDeviceKeys.DeviceID,
 		SenderKey: evt.SenderKey, State: database.ReceivedPending,
@@ -65,6 +69,19 @@ func (s *Service) receiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto
 	}
 	log.Info().Stringer("sender_device", b.SenderDevice).Msg("Stored key bundle")
 	go s.tryAccept(context.WithoutCancel(log.WithContext(ctx)), p, content.RoomID)
+}
+
+// alreadyImported reports whether a bundle from sender was imported under the join the puppet's
+// current invite to the room was accepted with: one import per accepted invite, or an inviter
+// could make the puppet download and import the same bundle over and over, each time holding its
+// sessions (and SQLite's writer) for the length of the import.
+func (s *Service) alreadyImported(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, sender id.UserID) bool {
+	inv, err := s.db.GetInvite(ctx, p.UserID, roomID)
+	if err != nil || !inv.Confirmed() {
+		return false
+	}
+	b, err := s.db.GetReceivedBundle(ctx, p.UserID, roomID, sender)
+	return err == nil && b != nil && b.State == database.ReceivedImported && b.ImportJoin == inv.JoinEventID
 }
 
 // TrackMembership keeps the puppets' invite records in step with the transaction stream, event by
@@ -301,6 +318,7 @@ func (s *Service) tryAccept(ctx context.Context, p *e2ee.Puppet, roomID id.RoomI
 		b.State, b.Error = database.ReceivedExpired, reason
 	case keybundle.Import:
 		faultPoint("crash_before_import")
+		b.ImportJoin = inv.JoinEventID
 		saved = s.downloadAndImport(ctx, p, b)
 	}
 	if !saved {

@@ -195,7 +195,11 @@ func (s *Service) buildAndUpload(ctx context.Context, p *e2ee.Puppet, b *databas
 		b.State, b.Reason = database.SentNothing, ReasonNotEncrypted
 		return nil
 	}
-	visibility, err := p.Mach.StateStore.GetHistoryVisibility(ctx, b.RoomID)
+	if signed, err := p.OwnDeviceSigned(ctx); err != nil || !signed {
+		b.State, b.Reason = database.SentSkipped, ReasonPuppetUnsigned
+		return err
+	}
+	visibility, err := s.currentVisibility(ctx, p, b.RoomID)
 	if err != nil {
 		return err
 	}
@@ -207,9 +211,11 @@ func (s *Service) buildAndUpload(ctx context.Context, p *e2ee.Puppet, b *databas
 		b.State, b.Reason, b.Withheld = database.SentNothing, ReasonVisibility, counts
 		return nil
 	}
-	if signed, err := p.OwnDeviceSigned(ctx); err != nil || !signed {
-		b.State, b.Reason = database.SentSkipped, ReasonPuppetUnsigned
-		return err
+	// MSC4268 sends the bundle before the invite: if the invite cannot succeed, the keys must not
+	// leave at all.
+	if reason := s.inviteImpossible(ctx, p, b.RoomID, b.Invitee); reason != "" {
+		b.State, b.Reason = database.SentSkipped, reason
+		return nil
 	}
 	targets, reason, err := s.bundleRecipients(ctx, p, b)
 	if err != nil {
@@ -250,6 +256,55 @@ func (s *Service) buildAndUpload(ctx context.Context, p *e2ee.Puppet, b *databas
 	zerolog.Ctx(ctx).Info().Str("mxc", b.MXC).Int64("size", b.Size).Int("sessions", b.Sessions).
 		Int("withheld", b.Withheld).Msg("Uploaded key bundle")
 	return nil
+}
+
+// Reasons an invite cannot succeed, so no bundle is sent for it.
+const (
+	ReasonInviteeBanned = "the invitee is banned from the room"
+	ReasonInviteeJoined = "the invitee is already joined"
+	ReasonNoInvitePower = "the puppet's power level does not allow it to invite"
+)
+
+// currentVisibility reads the room's history visibility from the homeserver (a bundle rests on
+// it: a change heirloom has not heard of yet must not let history out), and records it.
+func (s *Service) currentVisibility(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (*event.HistoryVisibilityEventContent, error) {
+	var content event.HistoryVisibilityEventContent
+	err := p.Client.StateEvent(ctx, roomID, event.StateHistoryVisibility, "", &content)
+	switch {
+	case errors.Is(err, mautrix.MNotFound):
+		return nil, nil // no visibility event: shared
+	case err != nil:
+		return nil, fmt.Errorf("failed to read history visibility: %w", err)
+	}
+	// A change heirloom learns here first rotates the room's sessions as the transaction would have.
+	if known, err := s.db.StateStore.GetHistoryVisibility(ctx, roomID); err == nil && known != nil &&
+		known.HistoryVisibility != content.HistoryVisibility {
+		if err = s.db.RequireRotation(ctx, roomID, time.Now()); err != nil {
+			return nil, err
+		}
+		empty := ""
+		mautrix.UpdateStateStore(ctx, s.db.StateStore, &event.Event{Type: event.StateHistoryVisibility, RoomID: roomID,
+			StateKey: &empty, Content: event.Content{Parsed: &content}})
+	}
+	return &content, nil
+}
+
+// inviteImpossible returns why the puppet's invite of invitee cannot succeed, or "": the invitee
+// is banned or joined already, or the puppet lacks the power to invite.
+func (s *Service) inviteImpossible(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, invitee id.UserID) string {
+	if member, err := memberEvent(ctx, p, roomID, invitee); err == nil {
+		switch member.Content.AsMember().Membership {
+		case event.MembershipBan:
+			return ReasonInviteeBanned
+		case event.MembershipJoin:
+			return ReasonInviteeJoined
+		}
+	}
+	if pl, err := s.db.StateStore.GetPowerLevels(ctx, roomID); err == nil && pl != nil &&
+		pl.GetUserLevel(p.UserID) < pl.Invite() {
+		return ReasonNoInvitePower
+	}
+	return ""
 }
 
 func bundleOwner(b *database.SentBundle) string { return "bundle-sent:" + b.BundleID }

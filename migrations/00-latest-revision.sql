@@ -74,6 +74,8 @@ CREATE TABLE bundle_received (
     next_attempt  BIGINT  NOT NULL DEFAULT 0,
     received_at   BIGINT  NOT NULL,
     updated_at    BIGINT  NOT NULL,
+    -- the join (puppet_invite.join_event_id) the bundle was imported under: one import per join
+    import_join   TEXT    NOT NULL DEFAULT '',
     PRIMARY KEY (puppet, room_id, sender)
 );
 

@@ -1,30 +1,77 @@
 #!/usr/bin/env bash
-# make bench: heirloom's bundle build and import benchmarks beside the reference implementation
-# (matrix-rust-sdk via matrix-sdk-crypto-wasm 18.9.0) on the same sessions, in one run.
+# make bench: heirloom's bundle build and import beside the reference implementation
+# (matrix-sdk-crypto 0.19.1: as matrix-sdk-crypto-wasm 18.9.0 in Node, and compiled natively on its
+# memory store and on its SQLite store) on the same inputs, in one run.
 #   HEIRLOOM_BENCH_SIZES   session counts (default 1000,10000,100000)
-#   HEIRLOOM_BENCH_RUNS    iterations per size (default 5)
+#   HEIRLOOM_BENCH_RUNS    timed operations per side and size, after one discarded warm-up (default 5)
+#   HEIRLOOM_STATE         where results go (default .state; relative to the repository or absolute)
+# Every side runs one process per operation and size (so its peak RSS is that work's): the setup,
+# one warm-up operation (memory is measured there), then the timed operations.
+# The native reference needs a nightly Rust toolchain (rustc >= 1.96); without one its columns are
+# skipped, loudly. Its build is cached in ~/.cache/heirloom/native-bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GOFLAGS="-tags=goolm -buildvcs=false"
-OUT="${HEIRLOOM_STATE:-.state}/bench"
-rm -rf "${OUT}" && mkdir -p "${OUT}/fixtures"
+STATE="${HEIRLOOM_STATE:-.state}"
+[[ "${STATE}" = /* ]] || STATE="$(pwd)/${STATE}"
+OUT="${STATE}/bench"
+rm -rf "${OUT}" && mkdir -p "${OUT}/fixtures" "${OUT}/results" "${OUT}/logs" "${OUT}/tmp"
 SIZES="${HEIRLOOM_BENCH_SIZES:-1000,10000,100000}"
 RUNS="${HEIRLOOM_BENCH_RUNS:-5}"
+ROOM='!bench:localhost'
+NATIVE_TARGET="${HOME}/.cache/heirloom/native-bench"
+NATIVE_BIN="${NATIVE_TARGET}/release/heirloom-native-bench"
 
-echo "== heirloom (go test -bench, SQLite), sizes ${SIZES}, ${RUNS} runs each"
-HEIRLOOM_BENCH_SIZES="${SIZES}" HEIRLOOM_BENCH_FIXTURES="$(pwd)/${OUT}/fixtures" \
-  go test ./history -run '^$' -bench 'BuildBundle|ImportBundle' -benchmem -benchtime "${RUNS}x" -timeout 60m \
-  | tee "${OUT}/go.txt"
+banner() { printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n!!! %s\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n' "$*" >&2; }
 
-echo "== reference (matrix-sdk-crypto-wasm 18.9.0, in-memory store) on the same fixtures"
-refs=()
-for fixture in "${OUT}"/fixtures/fixture-*.json; do
-  n="${fixture##*fixture-}"; n="${n%.json}"
-  node interop/bench/reference.mjs --fixture "${fixture}" --runs "${RUNS}" --room '!bench:localhost' \
-    >"${OUT}/reference-${n}.json" 2>"${OUT}/reference-${n}.log"
-  refs+=("${OUT}/reference-${n}.json")
-  cat "${OUT}/reference-${n}.json"
+skipped=""
+native=1
+if ! command -v rustup >/dev/null || ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  skipped="native-memory and native-sqlite: no nightly Rust toolchain (no rustup, or no nightly in rustup toolchain list; matrix-sdk-crypto 0.19.1 needs rustc >= 1.96: rustup toolchain install nightly)"
+  native=0
+  banner "SKIPPING THE NATIVE REFERENCE: ${skipped}"
+else
+  echo "== native reference: cargo +nightly build --release ($(rustc +nightly --version))"
+  (cd bench/native && CARGO_TARGET_DIR="${NATIVE_TARGET}" nice -n 10 cargo +nightly build --release --locked --quiet)
+fi
+
+echo "== heirloom: go test -c ./history"
+go test -c -o "${OUT}/history.test" ./history
+
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+echo "== load average before: $(loadavg) (this machine's cores are shared: a busy neighbour stretches wall times)"
+for n in ${SIZES//,/ }; do
+  echo "== ${n} sessions (load average $(loadavg))"
+  for op in build import; do
+    bench=BuildBundle; [[ ${op} = import ]] && bench=ImportBundle
+    (cd history && HEIRLOOM_BENCH_SIZES="${n}" HEIRLOOM_BENCH_FIXTURES="${OUT}/fixtures" \
+      HEIRLOOM_BENCH_RESULTS="${OUT}/results" TMPDIR="${OUT}/tmp" \
+      "${OUT}/history.test" -test.run '^$' -test.bench "^Benchmark${bench}\$" -test.benchtime "${RUNS}x" -test.timeout 60m) \
+      | tee -a "${OUT}/go.txt" | grep '^Benchmark' || { echo "heirloom ${op} ${n} failed: ${OUT}/go.txt"; exit 1; }
+  done
+  echo "   wasm build, import"
+  node --expose-gc interop/bench/reference.mjs --op build --fixture "${OUT}/fixtures/fixture-${n}.json" --room "${ROOM}" \
+    --runs "${RUNS}" >"${OUT}/results/wasm-build-${n}.json" 2>"${OUT}/logs/wasm-build-${n}.log" \
+    || { echo "wasm build ${n} failed:"; tail "${OUT}/logs/wasm-build-${n}.log"; exit 1; }
+  node --expose-gc interop/bench/reference.mjs --op import --bundle "${OUT}/fixtures/bundle-${n}.json" --room "${ROOM}" \
+    --runs "${RUNS}" >"${OUT}/results/wasm-import-${n}.json" 2>"${OUT}/logs/wasm-import-${n}.log" \
+    || { echo "wasm import ${n} failed:"; tail "${OUT}/logs/wasm-import-${n}.log"; exit 1; }
+  if ((native)); then
+    for store in memory sqlite; do
+      echo "   native ${store}: build, import"
+      "${NATIVE_BIN}" --op build --store "${store}" --fixture "${OUT}/fixtures/fixture-${n}.json" --room "${ROOM}" \
+        --runs "${RUNS}" --dir "${OUT}/tmp" >"${OUT}/results/native-${store}-build-${n}.json" 2>"${OUT}/logs/native-${store}-build-${n}.log" \
+        || { echo "native ${store} build ${n} failed:"; tail "${OUT}/logs/native-${store}-build-${n}.log"; exit 1; }
+      "${NATIVE_BIN}" --op import --store "${store}" --bundle "${OUT}/fixtures/bundle-${n}.json" --room "${ROOM}" \
+        --runs "${RUNS}" --dir "${OUT}/tmp" >"${OUT}/results/native-${store}-import-${n}.json" 2>"${OUT}/logs/native-${store}-import-${n}.log" \
+        || { echo "native ${store} import ${n} failed:"; tail "${OUT}/logs/native-${store}-import-${n}.log"; exit 1; }
+    done
+  fi
 done
 
+echo "== load average after: $(loadavg)"
 echo
-go run ./scripts/benchtable "${OUT}/go.txt" "${refs[@]}" | tee "${OUT}/table.md"
+status=0
+go run ./scripts/benchtable ${skipped:+-skipped "${skipped}"} "${OUT}/results" | tee "${OUT}/table.md" || status=$?
+[[ -z "${skipped}" ]] || banner "NATIVE COLUMNS SKIPPED: ${skipped}"
+exit "${status}"

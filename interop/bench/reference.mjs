@@ -1,31 +1,35 @@
 #!/usr/bin/env node
-// Reference-side benchmark for `make bench`: measures matrix-rust-sdk (crypto
-// 0.19.1, through @matrix-org/matrix-sdk-crypto-wasm 18.9.0, called directly,
-// no js-sdk) on the same fixture heirloom's Go benchmark uses.
+// Reference-side benchmark for `make bench`: matrix-rust-sdk (crypto 0.19.1, through
+// @matrix-org/matrix-sdk-crypto-wasm 18.9.0, called directly, no js-sdk) on the same inputs as
+// heirloom's Go benchmark. One process does one operation, so its peak RSS is that work's.
 //
-// Usage: node interop/bench/reference.mjs --fixture PATH [--runs 5] [--room ROOM_ID]
+// Usage: node --expose-gc interop/bench/reference.mjs --op build  --fixture KEY_EXPORT.json --room ROOM [--runs 5]
+//        node --expose-gc interop/bench/reference.mjs --op import --bundle  BUNDLE.json     --room ROOM [--runs 5]
 //
-// The fixture is a key export (JSON array of ExportedRoomKey). Each run:
-//   1. a fresh in-memory OlmMachine, then time importExportedRoomKeys(<file text>)
-//      (the file text is passed as-is: parsing it is part of the import);
-//   2. time buildRoomKeyBundle(room) on that machine: collects every inbound
-//      session of the room, exports the shared ones / writes withheld entries
-//      for the rest, serialises and encrypts (AES-CTR + SHA-256) the bundle.
-//      Uploading and sending (shareRoomKeyBundleData) are separate calls and
-//      need a server: not measured.
-// The first run's bundle is decrypted (outside the timings) to count
-// room_keys / withheld.
+// build: one in-memory OlmMachine, filled with importExportedRoomKeys(<fixture text>) (untimed
+//   setup); each run times buildRoomKeyBundle(room): collects the room's inbound sessions,
+//   exports the shared ones, writes withheld entries for the rest, serialises and encrypts
+//   (AES-CTR + SHA-256) the bundle. Uploading and sending are separate calls: not measured.
+// import: each run sets up (untimed) a fresh inviter machine with a cross-signing identity and a
+//   fresh invitee machine (both cross-signed), establishes Olm between them through an in-process key server
+//   (keyserver.mjs), has the inviter send the m.room_key_bundle details of an attachment holding
+//   the decrypted bundle heirloom imports (the same bytes), and the invitee receive them; then it
+//   times receiveRoomKeyBundle(data, encrypted bytes), the store's MSC4268 bundle import. That call
+//   also checks the hash and decrypts the attachment: the decryption alone is timed separately and
+//   reported as decrypt_ms.
 //
-// History flag in exports, as rust-sdk 0.19 reads it (checked against this wasm
-// build): `m.shared_history` or `org.matrix.msc3061.shared_history`; plain
-// `shared_history` is IGNORED (session counts as not shared), and an entry
-// carrying both `m.shared_history` and `org.matrix.msc3061.shared_history`, or
-// a non-boolean value, makes the WHOLE import fail (serde error). Exports are
-// written with `m.shared_history` only.
+// Runs: one warm-up run, discarded from the timings, then --runs timed runs (the same rule as the
+// other sides). Memory: before the warm-up run, a full GC and a reset of the kernel's peak-RSS mark
+// (/proc/self/clear_refs); the warm-up run's peak RSS (VmHWM) and the RSS before it are reported.
+// The wasm linear memory never shrinks, so memory the setup grew and freed is reused unseen.
+//
+// History flag in exports, as rust-sdk 0.19 reads it: `m.shared_history` or
+// `org.matrix.msc3061.shared_history`; plain `shared_history` is ignored, and an entry carrying
+// both `m.shared_history` and the unstable name makes the whole import fail (serde error).
 //
 // stdout: one JSON line. Everything else goes to stderr.
 
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { performance } from "node:perf_hooks";
 import {
@@ -35,138 +39,169 @@ import {
     DeviceId,
     RoomId,
     Attachment,
+    CollectStrategy,
+    RequestType,
 } from "@matrix-org/matrix-sdk-crypto-wasm";
+import { KeyServer } from "./keyserver.mjs";
 
-const IMPL = "matrix-sdk-crypto-wasm 18.9.0";
+const IMPL = "matrix-sdk-crypto-wasm 18.9.0 (in-memory store)";
 
 const { values: args } = parseArgs({
     options: {
+        op: { type: "string" },
         fixture: { type: "string" },
+        bundle: { type: "string" },
         runs: { type: "string", default: "5" },
-        room: { type: "string" },
+        room: { type: "string", default: "!bench:localhost" },
     },
 });
-const log = (...a) => console.error("[reference]", ...a);
-
-if (!args.fixture) {
-    console.error("usage: node interop/bench/reference.mjs --fixture PATH [--runs 5] [--room ROOM_ID]");
+const log = (...a) => console.error("[wasm]", ...a);
+const usage = () => {
+    console.error("usage: node --expose-gc interop/bench/reference.mjs --op build --fixture PATH | --op import --bundle PATH [--room ROOM_ID] [--runs 5]");
     process.exit(2);
-}
-const runs = Number(args.runs);
-if (!Number.isInteger(runs) || runs < 1) throw new Error("--runs must be a positive integer");
-
-// Catch the wasm instance's linear memory (not exported by the bindings) so we
-// can report its size. The loader calls WebAssembly.instantiate once in initAsync.
-let wasmMemory = null;
-const instantiate = WebAssembly.instantiate;
-WebAssembly.instantiate = async function (...a) {
-    const r = await instantiate.apply(this, a);
-    wasmMemory ??= (r.instance ?? r).exports?.memory ?? null;
-    return r;
 };
-await initAsync();
-WebAssembly.instantiate = instantiate;
-const wasmBytes = () => wasmMemory?.buffer.byteLength ?? null;
+if (!(args.op === "build" && args.fixture) && !(args.op === "import" && args.bundle)) usage();
+const runs = Number(args.runs);
+if (!Number.isInteger(runs) || runs < 1) usage();
 
-// The fixture is handed to rust as text; we don't JSON.parse it here (a 100k
-// fixture as JS objects would dominate the RSS figure). Cheap checks only.
-const text = readFileSync(args.fixture, "utf8");
-const roomId = args.room ?? /"room_id"\s*:\s*"([^"]+)"/.exec(text)?.[1];
-if (!roomId) throw new Error("no room_id in fixture; pass --room");
-if (/"shared_history"/.test(text) && !/"(m|org\.matrix\.msc3061)\.shared_history"/.test(text)) {
-    log("WARNING: fixture has only plain `shared_history`, which rust-sdk ignores in exports:",
-        "every session will be withheld. Add `org.matrix.msc3061.shared_history` (or `m.shared_history`, not both).");
-}
-
+const procStatus = (field) => {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(readFileSync("/proc/self/status", "utf8"));
+    return m ? Number(m[1]) * 1024 : 0;
+};
+const resetPeakRss = () => {
+    if (globalThis.gc) globalThis.gc();
+    else log("no --expose-gc: garbage of the setup is still counted in the RSS before the warm-up run");
+    try {
+        writeFileSync("/proc/self/clear_refs", "5");
+    } catch (e) {
+        log(`cannot reset the peak RSS mark (${e.message}): peak covers the setup too`);
+    }
+    return procStatus("VmRSS");
+};
 const median = (xs) => {
     const s = [...xs].sort((a, b) => a - b);
     const m = s.length >> 1;
     return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 const round = (x) => Math.round(x * 10) / 10;
-const mem = () => {
-    const u = process.memoryUsage();
-    return { rss: u.rss, arrayBuffers: u.arrayBuffers, wasm: wasmBytes() };
+const countBundle = (encrypted) => {
+    const plain = Attachment.decrypt(encrypted); // consumes the key
+    const parsed = JSON.parse(new TextDecoder().decode(plain));
+    return { room_keys: parsed.room_keys?.length ?? 0, withheld: parsed.withheld?.length ?? 0 };
 };
-const fmtMem = (m) =>
-    `rss=${(m.rss / 2 ** 20).toFixed(1)}MiB arrayBuffers=${(m.arrayBuffers / 2 ** 20).toFixed(1)}MiB wasm=${m.wasm == null ? "?" : (m.wasm / 2 ** 20).toFixed(1) + "MiB"}`;
 
-const baseline = mem();
-log(`fixture ${args.fixture} (${text.length} bytes), room ${roomId}, ${runs} run(s); baseline ${fmtMem(baseline)}`);
+await initAsync();
+const room = () => new RoomId(args.room);
+const times = [];
+let rssBefore = 0;
+let rssPeak = 0;
+let counts = null;
+let bundleBytes = 0;
+let extra = {};
 
-const importMs = [];
-const buildMs = [];
-let sessions = null;
-let bundleBytes = null;
-let counts = { room_keys: null, withheld: null, plaintext_bytes: null };
-
-for (let run = 0; run < runs; run++) {
+if (args.op === "build") {
+    // The fixture is handed to rust as text, as importExportedRoomKeys takes it.
+    const text = readFileSync(args.fixture, "utf8");
+    if (/"shared_history"/.test(text) && !/"(m|org\.matrix\.msc3061)\.shared_history"/.test(text)) {
+        log("WARNING: fixture has only plain `shared_history`, which rust-sdk ignores in exports: every session will be withheld");
+    }
     const machine = await OlmMachine.initialize(new UserId("@bench:localhost"), new DeviceId("BENCH"));
-    const before = mem();
-
     let t0 = performance.now();
     const result = await machine.importExportedRoomKeys(text, () => {});
-    importMs.push(performance.now() - t0);
-    const total = result.totalCount;
-    const imported = result.importedCount;
+    log(`filled ${result.importedCount}/${result.totalCount} sessions in ${(performance.now() - t0).toFixed(0)} ms`);
     result.free();
-    if (imported !== total) log(`run ${run}: imported ${imported} of ${total}`);
-    if (sessions != null && sessions !== total) throw new Error(`session count changed: ${sessions} -> ${total}`);
-    sessions = total;
-    const afterImport = mem();
-
-    const room = new RoomId(roomId);
-    t0 = performance.now();
-    const bundle = await machine.buildRoomKeyBundle(room);
-    buildMs.push(performance.now() - t0);
-    room.free();
-    const afterBuild = mem();
-
-    if (!bundle) {
-        log(`run ${run}: buildRoomKeyBundle returned undefined (no keys for ${roomId})`);
-    } else {
-        const size = bundle.encryptedData.length; // a copy of the ciphertext
-        if (bundleBytes != null && Math.abs(size - bundleBytes) > 0.01 * bundleBytes)
-            log(`run ${run}: bundle size ${size} differs from run 0 (${bundleBytes})`);
-        bundleBytes ??= size;
-        if (run === 0) {
-            const plain = Attachment.decrypt(bundle); // consumes the key: last use of `bundle`
-            const parsed = JSON.parse(new TextDecoder().decode(plain));
-            counts = {
-                room_keys: parsed.room_keys?.length ?? null,
-                withheld: parsed.withheld?.length ?? null,
-                plaintext_bytes: plain.length,
-            };
-        }
+    for (let run = 0; run <= runs; run++) {
+        if (run === 0) rssBefore = resetPeakRss();
+        t0 = performance.now();
+        const bundle = await machine.buildRoomKeyBundle(room());
+        times.push(performance.now() - t0);
+        if (run === 0) rssPeak = procStatus("VmHWM");
+        if (!bundle) throw new Error(`buildRoomKeyBundle returned nothing for ${args.room}`);
+        bundleBytes = bundle.encryptedData.length;
+        if (run === 0) counts = countBundle(bundle);
         bundle.free();
+        log(`build run ${run}${run === 0 ? " (warm-up)" : ""}: ${times[run].toFixed(1)} ms, ${bundleBytes} B`);
     }
-    machine.close(); // frees the machine and its in-memory store
+    machine.close();
+} else {
+    const plaintext = readFileSync(args.bundle);
+    const INVITER = "@alice:localhost";
+    const inviter = () => new UserId(INVITER); // wasm calls may take ownership: a fresh one each use
+    let decryptMs = [];
+    for (let run = 0; run <= runs; run++) {
+        // Untimed setup: two fresh machines, cross-signing for the inviter, Olm between them, the
+        // bundle's details sent and received as an encrypted to-device message.
+        const ks = new KeyServer();
+        const alice = await OlmMachine.initialize(inviter(), new DeviceId("ALICE"));
+        const bob = await OlmMachine.initialize(new UserId("@bench:localhost"), new DeviceId("BENCH"));
+        await ks.flush(alice);
+        await ks.flush(bob);
+        // Both need a cross-signing identity: rust-sdk sends bundle details only to devices their
+        // owner's identity signed (identity-based sharing), and accepts a bundle only from one.
+        await ks.bootstrapCrossSigning(alice);
+        await ks.bootstrapCrossSigning(bob);
+        const attachment = Attachment.encrypt(plaintext);
+        const info = attachment.mediaEncryptionInfo;
+        const encrypted = attachment.encryptedData;
+        await alice.updateTrackedUsers([bob.userId]);
+        await ks.flush(alice);
+        const claim = await alice.getMissingSessions([bob.userId]);
+        if (claim) {
+            const response = ks.serve(alice, claim.type, JSON.parse(claim.body), claim);
+            await alice.markRequestAsSent(claim.id, claim.type, JSON.stringify(response));
+        }
+        const sends = await alice.shareRoomKeyBundleData(bob.userId, room(), "mxc://localhost/bench-bundle", info,
+            CollectStrategy.identityBasedStrategy());
+        for (const req of sends) {
+            ks.queueToDevice(INVITER, req);
+            await alice.markRequestAsSent(req.id, RequestType.ToDevice, "{}");
+        }
+        await bob.updateTrackedUsers([inviter()]);
+        await ks.flush(bob);
+        await ks.deliver(bob);
+        await ks.flush(bob);
+        const data = await bob.getReceivedRoomKeyBundleData(room(), inviter());
+        if (!data) throw new Error("the invitee did not accept the m.room_key_bundle message");
 
-    log(
-        `run ${run}: import ${importMs[run].toFixed(1)} ms (${imported}/${total}), ` +
-            `build ${buildMs[run].toFixed(1)} ms, bundle ${bundleBytes ?? "-"} B | ` +
-            `before ${fmtMem(before)} | after import ${fmtMem(afterImport)} | after build ${fmtMem(afterBuild)}`,
-    );
+        if (run === 0) rssBefore = resetPeakRss();
+        const t0 = performance.now();
+        await bob.receiveRoomKeyBundle(data, encrypted);
+        times.push(performance.now() - t0);
+        if (run === 0) rssPeak = procStatus("VmHWM");
+
+        // Untimed: what the invitee now holds, by building its own bundle of the room (imported
+        // sessions count as shared; received withheld entries are passed on).
+        const rebuilt = await bob.buildRoomKeyBundle(room());
+        counts = rebuilt ? countBundle(rebuilt) : { room_keys: 0, withheld: 0 };
+        rebuilt?.free();
+        const t1 = performance.now();
+        Attachment.decrypt(attachment);
+        decryptMs.push(performance.now() - t1);
+        attachment.free();
+        log(`import run ${run}${run === 0 ? " (warm-up)" : ""}: ${times[run].toFixed(1)} ms (decrypt alone ${decryptMs[run].toFixed(1)} ms), ` +
+            `${counts.room_keys} room_keys, ${counts.withheld} withheld`);
+        alice.close();
+        bob.close();
+    }
+    bundleBytes = plaintext.length;
+    extra = { decrypt_ms: round(median(decryptMs.slice(1))) };
 }
 
-const end = mem();
-const peakRss = process.resourceUsage().maxRSS * 1024; // maxRSS is in KiB
-log(`room_keys=${counts.room_keys} withheld=${counts.withheld} plaintext=${counts.plaintext_bytes} B; ` +
-    `peak rss ${(peakRss / 2 ** 20).toFixed(1)} MiB (baseline ${(baseline.rss / 2 ** 20).toFixed(1)} MiB), end ${fmtMem(end)}`);
-
+const timed = times.slice(1).map(round);
 process.stdout.write(
     JSON.stringify({
         impl: IMPL,
-        sessions,
-        import_ms: { median: round(median(importMs)), runs: importMs.map(round) },
-        build_ms: { median: round(median(buildMs)), runs: buildMs.map(round) },
-        bundle_bytes: bundleBytes,
-        peak_rss_bytes: peakRss,
-        // extras
+        side: "wasm",
+        op: args.op,
+        sessions: counts.room_keys + counts.withheld,
+        warmup_ms: round(times[0]),
+        runs_ms: timed,
+        median_ms: round(median(timed)),
         room_keys: counts.room_keys,
         withheld: counts.withheld,
-        bundle_plaintext_bytes: counts.plaintext_bytes,
-        baseline_rss_bytes: baseline.rss,
-        wasm_memory_bytes: wasmBytes(),
+        bundle_bytes: bundleBytes,
+        rss_before_bytes: rssBefore,
+        rss_peak_bytes: rssPeak,
+        ...extra,
     }) + "\n",
 );

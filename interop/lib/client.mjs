@@ -4,6 +4,8 @@
 // import "./polyfill.mjs" must have run before this module; lib/rpc.mjs and
 // peer.mjs make sure of that.
 
+import { createHash } from "node:crypto";
+
 import * as RustSdkCryptoJs from "@matrix-org/matrix-sdk-crypto-wasm";
 import { ClientEvent, createClient, SyncState } from "matrix-js-sdk";
 import { EventShieldColour, EventShieldReason } from "matrix-js-sdk/lib/crypto-api/index.js";
@@ -18,8 +20,9 @@ const VISIBILITIES = ["shared", "joined", "invited", "world_readable"];
 const SHARED_HISTORY_KEYS = ["shared_history", "m.shared_history", "org.matrix.msc3061.shared_history"];
 
 export class Peer {
-    constructor({ client, userId, deviceId, password, homeserver }) {
+    constructor({ client, userId, deviceId, password, homeserver, logger }) {
         this.client = client;
+        this.logger = logger;
         this.userId = userId;
         this.deviceId = deviceId;
         this.password = password;
@@ -68,7 +71,7 @@ export class Peer {
             accessToken: login.access_token,
             logger,
         });
-        const peer = new Peer({ client, userId: login.user_id, deviceId: login.device_id, password, homeserver });
+        const peer = new Peer({ client, userId: login.user_id, deviceId: login.device_id, password, homeserver, logger });
 
         // In-memory store: each peer lives for one test run, and this keeps the
         // process free of IndexedDB shims.
@@ -135,12 +138,37 @@ export class Peer {
         return this.client.getRoom(roomId);
     }
 
-    /** Wait until the local copy of the room shows us joined (so its state is synced). */
-    async waitJoined(roomId, timeoutMs) {
-        return waitUntil(() => {
+    /**
+     * Wait until the local copy of the room shows us joined (so its state is synced).
+     * joinedOnServer: the homeserver has accepted our join (joinRoom returned).
+     */
+    async waitJoined(roomId, timeoutMs, { joinedOnServer = false } = {}) {
+        const started = Date.now();
+        let refreshed = false;
+        return waitUntil(async () => {
             const room = this.room(roomId);
-            return room?.getMyMembership() === "join" ? room : undefined;
+            if (room?.getMyMembership() === "join") return room;
+            // A /sync that races with our own join (Synapse logs "User membership change
+            // between getting rooms and current token") can list the room as joined while the
+            // state it carries still has our invite; js-sdk then recalculates our membership
+            // from that state and stays at "invite" until another member event of ours comes.
+            // Once the server has our join, take our member event from /members, once.
+            if (room && joinedOnServer && !refreshed && Date.now() - started > 1000) {
+                refreshed = true;
+                await this.refreshOwnMembership(room);
+            }
+            return undefined;
         }, { timeoutMs, what: `${this.userId} to see itself joined to ${roomId}` });
+    }
+
+    async refreshOwnMembership(room) {
+        const { chunk } = await this.client.members(room.roomId);
+        const raw = chunk.find((ev) => ev.state_key === this.userId);
+        const local = room.currentState.getStateEvents("m.room.member", this.userId);
+        if (raw?.content?.membership !== "join" || local?.getId() === raw.event_id) return;
+        this.logger.warn(`${room.roomId}: the synced state still had our ${local?.getContent().membership ?? "missing"} membership; took our join ${raw.event_id} from /members`);
+        room.currentState.setStateEvents([this.client.getEventMapper()(raw)]);
+        room.recalculate();
     }
 
     async createRoom(params) {
@@ -328,7 +356,7 @@ export class Peer {
             }, { timeoutMs, what: `${this.userId} to see its invite to ${roomId}` });
         }
         const room = await this.client.joinRoom(roomId);
-        await this.waitJoined(room.roomId, timeoutMs);
+        await this.waitJoined(room.roomId, timeoutMs, { joinedOnServer: true });
         return { room_id: room.roomId };
     }
 
@@ -502,7 +530,13 @@ export class Peer {
             encrypted,
             decrypted,
         };
-        if (!encrypted || decrypted) out.body = ev.getContent().body;
+        if (!encrypted || decrypted) {
+            const content = ev.getContent();
+            out.body = content.body;
+            if (content.msgtype) out.msgtype = content.msgtype;
+            if (content.url) out.url = content.url;
+            if (content.file?.url) out.file_url = content.file.url;
+        }
         if (encrypted) {
             const sessionId = ev.getWireContent().session_id;
             if (sessionId) out.session_id = sessionId;
@@ -524,6 +558,55 @@ export class Peer {
             }
         }
         return out;
+    }
+
+    /**
+     * Wait until the room's live timeline has a readable message matching the filter (sender,
+     * body exactly, or body_contains; after_event_id: only messages after that event), and
+     * return it as `messages` describes it. No back-pagination: for messages that arrive while
+     * waiting, or recently.
+     */
+    async waitForMessage(params) {
+        const roomId = required(params, "room_id");
+        const timeoutMs = timeoutOf(params);
+        const room = await waitUntil(() => this.room(roomId), { timeoutMs, what: `${this.userId} to know room ${roomId}` });
+        const want = (ev) => {
+            if (params.sender && ev.getSender() !== params.sender) return false;
+            if (ev.isEncrypted() && ev.isDecryptionFailure()) return false;
+            const body = ev.getContent().body;
+            if (typeof body !== "string") return false;
+            if (params.body !== undefined && body !== params.body) return false;
+            if (params.body_contains !== undefined && !body.includes(params.body_contains)) return false;
+            if (params.msgtype !== undefined && ev.getContent().msgtype !== params.msgtype) return false;
+            return true;
+        };
+        const what = `${this.userId} to see a message matching ${JSON.stringify(params)} in ${roomId}`;
+        const ev = await waitUntil(() => {
+            let events = room.getLiveTimeline().getEvents().filter(isMessageEvent);
+            if (params.after_event_id) {
+                const i = events.findIndex((e) => e.getId() === params.after_event_id);
+                if (i < 0) return undefined;
+                events = events.slice(i + 1);
+            }
+            return events.find(want);
+        }, { timeoutMs, what });
+        return this.describeMessage(ev);
+    }
+
+    /** Download media (mxc://) through the homeserver's authenticated media API, as this user. */
+    async downloadMedia(params) {
+        const mxc = required(params, "mxc");
+        const match = /^mxc:\/\/([^/]+)\/([^/?#]+)$/.exec(mxc);
+        if (!match) throw new Error(`not an mxc URI: ${mxc}`);
+        const url = new URL(`/_matrix/client/v1/media/download/${encodeURIComponent(match[1])}/${encodeURIComponent(match[2])}`, this.homeserver);
+        const res = await fetch(url, { headers: { Authorization: `Bearer ${this.client.getAccessToken()}` } });
+        const data = Buffer.from(await res.arrayBuffer());
+        if (!res.ok) throw new Error(`GET ${url.pathname}: HTTP ${res.status} ${data.toString("utf8")}`);
+        return {
+            size: data.length,
+            sha256: createHash("sha256").update(data).digest("hex"),
+            content_type: res.headers.get("content-type"),
+        };
     }
 
     // ---- keys and trust -----------------------------------------------------

@@ -31,6 +31,8 @@ const USER_METHODS = {
     memberEvent: "memberEvent",
     kick: "kick",
     messages: "messages",
+    waitForMessage: "waitForMessage",
+    downloadMedia: "downloadMedia",
     deviceStatus: "deviceStatus",
     exportKeys: "exportKeys",
 };

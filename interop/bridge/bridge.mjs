@@ -1,0 +1,379 @@
+#!/usr/bin/env node
+// A small appservice bridge on matrix-appservice-bridge, for heirloom's gateway tests.
+//
+//   node bridge.mjs generate --registration FILE --url URL [--id ID] [--sender-localpart NAME] [--prefix PREFIX]
+//       writes an appservice registration with the library's own generator (random tokens;
+//       the bot is @NAME, ghosts are @PREFIX.*) and exits
+//   node bridge.mjs run --registration FILE --homeserver URL --domain DOMAIN --port N
+//                       [--rpc-port 0] [--log-level warn] [--echo]
+//       runs the bridge: the appservice listener on 127.0.0.1:N (the registration's url), and a
+//       control server on 127.0.0.1 that heirloom's Go tests drive; --echo turns the library's
+//       suppressEcho off, so onEvent also gets the events the bridge's own users sent
+//
+// The bridge does what a simple bridge does through the library's Bridge and Intent: its ghosts
+// register, create and join rooms, invite, send text and images (uploaded media), read
+// /messages and download media. It does nothing by itself on events: every event its onEvent
+// handler receives is recorded with the time it arrived, for the tests to query. Its
+// homeserver URL is a parameter, so heirloom's gateway can sit in front of the homeserver.
+//
+// Once both listeners accept connections, `run` prints one line {"listening": <control port>}
+// to stdout. The library's logs go to stdout and stderr too: read stdout until that line.
+// The control server: POST /rpc/<method> with a JSON body, answered 200 with a JSON result or
+// 500 with {"error": "..."}; GET /health answers {"ok": true}. Methods (params):
+//   register {user, displayname?}                  ensure the ghost (or the bot) is registered
+//   createRoom {user, name?, invite?, preset?, is_direct?, initial_state?}   -> {room_id}
+//   join {user, room_id}  leave {user, room_id}  invite {user, room_id, target}
+//   sendText {user, room_id, body}                 -> {event_id}
+//   sendMessage {user, room_id, content, type?}    -> {event_id}
+//   sendImage {user, room_id, data (base64), mimetype?, filename?, w?, h?}   -> {event_id, content_uri}
+//   download {user?, mxc}                          -> {size, sha256, content_type}
+//   messages {user, room_id, limit?, dir?}         -> the homeserver's /messages answer
+//   events {after?, room_id?, type?}               -> {events: [{seq, received_ts, event}], last_seq}
+//   waitEvent {after?, room_id?, type?, sender?, state_key?, membership?, body?, msgtype?, timeout_ms?}
+//                                                  -> the first recorded event that matches
+//   shutdown {}
+// `user` is a full user ID or a localpart; it must be the bot or in the registration's namespace.
+// received_ts is milliseconds since the epoch, with a fractional part.
+
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { createServer } from "node:http";
+import { performance } from "node:perf_hooks";
+import { parseArgs } from "node:util";
+
+import yaml from "js-yaml";
+import { AppServiceRegistration, Bridge, Logger } from "matrix-appservice-bridge";
+
+const DEFAULT_TIMEOUT_MS = 30000;
+const MAX_RECORDED = 100000;
+
+function generate(argv) {
+    const { values: args } = parseArgs({
+        args: argv,
+        options: {
+            registration: { type: "string" },
+            url: { type: "string" },
+            id: { type: "string", default: "heirloom-test-bridge" },
+            "sender-localpart": { type: "string", default: "jsbridge" },
+            prefix: { type: "string", default: "jsb_" },
+        },
+    });
+    if (!args.registration || !args.url) {
+        process.stderr.write("usage: node bridge.mjs generate --registration FILE --url URL [--id ID] [--sender-localpart NAME] [--prefix PREFIX]\n");
+        process.exit(2);
+    }
+    const reg = new AppServiceRegistration(args.url);
+    reg.setId(args.id);
+    reg.setHomeserverToken(AppServiceRegistration.generateToken());
+    reg.setAppServiceToken(AppServiceRegistration.generateToken());
+    reg.setSenderLocalpart(args["sender-localpart"]);
+    reg.setRateLimited(false);
+    reg.addRegexPattern("users", `@${escapeRegex(args.prefix)}.*`, true);
+    reg.outputAsYaml(args.registration);
+}
+
+async function run(argv) {
+    const { values: args } = parseArgs({
+        args: argv,
+        options: {
+            registration: { type: "string" },
+            homeserver: { type: "string" },
+            domain: { type: "string" },
+            port: { type: "string" },
+            "rpc-port": { type: "string", default: "0" },
+            "log-level": { type: "string", default: "warn" },
+            echo: { type: "boolean", default: false },
+        },
+    });
+    if (!args.registration || !args.homeserver || !args.domain || !args.port) {
+        process.stderr.write("usage: node bridge.mjs run --registration FILE --homeserver URL --domain DOMAIN --port N [--rpc-port N] [--log-level LEVEL]\n");
+        process.exit(2);
+    }
+    Logger.configure({ console: args["log-level"] });
+    const log = new Logger("test-bridge");
+
+    const registration = AppServiceRegistration.fromObject(yaml.load(readFileSync(args.registration, "utf8")));
+    if (!registration) throw new Error(`${args.registration} is not an appservice registration`);
+
+    const recorder = new Recorder();
+    const bridge = new Bridge({
+        homeserverUrl: args.homeserver,
+        domain: args.domain,
+        registration,
+        // No room/user/event stores: the bridge keeps no state of its own between runs.
+        disableStores: true,
+        suppressEcho: !args.echo,
+        controller: {
+            onUserQuery: () => ({}),
+            onEvent: (request) => {
+                recorder.record(request.getData());
+            },
+        },
+    });
+    await bridge.run(Number(args.port), undefined, "127.0.0.1");
+
+    const control = new Control(bridge, registration, recorder, args.domain, log);
+    let server;
+    let stopping = false;
+    const shutdown = async (why) => {
+        if (stopping) return;
+        stopping = true;
+        log.info(`shutting down (${why})`);
+        setTimeout(() => process.exit(0), 5000).unref();
+        server?.close();
+        server?.closeAllConnections?.();
+        await bridge.close().catch(() => {});
+        process.exit(0);
+    };
+    control.onShutdown = () => shutdown("rpc");
+    process.on("SIGTERM", () => shutdown("SIGTERM"));
+    process.on("SIGINT", () => shutdown("SIGINT"));
+    process.on("unhandledRejection", (err) => log.error("unhandled rejection:", err));
+
+    server = await control.listen(Number(args["rpc-port"]));
+    process.stdout.write(`${JSON.stringify({ listening: server.address().port })}\n`);
+}
+
+// Recorder keeps every event onEvent received, in order, with its arrival time.
+class Recorder {
+    constructor() {
+        this.entries = [];
+        this.seq = 0;
+        this.waiters = new Set();
+    }
+
+    record(event) {
+        const entry = { seq: ++this.seq, received_ts: performance.timeOrigin + performance.now(), event };
+        this.entries.push(entry);
+        if (this.entries.length > MAX_RECORDED) this.entries.splice(0, this.entries.length - MAX_RECORDED);
+        for (const waiter of this.waiters) waiter(entry);
+    }
+
+    list(filter) {
+        return this.entries.filter((entry) => matches(entry, filter));
+    }
+
+    // wait resolves with the first entry (already recorded or arriving) that matches filter.
+    wait(filter, timeoutMs) {
+        const found = this.entries.find((entry) => matches(entry, filter));
+        if (found) return Promise.resolve(found);
+        return new Promise((resolve, reject) => {
+            const waiter = (entry) => {
+                if (!matches(entry, filter)) return;
+                clearTimeout(timer);
+                this.waiters.delete(waiter);
+                resolve(entry);
+            };
+            const timer = setTimeout(() => {
+                this.waiters.delete(waiter);
+                reject(new Error(`timed out after ${timeoutMs} ms waiting for an event matching ${JSON.stringify(filter)}`));
+            }, timeoutMs);
+            this.waiters.add(waiter);
+        });
+    }
+}
+
+const FILTER_KEYS = ["after", "room_id", "type", "sender", "state_key", "membership", "body", "msgtype"];
+
+function matches({ seq, event }, f) {
+    if (f.after !== undefined && seq <= f.after) return false;
+    if (f.room_id !== undefined && event.room_id !== f.room_id) return false;
+    if (f.type !== undefined && event.type !== f.type) return false;
+    if (f.sender !== undefined && event.sender !== f.sender) return false;
+    if (f.state_key !== undefined && event.state_key !== f.state_key) return false;
+    if (f.membership !== undefined && event.content?.membership !== f.membership) return false;
+    if (f.body !== undefined && event.content?.body !== f.body) return false;
+    if (f.msgtype !== undefined && event.content?.msgtype !== f.msgtype) return false;
+    return true;
+}
+
+function filterOf(params) {
+    const f = {};
+    for (const key of FILTER_KEYS) if (params[key] !== undefined) f[key] = params[key];
+    return f;
+}
+
+class Control {
+    constructor(bridge, registration, recorder, domain, log) {
+        this.bridge = bridge;
+        this.registration = registration;
+        this.recorder = recorder;
+        this.domain = domain;
+        this.log = log;
+        this.onShutdown = () => {};
+    }
+
+    userId(params) {
+        const user = required(params, "user");
+        return user.startsWith("@") ? user : `@${user}:${this.domain}`;
+    }
+
+    // intent is the library's Intent for a user of this bridge (the bot or a ghost).
+    intent(params) {
+        const userId = this.userId(params);
+        if (userId !== this.bridge.botUserId && !this.registration.isUserMatch(userId, true)) {
+            throw new Error(`${userId} is neither the bot nor in this bridge's exclusive user namespace`);
+        }
+        return this.bridge.getIntent(userId);
+    }
+
+    async call(method, params) {
+        switch (method) {
+            case "register": {
+                const intent = this.intent(params);
+                await intent.ensureRegistered();
+                if (params.displayname) await intent.setDisplayName(params.displayname);
+                return { user_id: intent.userId };
+            }
+            case "createRoom": {
+                const options = { preset: params.preset ?? "private_chat" };
+                for (const key of ["name", "invite", "is_direct", "initial_state", "topic"]) {
+                    if (params[key] !== undefined) options[key] = params[key];
+                }
+                return this.intent(params).createRoom({ createAsClient: true, options });
+            }
+            case "join":
+                return { room_id: await this.intent(params).join(required(params, "room_id")) };
+            case "leave":
+                await this.intent(params).leave(required(params, "room_id"));
+                return {};
+            case "invite":
+                await this.intent(params).invite(required(params, "room_id"), required(params, "target"));
+                return {};
+            case "sendText":
+                return this.intent(params).sendText(required(params, "room_id"), required(params, "body"));
+            case "sendMessage": {
+                const intent = this.intent(params);
+                const roomId = required(params, "room_id");
+                const content = required(params, "content");
+                if (params.type && params.type !== "m.room.message") return intent.sendEvent(roomId, params.type, content);
+                return intent.sendMessage(roomId, content);
+            }
+            case "sendImage":
+                return this.sendImage(params);
+            case "download":
+                return this.download(params);
+            case "messages": {
+                const intent = this.intent(params);
+                const roomId = encodeURIComponent(required(params, "room_id"));
+                const query = { dir: params.dir ?? "b", limit: params.limit ?? 100 };
+                return intent.matrixClient.doRequest("GET", `/_matrix/client/v3/rooms/${roomId}/messages`, query);
+            }
+            case "events": {
+                const events = this.recorder.list(filterOf(params));
+                return { events, last_seq: this.recorder.seq };
+            }
+            case "waitEvent":
+                return this.recorder.wait(filterOf(params), timeoutOf(params));
+            case "shutdown":
+                setImmediate(() => this.onShutdown());
+                return {};
+            default:
+                throw new Error(`unknown method ${method}`);
+        }
+    }
+
+    async sendImage(params) {
+        const intent = this.intent(params);
+        const roomId = required(params, "room_id");
+        const data = Buffer.from(required(params, "data"), "base64");
+        const mimetype = params.mimetype ?? "image/png";
+        const filename = params.filename ?? "image.png";
+        const contentUri = await intent.uploadContent(data, { name: filename, type: mimetype });
+        const info = { mimetype, size: data.length };
+        if (params.w) info.w = params.w;
+        if (params.h) info.h = params.h;
+        const sent = await intent.sendMessage(roomId, { msgtype: "m.image", body: filename, url: contentUri, info });
+        return { event_id: sent.event_id, content_uri: contentUri };
+    }
+
+    async download(params) {
+        const mxc = required(params, "mxc");
+        const client = params.user ? this.intent(params).matrixClient : this.bridge.getBot().getClient();
+        const { data, contentType } = await client.downloadContent(mxc);
+        return {
+            size: data.length,
+            sha256: createHash("sha256").update(data).digest("hex"),
+            content_type: contentType,
+        };
+    }
+
+    listen(port) {
+        const server = createServer((req, res) => this.handle(req, res));
+        return new Promise((resolve, reject) => {
+            server.once("error", reject);
+            server.listen(port, "127.0.0.1", () => resolve(server));
+        });
+    }
+
+    async handle(req, res) {
+        const reply = (status, body) => {
+            res.writeHead(status, { "Content-Type": "application/json" });
+            res.end(JSON.stringify(body));
+        };
+        const url = new URL(req.url, "http://127.0.0.1");
+        if (req.method === "GET" && url.pathname === "/health") return reply(200, { ok: true });
+        const match = /^\/rpc\/([A-Za-z]+)$/.exec(url.pathname);
+        if (req.method !== "POST" || !match) return reply(404, { error: `no route ${req.method} ${url.pathname}` });
+        const started = Date.now();
+        try {
+            const raw = await readBody(req);
+            const params = raw.trim() ? JSON.parse(raw) : {};
+            if (typeof params !== "object" || params === null || Array.isArray(params)) {
+                throw new Error("request body must be a JSON object");
+            }
+            const result = await this.call(match[1], params);
+            this.log.info(`${match[1]} ok in ${Date.now() - started} ms`);
+            reply(200, result ?? {});
+        } catch (err) {
+            const message = describeError(err);
+            this.log.warn(`${match[1]} failed after ${Date.now() - started} ms: ${message}`);
+            reply(500, { error: message });
+        }
+    }
+}
+
+// describeError keeps the homeserver's answer (errcode, error, status) of a failed request.
+function describeError(err) {
+    if (err?.body?.errcode || err?.statusCode) {
+        const body = typeof err.body === "object" ? JSON.stringify(err.body) : String(err.body ?? "");
+        return `HTTP ${err.statusCode ?? "?"} ${body}`.trim();
+    }
+    return err?.message ?? String(err);
+}
+
+function required(params, name) {
+    const value = params[name];
+    if (value === undefined || value === null || value === "") throw new Error(`missing required param "${name}"`);
+    return value;
+}
+
+function timeoutOf(params) {
+    const t = params.timeout_ms ?? DEFAULT_TIMEOUT_MS;
+    if (typeof t !== "number" || !(t > 0)) throw new Error(`bad timeout_ms ${JSON.stringify(t)}`);
+    return t;
+}
+
+function escapeRegex(s) {
+    return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+function readBody(req) {
+    return new Promise((resolve, reject) => {
+        const chunks = [];
+        req.on("data", (c) => chunks.push(c));
+        req.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+        req.on("error", reject);
+    });
+}
+
+// Last, so that every class above is initialised before it runs.
+const [command, ...rest] = process.argv.slice(2);
+if (command === "generate") {
+    generate(rest);
+} else if (command === "run") {
+    await run(rest);
+} else {
+    process.stderr.write("usage: node bridge.mjs generate|run ... (see the header of bridge.mjs)\n");
+    process.exit(2);
+}
