@@ -322,6 +322,21 @@ func (cfg *Config) BotUserID() id.UserID {
 	return id.NewUserID(cfg.AppService.BotUsername, cfg.Homeserver.Domain)
 }
 
+// IsManaged reports whether heirloom holds (or may create) the user's E2EE device: a puppet of
+// heirloom's own namespace, or, in gateway mode, a local user of the bridge (its bot or a ghost).
+func (cfg *Config) IsManaged(userID id.UserID) bool {
+	return cfg.IsPuppet(userID) || cfg.IsBridgeUser(userID)
+}
+
+// IsBridgeUser reports whether userID is a local user of the bridge gateway mode stands in front of.
+func (cfg *Config) IsBridgeUser(userID id.UserID) bool {
+	if cfg.Bridge == nil {
+		return false
+	}
+	_, server, err := userID.Parse()
+	return err == nil && server == cfg.Homeserver.Domain && cfg.Bridge.IsUser(userID)
+}
+
 // IsPuppet reports whether userID lies in heirloom's puppet namespace.
 func (cfg *Config) IsPuppet(userID id.UserID) bool {
 	localpart, server, err := userID.Parse()

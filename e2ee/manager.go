@@ -47,6 +47,9 @@ type Manager struct {
 	machines map[id.UserID]*Puppet
 	gates    sync.Map // id.UserID → *sessionGate
 
+	// onSession, if set, hears of every megolm session a puppet stores (SetSessionHook).
+	onSession func(ctx context.Context, p *Puppet, roomID id.RoomID, sessionID id.SessionID)
+
 	// OnRoomKeyBundle is called with every Olm-decrypted room key bundle a puppet receives.
 	OnRoomKeyBundle func(ctx context.Context, p *Puppet, evt *crypto.DecryptedOlmEvent, content *BundleContent)
 }
@@ -244,8 +247,19 @@ func (m *Manager) newMachine(ctx context.Context, userID id.UserID, deviceID id.
 		return nil, fmt.Errorf("failed to load olm account: %w", err)
 	}
 	p := &Puppet{UserID: userID, DeviceID: deviceID, Client: cli, Mach: mach, Store: store, mgr: m}
+	mach.SessionReceived = func(ctx context.Context, roomID id.RoomID, sessionID id.SessionID, _ uint32) {
+		if m.onSession != nil {
+			m.onSession(ctx, p, roomID, sessionID)
+		}
+	}
 	mach.SetBackgroundCtx(context.WithoutCancel(log.WithContext(ctx)))
 	return p, nil
+}
+
+// SetSessionHook makes fn hear of every megolm session a puppet stores (a room key, a bundle's
+// keys), so that events waiting for their key can be decrypted. Set it before machines load.
+func (m *Manager) SetSessionHook(fn func(ctx context.Context, p *Puppet, roomID id.RoomID, sessionID id.SessionID)) {
+	m.onSession = fn
 }
 
 // LockRoom serializes the puppet's encryption work in a room (sending, sharing a bundle).

@@ -17,7 +17,7 @@ func (m *Manager) RouteToDevice(ctx context.Context, evt *event.Event) bool {
 	log := zerolog.Ctx(ctx).With().
 		Stringer("to_user_id", evt.ToUserID).Stringer("to_device_id", evt.ToDeviceID).
 		Stringer("sender", evt.Sender).Str("type", evt.Type.Type).Logger()
-	if !m.cfg.IsPuppet(evt.ToUserID) {
+	if !m.cfg.IsManaged(evt.ToUserID) {
 		log.Debug().Msg("Ignoring to-device event for a user that is not a puppet")
 		return false
 	}
@@ -39,7 +39,7 @@ func (m *Manager) RouteToDevice(ctx context.Context, evt *event.Event) bool {
 // RouteOTKCounts tells a puppet's machine how many one-time keys the homeserver holds for it,
 // so it uploads more when they run low.
 func (m *Manager) RouteOTKCounts(ctx context.Context, userID id.UserID, deviceID id.DeviceID, count mautrix.OTKCount) {
-	if !m.cfg.IsPuppet(userID) {
+	if !m.cfg.IsManaged(userID) {
 		return
 	}
 	p, err := m.Get(ctx, userID)

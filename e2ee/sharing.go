@@ -19,6 +19,12 @@ import (
 // encrypted. The room key goes first to every device of every joined member, and of every invited
 // member unless the history visibility is `joined`, as the homeserver knows them now.
 func (p *Puppet) SendMessage(ctx context.Context, roomID id.RoomID, evtType event.Type, content any) (id.EventID, error) {
+	return p.SendMessageTxn(ctx, roomID, evtType, content, "")
+}
+
+// SendMessageTxn is SendMessage with the caller's transaction ID ("" for a new one): the
+// homeserver answers a repeated ID of the same device with the event it already sent.
+func (p *Puppet) SendMessageTxn(ctx context.Context, roomID id.RoomID, evtType event.Type, content any, txnID string) (id.EventID, error) {
 	if err := p.mgr.EnsureRoomState(ctx, p.Client, roomID); err != nil {
 		return "", err
 	}
@@ -26,8 +32,9 @@ func (p *Puppet) SendMessage(ctx context.Context, roomID id.RoomID, evtType even
 	if err != nil {
 		return "", fmt.Errorf("failed to check room encryption: %w", err)
 	}
+	req := mautrix.ReqSendEvent{TransactionID: txnID}
 	if !encrypted {
-		resp, err := p.Client.SendMessageEvent(ctx, roomID, evtType, content)
+		resp, err := p.Client.SendMessageEvent(ctx, roomID, evtType, content, req)
 		if err != nil {
 			return "", err
 		}
@@ -41,7 +48,7 @@ func (p *Puppet) SendMessage(ctx context.Context, roomID id.RoomID, evtType even
 	if err != nil {
 		return "", fmt.Errorf("failed to encrypt event: %w", err)
 	}
-	resp, err := p.Client.SendMessageEvent(ctx, roomID, event.EventEncrypted, enc)
+	resp, err := p.Client.SendMessageEvent(ctx, roomID, event.EventEncrypted, enc, req)
 	if err != nil {
 		return "", err
 	}

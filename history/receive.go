@@ -187,11 +187,23 @@ func (s *Service) ObserveJoin(ctx context.Context, evt *event.Event) {
 // before the join is sent, bound to the join that replaced the invite once the homeserver names it,
 // and the inviter's bundle, if it arrived, is imported before Join returns.
 func (s *Service) Join(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (*JoinResult, error) {
-	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", roomID).Logger()
 	// Nothing here may depend on the caller staying: a request cancelled half-way (the bridge gave
 	// up waiting) would otherwise leave a join done on the homeserver and its bundle pending,
 	// with no retry to pick it up. The homeserver client's own timeouts bound it.
-	ctx = context.WithoutCancel(log.WithContext(ctx))
+	ctx = context.WithoutCancel(ctx)
+	inv, err := s.BeforeJoin(ctx, p, roomID)
+	if err != nil {
+		return nil, err
+	}
+	if _, err = p.Client.JoinRoomByID(ctx, roomID); err != nil {
+		return nil, err
+	}
+	return s.AfterJoin(ctx, p, roomID, inv)
+}
+
+// BeforeJoin records durably, before the caller sends the join, that the puppet is joining from
+// its current invite to the room (if it has one), and returns that invite.
+func (s *Service) BeforeJoin(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (*database.Invite, error) {
 	inv, err := s.db.GetInvite(ctx, p.UserID, roomID)
 	if err != nil {
 		return nil, err
@@ -201,10 +213,15 @@ func (s *Service) Join(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (*
 			return nil, err
 		}
 	}
-	if _, err = p.Client.JoinRoomByID(ctx, roomID); err != nil {
-		return nil, err
-	}
-	if err = s.db.StateStore.SetMembership(ctx, roomID, p.UserID, event.MembershipJoin); err != nil {
+	return inv, nil
+}
+
+// AfterJoin binds a join the homeserver accepted to the invite it replaced (inv is BeforeJoin's),
+// and imports the inviter's bundle, if it arrived, before it returns.
+func (s *Service) AfterJoin(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, inv *database.Invite) (*JoinResult, error) {
+	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", roomID).Logger()
+	ctx = context.WithoutCancel(log.WithContext(ctx))
+	if err := s.db.StateStore.SetMembership(ctx, roomID, p.UserID, event.MembershipJoin); err != nil {
 		log.Warn().Err(err).Msg("Failed to record own membership")
 	}
 	result := &JoinResult{RoomID: roomID, History: "joined without an invite: no key bundle will be imported"}
@@ -219,7 +236,8 @@ func (s *Service) Join(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (*
 		// inviter from the homeserver's record of the membership the join replaced.
 		inv = &database.Invite{Puppet: p.UserID, RoomID: roomID, Inviter: join.PrevSender,
 			InviteEventID: join.ReplacesState, InvitedAt: time.Now().UnixMilli()}
-		if err = s.db.PutInvite(ctx, inv); err == nil {
+		err := s.db.PutInvite(ctx, inv)
+		if err == nil {
 			err = s.db.ConfirmJoin(ctx, p.UserID, roomID, inv.InviteEventID, join.EventID)
 		}
 		if err != nil {

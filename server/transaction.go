@@ -245,7 +245,7 @@ func (s *Server) trackState(ctx context.Context, evt *event.Event) {
 	case event.StateMember:
 		membership := evt.Content.AsMember().Membership
 		rotate = membership == event.MembershipLeave || membership == event.MembershipBan
-		if s.cfg.IsPuppet(id.UserID(evt.GetStateKey())) {
+		if s.cfg.IsManaged(id.UserID(evt.GetStateKey())) {
 			s.history.TrackMembership(ctx, evt)
 		}
 	}
@@ -272,7 +272,7 @@ func (s *Server) reactToEvent(ctx context.Context, evt *event.Event) {
 	ctx = log.WithContext(ctx)
 	switch member.Membership {
 	case event.MembershipInvite:
-		if s.cfg.IsPuppet(evt.Sender) {
+		if s.cfg.IsManaged(evt.Sender) {
 			s.history.InviteSent(ctx, evt)
 		}
 		if s.cfg.IsPuppet(target) {
@@ -281,7 +281,7 @@ func (s *Server) reactToEvent(ctx context.Context, evt *event.Event) {
 			log.Info().Msg("Bot was invited to a room")
 		}
 	case event.MembershipJoin:
-		if s.cfg.IsPuppet(target) {
+		if s.cfg.IsManaged(target) {
 			s.history.ObserveJoin(ctx, evt)
 		}
 	}
