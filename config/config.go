@@ -151,6 +151,14 @@ func Load(path string) (*Config, error) {
 	return cfg, nil
 }
 
+// Secrets and config changes are handled here rather than with go.mau.fi/util/configupgrade, which
+// the mautrix bridges use: it rebuilds the file from the embedded example on every start, copying
+// the user's values across, so the user's own comments and layout are lost and unknown keys vanish
+// silently, where heirloom refuses unknown keys (a typo must not pass for a default). heirloom's
+// schema has had no renamed or moved key yet; a key added later defaults in code
+// (Encryption.Maintenance). The first rename is the point to adopt configupgrade, whose Copy and
+// Move helpers are made for it.
+
 // secretKeys are the dotted keys whose "generate" value is replaced with a random secret.
 var secretKeys = []string{"appservice.as_token", "appservice.hs_token", "encryption.pickle_key", "provisioning.shared_secret"}
 

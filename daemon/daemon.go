@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -114,7 +115,7 @@ func Run(configPath string) int {
 	}
 
 	httpClient := &http.Client{Timeout: 2 * time.Minute}
-	mgr, err := e2ee.NewManager(cfg, db, httpClient)
+	mgr, err := e2ee.NewManager(cfg, db, httpClient, log)
 	if err != nil {
 		log.Error().Err(err).Msg("Failed to set up puppet crypto")
 		return ExitStartup
@@ -124,27 +125,52 @@ func Run(configPath string) int {
 		return ExitHomeserver
 	}
 	sharing := history.NewService(cfg, db, mgr)
+	mgr.OnRoomKeyBundle = sharing.ReceiveBundle
 	srv := server.NewServer(cfg, db, mgr, sharing, log)
 	if err = srv.Start(); err != nil {
 		log.Error().Err(err).Msg("Failed to start the HTTP listener")
 		return ExitStartup
 	}
-	defer func() {
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = srv.Stop(shutdownCtx)
-	}()
+	var loops sync.WaitGroup
+	defer shutdown(log, srv, sharing, &loops) // before db.Close, deferred first
 	if err = checkRegistration(ctx, mgr, cfg); err != nil {
 		log.Error().Err(err).Msg("The homeserver does not accept heirloom's registration")
 		return ExitHomeserver
 	}
-	go mgr.RunMaintenance(ctx, cfg.Encryption.Maintenance())
-	go sharing.Run(ctx)
-	go pruneTransactions(ctx, db)
+	for _, loop := range []func(context.Context){
+		func(ctx context.Context) { mgr.RunMaintenance(ctx, cfg.Encryption.Maintenance()) },
+		sharing.Run,
+		func(ctx context.Context) { pruneTransactions(ctx, db) },
+	} {
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			loop(ctx)
+		}()
+	}
 	log.Info().Str("version", server.Version).Msg("heirloom is running")
 	<-ctx.Done()
 	log.Info().Msg("Shutting down")
 	return ExitOK
+}
+
+// shutdownTimeout bounds a shutdown: requests in flight, then history sharing work in progress.
+const shutdownTimeout = 15 * time.Second
+
+// shutdown stops heirloom in order, so nothing still running meets a closed database: the
+// listener lets requests in flight finish (they may start history sharing work), history sharing
+// finishes the work it started (an import commits whole or not at all either way), and the
+// background loops, whose context has ended, return.
+func shutdown(log zerolog.Logger, srv *server.Server, sharing *history.Service, loops *sync.WaitGroup) {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := srv.Stop(ctx); err != nil {
+		log.Warn().Err(err).Msg("Requests were still running at shutdown")
+	}
+	if err := sharing.Shutdown(ctx); err != nil {
+		log.Warn().Err(err).Msg("History sharing work was still running at shutdown")
+	}
+	loops.Wait()
 }
 
 func checkHomeserverReachable(ctx context.Context, mgr *e2ee.Manager, cfg *config.Config) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"time"
 
 	"go.mau.fi/util/dbutil"
@@ -22,29 +23,29 @@ const (
 
 // SentBundle is a key bundle a puppet built for an invitee.
 type SentBundle struct {
-	BundleID      string     `json:"bundle_id"`
-	Puppet        id.UserID  `json:"-"`
-	RoomID        id.RoomID  `json:"room_id"`
-	Invitee       id.UserID  `json:"invitee"`
-	InviteEventID id.EventID `json:"invite_event_id,omitempty"`
-	State         string     `json:"state"`
-	Sessions      int        `json:"sessions"`
-	Withheld      int        `json:"withheld"`
-	Size          int64      `json:"size"`
-	MXC           string     `json:"mxc,omitempty"`
-	FileInfo      string     `json:"-"` // sealed with the pickle key: it holds the bundle's AES key
-	Reason        string     `json:"reason,omitempty"`
-	CreatedAt     int64      `json:"created_at"`
-	UpdatedAt     int64      `json:"updated_at"`
-	Devices       []Delivery `json:"devices"`
+	BundleID      string
+	Puppet        id.UserID
+	RoomID        id.RoomID
+	Invitee       id.UserID
+	InviteEventID id.EventID
+	State         string
+	Sessions      int
+	Withheld      int
+	Size          int64
+	MXC           string
+	FileInfo      string // sealed with the pickle key: it holds the bundle's AES key
+	Reason        string
+	CreatedAt     int64
+	UpdatedAt     int64
+	Devices       []Delivery
 }
 
 // Delivery is the outcome of a bundle for one invitee device.
 type Delivery struct {
-	UserID    id.UserID   `json:"user_id"`
-	DeviceID  id.DeviceID `json:"device_id"`
-	Delivered bool        `json:"delivered"`
-	Reason    string      `json:"reason,omitempty"`
+	UserID    id.UserID
+	DeviceID  id.DeviceID
+	Delivered bool
+	Reason    string
 }
 
 const sentColumns = `bundle_id, puppet, room_id, invitee, invite_event_id, state, sessions, withheld, size, mxc, file_info, reason, created_at, updated_at`
@@ -63,7 +64,7 @@ func scanSent(row dbutil.Scannable) (*SentBundle, error) {
 
 // PutSentBundle inserts or updates a sent bundle (not its deliveries).
 func (db *Database) PutSentBundle(ctx context.Context, b *SentBundle) error {
-	now := nowMillis()
+	now := db.nowMillis()
 	if b.CreatedAt == 0 {
 		b.CreatedAt = now
 	}
@@ -72,14 +73,17 @@ func (db *Database) PutSentBundle(ctx context.Context, b *SentBundle) error {
 	if b.InviteEventID != "" {
 		inviteEvt = b.InviteEventID
 	}
-	_, err := db.Exec(ctx, `
+	_, err := db.own.Exec(ctx, `
 		INSERT INTO bundle_sent (`+sentColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 		ON CONFLICT (bundle_id) DO UPDATE SET invite_event_id=excluded.invite_event_id, state=excluded.state,
 			sessions=excluded.sessions, withheld=excluded.withheld, size=excluded.size, mxc=excluded.mxc,
 			file_info=excluded.file_info, reason=excluded.reason, updated_at=excluded.updated_at`,
 		b.BundleID, b.Puppet, b.RoomID, b.Invitee, inviteEvt, b.State, b.Sessions, b.Withheld, b.Size, b.MXC,
 		b.FileInfo, b.Reason, b.CreatedAt, b.UpdatedAt)
-	return err
+	if err != nil {
+		return fmt.Errorf("failed to save sent bundle: %w", err)
+	}
+	return nil
 }
 
 // ClaimSentBundleForInvite links the newest bundle the API built for this invite (no invite event
@@ -88,17 +92,17 @@ func (db *Database) PutSentBundle(ctx context.Context, b *SentBundle) error {
 // is never claimed (SetInviteFailed).
 func (db *Database) ClaimSentBundleForInvite(ctx context.Context, puppet id.UserID, roomID id.RoomID, invitee id.UserID, eventID id.EventID) (*SentBundle, error) {
 	var bundleID string
-	err := db.QueryRow(ctx, `
+	err := db.own.QueryRow(ctx, `
 		UPDATE bundle_sent SET invite_event_id=$4, updated_at=$5
 		WHERE invite_event_id IS NULL AND bundle_id = (
 			SELECT bundle_id FROM bundle_sent
 			WHERE puppet=$1 AND room_id=$2 AND invitee=$3 AND invite_event_id IS NULL
 			ORDER BY created_at DESC LIMIT 1
-		) RETURNING bundle_id`, puppet, roomID, invitee, eventID, nowMillis()).Scan(&bundleID)
+		) RETURNING bundle_id`, puppet, roomID, invitee, eventID, db.nowMillis()).Scan(&bundleID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	} else if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to claim sent bundle: %w", err)
 	}
 	return db.GetSentBundle(ctx, bundleID)
 }
@@ -109,45 +113,55 @@ const inviteFailedPrefix = "invite-failed:"
 
 // SetInviteFailed records that the invite a bundle was built for was never sent.
 func (db *Database) SetInviteFailed(ctx context.Context, bundleID string) error {
-	_, err := db.Exec(ctx, `UPDATE bundle_sent SET invite_event_id=$2, updated_at=$3 WHERE bundle_id=$1 AND invite_event_id IS NULL`,
-		bundleID, inviteFailedPrefix+bundleID, nowMillis())
-	return err
+	_, err := db.own.Exec(ctx, `UPDATE bundle_sent SET invite_event_id=$2, updated_at=$3 WHERE bundle_id=$1 AND invite_event_id IS NULL`,
+		bundleID, inviteFailedPrefix+bundleID, db.nowMillis())
+	if err != nil {
+		return fmt.Errorf("failed to record failed invite: %w", err)
+	}
+	return nil
 }
 
 // SetInviteEvent records the invite event a bundle was built for, once the homeserver names it. It
 // changes nothing if the echo claimed the bundle first.
 func (db *Database) SetInviteEvent(ctx context.Context, bundleID string, eventID id.EventID) error {
-	_, err := db.Exec(ctx, `UPDATE bundle_sent SET invite_event_id=$2, updated_at=$3 WHERE bundle_id=$1 AND invite_event_id IS NULL`,
-		bundleID, eventID, nowMillis())
-	return err
+	_, err := db.own.Exec(ctx, `UPDATE bundle_sent SET invite_event_id=$2, updated_at=$3 WHERE bundle_id=$1 AND invite_event_id IS NULL`,
+		bundleID, eventID, db.nowMillis())
+	if err != nil {
+		return fmt.Errorf("failed to record invite event: %w", err)
+	}
+	return nil
 }
 
 // HasSentBundleForInvite reports whether a bundle already exists for the invite event.
 func (db *Database) HasSentBundleForInvite(ctx context.Context, puppet id.UserID, roomID id.RoomID, eventID id.EventID) (bool, error) {
 	var n int
-	err := db.QueryRow(ctx, `SELECT COUNT(*) FROM bundle_sent WHERE puppet=$1 AND room_id=$2 AND invite_event_id=$3`,
+	err := db.own.QueryRow(ctx, `SELECT COUNT(*) FROM bundle_sent WHERE puppet=$1 AND room_id=$2 AND invite_event_id=$3`,
 		puppet, roomID, eventID).Scan(&n)
-	return n > 0, err
+	if err != nil {
+		return false, fmt.Errorf("failed to look up sent bundle: %w", err)
+	}
+	return n > 0, nil
 }
 
 // GetSentBundle returns a sent bundle with its deliveries.
 func (db *Database) GetSentBundle(ctx context.Context, bundleID string) (*SentBundle, error) {
-	b, err := scanSent(db.QueryRow(ctx, `SELECT `+sentColumns+` FROM bundle_sent WHERE bundle_id=$1`, bundleID))
-	if err != nil || b == nil {
-		return b, err
+	b, err := scanSent(db.own.QueryRow(ctx, `SELECT `+sentColumns+` FROM bundle_sent WHERE bundle_id=$1`, bundleID))
+	if err != nil {
+		return nil, fmt.Errorf("failed to get sent bundle: %w", err)
+	} else if b == nil {
+		return nil, nil
 	}
-	b.Devices, err = db.GetDeliveries(ctx, bundleID)
-	return b, err
+	if b.Devices, err = db.GetDeliveries(ctx, bundleID); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 func (db *Database) querySent(ctx context.Context, query string, args ...any) ([]*SentBundle, error) {
-	rows, err := db.Query(ctx, `SELECT `+sentColumns+` FROM bundle_sent `+query, args...)
+	rows, err := db.own.Query(ctx, `SELECT `+sentColumns+` FROM bundle_sent `+query, args...)
+	out, err := dbutil.NewRowIterWithError(rows, scanSent, err).AsList()
 	if err != nil {
-		return nil, err
-	}
-	out, err := dbutil.NewRowIterWithError(rows, scanSent, nil).AsList()
-	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to list sent bundles: %w", err)
 	}
 	for _, b := range out {
 		if b.Devices, err = db.GetDeliveries(ctx, b.BundleID); err != nil {
@@ -169,38 +183,39 @@ func (db *Database) ListUnfinishedSentBundles(ctx context.Context) ([]*SentBundl
 
 // PutDelivery records the outcome for one device.
 func (db *Database) PutDelivery(ctx context.Context, bundleID string, d Delivery) error {
-	_, err := db.Exec(ctx, `
+	_, err := db.own.Exec(ctx, `
 		INSERT INTO bundle_delivery (bundle_id, user_id, device_id, delivered, reason) VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (bundle_id, user_id, device_id) DO UPDATE SET delivered=excluded.delivered, reason=excluded.reason`,
 		bundleID, d.UserID, d.DeviceID, d.Delivered, d.Reason)
-	return err
+	if err != nil {
+		return fmt.Errorf("failed to save delivery: %w", err)
+	}
+	return nil
 }
 
 // GetDeliveries returns a bundle's per-device outcomes.
 func (db *Database) GetDeliveries(ctx context.Context, bundleID string) ([]Delivery, error) {
-	rows, err := db.Query(ctx, `SELECT user_id, device_id, delivered, reason FROM bundle_delivery WHERE bundle_id=$1 ORDER BY user_id, device_id`, bundleID)
+	rows, err := db.own.Query(ctx, `SELECT user_id, device_id, delivered, reason FROM bundle_delivery WHERE bundle_id=$1 ORDER BY user_id, device_id`, bundleID)
+	out, err := dbutil.NewRowIterWithError(rows, func(row dbutil.Scannable) (d Delivery, err error) {
+		err = row.Scan(&d.UserID, &d.DeviceID, &d.Delivered, &d.Reason)
+		return
+	}, err).AsList()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to get deliveries: %w", err)
 	}
-	out := []Delivery{}
-	defer rows.Close()
-	for rows.Next() {
-		var d Delivery
-		if err = rows.Scan(&d.UserID, &d.DeviceID, &d.Delivered, &d.Reason); err != nil {
-			return nil, err
-		}
-		out = append(out, d)
+	if out == nil {
+		out = []Delivery{}
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // FailStaleSentBundles marks bundles still waiting to be delivered that were built before the
 // given time as failed, for the given reason. It returns how many it marked.
 func (db *Database) FailStaleSentBundles(ctx context.Context, builtBefore time.Time, reason string) (int64, error) {
-	res, err := db.Exec(ctx, `UPDATE bundle_sent SET state=$1, reason=$2, updated_at=$3 WHERE state=$4 AND created_at < $5`,
-		SentFailed, reason, nowMillis(), SentUploaded, builtBefore.UnixMilli())
+	res, err := db.own.Exec(ctx, `UPDATE bundle_sent SET state=$1, reason=$2, updated_at=$3 WHERE state=$4 AND created_at < $5`,
+		SentFailed, reason, db.nowMillis(), SentUploaded, builtBefore.UnixMilli())
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("failed to fail stale bundles: %w", err)
 	}
 	return res.RowsAffected()
 }

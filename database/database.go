@@ -17,13 +17,18 @@ import (
 	"github.com/heirloom-matrix/heirloom/migrations"
 )
 
-// Database is heirloom's handle on the shared database.
+// Database is heirloom's handle on the shared database: the queries on heirloom's own tables are
+// its methods; mautrix's crypto store (package e2ee) and state store reach theirs through Raw.
 type Database struct {
-	// Raw is the shared handle that mautrix's stores make their children from.
+	// Raw is the shared handle that mautrix's stores make their children from. A transaction
+	// begun on it (DoTxn) covers heirloom's queries and mautrix's alike.
 	Raw *dbutil.Database
-	*dbutil.Database
+	// own is heirloom's child of Raw, upgraded under heirloom's version table.
+	own        *dbutil.Database
 	StateStore *sqlstatestore.SQLStateStore
 	log        zerolog.Logger
+	// Now is the clock every timestamp heirloom writes comes from (time.Now unless a test sets it).
+	Now func() time.Time
 }
 
 // Open connects to the configured database. It does not upgrade the schema.
@@ -42,9 +47,10 @@ func Open(cfg config.Database, log zerolog.Logger) (*Database, error) {
 	dblog := dbutil.ZeroLogger(log.With().Str("component", "database").Logger())
 	return &Database{
 		Raw:        raw,
-		Database:   raw.Child(migrations.VersionTable, migrations.Table, dblog),
+		own:        raw.Child(migrations.VersionTable, migrations.Table, dblog),
 		StateStore: sqlstatestore.NewSQLStateStore(raw, dblog, false),
 		log:        log,
+		Now:        time.Now,
 	}, nil
 }
 
@@ -60,10 +66,16 @@ func (db *Database) Upgrade(ctx context.Context) error {
 	if err := db.StateStore.Upgrade(ctx); err != nil {
 		return fmt.Errorf("failed to upgrade state store: %w", err)
 	}
-	if err := db.Database.Upgrade(ctx); err != nil {
+	if err := db.own.Upgrade(ctx); err != nil {
 		return fmt.Errorf("failed to upgrade heirloom tables: %w", err)
 	}
 	return nil
+}
+
+// DoTxn runs fn in one database transaction, committed if fn returns nil and rolled back if not.
+// Every query of heirloom's and of mautrix's stores made with fn's context is part of it.
+func (db *Database) DoTxn(ctx context.Context, fn func(ctx context.Context) error) error {
+	return db.Raw.DoTxn(ctx, nil, fn)
 }
 
 // Close closes the database.
@@ -71,6 +83,15 @@ func (db *Database) Close() error {
 	return db.Raw.Close()
 }
 
-func nowMillis() int64 {
-	return time.Now().UnixMilli()
+func (db *Database) nowMillis() int64 {
+	return db.Now().UnixMilli()
+}
+
+// listOf scans every row with scan, wrapping a failure as "failed to <what>".
+func listOf[T any](rows dbutil.Rows, err error, scan dbutil.ConvertRowFn[T], what string) ([]T, error) {
+	out, err := dbutil.NewRowIterWithError(rows, scan, err).AsList()
+	if err != nil {
+		return nil, fmt.Errorf("failed to %s: %w", what, err)
+	}
+	return out, nil
 }

@@ -17,7 +17,7 @@ import (
 func versionOf(t *testing.T, db *database.Database, table string) int {
 	t.Helper()
 	var version int
-	require.NoError(t, db.QueryRow(context.Background(), `SELECT version FROM `+table).Scan(&version))
+	require.NoError(t, db.Raw.QueryRow(context.Background(), `SELECT version FROM `+table).Scan(&version))
 	return version
 }
 
@@ -26,7 +26,7 @@ func TestUpgrade(t *testing.T) {
 		ctx := context.Background()
 		versions := map[string]int{}
 		for _, table := range []string{migrations.VersionTable, "crypto_version", "mx_version"} {
-			exists, err := db.TableExists(ctx, table)
+			exists, err := db.Raw.TableExists(ctx, table)
 			require.NoError(t, err)
 			require.True(t, exists, "version table %s", table)
 			versions[table] = versionOf(t, db, table)
@@ -35,7 +35,7 @@ func TestUpgrade(t *testing.T) {
 		require.Equal(t, len(migrations.Table), versions[migrations.VersionTable])
 		for _, table := range []string{"heirloom_txn", "puppet", "room_rotation", "bundle_sent", "bundle_delivery",
 			"bundle_received", "puppet_invite", "crypto_account", "crypto_megolm_inbound_session", "mx_room_state"} {
-			exists, err := db.TableExists(ctx, table)
+			exists, err := db.Raw.TableExists(ctx, table)
 			require.NoError(t, err)
 			require.True(t, exists, "table %s", table)
 		}
@@ -46,7 +46,7 @@ func TestUpgrade(t *testing.T) {
 		for table, version := range versions {
 			require.Equal(t, version, versionOf(t, db, table), "version of %s after a second upgrade", table)
 			var rows int
-			require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM `+table).Scan(&rows))
+			require.NoError(t, db.Raw.QueryRow(ctx, `SELECT COUNT(*) FROM `+table).Scan(&rows))
 			require.Equal(t, 1, rows, "%s holds one row", table)
 		}
 		p, err := db.GetPuppet(ctx, "@heirloom_a:hs")
@@ -58,7 +58,7 @@ func TestUpgrade(t *testing.T) {
 func TestUpgradeRefusesNewerSchema(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, db *database.Database) {
 		ctx := context.Background()
-		_, err := db.Exec(ctx, `UPDATE `+migrations.VersionTable+` SET version=$1, compat=$1`, len(migrations.Table)+1)
+		_, err := db.Raw.Exec(ctx, `UPDATE `+migrations.VersionTable+` SET version=$1, compat=$1`, len(migrations.Table)+1)
 		require.NoError(t, err)
 		err = db.Upgrade(ctx)
 		require.ErrorIs(t, err, dbutil.ErrUnsupportedDatabaseVersion)
@@ -89,7 +89,7 @@ func TestTransactions(t *testing.T) {
 
 		// Prune forgets only old IDs.
 		require.NoError(t, db.MarkTxnProcessed(ctx, "old", "hash-o"))
-		_, err = db.Exec(ctx, `UPDATE heirloom_txn SET received_at=$1 WHERE txn_id='old'`, time.Now().Add(-48*time.Hour).UnixMilli())
+		_, err = db.Raw.Exec(ctx, `UPDATE heirloom_txn SET received_at=$1 WHERE txn_id='old'`, time.Now().Add(-48*time.Hour).UnixMilli())
 		require.NoError(t, err)
 		require.NoError(t, db.PruneTxns(ctx, 24*time.Hour))
 		for txnID, want := range map[string]bool{"txn1": true, "old": false} {
@@ -182,7 +182,7 @@ func TestRotation(t *testing.T) {
 // the five seconds of go.mau.fi/util's driver.
 func TestSQLiteWritersWaitForTheLock(t *testing.T) {
 	db := openDatabase(t, testdb.SQLite(t))
-	conn, err := db.RawDB.Conn(context.Background())
+	conn, err := db.Raw.RawDB.Conn(context.Background())
 	require.NoError(t, err)
 	defer conn.Close()
 	var timeout int

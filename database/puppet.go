@@ -4,7 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 
+	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -23,7 +25,7 @@ type Puppet struct {
 
 const puppetColumns = `user_id, device_id, displayname, cross_signing_seeds, master_key, ready, created_at`
 
-func scanPuppet(row interface{ Scan(...any) error }) (*Puppet, error) {
+func scanPuppet(row dbutil.Scannable) (*Puppet, error) {
 	var p Puppet
 	err := row.Scan(&p.UserID, &p.DeviceID, &p.Displayname, &p.CrossSigningSeeds, &p.MasterKey, &p.Ready, &p.CreatedAt)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -34,43 +36,44 @@ func scanPuppet(row interface{ Scan(...any) error }) (*Puppet, error) {
 
 // GetPuppet returns the puppet, or nil if it was never provisioned.
 func (db *Database) GetPuppet(ctx context.Context, userID id.UserID) (*Puppet, error) {
-	return scanPuppet(db.QueryRow(ctx, `SELECT `+puppetColumns+` FROM puppet WHERE user_id=$1`, userID))
+	p, err := scanPuppet(db.own.QueryRow(ctx, `SELECT `+puppetColumns+` FROM puppet WHERE user_id=$1`, userID))
+	if err != nil {
+		return nil, fmt.Errorf("failed to get puppet: %w", err)
+	}
+	return p, nil
 }
 
 // PutPuppet inserts or updates a puppet.
 func (db *Database) PutPuppet(ctx context.Context, p *Puppet) error {
 	if p.CreatedAt == 0 {
-		p.CreatedAt = nowMillis()
+		p.CreatedAt = db.nowMillis()
 	}
-	_, err := db.Exec(ctx, `
+	_, err := db.own.Exec(ctx, `
 		INSERT INTO puppet (`+puppetColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7)
 		ON CONFLICT (user_id) DO UPDATE SET device_id=excluded.device_id, displayname=excluded.displayname,
 			cross_signing_seeds=excluded.cross_signing_seeds, master_key=excluded.master_key, ready=excluded.ready`,
 		p.UserID, p.DeviceID, p.Displayname, p.CrossSigningSeeds, p.MasterKey, p.Ready, p.CreatedAt)
-	return err
+	if err != nil {
+		return fmt.Errorf("failed to save puppet: %w", err)
+	}
+	return nil
 }
 
 // CountPuppets returns how many puppets are provisioned and ready.
 func (db *Database) CountPuppets(ctx context.Context) (int, error) {
 	var n int
-	err := db.QueryRow(ctx, `SELECT COUNT(*) FROM puppet WHERE ready`).Scan(&n)
-	return n, err
+	if err := db.own.QueryRow(ctx, `SELECT COUNT(*) FROM puppet WHERE ready`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("failed to count puppets: %w", err)
+	}
+	return n, nil
 }
 
 // ListPuppetIDs returns the user IDs of every ready puppet.
 func (db *Database) ListPuppetIDs(ctx context.Context) ([]id.UserID, error) {
-	rows, err := db.Query(ctx, `SELECT user_id FROM puppet WHERE ready ORDER BY user_id`)
+	rows, err := db.own.Query(ctx, `SELECT user_id FROM puppet WHERE ready ORDER BY user_id`)
+	out, err := dbutil.NewRowIterWithError(rows, dbutil.ScanSingleColumn[id.UserID], err).AsList()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to list puppets: %w", err)
 	}
-	defer rows.Close()
-	var out []id.UserID
-	for rows.Next() {
-		var u id.UserID
-		if err = rows.Scan(&u); err != nil {
-			return nil, err
-		}
-		out = append(out, u)
-	}
-	return out, rows.Err()
+	return out, nil
 }

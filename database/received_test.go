@@ -26,6 +26,7 @@ func getReceived(t *testing.T, db *database.Database, puppet id.UserID, roomID i
 func TestReceivedBundles(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, db *database.Database) {
 		ctx := context.Background()
+		stepClock(db)
 		require.Nil(t, getReceived(t, db, puppetA, roomX, alice), "nothing received yet")
 
 		first := &database.ReceivedBundle{Puppet: puppetA, RoomID: roomX, Sender: alice, SenderDevice: "PHONE",
@@ -44,15 +45,20 @@ func TestReceivedBundles(t *testing.T) {
 		require.Equal(t, first.ReceivedAt, updated.ReceivedAt, "an update is not a new bundle")
 
 		// A newer bundle from the same sender replaces the older and starts afresh.
-		time.Sleep(2 * time.Millisecond)
 		newer := &database.ReceivedBundle{Puppet: puppetA, RoomID: roomX, Sender: alice, SenderDevice: "LAPTOP",
 			SenderKey: "a2V5Mg", FileInfo: "aW5mbzI", State: database.ReceivedPending}
 		require.NoError(t, db.PutReceivedBundle(ctx, newer))
 		replaced := getReceived(t, db, puppetA, roomX, alice)
 		require.Equal(t, &database.ReceivedBundle{Puppet: puppetA, RoomID: roomX, Sender: alice, SenderDevice: "LAPTOP",
 			SenderKey: "a2V5Mg", FileInfo: "aW5mbzI", State: database.ReceivedPending,
-			ReceivedAt: newer.ReceivedAt, UpdatedAt: newer.UpdatedAt}, replaced)
+			ReceivedAt: newer.ReceivedAt, UpdatedAt: newer.UpdatedAt, Version: 2}, replaced)
 		require.Greater(t, replaced.ReceivedAt, first.ReceivedAt)
+
+		// A save of the replaced bundle changes nothing, and says so when it must.
+		got.State = database.ReceivedImported
+		require.NoError(t, db.UpdateReceivedBundle(ctx, got))
+		require.ErrorIs(t, db.SaveImportedBundle(ctx, got), database.ErrBundleSuperseded)
+		require.Equal(t, database.ReceivedPending, getReceived(t, db, puppetA, roomX, alice).State)
 
 		// Other senders, rooms and puppets keep bundles of their own.
 		for _, b := range []*database.ReceivedBundle{
@@ -60,7 +66,6 @@ func TestReceivedBundles(t *testing.T) {
 			{Puppet: puppetA, RoomID: roomY, Sender: alice, State: database.ReceivedImported},
 			{Puppet: puppetB, RoomID: roomX, Sender: alice, State: database.ReceivedImported},
 		} {
-			time.Sleep(2 * time.Millisecond)
 			require.NoError(t, db.PutReceivedBundle(ctx, b))
 		}
 		require.Equal(t, "aW5mbzI", getReceived(t, db, puppetA, roomX, alice).FileInfo)
@@ -181,7 +186,7 @@ func TestListAcceptedInvites(t *testing.T) {
 		for _, room := range []id.RoomID{"!accepted:hs", "!old:hs"} {
 			require.NoError(t, db.MarkInviteAccepted(ctx, puppetA, room, "$"+id.EventID(room)))
 		}
-		_, err := db.Exec(ctx, `UPDATE puppet_invite SET accepted_at=$1 WHERE room_id='!old:hs'`, time.Now().Add(-48*time.Hour).UnixMilli())
+		_, err := db.Raw.Exec(ctx, `UPDATE puppet_invite SET accepted_at=$1 WHERE room_id='!old:hs'`, time.Now().Add(-48*time.Hour).UnixMilli())
 		require.NoError(t, err)
 
 		list, err := db.ListAcceptedInvites(ctx, time.Now().Add(-24*time.Hour))
@@ -211,7 +216,7 @@ func TestExpireAcceptWindow(t *testing.T) {
 		for _, room := range []id.RoomID{oldRoom, freshRoom} {
 			require.NoError(t, db.MarkInviteAccepted(ctx, puppetA, room, "$"+id.EventID(room)))
 		}
-		_, err := db.Exec(ctx, `UPDATE puppet_invite SET accepted_at=$1 WHERE room_id=$2`, time.Now().Add(-25*time.Hour).UnixMilli(), oldRoom)
+		_, err := db.Raw.Exec(ctx, `UPDATE puppet_invite SET accepted_at=$1 WHERE room_id=$2`, time.Now().Add(-25*time.Hour).UnixMilli(), oldRoom)
 		require.NoError(t, err)
 
 		bundles := []struct {

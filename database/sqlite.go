@@ -2,8 +2,8 @@ package database
 
 import (
 	"database/sql"
-	"fmt"
 	"database/sql/driver"
+	"fmt"
 
 	"github.com/mattn/go-sqlite3"
 )

@@ -2,7 +2,9 @@ package database_test
 
 import (
 	"context"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
@@ -27,4 +29,17 @@ func openDatabase(t *testing.T, cfg config.Database) *database.Database {
 	t.Cleanup(func() { _ = db.Close() })
 	require.NoError(t, db.Upgrade(context.Background()))
 	return db
+}
+
+// stepClock is a clock that moves one millisecond on each reading, so that every timestamp a
+// test writes is distinct without the test sleeping.
+func stepClock(db *database.Database) {
+	var mu sync.Mutex
+	now := time.Now()
+	db.Now = func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		now = now.Add(time.Millisecond)
+		return now
+	}
 }

@@ -155,7 +155,8 @@ func setup() (*env, error) {
 	// The bridges' registrations are generated while heirloom builds.
 	bridgeRegs := make(chan error, 1)
 	go func() { bridgeRegs <- x.writeBridgeRegistrations() }()
-	build := exec.Command("go", "build", "-tags=goolm", "-o", x.binary, ".")
+	// heirloom_fault builds in the crash points of the restart tests (history/fault.go).
+	build := exec.Command("go", "build", "-tags=goolm,heirloom_fault", "-o", x.binary, ".")
 	build.Dir = root
 	out, err := build.CombinedOutput()
 	if regErr := <-bridgeRegs; err == nil && regErr != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -194,7 +195,10 @@ func TestRescindedInviteIsNotAcceptedEndToEnd(t *testing.T) {
 	}
 	t.Cleanup(resume)
 	jsSend(t, alice, busy, "keeps a transaction in flight")
-	time.Sleep(time.Second) // let Synapse start that transaction (ordering, not an assertion)
+	// Synapse has started that transaction once its request waits, unread, in heirloom's socket.
+	eventually(t, 30*time.Second, "Synapse to send a transaction to the stopped heirloom", func() (bool, string) {
+		return requestQueued(t, e.asPort), "no request waits on port " + fmt.Sprint(e.asPort)
+	})
 	e.peer(t, "invite", map[string]any{"user": alice.UserID, "room_id": room.RoomID, "target": p.UserID}, nil)
 	e.peer(t, "kick", map[string]any{"user": alice.UserID, "room_id": room.RoomID, "target": p.UserID}, nil)
 	resume()
@@ -318,4 +322,29 @@ func TestBannedInviteeGetsNoBundle(t *testing.T) {
 	if got := jsToDevice(t, u, "m.room_key_bundle"); len(got) != 0 {
 		t.Fatalf("a banned user got the bundle: %+v", got)
 	}
+}
+
+// requestQueued reports whether a connection to the local port holds bytes its (stopped) server
+// has not read: a request was sent to it. It reads the kernel's TCP tables.
+func requestQueued(t testing.TB, port int) bool {
+	t.Helper()
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		data, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			fields := strings.Fields(line)
+			if len(fields) < 5 || fields[3] != "01" { // 01: ESTABLISHED
+				continue
+			}
+			local := fields[1][strings.LastIndexByte(fields[1], ':')+1:]
+			queues := strings.SplitN(fields[4], ":", 2) // tx_queue:rx_queue, in hex
+			if localPort, err := strconv.ParseInt(local, 16, 32); err == nil && int(localPort) == port &&
+				len(queues) == 2 && strings.TrimLeft(queues[1], "0") != "" {
+				return true
+			}
+		}
+	}
+	return false
 }

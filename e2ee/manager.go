@@ -29,6 +29,7 @@ var ErrNotProvisioned = errors.New("puppet is not provisioned")
 type Manager struct {
 	cfg       *config.Config
 	db        *database.Database
+	log       zerolog.Logger
 	hsURL     *mautrix.Client // template: homeserver URL, HTTP client
 	pickleKey []byte
 	Sealer    *Sealer
@@ -50,12 +51,22 @@ type Manager struct {
 	// onSession, if set, hears of every megolm session a puppet stores (SetSessionHook).
 	onSession func(ctx context.Context, p *Puppet, roomID id.RoomID, sessionID id.SessionID)
 
-	// OnRoomKeyBundle is called with every Olm-decrypted room key bundle a puppet receives.
-	OnRoomKeyBundle func(ctx context.Context, p *Puppet, evt *crypto.DecryptedOlmEvent, content *BundleContent)
+	// OnRoomKeyBundle is called with every Olm-decrypted room key bundle a puppet receives. The
+	// daemon sets it to history.Service.ReceiveBundle; until then bundles are logged and dropped.
+	OnRoomKeyBundle BundleHandler
 }
 
-// NewManager creates a manager. httpClient is shared by every puppet's client.
-func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Client) (*Manager, error) {
+// BundleHandler receives an Olm-decrypted room key bundle (MSC4268) with its Olm envelope.
+type BundleHandler func(ctx context.Context, p *Puppet, evt *crypto.DecryptedOlmEvent, content *BundleContent)
+
+// dropBundle is the BundleHandler of a manager nobody gave one.
+func dropBundle(ctx context.Context, _ *Puppet, _ *crypto.DecryptedOlmEvent, content *BundleContent) {
+	zerolog.Ctx(ctx).Warn().Stringer("room_id", content.RoomID).Msg("Dropping key bundle: history sharing is not wired")
+}
+
+// NewManager creates a manager. httpClient is shared by every puppet's client; log is what each
+// puppet's machine logs to (with the puppet and its device), whatever request first loaded it.
+func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Client, log zerolog.Logger) (*Manager, error) {
 	hsURL, err := mautrix.ParseAndNormalizeBaseURL(cfg.Homeserver.Address)
 	if err != nil {
 		return nil, fmt.Errorf("failed to parse homeserver address: %w", err)
@@ -72,6 +83,7 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 	return &Manager{
 		cfg:       cfg,
 		db:        db,
+		log:       log,
 		hsURL:     &mautrix.Client{HomeserverURL: hsURL, Client: httpClient},
 		pickleKey: pickleKey,
 		Sealer:    sealer,
@@ -80,6 +92,8 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 		maxLoaded: 2000,
 		idleEvict: 30 * time.Minute,
 		machines:  make(map[id.UserID]*Puppet),
+
+		OnRoomKeyBundle: dropBundle,
 	}, nil
 }
 
@@ -235,7 +249,8 @@ func (m *Manager) EvictIdle() int {
 
 // newMachine builds the client, store and OlmMachine of a puppet device and loads its Olm account.
 func (m *Manager) newMachine(ctx context.Context, userID id.UserID, deviceID id.DeviceID) (*Puppet, error) {
-	log := zerolog.Ctx(ctx).With().Stringer("puppet", userID).Stringer("device_id", deviceID).Logger()
+	// The machine outlives the request that loads it: its log carries the puppet, not the request.
+	log := m.log.With().Stringer("puppet", userID).Stringer("device_id", deviceID).Logger()
 	cli := m.client(userID, deviceID, log)
 	store := crypto.NewSQLCryptoStore(m.db.Raw, dbutil.ZeroLogger(log), userID.String(), deviceID, m.pickleKey)
 	mach := crypto.NewOlmMachine(cli, &log, store, m.db.StateStore)

@@ -25,6 +25,14 @@ func TestPickleCipherMatchesGoolm(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, string(want), string(got))
 
+		// goolm's own Unpickle (what mautrix's store calls) reads the cached cipher's pickle.
+		viaGoolm := olm.NewBlankInboundGroupSession()
+		require.NoError(t, viaGoolm.Unpickle(got, key))
+		require.Equal(t, in.ID(), viaGoolm.ID())
+		require.Equal(t, in.FirstKnownIndex(), viaGoolm.FirstKnownIndex())
+		goolmExport, err := viaGoolm.Export(viaGoolm.FirstKnownIndex())
+		require.NoError(t, err)
+
 		back, err := pc.Unpickle(want)
 		require.NoError(t, err)
 		require.Equal(t, in.ID(), back.ID())
@@ -33,6 +41,7 @@ func TestPickleCipherMatchesGoolm(t *testing.T) {
 		gotExport, err := pc.ExportPickled(got)
 		require.NoError(t, err)
 		require.Equal(t, string(wantExport), gotExport)
+		require.Equal(t, string(wantExport), string(goolmExport))
 	}
 	other, err := NewPickleCipher([]byte("another key"))
 	require.NoError(t, err)

@@ -84,7 +84,8 @@ func (p *Puppet) HandleToDevice(ctx context.Context, evt *event.Event) {
 	if decrypted == nil {
 		return
 	}
-	log := zerolog.Ctx(ctx).With().Stringer("sender", decrypted.Sender).Str("decrypted_type", decrypted.Type.Type).Logger()
+	// The sender is in the context already (RouteToDevice, SweepToDevice).
+	log := zerolog.Ctx(ctx).With().Str("decrypted_type", decrypted.Type.Type).Logger()
 	ctx = log.WithContext(ctx)
 	switch content := decrypted.Content.Parsed.(type) {
 	case *RoomKeyContent:
@@ -94,9 +95,7 @@ func (p *Puppet) HandleToDevice(ctx context.Context, evt *event.Event) {
 			Msg("Ignoring forwarded room key: puppets never request keys, so it was not asked for")
 	case *BundleContent:
 		content.Type = decrypted.Type
-		if p.mgr.OnRoomKeyBundle != nil {
-			p.mgr.OnRoomKeyBundle(ctx, p, decrypted, content)
-		}
+		p.mgr.OnRoomKeyBundle(ctx, p, decrypted, content)
 	default:
 		log.Debug().Msg("Ignoring unhandled encrypted to-device event")
 	}

@@ -17,6 +17,7 @@ func (m *Manager) RouteToDevice(ctx context.Context, evt *event.Event) bool {
 	log := zerolog.Ctx(ctx).With().
 		Stringer("to_user_id", evt.ToUserID).Stringer("to_device_id", evt.ToDeviceID).
 		Stringer("sender", evt.Sender).Str("type", evt.Type.Type).Logger()
+	// HandleToDevice and what it calls add no field of these again.
 	if !m.cfg.IsManaged(evt.ToUserID) {
 		log.Debug().Msg("Ignoring to-device event for a user that is not a puppet")
 		return false

@@ -48,59 +48,6 @@ func (p *Puppet) LockSessionsExclusive() func() {
 	return g.rw.Unlock
 }
 
-// HeldSession is what a puppet's store holds under a session ID, whatever room it claims.
-type HeldSession struct {
-	RoomID id.RoomID
-	// HasKey is false for a withheld entry: a row that says the key was refused, with no key.
-	HasKey bool
-	// Direct is true for a key received from the session's own device (m.room_key, or the
-	// puppet's own session), false for one imported on someone else's word.
-	Direct bool
-}
-
-// HeldSessions returns the rows the puppet holds for the session IDs, keyed by session ID. mautrix's
-// crypto store (schema v22 of mautrix-go v0.32.0) keys inbound sessions by account and session ID
-// only, so one puppet can hold one room's copy of a session ID; GetGroupSession filters by room
-// and cannot tell "not held" from "held for another room".
-func (p *Puppet) HeldSessions(ctx context.Context, sessionIDs []id.SessionID) (map[id.SessionID]HeldSession, error) {
-	out := make(map[id.SessionID]HeldSession, len(sessionIDs))
-	for start := 0; start < len(sessionIDs); start += 500 {
-		chunk := sessionIDs[start:min(start+500, len(sessionIDs))]
-		args := make([]any, 0, len(chunk)+1)
-		args = append(args, p.Store.AccountID)
-		query := `SELECT session_id, room_id, session IS NOT NULL, key_source FROM crypto_megolm_inbound_session
-			WHERE account_id=$1 AND session_id IN (`
-		for i, sid := range chunk {
-			if i > 0 {
-				query += ","
-			}
-			query += fmt.Sprintf("$%d", i+2)
-			args = append(args, sid)
-		}
-		rows, err := p.Store.DB.Query(ctx, query+")", args...)
-		if err != nil {
-			return nil, fmt.Errorf("failed to look up held sessions: %w", err)
-		}
-		for rows.Next() {
-			var sid id.SessionID
-			var h HeldSession
-			var source id.KeySource
-			if err = rows.Scan(&sid, &h.RoomID, &h.HasKey, &source); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			h.Direct = source == id.KeySourceDirect || source == ""
-			out[sid] = h
-		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
-}
-
 // StoreSession stores a copy of an inbound session the puppet received, never letting it replace,
 // merge into or re-label a session the puppet holds for another room, and merging it with a copy
 // of the same room by MergeSessions. It reports whether the store changed and, if not, why.

@@ -36,7 +36,7 @@ func (p *Puppet) SendMessageTxn(ctx context.Context, roomID id.RoomID, evtType e
 	if !encrypted {
 		resp, err := p.Client.SendMessageEvent(ctx, roomID, evtType, content, req)
 		if err != nil {
-			return "", err
+			return "", fmt.Errorf("failed to send event: %w", err)
 		}
 		return resp.EventID, nil
 	}
@@ -50,7 +50,7 @@ func (p *Puppet) SendMessageTxn(ctx context.Context, roomID id.RoomID, evtType e
 	}
 	resp, err := p.Client.SendMessageEvent(ctx, roomID, event.EventEncrypted, enc, req)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("failed to send encrypted event: %w", err)
 	}
 	zerolog.Ctx(ctx).Debug().Stringer("room_id", roomID).Stringer("event_id", resp.EventID).
 		Stringer("session_id", enc.SessionID).Msg("Sent encrypted event")
@@ -127,47 +127,34 @@ func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
 	return nil
 }
 
-// rotationReason says why the outbound session must not be used again, or "" if it may.
+// rotationReason says why the outbound session must not be used again, or "" if it may
+// (RotationReason decides).
 func (p *Puppet) rotationReason(ctx context.Context, ogs *crypto.OutboundGroupSession, shared bool, members *mautrix.RespMembers) string {
-	if ogs.Expired() {
-		return "expired"
+	changedBefore, err := p.mgr.db.RotateAfter(ctx, ogs.RoomID)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to read the room's rotation mark; deciding without it")
 	}
-	if ogs.SharedHistory == nil || *ogs.SharedHistory != shared {
-		return "history visibility changed"
-	}
-	if after, err := p.mgr.db.RotateAfter(ctx, ogs.RoomID); err == nil && ogs.CreationTime.Before(after) {
-		return "room state changed"
-	}
-	// MSC4268: a departed member may hold any existing session through a bundle, so every leave,
-	// kick or ban since the session was created rotates it, whether or not it was shared with them.
-	// The second of slack covers the homeserver's clock being behind heirloom's; departures already
-	// listed when the session was created are left out, or every session created within that second
-	// after a departure would rotate on each use.
 	p.departuresLock.Lock()
-	seen := p.departuresSeen[ogs.ID()]
+	known := p.departuresSeen[ogs.ID()]
 	p.departuresLock.Unlock()
-	for _, evt := range members.Chunk {
-		membership := evt.Content.AsMember().Membership
-		if _, known := seen[evt.ID]; known {
-			continue
-		}
-		if (membership == event.MembershipLeave || membership == event.MembershipBan) &&
-			id.UserID(evt.GetStateKey()) != p.UserID &&
-			time.UnixMilli(evt.Timestamp).After(ogs.CreationTime.Add(-time.Second)) {
-			return "member left"
-		}
-	}
-	return ""
+	return RotationReason(RotationInput{
+		Created:       ogs.CreationTime,
+		Expired:       ogs.Expired(),
+		SharedHistory: ogs.SharedHistory,
+		SharesHistory: shared,
+		ChangedBefore: changedBefore,
+		Departures:    departuresOf(members.Chunk),
+		Known:         known,
+		Self:          p.UserID,
+	})
 }
 
 // rememberDepartures records the leave and ban events of the member list a new outbound session
 // was created from.
 func (p *Puppet) rememberDepartures(sessionID id.SessionID, members *mautrix.RespMembers) {
 	seen := map[id.EventID]struct{}{}
-	for _, evt := range members.Chunk {
-		if m := evt.Content.AsMember().Membership; m == event.MembershipLeave || m == event.MembershipBan {
-			seen[evt.ID] = struct{}{}
-		}
+	for _, d := range departuresOf(members.Chunk) {
+		seen[d.EventID] = struct{}{}
 	}
 	p.departuresLock.Lock()
 	defer p.departuresLock.Unlock()

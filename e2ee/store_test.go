@@ -5,38 +5,23 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
-	"net/http"
-	"path/filepath"
 	"testing"
 
-	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/internal/testdb"
 )
 
 // testManager is a manager over a real SQLite database, with a homeserver nobody answers at.
 func testManager(t *testing.T) (*Manager, *database.Database) {
 	t.Helper()
-	cfg := &config.Config{
-		Homeserver: config.Homeserver{Address: "http://127.0.0.1:1", Domain: "localhost"},
-		AppService: config.AppService{ASToken: "test-as-token-0123456789", PuppetPrefix: "heirloom_", BotUsername: "bot"},
-		Database: config.Database{Type: "sqlite3-fk-wal", URI: "file:" + filepath.Join(t.TempDir(), "t.db") + "?_txlock=immediate",
-			MaxOpenConns: 5, MaxIdleConns: 2},
-		Encryption: config.Encryption{PickleKey: "test-pickle-key-0123456789"},
-	}
-	db, err := database.Open(cfg.Database, zerolog.Nop())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = db.Close() })
-	require.NoError(t, db.Upgrade(context.Background()))
-	mgr, err := NewManager(cfg, db, http.DefaultClient)
-	require.NoError(t, err)
-	return mgr, db
+	mgr := testManagerOn(t, testdb.SQLite(t))
+	return mgr, mgr.db
 }
 
 func testPuppet(t *testing.T, mgr *Manager, name string) *Puppet {

@@ -52,7 +52,8 @@ func (p *Puppet) SweepToDevice(ctx context.Context, force bool) (int, error) {
 				log.Warn().Err(err).Str("type", evt.Type.Type).Msg("Skipping malformed to-device event from sync")
 				continue
 			}
-			p.HandleToDevice(ctx, evt)
+			evtLog := zerolog.Ctx(ctx).With().Stringer("sender", evt.Sender).Str("type", evt.Type.Type).Logger()
+			p.HandleToDevice(evtLog.WithContext(ctx), evt)
 		}
 		if err = p.Store.PutNextBatch(ctx, resp.NextBatch); err != nil {
 			return total, fmt.Errorf("failed to save sync token: %w", err)

@@ -87,12 +87,13 @@ func openBenchEnvOn(dir string, dbCfg config.Database) (*benchEnv, error) {
 		db.Close()
 		return nil, err
 	}
-	mgr, err := e2ee.NewManager(cfg, db, http.DefaultClient)
+	mgr, err := e2ee.NewManager(cfg, db, http.DefaultClient, zerolog.Nop())
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
 	svc := NewService(cfg, db, mgr)
+	mgr.OnRoomKeyBundle = svc.ReceiveBundle
 	svc.TempDir = dir
 	return &benchEnv{db: db, mgr: mgr, svc: svc, dir: dir}, nil
 }

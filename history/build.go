@@ -16,35 +16,35 @@ import (
 
 type ioWriter = io.Writer
 
-// storedSession is one inbound session row as the builder needs it. Only shared sessions are
-// unpickled, and that happens on every core: it is most of a bundle's cost.
+// storedSession is one shared session on its way through the export workers. Only shared
+// sessions are unpickled, and that happens on every core: it is most of a bundle's cost.
 type storedSession struct {
-	sessionID  id.SessionID
-	senderKey  id.SenderKey
-	signingKey id.Ed25519
-	pickled    []byte
-	exported   string
-	err        error
+	e2ee.StoredSession
+	exported string
+	err      error
 }
 
 // writeBundle streams every inbound session the puppet holds for the room through the builder:
 // first what goes into the withheld list (sessions without shared history, then the
 // m.history_not_shared entries the puppet imported from accepted bundles), then the shared
-// sessions, so the builder never holds either list. It reads mautrix's
-// crypto_megolm_inbound_session rows itself (read-only) so the sessions that go into room_keys can
-// be unpickled and exported in parallel.
+// sessions, so the builder never holds either list. The shared sessions' pickles are read
+// (e2ee.Puppet.EachSharedSession) and unpickled and exported in parallel.
 func (s *Service) writeBundle(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, w io.Writer) (keybundle.Counts, error) {
 	builder := keybundle.NewBuilder(w, roomID, p.DeviceID)
-	err := s.withheldSessions(ctx, p, roomID, func(st *storedSession) error {
-		return builder.AddSession(keybundle.Session{RoomID: roomID, SessionID: st.sessionID, SenderKey: st.senderKey})
+	// Sessions without shared history go into the withheld list; their keys are never decrypted.
+	err := p.EachUnsharedSession(ctx, roomID, func(st e2ee.StoredSession) error {
+		return builder.AddSession(keybundle.Session{RoomID: roomID, SessionID: st.SessionID, SenderKey: st.SenderKey})
 	})
 	if err == nil {
-		err = s.receivedWithheld(ctx, p, roomID, builder.AddWithheld)
+		// Only the m.history_not_shared entries imported from accepted bundles are passed on, never
+		// withheld messages that arrived over to-device: anyone can send one, and MSC4268 does not
+		// use that code there.
+		err = p.EachBundleWithheld(ctx, roomID, builder.AddWithheld)
 	}
 	if err == nil {
 		err = s.exportSessions(ctx, p, roomID, func(st *storedSession) error {
 			return builder.AddSession(keybundle.Session{
-				RoomID: roomID, SessionID: st.sessionID, SenderKey: st.senderKey, SigningKey: st.signingKey,
+				RoomID: roomID, SessionID: st.SessionID, SenderKey: st.SenderKey, SigningKey: st.SigningKey,
 				SharedHistory: true,
 				Export:        func() (string, error) { return st.exported, st.err },
 			})
@@ -57,39 +57,9 @@ func (s *Service) writeBundle(ctx context.Context, p *e2ee.Puppet, roomID id.Roo
 	return builder.Close()
 }
 
-// withheldSessions calls each for every session of the room the puppet holds without shared
-// history: those go into the withheld list, and their keys are never decrypted from the store.
-func (s *Service) withheldSessions(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, each func(*storedSession) error) error {
-	rows, err := p.Store.DB.Query(ctx, `
-		SELECT session_id, sender_key FROM crypto_megolm_inbound_session
-		WHERE room_id=$1 AND account_id=$2 AND session IS NOT NULL AND shared_history IS NOT TRUE`, roomID, p.Store.AccountID)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		st := &storedSession{}
-		if err = rows.Scan(&st.sessionID, &st.senderKey); err != nil {
-			return err
-		}
-		if err = each(st); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
-}
-
 // exportSessions reads the room's shared sessions and calls each for every one, exported at its
 // first known index by a pool of workers. Order is not kept: a bundle's order carries no meaning.
 func (s *Service) exportSessions(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, each func(*storedSession) error) error {
-	rows, err := p.Store.DB.Query(ctx, `
-		SELECT session_id, sender_key, signing_key, session
-		FROM crypto_megolm_inbound_session
-		WHERE room_id=$1 AND account_id=$2 AND session IS NOT NULL AND shared_history IS TRUE`, roomID, p.Store.AccountID)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
 	jobs := make(chan *storedSession, 256)
 	done := make(chan *storedSession, 256)
 	var wg sync.WaitGroup
@@ -98,8 +68,8 @@ func (s *Service) exportSessions(ctx context.Context, p *e2ee.Puppet, roomID id.
 		go func() {
 			defer wg.Done()
 			for st := range jobs {
-				st.exported, st.err = s.mgr.Pickles.ExportPickled(st.pickled)
-				st.pickled = nil
+				st.exported, st.err = s.mgr.Pickles.ExportPickled(st.Pickled)
+				st.Pickled = nil
 				done <- st
 			}
 		}()
@@ -107,15 +77,10 @@ func (s *Service) exportSessions(ctx context.Context, p *e2ee.Puppet, roomID id.
 	readErr := make(chan error, 1)
 	go func() {
 		defer close(jobs)
-		for rows.Next() {
-			st := &storedSession{}
-			if err := rows.Scan(&st.sessionID, &st.senderKey, &st.signingKey, &st.pickled); err != nil {
-				readErr <- err
-				return
-			}
-			jobs <- st
-		}
-		readErr <- rows.Err()
+		readErr <- p.EachSharedSession(ctx, roomID, func(st e2ee.StoredSession) error {
+			jobs <- &storedSession{StoredSession: st}
+			return nil
+		})
 	}()
 	go func() {
 		wg.Wait()
@@ -132,41 +97,6 @@ func (s *Service) exportSessions(ctx context.Context, p *e2ee.Puppet, roomID id.
 		firstErr = err
 	}
 	return firstErr
-}
-
-// receivedWithheld calls each for every m.history_not_shared entry the puppet imported for the
-// room from an accepted bundle (marked with the bundle's sender as source_user). Withheld messages
-// that arrived over to-device are never passed on: anyone can send one, and MSC4268 does not use
-// that code there. mautrix keeps withheld entries as inbound-session rows with a withheld code and
-// no session; it has no query for them by room.
-func (s *Service) receivedWithheld(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, each func(keybundle.Withheld) error) error {
-	rows, err := s.db.Raw.Query(ctx, `
-		SELECT session_id, sender_key, withheld_code, COALESCE(withheld_reason, '')
-		FROM crypto_megolm_inbound_session
-		WHERE account_id=$1 AND room_id=$2 AND session IS NULL AND withheld_code IN ($3, $4) AND source_user <> ''`,
-		p.UserID.String(), roomID, keybundle.CodeHistoryNotShared, keybundle.CodeHistoryNotSharedUnstable)
-	if err != nil {
-		return fmt.Errorf("failed to read withheld sessions: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		w := keybundle.Withheld{RoomID: roomID, Algorithm: id.AlgorithmMegolmV1}
-		if err = rows.Scan(&w.SessionID, &w.SenderKey, &w.Code, &w.Reason); err != nil {
-			return err
-		}
-		if err = each(w); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
-}
-
-// countSessions counts the room's sessions, for reporting what an invite did not share.
-func (s *Service) countSessions(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (int, error) {
-	var n int
-	err := s.db.Raw.QueryRow(ctx, `SELECT COUNT(*) FROM crypto_megolm_inbound_session WHERE account_id=$1 AND room_id=$2`,
-		p.UserID.String(), roomID).Scan(&n)
-	return n, err
 }
 
 // maxBundleSize is the configured cap, lowered to the homeserver's media limit if that is smaller:

@@ -2,19 +2,14 @@ package history
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"strconv"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/crypto"
-	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
 // importBatch is how many bundle entries are written per statement. SQLite binds at most 32,766
@@ -23,9 +18,8 @@ const importBatch = 500
 
 // sessionWriter stores a bundle's sessions in batches, inside the import's transaction and under
 // the puppet's exclusive session lock. Sessions the puppet holds under no row yet are inserted with
-// one multi-row statement per batch, in the row format of mautrix's SQL crypto store
-// (crypto_megolm_inbound_session, schema v22 of mautrix-go v0.32.0, checked by a round-trip test).
-// A session ID the puppet holds already goes through e2ee.Puppet.StoreSessionInTxn: a key held
+// one multi-row statement per batch (e2ee.Puppet.InsertNewSessions, in the row format of mautrix's
+// SQL crypto store). A session ID the puppet holds already goes through e2ee.Puppet.StoreSessionInTxn: a key held
 // for another room is never touched, and a copy of the same room is merged by MergeSessions.
 type sessionWriter struct {
 	p       *e2ee.Puppet
@@ -35,7 +29,7 @@ type sessionWriter struct {
 	// seen holds the session IDs of entries that passed validation: a later entry with the same
 	// ID is a duplicate, an earlier invalid one never counted.
 	seen     map[id.SessionID]struct{}
-	withheld []event.RoomKeyWithheldEventContent
+	withheld []keybundle.Withheld
 	// refused counts keys not stored, by reason: duplicates, another room's session, forgeries.
 	refused map[string]int
 }
@@ -62,7 +56,7 @@ func (w *sessionWriter) addPrepared(ctx context.Context, igs *crypto.InboundGrou
 	return true, nil
 }
 
-func (w *sessionWriter) addWithheld(ctx context.Context, content event.RoomKeyWithheldEventContent) error {
+func (w *sessionWriter) addWithheld(ctx context.Context, content keybundle.Withheld) error {
 	w.withheld = append(w.withheld, content)
 	if len(w.withheld) >= importBatch {
 		return w.flushWithheld(ctx)
@@ -87,35 +81,6 @@ func (w *sessionWriter) refusedTotal() int {
 	return n
 }
 
-var placeholderCache sync.Map // [2]int{rows, cols} → string
-
-// placeholders returns "($1,…,$cols),(…)" for rows rows, numbered on; built once per shape.
-func placeholders(rows, cols int) string {
-	key := [2]int{rows, cols}
-	if cached, ok := placeholderCache.Load(key); ok {
-		return cached.(string)
-	}
-	buf := make([]byte, 0, rows*cols*6)
-	n := 1
-	for r := 0; r < rows; r++ {
-		if r > 0 {
-			buf = append(buf, ',')
-		}
-		buf = append(buf, '(')
-		for c := 0; c < cols; c++ {
-			if c > 0 {
-				buf = append(buf, ',')
-			}
-			buf = append(buf, '$')
-			buf = strconv.AppendInt(buf, int64(n), 10)
-			n++
-		}
-		buf = append(buf, ')')
-	}
-	placeholderCache.Store(key, string(buf))
-	return string(buf)
-}
-
 func (w *sessionWriter) flushSessions(ctx context.Context) error {
 	if len(w.session) == 0 {
 		return nil
@@ -129,9 +94,8 @@ func (w *sessionWriter) flushSessions(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	const cols = 16
-	args := make([]any, 0, len(w.session)*cols)
 	fresh := make([]*crypto.InboundGroupSession, 0, len(w.session))
+	pickles := make([][]byte, 0, len(w.session))
 	for i, igs := range w.session {
 		if h, ok := held[igs.ID()]; ok {
 			if err = w.storeHeld(ctx, igs, h); err != nil {
@@ -139,27 +103,12 @@ func (w *sessionWriter) flushSessions(ctx context.Context) error {
 			}
 			continue
 		}
-		ratchetSafety, err := json.Marshal(&igs.RatchetSafety)
-		if err != nil {
-			return err
-		}
-		args = append(args, igs.ID(), igs.SenderKey, igs.SigningKey, igs.RoomID, w.pickles[i],
-			strings.Join(igs.ForwardingChains, ","), igs.SharedHistory, ratchetSafety, igs.ReceivedAt,
-			igs.MaxAge, igs.MaxMessages, igs.IsScheduled, igs.KeyBackupVersion, igs.KeySource, igs.SourceUser,
-			w.p.Store.AccountID)
 		fresh = append(fresh, igs)
+		pickles = append(pickles, w.pickles[i])
 	}
-	if len(fresh) == 0 {
-		return nil
-	}
-	// DO NOTHING: no row existed a moment ago in this transaction, under the exclusive lock.
-	_, err = w.p.Store.DB.Exec(ctx, `INSERT INTO crypto_megolm_inbound_session (
-			session_id, sender_key, signing_key, room_id, session, forwarding_chains, shared_history,
-			ratchet_safety, received_at, max_age, max_messages, is_scheduled, key_backup_version, key_source,
-			source_user, account_id
-		) VALUES `+placeholders(len(fresh), cols)+` ON CONFLICT (session_id, account_id) DO NOTHING`, args...)
-	if err != nil {
-		return fmt.Errorf("failed to insert sessions: %w", err)
+	// No row existed a moment ago in this transaction, under the exclusive lock.
+	if err = w.p.InsertNewSessions(ctx, fresh, pickles); err != nil {
+		return err
 	}
 	for _, igs := range fresh {
 		w.p.Mach.MarkSessionReceived(ctx, igs.RoomID, igs.ID(), igs.Internal.FirstKnownIndex())
@@ -194,18 +143,5 @@ func (w *sessionWriter) flushWithheld(ctx context.Context) error {
 		return nil
 	}
 	defer func() { w.withheld = w.withheld[:0] }()
-	const cols = 9
-	args := make([]any, 0, len(w.withheld)*cols)
-	now := time.Now().UTC()
-	for _, c := range w.withheld {
-		args = append(args, c.SessionID, c.SenderKey, c.RoomID, c.Code, c.Reason, now, id.KeySourceForward, w.sender,
-			w.p.Store.AccountID)
-	}
-	_, err := w.p.Store.DB.Exec(ctx, `INSERT INTO crypto_megolm_inbound_session
-			(session_id, sender_key, room_id, withheld_code, withheld_reason, received_at, key_source, source_user, account_id)
-		VALUES `+placeholders(len(w.withheld), cols)+` ON CONFLICT (session_id, account_id) DO NOTHING`, args...)
-	if err != nil {
-		return fmt.Errorf("failed to insert withheld entries: %w", err)
-	}
-	return nil
+	return w.p.InsertBundleWithheld(ctx, w.withheld, w.sender, time.Now())
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
@@ -48,12 +49,16 @@ func receivedFixture(t *testing.T, env *benchEnv, n int) (*database.ReceivedBund
 	require.NoError(t, err)
 	sealed.Info.URL = "mxc://localhost/bundle"
 	rb := &database.ReceivedBundle{Puppet: "@heirloom_dst:localhost", RoomID: benchRoom, Sender: "@alice:localhost",
-		SenderDevice: "ALICEDEV", SenderKey: "alicekey", State: database.ReceivedRetry}
+		SenderDevice: "ALICEDEV", SenderKey: aliceKey, State: database.ReceivedRetry}
 	rb.FileInfo, err = env.mgr.Sealer.SealJSON(receivedOwner(rb), sealed.Info)
 	require.NoError(t, err)
 	require.NoError(t, env.db.PutReceivedBundle(context.Background(), rb))
 	return rb, body
 }
+
+// aliceKey is the sender device's Curve25519 key: 43 characters, as PostgreSQL's crypto_device
+// column (CHAR(43)) pads any shorter one, which would then not match the bundle's.
+const aliceKey = id.SenderKey("YWxpY2Uncy1jdXJ2ZTI1NTE5LWtleS0wMTIzNDU2Nzg")
 
 func pointPuppetAt(t *testing.T, env *benchEnv, url string) *e2ee.Puppet {
 	t.Helper()

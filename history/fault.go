@@ -1,23 +1,22 @@
+//go:build heirloom_fault
+
 package history
 
 import (
 	"os"
+	"slices"
 	"strings"
 )
 
-// faults are crash points for the restart tests, named in HEIRLOOM_FAULT (comma-separated). Each
-// makes the process exit at once, as a SIGKILL would, at a moment a test cannot otherwise hit:
+// faultPoint is a crash point for the restart tests, built only with the heirloom_fault tag (the
+// end-to-end suite builds heirloom with it; make build and the Dockerfile do not). The points named
+// in HEIRLOOM_FAULT (comma-separated) make the process exit at once, as a SIGKILL would, at a
+// moment a test cannot otherwise hit:
 //
 //	crash_before_import    after a bundle was accepted, before it is downloaded and imported
 //	crash_before_delivery  after a bundle was uploaded, before its details are sent to devices
-//
-// Unset in production; the end-to-end suite sets it for one heirloom run at a time.
-var faults = strings.Split(os.Getenv("HEIRLOOM_FAULT"), ",")
-
 func faultPoint(name string) {
-	for _, f := range faults {
-		if f == name {
-			os.Exit(137)
-		}
+	if slices.Contains(strings.Split(os.Getenv("HEIRLOOM_FAULT"), ","), name) {
+		os.Exit(137)
 	}
 }

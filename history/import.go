@@ -11,7 +11,6 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/olm"
-	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/database"
@@ -50,7 +49,7 @@ func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.
 	log := zerolog.Ctx(ctx)
 	defer p.LockSessionsExclusive()()
 	maxAge, maxMessages := p.RotationLimits(ctx, b.RoomID)
-	err := s.db.Raw.DoTxn(ctx, nil, func(ctx context.Context) error {
+	err := s.db.DoTxn(ctx, func(ctx context.Context) error {
 		res = importResult{}
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -88,10 +87,7 @@ func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.
 			switch {
 			case it.withheld != nil:
 				res.withheld++
-				writeErr = writer.addWithheld(ctx, event.RoomKeyWithheldEventContent{
-					RoomID: it.withheld.RoomID, Algorithm: id.AlgorithmMegolmV1, SessionID: it.withheld.SessionID,
-					SenderKey: it.withheld.SenderKey, Code: event.RoomKeyWithheldCode(it.withheld.Code), Reason: it.withheld.Reason,
-				})
+				writeErr = writer.addWithheld(ctx, *it.withheld)
 			case it.err != nil:
 				res.skipped++
 				log.Warn().Err(it.err).Stringer("session_id", it.key.SessionID).Msg("Ignoring invalid key in bundle")

@@ -14,8 +14,10 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/internal/testdb"
 )
 
 // joinHomeserver is a homeserver for one room the puppet joins: the join answers, the puppet's
@@ -31,6 +33,8 @@ type joinHomeserver struct {
 	// onJoin runs while the homeserver handles the join, e.g. to cancel the caller's request.
 	onJoin func()
 	joins  int
+	// onMedia runs before the bundle media is served, e.g. to hold a download.
+	onMedia func()
 }
 
 func newJoinHomeserver(t *testing.T, media []byte) *joinHomeserver {
@@ -57,6 +61,9 @@ func newJoinHomeserver(t *testing.T, media []byte) *joinHomeserver {
 		case strings.HasSuffix(path, "/keys/query"):
 			_, _ = w.Write([]byte(`{"device_keys":{}}`))
 		case strings.Contains(path, "/media/download/"):
+			if hs.onMedia != nil {
+				hs.onMedia()
+			}
 			w.Header().Set("Content-Type", "application/octet-stream")
 			_, _ = w.Write(hs.media)
 		case strings.HasSuffix(path, "/sync"):
@@ -74,8 +81,14 @@ func newJoinHomeserver(t *testing.T, media []byte) *joinHomeserver {
 // join: alice's device is one the puppet trusts, so only the invite rules decide.
 func joinFixture(t *testing.T) (*benchEnv, *e2ee.Puppet, *joinHomeserver, *database.ReceivedBundle) {
 	t.Helper()
-	env := newBenchEnv(t)
-	rb, body := receivedFixture(t, env, 20)
+	return joinFixtureOn(t, testdb.SQLite(t), 20)
+}
+
+// joinFixtureOn is joinFixture on the given database, with a bundle of n sessions.
+func joinFixtureOn(t *testing.T, dbCfg config.Database, n int) (*benchEnv, *e2ee.Puppet, *joinHomeserver, *database.ReceivedBundle) {
+	t.Helper()
+	env := newBenchEnvOn(t, dbCfg)
+	rb, body := receivedFixture(t, env, n)
 	rb.State = database.ReceivedPending
 	require.NoError(t, env.db.UpdateReceivedBundle(context.Background(), rb))
 	hs := newJoinHomeserver(t, body)

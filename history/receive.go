@@ -21,23 +21,16 @@ import (
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
-// JoinResult is what POST …/join answers.
-type JoinResult struct {
-	RoomID id.RoomID                `json:"room_id"`
-	Bundle *database.ReceivedBundle `json:"bundle,omitempty"`
-	// History says in words what happened to the room's history for this puppet.
-	History string `json:"history"`
-}
-
 func receivedOwner(b *database.ReceivedBundle) string {
 	return "bundle-received:" + b.Puppet.String() + "|" + b.RoomID.String() + "|" + b.Sender.String()
 }
 
-// receiveBundle stores a bundle's details as they arrive over Olm; it does not download anything
-// unless the puppet already accepted an invite from the sender (MSC4268: no DoS by bundle).
-func (s *Service) receiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto.DecryptedOlmEvent, content *e2ee.BundleContent) {
-	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", content.RoomID).
-		Stringer("sender", evt.Sender).Str("type", content.Type.Type).Logger()
+// ReceiveBundle stores a bundle's details as they arrive over Olm; it does not download anything
+// unless the puppet already accepted an invite from the sender (MSC4268: no DoS by bundle). It is
+// the e2ee.BundleHandler of the daemon's manager.
+func (s *Service) ReceiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto.DecryptedOlmEvent, content *e2ee.BundleContent) {
+	// The sender and the event type are in the context already (e2ee.Puppet.HandleToDevice).
+	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", content.RoomID).Logger()
 	if err := keybundle.ValidateSenderDeviceKeys(evt.Sender, evt.SenderKey, evt.Keys.Ed25519, evt.SenderDeviceKeys); err != nil {
 		log.Warn().Err(err).Msg("Dropping key bundle")
 		return
@@ -68,7 +61,7 @@ func (s *Service) receiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto
 		return
 	}
 	log.Info().Stringer("sender_device", b.SenderDevice).Msg("Stored key bundle")
-	go s.tryAccept(context.WithoutCancel(log.WithContext(ctx)), p, content.RoomID)
+	s.background(log.WithContext(ctx), "accept_bundle", func(ctx context.Context) { s.tryAccept(ctx, p, content.RoomID) })
 }
 
 // alreadyImported reports whether a bundle from sender was imported under the join the puppet's
@@ -147,8 +140,7 @@ func (s *Service) InviteReceived(ctx context.Context, evt *event.Event) {
 		log.Info().Msg("Not joining automatically: the invite is no longer current")
 		return
 	}
-	go func() {
-		ctx := context.WithoutCancel(ctx)
+	s.background(ctx, "auto_join", func(ctx context.Context) {
 		p, err := s.mgr.Get(ctx, puppet)
 		if err != nil {
 			log.Warn().Err(err).Msg("Cannot auto-join: puppet not provisioned")
@@ -157,15 +149,14 @@ func (s *Service) InviteReceived(ctx context.Context, evt *event.Event) {
 		if _, err = s.Join(ctx, p, evt.RoomID); err != nil {
 			log.Err(err).Msg("Failed to auto-join room")
 		}
-	}()
+	})
 }
 
 // ObserveJoin finishes what TrackMembership could not decide from a puppet's join event alone: it
 // asks the homeserver what the join replaced, then imports the inviter's bundle if that allows it.
 func (s *Service) ObserveJoin(ctx context.Context, evt *event.Event) {
 	puppet := id.UserID(evt.GetStateKey())
-	go func() {
-		ctx := context.WithoutCancel(ctx)
+	s.background(ctx, "observe_join", func(ctx context.Context) {
 		p, err := s.mgr.Get(ctx, puppet)
 		if err != nil {
 			return
@@ -180,7 +171,7 @@ func (s *Service) ObserveJoin(ctx context.Context, evt *event.Event) {
 			}
 		}
 		s.tryAccept(ctx, p, evt.RoomID)
-	}()
+	})
 }
 
 // Join joins the room as the puppet. If the puppet was invited, the acceptance is recorded durably
@@ -196,7 +187,7 @@ func (s *Service) Join(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (*
 		return nil, err
 	}
 	if _, err = p.Client.JoinRoomByID(ctx, roomID); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to join room: %w", err)
 	}
 	return s.AfterJoin(ctx, p, roomID, inv)
 }
@@ -251,16 +242,16 @@ func (s *Service) AfterJoin(ctx context.Context, p *e2ee.Puppet, roomID id.RoomI
 		return result, nil
 	}
 	log.Info().Stringer("inviter", inv.Inviter).Msg("Joined room from invite")
-	result.Bundle = s.tryAccept(ctx, p, roomID)
-	if result.Bundle == nil {
+	bundle := s.tryAccept(ctx, p, roomID)
+	if bundle == nil {
 		// The bundle may be waiting in the device inbox, never pushed (see e2ee.SweepToDevice).
 		if n, err := p.SweepToDevice(ctx, true); err != nil {
 			log.Warn().Err(err).Msg("Failed to sweep to-device messages after joining")
 		} else if n > 0 {
-			result.Bundle = s.tryAccept(ctx, p, roomID)
+			bundle = s.tryAccept(ctx, p, roomID)
 		}
 	}
-	result.History = describe(result.Bundle, inv.Inviter)
+	result.Bundle, result.History = receivedReport(bundle), describe(bundle, inv.Inviter)
 	return result, nil
 }
 
@@ -299,11 +290,11 @@ func describe(b *database.ReceivedBundle, inviter id.UserID) string {
 
 // tryAccept imports the inviter's bundle for the room if every rule allows it now. It runs right
 // after a join, when a bundle arrives after the join, on retries and at startup; a per-room lock
-// keeps two of them from importing the same bundle at once.
+// keeps two of them from importing the same bundle at once. Its callers' contexts name the puppet
+// and the room in the log.
 func (s *Service) tryAccept(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) *database.ReceivedBundle {
 	defer s.acceptLock.WithLock(p.UserID.String() + "|" + roomID.String())()
-	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", roomID).Logger()
-	ctx = log.WithContext(ctx)
+	log := zerolog.Ctx(ctx)
 	inv, err := s.db.GetInvite(ctx, p.UserID, roomID)
 	if err != nil || !inv.Confirmed() {
 		return nil
@@ -437,7 +428,7 @@ func (s *Service) download(ctx context.Context, p *e2ee.Puppet, info *event.Encr
 	limit := s.cfg.HistorySharing.MaxBundleSize
 	resp, err := p.Client.Download(ctx, mxc)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to download bundle: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.ContentLength > limit {
@@ -445,7 +436,7 @@ func (s *Service) download(ctx context.Context, p *e2ee.Puppet, info *event.Encr
 	}
 	f, err := os.CreateTemp(s.TempDir, "heirloom-download-*")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to create temporary file: %w", err)
 	}
 	hasher := sha256.New()
 	n, err := io.Copy(io.MultiWriter(f, hasher), io.LimitReader(resp.Body, limit+1))
@@ -491,9 +482,9 @@ func (s *Service) resumeReceiving(ctx context.Context) {
 		if err != nil {
 			continue
 		}
-		if b := s.tryAccept(ctx, p, inv.RoomID); b != nil {
-			zerolog.Ctx(ctx).Info().Stringer("puppet", inv.Puppet).Stringer("room_id", inv.RoomID).Str("state", b.State).
-				Msg("Resumed key bundle after restart")
+		log := zerolog.Ctx(ctx).With().Stringer("puppet", inv.Puppet).Stringer("room_id", inv.RoomID).Logger()
+		if b := s.tryAccept(log.WithContext(ctx), p, inv.RoomID); b != nil {
+			log.Info().Str("state", b.State).Msg("Resumed key bundle after restart")
 		}
 	}
 }
@@ -507,7 +498,8 @@ func (s *Service) retryDue(ctx context.Context) {
 	}
 	for _, b := range due {
 		if p, err := s.mgr.Get(ctx, b.Puppet); err == nil {
-			s.tryAccept(ctx, p, b.RoomID)
+			log := zerolog.Ctx(ctx).With().Stringer("puppet", b.Puppet).Stringer("room_id", b.RoomID).Logger()
+			s.tryAccept(log.WithContext(ctx), p, b.RoomID)
 		}
 	}
 }

@@ -31,32 +31,6 @@ const (
 	ReasonPuppetUnsigned  = "the puppet's own device is not signed by its cross-signing identity"
 )
 
-// InviteResult is what POST …/invite answers.
-type InviteResult struct {
-	Bundle *BundleReport `json:"bundle"`
-}
-
-// BundleReport describes a sent bundle for the API.
-type BundleReport struct {
-	BundleID string              `json:"bundle_id"`
-	State    string              `json:"state"`
-	Sessions int                 `json:"sessions"`
-	Withheld int                 `json:"withheld"`
-	MXC      string              `json:"mxc,omitempty"`
-	Size     int64               `json:"size,omitempty"`
-	Devices  []database.Delivery `json:"devices"`
-	Reason   string              `json:"reason,omitempty"`
-}
-
-func report(b *database.SentBundle) *BundleReport {
-	devices := b.Devices
-	if devices == nil {
-		devices = []database.Delivery{}
-	}
-	return &BundleReport{BundleID: b.BundleID, State: b.State, Sessions: b.Sessions, Withheld: b.Withheld,
-		MXC: b.MXC, Size: b.Size, Devices: devices, Reason: b.Reason}
-}
-
 // Invite shares the room's history with the invitee (MSC4268: before the invite is sent), then
 // invites. The bundle row is created first, so the invite's echo in the transaction stream finds it
 // and does not build a second bundle, however late it comes; the invite's event ID is recorded as
@@ -69,7 +43,7 @@ func (s *Service) Invite(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, 
 	_, err = p.Client.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: invitee})
 	s.InviteDone(ctx, p, b, err)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to invite: %w", err)
 	}
 	return &InviteResult{Bundle: report(b)}, nil
 }
@@ -218,7 +192,7 @@ func (s *Service) share(ctx context.Context, p *e2ee.Puppet, b *database.SentBun
 func (s *Service) buildAndUpload(ctx context.Context, p *e2ee.Puppet, b *database.SentBundle) error {
 	encrypted, err := p.Mach.StateStore.IsEncrypted(ctx, b.RoomID)
 	if err != nil {
-		return err
+		return fmt.Errorf("failed to check room encryption: %w", err)
 	} else if !encrypted {
 		b.State, b.Reason = database.SentNothing, ReasonNotEncrypted
 		return nil
@@ -229,10 +203,10 @@ func (s *Service) buildAndUpload(ctx context.Context, p *e2ee.Puppet, b *databas
 	}
 	visibility, err := s.currentVisibility(ctx, p, b.RoomID)
 	if err != nil {
-		return err
+		return fmt.Errorf("failed to get history visibility: %w", err)
 	}
 	if !keybundle.VisibilitySharesHistory(visibility) {
-		counts, err := s.countSessions(ctx, p, b.RoomID)
+		counts, err := p.CountRoomSessions(ctx, b.RoomID)
 		if err != nil {
 			return err
 		}
@@ -456,11 +430,11 @@ func (s *Service) resumeSending(ctx context.Context) {
 		return
 	}
 	for _, b := range unfinished {
-		log := zerolog.Ctx(ctx).With().Str("bundle_id", b.BundleID).Stringer("puppet", b.Puppet).Stringer("room_id", b.RoomID).Logger()
+		log := zerolog.Ctx(ctx).With().Stringer("puppet", b.Puppet).Stringer("room_id", b.RoomID).Logger()
 		if b.State == database.SentBuilding {
 			b.State, b.Reason = database.SentFailed, "interrupted by a restart before upload"
 			if err = s.db.PutSentBundle(ctx, b); err != nil {
-				log.Err(err).Msg("Failed to mark interrupted bundle")
+				log.Err(err).Str("bundle_id", b.BundleID).Msg("Failed to mark interrupted bundle")
 			}
 			continue
 		}
@@ -563,8 +537,8 @@ func (s *Service) recheckDelivery(ctx context.Context, p *e2ee.Puppet, b *databa
 	return "", false, nil
 }
 
-// Bundles lists what the puppet sent and received.
-func (s *Service) Bundles(ctx context.Context, puppet id.UserID) (any, error) {
+// Bundles lists what the puppet sent and received, newest first.
+func (s *Service) Bundles(ctx context.Context, puppet id.UserID) (*BundlesResult, error) {
 	sent, err := s.db.ListSentBundles(ctx, puppet)
 	if err != nil {
 		return nil, err
@@ -573,9 +547,12 @@ func (s *Service) Bundles(ctx context.Context, puppet id.UserID) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	sentOut := make([]*database.SentBundle, 0, len(sent))
-	sentOut = append(sentOut, sent...)
-	recvOut := make([]*database.ReceivedBundle, 0, len(received))
-	recvOut = append(recvOut, received...)
-	return map[string]any{"sent": sentOut, "received": recvOut}, nil
+	out := &BundlesResult{Sent: make([]SentReport, 0, len(sent)), Received: make([]*ReceivedReport, 0, len(received))}
+	for _, b := range sent {
+		out.Sent = append(out.Sent, sentReport(b))
+	}
+	for _, b := range received {
+		out.Received = append(out.Received, receivedReport(b))
+	}
+	return out, nil
 }

@@ -5,7 +5,9 @@ package history
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -30,26 +32,34 @@ type Service struct {
 	maxAttempts int
 	wake        chan struct{}
 	acceptLock  exsync.KeyedMutex[string]
+
+	// tasks tracks the work started in the background (a bundle to share for an invite's echo, an
+	// import after a join or a bundle's arrival, an auto-join), so that Shutdown can wait for it
+	// before the database closes.
+	tasksLock sync.Mutex
+	tasks     sync.WaitGroup
+	stopping  bool
 }
 
-// NewService creates the service and registers it for the bundles puppets receive.
+// NewService creates the service. The bundles puppets receive reach it through ReceiveBundle,
+// which the caller hands to the manager (e2ee.Manager.OnRoomKeyBundle).
 func NewService(cfg *config.Config, db *database.Database, mgr *e2ee.Manager) *Service {
 	s := &Service{
 		cfg: cfg, db: db, mgr: mgr, TempDir: os.TempDir(),
 		retryBase: 5 * time.Second, maxAttempts: 8,
 		wake: make(chan struct{}, 1),
 	}
-	mgr.OnRoomKeyBundle = s.receiveBundle
 	return s
 }
 
 // Run resumes what a restart interrupted (deliveries in progress, imports of accepted invites),
-// then retries failed downloads with backoff until ctx ends.
+// then retries failed downloads with backoff until ctx ends. Work it has begun (an import) is
+// finished, not abandoned, when ctx ends.
 func (s *Service) Run(ctx context.Context) {
 	log := zerolog.Ctx(ctx).With().Str("component", "history_sharing").Logger()
-	ctx = log.WithContext(ctx)
-	s.resumeSending(ctx)
-	s.resumeReceiving(ctx)
+	work := context.WithoutCancel(log.WithContext(ctx))
+	s.resumeSending(work)
+	s.resumeReceiving(work)
 	ticker := time.NewTicker(time.Second)
 	defer ticker.Stop()
 	lastExpiry := time.Now()
@@ -60,15 +70,51 @@ func (s *Service) Run(ctx context.Context) {
 		case <-ticker.C:
 		case <-s.wake:
 		}
-		s.retryDue(ctx)
+		s.retryDue(work)
 		if time.Since(lastExpiry) > time.Minute {
 			lastExpiry = time.Now()
-			s.expire(ctx)
+			s.expire(work)
 		}
+	}
+}
+
+// background runs fn on its own goroutine, with a context that outlives ctx's cancellation,
+// tracked for Shutdown. Once Shutdown began it runs nothing and says so.
+func (s *Service) background(ctx context.Context, what string, fn func(ctx context.Context)) {
+	s.tasksLock.Lock()
+	defer s.tasksLock.Unlock()
+	if s.stopping {
+		zerolog.Ctx(ctx).Warn().Str("task", what).Msg("Not starting history sharing work: shutting down")
+		return
+	}
+	s.tasks.Add(1)
+	go func() {
+		defer s.tasks.Done()
+		fn(context.WithoutCancel(ctx))
+	}()
+}
+
+// Shutdown stops the service from starting background work and waits until the work already
+// started has finished, or ctx ends (then it returns ctx's error). Call it after the HTTP listener
+// stopped (requests in flight may start work) and before the database closes.
+func (s *Service) Shutdown(ctx context.Context) error {
+	s.tasksLock.Lock()
+	s.stopping = true
+	s.tasksLock.Unlock()
+	done := make(chan struct{})
+	go func() {
+		s.tasks.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("failed to finish history sharing work: %w", ctx.Err())
 	}
 }
 
 // InviteSent gives a bundle to an invite a puppet sent by a path other than the API.
 func (s *Service) InviteSent(ctx context.Context, evt *event.Event) {
-	go s.shareForInvite(context.WithoutCancel(ctx), evt)
+	s.background(ctx, "share_for_invite", func(ctx context.Context) { s.shareForInvite(ctx, evt) })
 }

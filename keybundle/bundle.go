@@ -9,6 +9,7 @@ import (
 	"io"
 	"unicode/utf8"
 
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -25,23 +26,17 @@ func IsHistoryNotShared(code string) bool {
 	return code == CodeHistoryNotShared || code == CodeHistoryNotSharedUnstable
 }
 
-// RoomKey is one exported session in a bundle's room_keys. The history flag and the forwarding
-// chain are omitted, as MSC4268 says.
-type RoomKey struct {
-	Algorithm         id.Algorithm      `json:"algorithm"`
-	RoomID            id.RoomID         `json:"room_id"`
-	SenderKey         id.SenderKey      `json:"sender_key"`
-	SessionID         id.SessionID      `json:"session_id"`
-	SessionKey        string            `json:"session_key"`
-	SenderClaimedKeys SenderClaimedKeys `json:"sender_claimed_keys"`
-}
+// RoomKey is one exported session in a bundle's room_keys: mautrix's key-export entry, which is
+// the same wire format. MSC4268 omits the history flag and the forwarding chain in bundles; the
+// builder leaves those pointers nil, so they are not written.
+type RoomKey = crypto.ExportedSession
 
 // SenderClaimedKeys holds the session creator's claimed Ed25519 key.
-type SenderClaimedKeys struct {
-	Ed25519 id.Ed25519 `json:"ed25519"`
-}
+type SenderClaimedKeys = crypto.SenderClaimedKeys
 
-// Withheld is one entry of a bundle's withheld list, shaped like m.room_key.withheld content.
+// Withheld is one entry of a bundle's withheld list, shaped like m.room_key.withheld content. It is
+// not mautrix's event.RoomKeyWithheldEventContent: that has no from_device, which the spec's
+// m.room_key.withheld and rust-sdk's bundle entries carry.
 type Withheld struct {
 	Algorithm  id.Algorithm `json:"algorithm"`
 	Code       string       `json:"code"`
@@ -177,13 +172,13 @@ func (b *Builder) writeRoomKey(s Session, key string) {
 	buf = appendJSONString(buf, string(s.RoomID))
 	buf = append(buf, `,"sender_key":`...)
 	buf = appendJSONString(buf, string(s.SenderKey))
-	buf = append(buf, `,"session_id":`...)
+	buf = append(buf, `,"sender_claimed_keys":{"ed25519":`...)
+	buf = appendJSONString(buf, string(s.SigningKey))
+	buf = append(buf, `},"session_id":`...)
 	buf = appendJSONString(buf, string(s.SessionID))
 	buf = append(buf, `,"session_key":`...)
 	buf = appendJSONString(buf, key)
-	buf = append(buf, `,"sender_claimed_keys":{"ed25519":`...)
-	buf = appendJSONString(buf, string(s.SigningKey))
-	buf = append(buf, "}}"...)
+	buf = append(buf, "}"...)
 	b.scratch = buf
 	_, b.err = b.w.Write(buf)
 }

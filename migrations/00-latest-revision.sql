@@ -1,4 +1,4 @@
--- v0 -> v5: Latest revision
+-- v0 -> v6: Latest revision
 
 -- Appservice transactions already processed, so a retried transaction is processed once. A
 -- transaction is known by its ID and the SHA-256 of its body: Synapse on SQLite numbers its
@@ -76,6 +76,8 @@ CREATE TABLE bundle_received (
     updated_at    BIGINT  NOT NULL,
     -- the join (puppet_invite.join_event_id) the bundle was imported under: one import per join
     import_join   TEXT    NOT NULL DEFAULT '',
+    -- The row version: one more for each newer bundle from the sender that replaced the row.
+    version       BIGINT  NOT NULL DEFAULT 1,
     PRIMARY KEY (puppet, room_id, sender)
 );
 

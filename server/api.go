@@ -48,13 +48,8 @@ func (s *Server) wrap(h apiHandler) http.Handler {
 		r.Body = http.MaxBytesReader(w, r.Body, maxAPIBody)
 		resp, err := h(r)
 		if err != nil {
-			var ae *apiError
-			status := http.StatusInternalServerError
-			if errors.As(err, &ae) {
-				status = ae.Status
-			}
+			status := writeError(w, r, err)
 			s.metrics.apiRequests.WithLabelValues(strconv.Itoa(status)).Inc()
-			writeError(w, r, err)
 			return
 		}
 		s.metrics.apiRequests.WithLabelValues("200").Inc()
@@ -78,7 +73,7 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 	mux.Handle("GET "+p+"/identities/{userID}", s.wrap(s.apiGetIdentity))
 	mux.Handle("PUT "+p+"/identities/{userID}", s.wrap(s.apiConfirmIdentity))
 	mux.Handle(p+"/", s.wrap(func(r *http.Request) (any, error) {
-		return nil, &apiError{http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request"}
+		return nil, errUnrecognized
 	}))
 }
 
@@ -94,7 +89,7 @@ func DecodeBody(r *http.Request, v any) error {
 	}
 	data = bytes.TrimSpace(data)
 	if len(data) == 0 || data[0] != '{' {
-		return &apiError{http.StatusBadRequest, "M_NOT_JSON", "request body must be a JSON object"}
+		return errNotJSON("request body must be a JSON object")
 	}
 	if err = json.Unmarshal(data, v); err != nil {
 		var typeErr *json.UnmarshalTypeError
@@ -132,6 +127,19 @@ func (s *Server) LoadPuppet(r *http.Request) (*e2ee.Puppet, error) {
 	return p, err
 }
 
+// LoadPuppetInRoom returns the provisioned puppet and the room the path names.
+func (s *Server) LoadPuppetInRoom(r *http.Request) (*e2ee.Puppet, id.RoomID, error) {
+	p, err := s.LoadPuppet(r)
+	if err != nil {
+		return nil, "", err
+	}
+	roomID, err := RoomParam(r)
+	if err != nil {
+		return nil, "", err
+	}
+	return p, roomID, nil
+}
+
 // RoomParam returns the {roomID} path parameter, checked for shape.
 func RoomParam(r *http.Request) (id.RoomID, error) {
 	roomID := id.RoomID(r.PathValue("roomID"))
@@ -150,6 +158,18 @@ func MapRoomError(err error) error {
 	return err
 }
 
+// StatusResponse is what GET /status answers.
+type StatusResponse struct {
+	Version             string `json:"version"`
+	HomeserverReachable bool   `json:"homeserver_reachable"`
+	Puppets             int    `json:"puppets"`
+	LoadedMachines      int    `json:"loaded_machines"`
+	// LastHomeserverPing is when the homeserver last pinged heirloom, in Unix milliseconds (0: never).
+	LastHomeserverPing   int64 `json:"last_homeserver_ping"`
+	UptimeSeconds        int   `json:"uptime_seconds"`
+	HistorySharingActive bool  `json:"history_sharing_active"`
+}
+
 func (s *Server) apiStatus(r *http.Request) (any, error) {
 	ctx := r.Context()
 	puppets, err := s.db.CountPuppets(ctx)
@@ -157,14 +177,14 @@ func (s *Server) apiStatus(r *http.Request) (any, error) {
 		return nil, err
 	}
 	_, versionsErr := s.mgr.Client(ctx, s.cfg.BotUserID()).Versions(ctx)
-	return map[string]any{
-		"version":                Version,
-		"homeserver_reachable":   versionsErr == nil,
-		"puppets":                puppets,
-		"loaded_machines":        s.mgr.LoadedCount(),
-		"last_homeserver_ping":   s.lastPing.Load(),
-		"uptime_seconds":         int(time.Since(s.startedAt).Seconds()),
-		"history_sharing_active": s.cfg.HistorySharing.ShareOnInvite,
+	return &StatusResponse{
+		Version:              Version,
+		HomeserverReachable:  versionsErr == nil,
+		Puppets:              puppets,
+		LoadedMachines:       s.mgr.LoadedCount(),
+		LastHomeserverPing:   s.lastPing.Load(),
+		UptimeSeconds:        int(time.Since(s.startedAt).Seconds()),
+		HistorySharingActive: s.cfg.HistorySharing.ShareOnInvite,
 	}, nil
 }
 
@@ -240,15 +260,11 @@ func (s *Server) apiCreateRoom(r *http.Request) (any, error) {
 	if _, err = p.Client.State(r.Context(), resp.RoomID); err != nil {
 		zerolog.Ctx(r.Context()).Warn().Err(err).Stringer("room_id", resp.RoomID).Msg("Failed to fetch state of new room")
 	}
-	return map[string]any{"room_id": resp.RoomID}, nil
+	return &mautrix.RespCreateRoom{RoomID: resp.RoomID}, nil
 }
 
 func (s *Server) apiLeave(r *http.Request) (any, error) {
-	p, err := s.LoadPuppet(r)
-	if err != nil {
-		return nil, err
-	}
-	roomID, err := RoomParam(r)
+	p, roomID, err := s.LoadPuppetInRoom(r)
 	if err != nil {
 		return nil, err
 	}
@@ -259,11 +275,7 @@ func (s *Server) apiLeave(r *http.Request) (any, error) {
 }
 
 func (s *Server) apiSetState(r *http.Request) (any, error) {
-	p, err := s.LoadPuppet(r)
-	if err != nil {
-		return nil, err
-	}
-	roomID, err := RoomParam(r)
+	p, roomID, err := s.LoadPuppetInRoom(r)
 	if err != nil {
 		return nil, err
 	}
@@ -277,38 +289,31 @@ func (s *Server) apiSetState(r *http.Request) (any, error) {
 	}
 	ctx := r.Context()
 	stateKey := r.PathValue("stateKey")
-	// mautrix updates the state store as the event is sent: read the visibility before that.
+	// mautrix updates the state store as the event is sent: read the visibility before that. A
+	// puppet's change of a visibility heirloom never knew is compared with none at all: it rotates.
 	previous, err := s.db.StateStore.GetHistoryVisibility(ctx, roomID)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to read history visibility: %w", err)
+	} else if previous == nil {
+		previous = &event.HistoryVisibilityEventContent{}
 	}
 	resp, err := p.Client.SendStateEvent(ctx, roomID, evtType, stateKey, content)
 	if err != nil {
 		return nil, err
 	}
-	if evtType == event.StateHistoryVisibility {
-		if value, _ := content["history_visibility"].(string); previous == nil || string(previous.HistoryVisibility) != value {
-			if err = s.db.RequireRotation(ctx, roomID, time.Now()); err != nil {
-				return nil, err
-			}
-		}
-	}
-	// The next send must already see the new state, without waiting for the transaction.
+	// The next send must already see the new state (and its rotation), without waiting for the
+	// transaction.
 	raw, _ := json.Marshal(content)
 	evt := &event.Event{Type: evtType, RoomID: roomID, StateKey: &stateKey, Sender: p.UserID, ID: resp.EventID,
-		Content: event.Content{VeryRaw: raw}}
+		Timestamp: time.Now().UnixMilli(), Content: event.Content{VeryRaw: raw}}
 	if err = evt.Content.ParseRaw(evtType); err == nil || errors.Is(err, event.ErrUnsupportedContentType) {
-		s.trackState(ctx, evt)
+		s.applyState(ctx, evt, previous)
 	}
-	return map[string]any{"event_id": resp.EventID}, nil
+	return &mautrix.RespSendEvent{EventID: resp.EventID}, nil
 }
 
 func (s *Server) apiSend(r *http.Request) (any, error) {
-	p, err := s.LoadPuppet(r)
-	if err != nil {
-		return nil, err
-	}
-	roomID, err := RoomParam(r)
+	p, roomID, err := s.LoadPuppetInRoom(r)
 	if err != nil {
 		return nil, err
 	}
@@ -326,15 +331,16 @@ func (s *Server) apiSend(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, MapRoomError(err)
 	}
-	return map[string]any{"event_id": eventID}, nil
+	return &mautrix.RespSendEvent{EventID: eventID}, nil
+}
+
+// MessagesResponse is what GET …/messages answers: the room's last events, oldest first.
+type MessagesResponse struct {
+	Events []e2ee.TimelineEvent `json:"events"`
 }
 
 func (s *Server) apiMessages(r *http.Request) (any, error) {
-	p, err := s.LoadPuppet(r)
-	if err != nil {
-		return nil, err
-	}
-	roomID, err := RoomParam(r)
+	p, roomID, err := s.LoadPuppetInRoom(r)
 	if err != nil {
 		return nil, err
 	}
@@ -349,5 +355,5 @@ func (s *Server) apiMessages(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, MapRoomError(err)
 	}
-	return map[string]any{"events": events}, nil
+	return &MessagesResponse{Events: events}, nil
 }

@@ -16,11 +16,7 @@ type inviteRequest struct {
 }
 
 func (s *Server) apiInvite(r *http.Request) (any, error) {
-	p, err := s.LoadPuppet(r)
-	if err != nil {
-		return nil, err
-	}
-	roomID, err := RoomParam(r)
+	p, roomID, err := s.LoadPuppetInRoom(r)
 	if err != nil {
 		return nil, err
 	}
@@ -44,11 +40,7 @@ func (s *Server) apiInvite(r *http.Request) (any, error) {
 }
 
 func (s *Server) apiJoin(r *http.Request) (any, error) {
-	p, err := s.LoadPuppet(r)
-	if err != nil {
-		return nil, err
-	}
-	roomID, err := RoomParam(r)
+	p, roomID, err := s.LoadPuppetInRoom(r)
 	if err != nil {
 		return nil, err
 	}

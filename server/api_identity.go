@@ -27,7 +27,7 @@ func mapIdentityError(err error) error {
 	case errors.Is(err, e2ee.ErrUnknownIdentity):
 		return errNotFound(err.Error())
 	case errors.Is(err, e2ee.ErrIdentityMismatch):
-		return &apiError{http.StatusConflict, "M_INVALID_PARAM", err.Error()}
+		return errConflict(err.Error())
 	}
 	return err
 }

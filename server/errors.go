@@ -9,26 +9,27 @@ import (
 	"maunium.net/go/mautrix"
 )
 
-// apiError is a Matrix-style error answer: {"errcode": "M_…", "error": "…"}.
-type apiError struct {
-	Status  int    `json:"-"`
-	ErrCode string `json:"errcode"`
-	Message string `json:"error"`
+// heirloom answers errors Matrix-style, as mautrix.RespError: {"errcode": "M_…", "error": "…"}
+// with the error's StatusCode. They are written by writeJSON rather than RespError.Write, which
+// adds browser CORS headers (Access-Control-Allow-Origin: *) that this API, called by a bridge
+// and a homeserver, sends on no other answer.
+
+func errBadJSON(msg string) error      { return mautrix.MBadJSON.WithMessage(msg) }
+func errNotJSON(msg string) error      { return mautrix.MNotJSON.WithMessage(msg) }
+func errInvalidParam(msg string) error { return mautrix.MInvalidParam.WithMessage(msg) }
+func errNotFound(msg string) error     { return mautrix.MNotFound.WithMessage(msg) }
+func errTooLarge(msg string) error     { return mautrix.MTooLarge.WithMessage(msg) }
+func errConflict(msg string) error {
+	return mautrix.MInvalidParam.WithMessage(msg).WithStatus(http.StatusConflict)
 }
 
-func (e *apiError) Error() string { return e.ErrCode + ": " + e.Message }
-
-func errBadJSON(msg string) *apiError { return &apiError{http.StatusBadRequest, "M_BAD_JSON", msg} }
-func errInvalidParam(msg string) *apiError {
-	return &apiError{http.StatusBadRequest, "M_INVALID_PARAM", msg}
-}
-func errNotFound(msg string) *apiError { return &apiError{http.StatusNotFound, "M_NOT_FOUND", msg} }
-func errTooLarge(msg string) *apiError {
-	return &apiError{http.StatusRequestEntityTooLarge, "M_TOO_LARGE", msg}
-}
-
-var errUnknownToken = &apiError{http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unknown or missing access token"}
-var errMissingToken = &apiError{http.StatusUnauthorized, "M_MISSING_TOKEN", "Missing access token"}
+var (
+	errUnknownToken  = mautrix.MUnknownToken.WithMessage("Unknown or missing access token")
+	errMissingToken  = mautrix.MMissingToken.WithMessage("Missing access token")
+	errBadHSToken    = mautrix.MForbidden.WithMessage("Bad homeserver token")
+	errUnrecognized  = mautrix.MUnrecognized.WithMessage("Unrecognized request")
+	errInternalError = mautrix.MUnknown.WithMessage("internal error: see heirloom's log")
+)
 
 func writeJSON(w http.ResponseWriter, status int, body any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -36,22 +37,38 @@ func writeJSON(w http.ResponseWriter, status int, body any) {
 	_ = json.NewEncoder(w).Encode(body)
 }
 
-// writeError answers with err as a Matrix-style error. Homeserver errors keep their errcode;
-// anything unexpected becomes a logged 500 without internals in the answer.
-func writeError(w http.ResponseWriter, r *http.Request, err error) {
-	var ae *apiError
+// writeRespError writes a Matrix-style error with its status.
+func writeRespError(w http.ResponseWriter, e mautrix.RespError) int {
+	writeJSON(w, e.StatusCode, &e)
+	return e.StatusCode
+}
+
+// writeError answers with err as a Matrix-style error and returns the status it wrote. Homeserver
+// errors keep their errcode; anything unexpected becomes a logged 500 without internals in the
+// answer.
+func writeError(w http.ResponseWriter, r *http.Request, err error) int {
 	var he mautrix.HTTPError
+	var re mautrix.RespError
 	switch {
-	case errors.As(err, &ae):
-		writeJSON(w, ae.Status, ae)
 	case errors.As(err, &he) && he.RespError != nil:
-		status := he.Response.StatusCode
-		if status < 400 {
-			status = http.StatusBadGateway
+		status := http.StatusBadGateway
+		if he.Response != nil && he.Response.StatusCode >= 400 {
+			status = he.Response.StatusCode
 		}
-		writeJSON(w, status, &apiError{ErrCode: he.RespError.ErrCode, Message: "homeserver: " + he.RespError.Err})
+		return writeRespError(w, mautrix.RespError{ErrCode: he.RespError.ErrCode, Err: "homeserver: " + he.RespError.Err, StatusCode: status})
+	case errors.As(err, &re) && re.StatusCode != 0:
+		return writeRespError(w, re)
 	default:
 		zerolog.Ctx(r.Context()).Err(err).Str("path", r.URL.Path).Msg("Request failed")
-		writeJSON(w, http.StatusInternalServerError, &apiError{ErrCode: "M_UNKNOWN", Message: "internal error: see heirloom's log"})
+		return writeRespError(w, errInternalError)
 	}
+}
+
+// requireHSToken reports whether the request carries the homeserver's token, and answers 403 if not.
+func (s *Server) requireHSToken(w http.ResponseWriter, r *http.Request) bool {
+	if s.checkHSToken(r) {
+		return true
+	}
+	writeRespError(w, errBadHSToken)
+	return false
 }

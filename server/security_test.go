@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/id"
@@ -57,12 +58,23 @@ func TestEventTypeLabelsAreBounded(t *testing.T) {
 func TestDeviceListChangeWithNoMachineLoaded(t *testing.T) {
 	h := newHarness(t)
 	const user id.UserID = "@alice:localhost"
-	_, err := h.db.Exec(context.Background(), `INSERT INTO crypto_tracked_user (user_id, devices_outdated) VALUES ($1, false)`, user)
+	_, err := h.db.Raw.Exec(context.Background(), `INSERT INTO crypto_tracked_user (user_id, devices_outdated) VALUES ($1, false)`, user)
 	require.NoError(t, err)
 	resp := h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/dl", "Bearer "+hsToken,
 		strings.NewReader(`{"org.matrix.msc3202.device_lists":{"changed":["`+string(user)+`"],"left":[]}}`))
 	require.Equal(t, http.StatusOK, resp.status)
 	var outdated bool
-	require.NoError(t, h.db.QueryRow(context.Background(), `SELECT devices_outdated FROM crypto_tracked_user WHERE user_id=$1`, user).Scan(&outdated))
+	require.NoError(t, h.db.Raw.QueryRow(context.Background(), `SELECT devices_outdated FROM crypto_tracked_user WHERE user_id=$1`, user).Scan(&outdated))
 	require.True(t, outdated, "the change is recorded with no machine loaded")
+}
+
+// A departure stamped in the future (its server's clock, or a lie) marks the room's rotation no
+// later than now: it cannot pin every session created until then to rotate.
+func TestFutureTimestampedDepartureDoesNotPinRotation(t *testing.T) {
+	h := newHarness(t)
+	future := `{"type":"m.room.member","state_key":"@a:localhost","room_id":"!room:localhost","sender":"@a:localhost",` +
+		`"event_id":"$future","origin_server_ts":4102444800000,"content":{"membership":"leave"}}`
+	resp := h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/future", "Bearer "+hsToken, strings.NewReader(`{"events":[`+future+`]}`))
+	require.Equal(t, http.StatusOK, resp.status)
+	require.False(t, h.rotateAfter(t).After(time.Now().Add(time.Second)), "rotation mark %s", h.rotateAfter(t))
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
 
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
@@ -94,17 +95,13 @@ func (s *Server) Stop(ctx context.Context) error {
 
 // handleQueryUser answers the homeserver's user queries: puppets exist only once provisioned.
 func (s *Server) handleQueryUser(w http.ResponseWriter, r *http.Request) {
-	if !s.checkHSToken(r) {
-		writeJSON(w, http.StatusForbidden, &apiError{ErrCode: "M_FORBIDDEN", Message: "Bad homeserver token"})
-		return
+	if s.requireHSToken(w, r) {
+		writeRespError(w, mautrix.MNotFound.WithMessage("Puppets are created through the heirloom API"))
 	}
-	writeJSON(w, http.StatusNotFound, &apiError{ErrCode: "M_NOT_FOUND", Message: "Puppets are created through the heirloom API"})
 }
 
 func (s *Server) handleQueryAlias(w http.ResponseWriter, r *http.Request) {
-	if !s.checkHSToken(r) {
-		writeJSON(w, http.StatusForbidden, &apiError{ErrCode: "M_FORBIDDEN", Message: "Bad homeserver token"})
-		return
+	if s.requireHSToken(w, r) {
+		writeRespError(w, mautrix.MNotFound.WithMessage("heirloom has no room aliases"))
 	}
-	writeJSON(w, http.StatusNotFound, &apiError{ErrCode: "M_NOT_FOUND", Message: "heirloom has no room aliases"})
 }

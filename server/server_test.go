@@ -66,9 +66,11 @@ func newHarness(t *testing.T) *harness {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = db.Close() })
 	require.NoError(t, db.Upgrade(context.Background()))
-	mgr, err := e2ee.NewManager(cfg, db, http.DefaultClient)
+	mgr, err := e2ee.NewManager(cfg, db, http.DefaultClient, zerolog.Nop())
 	require.NoError(t, err)
-	s := server.NewServer(cfg, db, mgr, history.NewService(cfg, db, mgr), zerolog.Nop())
+	sharing := history.NewService(cfg, db, mgr)
+	mgr.OnRoomKeyBundle = sharing.ReceiveBundle
+	s := server.NewServer(cfg, db, mgr, sharing, zerolog.Nop())
 	return &harness{handler: s.Handler(), db: db, cfg: cfg}
 }
 
@@ -107,7 +109,7 @@ func (h *harness) do(t *testing.T, method, path, auth string, body io.Reader) re
 func (h *harness) processed(t *testing.T, txnID string) bool {
 	t.Helper()
 	var n int
-	require.NoError(t, h.db.QueryRow(context.Background(), `SELECT COUNT(*) FROM heirloom_txn WHERE txn_id=$1`, txnID).Scan(&n))
+	require.NoError(t, h.db.Raw.QueryRow(context.Background(), `SELECT COUNT(*) FROM heirloom_txn WHERE txn_id=$1`, txnID).Scan(&n))
 	return n > 0
 }
 

@@ -17,13 +17,17 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/e2ee"
 )
 
 // maxTransactionSize caps a transaction body. Synapse sends at most 100 PDUs, 100 EDUs and a
 // bounded number of to-device messages per transaction; this leaves ample room.
 const maxTransactionSize = 64 << 20
 
-// rawTransaction holds each section unparsed, so one malformed event spoils only itself.
+// rawTransaction holds each section unparsed, so one malformed event spoils only itself. It is not
+// mautrix's appservice.Transaction, which decodes the whole body in one go: one event with a field
+// of the wrong type (a string origin_server_ts) would fail every event of the transaction.
 type rawTransaction struct {
 	Events           []json.RawMessage `json:"events"`
 	Ephemeral        []json.RawMessage `json:"ephemeral"`
@@ -142,9 +146,8 @@ func (s *Server) checkHSToken(r *http.Request) bool {
 }
 
 func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
-	if !s.checkHSToken(r) {
+	if !s.requireHSToken(w, r) {
 		s.metrics.transactions.WithLabelValues("rejected").Inc()
-		writeJSON(w, http.StatusForbidden, &apiError{ErrCode: "M_FORBIDDEN", Message: "Bad homeserver token"})
 		return
 	}
 	txnID := r.PathValue("txnID")
@@ -175,7 +178,7 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	txn, err := ParseTransaction(body)
 	if err != nil {
 		s.metrics.transactions.WithLabelValues("rejected").Inc()
-		writeError(w, r, &apiError{http.StatusBadRequest, "M_NOT_JSON", "transaction body is not a JSON object"})
+		writeError(w, r, errNotJSON("transaction body is not a JSON object"))
 		return
 	}
 	txn.ID = txnID
@@ -227,33 +230,40 @@ func (s *Server) processTransaction(ctx context.Context, txn *Transaction) {
 	}
 }
 
-// trackState records room state from the transaction and marks rooms whose outbound sessions
-// must rotate: a history visibility that differs from the one heirloom knew, and any member
-// leaving, being kicked or banned. (A send also checks both itself, so a late transaction only
-// adds safety; the visibility comparison keeps the echo of heirloom's own change from rotating twice.)
+// trackState records room state from the transaction, with the history visibility heirloom knew
+// before the event (the first one it learns changes nothing).
 func (s *Server) trackState(ctx context.Context, evt *event.Event) {
 	if evt.StateKey == nil || evt.RoomID == "" {
 		return
 	}
-	rotate := false
-	switch evt.Type {
-	case event.StateHistoryVisibility:
-		previous, err := s.db.StateStore.GetHistoryVisibility(ctx, evt.RoomID)
-		if content, ok := evt.Content.Parsed.(*event.HistoryVisibilityEventContent); ok && err == nil && previous != nil {
-			rotate = previous.HistoryVisibility != content.HistoryVisibility
-		}
-	case event.StateMember:
-		membership := evt.Content.AsMember().Membership
-		rotate = membership == event.MembershipLeave || membership == event.MembershipBan
-		if s.cfg.IsManaged(id.UserID(evt.GetStateKey())) {
-			s.history.TrackMembership(ctx, evt)
+	var previous *event.HistoryVisibilityEventContent
+	if evt.Type == event.StateHistoryVisibility {
+		var err error
+		if previous, err = s.db.StateStore.GetHistoryVisibility(ctx, evt.RoomID); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Stringer("room_id", evt.RoomID).Msg("Failed to read the known history visibility")
 		}
 	}
+	s.applyState(ctx, evt, previous)
+}
+
+// applyState records a state event and marks the room for session rotation if the event is a
+// change that ends its outbound sessions (e2ee.RoomChangeOf: a departure, or a visibility other
+// than previous). A send also checks the member list itself, so a late transaction only adds
+// safety; the visibility comparison keeps the echo of heirloom's own change from rotating twice.
+func (s *Server) applyState(ctx context.Context, evt *event.Event, previous *event.HistoryVisibilityEventContent) {
+	if evt.Type == event.StateMember && s.cfg.IsManaged(id.UserID(evt.GetStateKey())) {
+		s.history.TrackMembership(ctx, evt)
+	}
 	mautrix.UpdateStateStore(ctx, s.db.StateStore, evt)
-	if rotate {
-		// At the event's own time: a late transaction of a departure must not rotate a session
-		// created after it (the send path already rotated for it, from the member list).
-		if err := s.db.RequireRotation(ctx, evt.RoomID, time.UnixMilli(evt.Timestamp)); err != nil {
+	if change, ok := e2ee.RoomChangeOf(evt, previous); ok {
+		// At the event's own time, so a late transaction of a departure does not rotate a session
+		// created after it (the send path already rotated for it, from the member list); never
+		// later than now, so a timestamp from the future cannot pin the room's rotation mark.
+		at := change.At
+		if now := time.Now(); at.After(now) {
+			at = now
+		}
+		if err := s.db.RequireRotation(ctx, evt.RoomID, at); err != nil {
 			zerolog.Ctx(ctx).Err(err).Stringer("room_id", evt.RoomID).Msg("Failed to mark room for session rotation")
 		}
 	}
@@ -289,8 +299,7 @@ func (s *Server) reactToEvent(ctx context.Context, evt *event.Event) {
 
 // handlePing answers the homeserver's appservice ping (MSC2659).
 func (s *Server) handlePing(w http.ResponseWriter, r *http.Request) {
-	if !s.checkHSToken(r) {
-		writeJSON(w, http.StatusForbidden, &apiError{ErrCode: "M_FORBIDDEN", Message: "Bad homeserver token"})
+	if !s.requireHSToken(w, r) {
 		return
 	}
 	var body struct {
