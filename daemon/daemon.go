@@ -19,6 +19,7 @@ import (
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/gateway"
 	"github.com/heirloom-matrix/heirloom/history"
 	"github.com/heirloom-matrix/heirloom/server"
 )
@@ -127,6 +128,19 @@ func Run(configPath string) int {
 	sharing := history.NewService(cfg, db, mgr)
 	mgr.OnRoomKeyBundle = sharing.ReceiveBundle
 	srv := server.NewServer(cfg, db, mgr, sharing, log)
+	var gw *gateway.Gateway
+	if cfg.Bridge != nil {
+		if gw, err = gateway.New(cfg, db, mgr, sharing, gateway.NewMetrics(srv.Registry()), log); err != nil {
+			log.Error().Err(err).Msg("Failed to set up gateway mode")
+			return ExitStartup
+		}
+		// Before any machine loads: every session a bridge user stores may free events waiting
+		// for it.
+		mgr.SetSessionHook(gw.KeysArrived)
+		srv.UseGateway(gw)
+		log.Info().Str("bridge", cfg.Bridge.Registration.ID).Str("bridge_url", cfg.Bridge.URL).
+			Msg("Gateway mode: serving the bridge's client-server API and delivering its transactions")
+	}
 	if err = srv.Start(); err != nil {
 		log.Error().Err(err).Msg("Failed to start the HTTP listener")
 		return ExitStartup
@@ -141,6 +155,11 @@ func Run(configPath string) int {
 		func(ctx context.Context) { mgr.RunMaintenance(ctx, cfg.Encryption.Maintenance()) },
 		sharing.Run,
 		func(ctx context.Context) { pruneTransactions(ctx, db) },
+		func(ctx context.Context) {
+			if gw != nil {
+				gw.Run(ctx)
+			}
+		},
 	} {
 		loops.Add(1)
 		go func() {

@@ -2,6 +2,8 @@
 -- Events bound for the bridge, in the order the homeserver delivered them (seq). An encrypted
 -- event whose key has not arrived waits (holding back only its room) until wait_until; txn_id is
 -- the bridge transaction it went into (0: not yet). Stored before the homeserver is answered.
+-- Delivered events keep their key (body emptied, delivered_at set) for a day, so a homeserver
+-- transaction sent again after a crash does not deliver them twice.
 CREATE TABLE gateway_event (
     seq         BIGINT  PRIMARY KEY,
     event_key   TEXT    NOT NULL UNIQUE,
@@ -13,7 +15,8 @@ CREATE TABLE gateway_event (
     session_id  TEXT    NOT NULL DEFAULT '',
     wait_until  BIGINT  NOT NULL DEFAULT 0,
     txn_id      BIGINT  NOT NULL DEFAULT 0,
-    received_at BIGINT  NOT NULL
+    received_at BIGINT  NOT NULL,
+    delivered_at BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX gateway_event_txn_idx ON gateway_event (txn_id, seq);
 CREATE INDEX gateway_event_session_idx ON gateway_event (session_id);

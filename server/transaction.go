@@ -51,6 +51,9 @@ type Transaction struct {
 	OTKCounts   map[id.UserID]map[id.DeviceID]mautrix.OTKCount
 	// Invalid counts the items that could not be parsed and were skipped.
 	Invalid int
+	// RawEvents and RawEphemeral are the room and ephemeral events as they arrived, every one of
+	// them, for gateway mode to pass on to the bridge.
+	RawEvents, RawEphemeral []json.RawMessage
 }
 
 // ParseTransaction decodes a transaction body. Only a body that is not a JSON object fails;
@@ -75,9 +78,9 @@ func ParseTransaction(body []byte) (*Transaction, error) {
 			}
 		}
 	}
-	txn := &Transaction{Invalid: invalid}
+	txn := &Transaction{Invalid: invalid, RawEvents: raw.Events, RawEphemeral: firstNonNil(raw.Ephemeral, raw.MSC2409Ephemeral)}
 	txn.Events = txn.parseEvents(raw.Events, false)
-	txn.Ephemeral = txn.parseEvents(firstNonNil(raw.Ephemeral, raw.MSC2409Ephemeral), false)
+	txn.Ephemeral = txn.parseEvents(txn.RawEphemeral, false)
 	txn.ToDevice = txn.parseEvents(firstNonNil(raw.ToDevice, raw.MSC2409ToDevice), true)
 	for _, section := range []json.RawMessage{raw.DeviceLists, raw.MSC3202DeviceLists} {
 		if len(section) == 0 {
@@ -186,6 +189,16 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	// but half-processed state must not be abandoned.
 	procCtx := context.WithoutCancel(ctx)
 	s.processTransaction(procCtx, txn)
+	if s.gateway != nil {
+		// The bridge's copy is stored before the homeserver hears the transaction was taken: if
+		// this fails, the homeserver sends it again (heirloom's own processing is idempotent).
+		if err = s.gateway.Ingest(procCtx, txnID+":"+bodyHash[:16], txn.RawEvents, txn.RawEphemeral); err != nil {
+			s.metrics.transactions.WithLabelValues("failed").Inc()
+			log.Err(err).Msg("Failed to store the bridge's part of a transaction; the homeserver will retry it")
+			writeRespError(w, errInternalError)
+			return
+		}
+	}
 	if err = s.db.MarkTxnProcessed(procCtx, txnID, bodyHash); err != nil {
 		s.metrics.errors.WithLabelValues("transaction").Inc()
 		writeError(w, r, err)
