@@ -337,8 +337,10 @@ func (cfg *Config) IsManaged(userID id.UserID) bool {
 }
 
 // IsBridgeUser reports whether userID is a local user of the bridge gateway mode stands in front of.
+// heirloom's own puppets and bot never are, whatever the bridge's namespaces say: the bridge's
+// token must not act as them, nor read with their keys.
 func (cfg *Config) IsBridgeUser(userID id.UserID) bool {
-	if cfg.Bridge == nil {
+	if cfg.Bridge == nil || cfg.IsPuppet(userID) || userID == cfg.BotUserID() {
 		return false
 	}
 	_, server, err := userID.Parse()

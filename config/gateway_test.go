@@ -127,3 +127,17 @@ func TestGatewayRegistration(t *testing.T) {
 	require.Contains(t, regexes, `^@heirloom_.+:localhost$`)
 	require.Equal(t, "heisenbridge", cfg.RegisteredID())
 }
+
+// A bridge whose namespace is wider than it should be still cannot claim heirloom's own users:
+// its token would act as them and read with their keys.
+func TestBridgeNamespaceNeverCoversHeirloomsUsers(t *testing.T) {
+	cfg := gatewayConfig(t, strings.Replace(heisenbridgeRegistration, "'@irc_.*'", "'@.*'", 1))
+	var err error
+	cfg.Bridge, err = cfg.LoadBridge()
+	require.NoError(t, err)
+	require.True(t, cfg.IsBridgeUser("@anyone:localhost"))
+	require.False(t, cfg.IsBridgeUser(id.NewUserID(cfg.AppService.PuppetPrefix+"bob", cfg.Homeserver.Domain)))
+	require.False(t, cfg.IsBridgeUser(cfg.BotUserID()))
+	require.False(t, cfg.IsBridgeUser("@anyone:elsewhere.example"), "only local users are the bridge's")
+	require.True(t, cfg.IsManaged(id.NewUserID(cfg.AppService.PuppetPrefix+"bob", cfg.Homeserver.Domain)))
+}

@@ -67,9 +67,15 @@ func (g *Gateway) handleSend(w http.ResponseWriter, r *http.Request, user id.Use
 	}
 	encrypted, err := g.roomEncrypted(ctx, user, roomID)
 	switch {
-	case err != nil:
-		log.Debug().Err(err).Msg("Room state unknown; forwarding the send")
+	case errors.Is(err, e2ee.ErrUnknownRoom):
+		// The sender cannot see the room: the homeserver refuses the send as it would without heirloom.
 		g.forwardBody(w, r, body)
+		return
+	case err != nil:
+		// Never send in the clear into a room that may be encrypted: the bridge gets an error
+		// (JSON with an errcode, which bridges treat as a failed send, not as a reason to resend).
+		log.Warn().Err(err).Msg("Cannot tell whether the room is encrypted; refusing the send")
+		writeMatrixError(w, http.StatusBadGateway, "M_UNKNOWN", "heirloom could not read the room's encryption state from the homeserver")
 		return
 	case !encrypted:
 		g.forwardBody(w, r, body)

@@ -113,7 +113,8 @@ CREATE TABLE gateway_event (
     session_id  TEXT    NOT NULL DEFAULT '',
     wait_until  BIGINT  NOT NULL DEFAULT 0,
     txn_id      BIGINT  NOT NULL DEFAULT 0,
-    received_at BIGINT  NOT NULL
+    received_at BIGINT  NOT NULL,
+    delivered_at BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX gateway_event_txn_idx ON gateway_event (txn_id, seq);
 CREATE INDEX gateway_event_session_idx ON gateway_event (session_id);
