@@ -155,7 +155,7 @@ func setup() (*env, error) {
 	// The bridges' registrations are generated while heirloom builds.
 	bridgeRegs := make(chan error, 1)
 	go func() { bridgeRegs <- x.writeBridgeRegistrations() }()
-	// heirloom_fault builds in the crash points of the restart tests (history/fault.go).
+	// heirloom_fault builds in the crash points of the restart tests and gateway_hold_delivery (internal/fault).
 	build := exec.Command("go", "build", "-tags=goolm,heirloom_fault", "-o", x.binary, ".")
 	build.Dir = root
 	out, err := build.CombinedOutput()

@@ -56,6 +56,9 @@ type Gateway struct {
 	keys     map[id.SessionID]struct{}
 	// warnedEncrypted is set once the bridge was warned it still encrypts by itself.
 	warnedEncrypted atomic.Bool
+	// backingOff is set while deliveries to the bridge fail; bridgeAlive, when the bridge made a
+	// request meanwhile (it is up: the backoff ends).
+	backingOff, bridgeAlive atomic.Bool
 }
 
 // New creates the gateway for cfg.Bridge, with its metrics registered on reg.
@@ -111,6 +114,9 @@ func (g *Gateway) serveBridge(w http.ResponseWriter, r *http.Request) {
 		g.metrics.requests.WithLabelValues("unauthorized").Inc()
 		writeMatrixError(w, http.StatusUnauthorized, mautrix.MUnknownToken.ErrCode, "Unknown access token (gateway mode accepts the bridge's as_token only)")
 		return
+	}
+	if g.backingOff.Load() && !g.bridgeAlive.Swap(true) {
+		g.nudge()
 	}
 	user := g.actingUser(r)
 	if user != g.bridge.Bot && !g.cfg.IsBridgeUser(user) {

@@ -471,3 +471,30 @@ func TestCreateRoomUntouchedByDefault(t *testing.T) {
 	got := h.hs.seen()
 	require.JSONEq(t, body, string(got[0].Body))
 }
+
+// A bridge that is back (it calls heirloom's client-server API, as every bridge does when it
+// starts) gets what waits for it at once, not after the rest of its backoff.
+func TestBridgeCallEndsTheDeliveryBackoff(t *testing.T) {
+	h := newHarness(t)
+	var mu sync.Mutex
+	fails := 3
+	h.bridge.setAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) {
+		mu.Lock()
+		defer mu.Unlock()
+		if fails > 0 {
+			fails--
+			answerJSON(http.StatusServiceUnavailable, `{"errcode":"M_UNKNOWN"}`)(w, r, body)
+			return
+		}
+		answerJSON(http.StatusOK, `{}`)(w, r, body)
+	})
+	h.run(t)
+	txn := `{"events":[` + memberEvent("$join", "@irc_alice:localhost", "@irc_alice:localhost", "join") + `]}`
+	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/1", heirloomHS, txn).status)
+	// Three failures: 1 s, 2 s, then a 4 s wait.
+	require.Eventually(t, func() bool { return len(bridgeTxns(t, h.bridge)) == 3 }, 10*time.Second, 20*time.Millisecond)
+	h.do(t, http.MethodGet, "/_matrix/client/v3/account/whoami", bridgeAS, "")
+	require.Eventually(t, func() bool { return len(bridgeTxns(t, h.bridge)) == 4 }, 2*time.Second, 20*time.Millisecond,
+		"delivered when the bridge called, not 4 s later")
+	require.Equal(t, []string{"$join"}, eventsOf(bridgeTxns(t, h.bridge)[3:]))
+}

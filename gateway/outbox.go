@@ -16,6 +16,7 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/internal/fault"
 )
 
 // maxTxnEvents is how many events one transaction to the bridge carries at most (the homeserver
@@ -229,6 +230,10 @@ func (g *Gateway) runDelivery(ctx context.Context) {
 	for ctx.Err() == nil {
 		g.applyArrivedKeys(ctx)
 		g.updateDepth(ctx)
+		if fault.Active("gateway_hold_delivery") {
+			g.sleep(ctx, time.Second)
+			continue
+		}
 		txn, err := g.db.PendingGatewayTxn(ctx)
 		if err == nil && txn == nil {
 			txn, err = g.db.ComposeGatewayTxn(ctx, maxTxnEvents, time.Now().UnixMilli(), g.recordLate)
@@ -242,7 +247,9 @@ func (g *Gateway) runDelivery(ctx context.Context) {
 			g.sleep(ctx, 250*time.Millisecond) // a waiting event's deadline is checked this often
 			continue
 		}
-		if wait := time.Until(time.UnixMilli(txn.NextAttempt)); wait > 0 {
+		// A bridge that calls heirloom is up again: its backoff ends (as the appservice ping ends
+		// the homeserver's).
+		if wait := time.Until(time.UnixMilli(txn.NextAttempt)); wait > 0 && !g.bridgeAlive.Swap(false) {
 			g.sleep(ctx, wait)
 			continue
 		}
@@ -252,12 +259,17 @@ func (g *Gateway) runDelivery(ctx context.Context) {
 			log.Warn().Err(err).Int64("bridge_txn_id", txn.ID).Int("attempt", txn.Attempts+1).Dur("retry_in", backoff).
 				Msg("Failed to deliver a transaction to the bridge; retrying")
 			g.metrics.deliveries.WithLabelValues("failed").Inc()
+			g.backingOff.Store(true)
+			g.bridgeAlive.Store(false)
 			if err = g.db.RetryGatewayTxn(ctx, txn.ID, time.Now().Add(backoff).UnixMilli(), err.Error()); err != nil {
 				log.Err(err).Msg("Failed to record a failed delivery")
 			}
 			continue
 		}
 		g.metrics.deliveries.WithLabelValues("delivered").Inc()
+		if g.backingOff.Swap(false) {
+			log.Info().Int64("bridge_txn_id", txn.ID).Int("attempts", txn.Attempts+1).Msg("The bridge is reachable again")
+		}
 		for _, e := range txn.Events {
 			g.metrics.latency.Observe(time.Since(time.UnixMilli(e.ReceivedAt)).Seconds())
 		}

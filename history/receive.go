@@ -18,6 +18,7 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/internal/fault"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -326,7 +327,7 @@ func (s *Service) tryAccept(ctx context.Context, p *e2ee.Puppet, roomID id.RoomI
 	case keybundle.Expire:
 		b.State, b.Error = database.ReceivedExpired, reason
 	case keybundle.Import:
-		faultPoint("crash_before_import")
+		fault.Crash("crash_before_import")
 		b.ImportJoin = inv.JoinEventID
 		saved = s.downloadAndImport(ctx, p, b)
 	}

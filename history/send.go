@@ -14,6 +14,7 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/internal/fault"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -175,7 +176,7 @@ func (s *Service) share(ctx context.Context, p *e2ee.Puppet, b *database.SentBun
 		return nil
 	}
 	if b.State == database.SentUploaded {
-		faultPoint("crash_before_delivery")
+		fault.Crash("crash_before_delivery")
 		if err = s.deliver(ctx, p, b); err != nil {
 			// Like a failed build: the bundle is marked failed with the reason and the invite goes
 			// on; a later invite builds a fresh bundle rather than resurrecting this one.
