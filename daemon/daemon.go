@@ -147,6 +147,12 @@ func Run(configPath string) int {
 	}
 	var loops sync.WaitGroup
 	defer shutdown(log, srv, sharing, &loops) // before db.Close, deferred first
+	if gw != nil {
+		// The registration's sender is the bridge's bot: heirloom's own must be registered.
+		if err = mgr.EnsureRegistered(ctx, cfg.BotUserID()); err != nil {
+			log.Warn().Err(err).Msg("Failed to register heirloom's bot")
+		}
+	}
 	if err = checkRegistration(ctx, mgr, cfg); err != nil {
 		log.Error().Err(err).Msg("The homeserver does not accept heirloom's registration")
 		return ExitHomeserver

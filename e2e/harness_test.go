@@ -74,6 +74,10 @@ type env struct {
 	heisenbridgeReg  bridgeRegistration
 	jsBridgeReg      bridgeRegistration
 	jsBridgeSpareReg bridgeRegistration
+	// The registrations of the bridges behind heirloom's gateway: Synapse never loads these, but
+	// the registrations heirloom generates from them (the gateway profiles).
+	heisenbridgeGWReg bridgeRegistration
+	jsBridgeGWReg     bridgeRegistration
 	heisenbridgeBin  string
 	bridgeNode       string
 	// cleanups run at teardown, last first, before Synapse stops.
@@ -87,6 +91,8 @@ type profile struct {
 	asToken, hsToken      string
 	push                  bool
 	registration          string
+	// bridge, for a gateway profile, is the registration of the bridge heirloom stands in front of.
+	bridge *bridgeRegistration
 }
 
 var e *env
@@ -251,6 +257,26 @@ func (x *env) bringUp() error {
 		registrations = append(registrations, p.registration)
 		x.profiles[p.name] = p
 	}
+	// Gateway profiles: heirloom in front of heisenbridge and of the test bridge. Synapse loads the
+	// registration heirloom -g writes from each bridge's own (the first of the admin's two changes).
+	for _, p := range []*profile{
+		{name: "gw-irc", id: "heirloom-gw-irc", bot: "hgibot", prefix: "hgi_", push: true, bridge: &x.heisenbridgeGWReg},
+		{name: "gw-js", id: "heirloom-gw-js", bot: "hgjbot", prefix: "hgj_", push: true, bridge: &x.jsBridgeGWReg},
+	} {
+		p.port = freePort()
+		p.asToken, p.hsToken = randomToken("as-"+p.name+"-"), randomToken("hs-"+p.name+"-")
+		p.registration = filepath.Join(x.dir, "registration-"+p.name+".yaml")
+		tmpl := filepath.Join(x.dir, "config-"+p.name+"-template.yaml")
+		pc := x.profileConfig(p)
+		if err := os.WriteFile(tmpl, []byte(pc.yaml()), 0o600); err != nil {
+			return err
+		}
+		if err := x.generate(tmpl, p.registration); err != nil {
+			return err
+		}
+		registrations = append(registrations, p.registration)
+		x.profiles[p.name] = p
+	}
 	// The bridges' own registrations, for the tests of the bridges talking straight to Synapse.
 	registrations = append(registrations, x.heisenbridgeReg.Path, x.jsBridgeReg.Path, x.jsBridgeSpareReg.Path)
 	x.registrations = registrations
@@ -271,12 +297,16 @@ func (x *env) bringUp() error {
 
 // profileConfig is the configuration a short-lived heirloom of the profile starts from.
 func (x *env) profileConfig(p *profile) heirloomConfig {
-	return heirloomConfig{
+	c := heirloomConfig{
 		hsURL: x.hsURL, id: p.id, bot: p.bot, prefix: p.prefix, port: p.port,
 		asToken: p.asToken, hsToken: p.hsToken, dbType: "sqlite3-fk-wal", dbURI: "file:unused.db?_txlock=immediate",
 		shareOnInvite: true, autoJoin: []string{"@js_*:localhost", "@" + p.prefix + "*:localhost"},
 		acceptWindow: "24h", maxBundle: e2eMaxBundle,
 	}
+	if p.bridge != nil {
+		c.gateway = &gatewayConfig{registration: p.bridge.Path}
+	}
+	return c
 }
 
 func (x *env) generate(configPath, registrationPath string) error {
@@ -298,6 +328,29 @@ type heirloomConfig struct {
 	acceptWindow           string
 	maxBundle              int64
 	maintenance            string // encryption.maintenance_interval; empty leaves it out (the default)
+	gateway                *gatewayConfig
+}
+
+// gatewayConfig is the gateway section of a gateway profile's config.
+type gatewayConfig struct {
+	registration    string
+	bridgeURL       string // empty: the registration's url
+	encryptNewRooms bool
+	decryptWait     string // empty: the default
+}
+
+func (g *gatewayConfig) yaml() string {
+	if g == nil {
+		return ""
+	}
+	out := fmt.Sprintf("gateway:\n    registration: %s\n    encrypt_new_rooms: %t\n", g.registration, g.encryptNewRooms)
+	if g.bridgeURL != "" {
+		out += "    bridge_url: " + g.bridgeURL + "\n"
+	}
+	if g.decryptWait != "" {
+		out += "    decrypt_wait: " + g.decryptWait + "\n"
+	}
+	return out
 }
 
 func (c heirloomConfig) yaml() string {
@@ -338,8 +391,8 @@ history_sharing:
 logging:
     level: debug
     format: json
-`, c.hsURL, domain, c.port, c.port, c.id, c.bot, c.prefix, c.asToken, c.hsToken, c.dbType, c.dbURI,
-		maintenance, apiSecret, c.shareOnInvite, autoJoin, c.acceptWindow, c.maxBundle)
+%s`, c.hsURL, domain, c.port, c.port, c.id, c.bot, c.prefix, c.asToken, c.hsToken, c.dbType, c.dbURI,
+		maintenance, apiSecret, c.shareOnInvite, autoJoin, c.acceptWindow, c.maxBundle, c.gateway.yaml())
 }
 
 func (x *env) synapseEnv() []string {
@@ -378,6 +431,8 @@ type instance struct {
 	exited       chan struct{} // closed when heirloom exits
 	exitErr      error
 	fault        string // HEIRLOOM_FAULT of the running process
+	// bridge is the registration of the bridge a gateway instance stands in front of.
+	bridge *bridgeRegistration
 }
 
 func (x *env) startHeirloom() error {
@@ -523,6 +578,12 @@ func restartHeirloom(t testing.TB) {
 // config (mutate changes the profile's), and stops it when the test ends.
 func startInstance(t testing.TB, profileName string, mutate func(*heirloomConfig)) *instance {
 	t.Helper()
+	return startInstanceEnv(t, profileName, mutate)
+}
+
+// startInstanceEnv is startInstance with extra environment for the process (HEIRLOOM_FAULT).
+func startInstanceEnv(t testing.TB, profileName string, mutate func(*heirloomConfig), extraEnv ...string) *instance {
+	t.Helper()
 	p := e.profiles[profileName]
 	home, err := os.MkdirTemp(e.dir, profileName+"-")
 	if err != nil {
@@ -530,7 +591,7 @@ func startInstance(t testing.TB, profileName string, mutate func(*heirloomConfig
 	}
 	h := &instance{name: profileName + " " + filepath.Base(home), home: home, appserviceID: p.id, prefix: p.prefix,
 		asPort: p.port, asToken: p.asToken, configPath: filepath.Join(home, "config.yaml"),
-		dbPath: filepath.Join(home, "heirloom.db"), logPath: filepath.Join(home, "heirloom.log")}
+		dbPath: filepath.Join(home, "heirloom.db"), logPath: filepath.Join(home, "heirloom.log"), bridge: p.bridge}
 	cfg := e.profileConfig(p)
 	cfg.dbURI = "file:" + h.dbPath + "?_txlock=immediate"
 	if mutate != nil {
@@ -544,7 +605,7 @@ func startInstance(t testing.TB, profileName string, mutate func(*heirloomConfig
 	e.mu.Unlock()
 	t.Cleanup(func() { h.stopHeirloom(syscall.SIGTERM) })
 	for attempt := 1; ; attempt++ {
-		if err = h.start(e.binary); err == nil {
+		if err = h.start(e.binary, extraEnv...); err == nil {
 			return h
 		}
 		if !h.portClash() || attempt == 3 {

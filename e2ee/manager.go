@@ -111,6 +111,9 @@ type Puppet struct {
 
 	sweepLock sync.Mutex
 	lastSweep time.Time
+	// seenToDevice remembers the last encrypted to-device messages handled, so one that arrives
+	// twice (pushed in a transaction, then read again by a sweep) is not decrypted twice.
+	seenToDevice recentSet
 
 	// departuresSeen holds, per outbound session, the leave and ban events already in the member
 	// list it was created from: those members never held it, so they do not rotate it.

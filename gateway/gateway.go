@@ -115,7 +115,8 @@ func (g *Gateway) serveBridge(w http.ResponseWriter, r *http.Request) {
 		writeMatrixError(w, http.StatusUnauthorized, mautrix.MUnknownToken.ErrCode, "Unknown access token (gateway mode accepts the bridge's as_token only)")
 		return
 	}
-	if g.backingOff.Load() && !g.bridgeAlive.Swap(true) {
+	if g.backingOff.Load() {
+		g.bridgeAlive.Store(true)
 		g.nudge()
 	}
 	user := g.actingUser(r)

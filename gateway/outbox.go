@@ -227,6 +227,7 @@ func (g *Gateway) applyArrivedKeys(ctx context.Context) {
 // downtime and heirloom restarts; then the next is composed.
 func (g *Gateway) runDelivery(ctx context.Context) {
 	log := zerolog.Ctx(ctx)
+	var lastFailure time.Time
 	for ctx.Err() == nil {
 		g.applyArrivedKeys(ctx)
 		g.updateDepth(ctx)
@@ -247,12 +248,18 @@ func (g *Gateway) runDelivery(ctx context.Context) {
 			g.sleep(ctx, 250*time.Millisecond) // a waiting event's deadline is checked this often
 			continue
 		}
-		// A bridge that calls heirloom is up again: its backoff ends (as the appservice ping ends
-		// the homeserver's).
-		if wait := time.Until(time.UnixMilli(txn.NextAttempt)); wait > 0 && !g.bridgeAlive.Swap(false) {
+		// A bridge that calls heirloom is up, or about to be (bridges call the homeserver before
+		// they listen): its backoff ends, as the appservice ping ends the homeserver's, but it is
+		// tried at most once a second.
+		wait := time.Until(time.UnixMilli(txn.NextAttempt))
+		if wait > 0 && g.bridgeAlive.Load() {
+			wait = min(wait, time.Until(lastFailure.Add(time.Second)))
+		}
+		if wait > 0 {
 			g.sleep(ctx, wait)
 			continue
 		}
+		g.bridgeAlive.Store(false)
 		start := time.Now()
 		if err = g.deliver(ctx, txn); err != nil {
 			backoff := min(time.Second<<min(txn.Attempts, 9), 5*time.Minute)
@@ -260,7 +267,7 @@ func (g *Gateway) runDelivery(ctx context.Context) {
 				Msg("Failed to deliver a transaction to the bridge; retrying")
 			g.metrics.deliveries.WithLabelValues("failed").Inc()
 			g.backingOff.Store(true)
-			g.bridgeAlive.Store(false)
+			lastFailure = time.Now()
 			if err = g.db.RetryGatewayTxn(ctx, txn.ID, time.Now().Add(backoff).UnixMilli(), err.Error()); err != nil {
 				log.Err(err).Msg("Failed to record a failed delivery")
 			}
