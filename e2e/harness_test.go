@@ -78,8 +78,8 @@ type env struct {
 	// the registrations heirloom generates from them (the gateway profiles).
 	heisenbridgeGWReg bridgeRegistration
 	jsBridgeGWReg     bridgeRegistration
-	heisenbridgeBin  string
-	bridgeNode       string
+	heisenbridgeBin   string
+	bridgeNode        string
 	// cleanups run at teardown, last first, before Synapse stops.
 	cleanups []func()
 }
