@@ -3,7 +3,7 @@ export GOFLAGS := -tags=goolm -buildvcs=false
 SHELL := /bin/bash
 STATE := .state
 
-.PHONY: all build test unit unit-postgres e2e e2e-postgres load vet lint deps demo bench fuzz clean registration stop
+.PHONY: all build test unit unit-postgres e2e e2e-postgres load vet lint deps demo demo-gateway bench bench-gateway fuzz clean registration stop
 
 all: build
 
@@ -68,6 +68,14 @@ demo: build deps
 
 bench: deps
 	scripts/bench.sh
+
+# bench-gateway measures gateway mode beside the same bridge talking straight to Synapse, in one
+# run: latency to the bridge's handler, the bridge's sends per second, and 200 speaking ghosts.
+bench-gateway: deps
+	@mkdir -p $(STATE)
+	@set -o pipefail; HEIRLOOM_BRIDGE_LATENCY_MESSAGES=$${HEIRLOOM_BRIDGE_LATENCY_MESSAGES:-50} \
+		go test -count=1 -timeout 40m -run '^$$' -bench 'BenchmarkGateway' -benchtime 1x ./e2e 2>&1 | tee $(STATE)/bench-gateway.log | \
+		grep -E '^(Benchmark|ok|FAIL|panic)|_test.go:'
 
 # load runs the load test at full scale: 200 puppets, 50 rooms, 5,000 messages.
 load: deps

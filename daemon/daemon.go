@@ -77,6 +77,8 @@ func writeFile0600(path string, data []byte) error {
 }
 
 func newLogger(cfg config.Logging) zerolog.Logger {
+	// Milliseconds: an operator following one event through heirloom needs them.
+	zerolog.TimeFieldFormat = "2006-01-02T15:04:05.000Z07:00"
 	level, err := zerolog.ParseLevel(cfg.Level)
 	if err != nil {
 		level = zerolog.InfoLevel

@@ -188,7 +188,9 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	// Process with a context that outlives the request: the homeserver may time out and retry,
 	// but half-processed state must not be abandoned.
 	procCtx := context.WithoutCancel(ctx)
+	start := time.Now()
 	s.processTransaction(procCtx, txn)
+	processed := time.Since(start)
 	if s.gateway != nil {
 		// The bridge's copy is stored before the homeserver hears the transaction was taken: if
 		// this fails, the homeserver sends it again (heirloom's own processing is idempotent).
@@ -205,6 +207,7 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.metrics.transactions.WithLabelValues("processed").Inc()
+	log.Debug().Dur("processing_took", processed).Dur("took", time.Since(start)).Msg("Transaction handled")
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 
