@@ -66,6 +66,11 @@ e2e: deps
 demo: build deps
 	scripts/demo.sh
 
+# demo-gateway puts heirloom in front of heisenbridge (with a private ngircd) and shows an IRC
+# channel in an encrypted room: lines both ways, and an invited user reading the history.
+demo-gateway: build deps
+	scripts/demo-gateway.sh
+
 bench: deps
 	scripts/bench.sh
 
@@ -89,9 +94,10 @@ fuzz:
 registration:
 	go run ./scripts/registration -c config.example.yaml -r registration.yaml
 
-# stop ends what make demo left running.
+# stop ends what make demo and make demo-gateway left running.
 stop:
-	-@test -f $(STATE)/demo/heirloom.pid && kill $$(cat $(STATE)/demo/heirloom.pid) 2>/dev/null; rm -f $(STATE)/demo/heirloom.pid
+	-@for pid in $(STATE)/demo/heirloom.pid $(STATE)/demo-gateway/heirloom.pid $(STATE)/demo-gateway/ngircd.pid; do \
+		test -f $$pid && kill $$(cat $$pid) 2>/dev/null; rm -f $$pid; done
 	scripts/synapse.sh stop
 	scripts/postgres.sh stop
 

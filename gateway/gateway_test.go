@@ -11,12 +11,15 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
+	"maunium.net/go/mautrix/crypto/attachment"
+	"maunium.net/go/mautrix/event"
 
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
@@ -497,4 +500,50 @@ func TestBridgeCallEndsTheDeliveryBackoff(t *testing.T) {
 	require.Eventually(t, func() bool { return len(bridgeTxns(t, h.bridge)) == 4 }, 2*time.Second, 20*time.Millisecond,
 		"delivered when the bridge called, not 4 s later")
 	require.Equal(t, []string{"$join"}, eventsOf(bridgeTxns(t, h.bridge)[3:]))
+}
+
+// An encrypted attachment heirloom hands out decrypted is served to the bridge only if the
+// ciphertext the homeserver returns is the one the event names (its SHA-256): a swapped file is
+// refused before a byte of plaintext goes out.
+func TestDecryptedMediaChecksTheHash(t *testing.T) {
+	h := newHarness(t)
+	plaintext := []byte("a picture, honestly " + strings.Repeat("x", 1000))
+	file := attachment.NewEncryptedFile()
+	ciphertext := file.Encrypt(plaintext)
+	var served atomic.Value
+	served.Store(ciphertext)
+	h.hs.setAnswer(func(w http.ResponseWriter, r *http.Request, _ []byte) {
+		if strings.Contains(r.URL.Path, "/download/localhost/cipher") {
+			w.Header().Set("Content-Type", "application/octet-stream")
+			_, _ = w.Write(served.Load().([]byte))
+			return
+		}
+		answerJSON(http.StatusNotFound, `{"errcode":"M_NOT_FOUND"}`)(w, r, nil)
+	})
+	info := event.EncryptedFileInfo{EncryptedFile: *file, URL: "mxc://localhost/cipher"}
+	raw, err := json.Marshal(map[string]any{"msgtype": "m.image", "body": "pic.png", "file": info})
+	require.NoError(t, err)
+	var content map[string]any
+	require.NoError(t, json.Unmarshal(raw, &content))
+	require.NoError(t, h.gw.ExposeMedia(context.Background(), content))
+	uri, _ := content["url"].(string)
+	require.True(t, strings.HasPrefix(uri, "mxc://localhost/heirloom_"), "content after: %v", content)
+	require.NotContains(t, content, "file")
+	mediaID := strings.TrimPrefix(uri, "mxc://localhost/")
+
+	resp := h.do(t, http.MethodGet, "/_matrix/client/v1/media/download/localhost/"+mediaID+"/pic.png?user_id=@irc_alice:localhost", bridgeAS, "")
+	require.Equal(t, http.StatusOK, resp.status)
+	require.Equal(t, plaintext, resp.body)
+
+	tampered := append([]byte(nil), ciphertext...)
+	tampered[10] ^= 0xff
+	served.Store(tampered)
+	resp = h.do(t, http.MethodGet, "/_matrix/media/v3/download/localhost/"+mediaID+"?user_id=@irc_alice:localhost", bridgeAS, "")
+	require.Equal(t, http.StatusBadGateway, resp.status)
+	require.Equal(t, "M_UNKNOWN", resp.errcode(t))
+	require.NotContains(t, string(resp.body), "picture")
+
+	// Media heirloom did not hand out is the homeserver's.
+	resp = h.do(t, http.MethodGet, "/_matrix/client/v1/media/download/localhost/heirloom_unknown", bridgeAS, "")
+	require.Equal(t, http.StatusNotFound, resp.status)
 }
