@@ -3,6 +3,9 @@ package gateway_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -18,8 +21,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/attachment"
 	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
@@ -91,6 +96,7 @@ type harness struct {
 	handler    http.Handler
 	gw         *gateway.Gateway
 	db         *database.Database
+	mgr        *e2ee.Manager
 	logs       *syncBuffer
 }
 
@@ -156,6 +162,7 @@ namespaces:
 	require.NoError(t, h.db.Upgrade(context.Background()))
 	mgr, err := e2ee.NewManager(cfg, h.db, http.DefaultClient, log)
 	require.NoError(t, err)
+	h.mgr = mgr
 	sharing := history.NewService(cfg, h.db, mgr)
 	srv := server.NewServer(cfg, h.db, mgr, sharing, log)
 	h.gw, err = gateway.New(cfg, h.db, mgr, sharing, gateway.NewMetrics(prometheus.NewRegistry()), log)
@@ -546,4 +553,136 @@ func TestDecryptedMediaChecksTheHash(t *testing.T) {
 	// Media heirloom did not hand out is the homeserver's.
 	resp = h.do(t, http.MethodGet, "/_matrix/client/v1/media/download/localhost/heirloom_unknown", bridgeAS, "")
 	require.Equal(t, http.StatusNotFound, resp.status)
+}
+
+// remoteSender is a sender's megolm session outside heirloom: it encrypts room events that a
+// bridge user can read only once it holds the session's key.
+type remoteSender struct {
+	ogs       *crypto.OutboundGroupSession
+	senderKey id.SenderKey
+	signing   id.Ed25519
+	sessKey   string
+}
+
+func newRemoteSender(t *testing.T, roomID id.RoomID) *remoteSender {
+	ogs, err := crypto.NewOutboundGroupSession(roomID, nil, nil)
+	require.NoError(t, err)
+	ogs.Shared = true
+	curve := make([]byte, 32)
+	_, _ = rand.Read(curve)
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	return &remoteSender{ogs: ogs, senderKey: id.SenderKey(base64.RawStdEncoding.EncodeToString(curve)),
+		signing: id.Ed25519(base64.RawStdEncoding.EncodeToString(pub)), sessKey: ogs.Internal.Key()}
+}
+
+// event returns an m.room.encrypted event of the session, as the homeserver pushes it.
+func (s *remoteSender) event(t *testing.T, eventID string, roomID id.RoomID, body string) string {
+	plain, err := json.Marshal(map[string]any{"type": "m.room.message", "room_id": roomID,
+		"content": map[string]any{"msgtype": "m.text", "body": body}})
+	require.NoError(t, err)
+	ciphertext, err := s.ogs.Encrypt(plain)
+	require.NoError(t, err)
+	content, err := json.Marshal(map[string]any{"algorithm": id.AlgorithmMegolmV1, "ciphertext": string(ciphertext),
+		"sender_key": s.senderKey, "device_id": "REMOTE", "session_id": s.ogs.ID()})
+	require.NoError(t, err)
+	return `{"type":"m.room.encrypted","event_id":"` + eventID + `","room_id":"` + string(roomID) + `","sender":"@alice:localhost",` +
+		`"origin_server_ts":5,"content":` + string(content) + `}`
+}
+
+// giveKey stores the session's key for the bridge user, as a room key over Olm would.
+func (s *remoteSender) giveKey(t *testing.T, p *e2ee.Puppet, roomID id.RoomID) {
+	shared := true
+	igs, err := crypto.NewInboundGroupSession(s.senderKey, s.signing, roomID, s.sessKey, 0, 0, &shared, false)
+	require.NoError(t, err)
+	igs.SourceUser = "@alice:localhost"
+	stored, reason, err := p.StoreSession(context.Background(), igs)
+	require.NoError(t, err)
+	require.True(t, stored, reason)
+}
+
+func deliveredEvents(t *testing.T, p *peer) []map[string]any {
+	var out []map[string]any
+	for _, txn := range bridgeTxns(t, p) {
+		out = append(out, txn.Events...)
+	}
+	return out
+}
+
+// An encrypted event whose key has not arrived holds back its own room only. When the key
+// arrives within gateway.decrypt_wait, the event goes on decrypted, in its place; when it arrives
+// later, the event has gone on encrypted and its decrypted copy follows, with the same ID.
+func TestLateKeysHoldBackOnlyTheirRoom(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	const reader = id.UserID("@irc_reader:localhost")
+	require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: reader, DeviceID: "READER", Ready: true}))
+	p, err := h.mgr.Get(ctx, reader)
+	require.NoError(t, err)
+	h.run(t)
+	roomX, roomY := id.RoomID("!x:localhost"), id.RoomID("!y:localhost")
+	join := func(eventID string, room id.RoomID) string {
+		return strings.Replace(memberEvent(eventID, string(reader), string(reader), "join"), "!r:localhost", string(room), 1)
+	}
+	plain := func(eventID string, room id.RoomID, body string) string {
+		return strings.Replace(messageEvent(eventID, "@alice:localhost", body), "!r:localhost", string(room), 1)
+	}
+	sender := newRemoteSender(t, roomX)
+	txn := `{"events":[` + join("$jx", roomX) + `,` + join("$jy", roomY) + `,` + sender.event(t, "$secret1", roomX, "first secret") + `,` +
+		plain("$afterX", roomX, "after the secret") + `,` + plain("$inY", roomY, "room Y goes on") + `]}`
+	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/1", heirloomHS, txn).status)
+	require.Eventually(t, func() bool {
+		for _, ev := range deliveredEvents(t, h.bridge) {
+			if ev["event_id"] == "$inY" {
+				return true
+			}
+		}
+		return false
+	}, 5*time.Second, 20*time.Millisecond, "room Y is not held back")
+	for _, ev := range deliveredEvents(t, h.bridge) {
+		require.NotEqual(t, "$afterX", ev["event_id"], "room X waits for its key")
+		require.NotEqual(t, "$secret1", ev["event_id"])
+	}
+	sender.giveKey(t, p, roomX)
+	var order []string
+	require.Eventually(t, func() bool {
+		order = nil
+		for _, ev := range deliveredEvents(t, h.bridge) {
+			if ev["room_id"] == string(roomX) && ev["type"] != "m.room.member" {
+				order = append(order, ev["event_id"].(string))
+			}
+		}
+		return len(order) == 2
+	}, 5*time.Second, 20*time.Millisecond)
+	require.Equal(t, []string{"$secret1", "$afterX"}, order, "decrypted, in its place")
+	for _, ev := range deliveredEvents(t, h.bridge) {
+		if ev["event_id"] == "$secret1" {
+			require.Equal(t, "m.room.message", ev["type"])
+			require.Equal(t, "first secret", ev["content"].(map[string]any)["body"])
+			enc := ev["unsigned"].(map[string]any)[gateway.EncryptionKey].(map[string]any)
+			require.Equal(t, string(sender.ogs.ID()), enc["session_id"])
+		}
+	}
+
+	// A second session whose key comes after decrypt_wait (1 s here).
+	late := newRemoteSender(t, roomX)
+	txn = `{"events":[` + late.event(t, "$secret2", roomX, "second secret") + `]}`
+	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/2", heirloomHS, txn).status)
+	require.Eventually(t, func() bool {
+		for _, ev := range deliveredEvents(t, h.bridge) {
+			if ev["event_id"] == "$secret2" {
+				return ev["type"] == "m.room.encrypted"
+			}
+		}
+		return false
+	}, 5*time.Second, 20*time.Millisecond, "after the wait, the event goes on encrypted")
+	late.giveKey(t, p, roomX)
+	require.Eventually(t, func() bool {
+		copies := 0
+		for _, ev := range deliveredEvents(t, h.bridge) {
+			if ev["event_id"] == "$secret2" && ev["type"] == "m.room.message" {
+				copies++
+			}
+		}
+		return copies == 1
+	}, 5*time.Second, 20*time.Millisecond, "the decrypted copy follows, with the same ID")
 }
