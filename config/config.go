@@ -34,7 +34,9 @@ type Config struct {
 	Provisioning   Provisioning   `yaml:"provisioning"`
 	HistorySharing HistorySharing `yaml:"history_sharing"`
 	Gateway        Gateway        `yaml:"gateway"`
-	Logging        Logging        `yaml:"logging"`
+	// Admins are the users heirloom's bot answers: user IDs or user-ID globs.
+	Admins  []string `yaml:"admins"`
+	Logging Logging  `yaml:"logging"`
 
 	// Bridge is the bridge gateway mode stands in front of, read from gateway.registration by
 	// Load; nil when gateway mode is off.
@@ -97,6 +99,20 @@ type HistorySharing struct {
 	AutoJoin      []string      `yaml:"auto_join"`
 	AcceptWindow  time.Duration `yaml:"accept_window"`
 	MaxBundleSize int64         `yaml:"max_bundle_size"`
+	// RedeliverWindow is how long after a puppet's invite its bundle still goes to the invitee's
+	// new devices. Unset (a config from before the key) means 7 days; 0 turns redelivery off.
+	RedeliverWindow *time.Duration `yaml:"redeliver_window"`
+}
+
+// DefaultRedeliverWindow is history_sharing.redeliver_window when the config leaves it out.
+const DefaultRedeliverWindow = 7 * 24 * time.Hour
+
+// Redeliver returns history_sharing.redeliver_window: its default when unset, 0 when off.
+func (h HistorySharing) Redeliver() time.Duration {
+	if h.RedeliverWindow == nil {
+		return DefaultRedeliverWindow
+	}
+	return *h.RedeliverWindow
 }
 
 // Logging configures zerolog.
@@ -298,6 +314,14 @@ func (cfg *Config) Validate() error {
 	if err := cfg.Gateway.validate(bad); err != nil {
 		return err
 	}
+	if w := cfg.HistorySharing.RedeliverWindow; w != nil && *w < 0 {
+		return bad("history_sharing.redeliver_window", "must not be negative (0 turns redelivery off; default 168h)")
+	}
+	for _, entry := range cfg.Admins {
+		if err := checkUserGlob(entry); err != nil {
+			return bad("admins", "%v", err)
+		}
+	}
 	switch cfg.Logging.Level {
 	case "trace", "debug", "info", "warn", "error":
 	default:
@@ -323,6 +347,31 @@ func checkURL(raw string) error {
 		return fmt.Errorf("has no host: %q", raw)
 	}
 	return nil
+}
+
+// checkUserGlob checks an admins entry: a user ID, or a glob over user IDs ("@*:example.com").
+func checkUserGlob(entry string) error {
+	localpart, server, ok := strings.Cut(strings.TrimPrefix(entry, "@"), ":")
+	if !strings.HasPrefix(entry, "@") || !ok || localpart == "" || server == "" {
+		return fmt.Errorf("has %q, which is not a user ID or a glob such as @*:example.com", entry)
+	}
+	if _, err := path.Match(entry, "@x:y"); err != nil {
+		return fmt.Errorf("has a bad glob %q: %v", entry, err)
+	}
+	return nil
+}
+
+// IsAdmin reports whether userID is one of the admins heirloom's bot answers.
+func (cfg *Config) IsAdmin(userID id.UserID) bool {
+	if _, _, err := userID.Parse(); err != nil {
+		return false
+	}
+	for _, entry := range cfg.Admins {
+		if ok, _ := path.Match(entry, string(userID)); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // BotUserID returns heirloom's own bot user.

@@ -180,3 +180,48 @@ func TestMaintenanceIntervalDefault(t *testing.T) {
 	cfg.Encryption.MaintenanceInterval = 3 * time.Second
 	require.Equal(t, 3*time.Second, cfg.Encryption.Maintenance())
 }
+
+// history_sharing.redeliver_window: the example's value is the default, a config without the key
+// gets it, 0 turns redelivery off, and a negative window is refused.
+func TestRedeliverWindow(t *testing.T) {
+	cfg := validConfig(t)
+	require.Equal(t, 7*24*time.Hour, cfg.HistorySharing.Redeliver())
+	require.Equal(t, DefaultRedeliverWindow, cfg.HistorySharing.Redeliver())
+	cfg.HistorySharing.RedeliverWindow = nil
+	require.Equal(t, DefaultRedeliverWindow, cfg.HistorySharing.Redeliver())
+	off := time.Duration(0)
+	cfg.HistorySharing.RedeliverWindow = &off
+	require.NoError(t, cfg.Validate())
+	require.Zero(t, cfg.HistorySharing.Redeliver())
+	negative := -time.Hour
+	cfg.HistorySharing.RedeliverWindow = &negative
+	err := cfg.Validate()
+	require.ErrorIs(t, err, ErrInvalid)
+	require.Contains(t, err.Error(), "history_sharing.redeliver_window")
+
+	parsed, err := Parse([]byte("history_sharing:\n    redeliver_window: 36h\n"))
+	require.NoError(t, err)
+	require.Equal(t, 36*time.Hour, parsed.HistorySharing.Redeliver())
+}
+
+// admins: user IDs and globs match as written; anything that is not a user ID or a glob over
+// user IDs is refused, naming the key.
+func TestAdmins(t *testing.T) {
+	cfg := validConfig(t)
+	require.Empty(t, cfg.Admins, "the example config has no admins")
+	require.False(t, cfg.IsAdmin("@alice:localhost"))
+	cfg.Admins = []string{"@alice:example.com", "@ops_*:localhost"}
+	require.NoError(t, cfg.Validate())
+	for userID, want := range map[id.UserID]bool{
+		"@alice:example.com": true, "@ops_bob:localhost": true, "@alice:localhost": false,
+		"@ops_bob:example.com": false, "@mallory:example.com": false, "not a user": false,
+	} {
+		require.Equal(t, want, cfg.IsAdmin(userID), "%s", userID)
+	}
+	for _, bad := range []string{"", "example.com", "alice", "@alice", "@:example.com", "@[:example.com"} {
+		cfg.Admins = []string{bad}
+		err := cfg.Validate()
+		require.ErrorIs(t, err, ErrInvalid, "%q", bad)
+		require.Contains(t, err.Error(), "admins", "%q", bad)
+	}
+}

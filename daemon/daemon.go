@@ -16,11 +16,13 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 
+	"github.com/heirloom-matrix/heirloom/admin"
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/gateway"
 	"github.com/heirloom-matrix/heirloom/history"
+	"github.com/heirloom-matrix/heirloom/metrics"
 	"github.com/heirloom-matrix/heirloom/server"
 )
 
@@ -129,10 +131,12 @@ func Run(configPath string) int {
 	}
 	sharing := history.NewService(cfg, db, mgr)
 	mgr.OnRoomKeyBundle = sharing.ReceiveBundle
+	counters := metrics.New()
+	mgr.Metrics, sharing.Metrics = counters, counters
 	srv := server.NewServer(cfg, db, mgr, sharing, log)
 	var gw *gateway.Gateway
 	if cfg.Bridge != nil {
-		if gw, err = gateway.New(cfg, db, mgr, sharing, gateway.NewMetrics(srv.Registry()), log); err != nil {
+		if gw, err = gateway.New(cfg, db, mgr, sharing, gateway.NewMetrics(srv.MetricsRegistry()), log); err != nil {
 			log.Error().Err(err).Msg("Failed to set up gateway mode")
 			return ExitStartup
 		}
@@ -143,12 +147,18 @@ func Run(configPath string) int {
 		log.Info().Str("bridge", cfg.Bridge.Registration.ID).Str("bridge_url", cfg.Bridge.URL).
 			Msg("Gateway mode: serving the bridge's client-server API and delivering its transactions")
 	}
+	if err = counters.Register(srv.MetricsRegistry()); err != nil {
+		log.Error().Err(err).Msg("Failed to register the metrics")
+		return ExitStartup
+	}
+	bot := admin.New(cfg, db, mgr, sharing, server.Version)
+	srv.OnRoomEvent = bot.HandleEvent
 	if err = srv.Start(); err != nil {
 		log.Error().Err(err).Msg("Failed to start the HTTP listener")
 		return ExitStartup
 	}
 	var loops sync.WaitGroup
-	defer shutdown(log, srv, sharing, &loops) // before db.Close, deferred first
+	defer shutdown(log, srv, sharing, mgr, &loops) // before db.Close, deferred first
 	if gw != nil {
 		// The registration's sender is the bridge's bot: heirloom's own must be registered.
 		if err = mgr.EnsureRegistered(ctx, cfg.BotUserID()); err != nil {
@@ -159,9 +169,11 @@ func Run(configPath string) int {
 		log.Error().Err(err).Msg("The homeserver does not accept heirloom's registration")
 		return ExitHomeserver
 	}
+	prepareDevices(ctx, mgr, bot)
 	for _, loop := range []func(context.Context){
 		func(ctx context.Context) { mgr.RunMaintenance(ctx, cfg.Encryption.Maintenance()) },
 		sharing.Run,
+		bot.Run,
 		func(ctx context.Context) { pruneTransactions(ctx, db) },
 		func(ctx context.Context) {
 			if gw != nil {
@@ -181,14 +193,34 @@ func Run(configPath string) int {
 	return ExitOK
 }
 
+// startupDeviceTimeout bounds the device checks at startup.
+const startupDeviceTimeout = time.Minute
+
+// prepareDevices checks at startup that the homeserver still has every puppet's device with its
+// keys and signature (restoring what it lost: Synapse's delete_stale_devices_after prunes
+// appservice devices), and provisions the bot's device. It runs once heirloom listens: Synapse
+// pushes the device-list changes this makes, and while an appservice is unreachable it drops what
+// it would push. A failure is logged and startup goes on: a device that cannot be restored is
+// reported in GET /status, and the bot retries.
+func prepareDevices(ctx context.Context, mgr *e2ee.Manager, bot *admin.Bot) {
+	ctx, cancel := context.WithTimeout(ctx, startupDeviceTimeout)
+	defer cancel()
+	if err := mgr.CheckAllDevices(ctx); err != nil {
+		zerolog.Ctx(ctx).Err(err).Msg("Failed to check the puppets' devices")
+	}
+	if err := bot.Provision(ctx); err != nil {
+		zerolog.Ctx(ctx).Err(err).Msg("Failed to provision the bot's device; retrying in the background")
+	}
+}
+
 // shutdownTimeout bounds a shutdown: requests in flight, then history sharing work in progress.
 const shutdownTimeout = 15 * time.Second
 
 // shutdown stops heirloom in order, so nothing still running meets a closed database: the
 // listener lets requests in flight finish (they may start history sharing work), history sharing
-// finishes the work it started (an import commits whole or not at all either way), and the
-// background loops, whose context has ended, return.
-func shutdown(log zerolog.Logger, srv *server.Server, sharing *history.Service, loops *sync.WaitGroup) {
+// finishes the work it started (an import commits whole or not at all either way), so do the
+// device checks, and the background loops, whose context has ended, return.
+func shutdown(log zerolog.Logger, srv *server.Server, sharing *history.Service, mgr *e2ee.Manager, loops *sync.WaitGroup) {
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	if err := srv.Stop(ctx); err != nil {
@@ -196,6 +228,9 @@ func shutdown(log zerolog.Logger, srv *server.Server, sharing *history.Service, 
 	}
 	if err := sharing.Shutdown(ctx); err != nil {
 		log.Warn().Err(err).Msg("History sharing work was still running at shutdown")
+	}
+	if err := mgr.Shutdown(ctx); err != nil {
+		log.Warn().Err(err).Msg("Puppet device work was still running at shutdown")
 	}
 	loops.Wait()
 }

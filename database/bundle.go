@@ -21,6 +21,12 @@ const (
 	SentFailed    = "failed"    // building or uploading failed: reason says why
 )
 
+// Kinds of sent bundle.
+const (
+	SentKindInvite  = "invite"  // built for a puppet's invite
+	SentKindReshare = "reshare" // built on an admin's request for a member who is invited or joined
+)
+
 // SentBundle is a key bundle a puppet built for an invitee.
 type SentBundle struct {
 	BundleID      string
@@ -38,6 +44,10 @@ type SentBundle struct {
 	CreatedAt     int64
 	UpdatedAt     int64
 	Devices       []Delivery
+	// InviteeMasterKey is the invitee's master key the devices were chosen under ("" if none).
+	InviteeMasterKey id.Ed25519
+	// Kind is SentKindInvite or SentKindReshare ("" saves as SentKindInvite).
+	Kind string
 }
 
 // Delivery is the outcome of a bundle for one invitee device.
@@ -46,15 +56,17 @@ type Delivery struct {
 	DeviceID  id.DeviceID
 	Delivered bool
 	Reason    string
+	// AddedLater: the device appeared after the bundle was first delivered (a redelivery).
+	AddedLater bool
 }
 
-const sentColumns = `bundle_id, puppet, room_id, invitee, invite_event_id, state, sessions, withheld, size, mxc, file_info, reason, created_at, updated_at`
+const sentColumns = `bundle_id, puppet, room_id, invitee, invite_event_id, state, sessions, withheld, size, mxc, file_info, reason, created_at, updated_at, invitee_master_key, kind`
 
 func scanSent(row dbutil.Scannable) (*SentBundle, error) {
 	var b SentBundle
 	var inviteEvt sql.NullString
 	err := row.Scan(&b.BundleID, &b.Puppet, &b.RoomID, &b.Invitee, &inviteEvt, &b.State, &b.Sessions, &b.Withheld,
-		&b.Size, &b.MXC, &b.FileInfo, &b.Reason, &b.CreatedAt, &b.UpdatedAt)
+		&b.Size, &b.MXC, &b.FileInfo, &b.Reason, &b.CreatedAt, &b.UpdatedAt, &b.InviteeMasterKey, &b.Kind)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -73,13 +85,17 @@ func (db *Database) PutSentBundle(ctx context.Context, b *SentBundle) error {
 	if b.InviteEventID != "" {
 		inviteEvt = b.InviteEventID
 	}
+	if b.Kind == "" {
+		b.Kind = SentKindInvite
+	}
 	_, err := db.own.Exec(ctx, `
-		INSERT INTO bundle_sent (`+sentColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+		INSERT INTO bundle_sent (`+sentColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 		ON CONFLICT (bundle_id) DO UPDATE SET invite_event_id=excluded.invite_event_id, state=excluded.state,
 			sessions=excluded.sessions, withheld=excluded.withheld, size=excluded.size, mxc=excluded.mxc,
-			file_info=excluded.file_info, reason=excluded.reason, updated_at=excluded.updated_at`,
+			file_info=excluded.file_info, reason=excluded.reason, updated_at=excluded.updated_at,
+			invitee_master_key=excluded.invitee_master_key`,
 		b.BundleID, b.Puppet, b.RoomID, b.Invitee, inviteEvt, b.State, b.Sessions, b.Withheld, b.Size, b.MXC,
-		b.FileInfo, b.Reason, b.CreatedAt, b.UpdatedAt)
+		b.FileInfo, b.Reason, b.CreatedAt, b.UpdatedAt, b.InviteeMasterKey, b.Kind)
 	if err != nil {
 		return fmt.Errorf("failed to save sent bundle: %w", err)
 	}
@@ -184,9 +200,10 @@ func (db *Database) ListUnfinishedSentBundles(ctx context.Context) ([]*SentBundl
 // PutDelivery records the outcome for one device.
 func (db *Database) PutDelivery(ctx context.Context, bundleID string, d Delivery) error {
 	_, err := db.own.Exec(ctx, `
-		INSERT INTO bundle_delivery (bundle_id, user_id, device_id, delivered, reason) VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (bundle_id, user_id, device_id) DO UPDATE SET delivered=excluded.delivered, reason=excluded.reason`,
-		bundleID, d.UserID, d.DeviceID, d.Delivered, d.Reason)
+		INSERT INTO bundle_delivery (bundle_id, user_id, device_id, delivered, reason, added_later) VALUES ($1, $2, $3, $4, $5, $6)
+		ON CONFLICT (bundle_id, user_id, device_id) DO UPDATE SET delivered=excluded.delivered, reason=excluded.reason,
+			added_later=bundle_delivery.added_later OR excluded.added_later`,
+		bundleID, d.UserID, d.DeviceID, d.Delivered, d.Reason, d.AddedLater)
 	if err != nil {
 		return fmt.Errorf("failed to save delivery: %w", err)
 	}
@@ -195,9 +212,9 @@ func (db *Database) PutDelivery(ctx context.Context, bundleID string, d Delivery
 
 // GetDeliveries returns a bundle's per-device outcomes.
 func (db *Database) GetDeliveries(ctx context.Context, bundleID string) ([]Delivery, error) {
-	rows, err := db.own.Query(ctx, `SELECT user_id, device_id, delivered, reason FROM bundle_delivery WHERE bundle_id=$1 ORDER BY user_id, device_id`, bundleID)
+	rows, err := db.own.Query(ctx, `SELECT user_id, device_id, delivered, reason, added_later FROM bundle_delivery WHERE bundle_id=$1 ORDER BY user_id, device_id`, bundleID)
 	out, err := dbutil.NewRowIterWithError(rows, func(row dbutil.Scannable) (d Delivery, err error) {
-		err = row.Scan(&d.UserID, &d.DeviceID, &d.Delivered, &d.Reason)
+		err = row.Scan(&d.UserID, &d.DeviceID, &d.Delivered, &d.Reason, &d.AddedLater)
 		return
 	}, err).AsList()
 	if err != nil {
@@ -218,4 +235,54 @@ func (db *Database) FailStaleSentBundles(ctx context.Context, builtBefore time.T
 		return 0, fmt.Errorf("failed to fail stale bundles: %w", err)
 	}
 	return res.RowsAffected()
+}
+
+// ListRedeliverable returns the delivered bundles puppets built for their invites of invitee since
+// builtAfter, with the invite recorded and the invitee's identity known: the ones a device the
+// invitee added since may still get (history.Service checks the invite still stands).
+func (db *Database) ListRedeliverable(ctx context.Context, invitee id.UserID, builtAfter time.Time) ([]*SentBundle, error) {
+	return db.querySent(ctx, `WHERE invitee=$1 AND state=$2 AND kind=$3 AND created_at >= $4 AND invite_event_id IS NOT NULL
+		AND invite_event_id NOT LIKE $5 AND invitee_master_key <> '' AND file_info <> '' ORDER BY created_at`,
+		invitee, SentDelivered, SentKindInvite, builtAfter.UnixMilli(), inviteFailedPrefix+"%")
+}
+
+// ListSentBundlesInRoom returns the bundles every puppet built for the room, newest first.
+func (db *Database) ListSentBundlesInRoom(ctx context.Context, roomID id.RoomID) ([]*SentBundle, error) {
+	return db.querySent(ctx, `WHERE room_id=$1 ORDER BY created_at DESC`, roomID)
+}
+
+// LatestSentTo returns the newest bundle a puppet built for user in the room, or nil.
+func (db *Database) LatestSentTo(ctx context.Context, roomID id.RoomID, user id.UserID) (*SentBundle, error) {
+	b, err := scanSent(db.own.QueryRow(ctx, `SELECT `+sentColumns+` FROM bundle_sent WHERE room_id=$1 AND invitee=$2
+		ORDER BY created_at DESC LIMIT 1`, roomID, user))
+	if err != nil {
+		return nil, fmt.Errorf("failed to get sent bundle: %w", err)
+	}
+	return b, nil
+}
+
+// BundleCounts is how many bundles wait or went wrong, for GET /status and the bot's status.
+type BundleCounts struct {
+	// Sending: built or uploaded, delivery not finished. SendFailed: sent bundles that failed.
+	Sending, SendFailed int
+	// Pending: received, waiting for an accepted invite. Retrying: download retried with backoff.
+	// Failed: received bundles heirloom gave up on.
+	Pending, Retrying, Failed int
+}
+
+// CountBundles counts the bundles in each state that an admin watches.
+func (db *Database) CountBundles(ctx context.Context) (*BundleCounts, error) {
+	var c BundleCounts
+	err := db.own.QueryRow(ctx, `SELECT
+		(SELECT COUNT(*) FROM bundle_sent WHERE state IN ($1, $2)),
+		(SELECT COUNT(*) FROM bundle_sent WHERE state=$3),
+		(SELECT COUNT(*) FROM bundle_received WHERE state=$4),
+		(SELECT COUNT(*) FROM bundle_received WHERE state=$5),
+		(SELECT COUNT(*) FROM bundle_received WHERE state=$6)`,
+		SentBuilding, SentUploaded, SentFailed, ReceivedPending, ReceivedRetry, ReceivedFailed).
+		Scan(&c.Sending, &c.SendFailed, &c.Pending, &c.Retrying, &c.Failed)
+	if err != nil {
+		return nil, fmt.Errorf("failed to count bundles: %w", err)
+	}
+	return &c, nil
 }

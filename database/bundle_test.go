@@ -53,12 +53,14 @@ func TestSentBundles(t *testing.T) {
 		createdAt := b.CreatedAt
 		b.State, b.Sessions, b.Withheld, b.Size = database.SentUploaded, 12, 3, 4567
 		b.MXC, b.FileInfo, b.Reason, b.InviteEventID = "mxc://hs/abc", "c2VhbGVk", "why", "$invite"
+		b.InviteeMasterKey = "bWFzdGVy"
 		putSent(t, db, b)
 		got = getSent(t, db, "b1")
 		require.Equal(t, &database.SentBundle{
 			BundleID: "b1", Puppet: puppetA, RoomID: roomX, Invitee: invitee, InviteEventID: "$invite",
 			State: database.SentUploaded, Sessions: 12, Withheld: 3, Size: 4567, MXC: "mxc://hs/abc",
 			FileInfo: "c2VhbGVk", Reason: "why", CreatedAt: createdAt, UpdatedAt: b.UpdatedAt, Devices: []database.Delivery{},
+			InviteeMasterKey: "bWFzdGVy", Kind: database.SentKindInvite,
 		}, got)
 
 		// Deliveries: one row per device, upserted, listed in order.

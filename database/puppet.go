@@ -21,13 +21,15 @@ type Puppet struct {
 	// Ready reports whether provisioning finished: keys uploaded, identity published, device signed.
 	Ready     bool
 	CreatedAt int64
+	// LastActiveAt is when heirloom last acted as or for the puppet (TouchPuppet), 0 if never.
+	LastActiveAt int64
 }
 
-const puppetColumns = `user_id, device_id, displayname, cross_signing_seeds, master_key, ready, created_at`
+const puppetColumns = `user_id, device_id, displayname, cross_signing_seeds, master_key, ready, created_at, last_active_at`
 
 func scanPuppet(row dbutil.Scannable) (*Puppet, error) {
 	var p Puppet
-	err := row.Scan(&p.UserID, &p.DeviceID, &p.Displayname, &p.CrossSigningSeeds, &p.MasterKey, &p.Ready, &p.CreatedAt)
+	err := row.Scan(&p.UserID, &p.DeviceID, &p.Displayname, &p.CrossSigningSeeds, &p.MasterKey, &p.Ready, &p.CreatedAt, &p.LastActiveAt)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -49,23 +51,45 @@ func (db *Database) PutPuppet(ctx context.Context, p *Puppet) error {
 		p.CreatedAt = db.nowMillis()
 	}
 	_, err := db.own.Exec(ctx, `
-		INSERT INTO puppet (`+puppetColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7)
+		INSERT INTO puppet (`+puppetColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (user_id) DO UPDATE SET device_id=excluded.device_id, displayname=excluded.displayname,
 			cross_signing_seeds=excluded.cross_signing_seeds, master_key=excluded.master_key, ready=excluded.ready`,
-		p.UserID, p.DeviceID, p.Displayname, p.CrossSigningSeeds, p.MasterKey, p.Ready, p.CreatedAt)
+		p.UserID, p.DeviceID, p.Displayname, p.CrossSigningSeeds, p.MasterKey, p.Ready, p.CreatedAt, p.LastActiveAt)
 	if err != nil {
 		return fmt.Errorf("failed to save puppet: %w", err)
 	}
 	return nil
 }
 
-// CountPuppets returns how many puppets are provisioned and ready.
-func (db *Database) CountPuppets(ctx context.Context) (int, error) {
+// TouchPuppet records that heirloom acted as or for the puppet now.
+func (db *Database) TouchPuppet(ctx context.Context, userID id.UserID) error {
+	if _, err := db.own.Exec(ctx, `UPDATE puppet SET last_active_at=$2 WHERE user_id=$1`, userID, db.nowMillis()); err != nil {
+		return fmt.Errorf("failed to record puppet activity: %w", err)
+	}
+	return nil
+}
+
+// CountPuppets returns how many puppets are provisioned and ready, leaving out the users in except
+// (heirloom's bot has a device like a puppet, but is none).
+func (db *Database) CountPuppets(ctx context.Context, except ...id.UserID) (int, error) {
 	var n int
 	if err := db.own.QueryRow(ctx, `SELECT COUNT(*) FROM puppet WHERE ready`).Scan(&n); err != nil {
 		return 0, fmt.Errorf("failed to count puppets: %w", err)
 	}
+	for _, userID := range except {
+		if p, err := db.GetPuppet(ctx, userID); err != nil {
+			return 0, err
+		} else if p != nil && p.Ready {
+			n--
+		}
+	}
 	return n, nil
+}
+
+// ListPuppets returns every ready puppet, ordered by user ID.
+func (db *Database) ListPuppets(ctx context.Context) ([]*Puppet, error) {
+	rows, err := db.own.Query(ctx, `SELECT `+puppetColumns+` FROM puppet WHERE ready ORDER BY user_id`)
+	return listOf(rows, err, scanPuppet, "list puppets")
 }
 
 // ListPuppetIDs returns the user IDs of every ready puppet.

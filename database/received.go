@@ -131,6 +131,32 @@ func (db *Database) ListReceivedBundles(ctx context.Context, puppet id.UserID) (
 	return listOf(rows, err, scanReceived, "list received bundles")
 }
 
+// ListReceivedBundlesInRoom returns every bundle puppets received for the room, newest first.
+func (db *Database) ListReceivedBundlesInRoom(ctx context.Context, roomID id.RoomID) ([]*ReceivedBundle, error) {
+	rows, err := db.own.Query(ctx, `SELECT `+receivedColumns+` FROM bundle_received WHERE room_id=$1 ORDER BY received_at DESC`, roomID)
+	return listOf(rows, err, scanReceived, "list received bundles")
+}
+
+// ListRetryable returns the bundles for the room that failed or wait for a retry, of every
+// puppet, oldest first.
+func (db *Database) ListRetryable(ctx context.Context, roomID id.RoomID) ([]*ReceivedBundle, error) {
+	rows, err := db.own.Query(ctx, `SELECT `+receivedColumns+` FROM bundle_received WHERE room_id=$1 AND state IN ($2, $3)
+		ORDER BY received_at`, roomID, ReceivedFailed, ReceivedRetry)
+	return listOf(rows, err, scanReceived, "list retryable bundles")
+}
+
+// RetryNow makes the puppet's failed or retrying bundles for the room due for a download at once,
+// with their attempts counted from zero. It returns how many it changed.
+func (db *Database) RetryNow(ctx context.Context, puppet id.UserID, roomID id.RoomID) (int64, error) {
+	res, err := db.own.Exec(ctx, `UPDATE bundle_received SET state=$3, attempts=0, next_attempt=$4, updated_at=$4
+		WHERE puppet=$1 AND room_id=$2 AND state IN ($5, $3)`,
+		puppet, roomID, ReceivedRetry, db.nowMillis(), ReceivedFailed)
+	if err != nil {
+		return 0, fmt.Errorf("failed to mark bundles for retry: %w", err)
+	}
+	return res.RowsAffected()
+}
+
 // ListDueRetries returns bundles whose retry time has come.
 func (db *Database) ListDueRetries(ctx context.Context) ([]*ReceivedBundle, error) {
 	rows, err := db.own.Query(ctx, `SELECT `+receivedColumns+` FROM bundle_received WHERE state=$1 AND next_attempt <= $2`,
@@ -139,15 +165,15 @@ func (db *Database) ListDueRetries(ctx context.Context) ([]*ReceivedBundle, erro
 }
 
 // RejectBundlesNotFrom marks the puppet's pending bundles for the room from anyone but sender as
-// rejected, for the given reason.
-func (db *Database) RejectBundlesNotFrom(ctx context.Context, puppet id.UserID, roomID id.RoomID, sender id.UserID, reason string) error {
-	_, err := db.own.Exec(ctx, `UPDATE bundle_received SET state=$4, error=$5, updated_at=$6
+// rejected, for the given reason. It returns how many it rejected.
+func (db *Database) RejectBundlesNotFrom(ctx context.Context, puppet id.UserID, roomID id.RoomID, sender id.UserID, reason string) (int64, error) {
+	res, err := db.own.Exec(ctx, `UPDATE bundle_received SET state=$4, error=$5, updated_at=$6
 		WHERE puppet=$1 AND room_id=$2 AND sender<>$3 AND state IN ($7, $8)`,
 		puppet, roomID, sender, ReceivedRejected, reason, db.nowMillis(), ReceivedPending, ReceivedRetry)
 	if err != nil {
-		return fmt.Errorf("failed to reject bundles: %w", err)
+		return 0, fmt.Errorf("failed to reject bundles: %w", err)
 	}
-	return nil
+	return res.RowsAffected()
 }
 
 // Invite is an invite a puppet received and perhaps accepted.

@@ -51,7 +51,7 @@ func (h *instance) deviceOf(t testing.TB, userID string) string {
 
 // requireSignedByOwner checks what Element checks: js-sdk's getDeviceVerificationStatus says the
 // bridge user's device is signed by its owner.
-func requireSignedByOwner(t testing.TB, u jsUser, h *instance, userID string) {
+func requireBridgeDeviceSigned(t testing.TB, u jsUser, h *instance, userID string) {
 	t.Helper()
 	device := h.deviceOf(t, userID)
 	if device == "" {
@@ -222,7 +222,7 @@ func TestGatewayHeisenbridge(t *testing.T) {
 		return m.Command == "JOIN" && m.Nick() == mxNick && len(m.Params) > 0 && m.Params[0] == channel
 	})
 	channelRoom, _ := jsAcceptInvite(t, u, "")
-	requireSignedByOwner(t, u, gw, hb.BotID)
+	requireBridgeDeviceSigned(t, u, gw, hb.BotID)
 
 	// IRC -> Matrix: encrypted by the ghost's own device, signed by its owner.
 	ghost := fmt.Sprintf("@hbgw_%s_%s:%s", network, ircNick, domain)
@@ -232,7 +232,7 @@ func TestGatewayHeisenbridge(t *testing.T) {
 	if got.Sender != ghost {
 		t.Fatalf("the IRC line reached Matrix from %s, want the ghost %s", got.Sender, ghost)
 	}
-	requireSignedByOwner(t, u, gw, ghost)
+	requireBridgeDeviceSigned(t, u, gw, ghost)
 
 	// Matrix -> IRC: the owner's encrypted message, as plaintext.
 	fromMatrix := "hello from Matrix, encrypted " + suffix
@@ -417,8 +417,8 @@ func TestGatewayJSBridge(t *testing.T) {
 	if dl.Size != len(pngData) || dl.SHA256 != hex.EncodeToString(sum[:]) {
 		t.Fatalf("the js-sdk user decrypted %d bytes (sha256 %s), want the %d uploaded (sha256 %x)", dl.Size, dl.SHA256, len(pngData), sum)
 	}
-	requireSignedByOwner(t, u, gw, alice)
-	requireSignedByOwner(t, u, gw, bob)
+	requireBridgeDeviceSigned(t, u, gw, alice)
+	requireBridgeDeviceSigned(t, u, gw, bob)
 
 	// The js-sdk user answers, encrypted; the bridge's handler gets the plaintext.
 	reply := "hello ghosts, encrypted " + name("")

@@ -44,6 +44,9 @@ const e2eMaxBundle = 8 << 20
 // cap is the one that applies (the bundle-cap test lowers it for a while).
 const synapseMaxUpload = "200M"
 
+// adminPrefix starts the localparts of the js-sdk users every heirloom of the suite has as admins.
+const adminPrefix = "botadmin_"
+
 const (
 	sharedSecret = "heirloom-e2e-registration-secret"
 	apiSecret    = "heirloom-e2e-api-shared-secret-0123456789"
@@ -209,6 +212,7 @@ func (x *env) bringUp() error {
 		hsURL: x.hsURL, id: "heirloom", bot: "heirloombot", prefix: "heirloom_", port: main.asPort,
 		asToken: "generate", hsToken: "generate", dbType: dbType, dbURI: dbURI, shareOnInvite: true,
 		autoJoin: []string{"@js_*:localhost", "@heirloom_*:localhost"}, acceptWindow: "24h", maxBundle: e2eMaxBundle,
+		admins: []string{"@" + adminPrefix + "*:localhost"},
 	}
 	if err := os.WriteFile(main.configPath, []byte(cfg.yaml()), 0o600); err != nil {
 		return err
@@ -301,7 +305,7 @@ func (x *env) profileConfig(p *profile) heirloomConfig {
 		hsURL: x.hsURL, id: p.id, bot: p.bot, prefix: p.prefix, port: p.port,
 		asToken: p.asToken, hsToken: p.hsToken, dbType: "sqlite3-fk-wal", dbURI: "file:unused.db?_txlock=immediate",
 		shareOnInvite: true, autoJoin: []string{"@js_*:localhost", "@" + p.prefix + "*:localhost"},
-		acceptWindow: "24h", maxBundle: e2eMaxBundle,
+		acceptWindow: "24h", maxBundle: e2eMaxBundle, admins: []string{"@" + adminPrefix + "*:localhost"},
 	}
 	if p.bridge != nil {
 		c.gateway = &gatewayConfig{registration: p.bridge.Path}
@@ -329,6 +333,7 @@ type heirloomConfig struct {
 	maxBundle              int64
 	maintenance            string // encryption.maintenance_interval; empty leaves it out (the default)
 	gateway                *gatewayConfig
+	admins                 []string
 }
 
 // gatewayConfig is the gateway section of a gateway profile's config.
@@ -362,6 +367,10 @@ func (c heirloomConfig) yaml() string {
 	if c.maintenance != "" {
 		maintenance = "\n    maintenance_interval: " + c.maintenance
 	}
+	admins, _ := json.Marshal(c.admins)
+	if c.admins == nil {
+		admins = []byte("[]")
+	}
 	return fmt.Sprintf(`homeserver:
     address: %s
     domain: %s
@@ -388,11 +397,12 @@ history_sharing:
     auto_join: %s
     accept_window: %s
     max_bundle_size: %d
+admins: %s
 logging:
     level: debug
     format: json
 %s`, c.hsURL, domain, c.port, c.port, c.id, c.bot, c.prefix, c.asToken, c.hsToken, c.dbType, c.dbURI,
-		maintenance, apiSecret, c.shareOnInvite, autoJoin, c.acceptWindow, c.maxBundle, c.gateway.yaml())
+		maintenance, apiSecret, c.shareOnInvite, autoJoin, c.acceptWindow, c.maxBundle, admins, c.gateway.yaml())
 }
 
 func (x *env) synapseEnv() []string {
@@ -789,6 +799,25 @@ func (h *instance) db(t testing.TB) testDB {
 	}
 	t.Cleanup(func() { db.Close() })
 	return testDB{DB: db}
+}
+
+// dbWritable opens the instance's database for writing, for tests that take away what heirloom
+// holds (as a lost push would).
+func (h *instance) dbWritable(t testing.TB) testDB {
+	t.Helper()
+	if h.postgres {
+		return h.db(t)
+	}
+	db, err := sql.Open("sqlite3", "file:"+h.dbPath+"?_busy_timeout=5000&_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return testDB{DB: db}
+}
+
+func (d testDB) Exec(query string, args ...any) (sql.Result, error) {
+	return d.DB.Exec(d.rebind(query), args...)
 }
 
 // name returns a unique localpart suffix for this run.

@@ -79,6 +79,10 @@ func TestSweepOnUndecryptableEvent(t *testing.T) {
 	}
 	mark.wait(t, 5*time.Second, "the sweep for "+p.UserID, sweptFor(p))
 	requireNoPush(t, h)
+	// Nothing was pushed, so what the sweep brought was recovered.
+	if n := h.metric(t, "heirloom_to_device_recovered_total"); n < 1 {
+		t.Fatalf("heirloom_to_device_recovered_total = %v after a sweep found the room key", n)
+	}
 }
 
 // A puppet that joins from an invite without having the inviter's bundle sweeps the inbox, finds

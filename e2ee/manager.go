@@ -20,6 +20,7 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/metrics"
 )
 
 // ErrNotProvisioned means the user is in the puppet namespace but was never provisioned.
@@ -54,6 +55,13 @@ type Manager struct {
 	// OnRoomKeyBundle is called with every Olm-decrypted room key bundle a puppet receives. The
 	// daemon sets it to history.Service.ReceiveBundle; until then bundles are logged and dropped.
 	OnRoomKeyBundle BundleHandler
+	// Metrics counts what the inbox sweeps recover and the devices restored (nil: nothing).
+	Metrics *metrics.Metrics
+
+	// devices keeps the puppets' devices on the homeserver (restore.go).
+	devices deviceKeeper
+	// tasks tracks the work started in the background (device checks), for Shutdown.
+	tasks tasks
 }
 
 // BundleHandler receives an Olm-decrypted room key bundle (MSC4268) with its Olm envelope.
@@ -108,6 +116,8 @@ type Puppet struct {
 	mgr      *Manager
 	roomLock exsync.KeyedMutex[id.RoomID]
 	lastUsed time.Time
+	// lastTouched is when the puppet's activity was last recorded in the database.
+	lastTouched time.Time
 
 	sweepLock sync.Mutex
 	lastSweep time.Time
@@ -150,7 +160,14 @@ func (m *Manager) Get(ctx context.Context, userID id.UserID) (*Puppet, error) {
 	p, ok := m.machines[userID]
 	if ok {
 		p.lastUsed = time.Now()
+		touch := p.lastUsed.Sub(p.lastTouched) > activityResolution
+		if touch {
+			p.lastTouched = p.lastUsed
+		}
 		m.lock.Unlock()
+		if touch {
+			m.touch(ctx, userID)
+		}
 		return p, nil
 	}
 	m.lock.Unlock()
@@ -202,8 +219,20 @@ func (m *Manager) load(ctx context.Context, row *database.Puppet) (*Puppet, erro
 			return nil, fmt.Errorf("failed to import cross-signing keys: %w", err)
 		}
 	}
+	p.lastTouched = time.Now()
 	m.remember(p)
+	m.touch(ctx, row.UserID)
 	return p, nil
+}
+
+// activityResolution is how finely a puppet's last activity is recorded: one write a minute at most.
+const activityResolution = time.Minute
+
+// touch records that heirloom acted as or for the puppet now.
+func (m *Manager) touch(ctx context.Context, userID id.UserID) {
+	if err := m.db.TouchPuppet(ctx, userID); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Stringer("puppet", userID).Msg("Failed to record puppet activity")
+	}
 }
 
 func (m *Manager) remember(p *Puppet) {
@@ -255,6 +284,8 @@ func (m *Manager) newMachine(ctx context.Context, userID id.UserID, deviceID id.
 	// The machine outlives the request that loads it: its log carries the puppet, not the request.
 	log := m.log.With().Stringer("puppet", userID).Stringer("device_id", deviceID).Logger()
 	cli := m.client(userID, deviceID, log)
+	// A request the homeserver refuses with M_UNKNOWN_DEVICE means the device is gone: restore it.
+	cli.Client = m.devices.watch(cli.Client, func() { m.deviceGone(userID) })
 	store := crypto.NewSQLCryptoStore(m.db.Raw, dbutil.ZeroLogger(log), userID.String(), deviceID, m.pickleKey)
 	mach := crypto.NewOlmMachine(cli, &log, store, m.db.StateStore)
 	// heirloom shares room keys itself (sharing.go); mautrix must not rotate behind its back.

@@ -50,6 +50,18 @@ func (m *Manager) Provision(ctx context.Context, userID id.UserID, displayname s
 	return &Identity{UserID: userID, DeviceID: row.DeviceID, Ed25519: signing, Curve25519: identity, MasterKey: row.MasterKey}, nil
 }
 
+// ProvisionedIdentity returns the identity of a provisioned user, or nil if it is not (yet), without
+// loading its machine.
+func (m *Manager) ProvisionedIdentity(ctx context.Context, userID id.UserID) (*Identity, error) {
+	row, err := m.db.GetPuppet(ctx, userID)
+	if err != nil {
+		return nil, fmt.Errorf("failed to get puppet: %w", err)
+	} else if row == nil || !row.Ready {
+		return nil, nil
+	}
+	return &Identity{UserID: userID, DeviceID: row.DeviceID, MasterKey: row.MasterKey}, nil
+}
+
 func (m *Manager) provision(ctx context.Context, row *database.Puppet, userID id.UserID, displayname string) (*database.Puppet, error) {
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", userID).Logger()
 	ctx = log.WithContext(ctx)

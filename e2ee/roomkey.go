@@ -95,6 +95,10 @@ func (p *Puppet) HandleToDevice(ctx context.Context, evt *event.Event) {
 	case *RoomKeyContent:
 		p.receiveRoomKey(ctx, decrypted, content)
 	case *ForwardedRoomKeyContent:
+		if p.takesOwnForwards() {
+			p.receiveOwnForward(ctx, decrypted, content)
+			return
+		}
 		log.Warn().Stringer("room_id", content.RoomID).Stringer("session_id", content.SessionID).
 			Msg("Ignoring forwarded room key: puppets never request keys, so it was not asked for")
 	case *BundleContent:

@@ -9,6 +9,8 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/metrics"
 )
 
 // RouteToDevice hands a to-device event to the machine of the puppet device it is addressed to.
@@ -18,7 +20,7 @@ func (m *Manager) RouteToDevice(ctx context.Context, evt *event.Event) bool {
 		Stringer("to_user_id", evt.ToUserID).Stringer("to_device_id", evt.ToDeviceID).
 		Stringer("sender", evt.Sender).Str("type", evt.Type.Type).Logger()
 	// HandleToDevice and what it calls add no field of these again.
-	if !m.cfg.IsManaged(evt.ToUserID) {
+	if !m.managesDevice(evt.ToUserID) {
 		log.Debug().Msg("Ignoring to-device event for a user that is not a puppet")
 		return false
 	}
@@ -40,7 +42,7 @@ func (m *Manager) RouteToDevice(ctx context.Context, evt *event.Event) bool {
 // RouteOTKCounts tells a puppet's machine how many one-time keys the homeserver holds for it,
 // so it uploads more when they run low.
 func (m *Manager) RouteOTKCounts(ctx context.Context, userID id.UserID, deviceID id.DeviceID, count mautrix.OTKCount) {
-	if !m.cfg.IsManaged(userID) {
+	if !m.managesDevice(userID) {
 		return
 	}
 	p, err := m.Get(ctx, userID)
@@ -54,7 +56,8 @@ func (m *Manager) RouteOTKCounts(ctx context.Context, userID id.UserID, deviceID
 // RouteDeviceListChanges marks the changed users' device lists outdated. Device tables in the
 // crypto store are shared by all puppets, so one mark reaches every machine, loaded now or later:
 // each re-queries the keys before it next encrypts for that user, and a new device gets the room
-// key then.
+// key then. A change of a puppet's own device list may be the homeserver deleting its device: its
+// device is checked, and restored if it is gone (restore.go).
 func (m *Manager) RouteDeviceListChanges(ctx context.Context, changed []id.UserID) {
 	if len(changed) == 0 {
 		return
@@ -62,6 +65,21 @@ func (m *Manager) RouteDeviceListChanges(ctx context.Context, changed []id.UserI
 	if err := m.shared.MarkTrackedUsersOutdated(ctx, changed); err != nil {
 		zerolog.Ctx(ctx).Err(err).Msg("Failed to mark device lists outdated")
 	}
+	var own []id.UserID
+	for _, userID := range changed {
+		if m.managesDevice(userID) {
+			own = append(own, userID)
+		}
+	}
+	if len(own) > 0 {
+		m.tasks.run(ctx, "check_devices", func(ctx context.Context) { m.CheckDevices(ctx, own, metrics.TriggerDeviceList) })
+	}
+}
+
+// managesDevice reports whether heirloom holds the user's device: a puppet, a bridge user in
+// gateway mode, or heirloom's bot.
+func (m *Manager) managesDevice(userID id.UserID) bool {
+	return m.cfg.IsManaged(userID) || userID == m.cfg.BotUserID()
 }
 
 // ReplenishKeys checks each loaded puppet's one-time key count with the homeserver and uploads

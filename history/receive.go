@@ -20,6 +20,7 @@ import (
 	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/internal/fault"
 	"github.com/heirloom-matrix/heirloom/keybundle"
+	"github.com/heirloom-matrix/heirloom/metrics"
 )
 
 func receivedOwner(b *database.ReceivedBundle) string {
@@ -32,6 +33,10 @@ func receivedOwner(b *database.ReceivedBundle) string {
 func (s *Service) ReceiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto.DecryptedOlmEvent, content *e2ee.BundleContent) {
 	// The sender and the event type are in the context already (e2ee.Puppet.HandleToDevice).
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", content.RoomID).Logger()
+	if !s.cfg.IsPuppet(p.UserID) {
+		log.Debug().Msg("Dropping key bundle: only puppets take part in history sharing")
+		return
+	}
 	if err := keybundle.ValidateSenderDeviceKeys(evt.Sender, evt.SenderKey, evt.Keys.Ed25519, evt.SenderDeviceKeys); err != nil {
 		log.Warn().Err(err).Msg("Dropping key bundle")
 		return
@@ -62,6 +67,7 @@ func (s *Service) ReceiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto
 		return
 	}
 	log.Info().Stringer("sender_device", b.SenderDevice).Msg("Stored key bundle")
+	s.Metrics.BundleReceived(metrics.ReceivedArrived, metrics.ReasonNone)
 	s.background(log.WithContext(ctx), "accept_bundle", func(ctx context.Context) { s.tryAccept(ctx, p, content.RoomID) })
 }
 
@@ -338,13 +344,16 @@ func (s *Service) tryAccept(ctx context.Context, p *e2ee.Puppet, roomID id.RoomI
 	}
 	log.Info().Str("state", b.State).Int("imported", b.Imported).Int("withheld", b.Withheld).Str("reason", b.Error).
 		Stringer("sender", b.Sender).Msg("Processed key bundle")
+	s.receivedOutcome(b, inv.AcceptedAt)
 	return b
 }
 
 // rejectOthers marks bundles for the room from anyone but the inviter as never to be imported.
 func (s *Service) rejectOthers(ctx context.Context, puppet id.UserID, roomID id.RoomID, inviter id.UserID) {
-	if err := s.db.RejectBundlesNotFrom(ctx, puppet, roomID, inviter, "sender is not the inviter "+inviter.String()); err != nil {
+	if n, err := s.db.RejectBundlesNotFrom(ctx, puppet, roomID, inviter, "sender is not the inviter "+inviter.String()); err != nil {
 		zerolog.Ctx(ctx).Err(err).Msg("Failed to reject bundles from non-inviters")
+	} else {
+		s.Metrics.BundlesReceived(metrics.ReceivedRejected, metrics.ReasonNotInviter, n)
 	}
 }
 
@@ -511,6 +520,7 @@ func (s *Service) expire(ctx context.Context) {
 	if n, err := s.db.FailStaleSentBundles(ctx, time.Now().Add(-s.deliveryBound()), ReasonDeliveryTooLate); err != nil {
 		zerolog.Ctx(ctx).Err(err).Msg("Failed to expire undelivered bundles")
 	} else if n > 0 {
+		s.Metrics.BundlesSent(metrics.SentFailed, metrics.ReasonTooLate, n)
 		zerolog.Ctx(ctx).Info().Int64("count", n).Msg("Gave up on bundles whose delivery did not finish in time")
 	}
 	n, err := s.db.ExpireAcceptWindow(ctx, s.cfg.HistorySharing.AcceptWindow)

@@ -15,12 +15,15 @@ type DeliveryReport struct {
 	DeviceID  id.DeviceID `json:"device_id"`
 	Delivered bool        `json:"delivered"`
 	Reason    string      `json:"reason,omitempty"`
+	// AddedLater: the device was added (or signed) after the bundle was first delivered.
+	AddedLater bool `json:"added_later,omitempty"`
 }
 
 func deliveryReports(devices []database.Delivery) []DeliveryReport {
 	out := make([]DeliveryReport, 0, len(devices))
 	for _, d := range devices {
-		out = append(out, DeliveryReport{UserID: d.UserID, DeviceID: d.DeviceID, Delivered: d.Delivered, Reason: d.Reason})
+		out = append(out, DeliveryReport{UserID: d.UserID, DeviceID: d.DeviceID, Delivered: d.Delivered, Reason: d.Reason,
+			AddedLater: d.AddedLater})
 	}
 	return out
 }
@@ -50,6 +53,8 @@ func report(b *database.SentBundle) *BundleReport {
 // SentReport is a bundle a puppet sent, as GET …/bundles lists it.
 type SentReport struct {
 	BundleID      string           `json:"bundle_id"`
+	Kind          string           `json:"kind"`
+	Puppet        id.UserID        `json:"puppet"`
 	RoomID        id.RoomID        `json:"room_id"`
 	Invitee       id.UserID        `json:"invitee"`
 	InviteEventID id.EventID       `json:"invite_event_id,omitempty"`
@@ -65,13 +70,18 @@ type SentReport struct {
 }
 
 func sentReport(b *database.SentBundle) SentReport {
-	return SentReport{BundleID: b.BundleID, RoomID: b.RoomID, Invitee: b.Invitee, InviteEventID: b.InviteEventID,
+	inviteEvent := b.InviteEventID
+	if b.Kind == database.SentKindReshare {
+		inviteEvent = "" // a marker, not an event
+	}
+	return SentReport{BundleID: b.BundleID, Kind: b.Kind, Puppet: b.Puppet, RoomID: b.RoomID, Invitee: b.Invitee, InviteEventID: inviteEvent,
 		State: b.State, Sessions: b.Sessions, Withheld: b.Withheld, Size: b.Size, MXC: b.MXC, Reason: b.Reason,
 		CreatedAt: b.CreatedAt, UpdatedAt: b.UpdatedAt, Devices: deliveryReports(b.Devices)}
 }
 
 // ReceivedReport is a bundle a puppet received, as GET …/bundles lists it and POST …/join reports it.
 type ReceivedReport struct {
+	Puppet       id.UserID   `json:"puppet"`
 	RoomID       id.RoomID   `json:"room_id"`
 	Sender       id.UserID   `json:"sender"`
 	SenderDevice id.DeviceID `json:"sender_device"`
@@ -89,7 +99,7 @@ func receivedReport(b *database.ReceivedBundle) *ReceivedReport {
 	if b == nil {
 		return nil
 	}
-	return &ReceivedReport{RoomID: b.RoomID, Sender: b.Sender, SenderDevice: b.SenderDevice, State: b.State,
+	return &ReceivedReport{Puppet: b.Puppet, RoomID: b.RoomID, Sender: b.Sender, SenderDevice: b.SenderDevice, State: b.State,
 		Imported: b.Imported, Withheld: b.Withheld, Skipped: b.Skipped, Error: b.Error, Attempts: b.Attempts,
 		ReceivedAt: b.ReceivedAt, UpdatedAt: b.UpdatedAt}
 }
@@ -100,6 +110,12 @@ type JoinResult struct {
 	Bundle *ReceivedReport `json:"bundle,omitempty"`
 	// History says in words what happened to the room's history for this puppet.
 	History string `json:"history"`
+}
+
+// RoomBundlesResult is what every puppet sent and received for one room, newest first.
+type RoomBundlesResult struct {
+	Sent     []SentReport      `json:"sent"`
+	Received []*ReceivedReport `json:"received"`
 }
 
 // BundlesResult is what GET …/bundles answers: what the puppet sent and received, newest first.

@@ -65,6 +65,7 @@ func (s *Service) ShareBeforeInvite(ctx context.Context, p *e2ee.Puppet, roomID 
 		if err := s.db.PutSentBundle(ctx, b); err != nil {
 			return nil, err
 		}
+		s.sentOutcome(b)
 	} else if err := s.share(ctx, p, b); err != nil {
 		return nil, err
 	}
@@ -168,6 +169,7 @@ func (s *Service) share(ctx context.Context, p *e2ee.Puppet, b *database.SentBun
 	if saveErr := s.db.PutSentBundle(ctx, b); saveErr != nil {
 		return fmt.Errorf("failed to record bundle: %w", saveErr)
 	}
+	s.sentOutcome(b) // a final state; an uploaded bundle is counted when delivered
 	if err != nil {
 		if errors.Is(err, keybundle.ErrBundleTooLarge) {
 			return err
@@ -182,6 +184,7 @@ func (s *Service) share(ctx context.Context, p *e2ee.Puppet, b *database.SentBun
 			// on; a later invite builds a fresh bundle rather than resurrecting this one.
 			zerolog.Ctx(ctx).Err(err).Msg("Failed to deliver key bundle")
 			b.State, b.Reason = database.SentFailed, "delivery failed: "+err.Error()
+			s.sentOutcome(b)
 			return s.db.PutSentBundle(ctx, b)
 		}
 	}
@@ -215,8 +218,8 @@ func (s *Service) buildAndUpload(ctx context.Context, p *e2ee.Puppet, b *databas
 		return nil
 	}
 	// MSC4268 sends the bundle before the invite: if the invite cannot succeed, the keys must not
-	// leave at all.
-	if reason := s.inviteImpossible(ctx, p, b.RoomID, b.Invitee); reason != "" {
+	// leave at all. (A reshare is for a member who is invited or joined already.)
+	if reason := s.inviteImpossible(ctx, p, b.RoomID, b.Invitee); reason != "" && b.Kind != database.SentKindReshare {
 		b.State, b.Reason = database.SentSkipped, reason
 		return nil
 	}
@@ -227,6 +230,7 @@ func (s *Service) buildAndUpload(ctx context.Context, p *e2ee.Puppet, b *databas
 		b.State, b.Reason = database.SentSkipped, reason
 		return nil
 	}
+	b.InviteeMasterKey = s.masterKeyOf(ctx, p, b.Invitee) // what devices added later must be signed by
 	sealed, err := keybundle.Seal(s.TempDir, s.maxBundleSize(ctx, p), func(w ioWriter) (keybundle.Counts, error) {
 		return s.writeBundle(ctx, p, b.RoomID, w)
 	})
@@ -413,7 +417,11 @@ func (s *Service) deliver(ctx context.Context, p *e2ee.Puppet, b *database.SentB
 			}
 		}
 	}
-	b.State = database.SentDelivered
+	if b.State != database.SentDelivered { // the first delivery (a redelivery is counted apart)
+		b.State = database.SentDelivered
+		s.Metrics.Delivered(time.Since(time.UnixMilli(b.CreatedAt)))
+		s.sentOutcome(b)
+	}
 	if b.Devices, err = s.db.GetDeliveries(ctx, b.BundleID); err != nil {
 		return err
 	}
@@ -433,10 +441,11 @@ func (s *Service) resumeSending(ctx context.Context) {
 	for _, b := range unfinished {
 		log := zerolog.Ctx(ctx).With().Stringer("puppet", b.Puppet).Stringer("room_id", b.RoomID).Logger()
 		if b.State == database.SentBuilding {
-			b.State, b.Reason = database.SentFailed, "interrupted by a restart before upload"
+			b.State, b.Reason = database.SentFailed, ReasonInterrupted
 			if err = s.db.PutSentBundle(ctx, b); err != nil {
 				log.Err(err).Str("bundle_id", b.BundleID).Msg("Failed to mark interrupted bundle")
 			}
+			s.sentOutcome(b)
 			continue
 		}
 		s.resumeDelivery(log.WithContext(ctx), b)
@@ -455,6 +464,7 @@ const (
 	ReasonDeliveryTooLate  = "delivery did not finish within history_sharing.accept_window of building the bundle"
 	ReasonNoLongerInvited  = "the invitee is no longer invited or joined"
 	ReasonDeviceNowUnknown = "device is no longer signed by the invitee's cross-signing identity"
+	ReasonInterrupted      = "interrupted by a restart before upload"
 )
 
 // resumeDelivery delivers an uploaded bundle whose delivery did not finish, after checking again
@@ -487,6 +497,7 @@ func (s *Service) resumeDelivery(ctx context.Context, b *database.SentBundle) {
 		if err = s.db.PutSentBundle(ctx, b); err != nil {
 			log.Err(err).Msg("Failed to record bundle state")
 		}
+		s.sentOutcome(b)
 		return
 	}
 	if err = s.deliver(ctx, p, b); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/metrics"
 )
 
 // Service is heirloom's MSC4268 implementation at the edge: it builds, uploads and delivers bundles
@@ -32,6 +33,10 @@ type Service struct {
 	maxAttempts int
 	wake        chan struct{}
 	acceptLock  exsync.KeyedMutex[string]
+	// Metrics counts bundles and their timings (nil: nothing).
+	Metrics *metrics.Metrics
+	// redeliveries coalesces the redeliveries of one bundle (redeliver.go).
+	redeliveries redeliveryQueue
 
 	// tasks tracks the work started in the background (a bundle to share for an invite's echo, an
 	// import after a join or a bundle's arrival, an auto-join), so that Shutdown can wait for it

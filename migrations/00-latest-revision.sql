@@ -1,4 +1,4 @@
--- v0 -> v6: Latest revision
+-- v0 -> v7: Latest revision
 
 -- Appservice transactions already processed, so a retried transaction is processed once. A
 -- transaction is known by its ID and the SHA-256 of its body: Synapse on SQLite numbers its
@@ -17,7 +17,9 @@ CREATE TABLE puppet (
     cross_signing_seeds TEXT    NOT NULL DEFAULT '',
     master_key          TEXT    NOT NULL DEFAULT '',
     ready               BOOLEAN NOT NULL DEFAULT false,
-    created_at          BIGINT  NOT NULL
+    created_at          BIGINT  NOT NULL,
+    -- when heirloom last acted as or for the puppet (unix ms)
+    last_active_at      BIGINT  NOT NULL DEFAULT 0
 );
 
 -- Outbound megolm sessions created before rotate_after (unix ms) are not used again:
@@ -42,10 +44,17 @@ CREATE TABLE bundle_sent (
     file_info       TEXT    NOT NULL DEFAULT '',
     reason          TEXT    NOT NULL DEFAULT '',
     created_at      BIGINT  NOT NULL,
-    updated_at      BIGINT  NOT NULL
+    updated_at      BIGINT  NOT NULL,
+    -- the invitee's master key the devices were chosen under: a device added later gets the
+    -- bundle only while the invitee's identity is still this one ('' = never)
+    invitee_master_key TEXT NOT NULL DEFAULT '',
+    -- invite: built for a puppet's invite; reshare: built on an admin's request for a member
+    kind            TEXT    NOT NULL DEFAULT 'invite'
 );
 CREATE UNIQUE INDEX bundle_sent_invite_idx ON bundle_sent (puppet, room_id, invite_event_id);
 CREATE INDEX bundle_sent_state_idx ON bundle_sent (state);
+CREATE INDEX bundle_sent_invitee_idx ON bundle_sent (invitee, state);
+CREATE INDEX bundle_sent_room_idx ON bundle_sent (room_id);
 
 -- One row per invitee device a bundle was (or was not) delivered to.
 CREATE TABLE bundle_delivery (
@@ -54,6 +63,8 @@ CREATE TABLE bundle_delivery (
     device_id TEXT    NOT NULL,
     delivered BOOLEAN NOT NULL,
     reason    TEXT    NOT NULL DEFAULT '',
+    -- a device the invitee added after the bundle was first delivered
+    added_later BOOLEAN NOT NULL DEFAULT false,
     PRIMARY KEY (bundle_id, user_id, device_id)
 );
 
@@ -80,6 +91,7 @@ CREATE TABLE bundle_received (
     version       BIGINT  NOT NULL DEFAULT 1,
     PRIMARY KEY (puppet, room_id, sender)
 );
+CREATE INDEX bundle_received_room_idx ON bundle_received (room_id);
 
 -- Invites a puppet received, and when it accepted them: a bundle is imported only from the
 -- inviter, and only within history_sharing.accept_window of accepting (accepted_at 0 = not yet),
@@ -93,6 +105,12 @@ CREATE TABLE puppet_invite (
     accepted_at     BIGINT NOT NULL DEFAULT 0,
     join_event_id   TEXT   NOT NULL DEFAULT '',
     PRIMARY KEY (puppet, room_id)
+);
+
+-- Users who are not admins and got the bot's one refusal: the bot ignores them from then on.
+CREATE TABLE admin_refusal (
+    user_id    TEXT   PRIMARY KEY,
+    refused_at BIGINT NOT NULL
 );
 
 -- mautrix's crypto store indexes inbound sessions by account and backup version only; bundles

@@ -2,8 +2,10 @@ package migrations_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -101,4 +103,55 @@ func TestUpgradeFromV1(t *testing.T) {
 	var version int
 	require.NoError(t, db.QueryRow(ctx, `SELECT version FROM `+migrations.VersionTable).Scan(&version))
 	require.Equal(t, len(migrations.Table), version)
+}
+
+// columnsAndIndexes describes heirloom's tables on SQLite: every column with its type, nullability
+// and default, and every index, independent of the order the columns were added in.
+func columnsAndIndexes(t *testing.T, db *dbutil.Database) []string {
+	t.Helper()
+	ctx := context.Background()
+	var out []string
+	for _, table := range []string{"heirloom_txn", "puppet", "room_rotation", "bundle_sent", "bundle_delivery",
+		"bundle_received", "puppet_invite", "admin_refusal"} {
+		rows, err := db.Query(ctx, `SELECT name, type, "notnull", COALESCE(dflt_value, ''), pk FROM pragma_table_info($1)`, table)
+		require.NoError(t, err)
+		for rows.Next() {
+			var name, typ, dflt string
+			var notNull, pk int
+			require.NoError(t, rows.Scan(&name, &typ, &notNull, &dflt, &pk))
+			out = append(out, fmt.Sprintf("%s.%s %s notnull=%d default=%s pk=%d", table, name, typ, notNull, dflt, pk))
+		}
+		require.NoError(t, rows.Err())
+		rows, err = db.Query(ctx, `SELECT name FROM sqlite_master WHERE type='index' AND tbl_name=$1 AND name NOT LIKE 'sqlite_%'`, table)
+		require.NoError(t, err)
+		for rows.Next() {
+			var name string
+			require.NoError(t, rows.Scan(&name))
+			out = append(out, "index "+name)
+		}
+		require.NoError(t, rows.Err())
+	}
+	sort.Strings(out)
+	return out
+}
+
+// A database upgraded file by file from v1 ends with the same tables, columns and indexes as one
+// created from the latest revision.
+func TestUpgradedSchemaEqualsLatestRevision(t *testing.T) {
+	ctx := context.Background()
+	fresh := openSQLite(t)
+	require.NoError(t, fresh.Upgrade(ctx))
+
+	old := openSQLite(t)
+	schema, err := os.ReadFile("testdata/v1-schema.sql")
+	require.NoError(t, err)
+	_, err = old.Exec(ctx, string(schema))
+	require.NoError(t, err)
+	_, err = old.Exec(ctx, `CREATE TABLE `+migrations.VersionTable+` (version INTEGER, compat INTEGER)`)
+	require.NoError(t, err)
+	_, err = old.Exec(ctx, `INSERT INTO `+migrations.VersionTable+` (version, compat) VALUES (1, 1)`)
+	require.NoError(t, err)
+	require.NoError(t, old.Upgrade(ctx))
+
+	require.Equal(t, columnsAndIndexes(t, fresh), columnsAndIndexes(t, old))
 }

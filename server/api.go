@@ -69,6 +69,8 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 	mux.Handle("GET "+p+"/puppets/{userID}/rooms/{roomID}/messages", s.wrap(s.apiMessages))
 	mux.Handle("POST "+p+"/puppets/{userID}/rooms/{roomID}/join", s.wrap(s.apiJoin))
 	mux.Handle("POST "+p+"/puppets/{userID}/rooms/{roomID}/invite", s.wrap(s.apiInvite))
+	mux.Handle("POST "+p+"/puppets/{userID}/rooms/{roomID}/reshare", s.wrap(s.apiReshare))
+	mux.Handle("POST "+p+"/puppets/{userID}/rooms/{roomID}/retry", s.wrap(s.apiRetry))
 	mux.Handle("GET "+p+"/puppets/{userID}/bundles", s.wrap(s.apiBundles))
 	mux.Handle("GET "+p+"/identities/{userID}", s.wrap(s.apiGetIdentity))
 	mux.Handle("PUT "+p+"/identities/{userID}", s.wrap(s.apiConfirmIdentity))
@@ -168,15 +170,51 @@ type StatusResponse struct {
 	LastHomeserverPing   int64 `json:"last_homeserver_ping"`
 	UptimeSeconds        int   `json:"uptime_seconds"`
 	HistorySharingActive bool  `json:"history_sharing_active"`
+	// Bundles counts the bundles that wait or went wrong.
+	Bundles StatusBundles `json:"bundles"`
+	// DeviceProblems lists the puppet devices the homeserver lost and heirloom could not restore:
+	// those puppets can neither send nor read encrypted messages until it is fixed.
+	DeviceProblems []e2ee.DeviceProblem `json:"device_problems"`
+	// Bot is heirloom's bot, once its device is provisioned.
+	Bot *BotStatus `json:"bot,omitempty"`
+}
+
+// BotStatus names heirloom's bot's device and identity, for admins to check in their client.
+type BotStatus struct {
+	UserID    id.UserID   `json:"user_id"`
+	DeviceID  id.DeviceID `json:"device_id"`
+	MasterKey id.Ed25519  `json:"master_key"`
+}
+
+// StatusBundles is GET /status's count of bundles: sent ones being delivered or failed, received
+// ones pending, retrying or failed.
+type StatusBundles struct {
+	Sending    int `json:"sending"`
+	SendFailed int `json:"send_failed"`
+	Pending    int `json:"pending"`
+	Retrying   int `json:"retrying"`
+	Failed     int `json:"failed"`
 }
 
 func (s *Server) apiStatus(r *http.Request) (any, error) {
 	ctx := r.Context()
-	puppets, err := s.db.CountPuppets(ctx)
+	puppets, err := s.db.CountPuppets(ctx, s.cfg.BotUserID())
+	if err != nil {
+		return nil, err
+	}
+	counts, err := s.db.CountBundles(ctx)
 	if err != nil {
 		return nil, err
 	}
 	_, versionsErr := s.mgr.Client(ctx, s.cfg.BotUserID()).Versions(ctx)
+	bot, err := s.mgr.ProvisionedIdentity(ctx, s.cfg.BotUserID())
+	if err != nil {
+		return nil, err
+	}
+	var botStatus *BotStatus
+	if bot != nil {
+		botStatus = &BotStatus{UserID: bot.UserID, DeviceID: bot.DeviceID, MasterKey: bot.MasterKey}
+	}
 	return &StatusResponse{
 		Version:              Version,
 		HomeserverReachable:  versionsErr == nil,
@@ -185,6 +223,10 @@ func (s *Server) apiStatus(r *http.Request) (any, error) {
 		LastHomeserverPing:   s.lastPing.Load(),
 		UptimeSeconds:        int(time.Since(s.startedAt).Seconds()),
 		HistorySharingActive: s.cfg.HistorySharing.ShareOnInvite,
+		Bundles: StatusBundles{Sending: counts.Sending, SendFailed: counts.SendFailed, Pending: counts.Pending,
+			Retrying: counts.Retrying, Failed: counts.Failed},
+		DeviceProblems: s.mgr.DeviceProblems(),
+		Bot:            botStatus,
 	}, nil
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"maunium.net/go/mautrix/id"
 
+	"github.com/heirloom-matrix/heirloom/history"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -54,4 +55,45 @@ func (s *Server) apiBundles(r *http.Request) (any, error) {
 		return nil, err
 	}
 	return s.history.Bundles(r.Context(), userID)
+}
+
+type reshareRequest struct {
+	UserID id.UserID `json:"user_id"`
+}
+
+// apiReshare builds and delivers a fresh bundle of the room's history to a user who is invited or
+// joined already.
+func (s *Server) apiReshare(r *http.Request) (any, error) {
+	p, roomID, err := s.LoadPuppetInRoom(r)
+	if err != nil {
+		return nil, err
+	}
+	var req reshareRequest
+	if err = DecodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	if req.UserID == "" {
+		return nil, errBadJSON("user_id is required")
+	} else if _, _, err = req.UserID.Parse(); err != nil {
+		return nil, errInvalidParam(fmt.Sprintf("user_id %q is not a valid user ID", req.UserID))
+	} else if req.UserID == p.UserID {
+		return nil, errInvalidParam("a puppet cannot share history with itself")
+	}
+	resp, err := s.history.Reshare(r.Context(), p, roomID, req.UserID)
+	switch {
+	case errors.Is(err, history.ErrNotMember):
+		return nil, errConflict(fmt.Sprintf("%s is neither invited to nor joined in %s: invite them instead", req.UserID, roomID))
+	case errors.Is(err, keybundle.ErrBundleTooLarge):
+		return nil, errTooLarge(err.Error())
+	}
+	return resp, MapRoomError(err)
+}
+
+// apiRetry retries now the puppet's failed received bundles for the room.
+func (s *Server) apiRetry(r *http.Request) (any, error) {
+	p, roomID, err := s.LoadPuppetInRoom(r)
+	if err != nil {
+		return nil, err
+	}
+	return s.history.RetryReceived(r.Context(), p, roomID)
 }

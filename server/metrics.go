@@ -15,6 +15,10 @@ type metrics struct {
 	apiRequests  *prometheus.CounterVec
 }
 
+// MetricsRegistry is the registry served at /metrics, where the daemon registers the metrics of
+// history sharing and the puppets' devices (package metrics).
+func (s *Server) MetricsRegistry() prometheus.Registerer { return s.metrics.registry }
+
 func newMetrics() *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),

@@ -15,10 +15,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/config"
@@ -47,11 +47,17 @@ type Server struct {
 	lastPing  atomic.Int64
 	startedAt time.Time
 	server    *http.Server
+
+	// OnRoomEvent hears of every room event of a transaction, in order, after heirloom recorded
+	// its state and reacted to it. The daemon sets it to heirloom's bot (admin.Bot.HandleEvent);
+	// until then room events go nowhere else.
+	OnRoomEvent func(ctx context.Context, evt *event.Event)
 }
 
 // NewServer creates the listener, with history sharing (MSC4268) for the transaction stream and the API.
 func NewServer(cfg *config.Config, db *database.Database, mgr *e2ee.Manager, hist *history.Service, log zerolog.Logger) *Server {
-	return &Server{cfg: cfg, db: db, mgr: mgr, history: hist, metrics: newMetrics(), log: log, startedAt: time.Now()}
+	return &Server{cfg: cfg, db: db, mgr: mgr, history: hist, metrics: newMetrics(), log: log, startedAt: time.Now(),
+		OnRoomEvent: func(context.Context, *event.Event) {}}
 }
 
 // Gateway is gateway mode's part of the listener (gateway.Gateway).
@@ -68,9 +74,6 @@ type Gateway interface {
 
 // UseGateway puts the listener in gateway mode, before Start.
 func (s *Server) UseGateway(gw Gateway) { s.gateway = gw }
-
-// Registry is where heirloom's metrics are registered, for the parts that add their own.
-func (s *Server) Registry() prometheus.Registerer { return s.metrics.registry }
 
 // Handler returns the complete HTTP handler.
 func (s *Server) Handler() http.Handler {

@@ -353,6 +353,37 @@ func TestAPIStatus(t *testing.T) {
 	require.False(t, *status.HomeserverReachable, "the test homeserver answers 404 to /versions")
 	require.NotNil(t, status.HistorySharing)
 	require.True(t, *status.HistorySharing, "history_sharing.share_on_invite is on in the harness")
+	var more struct {
+		Bundles        map[string]int    `json:"bundles"`
+		DeviceProblems []json.RawMessage `json:"device_problems"`
+		Bot            *json.RawMessage  `json:"bot"`
+	}
+	require.NoError(t, json.Unmarshal(resp.body, &more))
+	require.Equal(t, map[string]int{"sending": 0, "send_failed": 0, "pending": 0, "retrying": 0, "failed": 0}, more.Bundles)
+	require.NotNil(t, more.DeviceProblems, "device_problems is a list, empty when every device is in place")
+	require.Empty(t, more.DeviceProblems)
+	require.Nil(t, more.Bot, "no bot device is provisioned in the harness")
+
+	// The bot is provisioned like a puppet, but not counted as one.
+	require.NoError(t, h.db.PutPuppet(context.Background(), &database.Puppet{UserID: h.cfg.BotUserID(), DeviceID: "BOTDEV",
+		MasterKey: "Qk9U", Ready: true}))
+	resp = h.do(t, http.MethodGet, "/_heirloom/v1/status", "Bearer "+sharedSecret, nil)
+	require.NoError(t, json.Unmarshal(resp.body, &status))
+	require.Equal(t, 1, *status.Puppets)
+	var withBot struct {
+		Bot server.BotStatus `json:"bot"`
+	}
+	require.NoError(t, json.Unmarshal(resp.body, &withBot))
+	require.Equal(t, server.BotStatus{UserID: h.cfg.BotUserID(), DeviceID: "BOTDEV", MasterKey: "Qk9U"}, withBot.Bot)
+}
+
+// Retrying a room where the puppet has no failed bundle retries nothing and says so.
+func TestAPIRetryNothing(t *testing.T) {
+	h := newHarness(t)
+	h.provision(t, puppet)
+	resp := h.do(t, http.MethodPost, "/_heirloom/v1/puppets/"+string(puppet)+"/rooms/!room:localhost/retry", "Bearer "+sharedSecret, strings.NewReader(`{}`))
+	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+	require.JSONEq(t, `{"bundles":[]}`, string(resp.body))
 }
 
 func TestAPIErrors(t *testing.T) {
@@ -409,6 +440,18 @@ func TestAPIErrors(t *testing.T) {
 		{"invite: the homeserver's error is kept", http.MethodPost, room + "/invite", `{"user_id":"@carol:localhost"}`,
 			http.StatusNotFound, "M_UNRECOGNIZED", "homeserver"},
 
+		{"reshare: not JSON", http.MethodPost, room + "/reshare", `@carol:localhost`, http.StatusBadRequest, "M_NOT_JSON", "JSON object"},
+		{"reshare: no user_id", http.MethodPost, room + "/reshare", `{}`, http.StatusBadRequest, "M_BAD_JSON", "user_id"},
+		{"reshare: bad user_id", http.MethodPost, room + "/reshare", `{"user_id":"carol"}`, http.StatusBadRequest, "M_INVALID_PARAM", "carol"},
+		{"reshare: itself", http.MethodPost, room + "/reshare", `{"user_id":"` + string(puppet) + `"}`, http.StatusBadRequest, "M_INVALID_PARAM", "itself"},
+		{"reshare: unprovisioned puppet", http.MethodPost, "/_heirloom/v1/puppets/@heirloom_ghost:localhost/rooms/!room:localhost/reshare",
+			`{"user_id":"@carol:localhost"}`, http.StatusNotFound, "M_NOT_FOUND", "not provisioned"},
+		{"reshare: the homeserver's error is kept", http.MethodPost, room + "/reshare", `{"user_id":"@carol:localhost"}`,
+			http.StatusNotFound, "M_UNRECOGNIZED", "homeserver"},
+		{"retry: bad room ID", http.MethodPost, "/_heirloom/v1/puppets/" + string(puppet) + "/rooms/room/retry", `{}`,
+			http.StatusBadRequest, "M_INVALID_PARAM", "not a room ID"},
+		{"retry: unprovisioned puppet", http.MethodPost, "/_heirloom/v1/puppets/@heirloom_ghost:localhost/rooms/!room:localhost/retry", `{}`,
+			http.StatusNotFound, "M_NOT_FOUND", "not provisioned"},
 		{"state: not JSON", http.MethodPut, room + "/state/m.room.topic", `topic`, http.StatusBadRequest, "M_NOT_JSON", "JSON object"},
 		{"unknown endpoint", http.MethodGet, "/_heirloom/v1/nope", ``, http.StatusNotFound, "M_UNRECOGNIZED", ""},
 		{"unknown endpoint under a puppet", http.MethodPost, "/_heirloom/v1/puppets/" + string(puppet) + "/teleport", `{}`,

@@ -212,8 +212,9 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 }
 
 // processTransaction applies a transaction in order: room state first (so encryption and
-// membership are known), then to-device messages, key counts and device lists, then the
-// reactions to events (invites, rotation triggers).
+// membership are known), then to-device messages, key counts and device lists (new devices of
+// invitees may get their invite's bundle), then the reactions to events (invites, joins), each
+// event then going to OnRoomEvent (heirloom's bot).
 func (s *Server) processTransaction(ctx context.Context, txn *Transaction) {
 	log := zerolog.Ctx(ctx)
 	log.Debug().
@@ -241,8 +242,10 @@ func (s *Server) processTransaction(ctx context.Context, txn *Transaction) {
 		}
 	}
 	s.mgr.RouteDeviceListChanges(ctx, txn.DeviceLists.Changed)
+	s.history.DeviceListsChanged(ctx, txn.DeviceLists.Changed)
 	for _, evt := range txn.Events {
 		s.reactToEvent(ctx, evt)
+		s.OnRoomEvent(ctx, evt)
 	}
 }
 
@@ -309,6 +312,8 @@ func (s *Server) reactToEvent(ctx context.Context, evt *event.Event) {
 	case event.MembershipJoin:
 		if s.cfg.IsManaged(target) {
 			s.history.ObserveJoin(ctx, evt)
+		} else {
+			s.history.InviteeJoined(ctx, evt)
 		}
 	}
 }

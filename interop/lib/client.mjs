@@ -427,7 +427,9 @@ export class Peer {
             timeoutMs: timeoutOf(params),
             what: `${this.userId} to see a member event of ${target} in ${roomId}`,
         });
-        return { event_id: ev.getId(), membership: ev.getContent().membership, sender: ev.getSender() };
+        const out = { event_id: ev.getId(), membership: ev.getContent().membership, sender: ev.getSender() };
+        if (ev.getContent().reason !== undefined) out.reason = ev.getContent().reason;
+        return out;
     }
 
     /** Kick (or with ban: true, ban) target, and wait until the local copy shows it. */
@@ -443,6 +445,27 @@ export class Peer {
             what: `${this.userId} to see ${target} with membership ${want} in ${roomId}`,
         });
         return this.memberEvent(params);
+    }
+
+    /**
+     * Sign another device of this user with the user's self-signing key (this device must hold
+     * the cross-signing private keys: the one that bootstrapped them), and wait until the
+     * homeserver serves the signature.
+     */
+    async crossSignOwnDevice(deviceId, timeoutMs) {
+        const ssk = await this.crypto.getCrossSigningKeyId("self_signing_key");
+        if (!ssk) throw new Error(`${this.userId} ${this.deviceId} holds no self-signing key`);
+        await waitUntil(async () => {
+            await this.refreshKeys(this.userId);
+            return (await this.crypto.getUserDeviceInfo([this.userId])).get(this.userId)?.has(deviceId);
+        }, { timeoutMs, intervalMs: 200, what: `${this.userId} ${this.deviceId} to see its new device ${deviceId}` });
+        await this.crypto.crossSignDevice(deviceId);
+        await waitUntil(async () => {
+            const res = await this.client.http.authedRequest("POST", "/keys/query", undefined, {
+                device_keys: { [this.userId]: [deviceId] },
+            });
+            return Boolean(res?.device_keys?.[this.userId]?.[deviceId]?.signatures?.[this.userId]?.[`ed25519:${ssk}`]);
+        }, { timeoutMs, intervalMs: 200, what: `the homeserver to serve ${this.userId}'s signature on ${deviceId}` });
     }
 
     /** Wait until the homeserver lists this device's keys (so other users' key queries find it). */

@@ -95,9 +95,11 @@ export class PeerServer {
         return peer.describe();
     }
 
-    // addDevice logs another device of a registered user in, not signed by the user's
-    // cross-signing identity (bootstrapping again would replace the identity). RPCs reach it
-    // with `device`.
+    // addDevice logs another device of a registered user in. It is not signed by the user's
+    // cross-signing identity (bootstrapping again would replace the identity) unless
+    // `cross_signed` is true: then the user's first device, which holds the identity's private
+    // keys, signs it with the self-signing key, as Element does once the new session is
+    // verified. RPCs reach the new device with `device`.
     async addDevice(params) {
         const first = this.peer(required(params, "user"));
         const username = first.userId.slice(1).replace(/:.*$/, "");
@@ -111,6 +113,7 @@ export class PeerServer {
         });
         this.peers.set(`${peer.userId}|${peer.deviceId}`, peer);
         await peer.waitKeysUploaded(timeoutMs);
+        if (params.cross_signed === true) await first.crossSignOwnDevice(peer.deviceId, timeoutMs);
         return peer.describe();
     }
 

@@ -166,6 +166,16 @@ else describe("peer.mjs against Synapse", () => {
         await assert.rejects(rpc("send", { user: bob.user_id, device: "NOSUCHDEVICE", room_id, body: "x" }), /unknown user/);
     });
 
+    test("addDevice cross_signed: the new device is signed by its owner, under the same identity", async () => {
+        const third = await rpc("addDevice", { user: bob.user_id, cross_signed: true });
+        assert.notEqual(third.device_id, bob.device_id);
+        const status = await rpc("deviceStatus", {
+            user: alice.user_id, target_user: bob.user_id, target_device: third.device_id, wait_signed: true,
+        });
+        assert.equal(status.device.signedByOwner, true);
+        assert.equal(status.cross_signing_master_key, bob.master_key);
+    });
+
     test("memberEvent, kick and ban", async () => {
         const { room_id } = await rpc("createRoom", { user: alice.user_id, history_visibility: "shared" });
         await rpc("invite", { user: alice.user_id, room_id, target: bob.user_id, share_history: false });

@@ -1,4 +1,4 @@
--- v5 -> v6: Gateway mode: the bridge's outbox, its sends, and the media it reads decrypted
+-- v6 -> v7: Gateway mode: the bridge's outbox, its sends, and the media it reads decrypted
 -- Events bound for the bridge, in the order the homeserver delivered them (seq). An encrypted
 -- event whose key has not arrived waits (holding back only its room) until wait_until; txn_id is
 -- the bridge transaction it went into (0: not yet). Stored before the homeserver is answered.

@@ -1,0 +1,92 @@
+package e2ee
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto/olm"
+	"maunium.net/go/mautrix/id"
+)
+
+// Puppets never ask for room keys: a key Synapse did not push waits in the device inbox, and a
+// sweep fetches it (sweep.go). heirloom's bot cannot sweep: Synapse refuses /sync to an
+// appservice's sender user. When the key of an admin's message does not come, the bot asks the
+// device that sent the message for it (m.room_key_request), and takes the answer only if that
+// device forwards its own session: the session's sender key is the key Olm authenticated the
+// forward with, and nobody else is in its forwarding chain. That is the same word as the m.room_key
+// the homeserver lost, so the session is stored as received directly; any other forwarded key is
+// refused, as it is for puppets.
+
+// ErrNoSenderDevice means no known device of the sender has the session's sender key.
+var ErrNoSenderDevice = errors.New("no known device of the sender has the session's key")
+
+// RequestRoomKeyFromSender asks the sender's device that holds the session for its room key.
+// Only heirloom's bot takes the answer.
+func (p *Puppet) RequestRoomKeyFromSender(ctx context.Context, roomID id.RoomID, sender id.UserID, senderKey id.SenderKey, sessionID id.SessionID) error {
+	device, err := p.Mach.GetOrFetchDeviceByKey(ctx, sender, senderKey)
+	if err != nil {
+		return fmt.Errorf("failed to find the sender's device: %w", err)
+	} else if device == nil {
+		return ErrNoSenderDevice
+	}
+	if err = p.Mach.SendRoomKeyRequest(ctx, roomID, senderKey, sessionID, "", map[id.UserID][]id.DeviceID{sender: {device.DeviceID}}); err != nil {
+		return fmt.Errorf("failed to request the room key: %w", err)
+	}
+	zerolog.Ctx(ctx).Info().Stringer("session_id", sessionID).Stringer("sender_device", device.DeviceID).
+		Msg("Asked the sender's device for a room key the homeserver did not deliver")
+	return nil
+}
+
+// takesOwnForwards reports whether the puppet takes a device's forward of its own session: only
+// heirloom's bot, which asks for them.
+func (p *Puppet) takesOwnForwards() bool {
+	return p.UserID == p.mgr.cfg.BotUserID()
+}
+
+// receiveOwnForward stores a forwarded room key that its own sending device forwarded, under the
+// same rules as a room key (receiveRoomKey); it drops any other.
+func (p *Puppet) receiveOwnForward(ctx context.Context, evt *crypto.DecryptedOlmEvent, content *ForwardedRoomKeyContent) {
+	log := zerolog.Ctx(ctx).With().Stringer("room_id", content.RoomID).Stringer("session_id", content.SessionID).Logger()
+	ctx = log.WithContext(ctx)
+	switch {
+	case content.Algorithm != id.AlgorithmMegolmV1 || evt.Keys.Ed25519 == "":
+		log.Debug().Msg("Ignoring forwarded room key with unknown algorithm or no signing key")
+		return
+	case content.SenderKey != evt.SenderKey || content.SenderClaimedKey != evt.Keys.Ed25519 || len(content.ForwardingKeyChain) != 0:
+		log.Warn().Msg("Ignoring forwarded room key: only a device's forward of its own session is taken")
+		return
+	case !p.inRoom(ctx, content.RoomID):
+		log.Warn().Msg("Dropping forwarded room key for a room the bot is not in")
+		return
+	case p.mgr.hasLeft(ctx, content.RoomID, evt.Sender):
+		log.Warn().Msg("Dropping forwarded room key from a sender who left the room")
+		return
+	}
+	internal, err := olm.InboundGroupSessionImport([]byte(content.SessionKey))
+	if err != nil {
+		log.Warn().Err(err).Msg("Dropping malformed forwarded room key")
+		return
+	} else if internal.ID() != content.SessionID {
+		log.Warn().Stringer("actual_session_id", internal.ID()).Msg("Dropping forwarded room key whose session ID does not match its key")
+		return
+	}
+	maxAge, maxMessages := p.RotationLimits(ctx, content.RoomID)
+	notShared := false
+	igs := &crypto.InboundGroupSession{
+		Internal: internal, SigningKey: evt.Keys.Ed25519, SenderKey: evt.SenderKey, RoomID: content.RoomID,
+		ForwardingChains: []string{}, ReceivedAt: time.Now().UTC(), MaxAge: maxAge.Milliseconds(), MaxMessages: maxMessages,
+		SharedHistory: &notShared, KeySource: id.KeySourceDirect, SourceUser: evt.Sender,
+	}
+	switch stored, reason, err := p.StoreSession(ctx, igs); {
+	case err != nil:
+		log.Err(err).Msg("Failed to store forwarded room key")
+	case !stored:
+		log.Debug().Str("reason", reason).Msg("Not storing forwarded room key")
+	default:
+		log.Info().Msg("Stored the room key its sender's device forwarded")
+	}
+}
