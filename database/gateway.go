@@ -90,6 +90,7 @@ type GatewayTxn struct {
 	ID          int64
 	Attempts    int
 	NextAttempt int64
+	LastError   string
 	Events      []*GatewayEvent
 }
 
@@ -97,8 +98,8 @@ type GatewayTxn struct {
 // its events in order, or nil.
 func (db *Database) PendingGatewayTxn(ctx context.Context) (*GatewayTxn, error) {
 	var txn GatewayTxn
-	err := db.own.QueryRow(ctx, `SELECT txn_id, attempts, next_attempt FROM gateway_txn ORDER BY txn_id LIMIT 1`).
-		Scan(&txn.ID, &txn.Attempts, &txn.NextAttempt)
+	err := db.own.QueryRow(ctx, `SELECT txn_id, attempts, next_attempt, last_error FROM gateway_txn ORDER BY txn_id LIMIT 1`).
+		Scan(&txn.ID, &txn.Attempts, &txn.NextAttempt, &txn.LastError)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	} else if err != nil {

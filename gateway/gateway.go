@@ -28,6 +28,7 @@ import (
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/history"
+	"github.com/heirloom-matrix/heirloom/server"
 )
 
 // Gateway is heirloom's side of gateway mode: the bridge-facing client-server API, and the
@@ -187,4 +188,22 @@ func (g *Gateway) runMaintenance(ctx context.Context) {
 			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to expire events sent to the bridge encrypted")
 		}
 	}
+}
+
+// Status reports the delivery to the bridge: the outbox depth, and whether the oldest transaction
+// is failing to reach the bridge.
+func (g *Gateway) Status(ctx context.Context) (*server.GatewayStatus, error) {
+	depth, err := g.db.CountGatewayEvents(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st := &server.GatewayStatus{Bridge: g.bridge.Registration.ID, OutboxEvents: depth}
+	txn, err := g.db.PendingGatewayTxn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if txn != nil && txn.Attempts > 0 {
+		st.DeliveryFailing, st.Attempts, st.LastError = true, txn.Attempts, txn.LastError
+	}
+	return st, nil
 }

@@ -503,10 +503,27 @@ func TestBridgeCallEndsTheDeliveryBackoff(t *testing.T) {
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/1", heirloomHS, txn).status)
 	// Three failures: 1 s, 2 s, then a 4 s wait.
 	require.Eventually(t, func() bool { return len(bridgeTxns(t, h.bridge)) == 3 }, 10*time.Second, 20*time.Millisecond)
+	var status struct {
+		Gateway *server.GatewayStatus `json:"gateway"`
+	}
+	require.Eventually(t, func() bool {
+		resp := h.do(t, http.MethodGet, "/_heirloom/v1/status", "api-secret-0123456789abcdef", "")
+		require.Equal(t, http.StatusOK, resp.status, "%s", resp.body)
+		require.NoError(t, json.Unmarshal(resp.body, &status))
+		return status.Gateway != nil && status.Gateway.Attempts == 3
+	}, 5*time.Second, 20*time.Millisecond)
+	require.Equal(t, &server.GatewayStatus{Bridge: "testbridge", OutboxEvents: 1, DeliveryFailing: true, Attempts: 3,
+		LastError: "the bridge answered 503"}, status.Gateway, "what an operator reads in GET /status")
 	h.do(t, http.MethodGet, "/_matrix/client/v3/account/whoami", bridgeAS, "")
 	require.Eventually(t, func() bool { return len(bridgeTxns(t, h.bridge)) == 4 }, 2*time.Second, 20*time.Millisecond,
 		"delivered when the bridge called, not 4 s later")
 	require.Equal(t, []string{"$join"}, eventsOf(bridgeTxns(t, h.bridge)[3:]))
+	require.Eventually(t, func() bool {
+		resp := h.do(t, http.MethodGet, "/_heirloom/v1/status", "api-secret-0123456789abcdef", "")
+		status.Gateway = nil
+		require.NoError(t, json.Unmarshal(resp.body, &status))
+		return *status.Gateway == server.GatewayStatus{Bridge: "testbridge"}
+	}, 5*time.Second, 20*time.Millisecond, "delivered: nothing waits, nothing fails")
 }
 
 // An encrypted attachment heirloom hands out decrypted is served to the bridge only if the

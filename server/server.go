@@ -70,6 +70,8 @@ type Gateway interface {
 	// ForwardQuery asks the bridge about a user or room alias in its namespace (kind "users" or
 	// "rooms") and writes its answer.
 	ForwardQuery(w http.ResponseWriter, r *http.Request, kind, subject string)
+	// Status reports the delivery to the bridge, for GET /status.
+	Status(ctx context.Context) (*GatewayStatus, error)
 }
 
 // UseGateway puts the listener in gateway mode, before Start.
