@@ -33,8 +33,8 @@ func receivedOwner(b *database.ReceivedBundle) string {
 func (s *Service) ReceiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto.DecryptedOlmEvent, content *e2ee.BundleContent) {
 	// The sender and the event type are in the context already (e2ee.Puppet.HandleToDevice).
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", content.RoomID).Logger()
-	if !s.cfg.IsPuppet(p.UserID) {
-		log.Debug().Msg("Dropping key bundle: only puppets take part in history sharing")
+	if !s.cfg.IsManaged(p.UserID) {
+		log.Debug().Msg("Dropping key bundle: only puppets and a gateway's bridge users take part in history sharing")
 		return
 	}
 	if err := keybundle.ValidateSenderDeviceKeys(evt.Sender, evt.SenderKey, evt.Keys.Ed25519, evt.SenderDeviceKeys); err != nil {
