@@ -14,8 +14,9 @@ import (
 type Decrypted struct {
 	// Event is the plaintext event: the encrypted one's ID, sender, room and time, with the
 	// decrypted type and content.
-	Event        *event.Event
-	SessionID    id.SessionID
+	Event     *event.Event
+	SessionID id.SessionID
+	// SenderDevice is the device the session's keys belong to, if heirloom knows it.
 	SenderDevice id.DeviceID
 	// Trust is how far the key vouches for the sender (TrustName).
 	Trust string
@@ -41,10 +42,15 @@ func (p *Puppet) Decrypt(ctx context.Context, evt *event.Event) (*Decrypted, err
 	}
 	decrypted, err := p.Mach.DecryptMegolmEvent(ctx, evt)
 	if err != nil {
-		return &Decrypted{SessionID: content.SessionID, SenderDevice: content.DeviceID}, err
+		return &Decrypted{SessionID: content.SessionID}, err
 	}
-	d := &Decrypted{Event: decrypted, SessionID: content.SessionID, SenderDevice: content.DeviceID,
+	// The sending device as the session's keys identify it (the event's own device_id field is
+	// deprecated and unauthenticated).
+	d := &Decrypted{Event: decrypted, SessionID: content.SessionID,
 		Trust: TrustName(decrypted.Mautrix.TrustState, decrypted.Mautrix.ForwardedKeys)}
+	if src := decrypted.Mautrix.TrustSource; src != nil {
+		d.SenderDevice = src.DeviceID
+	}
 	if igs, err := p.Store.GetGroupSession(ctx, evt.RoomID, content.SessionID); err == nil && igs != nil &&
 		igs.KeySource == id.KeySourceForward && igs.SourceUser != "" {
 		d.KeysSharedBy = igs.SourceUser
