@@ -8,7 +8,6 @@ package e2e
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -363,49 +362,20 @@ func TestGatewayJSBridge(t *testing.T) {
 	gw, gwURL := startGateway(t, "gw-js", func(g *gatewayConfig) { g.encryptNewRooms = true })
 	b := startJSBridge(t, jsBridgeOpts{Homeserver: gwURL, Registration: &e.jsBridgeGWReg})
 	u := newJSUser(t, true)
-	alice := "@" + name("jsg_alice") + ":" + domain
-	bob := "@" + name("jsg_bob") + ":" + domain
-	b.call(t, "register", map[string]any{"user": alice, "displayname": "Alice (bridged)"}, nil)
-	b.call(t, "register", map[string]any{"user": bob, "displayname": "Bob (bridged)"}, nil)
-	if d := gw.deviceOf(t, alice); d != "" {
-		t.Fatalf("%s got device %s by registering: ghosts get one when they first need it", alice, d)
+	scene := newGhostScene(t, b, u, "jsg_", "bridged encrypted room")
+	room, alice, bob := scene.room, scene.alice, scene.bob
+	if d := gw.deviceOf(t, bob); d != "" {
+		t.Fatalf("%s got device %s by registering and joining: ghosts get one when they first need it", bob, d)
 	}
-
-	var room struct {
-		RoomID string `json:"room_id"`
-	}
-	b.call(t, "createRoom", map[string]any{"user": alice, "name": "bridged encrypted room"}, &room)
-	b.call(t, "invite", map[string]any{"user": alice, "room_id": room.RoomID, "target": u.UserID}, nil)
-	if _, inviter := jsAcceptInvite(t, u, room.RoomID); inviter != alice {
-		t.Fatalf("the invite came from %s, want the ghost %s", inviter, alice)
-	}
-	e.peer(t, "invite", map[string]any{"user": u.UserID, "room_id": room.RoomID, "target": bob, "share_history": false}, nil)
-	inv := b.waitEvent(t, map[string]any{"room_id": room.RoomID, "type": "m.room.member", "state_key": bob, "membership": "invite"})
-	if inv.Event.Sender != u.UserID {
-		t.Fatalf("the bridge saw %s invite %s, want %s", inv.Event.Sender, bob, u.UserID)
-	}
-	b.call(t, "join", map[string]any{"user": bob, "room_id": room.RoomID}, nil)
-	e.peer(t, "waitForMembership", map[string]any{"user": u.UserID, "room_id": room.RoomID, "target": bob, "membership": "join"}, nil)
-
 	text := "hello from a ghost, encrypted " + name("")
-	var sent struct {
-		EventID string `json:"event_id"`
-	}
-	b.call(t, "sendText", map[string]any{"user": alice, "room_id": room.RoomID, "body": text}, &sent)
-	pngData := testPNG(t, 32, 24)
+	sent, img, pngData := scene.speak(t, text)
 	sum := sha256.Sum256(pngData)
-	var img struct {
-		EventID    string `json:"event_id"`
-		ContentURI string `json:"content_uri"`
-	}
-	b.call(t, "sendImage", map[string]any{"user": bob, "room_id": room.RoomID, "data": base64.StdEncoding.EncodeToString(pngData),
-		"mimetype": "image/png", "filename": "gradient.png", "w": 32, "h": 24}, &img)
 
-	seen := jsWaitDecrypted(t, u, room.RoomID, map[string]any{"body": text})
-	if seen.Sender != alice || seen.EventID != sent.EventID {
-		t.Fatalf("the text arrived as %+v, want event %s from %s", seen, sent.EventID, alice)
+	seen := jsWaitDecrypted(t, u, room, map[string]any{"body": text})
+	if seen.Sender != alice || seen.EventID != sent {
+		t.Fatalf("the text arrived as %+v, want event %s from %s", seen, sent, alice)
 	}
-	seenImg := jsWaitDecrypted(t, u, room.RoomID, map[string]any{"msgtype": "m.image", "sender": bob})
+	seenImg := jsWaitDecrypted(t, u, room, map[string]any{"msgtype": "m.image", "sender": bob})
 	if seenImg.EventID != img.EventID || seenImg.URL != "" || seenImg.FileURL == "" || seenImg.FileURL == img.ContentURI {
 		t.Fatalf("the image arrived as %+v: want event %s with an encrypted file, not the plaintext upload %s", seenImg, img.EventID, img.ContentURI)
 	}
@@ -413,7 +383,7 @@ func TestGatewayJSBridge(t *testing.T) {
 		Size   int    `json:"size"`
 		SHA256 string `json:"sha256"`
 	}
-	e.peer(t, "downloadAttachment", map[string]any{"user": u.UserID, "room_id": room.RoomID, "event_id": img.EventID}, &dl)
+	e.peer(t, "downloadAttachment", map[string]any{"user": u.UserID, "room_id": room, "event_id": img.EventID}, &dl)
 	if dl.Size != len(pngData) || dl.SHA256 != hex.EncodeToString(sum[:]) {
 		t.Fatalf("the js-sdk user decrypted %d bytes (sha256 %s), want the %d uploaded (sha256 %x)", dl.Size, dl.SHA256, len(pngData), sum)
 	}
@@ -422,8 +392,8 @@ func TestGatewayJSBridge(t *testing.T) {
 
 	// The js-sdk user answers, encrypted; the bridge's handler gets the plaintext.
 	reply := "hello ghosts, encrypted " + name("")
-	replyID := jsSendID(t, u, room.RoomID, reply)
-	got := b.waitEvent(t, map[string]any{"room_id": room.RoomID, "type": "m.room.message", "body": reply})
+	replyID := jsSendID(t, u, room, reply)
+	got := b.waitEvent(t, map[string]any{"room_id": room, "type": "m.room.message", "body": reply})
 	if got.Event.EventID != replyID || got.Event.Sender != u.UserID {
 		t.Fatalf("the bridge received %s from %s, want %s from %s", got.Event.EventID, got.Event.Sender, replyID, u.UserID)
 	}
@@ -444,7 +414,7 @@ func TestGatewayJSBridge(t *testing.T) {
 			} `json:"content"`
 		} `json:"chunk"`
 	}
-	b.call(t, "messages", map[string]any{"user": bob, "room_id": room.RoomID, "limit": 50}, &history)
+	b.call(t, "messages", map[string]any{"user": bob, "room_id": room, "limit": 50}, &history)
 	var order []string
 	imageURL := ""
 	for _, ev := range history.Chunk {
@@ -461,7 +431,7 @@ func TestGatewayJSBridge(t *testing.T) {
 			t.Fatalf("/messages has the reply as %+v", ev)
 		}
 	}
-	if want := []string{replyID, img.EventID, sent.EventID}; !slices.Equal(order, want) {
+	if want := []string{replyID, img.EventID, sent}; !slices.Equal(order, want) {
 		t.Fatalf("/messages for %s lists messages %v, want %v (newest first)", bob, order, want)
 	}
 	if !strings.HasPrefix(imageURL, "mxc://") {
@@ -478,11 +448,11 @@ func TestGatewayJSBridge(t *testing.T) {
 	// A ghost invites a second js-sdk user: heirloom shares the room's history from the ghost's
 	// device before the invite (MSC4268), and the new user reads it.
 	u2 := newJSUser(t, true)
-	b.call(t, "invite", map[string]any{"user": alice, "room_id": room.RoomID, "target": u2.UserID}, nil)
-	jsAcceptInvite(t, u2, room.RoomID)
+	b.call(t, "invite", map[string]any{"user": alice, "room_id": room, "target": u2.UserID}, nil)
+	jsAcceptInvite(t, u2, room)
 	var read map[string]jsMessage
 	eventually(t, 60*time.Second, u2.UserID+" to read the room's history", func() (bool, string) {
-		read = decryptedBodies(jsMessages(t, u2, room.RoomID, 3, 5000))
+		read = decryptedBodies(jsMessages(t, u2, room, 3, 5000))
 		_, a := read[text]
 		_, r := read[reply]
 		return a && r, fmt.Sprintf("%v", read)

@@ -232,6 +232,11 @@ func (x *env) bringUp() error {
 	for _, p := range []*profile{
 		{name: "alt", id: "heirloom-alt", bot: "altbot", prefix: "alt_", push: true},
 		{name: "nopush", id: "heirloom-nopush", bot: "npbot", prefix: "np_", push: false},
+		// Gateway profiles: heirloom in front of heisenbridge and of the test bridge. Synapse
+		// loads the registration heirloom -g writes from each bridge's own (the first of the
+		// admin's two changes).
+		{name: "gw-irc", id: "heirloom-gw-irc", bot: "hgibot", prefix: "hgi_", push: true, bridge: &x.heisenbridgeGWReg},
+		{name: "gw-js", id: "heirloom-gw-js", bot: "hgjbot", prefix: "hgj_", push: true, bridge: &x.jsBridgeGWReg},
 	} {
 		p.port = freePort()
 		p.asToken, p.hsToken = randomToken("as-"+p.name+"-"), randomToken("hs-"+p.name+"-")
@@ -257,26 +262,6 @@ func (x *env) bringUp() error {
 			if err = os.WriteFile(p.registration, []byte(reg), 0o600); err != nil {
 				return err
 			}
-		}
-		registrations = append(registrations, p.registration)
-		x.profiles[p.name] = p
-	}
-	// Gateway profiles: heirloom in front of heisenbridge and of the test bridge. Synapse loads the
-	// registration heirloom -g writes from each bridge's own (the first of the admin's two changes).
-	for _, p := range []*profile{
-		{name: "gw-irc", id: "heirloom-gw-irc", bot: "hgibot", prefix: "hgi_", push: true, bridge: &x.heisenbridgeGWReg},
-		{name: "gw-js", id: "heirloom-gw-js", bot: "hgjbot", prefix: "hgj_", push: true, bridge: &x.jsBridgeGWReg},
-	} {
-		p.port = freePort()
-		p.asToken, p.hsToken = randomToken("as-"+p.name+"-"), randomToken("hs-"+p.name+"-")
-		p.registration = filepath.Join(x.dir, "registration-"+p.name+".yaml")
-		tmpl := filepath.Join(x.dir, "config-"+p.name+"-template.yaml")
-		pc := x.profileConfig(p)
-		if err := os.WriteFile(tmpl, []byte(pc.yaml()), 0o600); err != nil {
-			return err
-		}
-		if err := x.generate(tmpl, p.registration); err != nil {
-			return err
 		}
 		registrations = append(registrations, p.registration)
 		x.profiles[p.name] = p

@@ -22,14 +22,8 @@ SECRET="${SYNAPSE_SHARED_SECRET:-heirloom-dev-registration-secret}"
 mkdir -p "${DEMO}"
 start=$(date +%s)
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-stop_pid() {
-  if [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; then
-    kill "$(cat "$1")"
-    while kill -0 "$(cat "$1")" 2>/dev/null; do sleep 0.1; done
-  fi
-  rm -f "$1"
-}
+# shellcheck source=scripts/demo-lib.sh
+source scripts/demo-lib.sh
 
 heisenbridge="$(scripts/heisenbridge.sh bin)"
 ngircd="$(scripts/ngircd.sh bin)"
@@ -66,10 +60,7 @@ step "Generating the registration Synapse loads (the bridge's namespaces, heirlo
 
 stop_pid "${DEMO}/heirloom.pid"
 step "Starting Synapse (pinned, in ${STATE}/venv) with heirloom's gateway registration"
-export SYNAPSE_PORT="${PORT_HS}" SYNAPSE_REGISTRATION="${DEMO}/registration.yaml" SYNAPSE_SHARED_SECRET="${SECRET}"
-if scripts/synapse.sh start 2>&1 | tee /dev/stderr | grep -q "run '.*restart'"; then
-  scripts/synapse.sh restart
-fi
+start_synapse "${DEMO}/registration.yaml" "${SECRET}" "${PORT_HS}"
 
 step "Starting ngircd on 127.0.0.1:${PORT_IRC} (its own config; not the system service)"
 stop_pid "${DEMO}/ngircd.pid"
@@ -95,18 +86,7 @@ nohup "${ngircd}" --nodaemon --config "${DEMO}/ngircd.conf" >"${DEMO}/ngircd.log
 echo $! >"${DEMO}/ngircd.pid"
 
 step "Starting heirloom in gateway mode on 127.0.0.1:${PORT_AS}"
-nohup ./heirloom -c "${config}" >"${DEMO}/heirloom.log" 2>&1 &
-echo $! >"${DEMO}/heirloom.pid"
-api_secret="$(sed -n 's/^ *shared_secret: *//p' "${config}")"
-for _ in $(seq 1 100); do
-  if curl -fsS -H "Authorization: Bearer ${api_secret}" "http://127.0.0.1:${PORT_AS}/_heirloom/v1/status" >/dev/null 2>&1; then
-    break
-  fi
-  if ! kill -0 "$(cat "${DEMO}/heirloom.pid")" 2>/dev/null; then
-    echo "heirloom exited; its log:"; tail -20 "${DEMO}/heirloom.log"; exit 1
-  fi
-  sleep 0.2
-done
+start_heirloom "${config}" "${DEMO}/heirloom.log" "${DEMO}/heirloom.pid" "${PORT_AS}" >/dev/null
 
 step "heisenbridge behind heirloom: an IRC channel in an encrypted room"
 node interop/demo-gateway.mjs --homeserver "http://127.0.0.1:${PORT_HS}" --shared-secret "${SECRET}" \
