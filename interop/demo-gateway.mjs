@@ -173,7 +173,7 @@ async function main() {
     await irc.expect((l) => l.includes(`JOIN`) && l.includes(channel2) && l.startsWith(`:${mxNick}!`), `${mxNick} joining ${channel2}`);
     irc.send(`PRIVMSG ${channel2} :An IRC line in the plumbed room.`);
     await owner.waitForMessage({ room_id: plumbed, body: "An IRC line in the plumbed room.", timeout_ms: T });
-    say(`the owner's encrypted room is plumbed to ${channel2}; the bot joined with the owner's key bundle`);
+    say(`the owner invited heisenbridge's bot to an encrypted room with history shared, and plumbed it to ${channel2}`);
     const friend = await jsUser("friend");
     await owner.invite({ room_id: plumbed, target: friend.userId, timeout_ms: T });
     await friend.join({ room_id: plumbed, timeout_ms: T });

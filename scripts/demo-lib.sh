@@ -25,7 +25,10 @@ start_synapse() {
     fi
   done
   export SYNAPSE_PORT="$3" SYNAPSE_REGISTRATION="${registrations}" SYNAPSE_SHARED_SECRET="$2"
-  if scripts/synapse.sh start 2>&1 | tee /dev/stderr | grep -q "run '.*restart'"; then
+  local out
+  out="$(scripts/synapse.sh start 2>&1)"
+  printf '%s\n' "${out}"
+  if grep -q "run '.*restart'" <<<"${out}"; then
     scripts/synapse.sh restart
   fi
 }
