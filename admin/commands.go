@@ -138,7 +138,7 @@ func (b *Bot) puppet(ctx context.Context, _ id.UserID, args []string) string {
 	row, err := b.db.GetPuppet(ctx, userID)
 	if err != nil {
 		return "Failed to read the puppet: " + err.Error()
-	} else if row == nil || !row.Ready || !b.cfg.IsPuppet(userID) {
+	} else if row == nil || !row.Ready || !b.cfg.IsManaged(userID) {
 		return fmt.Sprintf("%s is not a provisioned puppet.", userID)
 	}
 	var sb strings.Builder
@@ -291,7 +291,7 @@ func (b *Bot) sharingPuppet(ctx context.Context, roomID id.RoomID, userID id.Use
 			return nil, fmt.Errorf("several puppets are joined to %s: name one (%s)", roomID, joinIDs(joined))
 		}
 	}
-	if !b.cfg.IsPuppet(puppet) {
+	if !b.cfg.IsManaged(puppet) {
 		return nil, fmt.Errorf("%s is not a puppet", puppet)
 	}
 	p, err := b.mgr.Get(ctx, puppet)
@@ -308,7 +308,7 @@ func (b *Bot) joinedPuppets(ctx context.Context, roomID id.RoomID) ([]id.UserID,
 	}
 	var out []id.UserID
 	for userID := range members {
-		if b.cfg.IsPuppet(userID) {
+		if b.cfg.IsManaged(userID) {
 			out = append(out, userID)
 		}
 	}

@@ -118,6 +118,10 @@ func (x *env) checkSecretsNotLogged() error {
 				secrets[k] = v
 			}
 		}
+		if h.bridge != nil {
+			// A gateway holds the bridge's tokens too: they must not be logged either.
+			secrets["bridge's as_token"], secrets["bridge's hs_token"] = h.bridge.ASToken, h.bridge.HSToken
+		}
 		found, err := findLoggedSecrets(h.logPath, secrets)
 		if err != nil {
 			return err
