@@ -78,7 +78,9 @@ func (b *Bot) help(_ context.Context, _ id.UserID, _ []string) string {
 func (b *Bot) status(ctx context.Context, _ id.UserID, _ []string) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "heirloom %s\n", b.version)
-	_, err := b.mgr.Client(ctx, b.userID).Versions(ctx)
+	cli := b.mgr.Client(ctx, b.userID)
+	cli.DefaultHTTPRetries = 0 // an answer now, not after mautrix's retries against a homeserver that is down
+	_, err := cli.Versions(ctx)
 	fmt.Fprintf(&sb, "homeserver reachable: %s\n", yesNo(err == nil))
 	if puppets, err := b.db.CountPuppets(ctx, b.userID); err != nil {
 		fmt.Fprintf(&sb, "puppets: unknown (%v)\n", err)
@@ -91,6 +93,13 @@ func (b *Bot) status(ctx context.Context, _ id.UserID, _ []string) string {
 	} else {
 		fmt.Fprintf(&sb, "bundles sent: %d being delivered, %d failed\n", c.Sending, c.SendFailed)
 		fmt.Fprintf(&sb, "bundles received: %d pending, %d retrying, %d failed\n", c.Pending, c.Retrying, c.Failed)
+	}
+	if b.cfg.Bridge != nil {
+		if depth, err := b.db.CountGatewayEvents(ctx); err != nil {
+			fmt.Fprintf(&sb, "gateway outbox: unknown (%v)\n", err)
+		} else {
+			fmt.Fprintf(&sb, "gateway outbox (%s): %d events not yet acknowledged by the bridge\n", b.cfg.Bridge.Registration.ID, depth)
+		}
 	}
 	problems := b.mgr.DeviceProblems()
 	if len(problems) == 0 {

@@ -221,7 +221,9 @@ func (s *Server) apiStatus(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, versionsErr := s.mgr.Client(ctx, s.cfg.BotUserID()).Versions(ctx)
+	cli := s.mgr.Client(ctx, s.cfg.BotUserID())
+	cli.DefaultHTTPRetries = 0 // an answer now, not after mautrix's retries against a homeserver that is down
+	_, versionsErr := cli.Versions(ctx)
 	bot, err := s.mgr.ProvisionedIdentity(ctx, s.cfg.BotUserID())
 	if err != nil {
 		return nil, err
