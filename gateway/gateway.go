@@ -120,6 +120,12 @@ func (g *Gateway) serveBridge(w http.ResponseWriter, r *http.Request) {
 		g.bridgeAlive.Store(true)
 		g.nudge()
 	}
+	if len(r.URL.Query()["user_id"]) > 1 {
+		// Whichever the homeserver would read, heirloom checked one: refuse the ambiguity.
+		g.metrics.requests.WithLabelValues("forbidden").Inc()
+		writeMatrixError(w, http.StatusBadRequest, mautrix.MInvalidParam.ErrCode, "user_id given more than once")
+		return
+	}
 	user := g.actingUser(r)
 	if user != g.bridge.Bot && !g.cfg.IsBridgeUser(user) {
 		g.metrics.requests.WithLabelValues("forbidden").Inc()
@@ -139,6 +145,8 @@ func (g *Gateway) serveBridge(w http.ResponseWriter, r *http.Request) {
 		g.handleJoin(w, r, user, route.room)
 	case routeCreateRoom:
 		g.handleCreateRoom(w, r)
+	case routeRegister, routeLogin:
+		g.handleAccount(w, r, route.name)
 	case routeMessages, routeContext, routeEvent, routeRelations:
 		g.handleRead(w, r, user, id.RoomID(route.room))
 	case routeMediaDownload:

@@ -278,6 +278,8 @@ func TestBridgeActsOnlyAsItsOwnUsers(t *testing.T) {
 		require.Equal(t, http.StatusForbidden, resp.status, user)
 		require.Equal(t, "M_EXCLUSIVE", resp.errcode(t), user)
 	}
+	resp := h.do(t, http.MethodGet, "/_matrix/client/v3/joined_rooms?user_id=@irc_alice:localhost&user_id=@heirloom_bob:localhost", bridgeAS, "")
+	require.Equal(t, http.StatusBadRequest, resp.status, "a second user_id is refused, whichever one the homeserver would read")
 	require.Empty(t, h.hs.seen())
 }
 
@@ -703,4 +705,38 @@ func TestLateKeysHoldBackOnlyTheirRoom(t *testing.T) {
 		}
 		return copies == 1
 	}, 5*time.Second, 20*time.Millisecond, "the decrypted copy follows, with the same ID")
+}
+
+// heirloom's token, which the homeserver sees on every forwarded call, covers heirloom's own
+// puppets and bot: the bridge may register and log in as its own users only.
+func TestBridgeRegistersAndLogsInOnlyItsOwnUsers(t *testing.T) {
+	h := newHarness(t)
+	h.hs.setAnswer(answerJSON(http.StatusOK, `{"user_id":"@whoever:localhost"}`))
+	for _, tc := range []struct {
+		name, path, body string
+		allowed          bool
+	}{
+		{"register a ghost", "/_matrix/client/v3/register", `{"type":"m.login.application_service","username":"irc_alice","inhibit_login":true}`, true},
+		{"register the bot", "/_matrix/client/v3/register?kind=user", `{"type":"m.login.application_service","username":"testbot"}`, true},
+		{"register a puppet", "/_matrix/client/v3/register", `{"type":"m.login.application_service","username":"heirloom_bob"}`, false},
+		{"register heirloom's bot", "/_matrix/client/r0/register", `{"type":"m.login.application_service","username":"heirloombot"}`, false},
+		{"register someone", "/_matrix/client/v3/register", `{"type":"m.login.application_service","username":"alice"}`, false},
+		{"log in as a ghost", "/_matrix/client/v3/login", `{"type":"m.login.application_service","identifier":{"type":"m.id.user","user":"@irc_alice:localhost"}}`, true},
+		{"log in as a puppet", "/_matrix/client/v3/login", `{"type":"m.login.application_service","identifier":{"type":"m.id.user","user":"heirloom_bob"}}`, false},
+		{"log in as heirloom's bot (legacy user)", "/_matrix/client/v3/login", `{"type":"m.login.application_service","user":"@heirloombot:localhost"}`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(h.hs.seen())
+			resp := h.do(t, http.MethodPost, tc.path, bridgeAS, tc.body)
+			if tc.allowed {
+				require.Equal(t, http.StatusOK, resp.status, "%s", resp.body)
+				require.Len(t, h.hs.seen(), before+1)
+				require.JSONEq(t, tc.body, string(h.hs.seen()[before].Body), "forwarded as it was")
+			} else {
+				require.Equal(t, http.StatusForbidden, resp.status)
+				require.Equal(t, "M_EXCLUSIVE", resp.errcode(t))
+				require.Len(t, h.hs.seen(), before, "never reached the homeserver")
+			}
+		})
+	}
 }

@@ -19,6 +19,8 @@ const (
 	routeEvent         = "event"
 	routeRelations     = "relations"
 	routeMediaDownload = "media_download"
+	routeRegister      = "register"
+	routeLogin         = "login"
 )
 
 // route is what matchRoute found in a request's path.
@@ -65,6 +67,10 @@ func matchClient(method string, seg []string, version string) route {
 		return route{name: routeJoin, room: seg[1]}
 	case n == 2 && seg[0] == "join" && method == http.MethodPost:
 		return route{name: routeJoin, room: seg[1]}
+	case n == 1 && seg[0] == "register" && method == http.MethodPost:
+		return route{name: routeRegister}
+	case n == 1 && seg[0] == "login" && method == http.MethodPost:
+		return route{name: routeLogin}
 	case n == 1 && seg[0] == "createRoom" && method == http.MethodPost:
 		return route{name: routeCreateRoom}
 	case n == 3 && seg[0] == "rooms" && seg[2] == "messages" && method == http.MethodGet:
