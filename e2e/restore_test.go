@@ -125,6 +125,9 @@ func TestDeletedPuppetDeviceRestored(t *testing.T) {
 	if code, err := e.request("POST", upload, "Bearer "+h.asToken, body, nil); err != nil || code != 200 {
 		t.Fatalf("replacing %s's master key: %d %v", lost.UserID, code, err)
 	}
+	// Synapse drops the device-list changes it has for an appservice it holds to be down (and a
+	// restart can make it so for a moment): its ping marks heirloom up again before the delete.
+	h.pingFromSynapse(t)
 	mark = h.mark(t)
 	deletePuppetDevice(t, admin, lost)
 	failed := mark.wait(t, 30*time.Second, "the refused restore", msgIs(
@@ -165,4 +168,15 @@ func TestDeletedPuppetDeviceRestored(t *testing.T) {
 			t.Fatalf("heirloom provisioned a puppet anew: %v", l)
 		}
 	}
+}
+
+// pingFromSynapse has Synapse ping the instance (MSC2659) until it answers: Synapse then holds the
+// appservice to be up and sends what it queued for it.
+func (h *instance) pingFromSynapse(t *testing.T) {
+	t.Helper()
+	endpoint := fmt.Sprintf("%s/_matrix/client/v1/appservice/%s/ping", e.hsURL, url.PathEscape(h.appserviceID))
+	eventually(t, 30*time.Second, "Synapse to reach "+h.name, func() (bool, string) {
+		code, err := e.request("POST", endpoint, "Bearer "+h.asToken, map[string]any{"transaction_id": name("ping")}, nil)
+		return err == nil && code == 200, fmt.Sprintf("%d %v", code, err)
+	})
 }
