@@ -22,6 +22,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,7 +33,7 @@ import (
 	"testing"
 	"time"
 
-	_ "github.com/lib/pq"
+	"github.com/lib/pq"
 	_ "github.com/mattn/go-sqlite3"
 )
 
@@ -69,6 +70,8 @@ type env struct {
 	maxUpload string
 	// registrations are the registration files Synapse loads.
 	registrations []string
+	// pgURL is the PostgreSQL run's own database, made afresh from pgBase (HEIRLOOM_E2E_POSTGRES).
+	pgURL, pgBase string
 
 	mu        sync.Mutex
 	instances []*instance // every heirloom started in the run, for the teardown secrets check
@@ -205,7 +208,12 @@ func (x *env) bringUp() error {
 	main.logPath = filepath.Join(x.dir, "heirloom.log")
 	dbType, dbURI := "sqlite3-fk-wal", "file:"+main.dbPath+"?_txlock=immediate"
 	if pg := os.Getenv("HEIRLOOM_E2E_POSTGRES"); pg != "" {
-		dbType, dbURI = "postgres", pg
+		fresh, err := freshPostgresDatabase(pg)
+		if err != nil {
+			return err
+		}
+		x.pgURL, x.pgBase = fresh, pg
+		dbType, dbURI = "postgres", fresh
 		main.postgres = true
 	}
 	cfg := heirloomConfig{
@@ -671,9 +679,52 @@ func (x *env) teardown() {
 	_ = x.synapse("stop")
 	if os.Getenv("HEIRLOOM_E2E_KEEP") != "" {
 		fmt.Println("kept end-to-end state in", x.dir)
+		if x.pgURL != "" {
+			fmt.Println("kept the PostgreSQL database", x.pgURL)
+		}
 		return
 	}
 	_ = os.RemoveAll(x.dir)
+	if x.pgURL != "" {
+		if err := dropPostgresDatabase(x.pgBase, x.pgURL); err != nil {
+			fmt.Println("dropping the run's PostgreSQL database:", err)
+		}
+	}
+}
+
+// freshPostgresDatabase creates an empty database of its own for the run, on the server of base,
+// so that a second run never meets the first one's rows. It returns the new database's URL.
+func freshPostgresDatabase(base string) (string, error) {
+	u, err := url.Parse(base)
+	if err != nil {
+		return "", fmt.Errorf("HEIRLOOM_E2E_POSTGRES: %w", err)
+	}
+	db, err := sql.Open("postgres", base)
+	if err != nil {
+		return "", err
+	}
+	defer db.Close()
+	name := fmt.Sprintf("%s_%d_%d", strings.TrimPrefix(u.Path, "/"), os.Getpid(), time.Now().UnixNano()%1_000_000)
+	if _, err = db.Exec("CREATE DATABASE " + pq.QuoteIdentifier(name)); err != nil {
+		return "", fmt.Errorf("creating the run's PostgreSQL database %s: %w", name, err)
+	}
+	u.Path = "/" + name
+	return u.String(), nil
+}
+
+// dropPostgresDatabase drops the run's database (fresh), connected to base.
+func dropPostgresDatabase(base, fresh string) error {
+	u, err := url.Parse(fresh)
+	if err != nil {
+		return err
+	}
+	db, err := sql.Open("postgres", base)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	_, err = db.Exec("DROP DATABASE IF EXISTS " + pq.QuoteIdentifier(strings.TrimPrefix(u.Path, "/")))
+	return err
 }
 
 // api calls heirloom's bridge API and decodes the answer into out. It returns the status code.
@@ -771,7 +822,7 @@ func (d testDB) Query(query string, args ...any) (*sql.Rows, error) {
 func (h *instance) db(t testing.TB) testDB {
 	t.Helper()
 	if h.postgres {
-		db, err := sql.Open("postgres", os.Getenv("HEIRLOOM_E2E_POSTGRES"))
+		db, err := sql.Open("postgres", e.pgURL)
 		if err != nil {
 			t.Fatal(err)
 		}
