@@ -3,7 +3,7 @@ export GOFLAGS := -tags=goolm -buildvcs=false
 SHELL := /bin/bash
 STATE := .state
 
-.PHONY: all build test unit unit-postgres e2e e2e-postgres load vet lint deps demo bench fuzz clean registration stop
+.PHONY: all build test unit unit-postgres e2e e2e-postgres load vet lint deps demo demo-gateway bench bench-gateway fuzz clean registration stop
 
 all: build
 
@@ -66,8 +66,21 @@ e2e: deps
 demo: build deps
 	scripts/demo.sh
 
+# demo-gateway puts heirloom in front of heisenbridge (with a private ngircd) and shows an IRC
+# channel in an encrypted room: lines both ways, and an invited user reading the history.
+demo-gateway: build deps
+	scripts/demo-gateway.sh
+
 bench: deps
 	scripts/bench.sh
+
+# bench-gateway measures gateway mode beside the same bridge talking straight to Synapse, in one
+# run: latency to the bridge's handler, the bridge's sends per second, and 200 speaking ghosts.
+bench-gateway: deps
+	@mkdir -p $(STATE)
+	@set -o pipefail; HEIRLOOM_BRIDGE_LATENCY_MESSAGES=$${HEIRLOOM_BRIDGE_LATENCY_MESSAGES:-50} \
+		go test -count=1 -timeout 40m -run '^$$' -bench 'BenchmarkGateway' -benchtime 1x ./e2e 2>&1 | tee $(STATE)/bench-gateway.log | \
+		grep -E '^(Benchmark|ok|FAIL|panic)|_test.go:'
 
 # load runs the load test at full scale: 200 puppets, 50 rooms, 5,000 messages.
 load: deps
@@ -81,9 +94,10 @@ fuzz:
 registration:
 	go run ./scripts/registration -c config.example.yaml -r registration.yaml
 
-# stop ends what make demo left running.
+# stop ends what make demo and make demo-gateway left running.
 stop:
-	-@test -f $(STATE)/demo/heirloom.pid && kill $$(cat $(STATE)/demo/heirloom.pid) 2>/dev/null; rm -f $(STATE)/demo/heirloom.pid
+	-@for pid in $(STATE)/demo/heirloom.pid $(STATE)/demo-gateway/heirloom.pid $(STATE)/demo-gateway/ngircd.pid; do \
+		test -f $$pid && kill $$(cat $$pid) 2>/dev/null; rm -f $$pid; done
 	scripts/synapse.sh stop
 	scripts/postgres.sh stop
 

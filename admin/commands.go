@@ -78,7 +78,9 @@ func (b *Bot) help(_ context.Context, _ id.UserID, _ []string) string {
 func (b *Bot) status(ctx context.Context, _ id.UserID, _ []string) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "heirloom %s\n", b.version)
-	_, err := b.mgr.Client(ctx, b.userID).Versions(ctx)
+	cli := b.mgr.Client(ctx, b.userID)
+	cli.DefaultHTTPRetries = 0 // an answer now, not after mautrix's retries against a homeserver that is down
+	_, err := cli.Versions(ctx)
 	fmt.Fprintf(&sb, "homeserver reachable: %s\n", yesNo(err == nil))
 	if puppets, err := b.db.CountPuppets(ctx, b.userID); err != nil {
 		fmt.Fprintf(&sb, "puppets: unknown (%v)\n", err)
@@ -91,6 +93,13 @@ func (b *Bot) status(ctx context.Context, _ id.UserID, _ []string) string {
 	} else {
 		fmt.Fprintf(&sb, "bundles sent: %d being delivered, %d failed\n", c.Sending, c.SendFailed)
 		fmt.Fprintf(&sb, "bundles received: %d pending, %d retrying, %d failed\n", c.Pending, c.Retrying, c.Failed)
+	}
+	if b.cfg.Bridge != nil {
+		if depth, err := b.db.CountGatewayEvents(ctx); err != nil {
+			fmt.Fprintf(&sb, "gateway outbox: unknown (%v)\n", err)
+		} else {
+			fmt.Fprintf(&sb, "gateway outbox (%s): %d events not yet acknowledged by the bridge\n", b.cfg.Bridge.Registration.ID, depth)
+		}
 	}
 	problems := b.mgr.DeviceProblems()
 	if len(problems) == 0 {
@@ -138,7 +147,7 @@ func (b *Bot) puppet(ctx context.Context, _ id.UserID, args []string) string {
 	row, err := b.db.GetPuppet(ctx, userID)
 	if err != nil {
 		return "Failed to read the puppet: " + err.Error()
-	} else if row == nil || !row.Ready || !b.cfg.IsPuppet(userID) {
+	} else if row == nil || !row.Ready || !b.cfg.IsManaged(userID) {
 		return fmt.Sprintf("%s is not a provisioned puppet.", userID)
 	}
 	var sb strings.Builder
@@ -291,7 +300,7 @@ func (b *Bot) sharingPuppet(ctx context.Context, roomID id.RoomID, userID id.Use
 			return nil, fmt.Errorf("several puppets are joined to %s: name one (%s)", roomID, joinIDs(joined))
 		}
 	}
-	if !b.cfg.IsPuppet(puppet) {
+	if !b.cfg.IsManaged(puppet) {
 		return nil, fmt.Errorf("%s is not a puppet", puppet)
 	}
 	p, err := b.mgr.Get(ctx, puppet)
@@ -308,7 +317,7 @@ func (b *Bot) joinedPuppets(ctx context.Context, roomID id.RoomID) ([]id.UserID,
 	}
 	var out []id.UserID
 	for userID := range members {
-		if b.cfg.IsPuppet(userID) {
+		if b.cfg.IsManaged(userID) {
 			out = append(out, userID)
 		}
 	}

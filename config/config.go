@@ -33,9 +33,14 @@ type Config struct {
 	Encryption     Encryption     `yaml:"encryption"`
 	Provisioning   Provisioning   `yaml:"provisioning"`
 	HistorySharing HistorySharing `yaml:"history_sharing"`
+	Gateway        Gateway        `yaml:"gateway"`
 	// Admins are the users heirloom's bot answers: user IDs or user-ID globs.
 	Admins  []string `yaml:"admins"`
 	Logging Logging  `yaml:"logging"`
+
+	// Bridge is the bridge gateway mode stands in front of, read from gateway.registration by
+	// Load; nil when gateway mode is off.
+	Bridge *Bridge `yaml:"-"`
 }
 
 // Homeserver says where the homeserver is and what it is called.
@@ -144,6 +149,11 @@ func Load(path string) (*Config, error) {
 	}
 	if err = cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Gateway.Enabled() {
+		if cfg.Bridge, err = cfg.LoadBridge(); err != nil {
+			return nil, err
+		}
 	}
 	if changed {
 		if err = os.WriteFile(path, filled, 0o600); err != nil {
@@ -301,6 +311,9 @@ func (cfg *Config) Validate() error {
 			return bad("history_sharing.auto_join", "has a bad glob %q: %v", entry, err)
 		}
 	}
+	if err := cfg.Gateway.validate(bad); err != nil {
+		return err
+	}
 	if w := cfg.HistorySharing.RedeliverWindow; w != nil && *w < 0 {
 		return bad("history_sharing.redeliver_window", "must not be negative (0 turns redelivery off; default 168h)")
 	}
@@ -364,6 +377,23 @@ func (cfg *Config) IsAdmin(userID id.UserID) bool {
 // BotUserID returns heirloom's own bot user.
 func (cfg *Config) BotUserID() id.UserID {
 	return id.NewUserID(cfg.AppService.BotUsername, cfg.Homeserver.Domain)
+}
+
+// IsManaged reports whether heirloom holds (or may create) the user's E2EE device: a puppet of
+// heirloom's own namespace, or, in gateway mode, a local user of the bridge (its bot or a ghost).
+func (cfg *Config) IsManaged(userID id.UserID) bool {
+	return cfg.IsPuppet(userID) || cfg.IsBridgeUser(userID)
+}
+
+// IsBridgeUser reports whether userID is a local user of the bridge gateway mode stands in front of.
+// heirloom's own puppets and bot never are, whatever the bridge's namespaces say: the bridge's
+// token must not act as them, nor read with their keys.
+func (cfg *Config) IsBridgeUser(userID id.UserID) bool {
+	if cfg.Bridge == nil || cfg.IsPuppet(userID) || userID == cfg.BotUserID() {
+		return false
+	}
+	_, server, err := userID.Parse()
+	return err == nil && server == cfg.Homeserver.Domain && cfg.Bridge.IsUser(userID)
 }
 
 // IsPuppet reports whether userID lies in heirloom's puppet namespace.

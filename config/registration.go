@@ -10,7 +10,10 @@ import (
 // Registration builds the appservice registration the homeserver loads: an exclusive
 // namespace for the puppets and the bot, and the flags heirloom's E2EE needs
 // (MSC2409 to-device and ephemeral pushes, MSC3202 device lists and OTK counts,
-// MSC4190 device management).
+// MSC4190 device management). In gateway mode it is the bridge's registration as the homeserver
+// must see it: the bridge's ID, sender_localpart, namespaces and protocols, with heirloom's URL
+// and heirloom's own tokens (never the bridge's), and heirloom's namespace beside the bridge's so
+// that API-mode puppets keep working in the same process.
 func (cfg *Config) Registration() *appservice.Registration {
 	rateLimited := false
 	reg := &appservice.Registration{
@@ -25,10 +28,25 @@ func (cfg *Config) Registration() *appservice.Registration {
 		MSC3202:             true,
 		MSC4190:             true,
 	}
+	if b := cfg.Bridge; b != nil {
+		reg.ID, reg.SenderLocalpart, reg.Protocols = b.Registration.ID, b.Registration.SenderLocalpart, b.Registration.Protocols
+		if b.Registration.RateLimited != nil {
+			reg.RateLimited = b.Registration.RateLimited
+		}
+		reg.Namespaces = b.Registration.Namespaces
+	}
 	domain := regexp.QuoteMeta(cfg.Homeserver.Domain)
 	reg.Namespaces.UserIDs.Register(regexp.MustCompile(fmt.Sprintf(`^@%s.+:%s$`, regexp.QuoteMeta(cfg.AppService.PuppetPrefix), domain)), true)
 	reg.Namespaces.UserIDs.Register(regexp.MustCompile(fmt.Sprintf(`^@%s:%s$`, regexp.QuoteMeta(cfg.AppService.BotUsername), domain)), true)
 	return reg
+}
+
+// RegisteredID is the appservice ID the homeserver knows heirloom by: the bridge's in gateway mode.
+func (cfg *Config) RegisteredID() string {
+	if cfg.Bridge != nil {
+		return cfg.Bridge.Registration.ID
+	}
+	return cfg.AppService.ID
 }
 
 // RegistrationYAML renders the registration as the homeserver reads it.

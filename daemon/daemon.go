@@ -20,6 +20,7 @@ import (
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/gateway"
 	"github.com/heirloom-matrix/heirloom/history"
 	"github.com/heirloom-matrix/heirloom/metrics"
 	"github.com/heirloom-matrix/heirloom/server"
@@ -78,6 +79,8 @@ func writeFile0600(path string, data []byte) error {
 }
 
 func newLogger(cfg config.Logging) zerolog.Logger {
+	// Milliseconds: an operator following one event through heirloom needs them.
+	zerolog.TimeFieldFormat = "2006-01-02T15:04:05.000Z07:00"
 	level, err := zerolog.ParseLevel(cfg.Level)
 	if err != nil {
 		level = zerolog.InfoLevel
@@ -139,6 +142,19 @@ func Run(configPath string) int {
 	counters := metrics.New()
 	mgr.Metrics, sharing.Metrics = counters, counters
 	srv := server.NewServer(cfg, db, mgr, sharing, log)
+	var gw *gateway.Gateway
+	if cfg.Bridge != nil {
+		if gw, err = gateway.New(cfg, db, mgr, sharing, gateway.NewMetrics(srv.MetricsRegistry()), log); err != nil {
+			log.Error().Err(err).Msg("Failed to set up gateway mode")
+			return ExitStartup
+		}
+		// Before any machine loads: every session a bridge user stores may free events waiting
+		// for it.
+		mgr.SetSessionHook(gw.KeysArrived)
+		srv.UseGateway(gw)
+		log.Info().Str("bridge", cfg.Bridge.Registration.ID).Str("bridge_url", cfg.Bridge.URL).
+			Msg("Gateway mode: serving the bridge's client-server API and delivering its transactions")
+	}
 	if err = counters.Register(srv.MetricsRegistry()); err != nil {
 		log.Error().Err(err).Msg("Failed to register the metrics")
 		return ExitStartup
@@ -151,6 +167,12 @@ func Run(configPath string) int {
 	}
 	var loops sync.WaitGroup
 	defer shutdown(log, srv, sharing, mgr, &loops) // before db.Close, deferred first
+	if gw != nil {
+		// The registration's sender is the bridge's bot: heirloom's own must be registered.
+		if err = mgr.EnsureRegistered(ctx, cfg.BotUserID()); err != nil {
+			log.Warn().Err(err).Msg("Failed to register heirloom's bot")
+		}
+	}
 	if err = checkRegistration(ctx, mgr, cfg); err != nil {
 		log.Error().Err(err).Msg("The homeserver does not accept heirloom's registration")
 		return ExitHomeserver
@@ -161,6 +183,11 @@ func Run(configPath string) int {
 		sharing.Run,
 		bot.Run,
 		func(ctx context.Context) { pruneTransactions(ctx, db) },
+		func(ctx context.Context) {
+			if gw != nil {
+				gw.Run(ctx)
+			}
+		},
 	} {
 		loops.Add(1)
 		go func() {
@@ -247,7 +274,7 @@ func checkHomeserverReachable(ctx context.Context, mgr *e2ee.Manager, cfg *confi
 // checkRegistration asks the homeserver to ping heirloom (MSC2659): it proves the homeserver has
 // loaded the registration, accepts the as_token and can reach heirloom's URL with the hs_token.
 func checkRegistration(ctx context.Context, mgr *e2ee.Manager, cfg *config.Config) error {
-	resp, err := mgr.Client(ctx, cfg.BotUserID()).AppservicePing(ctx, cfg.AppService.ID, "heirloom-startup")
+	resp, err := mgr.Client(ctx, cfg.BotUserID()).AppservicePing(ctx, cfg.RegisteredID(), "heirloom-startup")
 	if err != nil {
 		var he mautrix.HTTPError
 		switch {

@@ -183,8 +183,11 @@ func TestAdminBot(t *testing.T) {
 			first = sent.EventID
 		}
 	}
-	// The bot answers in order: once the admin's next command is answered, the messages before
-	// it have been handled.
+	// The member's messages are handled first (the refusal may come after a command sent at once,
+	// on a loaded machine); the bot answers in order, so once the admin's next command is
+	// answered, every message before it has been handled.
+	e.peer(t, "waitForMessage", map[string]any{"user": member.UserID, "room_id": dm.RoomID, "sender": bot, "body": botRefusal,
+		"after_event_id": first, "timeout_ms": 30000}, nil)
 	help := ask(t, admin, dm.RoomID, bot, "heirloom: help", "Commands:")
 	var after struct {
 		Messages []botMessage `json:"messages"`

@@ -85,7 +85,7 @@ func (h *instance) fillSessions(tb testing.TB, p puppetIdentity, roomID string, 
 	tb.Helper()
 	uri, dialect := "file:"+h.dbPath+"?_txlock=immediate", "sqlite3-fk-wal"
 	if h.postgres {
-		uri, dialect = os.Getenv("HEIRLOOM_E2E_POSTGRES"), "postgres"
+		uri, dialect = e.pgURL, "postgres"
 	}
 	raw, err := dbutil.NewWithDialect(uri, dialect)
 	if err != nil {

@@ -168,48 +168,17 @@ func testPNG(t testing.TB, w, h int) []byte {
 func TestJSBridgeDirect(t *testing.T) {
 	b := sharedJSBridge(t)
 	u := newJSUser(t, false)
-	alice := "@" + name("jsb_alice") + ":" + domain
-	bob := "@" + name("jsb_bob") + ":" + domain
-	b.call(t, "register", map[string]any{"user": alice, "displayname": "Alice (bridged)"}, nil)
-	b.call(t, "register", map[string]any{"user": bob, "displayname": "Bob (bridged)"}, nil)
-
-	var room struct {
-		RoomID string `json:"room_id"`
-	}
-	b.call(t, "createRoom", map[string]any{"user": alice, "name": "bridged room"}, &room)
-	b.call(t, "invite", map[string]any{"user": alice, "room_id": room.RoomID, "target": u.UserID}, nil)
-	if _, inviter := jsAcceptInvite(t, u, room.RoomID); inviter != alice {
-		t.Fatalf("the invite came from %s, want the ghost %s", inviter, alice)
-	}
-
-	// The js-sdk user invites a second ghost; the bridge learns of it from a transaction.
-	e.peer(t, "invite", map[string]any{"user": u.UserID, "room_id": room.RoomID, "target": bob, "share_history": false}, nil)
-	inv := b.waitEvent(t, map[string]any{"room_id": room.RoomID, "type": "m.room.member", "state_key": bob, "membership": "invite"})
-	if inv.Event.Sender != u.UserID {
-		t.Fatalf("the bridge saw %s invite %s, want %s", inv.Event.Sender, bob, u.UserID)
-	}
-	b.call(t, "join", map[string]any{"user": bob, "room_id": room.RoomID}, nil)
-	e.peer(t, "waitForMembership", map[string]any{"user": u.UserID, "room_id": room.RoomID, "target": bob, "membership": "join"}, nil)
-
+	scene := newGhostScene(t, b, u, "jsb_", "bridged room")
+	room, alice, bob := scene.room, scene.alice, scene.bob
 	text := "hello from a ghost " + name("")
-	var sent struct {
-		EventID string `json:"event_id"`
-	}
-	b.call(t, "sendText", map[string]any{"user": alice, "room_id": room.RoomID, "body": text}, &sent)
-	pngData := testPNG(t, 32, 24)
-	var img struct {
-		EventID    string `json:"event_id"`
-		ContentURI string `json:"content_uri"`
-	}
-	b.call(t, "sendImage", map[string]any{"user": bob, "room_id": room.RoomID, "data": base64.StdEncoding.EncodeToString(pngData),
-		"mimetype": "image/png", "filename": "gradient.png", "w": 32, "h": 24}, &img)
+	sent, img, pngData := scene.speak(t, text)
 
 	// What the js-sdk user sees.
-	seen := jsWaitMessage(t, u, room.RoomID, map[string]any{"body": text})
-	if seen.Sender != alice || seen.EventID != sent.EventID {
-		t.Fatalf("the text arrived as %+v, want event %s from %s", seen, sent.EventID, alice)
+	seen := jsWaitMessage(t, u, room, map[string]any{"body": text})
+	if seen.Sender != alice || seen.EventID != sent {
+		t.Fatalf("the text arrived as %+v, want event %s from %s", seen, sent, alice)
 	}
-	seenImg := jsWaitMessage(t, u, room.RoomID, map[string]any{"msgtype": "m.image", "sender": bob})
+	seenImg := jsWaitMessage(t, u, room, map[string]any{"msgtype": "m.image", "sender": bob})
 	if seenImg.EventID != img.EventID || seenImg.URL != img.ContentURI || seenImg.Body != "gradient.png" {
 		t.Fatalf("the image arrived as %+v, want event %s with url %s", seenImg, img.EventID, img.ContentURI)
 	}
@@ -225,8 +194,8 @@ func TestJSBridgeDirect(t *testing.T) {
 
 	// The js-sdk user answers; the bridge's handler gets it.
 	reply := "hello ghosts " + name("")
-	replyID := jsSendID(t, u, room.RoomID, reply)
-	got := b.waitEvent(t, map[string]any{"room_id": room.RoomID, "type": "m.room.message", "body": reply})
+	replyID := jsSendID(t, u, room, reply)
+	got := b.waitEvent(t, map[string]any{"room_id": room, "type": "m.room.message", "body": reply})
 	if got.Event.EventID != replyID || got.Event.Sender != u.UserID {
 		t.Fatalf("the bridge received %s from %s, want %s from %s", got.Event.EventID, got.Event.Sender, replyID, u.UserID)
 	}
@@ -244,7 +213,7 @@ func TestJSBridgeDirect(t *testing.T) {
 			} `json:"content"`
 		} `json:"chunk"`
 	}
-	b.call(t, "messages", map[string]any{"user": bob, "room_id": room.RoomID, "limit": 50}, &history)
+	b.call(t, "messages", map[string]any{"user": bob, "room_id": room, "limit": 50}, &history)
 	var order []string
 	for _, ev := range history.Chunk {
 		if ev.Type == "m.room.message" {
@@ -254,7 +223,7 @@ func TestJSBridgeDirect(t *testing.T) {
 			t.Fatalf("/messages has the image as %+v", ev)
 		}
 	}
-	want := []string{replyID, img.EventID, sent.EventID}
+	want := []string{replyID, img.EventID, sent}
 	if !slices.Equal(order, want) {
 		t.Fatalf("/messages for %s lists messages %v, want %v (newest first)", bob, order, want)
 	}
@@ -266,6 +235,59 @@ func TestJSBridgeDirect(t *testing.T) {
 	if ghostDL.SHA256 != hex.EncodeToString(sum[:]) {
 		t.Fatalf("the ghost downloaded sha256 %s, want %x", ghostDL.SHA256, sum)
 	}
+}
+
+// ghostScene is the test bridge's standard scene: two ghosts (alice, bob) with displaynames, a
+// room alice created and invited the js-sdk user to (who joined), and bob invited by the js-sdk
+// user (the bridge saw it in a transaction) and joined.
+type ghostScene struct {
+	bridge           *jsBridge
+	room, alice, bob string
+}
+
+func newGhostScene(t *testing.T, b *jsBridge, u jsUser, prefix, roomName string) ghostScene {
+	t.Helper()
+	sc := ghostScene{bridge: b, alice: "@" + name(prefix+"alice") + ":" + domain, bob: "@" + name(prefix+"bob") + ":" + domain}
+	b.call(t, "register", map[string]any{"user": sc.alice, "displayname": "Alice (bridged)"}, nil)
+	b.call(t, "register", map[string]any{"user": sc.bob, "displayname": "Bob (bridged)"}, nil)
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	b.call(t, "createRoom", map[string]any{"user": sc.alice, "name": roomName}, &room)
+	sc.room = room.RoomID
+	b.call(t, "invite", map[string]any{"user": sc.alice, "room_id": sc.room, "target": u.UserID}, nil)
+	if _, inviter := jsAcceptInvite(t, u, sc.room); inviter != sc.alice {
+		t.Fatalf("the invite came from %s, want the ghost %s", inviter, sc.alice)
+	}
+	// The js-sdk user invites the second ghost; the bridge learns of it from a transaction.
+	e.peer(t, "invite", map[string]any{"user": u.UserID, "room_id": sc.room, "target": sc.bob, "share_history": false}, nil)
+	inv := b.waitEvent(t, map[string]any{"room_id": sc.room, "type": "m.room.member", "state_key": sc.bob, "membership": "invite"})
+	if inv.Event.Sender != u.UserID {
+		t.Fatalf("the bridge saw %s invite %s, want %s", inv.Event.Sender, sc.bob, u.UserID)
+	}
+	b.call(t, "join", map[string]any{"user": sc.bob, "room_id": sc.room}, nil)
+	e.peer(t, "waitForMembership", map[string]any{"user": u.UserID, "room_id": sc.room, "target": sc.bob, "membership": "join"}, nil)
+	return sc
+}
+
+// ghostImage is the image a ghost sent: its event and the upload it references.
+type ghostImage struct {
+	EventID    string `json:"event_id"`
+	ContentURI string `json:"content_uri"`
+}
+
+// speak has alice send text and bob an uploaded PNG; it returns alice's event, bob's image and
+// the PNG's bytes.
+func (sc ghostScene) speak(t *testing.T, text string) (sent string, img ghostImage, pngData []byte) {
+	t.Helper()
+	var out struct {
+		EventID string `json:"event_id"`
+	}
+	sc.bridge.call(t, "sendText", map[string]any{"user": sc.alice, "room_id": sc.room, "body": text}, &out)
+	pngData = testPNG(t, 32, 24)
+	sc.bridge.call(t, "sendImage", map[string]any{"user": sc.bob, "room_id": sc.room, "data": base64.StdEncoding.EncodeToString(pngData),
+		"mimetype": "image/png", "filename": "gradient.png", "w": 32, "h": 24}, &img)
+	return out.EventID, img, pngData
 }
 
 // latencyMessages is HEIRLOOM_BRIDGE_LATENCY_MESSAGES (default 20).

@@ -116,7 +116,13 @@ func (x *env) writeBridgeRegistrations() error {
 			hbErr = fmt.Errorf("heisenbridge --generate: %v\n%s", err, out)
 			return
 		}
-		x.heisenbridgeReg, hbErr = readRegistration(path)
+		if x.heisenbridgeReg, hbErr = readRegistration(path); hbErr != nil {
+			return
+		}
+		// The instance behind heirloom's gateway: heisenbridge's registration with its own ID,
+		// bot, ghost prefix, port and tokens (heisenbridge takes its ghost prefix from the regex).
+		x.heisenbridgeGWReg, hbErr = deriveRegistration(path, filepath.Join(x.dir, "heisenbridge-gw-registration.yaml"),
+			"heisenbridge-gw", "hbgw", "@hbgw_.*")
 	})
 	wg.Go(func() {
 		if x.bridgeNode, jsErr = x.tool("jsbridge.sh", "node"); jsErr != nil {
@@ -132,15 +138,45 @@ func (x *env) writeBridgeRegistrations() error {
 			return readRegistration(path)
 		}
 		var spare sync.WaitGroup
+		var gwErr error
 		spare.Go(func() {
 			x.jsBridgeSpareReg, spareErr = generate("jsbridge-spare-registration.yaml",
 				"--id", "heirloom-test-bridge-spare", "--sender-localpart", "jsbridge_spare", "--prefix", "jsc_")
 		})
+		spare.Go(func() {
+			x.jsBridgeGWReg, gwErr = generate("jsbridge-gw-registration.yaml",
+				"--id", "heirloom-test-bridge-gw", "--sender-localpart", "jsbridge_gw", "--prefix", "jsg_")
+		})
 		x.jsBridgeReg, jsErr = generate("jsbridge-registration.yaml")
 		spare.Wait()
+		spareErr = errors.Join(spareErr, gwErr)
 	})
 	wg.Wait()
 	return errors.Join(hbErr, jsErr, spareErr)
+}
+
+// deriveRegistration writes a copy of the registration at from with another ID, bot, user
+// namespace, port and tokens (every other key kept), and reads it back.
+func deriveRegistration(from, to, id, senderLocalpart, userRegex string) (bridgeRegistration, error) {
+	data, err := os.ReadFile(from)
+	if err != nil {
+		return bridgeRegistration{}, err
+	}
+	var reg map[string]any
+	if err = yaml.Unmarshal(data, &reg); err != nil {
+		return bridgeRegistration{}, fmt.Errorf("%s: %w", from, err)
+	}
+	reg["id"], reg["sender_localpart"] = id, senderLocalpart
+	reg["as_token"], reg["hs_token"] = randomToken("as-"+id+"-"), randomToken("hs-"+id+"-")
+	reg["url"] = fmt.Sprintf("http://127.0.0.1:%d", freePort())
+	reg["namespaces"] = map[string]any{"users": []any{map[string]any{"regex": userRegex, "exclusive": true}}, "aliases": []any{}, "rooms": []any{}}
+	if data, err = yaml.Marshal(reg); err != nil {
+		return bridgeRegistration{}, err
+	}
+	if err = os.WriteFile(to, data, 0o600); err != nil {
+		return bridgeRegistration{}, err
+	}
+	return readRegistration(to)
 }
 
 // ---------------------------------------------------------------------------------- processes
@@ -556,6 +592,7 @@ type bridgeEvent struct {
 		StateKey       *string         `json:"state_key"`
 		OriginServerTS int64           `json:"origin_server_ts"`
 		Content        json.RawMessage `json:"content"`
+		Unsigned       json.RawMessage `json:"unsigned"`
 	} `json:"event"`
 }
 

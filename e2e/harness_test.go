@@ -22,6 +22,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,7 +33,7 @@ import (
 	"testing"
 	"time"
 
-	_ "github.com/lib/pq"
+	"github.com/lib/pq"
 	_ "github.com/mattn/go-sqlite3"
 )
 
@@ -69,6 +70,8 @@ type env struct {
 	maxUpload string
 	// registrations are the registration files Synapse loads.
 	registrations []string
+	// pgURL is the PostgreSQL run's own database, made afresh from pgBase (HEIRLOOM_E2E_POSTGRES).
+	pgURL, pgBase string
 
 	mu        sync.Mutex
 	instances []*instance // every heirloom started in the run, for the teardown secrets check
@@ -77,8 +80,12 @@ type env struct {
 	heisenbridgeReg  bridgeRegistration
 	jsBridgeReg      bridgeRegistration
 	jsBridgeSpareReg bridgeRegistration
-	heisenbridgeBin  string
-	bridgeNode       string
+	// The registrations of the bridges behind heirloom's gateway: Synapse never loads these, but
+	// the registrations heirloom generates from them (the gateway profiles).
+	heisenbridgeGWReg bridgeRegistration
+	jsBridgeGWReg     bridgeRegistration
+	heisenbridgeBin   string
+	bridgeNode        string
 	// cleanups run at teardown, last first, before Synapse stops.
 	cleanups []func()
 }
@@ -90,6 +97,8 @@ type profile struct {
 	asToken, hsToken      string
 	push                  bool
 	registration          string
+	// bridge, for a gateway profile, is the registration of the bridge heirloom stands in front of.
+	bridge *bridgeRegistration
 }
 
 var e *env
@@ -158,7 +167,7 @@ func setup() (*env, error) {
 	// The bridges' registrations are generated while heirloom builds.
 	bridgeRegs := make(chan error, 1)
 	go func() { bridgeRegs <- x.writeBridgeRegistrations() }()
-	// heirloom_fault builds in the crash points of the restart tests (history/fault.go).
+	// heirloom_fault builds in the crash points of the restart tests and gateway_hold_delivery (internal/fault).
 	build := exec.Command("go", "build", "-tags=goolm,heirloom_fault", "-o", x.binary, ".")
 	build.Dir = root
 	out, err := build.CombinedOutput()
@@ -199,7 +208,12 @@ func (x *env) bringUp() error {
 	main.logPath = filepath.Join(x.dir, "heirloom.log")
 	dbType, dbURI := "sqlite3-fk-wal", "file:"+main.dbPath+"?_txlock=immediate"
 	if pg := os.Getenv("HEIRLOOM_E2E_POSTGRES"); pg != "" {
-		dbType, dbURI = "postgres", pg
+		fresh, err := freshPostgresDatabase(pg)
+		if err != nil {
+			return err
+		}
+		x.pgURL, x.pgBase = fresh, pg
+		dbType, dbURI = "postgres", fresh
 		main.postgres = true
 	}
 	cfg := heirloomConfig{
@@ -226,6 +240,11 @@ func (x *env) bringUp() error {
 	for _, p := range []*profile{
 		{name: "alt", id: "heirloom-alt", bot: "altbot", prefix: "alt_", push: true},
 		{name: "nopush", id: "heirloom-nopush", bot: "npbot", prefix: "np_", push: false},
+		// Gateway profiles: heirloom in front of heisenbridge and of the test bridge. Synapse
+		// loads the registration heirloom -g writes from each bridge's own (the first of the
+		// admin's two changes).
+		{name: "gw-irc", id: "heirloom-gw-irc", bot: "hgibot", prefix: "hgi_", push: true, bridge: &x.heisenbridgeGWReg},
+		{name: "gw-js", id: "heirloom-gw-js", bot: "hgjbot", prefix: "hgj_", push: true, bridge: &x.jsBridgeGWReg},
 	} {
 		p.port = freePort()
 		p.asToken, p.hsToken = randomToken("as-"+p.name+"-"), randomToken("hs-"+p.name+"-")
@@ -275,12 +294,16 @@ func (x *env) bringUp() error {
 
 // profileConfig is the configuration a short-lived heirloom of the profile starts from.
 func (x *env) profileConfig(p *profile) heirloomConfig {
-	return heirloomConfig{
+	c := heirloomConfig{
 		hsURL: x.hsURL, id: p.id, bot: p.bot, prefix: p.prefix, port: p.port,
 		asToken: p.asToken, hsToken: p.hsToken, dbType: "sqlite3-fk-wal", dbURI: "file:unused.db?_txlock=immediate",
 		shareOnInvite: true, autoJoin: []string{"@js_*:localhost", "@" + p.prefix + "*:localhost"},
 		acceptWindow: "24h", maxBundle: e2eMaxBundle, admins: []string{"@" + adminPrefix + "*:localhost"},
 	}
+	if p.bridge != nil {
+		c.gateway = &gatewayConfig{registration: p.bridge.Path}
+	}
+	return c
 }
 
 func (x *env) generate(configPath, registrationPath string) error {
@@ -302,7 +325,30 @@ type heirloomConfig struct {
 	acceptWindow           string
 	maxBundle              int64
 	maintenance            string // encryption.maintenance_interval; empty leaves it out (the default)
+	gateway                *gatewayConfig
 	admins                 []string
+}
+
+// gatewayConfig is the gateway section of a gateway profile's config.
+type gatewayConfig struct {
+	registration    string
+	bridgeURL       string // empty: the registration's url
+	encryptNewRooms bool
+	decryptWait     string // empty: the default
+}
+
+func (g *gatewayConfig) yaml() string {
+	if g == nil {
+		return ""
+	}
+	out := fmt.Sprintf("gateway:\n    registration: %s\n    encrypt_new_rooms: %t\n", g.registration, g.encryptNewRooms)
+	if g.bridgeURL != "" {
+		out += "    bridge_url: " + g.bridgeURL + "\n"
+	}
+	if g.decryptWait != "" {
+		out += "    decrypt_wait: " + g.decryptWait + "\n"
+	}
+	return out
 }
 
 func (c heirloomConfig) yaml() string {
@@ -348,8 +394,8 @@ admins: %s
 logging:
     level: debug
     format: json
-`, c.hsURL, domain, c.port, c.port, c.id, c.bot, c.prefix, c.asToken, c.hsToken, c.dbType, c.dbURI,
-		maintenance, apiSecret, c.shareOnInvite, autoJoin, c.acceptWindow, c.maxBundle, admins)
+%s`, c.hsURL, domain, c.port, c.port, c.id, c.bot, c.prefix, c.asToken, c.hsToken, c.dbType, c.dbURI,
+		maintenance, apiSecret, c.shareOnInvite, autoJoin, c.acceptWindow, c.maxBundle, admins, c.gateway.yaml())
 }
 
 func (x *env) synapseEnv() []string {
@@ -388,6 +434,8 @@ type instance struct {
 	exited       chan struct{} // closed when heirloom exits
 	exitErr      error
 	fault        string // HEIRLOOM_FAULT of the running process
+	// bridge is the registration of the bridge a gateway instance stands in front of.
+	bridge *bridgeRegistration
 }
 
 func (x *env) startHeirloom() error {
@@ -533,6 +581,12 @@ func restartHeirloom(t testing.TB) {
 // config (mutate changes the profile's), and stops it when the test ends.
 func startInstance(t testing.TB, profileName string, mutate func(*heirloomConfig)) *instance {
 	t.Helper()
+	return startInstanceEnv(t, profileName, mutate)
+}
+
+// startInstanceEnv is startInstance with extra environment for the process (HEIRLOOM_FAULT).
+func startInstanceEnv(t testing.TB, profileName string, mutate func(*heirloomConfig), extraEnv ...string) *instance {
+	t.Helper()
 	p := e.profiles[profileName]
 	home, err := os.MkdirTemp(e.dir, profileName+"-")
 	if err != nil {
@@ -540,7 +594,7 @@ func startInstance(t testing.TB, profileName string, mutate func(*heirloomConfig
 	}
 	h := &instance{name: profileName + " " + filepath.Base(home), home: home, appserviceID: p.id, prefix: p.prefix,
 		asPort: p.port, asToken: p.asToken, configPath: filepath.Join(home, "config.yaml"),
-		dbPath: filepath.Join(home, "heirloom.db"), logPath: filepath.Join(home, "heirloom.log")}
+		dbPath: filepath.Join(home, "heirloom.db"), logPath: filepath.Join(home, "heirloom.log"), bridge: p.bridge}
 	cfg := e.profileConfig(p)
 	cfg.dbURI = "file:" + h.dbPath + "?_txlock=immediate"
 	if mutate != nil {
@@ -554,7 +608,7 @@ func startInstance(t testing.TB, profileName string, mutate func(*heirloomConfig
 	e.mu.Unlock()
 	t.Cleanup(func() { h.stopHeirloom(syscall.SIGTERM) })
 	for attempt := 1; ; attempt++ {
-		if err = h.start(e.binary); err == nil {
+		if err = h.start(e.binary, extraEnv...); err == nil {
 			return h
 		}
 		if !h.portClash() || attempt == 3 {
@@ -625,9 +679,52 @@ func (x *env) teardown() {
 	_ = x.synapse("stop")
 	if os.Getenv("HEIRLOOM_E2E_KEEP") != "" {
 		fmt.Println("kept end-to-end state in", x.dir)
+		if x.pgURL != "" {
+			fmt.Println("kept the PostgreSQL database", x.pgURL)
+		}
 		return
 	}
 	_ = os.RemoveAll(x.dir)
+	if x.pgURL != "" {
+		if err := dropPostgresDatabase(x.pgBase, x.pgURL); err != nil {
+			fmt.Println("dropping the run's PostgreSQL database:", err)
+		}
+	}
+}
+
+// freshPostgresDatabase creates an empty database of its own for the run, on the server of base,
+// so that a second run never meets the first one's rows. It returns the new database's URL.
+func freshPostgresDatabase(base string) (string, error) {
+	u, err := url.Parse(base)
+	if err != nil {
+		return "", fmt.Errorf("HEIRLOOM_E2E_POSTGRES: %w", err)
+	}
+	db, err := sql.Open("postgres", base)
+	if err != nil {
+		return "", err
+	}
+	defer db.Close()
+	name := fmt.Sprintf("%s_%d_%d", strings.TrimPrefix(u.Path, "/"), os.Getpid(), time.Now().UnixNano()%1_000_000)
+	if _, err = db.Exec("CREATE DATABASE " + pq.QuoteIdentifier(name)); err != nil {
+		return "", fmt.Errorf("creating the run's PostgreSQL database %s: %w", name, err)
+	}
+	u.Path = "/" + name
+	return u.String(), nil
+}
+
+// dropPostgresDatabase drops the run's database (fresh), connected to base.
+func dropPostgresDatabase(base, fresh string) error {
+	u, err := url.Parse(fresh)
+	if err != nil {
+		return err
+	}
+	db, err := sql.Open("postgres", base)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	_, err = db.Exec("DROP DATABASE IF EXISTS " + pq.QuoteIdentifier(strings.TrimPrefix(u.Path, "/")))
+	return err
 }
 
 // api calls heirloom's bridge API and decodes the answer into out. It returns the status code.
@@ -725,7 +822,7 @@ func (d testDB) Query(query string, args ...any) (*sql.Rows, error) {
 func (h *instance) db(t testing.TB) testDB {
 	t.Helper()
 	if h.postgres {
-		db, err := sql.Open("postgres", os.Getenv("HEIRLOOM_E2E_POSTGRES"))
+		db, err := sql.Open("postgres", e.pgURL)
 		if err != nil {
 			t.Fatal(err)
 		}

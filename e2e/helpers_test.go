@@ -51,6 +51,13 @@ type jsMessage struct {
 	Error     string `json:"error"`
 	Forwarder string `json:"forwarder"`
 	SessionID string `json:"session_id"`
+	Encrypted bool   `json:"encrypted"`
+	Msgtype   string `json:"msgtype"`
+	URL       string `json:"url"`
+	FileURL   string `json:"file_url"`
+	// ShieldColour and ShieldReason are what Element shows beside the message (NONE: no warning).
+	ShieldColour string `json:"shield_colour"`
+	ShieldReason string `json:"shield_reason"`
 }
 
 func newJSUser(t testing.TB, crossSigning bool) jsUser {

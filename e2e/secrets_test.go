@@ -118,6 +118,10 @@ func (x *env) checkSecretsNotLogged() error {
 				secrets[k] = v
 			}
 		}
+		if h.bridge != nil {
+			// A gateway holds the bridge's tokens too: they must not be logged either.
+			secrets["bridge's as_token"], secrets["bridge's hs_token"] = h.bridge.ASToken, h.bridge.HSToken
+		}
 		found, err := findLoggedSecrets(h.logPath, secrets)
 		if err != nil {
 			return err
@@ -157,7 +161,7 @@ func (x *env) checkSecretsNotLogged() error {
 // openRaw opens the instance's database outside a test (SQLite read-only, or PostgreSQL).
 func (h *instance) openRaw() (*sql.DB, error) {
 	if h.postgres {
-		return sql.Open("postgres", os.Getenv("HEIRLOOM_E2E_POSTGRES"))
+		return sql.Open("postgres", e.pgURL)
 	}
 	return sql.Open("sqlite3", "file:"+h.dbPath+"?mode=ro&_busy_timeout=5000")
 }

@@ -53,6 +53,9 @@ type Manager struct {
 	machines map[id.UserID]*Puppet
 	gates    sync.Map // id.UserID → *sessionGate
 
+	// onSession, if set, hears of every megolm session a puppet stores (SetSessionHook).
+	onSession func(ctx context.Context, p *Puppet, roomID id.RoomID, sessionID id.SessionID)
+
 	// OnRoomKeyBundle is called with every Olm-decrypted room key bundle a puppet receives. The
 	// daemon sets it to history.Service.ReceiveBundle; until then bundles are logged and dropped.
 	OnRoomKeyBundle BundleHandler
@@ -124,6 +127,9 @@ type Puppet struct {
 
 	sweepLock sync.Mutex
 	lastSweep time.Time
+	// seenToDevice remembers the last encrypted to-device messages handled, so one that arrives
+	// twice (pushed in a transaction, then read again by a sweep) is not decrypted twice.
+	seenToDevice recentSet
 
 	// departuresSeen holds, per outbound session, the leave and ban events already in the member
 	// list it was created from: those members never held it, so they do not rotate it.
@@ -296,8 +302,19 @@ func (m *Manager) newMachine(ctx context.Context, userID id.UserID, deviceID id.
 		return nil, fmt.Errorf("failed to load olm account: %w", err)
 	}
 	p := &Puppet{UserID: userID, DeviceID: deviceID, Client: cli, Mach: mach, Store: store, mgr: m}
+	mach.SessionReceived = func(ctx context.Context, roomID id.RoomID, sessionID id.SessionID, _ uint32) {
+		if m.onSession != nil {
+			m.onSession(ctx, p, roomID, sessionID)
+		}
+	}
 	mach.SetBackgroundCtx(context.WithoutCancel(log.WithContext(ctx)))
 	return p, nil
+}
+
+// SetSessionHook makes fn hear of every megolm session a puppet stores (a room key, a bundle's
+// keys), so that events waiting for their key can be decrypted. Set it before machines load.
+func (m *Manager) SetSessionHook(fn func(ctx context.Context, p *Puppet, roomID id.RoomID, sessionID id.SessionID)) {
+	m.onSession = fn
 }
 
 // LockRoom serializes the puppet's encryption work in a room (sending, sharing a bundle).

@@ -107,6 +107,13 @@ func (m *Manager) provision(ctx context.Context, row *database.Puppet, userID id
 	return row, nil
 }
 
+// EnsureRegistered registers the user on the homeserver through the appservice, if it is not
+// already: in gateway mode heirloom's own bot is not the registration's sender, so the homeserver
+// does not create it.
+func (m *Manager) EnsureRegistered(ctx context.Context, userID id.UserID) error {
+	return m.register(ctx, userID)
+}
+
 func (m *Manager) register(ctx context.Context, userID id.UserID) error {
 	localpart, _, _ := userID.Parse()
 	cli := m.client(userID, "", *zerolog.Ctx(ctx))

@@ -80,6 +80,10 @@ func (p *Puppet) HandleToDevice(ctx context.Context, evt *event.Event) {
 		}
 		return
 	}
+	if !p.seenToDevice.add(toDeviceKey(evt)) {
+		zerolog.Ctx(ctx).Debug().Msg("Skipping an encrypted to-device message already handled (pushed, then swept)")
+		return
+	}
 	decrypted := p.Mach.HandleEncryptedEvent(ctx, evt)
 	if decrypted == nil {
 		return

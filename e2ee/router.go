@@ -78,9 +78,10 @@ func (m *Manager) RouteDeviceListChanges(ctx context.Context, changed []id.UserI
 	}
 }
 
-// managesDevice reports whether heirloom holds the user's device: a puppet, or heirloom's bot.
+// managesDevice reports whether heirloom holds the user's device: a puppet, a bridge user in
+// gateway mode, or heirloom's bot.
 func (m *Manager) managesDevice(userID id.UserID) bool {
-	return m.cfg.IsPuppet(userID) || userID == m.cfg.BotUserID()
+	return m.cfg.IsManaged(userID) || userID == m.cfg.BotUserID()
 }
 
 // ReplenishKeys checks each loaded puppet's one-time key count with the homeserver and uploads

@@ -21,6 +21,12 @@ import (
 // their devices as the shared device tables hold them, fetched again where a change was reported
 // (memberDevices).
 func (p *Puppet) SendMessage(ctx context.Context, roomID id.RoomID, evtType event.Type, content any) (id.EventID, error) {
+	return p.SendMessageTxn(ctx, roomID, evtType, content, "")
+}
+
+// SendMessageTxn is SendMessage with the caller's transaction ID ("" for a new one): the
+// homeserver answers a repeated ID of the same device with the event it already sent.
+func (p *Puppet) SendMessageTxn(ctx context.Context, roomID id.RoomID, evtType event.Type, content any, txnID string) (id.EventID, error) {
 	if err := p.mgr.EnsureRoomState(ctx, p.Client, roomID); err != nil {
 		return "", err
 	}
@@ -28,8 +34,9 @@ func (p *Puppet) SendMessage(ctx context.Context, roomID id.RoomID, evtType even
 	if err != nil {
 		return "", fmt.Errorf("failed to check room encryption: %w", err)
 	}
+	req := mautrix.ReqSendEvent{TransactionID: txnID}
 	if !encrypted {
-		resp, err := p.Client.SendMessageEvent(ctx, roomID, evtType, content)
+		resp, err := p.Client.SendMessageEvent(ctx, roomID, evtType, content, req)
 		if err != nil {
 			return "", fmt.Errorf("failed to send event: %w", err)
 		}
@@ -43,7 +50,7 @@ func (p *Puppet) SendMessage(ctx context.Context, roomID id.RoomID, evtType even
 	if err != nil {
 		return "", fmt.Errorf("failed to encrypt event: %w", err)
 	}
-	resp, err := p.Client.SendMessageEvent(ctx, roomID, event.EventEncrypted, enc)
+	resp, err := p.Client.SendMessageEvent(ctx, roomID, event.EventEncrypted, enc, req)
 	if err != nil {
 		return "", fmt.Errorf("failed to send encrypted event: %w", err)
 	}
@@ -207,6 +214,15 @@ func (p *Puppet) sendRoomKey(ctx context.Context, ogs *crypto.OutboundGroupSessi
 	if len(recipients) == 0 {
 		return nil
 	}
+	local, err := p.deliverLocally(ctx, ogs, shared, recipients)
+	if err != nil {
+		return err
+	}
+	if len(recipients) == 0 {
+		zerolog.Ctx(ctx).Debug().Stringer("session_id", ogs.ID()).Int("local_devices", local).Bool("shared_history", shared).
+			Msg("Shared room key")
+		return nil
+	}
 	keyContent := &event.RoomKeyEventContent{
 		Algorithm:  id.AlgorithmMegolmV1,
 		RoomID:     ogs.RoomID,
@@ -237,9 +253,59 @@ func (p *Puppet) sendRoomKey(ctx context.Context, ogs *crypto.OutboundGroupSessi
 			sent++
 		}
 	}
-	zerolog.Ctx(ctx).Debug().Stringer("session_id", ogs.ID()).Int("devices", sent).Bool("shared_history", shared).
-		Msg("Shared room key")
+	zerolog.Ctx(ctx).Debug().Stringer("session_id", ogs.ID()).Int("devices", sent).Int("local_devices", local).
+		Bool("shared_history", shared).Msg("Shared room key")
 	return nil
+}
+
+// deliverLocally gives the session's key to the recipients whose device heirloom holds itself (other
+// puppets, the bridge's other users in gateway mode) by storing it in their store, under the same
+// rules as a key that came over Olm: Olm to itself would cost an encryption, a to-device message
+// through the homeserver and a decryption per device, and a room with many puppets would pay that
+// for every pair. It removes them from recipients and returns how many there were.
+func (p *Puppet) deliverLocally(ctx context.Context, ogs *crypto.OutboundGroupSession, shared bool, recipients map[id.UserID]map[id.DeviceID]*id.Device) (int, error) {
+	own := p.Mach.OwnIdentity()
+	n := 0
+	for userID, devices := range recipients {
+		if !p.mgr.cfg.IsManaged(userID) || userID == p.UserID {
+			continue
+		}
+		for deviceID, device := range devices {
+			q := p.mgr.localDevice(ctx, userID, deviceID, device.IdentityKey)
+			if q == nil {
+				continue
+			}
+			maxAge, maxMessages := q.RotationLimits(ctx, ogs.RoomID)
+			igs, err := crypto.NewInboundGroupSession(own.IdentityKey, own.SigningKey, ogs.RoomID, ogs.Internal.Key(),
+				maxAge, maxMessages, &shared, false)
+			if err != nil {
+				return n, fmt.Errorf("failed to copy the session for %s: %w", userID, err)
+			}
+			igs.SourceUser = p.UserID
+			if _, _, err = q.StoreSession(ctx, igs); err != nil {
+				return n, fmt.Errorf("failed to store the session for %s: %w", userID, err)
+			}
+			if err = p.Store.MarkOutboundGroupSessionShared(ctx, userID, device.IdentityKey, ogs.ID()); err != nil {
+				return n, fmt.Errorf("failed to record session recipient: %w", err)
+			}
+			delete(devices, deviceID)
+			n++
+		}
+		if len(devices) == 0 {
+			delete(recipients, userID)
+		}
+	}
+	return n, nil
+}
+
+// localDevice returns the loaded machine of a device heirloom holds itself: the user's current
+// device, with the very identity key the device list names. Anything else is a remote device.
+func (m *Manager) localDevice(ctx context.Context, userID id.UserID, deviceID id.DeviceID, identityKey id.IdentityKey) *Puppet {
+	q, err := m.Get(ctx, userID)
+	if err != nil || q.DeviceID != deviceID || q.Mach.OwnIdentity().IdentityKey != identityKey {
+		return nil
+	}
+	return q
 }
 
 // EnsureRoomState loads the room's state from the homeserver once, so encryption and history

@@ -108,29 +108,19 @@ func (p *Puppet) decryptForTimeline(ctx context.Context, evt *event.Event) Timel
 	if evt.Type != event.EventEncrypted {
 		return te
 	}
-	if err := evt.Content.ParseRaw(evt.Type); err != nil && !errors.Is(err, event.ErrContentAlreadyParsed) {
-		te.Error = "malformed encrypted content: " + err.Error()
-		return te
+	d, err := p.Decrypt(ctx, evt)
+	if d != nil {
+		te.SessionID = d.SessionID
 	}
-	content, ok := evt.Content.Parsed.(*event.EncryptedEventContent)
-	if !ok {
-		te.Error = "not an encrypted event"
-		return te
-	}
-	te.SessionID = content.SessionID
-	decrypted, err := p.Mach.DecryptMegolmEvent(ctx, evt)
 	if err != nil {
 		te.Error = describeDecryptError(err)
 		return te
 	}
 	te.Decrypted = true
-	te.Type = decrypted.Type.Type
-	te.Content = decrypted.Content.VeryRaw
-	te.Trust = TrustName(decrypted.Mautrix.TrustState, decrypted.Mautrix.ForwardedKeys)
-	if igs, err := p.Store.GetGroupSession(ctx, evt.RoomID, content.SessionID); err == nil && igs != nil &&
-		igs.KeySource == id.KeySourceForward && igs.SourceUser != "" {
-		te.KeysSharedBy = igs.SourceUser
-	}
+	te.Type = d.Event.Type.Type
+	te.Content = d.Event.Content.VeryRaw
+	te.Trust = d.Trust
+	te.KeysSharedBy = d.KeysSharedBy
 	return te
 }
 

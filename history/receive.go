@@ -18,6 +18,7 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/internal/fault"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 	"github.com/heirloom-matrix/heirloom/metrics"
 )
@@ -32,8 +33,8 @@ func receivedOwner(b *database.ReceivedBundle) string {
 func (s *Service) ReceiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto.DecryptedOlmEvent, content *e2ee.BundleContent) {
 	// The sender and the event type are in the context already (e2ee.Puppet.HandleToDevice).
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", content.RoomID).Logger()
-	if !s.cfg.IsPuppet(p.UserID) {
-		log.Debug().Msg("Dropping key bundle: only puppets take part in history sharing")
+	if !s.cfg.IsManaged(p.UserID) {
+		log.Debug().Msg("Dropping key bundle: only puppets and a gateway's bridge users take part in history sharing")
 		return
 	}
 	if err := keybundle.ValidateSenderDeviceKeys(evt.Sender, evt.SenderKey, evt.Keys.Ed25519, evt.SenderDeviceKeys); err != nil {
@@ -184,11 +185,23 @@ func (s *Service) ObserveJoin(ctx context.Context, evt *event.Event) {
 // before the join is sent, bound to the join that replaced the invite once the homeserver names it,
 // and the inviter's bundle, if it arrived, is imported before Join returns.
 func (s *Service) Join(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (*JoinResult, error) {
-	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", roomID).Logger()
 	// Nothing here may depend on the caller staying: a request cancelled half-way (the bridge gave
 	// up waiting) would otherwise leave a join done on the homeserver and its bundle pending,
 	// with no retry to pick it up. The homeserver client's own timeouts bound it.
-	ctx = context.WithoutCancel(log.WithContext(ctx))
+	ctx = context.WithoutCancel(ctx)
+	inv, err := s.BeforeJoin(ctx, p, roomID)
+	if err != nil {
+		return nil, err
+	}
+	if _, err = p.Client.JoinRoomByID(ctx, roomID); err != nil {
+		return nil, fmt.Errorf("failed to join room: %w", err)
+	}
+	return s.AfterJoin(ctx, p, roomID, inv)
+}
+
+// BeforeJoin records durably, before the caller sends the join, that the puppet is joining from
+// its current invite to the room (if it has one), and returns that invite.
+func (s *Service) BeforeJoin(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (*database.Invite, error) {
 	inv, err := s.db.GetInvite(ctx, p.UserID, roomID)
 	if err != nil {
 		return nil, err
@@ -198,10 +211,15 @@ func (s *Service) Join(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (*
 			return nil, err
 		}
 	}
-	if _, err = p.Client.JoinRoomByID(ctx, roomID); err != nil {
-		return nil, fmt.Errorf("failed to join room: %w", err)
-	}
-	if err = s.db.StateStore.SetMembership(ctx, roomID, p.UserID, event.MembershipJoin); err != nil {
+	return inv, nil
+}
+
+// AfterJoin binds a join the homeserver accepted to the invite it replaced (inv is BeforeJoin's),
+// and imports the inviter's bundle, if it arrived, before it returns.
+func (s *Service) AfterJoin(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, inv *database.Invite) (*JoinResult, error) {
+	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", roomID).Logger()
+	ctx = context.WithoutCancel(log.WithContext(ctx))
+	if err := s.db.StateStore.SetMembership(ctx, roomID, p.UserID, event.MembershipJoin); err != nil {
 		log.Warn().Err(err).Msg("Failed to record own membership")
 	}
 	result := &JoinResult{RoomID: roomID, History: "joined without an invite: no key bundle will be imported"}
@@ -216,7 +234,8 @@ func (s *Service) Join(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (*
 		// inviter from the homeserver's record of the membership the join replaced.
 		inv = &database.Invite{Puppet: p.UserID, RoomID: roomID, Inviter: join.PrevSender,
 			InviteEventID: join.ReplacesState, InvitedAt: time.Now().UnixMilli()}
-		if err = s.db.PutInvite(ctx, inv); err == nil {
+		err := s.db.PutInvite(ctx, inv)
+		if err == nil {
 			err = s.db.ConfirmJoin(ctx, p.UserID, roomID, inv.InviteEventID, join.EventID)
 		}
 		if err != nil {
@@ -314,7 +333,7 @@ func (s *Service) tryAccept(ctx context.Context, p *e2ee.Puppet, roomID id.RoomI
 	case keybundle.Expire:
 		b.State, b.Error = database.ReceivedExpired, reason
 	case keybundle.Import:
-		faultPoint("crash_before_import")
+		fault.Crash("crash_before_import")
 		b.ImportJoin = inv.JoinEventID
 		saved = s.downloadAndImport(ctx, p, b)
 	}

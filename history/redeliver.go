@@ -55,7 +55,7 @@ func (s *Service) DeviceListsChanged(ctx context.Context, changed []id.UserID) {
 		return
 	}
 	for _, userID := range changed {
-		if s.cfg.IsPuppet(userID) || userID == s.cfg.BotUserID() {
+		if s.cfg.IsManaged(userID) || userID == s.cfg.BotUserID() {
 			continue
 		}
 		bundles, err := s.db.ListRedeliverable(ctx, userID, time.Now().Add(-window))
@@ -75,7 +75,7 @@ func (s *Service) DeviceListsChanged(ctx context.Context, changed []id.UserID) {
 func (s *Service) InviteeJoined(ctx context.Context, evt *event.Event) {
 	window := s.cfg.HistorySharing.Redeliver()
 	invitee := id.UserID(evt.GetStateKey())
-	if window <= 0 || s.cfg.IsPuppet(invitee) || invitee == s.cfg.BotUserID() {
+	if window <= 0 || s.cfg.IsManaged(invitee) || invitee == s.cfg.BotUserID() {
 		return
 	}
 	bundles, err := s.db.ListRedeliverable(ctx, invitee, time.Now().Add(-window))

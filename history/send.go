@@ -14,6 +14,7 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/internal/fault"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -36,6 +37,23 @@ const (
 // and does not build a second bundle, however late it comes; the invite's event ID is recorded as
 // soon as the homeserver names it.
 func (s *Service) Invite(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, invitee id.UserID, share bool) (*InviteResult, error) {
+	b, err := s.ShareBeforeInvite(ctx, p, roomID, invitee, share)
+	if err != nil {
+		return nil, err
+	}
+	_, err = p.Client.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: invitee})
+	s.InviteDone(ctx, p, b, err)
+	if err != nil {
+		return nil, fmt.Errorf("failed to invite: %w", err)
+	}
+	return &InviteResult{Bundle: report(b)}, nil
+}
+
+// ShareBeforeInvite runs MSC4268's sending side for an invite about to be sent (share false, or
+// history_sharing.share_on_invite off, records a skipped bundle). The bundle row exists before
+// the invite is sent, so the invite's echo finds it and builds no second one. The caller sends
+// the invite, then calls InviteDone.
+func (s *Service) ShareBeforeInvite(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, invitee id.UserID, share bool) (*database.SentBundle, error) {
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", roomID).Stringer("invitee", invitee).Logger()
 	ctx = log.WithContext(ctx)
 	if err := p.Manager().EnsureRoomState(ctx, p.Client, roomID); err != nil {
@@ -51,19 +69,27 @@ func (s *Service) Invite(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, 
 	} else if err := s.share(ctx, p, b); err != nil {
 		return nil, err
 	}
-	if _, err := p.Client.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: invitee}); err != nil {
-		if markErr := s.db.SetInviteFailed(context.WithoutCancel(ctx), b.BundleID); markErr != nil {
-			log.Err(markErr).Msg("Failed to record that the invite failed")
+	return b, nil
+}
+
+// InviteDone records what became of the invite a bundle was built for: a failed invite's bundle
+// is never claimed by a later invite; a sent one is bound to its event as soon as the homeserver
+// names it.
+func (s *Service) InviteDone(ctx context.Context, p *e2ee.Puppet, b *database.SentBundle, inviteErr error) {
+	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", b.RoomID).Stringer("invitee", b.Invitee).Logger()
+	ctx = context.WithoutCancel(log.WithContext(ctx))
+	if inviteErr != nil {
+		if err := s.db.SetInviteFailed(ctx, b.BundleID); err != nil {
+			log.Err(err).Msg("Failed to record that the invite failed")
 		}
-		return nil, fmt.Errorf("failed to invite: %w", err)
+		return
 	}
-	if eventID := s.inviteEventID(ctx, p, roomID, invitee); eventID != "" {
+	if eventID := s.inviteEventID(ctx, p, b.RoomID, b.Invitee); eventID != "" {
 		if err := s.db.SetInviteEvent(ctx, b.BundleID, eventID); err != nil {
 			log.Warn().Err(err).Msg("Failed to record the invite's event ID")
 		}
 	}
 	log.Info().Str("bundle_state", b.State).Int("sessions", b.Sessions).Int("withheld", b.Withheld).Msg("Invited user")
-	return &InviteResult{Bundle: report(b)}, nil
 }
 
 // inviteEventID asks the homeserver for the invitee's member event, if it is the puppet's invite.
@@ -95,6 +121,9 @@ func memberEvent(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, userID i
 func (s *Service) shareForInvite(ctx context.Context, evt *event.Event) {
 	log := zerolog.Ctx(ctx)
 	invitee := id.UserID(evt.GetStateKey())
+	if s.cfg.IsBridgeUser(evt.Sender) && s.cfg.IsBridgeUser(invitee) {
+		return // the bridge inviting its own users: heirloom already holds every key they could get
+	}
 	claimed, err := s.db.ClaimSentBundleForInvite(ctx, evt.Sender, evt.RoomID, invitee, evt.ID)
 	if err != nil {
 		log.Err(err).Msg("Failed to check for a bundle built by the API")
@@ -149,7 +178,7 @@ func (s *Service) share(ctx context.Context, p *e2ee.Puppet, b *database.SentBun
 		return nil
 	}
 	if b.State == database.SentUploaded {
-		faultPoint("crash_before_delivery")
+		fault.Crash("crash_before_delivery")
 		if err = s.deliver(ctx, p, b); err != nil {
 			// Like a failed build: the bundle is marked failed with the reason and the invite goes
 			// on; a later invite builds a fresh bundle rather than resurrecting this one.

@@ -13,7 +13,8 @@ SECRET="${SYNAPSE_SHARED_SECRET:-heirloom-dev-registration-secret}"
 mkdir -p "${DEMO}"
 start=$(date +%s)
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+# shellcheck source=scripts/demo-lib.sh
+source scripts/demo-lib.sh
 
 config="${DEMO}/config.yaml"
 if [[ ! -f "${config}" ]]; then
@@ -30,33 +31,13 @@ fi
 step "Generating the registration"
 ./heirloom -g -c "${config}" -r "${DEMO}/registration.yaml"
 
-# Stop a heirloom left from an earlier run first, and restart Synapse only if its config changed:
-# Synapse may drop to-device messages it tries to push while the appservice is down or restarting
-# (element-hq/synapse#14710), so the two are never restarted around each other needlessly.
-if [[ -f "${DEMO}/heirloom.pid" ]] && kill -0 "$(cat "${DEMO}/heirloom.pid")" 2>/dev/null; then
-  step "Stopping the heirloom from an earlier run"
-  kill "$(cat "${DEMO}/heirloom.pid")"
-  while kill -0 "$(cat "${DEMO}/heirloom.pid")" 2>/dev/null; do sleep 0.1; done
-fi
+step "Stopping a heirloom left from an earlier run"
+stop_pid "${DEMO}/heirloom.pid"
 step "Starting Synapse (pinned, in ${STATE}/venv) with heirloom registered"
-export SYNAPSE_PORT="${PORT_HS}" SYNAPSE_REGISTRATION="${DEMO}/registration.yaml" SYNAPSE_SHARED_SECRET="${SECRET}"
-if scripts/synapse.sh start 2>&1 | tee /dev/stderr | grep -q "run '.*restart'"; then
-  scripts/synapse.sh restart
-fi
+start_synapse "${DEMO}/registration.yaml" "${SECRET}" "${PORT_HS}"
 
 step "Starting heirloom"
-nohup ./heirloom -c "${config}" >"${DEMO}/heirloom.log" 2>&1 &
-echo $! >"${DEMO}/heirloom.pid"
-api_secret="$(sed -n 's/^ *shared_secret: *//p' "${config}")"
-for _ in $(seq 1 100); do
-  if curl -fsS -H "Authorization: Bearer ${api_secret}" "http://127.0.0.1:${PORT_AS}/_heirloom/v1/status" >/dev/null 2>&1; then
-    break
-  fi
-  if ! kill -0 "$(cat "${DEMO}/heirloom.pid")" 2>/dev/null; then
-    echo "heirloom exited; its log:"; tail -20 "${DEMO}/heirloom.log"; exit 1
-  fi
-  sleep 0.2
-done
+api_secret="$(start_heirloom "${config}" "${DEMO}/heirloom.log" "${DEMO}/heirloom.pid" "${PORT_AS}")"
 
 step "History sharing, both directions"
 node interop/demo.mjs --homeserver "http://127.0.0.1:${PORT_HS}" --shared-secret "${SECRET}" \

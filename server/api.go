@@ -177,6 +177,21 @@ type StatusResponse struct {
 	DeviceProblems []e2ee.DeviceProblem `json:"device_problems"`
 	// Bot is heirloom's bot, once its device is provisioned.
 	Bot *BotStatus `json:"bot,omitempty"`
+	// Gateway is gateway mode's state; absent when it is off.
+	Gateway *GatewayStatus `json:"gateway,omitempty"`
+}
+
+// GatewayStatus is the state of gateway mode's delivery to the bridge.
+type GatewayStatus struct {
+	// Bridge is the bridge's appservice ID.
+	Bridge string `json:"bridge"`
+	// OutboxEvents counts the events stored for the bridge and not yet acknowledged by it.
+	OutboxEvents int `json:"outbox_events"`
+	// DeliveryFailing is set while the oldest transaction fails to reach the bridge: Attempts
+	// tries so far, LastError the last reason.
+	DeliveryFailing bool   `json:"delivery_failing"`
+	Attempts        int    `json:"attempts,omitempty"`
+	LastError       string `json:"last_error,omitempty"`
 }
 
 // BotStatus names heirloom's bot's device and identity, for admins to check in their client.
@@ -206,10 +221,18 @@ func (s *Server) apiStatus(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, versionsErr := s.mgr.Client(ctx, s.cfg.BotUserID()).Versions(ctx)
+	cli := s.mgr.Client(ctx, s.cfg.BotUserID())
+	cli.DefaultHTTPRetries = 0 // an answer now, not after mautrix's retries against a homeserver that is down
+	_, versionsErr := cli.Versions(ctx)
 	bot, err := s.mgr.ProvisionedIdentity(ctx, s.cfg.BotUserID())
 	if err != nil {
 		return nil, err
+	}
+	var gatewayStatus *GatewayStatus
+	if s.gateway != nil {
+		if gatewayStatus, err = s.gateway.Status(ctx); err != nil {
+			return nil, err
+		}
 	}
 	var botStatus *BotStatus
 	if bot != nil {
@@ -227,6 +250,7 @@ func (s *Server) apiStatus(r *http.Request) (any, error) {
 			Retrying: counts.Retrying, Failed: counts.Failed},
 		DeviceProblems: s.mgr.DeviceProblems(),
 		Bot:            botStatus,
+		Gateway:        gatewayStatus,
 	}, nil
 }
 

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
@@ -37,6 +39,10 @@ type Server struct {
 	metrics *metrics
 	log     zerolog.Logger
 
+	// gateway, in gateway mode, receives the bridge's part of every transaction and serves the
+	// bridge's client-server API (UseGateway).
+	gateway Gateway
+
 	txnLock   sync.Mutex
 	lastPing  atomic.Int64
 	startedAt time.Time
@@ -54,6 +60,23 @@ func NewServer(cfg *config.Config, db *database.Database, mgr *e2ee.Manager, his
 		OnRoomEvent: func(context.Context, *event.Event) {}}
 }
 
+// Gateway is gateway mode's part of the listener (gateway.Gateway).
+type Gateway interface {
+	// Ingest stores a transaction's room and ephemeral events for the bridge; the transaction is
+	// acknowledged only if it returns nil.
+	Ingest(ctx context.Context, txnKey string, events, ephemeral []json.RawMessage) error
+	// Routes registers the bridge's client-server API.
+	Routes(mux *http.ServeMux)
+	// ForwardQuery asks the bridge about a user or room alias in its namespace (kind "users" or
+	// "rooms") and writes its answer.
+	ForwardQuery(w http.ResponseWriter, r *http.Request, kind, subject string)
+	// Status reports the delivery to the bridge, for GET /status.
+	Status(ctx context.Context) (*GatewayStatus, error)
+}
+
+// UseGateway puts the listener in gateway mode, before Start.
+func (s *Server) UseGateway(gw Gateway) { s.gateway = gw }
+
 // Handler returns the complete HTTP handler.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
@@ -65,6 +88,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /_matrix/app/v1/rooms/{alias}", s.handleQueryAlias)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
 	s.apiRoutes(mux)
+	if s.gateway != nil {
+		s.gateway.Routes(mux)
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mux.ServeHTTP(w, r.WithContext(s.log.WithContext(r.Context())))
 	})
@@ -100,15 +126,27 @@ func (s *Server) Stop(ctx context.Context) error {
 	return s.server.Shutdown(ctx)
 }
 
-// handleQueryUser answers the homeserver's user queries: puppets exist only once provisioned.
+// handleQueryUser answers the homeserver's user queries: puppets exist only once provisioned;
+// in gateway mode the bridge answers for its own users.
 func (s *Server) handleQueryUser(w http.ResponseWriter, r *http.Request) {
-	if s.requireHSToken(w, r) {
-		writeRespError(w, mautrix.MNotFound.WithMessage("Puppets are created through the heirloom API"))
+	if !s.requireHSToken(w, r) {
+		return
 	}
+	if userID := r.PathValue("userID"); s.gateway != nil && s.cfg.IsBridgeUser(id.UserID(userID)) {
+		s.gateway.ForwardQuery(w, r, "users", userID)
+		return
+	}
+	writeRespError(w, mautrix.MNotFound.WithMessage("Puppets are created through the heirloom API"))
 }
 
+// handleQueryAlias answers the homeserver's room alias queries: in gateway mode the bridge's.
 func (s *Server) handleQueryAlias(w http.ResponseWriter, r *http.Request) {
-	if s.requireHSToken(w, r) {
-		writeRespError(w, mautrix.MNotFound.WithMessage("heirloom has no room aliases"))
+	if !s.requireHSToken(w, r) {
+		return
 	}
+	if alias := r.PathValue("alias"); s.gateway != nil && s.cfg.Bridge.IsAlias(id.RoomAlias(alias)) {
+		s.gateway.ForwardQuery(w, r, "rooms", alias)
+		return
+	}
+	writeRespError(w, mautrix.MNotFound.WithMessage("heirloom has no room aliases"))
 }

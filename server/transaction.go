@@ -51,6 +51,9 @@ type Transaction struct {
 	OTKCounts   map[id.UserID]map[id.DeviceID]mautrix.OTKCount
 	// Invalid counts the items that could not be parsed and were skipped.
 	Invalid int
+	// RawEvents and RawEphemeral are the room and ephemeral events as they arrived, every one of
+	// them, for gateway mode to pass on to the bridge.
+	RawEvents, RawEphemeral []json.RawMessage
 }
 
 // ParseTransaction decodes a transaction body. Only a body that is not a JSON object fails;
@@ -75,9 +78,9 @@ func ParseTransaction(body []byte) (*Transaction, error) {
 			}
 		}
 	}
-	txn := &Transaction{Invalid: invalid}
+	txn := &Transaction{Invalid: invalid, RawEvents: raw.Events, RawEphemeral: firstNonNil(raw.Ephemeral, raw.MSC2409Ephemeral)}
 	txn.Events = txn.parseEvents(raw.Events, false)
-	txn.Ephemeral = txn.parseEvents(firstNonNil(raw.Ephemeral, raw.MSC2409Ephemeral), false)
+	txn.Ephemeral = txn.parseEvents(txn.RawEphemeral, false)
 	txn.ToDevice = txn.parseEvents(firstNonNil(raw.ToDevice, raw.MSC2409ToDevice), true)
 	for _, section := range []json.RawMessage{raw.DeviceLists, raw.MSC3202DeviceLists} {
 		if len(section) == 0 {
@@ -185,13 +188,26 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	// Process with a context that outlives the request: the homeserver may time out and retry,
 	// but half-processed state must not be abandoned.
 	procCtx := context.WithoutCancel(ctx)
+	start := time.Now()
 	s.processTransaction(procCtx, txn)
+	processed := time.Since(start)
+	if s.gateway != nil {
+		// The bridge's copy is stored before the homeserver hears the transaction was taken: if
+		// this fails, the homeserver sends it again (heirloom's own processing is idempotent).
+		if err = s.gateway.Ingest(procCtx, txnID+":"+bodyHash[:16], txn.RawEvents, txn.RawEphemeral); err != nil {
+			s.metrics.transactions.WithLabelValues("failed").Inc()
+			log.Err(err).Msg("Failed to store the bridge's part of a transaction; the homeserver will retry it")
+			writeRespError(w, errInternalError)
+			return
+		}
+	}
 	if err = s.db.MarkTxnProcessed(procCtx, txnID, bodyHash); err != nil {
 		s.metrics.errors.WithLabelValues("transaction").Inc()
 		writeError(w, r, err)
 		return
 	}
 	s.metrics.transactions.WithLabelValues("processed").Inc()
+	log.Debug().Dur("processing_took", processed).Dur("took", time.Since(start)).Msg("Transaction handled")
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 
@@ -254,7 +270,7 @@ func (s *Server) trackState(ctx context.Context, evt *event.Event) {
 // than previous). A send also checks the member list itself, so a late transaction only adds
 // safety; the visibility comparison keeps the echo of heirloom's own change from rotating twice.
 func (s *Server) applyState(ctx context.Context, evt *event.Event, previous *event.HistoryVisibilityEventContent) {
-	if evt.Type == event.StateMember && s.cfg.IsPuppet(id.UserID(evt.GetStateKey())) {
+	if evt.Type == event.StateMember && s.cfg.IsManaged(id.UserID(evt.GetStateKey())) {
 		s.history.TrackMembership(ctx, evt)
 	}
 	mautrix.UpdateStateStore(ctx, s.db.StateStore, evt)
@@ -285,7 +301,7 @@ func (s *Server) reactToEvent(ctx context.Context, evt *event.Event) {
 	ctx = log.WithContext(ctx)
 	switch member.Membership {
 	case event.MembershipInvite:
-		if s.cfg.IsPuppet(evt.Sender) {
+		if s.cfg.IsManaged(evt.Sender) {
 			s.history.InviteSent(ctx, evt)
 		}
 		if s.cfg.IsPuppet(target) {
@@ -294,7 +310,7 @@ func (s *Server) reactToEvent(ctx context.Context, evt *event.Event) {
 			log.Info().Msg("Bot was invited to a room")
 		}
 	case event.MembershipJoin:
-		if s.cfg.IsPuppet(target) {
+		if s.cfg.IsManaged(target) {
 			s.history.ObserveJoin(ctx, evt)
 		} else {
 			s.history.InviteeJoined(ctx, evt)

@@ -632,6 +632,35 @@ export class Peer {
         };
     }
 
+    /**
+     * Download and decrypt the encrypted attachment (content.file) of a message in the room's
+     * live timeline, as Element does: the ciphertext through the authenticated media API, then
+     * the Rust crypto's attachment decryption, which checks the file's SHA-256.
+     */
+    async downloadAttachment(params) {
+        const roomId = required(params, "room_id");
+        const eventId = required(params, "event_id");
+        const room = this.room(roomId);
+        const ev = room?.getLiveTimeline().getEvents().find((e) => e.getId() === eventId);
+        if (!ev) throw new Error(`${this.userId} has no event ${eventId} in ${roomId}`);
+        const file = ev.getContent().file;
+        if (!file?.url) throw new Error(`event ${eventId} has no encrypted attachment: ${JSON.stringify(ev.getContent())}`);
+        const match = /^mxc:\/\/([^/]+)\/([^/?#]+)$/.exec(file.url);
+        if (!match) throw new Error(`not an mxc URI: ${file.url}`);
+        const url = new URL(`/_matrix/client/v1/media/download/${encodeURIComponent(match[1])}/${encodeURIComponent(match[2])}`, this.homeserver);
+        const res = await fetch(url, { headers: { Authorization: `Bearer ${this.client.getAccessToken()}` } });
+        const data = new Uint8Array(await res.arrayBuffer());
+        if (!res.ok) throw new Error(`GET ${url.pathname}: HTTP ${res.status}`);
+        const info = { ...file };
+        delete info.url;
+        const plain = RustSdkCryptoJs.Attachment.decrypt(new RustSdkCryptoJs.EncryptedAttachment(data, JSON.stringify(info)));
+        return {
+            ciphertext_size: data.length,
+            size: plain.length,
+            sha256: createHash("sha256").update(plain).digest("hex"),
+        };
+    }
+
     // ---- keys and trust -----------------------------------------------------
 
     /**

@@ -33,6 +33,7 @@ const USER_METHODS = {
     messages: "messages",
     waitForMessage: "waitForMessage",
     downloadMedia: "downloadMedia",
+    downloadAttachment: "downloadAttachment",
     deviceStatus: "deviceStatus",
     exportKeys: "exportKeys",
 };

@@ -1,0 +1,107 @@
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// serveMedia answers a bridge's download of a media ID heirloom handed out for an encrypted file
+// (exposeMedia): the ciphertext is fetched from the homeserver, its SHA-256 checked against the
+// event's before a byte of plaintext goes out, then decrypted. It reports false for any other
+// media, which the homeserver serves as usual.
+func (g *Gateway) serveMedia(w http.ResponseWriter, r *http.Request, user id.UserID, server, mediaID string) bool {
+	if server != g.cfg.Homeserver.Domain || !strings.HasPrefix(mediaID, mediaIDPrefix) {
+		return false
+	}
+	ctx := r.Context()
+	log := zerolog.Ctx(ctx).With().Str("media_id", mediaID).Logger()
+	sealed, err := g.db.GatewayMedia(ctx, mediaID)
+	if err != nil {
+		writeHomeserverError(w, r, err)
+		return true
+	} else if sealed == "" {
+		return false
+	}
+	var file event.EncryptedFileInfo
+	if err = g.mgr.Sealer.OpenJSON(mediaOwner(mediaID), sealed, &file); err != nil {
+		writeHomeserverError(w, r, err)
+		return true
+	}
+	tmp, size, err := g.fetchCiphertext(ctx, user, &file)
+	if err != nil {
+		log.Warn().Err(err).Msg("Failed to serve decrypted media to the bridge")
+		writeMatrixError(w, http.StatusBadGateway, "M_UNKNOWN", err.Error())
+		return true
+	}
+	defer func() {
+		_ = tmp.Close()
+		_ = os.Remove(tmp.Name())
+	}()
+	if err = file.PrepareForDecryption(); err != nil {
+		writeMatrixError(w, http.StatusBadGateway, "M_UNKNOWN", "unusable file keys: "+err.Error())
+		return true
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.Header().Set("Content-Disposition", "attachment")
+	w.WriteHeader(http.StatusOK)
+	plain := file.DecryptStream(tmp)
+	if _, err = io.Copy(w, plain); err != nil {
+		log.Debug().Err(err).Msg("Decrypted media download interrupted")
+	}
+	_ = plain.Close()
+	return true
+}
+
+// fetchCiphertext downloads an encrypted file into a temporary file, within
+// gateway.max_media_size, and checks its hash.
+func (g *Gateway) fetchCiphertext(ctx context.Context, user id.UserID, file *event.EncryptedFileInfo) (*os.File, int64, error) {
+	mxc, err := file.URL.Parse()
+	if err != nil {
+		return nil, 0, fmt.Errorf("bad media URL: %w", err)
+	}
+	resp, err := g.mgr.Client(ctx, user).Download(ctx, mxc)
+	if err != nil {
+		return nil, 0, fmt.Errorf("failed to fetch encrypted media: %w", err)
+	}
+	defer resp.Body.Close()
+	limit := g.cfg.Gateway.MediaCap()
+	if resp.ContentLength > limit {
+		return nil, 0, fmt.Errorf("%w: %d bytes", ErrMediaTooLarge, resp.ContentLength)
+	}
+	tmp, err := os.CreateTemp("", "heirloom-media-*")
+	if err != nil {
+		return nil, 0, err
+	}
+	hasher := sha256.New()
+	n, err := io.Copy(io.MultiWriter(tmp, hasher), io.LimitReader(resp.Body, limit+1))
+	if err == nil && n > limit {
+		err = fmt.Errorf("%w: over %d bytes", ErrMediaTooLarge, limit)
+	}
+	if err == nil {
+		want, decodeErr := base64.RawStdEncoding.DecodeString(strings.TrimRight(file.Hashes.SHA256, "="))
+		if decodeErr != nil || string(want) != string(hasher.Sum(nil)) {
+			err = fmt.Errorf("encrypted media hash does not match the event's: refusing it")
+		}
+	}
+	if err == nil {
+		_, err = tmp.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		_ = tmp.Close()
+		_ = os.Remove(tmp.Name())
+		return nil, 0, err
+	}
+	return tmp, n, nil
+}

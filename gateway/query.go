@@ -1,0 +1,45 @@
+package gateway
+
+import (
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+
+	"github.com/rs/zerolog"
+)
+
+// maxQueryAnswer caps the bridge's answer to a user or alias query (an empty object, per the spec).
+const maxQueryAnswer = 64 << 10
+
+// ForwardQuery asks the bridge whether a user or room alias in its namespace exists (kind "users"
+// or "rooms"), with the bridge's hs_token, and writes its answer: the bridge creates the user or
+// room through heirloom before it answers, as it would against the homeserver. A bridge that cannot
+// be reached is a 404 to the homeserver, which is what the homeserver would have concluded.
+func (g *Gateway) ForwardQuery(w http.ResponseWriter, r *http.Request, kind, subject string) {
+	log := zerolog.Ctx(r.Context()).With().Str("query", kind).Str("subject", subject).Logger()
+	target := g.bridge.URL + "/_matrix/app/v1/" + kind + "/" + url.PathEscape(subject)
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, target, nil)
+	if err != nil {
+		writeMatrixError(w, http.StatusNotFound, "M_NOT_FOUND", "heirloom could not ask the bridge")
+		return
+	}
+	req.Header.Set("Authorization", "Bearer "+g.bridge.Registration.ServerToken)
+	resp, err := g.deliverer.Do(req)
+	if err != nil {
+		log.Warn().Err(err).Msg("The bridge did not answer a query of the homeserver")
+		writeMatrixError(w, http.StatusNotFound, "M_NOT_FOUND", "the bridge did not answer")
+		return
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxQueryAnswer))
+	if err != nil {
+		writeMatrixError(w, http.StatusNotFound, "M_NOT_FOUND", "the bridge's answer could not be read")
+		return
+	}
+	log.Debug().Int("status", resp.StatusCode).Msg("Forwarded a query of the homeserver to the bridge")
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(resp.StatusCode)
+	_, _ = w.Write(body)
+}

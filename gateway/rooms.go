@@ -1,0 +1,139 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// handleInvite runs MSC4268 for a bridge user's invite into an encrypted room: the room's
+// shareable history goes to the invitee's cross-signed devices before the invite is forwarded.
+// The bridge inviting its own users shares nothing: heirloom already holds every key they could get
+// (heisenbridge's bot invites each ghost right before it first speaks; a bundle each time would
+// slow every first line down).
+func (g *Gateway) handleInvite(w http.ResponseWriter, r *http.Request, user id.UserID, roomID id.RoomID) {
+	ctx := r.Context()
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	var req struct {
+		UserID id.UserID `json:"user_id"`
+	}
+	if json.Unmarshal(body, &req) != nil || req.UserID == "" || g.cfg.IsBridgeUser(req.UserID) {
+		g.forwardBody(w, r, body)
+		return
+	}
+	log := zerolog.Ctx(ctx).With().Stringer("room_id", roomID).Stringer("invitee", req.UserID).Logger()
+	ctx = log.WithContext(ctx)
+	if encrypted, err := g.roomEncrypted(ctx, user, roomID); err != nil || !encrypted {
+		g.forwardBody(w, r, body)
+		return
+	}
+	p, err := g.identity(ctx, user)
+	if err != nil {
+		writeHomeserverError(w, r, err)
+		return
+	}
+	b, err := g.history.ShareBeforeInvite(ctx, p, roomID, req.UserID, true)
+	if err != nil {
+		// A bundle over the size cap: the invite goes on without history rather than not at all
+		// (the bridge cannot be told to retry without history, as heirloom's own API says).
+		log.Warn().Err(err).Msg("History sharing failed; inviting without it")
+		if b, err = g.history.ShareBeforeInvite(ctx, p, roomID, req.UserID, false); err != nil {
+			writeHomeserverError(w, r, err)
+			return
+		}
+	}
+	rec := g.forwardRecorded(r.WithContext(ctx), body)
+	var inviteErr error
+	if rec.status != http.StatusOK {
+		inviteErr = &forwardError{status: rec.status}
+	}
+	g.history.InviteDone(ctx, p, b, inviteErr)
+	g.metrics.bundles.WithLabelValues(b.State).Inc()
+	rec.writeTo(w, nil)
+}
+
+// forwardError is a homeserver's refusal of a forwarded request.
+type forwardError struct{ status int }
+
+func (e *forwardError) Error() string { return "the homeserver answered " + http.StatusText(e.status) }
+
+// handleJoin forwards a bridge user's join, recording first which invite it accepts, and then
+// imports the inviter's bundle (MSC4268), as a join through heirloom's own API does. Joins of
+// users without an E2EE identity only record the invite: the device the bundle went to is needed
+// to read it.
+func (g *Gateway) handleJoin(w http.ResponseWriter, r *http.Request, user id.UserID, roomOrAlias string) {
+	ctx := r.Context()
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	p, err := g.mgr.Get(ctx, user)
+	if err != nil || !strings.HasPrefix(roomOrAlias, "!") {
+		// No device (or a join by alias, resolved by the homeserver): the join's echo in the
+		// transaction stream records it (history.ObserveJoin).
+		g.forwardBody(w, r, body)
+		return
+	}
+	roomID := id.RoomID(roomOrAlias)
+	inv, err := g.history.BeforeJoin(ctx, p, roomID)
+	if err != nil {
+		writeHomeserverError(w, r, err)
+		return
+	}
+	rec := g.forwardRecorded(r, body)
+	if rec.status == http.StatusOK {
+		if _, err = g.history.AfterJoin(ctx, p, roomID, inv); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to accept the invite's key bundle after the join")
+		}
+	}
+	rec.writeTo(w, nil)
+}
+
+// handleCreateRoom adds m.room.encryption and gateway.history_visibility to the rooms the bridge
+// creates, when gateway.encrypt_new_rooms asks for it and the request does not set them itself.
+func (g *Gateway) handleCreateRoom(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	if !g.cfg.Gateway.EncryptNewRooms {
+		g.forwardBody(w, r, body)
+		return
+	}
+	var req map[string]any
+	if err := json.Unmarshal(body, &req); err != nil || req == nil {
+		g.forwardBody(w, r, body)
+		return
+	}
+	initial, _ := req["initial_state"].([]any)
+	has := map[string]bool{}
+	for _, raw := range initial {
+		if evt, ok := raw.(map[string]any); ok {
+			if t, ok := evt["type"].(string); ok {
+				has[t] = true
+			}
+		}
+	}
+	if !has[event.StateEncryption.Type] {
+		initial = append(initial, map[string]any{"type": event.StateEncryption.Type, "state_key": "",
+			"content": map[string]any{"algorithm": id.AlgorithmMegolmV1}})
+	}
+	if !has[event.StateHistoryVisibility.Type] {
+		initial = append(initial, map[string]any{"type": event.StateHistoryVisibility.Type, "state_key": "",
+			"content": map[string]any{"history_visibility": g.cfg.Gateway.Visibility()}})
+	}
+	req["initial_state"] = initial
+	out, err := json.Marshal(req)
+	if err != nil {
+		writeHomeserverError(w, r, err)
+		return
+	}
+	g.forwardBody(w, r, out)
+}

@@ -1,0 +1,210 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto/attachment"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/e2ee"
+)
+
+// ErrMediaTooLarge means a file in an event is over gateway.max_media_size.
+var ErrMediaTooLarge = errors.New("media file over gateway.max_media_size")
+
+// identity returns the E2EE identity of a bridge user, creating its device and cross-signing
+// identity the first time it is needed (before its first encrypted send, or when a room needs a
+// reader): ghosts that never speak in an encrypted room get none.
+func (g *Gateway) identity(ctx context.Context, userID id.UserID) (*e2ee.Puppet, error) {
+	p, err := g.mgr.Get(ctx, userID)
+	if err == nil || !errors.Is(err, e2ee.ErrNotProvisioned) {
+		return p, err
+	}
+	defer g.provisioning.WithLock(userID)()
+	if p, err = g.mgr.Get(ctx, userID); err == nil || !errors.Is(err, e2ee.ErrNotProvisioned) {
+		return p, err
+	}
+	ident, err := g.mgr.Provision(ctx, userID, "")
+	if err != nil {
+		return nil, fmt.Errorf("failed to create the E2EE device of %s: %w", userID, err)
+	}
+	g.metrics.devices.Inc()
+	zerolog.Ctx(ctx).Info().Stringer("user_id", userID).Stringer("device_id", ident.DeviceID).
+		Stringer("master_key", ident.MasterKey).Msg("Created the E2EE device and identity of a bridge user")
+	return g.mgr.Get(ctx, userID)
+}
+
+// roomEncrypted reports whether the room is encrypted, loading its state once if heirloom has
+// never seen it.
+func (g *Gateway) roomEncrypted(ctx context.Context, user id.UserID, roomID id.RoomID) (bool, error) {
+	if err := g.mgr.EnsureRoomState(ctx, g.mgr.Client(ctx, user), roomID); err != nil {
+		return false, err
+	}
+	return g.db.StateStore.IsEncrypted(ctx, roomID)
+}
+
+// handleSend encrypts the bridge's send into an encrypted room with the sender's own session, and
+// sends it as m.room.encrypted under the bridge's transaction ID. A retry of that ID answers the
+// event sent the first time, without encrypting again. Sends into unencrypted rooms, and
+// m.room.encrypted events the bridge encrypted itself, go to the homeserver as they are.
+func (g *Gateway) handleSend(w http.ResponseWriter, r *http.Request, user id.UserID, roomID id.RoomID, evtType event.Type, txnID string) {
+	ctx := r.Context()
+	log := zerolog.Ctx(ctx).With().Stringer("room_id", roomID).Str("event_type", evtType.Type).Str("bridge_txn_id", txnID).Logger()
+	ctx = log.WithContext(ctx)
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	encrypted, err := g.roomEncrypted(ctx, user, roomID)
+	switch {
+	case errors.Is(err, e2ee.ErrUnknownRoom):
+		// The sender cannot see the room: the homeserver refuses the send as it would without heirloom.
+		g.forwardBody(w, r, body)
+		return
+	case err != nil:
+		// Never send in the clear into a room that may be encrypted: the bridge gets an error
+		// (JSON with an errcode, which bridges treat as a failed send, not as a reason to resend).
+		log.Warn().Err(err).Msg("Cannot tell whether the room is encrypted; refusing the send")
+		writeMatrixError(w, http.StatusBadGateway, "M_UNKNOWN", "heirloom could not read the room's encryption state from the homeserver")
+		return
+	case !encrypted:
+		g.forwardBody(w, r, body)
+		return
+	case evtType == event.EventEncrypted:
+		if !g.warnedEncrypted.Swap(true) {
+			log.Warn().Msg("The bridge sends m.room.encrypted events itself: forwarding them untouched (turn the bridge's own encryption off)")
+		}
+		g.forwardBody(w, r, body)
+		return
+	}
+	var content map[string]any
+	if err = json.Unmarshal(body, &content); err != nil || content == nil {
+		// Not ours to judge: the homeserver answers a malformed event as it would without heirloom.
+		g.forwardBody(w, r, body)
+		return
+	}
+	defer g.sendLocks.WithLock(user.String() + "|" + txnID)()
+	if eventID, err := g.db.GatewaySend(ctx, user, txnID); err != nil {
+		writeHomeserverError(w, r, err)
+		return
+	} else if eventID != "" {
+		writeJSON(w, http.StatusOK, mautrix.RespSendEvent{EventID: eventID})
+		return
+	}
+	p, err := g.identity(ctx, user)
+	if err != nil {
+		writeHomeserverError(w, r, err)
+		return
+	}
+	if err = g.encryptMedia(ctx, p, evtType, content); err != nil {
+		if errors.Is(err, ErrMediaTooLarge) {
+			writeMatrixError(w, http.StatusRequestEntityTooLarge, mautrix.MTooLarge.ErrCode, err.Error())
+			return
+		}
+		writeHomeserverError(w, r, err)
+		return
+	}
+	plain, err := json.Marshal(content)
+	if err != nil {
+		writeHomeserverError(w, r, err)
+		return
+	}
+	eventID, err := p.SendMessageTxn(ctx, roomID, evtType, json.RawMessage(plain), txnID)
+	if err != nil {
+		writeHomeserverError(w, r, err)
+		return
+	}
+	if err = g.db.PutGatewaySend(ctx, user, txnID, eventID); err != nil {
+		log.Warn().Err(err).Msg("Failed to record the send; a retry would be answered by the homeserver's own deduplication")
+	}
+	g.metrics.encryptedSends.Inc()
+	writeJSON(w, http.StatusOK, mautrix.RespSendEvent{EventID: eventID})
+}
+
+// mediaMsgTypes are the message types whose url is a file of the event.
+var mediaMsgTypes = map[string]bool{"m.image": true, "m.file": true, "m.video": true, "m.audio": true}
+
+// encryptMedia replaces the plaintext media of an event bound for an encrypted room (url, and
+// info.thumbnail_url) by encrypted attachments (file, info.thumbnail_file): each file is fetched
+// from the homeserver, encrypted and uploaded again. The plaintext upload stays in the media
+// repository; only the homeserver's admin can remove it.
+func (g *Gateway) encryptMedia(ctx context.Context, p *e2ee.Puppet, evtType event.Type, content map[string]any) error {
+	msgtype, _ := content["msgtype"].(string)
+	if !mediaMsgTypes[msgtype] && evtType != event.EventSticker {
+		return nil
+	}
+	if uri, ok := content["url"].(string); ok && strings.HasPrefix(uri, "mxc://") {
+		file, err := g.encryptFile(ctx, p, uri)
+		if err != nil {
+			return err
+		}
+		delete(content, "url")
+		content["file"] = file
+	}
+	if info, ok := content["info"].(map[string]any); ok {
+		if uri, ok := info["thumbnail_url"].(string); ok && strings.HasPrefix(uri, "mxc://") {
+			file, err := g.encryptFile(ctx, p, uri)
+			if err != nil {
+				return err
+			}
+			delete(info, "thumbnail_url")
+			info["thumbnail_file"] = file
+		}
+	}
+	return nil
+}
+
+// encryptFile fetches a file from the homeserver (within gateway.max_media_size, refused from its
+// Content-Length before it is read), encrypts it as an attachment and uploads the ciphertext.
+func (g *Gateway) encryptFile(ctx context.Context, p *e2ee.Puppet, uri string) (*event.EncryptedFileInfo, error) {
+	mxc, err := id.ParseContentURI(uri)
+	if err != nil {
+		return nil, fmt.Errorf("bad media URL %q: %w", uri, err)
+	}
+	limit := g.cfg.Gateway.MediaCap()
+	resp, err := p.Client.Download(ctx, mxc)
+	if err != nil {
+		return nil, fmt.Errorf("failed to fetch media to encrypt: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength > limit {
+		return nil, fmt.Errorf("%w: %s is %d bytes, over %d", ErrMediaTooLarge, uri, resp.ContentLength, limit)
+	}
+	tmp, err := os.CreateTemp("", "heirloom-media-*")
+	if err != nil {
+		return nil, fmt.Errorf("failed to buffer media: %w", err)
+	}
+	defer func() {
+		_ = tmp.Close()
+		_ = os.Remove(tmp.Name())
+	}()
+	n, err := io.Copy(tmp, io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("failed to fetch media to encrypt: %w", err)
+	} else if n > limit {
+		return nil, fmt.Errorf("%w: %s is over %d bytes", ErrMediaTooLarge, uri, limit)
+	}
+	if _, err = tmp.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	file := attachment.NewEncryptedFile()
+	stream := file.EncryptStream(tmp)
+	upload, err := p.Client.UploadMedia(ctx, mautrix.ReqUploadMedia{Content: stream, ContentLength: n, ContentType: "application/octet-stream"})
+	if err != nil {
+		return nil, fmt.Errorf("failed to upload encrypted media: %w", err)
+	}
+	if err = stream.Close(); err != nil { // sets the hash
+		return nil, fmt.Errorf("failed to encrypt media: %w", err)
+	}
+	return &event.EncryptedFileInfo{EncryptedFile: *file, URL: upload.ContentURI.CUString()}, nil
+}
