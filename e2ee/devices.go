@@ -20,7 +20,15 @@ import (
 //     reported while heirloom was down or restarting may be lost (Synapse keeps the events,
 //     ephemeral events and to-device messages of a transaction it could not deliver for its
 //     retries, and drops its device lists).
+//   - when the homeserver repeats a transaction or heirloom answers one with an error, every list
+//     is marked outdated too: Synapse then holds heirloom down and drops the device lists of the
+//     transactions it queues (server.heldDown);
+//   - and every DeviceListMaxAge (RunMaintenance), as a bound on a change never reported.
 // A send into a room whose members' lists are all current costs no key query.
+
+// DeviceListMaxAge is how long a device list is trusted without a reported change: one key query
+// per member and hour in a room that keeps sending.
+const DeviceListMaxAge = time.Hour
 
 // deviceListChanges numbers the device-list changes reported per user, so a fetch that was in
 // flight when one arrived can tell that its answer may predate it.

@@ -94,15 +94,24 @@ func (m *Manager) ReplenishKeys(ctx context.Context) {
 	}
 }
 
-// RunMaintenance replenishes one-time keys and evicts idle machines until ctx ends.
+// RunMaintenance replenishes one-time keys and evicts idle machines until ctx ends. Every
+// DeviceListMaxAge it marks each tracked device list outdated, as a bound on how long a change the
+// homeserver never reported can go unseen.
 func (m *Manager) RunMaintenance(ctx context.Context, every time.Duration) {
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
+	refreshed := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-ticker.C:
+			if time.Since(refreshed) >= DeviceListMaxAge {
+				refreshed = time.Now()
+				if err := m.MarkDeviceListsOutdated(ctx); err != nil {
+					zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to mark device lists outdated")
+				}
+			}
 			m.ReplenishKeys(ctx)
 			m.SweepLoaded(ctx)
 			if n := m.EvictIdle(); n > 0 {

@@ -510,3 +510,23 @@ func TestTransactionIDReusedAfterHomeserverRestart(t *testing.T) {
 	require.True(t, h.metric(t, `heirloom_events_total{section="events",type="m.room.history_visibility"} 2`))
 	require.False(t, h.rotateAfter(t).IsZero(), "the second transaction's visibility change was applied")
 }
+
+// A repeated transaction means the homeserver held heirloom to be down, and Synapse drops the
+// device-list changes of what it queued meanwhile: every tracked list must be fetched again.
+func TestRepeatedTransactionMarksDeviceListsOutdated(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	_, err := h.db.Raw.Exec(ctx, `INSERT INTO crypto_tracked_user (user_id, devices_outdated) VALUES ('@alice:localhost', false)`)
+	require.NoError(t, err)
+	outdated := func() bool {
+		var v bool
+		require.NoError(t, h.db.Raw.QueryRow(ctx, `SELECT devices_outdated FROM crypto_tracked_user WHERE user_id='@alice:localhost'`).Scan(&v))
+		return v
+	}
+	resp := h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/txn-7", "Bearer "+hsToken, strings.NewReader(emptyTxn))
+	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+	require.False(t, outdated(), "a transaction delivered once leaves a current list current")
+	resp = h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/txn-7", "Bearer "+hsToken, strings.NewReader(emptyTxn))
+	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+	require.True(t, outdated(), "after a repeated transaction the list is fetched again before the next share")
+}

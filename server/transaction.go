@@ -170,11 +170,13 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	bodyHash := hex.EncodeToString(sum[:])
 	if done, err := s.db.IsTxnProcessed(ctx, txnID, bodyHash); err != nil {
 		s.metrics.errors.WithLabelValues("transaction").Inc()
+		s.heldDown(ctx, "a transaction failed")
 		writeError(w, r, err)
 		return
 	} else if done {
 		s.metrics.transactions.WithLabelValues("duplicate").Inc()
 		log.Debug().Msg("Ignoring repeated transaction")
+		s.heldDown(ctx, "the homeserver repeated a transaction")
 		writeJSON(w, http.StatusOK, struct{}{})
 		return
 	}
@@ -197,18 +199,34 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 		if err = s.gateway.Ingest(procCtx, txnID+":"+bodyHash[:16], txn.RawEvents, txn.RawEphemeral); err != nil {
 			s.metrics.transactions.WithLabelValues("failed").Inc()
 			log.Err(err).Msg("Failed to store the bridge's part of a transaction; the homeserver will retry it")
+			s.heldDown(procCtx, "a transaction failed")
 			writeRespError(w, errInternalError)
 			return
 		}
 	}
 	if err = s.db.MarkTxnProcessed(procCtx, txnID, bodyHash); err != nil {
 		s.metrics.errors.WithLabelValues("transaction").Inc()
+		s.heldDown(procCtx, "a transaction failed")
 		writeError(w, r, err)
 		return
 	}
 	s.metrics.transactions.WithLabelValues("processed").Inc()
 	log.Debug().Dur("processing_took", processed).Dur("took", time.Since(start)).Msg("Transaction handled")
 	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// heldDown is called when the homeserver has, or will have, held heirloom to be down: it repeats a
+// transaction, or heirloom answers one with an error. Synapse keeps the events, ephemeral events
+// and to-device messages of the transactions it queues meanwhile, and drops their device-list
+// changes, so every device list heirloom tracks is fetched again before a room key is next shared
+// with its user: a device added meanwhile gets the key, and a device removed meanwhile does not.
+func (s *Server) heldDown(ctx context.Context, why string) {
+	if err := s.mgr.MarkDeviceListsOutdated(ctx); err != nil {
+		zerolog.Ctx(ctx).Err(err).Str("reason", why).Msg("Failed to mark device lists outdated")
+		return
+	}
+	zerolog.Ctx(ctx).Info().Str("reason", why).
+		Msg("Marked every tracked device list outdated: the homeserver drops device-list changes while it holds heirloom down")
 }
 
 // processTransaction applies a transaction in order: room state first (so encryption and
