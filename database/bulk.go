@@ -11,22 +11,33 @@ import (
 	"go.mau.fi/util/dbutil"
 )
 
-// bulkCacheKiB is the SQLite page cache of a bulk transaction's connection, in KiB. A 100,000-session
-// import's primary-key index (session IDs, in random order) is ≈ 8 MB, and every index page it
-// touches is needed again soon: with SQLite's default 2 MB cache those pages are evicted and read
-// back from the WAL all the time. 16 MB holds the index of the largest bundle the default
-// history_sharing.max_bundle_size admits (≈ 130,000 sessions); larger caches measured no faster
-// (the table's own pages are written once, in order). The cache grows only as far as the
-// transaction needs it and is given back when it ends.
-const bulkCacheKiB = 16384
+// The SQLite page cache of a bulk transaction's connection. A 100,000-session import's primary-key
+// index (session IDs, in random order) is ≈ 8 MB, and every index page it touches is needed again
+// soon: with SQLite's default 2 MB cache those pages are evicted and read back from the WAL all the
+// time. The index is about a seventh of the bundle's bytes, so the cache is a quarter of them
+// (bulkCacheShare), between SQLite's default and 16 MB, which holds the index of the largest bundle
+// the default history_sharing.max_bundle_size admits (≈ 130,000 sessions). Larger caches measured
+// no faster: the table's own pages are written once, in order, but they fill whatever cache there
+// is, so the cache is what an import adds to heirloom's peak memory, and a fixed 16 MB took a
+// 25 MB bundle's import over the bundle's own size. The cache is given back when the transaction ends.
+const (
+	bulkCacheMinKiB = 2048
+	bulkCacheMaxKiB = 16384
+	bulkCacheShare  = 4
+)
 
-// DoBulkTxn is DoTxn for a transaction that writes a lot at once (a key bundle import): fn runs in one
-// transaction, committed if it returns nil. On SQLite it runs on a connection of its own, with a page
-// cache sized for the work and without the WAL checkpoint in the commit: the commit makes the
+// bulkCacheKiB is the page cache for a bulk transaction writing about size bytes.
+func bulkCacheKiB(size int64) int64 {
+	return min(max(size/bulkCacheShare/1024, bulkCacheMinKiB), bulkCacheMaxKiB)
+}
+
+// DoBulkTxn is DoTxn for a transaction that writes about size bytes at once (a key bundle import): fn
+// runs in one transaction, committed if it returns nil. On SQLite it runs on a connection of its own,
+// with a page cache sized for the work (bulkCacheKiB) and without the WAL checkpoint in the commit: the commit makes the
 // transaction durable in the WAL (as every SQLite commit here does), and copying the WAL back into
 // the database file (≈ as many bytes again as the import wrote) runs on that connection after the
 // commit, in the background, instead of inside the caller's wait. Close waits for it.
-func (db *Database) DoBulkTxn(ctx context.Context, fn func(ctx context.Context) error) error {
+func (db *Database) DoBulkTxn(ctx context.Context, size int64, fn func(ctx context.Context) error) error {
 	if db.Raw.Dialect != dbutil.SQLite {
 		return db.DoTxn(ctx, fn)
 	}
@@ -56,7 +67,7 @@ func (db *Database) DoBulkTxn(ctx context.Context, fn func(ctx context.Context) 
 		_ = conn.Close()
 		return fmt.Errorf("failed to read connection settings: %w", err)
 	}
-	if _, err = conn.ExecContext(ctx, fmt.Sprintf("PRAGMA cache_size = -%d", bulkCacheKiB)); err == nil {
+	if _, err = conn.ExecContext(ctx, fmt.Sprintf("PRAGMA cache_size = -%d", bulkCacheKiB(size))); err == nil {
 		_, err = conn.ExecContext(ctx, "PRAGMA wal_autocheckpoint = 0")
 	}
 	if err != nil {

@@ -39,9 +39,9 @@ func writeTxns(ctx context.Context, db *database.Database, prefix string, n int)
 func TestBulkTxnCommitsOrRollsBack(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, db *database.Database) {
 		ctx := context.Background()
-		require.NoError(t, db.DoBulkTxn(ctx, func(ctx context.Context) error { return writeTxns(ctx, db, "kept", 3) }))
+		require.NoError(t, db.DoBulkTxn(ctx, 0, func(ctx context.Context) error { return writeTxns(ctx, db, "kept", 3) }))
 		failure := errors.New("bundle hash mismatch")
-		err := db.DoBulkTxn(ctx, func(ctx context.Context) error {
+		err := db.DoBulkTxn(ctx, 0, func(ctx context.Context) error {
 			if err := writeTxns(ctx, db, "dropped", 3); err != nil {
 				return err
 			}
@@ -73,8 +73,9 @@ func TestSQLiteBulkTxnConnectionAndCheckpoint(t *testing.T) {
 	require.NoError(t, err)
 
 	const pages = 1500 // more than the 1,000-page automatic checkpoint
-	require.NoError(t, db.DoBulkTxn(ctx, func(ctx context.Context) error {
-		require.Equal(t, -16384, pragma(ctx, "cache_size"))
+	// A 40 MB bundle's import gets a 10 MB cache: a quarter of its bytes.
+	require.NoError(t, db.DoBulkTxn(ctx, 40<<20, func(ctx context.Context) error {
+		require.Equal(t, -10240, pragma(ctx, "cache_size"))
 		require.Zero(t, pragma(ctx, "wal_autocheckpoint"))
 		return writeTxns(ctx, db, "bulk", pages)
 	}))
@@ -92,6 +93,16 @@ func TestCloseWaitsForBulkCheckpoint(t *testing.T) {
 	db, err := database.Open(testdb.SQLite(t), zerolog.Nop())
 	require.NoError(t, err)
 	require.NoError(t, db.Upgrade(context.Background()))
-	require.NoError(t, db.DoBulkTxn(context.Background(), func(ctx context.Context) error { return writeTxns(ctx, db, "bulk", 1200) }))
+	require.NoError(t, db.DoBulkTxn(context.Background(), 0, func(ctx context.Context) error { return writeTxns(ctx, db, "bulk", 1200) }))
 	require.NoError(t, db.Close(), "closing while the checkpoint runs neither fails nor races it")
+}
+
+// The cache is a quarter of the bytes written, never below SQLite's default nor above 16 MB.
+func TestBulkCacheSize(t *testing.T) {
+	for _, c := range []struct {
+		size int64
+		kib  int64
+	}{{0, 2048}, {4 << 20, 2048}, {25 << 20, 6400}, {51 << 20, 13056}, {256 << 20, 16384}} {
+		require.Equal(t, c.kib, database.BulkCacheKiB(c.size), "size %d", c.size)
+	}
 }

@@ -141,7 +141,7 @@ func TestSessionInserterRoundTripsThroughMautrix(t *testing.T) {
 			sessions = append(sessions, &igs)
 			rows = append(rows, NewSessionRow{SessionID: igs.ID(), SenderKey: igs.SenderKey, SigningKey: igs.SigningKey, Pickle: pickled})
 		}
-		require.NoError(t, mgr.db.DoBulkTxn(ctx, func(ctx context.Context) error {
+		require.NoError(t, mgr.db.DoBulkTxn(ctx, 0, func(ctx context.Context) error {
 			si, err := bulk.NewSessionInserter(ctx, like)
 			require.NoError(t, err)
 			defer si.Close()
@@ -198,7 +198,7 @@ func TestSessionInserterReportsHeldSessions(t *testing.T) {
 		require.NoError(t, other.Store.PutGroupSession(ctx, fullSessionFrom(t, mgr, rows[4], roomID)))
 		before1, before3 := rowValues(t, p, rows[1].SessionID), rowValues(t, p, rows[3].SessionID)
 		var held []int
-		require.NoError(t, mgr.db.DoBulkTxn(ctx, func(ctx context.Context) error {
+		require.NoError(t, mgr.db.DoBulkTxn(ctx, 0, func(ctx context.Context) error {
 			si, err := p.NewSessionInserter(ctx, like)
 			require.NoError(t, err)
 			defer si.Close()

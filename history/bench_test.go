@@ -512,7 +512,11 @@ func BenchmarkImportBundle(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				res, err = env.svc.importBundle(context.Background(), dst, rb, f)
+				info, err := f.Stat()
+				if err != nil {
+					b.Fatal(err)
+				}
+				res, err = env.svc.importBundle(context.Background(), dst, rb, f, info.Size())
 				elapsed := time.Since(start)
 				b.StopTimer()
 				cpu = append(cpu, millis(cpuTime()-cpuStart))

@@ -48,9 +48,9 @@ const itemChunk = 64
 // the key checks (an Ed25519 point decompression per session) and the pickling run on every core
 // while the writer inserts in batches. The puppet's sessions are locked for the whole transaction
 // (Puppet.LockSessionsExclusive), so no decryption writes a session back in between. The
-// transaction is a bulk one (database.DoBulkTxn): durable when it returns, its WAL checkpoint
+// transaction is a bulk one (database.DoBulkTxn, sized by the bundle's bytes): durable when it returns, its WAL checkpoint
 // left to the background.
-func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.ReceivedBundle, plaintext io.ReadCloser) (importResult, error) {
+func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.ReceivedBundle, plaintext io.ReadCloser, size int64) (importResult, error) {
 	var res importResult
 	log := zerolog.Ctx(ctx)
 	defer p.LockSessionsExclusive()()
@@ -67,7 +67,7 @@ func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.
 		KeySource:        id.KeySourceForward,
 		SourceUser:       b.Sender,
 	}
-	err := s.db.DoBulkTxn(ctx, func(ctx context.Context) error {
+	err := s.db.DoBulkTxn(ctx, size, func(ctx context.Context) error {
 		res = importResult{}
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()

@@ -56,7 +56,7 @@ func TestBundleCannotReplaceHeldKeyWithForgery(t *testing.T) {
 		}}, "withheld": []any{}})
 		require.NoError(t, err)
 		rb := storedBundle(t, env, p.UserID, "@mallory:localhost")
-		res, err := env.svc.importBundle(ctx, p, rb, io.NopCloser(bytes.NewReader(bundle)))
+		res, err := env.svc.importBundle(ctx, p, rb, io.NopCloser(bytes.NewReader(bundle)), int64(len(bundle)))
 		require.NoError(t, err)
 		return res
 	}

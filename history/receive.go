@@ -417,7 +417,11 @@ func (s *Service) downloadAndImport(ctx context.Context, p *e2ee.Puppet, b *data
 		b.State, b.Error = database.ReceivedFailed, err.Error()
 		return false
 	}
-	if _, err = s.importBundle(ctx, p, b, plaintext); err != nil {
+	var size int64
+	if st, err := file.Stat(); err == nil {
+		size = st.Size()
+	}
+	if _, err = s.importBundle(ctx, p, b, plaintext, size); err != nil {
 		// Rolled back: nothing of the bundle is stored, and the report says so.
 		b.State, b.Error = database.ReceivedFailed, err.Error()
 		b.Imported, b.Withheld, b.Skipped = 0, 0, 0

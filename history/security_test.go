@@ -82,7 +82,7 @@ func bundleOf(t *testing.T, keys []keybundle.RoomKey, withheld []keybundle.Withh
 func importPlain(t *testing.T, env *benchEnv, p *e2ee.Puppet, plaintext []byte) (importResult, error) {
 	t.Helper()
 	rb := storedBundle(t, env, p.UserID, "@inviter:localhost")
-	return env.svc.importBundle(context.Background(), p, rb, io.NopCloser(bytes.NewReader(plaintext)))
+	return env.svc.importBundle(context.Background(), p, rb, io.NopCloser(bytes.NewReader(plaintext)), int64(len(plaintext)))
 }
 
 // rowOf is the stored row for a session ID, whatever its room.

@@ -1,0 +1,4 @@
+package database
+
+// BulkCacheKiB is bulkCacheKiB, for the tests.
+var BulkCacheKiB = bulkCacheKiB
