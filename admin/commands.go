@@ -244,7 +244,7 @@ func (b *Bot) identity(ctx context.Context, _ id.UserID, args []string) string {
 	}
 	if bot, err := b.mgr.Get(ctx, b.userID); err == nil {
 		// The identity as the homeserver has it now: a change heirloom had not heard of shows.
-		_, _ = bot.Mach.FetchKeys(ctx, []id.UserID{userID}, true)
+		_, _ = bot.FetchDevices(ctx, []id.UserID{userID})
 	}
 	var status *e2ee.IdentityStatus
 	if len(args) == 3 {

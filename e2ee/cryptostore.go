@@ -427,8 +427,11 @@ func (m *Manager) storedDevices(ctx context.Context, users []id.UserID) (map[id.
 		for i, u := range chunk {
 			args[i] = u
 		}
-		rows, err := m.shared.DB.Query(ctx, `SELECT user_id, device_id, identity_key, signing_key, trust, deleted, name
-			FROM crypto_device WHERE user_id IN (`+placeholderList(1, len(chunk), '$')+`) AND deleted=false`, args...)
+		// As GetDevices: the devices of users whose list heirloom tracks (a puppet's own device is
+		// stored untracked, and mautrix stops tracking a user after a hundred failed fetches).
+		rows, err := m.shared.DB.Query(ctx, `SELECT d.user_id, d.device_id, d.identity_key, d.signing_key, d.trust, d.deleted, d.name
+			FROM crypto_device d JOIN crypto_tracked_user t ON t.user_id=d.user_id
+			WHERE d.user_id IN (`+placeholderList(1, len(chunk), '$')+`) AND d.deleted=false`, args...)
 		err = iterate(rows, err, func(row dbutil.Scannable) (*id.Device, error) {
 			var d id.Device
 			err := row.Scan(&d.UserID, &d.DeviceID, &d.IdentityKey, &d.SigningKey, &d.Trust, &d.Deleted, &d.Name)

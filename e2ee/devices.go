@@ -23,12 +23,16 @@ import (
 //   - when the homeserver repeats a transaction or heirloom answers one with an error, every list
 //     is marked outdated too: Synapse then holds heirloom down and drops the device lists of the
 //     transactions it queues (server.heldDown);
-//   - and every DeviceListMaxAge (RunMaintenance), as a bound on a change never reported.
+//   - invited members are fetched on every send (the homeserver reports changes only of users who
+//     share a joined room with heirloom's users);
+//   - and every list every DeviceListMaxAge (RunMaintenance), as a bound on a change never
+//     reported (a transaction lost before it reached heirloom, a fetch mautrix makes itself while
+//     a change is reported).
 // A send into a room whose members' lists are all current costs no key query.
 
 // DeviceListMaxAge is how long a device list is trusted without a reported change: one key query
-// per member and hour in a room that keeps sending.
-const DeviceListMaxAge = time.Hour
+// per member every quarter of an hour in a room that keeps sending.
+const DeviceListMaxAge = 15 * time.Minute
 
 // deviceListChanges numbers the device-list changes reported per user, so a fetch that was in
 // flight when one arrived can tell that its answer may predate it.
@@ -78,7 +82,12 @@ func (c *deviceListChanges) since(before map[id.UserID]uint64) []id.UserID {
 // is outdated or was never fetched. If that query fails (or does not answer for some users), their
 // last known devices are used and their lists stay outdated, so the next send tries again (after
 // five failures in a row, with mautrix's backoff: deviceListState.dueAt).
-func (p *Puppet) memberDevices(ctx context.Context, users []id.UserID) (map[id.UserID]map[id.DeviceID]*id.Device, error) {
+//
+// Invited members (invited) are fetched on every send, within the same backoff: the homeserver
+// reports device-list changes only of users who share a joined room with heirloom's users, so a
+// device an invitee adds is never reported, and what is sent while they are invited is theirs to
+// read.
+func (p *Puppet) memberDevices(ctx context.Context, users []id.UserID, invited map[id.UserID]bool) (map[id.UserID]map[id.DeviceID]*id.Device, error) {
 	log := zerolog.Ctx(ctx)
 	states, err := p.mgr.deviceListStates(ctx, users)
 	if err != nil {
@@ -87,26 +96,18 @@ func (p *Puppet) memberDevices(ctx context.Context, users []id.UserID) (map[id.U
 	var fetch []id.UserID
 	now := time.Now().Unix()
 	for _, u := range users {
-		if st, tracked := states[u]; !tracked || st.Outdated && st.dueAt() <= now {
+		if st, tracked := states[u]; !tracked || (st.Outdated || invited[u]) && st.dueAt() <= now {
 			fetch = append(fetch, u)
 		}
 	}
 	out := make(map[id.UserID]map[id.DeviceID]*id.Device, len(users))
 	if len(fetch) > 0 {
-		before := p.mgr.deviceChanges.snapshot(fetch)
-		fetched, err := p.Mach.FetchKeys(ctx, fetch, true)
+		fetched, err := p.FetchDevices(ctx, fetch)
 		if err != nil {
 			log.Warn().Err(err).Int("users", len(fetch)).Msg("Failed to fetch device lists; using the last known devices")
 		}
 		for u, devices := range fetched {
 			out[u] = devices
-		}
-		// The answer may predate a change reported while the query was in flight, and storing it
-		// marked those lists current: they are not.
-		if changed := p.mgr.deviceChanges.since(before); len(changed) > 0 {
-			if err = p.mgr.shared.MarkTrackedUsersOutdated(ctx, changed); err != nil {
-				return nil, fmt.Errorf("failed to mark device lists outdated: %w", err)
-			}
 		}
 	}
 	var stored []id.UserID
@@ -125,4 +126,19 @@ func (p *Puppet) memberDevices(ctx context.Context, users []id.UserID) (map[id.U
 		}
 	}
 	return out, nil
+}
+
+// FetchDevices queries the homeserver for the users' devices and stores them in the shared tables
+// (mautrix's FetchKeys), which marks their lists current. A change reported while the query was in
+// flight may postdate the answer: those lists are marked outdated again. Every fetch heirloom makes
+// itself goes through here.
+func (p *Puppet) FetchDevices(ctx context.Context, users []id.UserID) (map[id.UserID]map[id.DeviceID]*id.Device, error) {
+	before := p.mgr.deviceChanges.snapshot(users)
+	fetched, err := p.Mach.FetchKeys(ctx, users, true)
+	if changed := p.mgr.deviceChanges.since(before); len(changed) > 0 {
+		if markErr := p.mgr.shared.MarkTrackedUsersOutdated(ctx, changed); markErr != nil {
+			return fetched, fmt.Errorf("failed to mark device lists outdated: %w", markErr)
+		}
+	}
+	return fetched, err
 }

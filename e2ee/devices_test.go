@@ -142,33 +142,33 @@ func TestMemberDevicesQueryOnlyWhatChanged(t *testing.T) {
 	ks.add(t, bob, "BOB1")
 	members := []id.UserID{alice, bob}
 
-	got, err := p.memberDevices(ctx, members)
+	got, err := p.memberDevices(ctx, members, nil)
 	require.NoError(t, err)
 	require.Equal(t, map[id.UserID][]id.DeviceID{alice: {"ALICE1"}, bob: {"BOB1"}}, deviceIDs(got))
 	require.Equal(t, [][]id.UserID{{alice, bob}}, ks.takeQueries(), "users never queried are queried, in one query")
 
 	for range 3 {
-		got, err = p.memberDevices(ctx, members)
+		got, err = p.memberDevices(ctx, members, nil)
 		require.NoError(t, err)
 		require.Equal(t, map[id.UserID][]id.DeviceID{alice: {"ALICE1"}, bob: {"BOB1"}}, deviceIDs(got))
 	}
-	got, err = q.memberDevices(ctx, members)
+	got, err = q.memberDevices(ctx, members, nil)
 	require.NoError(t, err)
 	require.Equal(t, map[id.UserID][]id.DeviceID{alice: {"ALICE1"}, bob: {"BOB1"}}, deviceIDs(got))
 	require.Empty(t, ks.takeQueries(), "unchanged lists cost no query, for any puppet")
 
 	ks.add(t, alice, "ALICE2")
 	mgr.RouteDeviceListChanges(ctx, []id.UserID{alice})
-	got, err = q.memberDevices(ctx, members)
+	got, err = q.memberDevices(ctx, members, nil)
 	require.NoError(t, err)
 	require.Equal(t, map[id.UserID][]id.DeviceID{alice: {"ALICE1", "ALICE2"}, bob: {"BOB1"}}, deviceIDs(got))
 	require.Equal(t, [][]id.UserID{{alice}}, ks.takeQueries(), "only the changed member is queried")
-	_, err = p.memberDevices(ctx, members)
+	_, err = p.memberDevices(ctx, members, nil)
 	require.NoError(t, err)
 	require.Empty(t, ks.takeQueries(), "one puppet's query serves the others")
 
 	require.NoError(t, mgr.MarkDeviceListsOutdated(ctx))
-	_, err = p.memberDevices(ctx, members)
+	_, err = p.memberDevices(ctx, members, nil)
 	require.NoError(t, err)
 	require.Equal(t, [][]id.UserID{{alice, bob}}, ks.takeQueries(), "after a restart every list is queried again")
 }
@@ -182,7 +182,7 @@ func TestMemberDevicesChangeDuringQuery(t *testing.T) {
 	p.Client.HomeserverURL = hsURL
 	alice := id.UserID("@alice:localhost")
 	ks.add(t, alice, "ALICE1")
-	_, err := p.memberDevices(ctx, []id.UserID{alice})
+	_, err := p.memberDevices(ctx, []id.UserID{alice}, nil)
 	require.NoError(t, err)
 	ks.takeQueries()
 
@@ -193,11 +193,11 @@ func TestMemberDevicesChangeDuringQuery(t *testing.T) {
 			once.Do(func() { mgr.RouteDeviceListChanges(ctx, []id.UserID{alice}) }) // a second change, answered from before it
 		}
 	})
-	_, err = p.memberDevices(ctx, []id.UserID{alice})
+	_, err = p.memberDevices(ctx, []id.UserID{alice}, nil)
 	require.NoError(t, err)
 	require.Len(t, ks.takeQueries(), 1)
 	ks.add(t, alice, "ALICE2")
-	got, err := p.memberDevices(ctx, []id.UserID{alice})
+	got, err := p.memberDevices(ctx, []id.UserID{alice}, nil)
 	require.NoError(t, err)
 	require.Len(t, ks.takeQueries(), 1, "the list the change came during is queried again")
 	require.Equal(t, map[id.UserID][]id.DeviceID{alice: {"ALICE1", "ALICE2"}}, deviceIDs(got))
@@ -213,19 +213,19 @@ func TestMemberDevicesQueryFailure(t *testing.T) {
 	alice, carol := id.UserID("@alice:localhost"), id.UserID("@carol:localhost")
 	ks.add(t, alice, "ALICE1")
 	ks.add(t, carol, "CAROL1")
-	_, err := p.memberDevices(ctx, []id.UserID{alice})
+	_, err := p.memberDevices(ctx, []id.UserID{alice}, nil)
 	require.NoError(t, err)
 	ks.takeQueries()
 
 	mgr.RouteDeviceListChanges(ctx, []id.UserID{alice})
 	ks.set(func() { ks.fail = true })
-	got, err := p.memberDevices(ctx, []id.UserID{alice, carol})
+	got, err := p.memberDevices(ctx, []id.UserID{alice, carol}, nil)
 	require.NoError(t, err)
 	require.Equal(t, map[id.UserID][]id.DeviceID{alice: {"ALICE1"}}, deviceIDs(got),
 		"the last known devices, and none for a user never fetched")
 	require.NotEmpty(t, ks.takeQueries())
 	ks.set(func() { ks.fail = false })
-	got, err = p.memberDevices(ctx, []id.UserID{alice, carol})
+	got, err = p.memberDevices(ctx, []id.UserID{alice, carol}, nil)
 	require.NoError(t, err)
 	require.Equal(t, [][]id.UserID{{alice, carol}}, ks.takeQueries(), "both are queried again")
 	require.Equal(t, map[id.UserID][]id.DeviceID{alice: {"ALICE1"}, carol: {"CAROL1"}}, deviceIDs(got))
@@ -248,6 +248,9 @@ func TestDeviceTablesRoundTripThroughMautrix(t *testing.T) {
 		require.NoError(t, mgr.shared.PutDevices(ctx, bob, map[id.DeviceID]*id.Device{"B1": device(bob, "B1", id.TrustStateUnset)}))
 		require.NoError(t, mgr.shared.PutDevices(ctx, bob, map[id.DeviceID]*id.Device{"B2": device(bob, "B2", id.TrustStateUnset)})) // B1 deleted
 		require.NoError(t, mgr.shared.PutDevices(ctx, carol, map[id.DeviceID]*id.Device{}))
+		// A device stored without its user's list (mautrix stores a puppet's own device so): not
+		// tracked, so GetDevices returns nothing for dave, and neither may storedDevices.
+		require.NoError(t, mgr.shared.PutDevice(ctx, dave, device(dave, "D1", id.TrustStateUnset)))
 		require.NoError(t, mgr.shared.MarkTrackedUsersOutdated(ctx, []id.UserID{bob}))
 		for range 6 {
 			require.NoError(t, mgr.shared.IncrementTrackedUsersErrorCount(ctx, []id.UserID{bob}))
@@ -288,4 +291,55 @@ func TestDeviceTablesRoundTripThroughMautrix(t *testing.T) {
 			require.True(t, states[u].Outdated, "%s is outdated after the mark", u)
 		}
 	})
+}
+
+// An invited member's devices are queried on every send: the homeserver reports device-list
+// changes only of users who share a joined room with heirloom's users, and an invitee may not.
+func TestMemberDevicesInviteesQueriedEverySend(t *testing.T) {
+	ctx := context.Background()
+	mgr, _ := testManager(t)
+	ks, hsURL := newKeyServer(t)
+	p := testPuppet(t, mgr, "sender")
+	p.Client.HomeserverURL = hsURL
+	alice, ivan := id.UserID("@alice:localhost"), id.UserID("@ivan:localhost")
+	ks.add(t, alice, "ALICE1")
+	ks.add(t, ivan, "IVAN1")
+	members, invited := []id.UserID{alice, ivan}, map[id.UserID]bool{ivan: true}
+	_, err := p.memberDevices(ctx, members, invited)
+	require.NoError(t, err)
+	require.Equal(t, [][]id.UserID{{alice, ivan}}, ks.takeQueries())
+
+	ks.add(t, ivan, "IVAN2") // never reported
+	got, err := p.memberDevices(ctx, members, invited)
+	require.NoError(t, err)
+	require.Equal(t, [][]id.UserID{{ivan}}, ks.takeQueries(), "the invitee alone is queried again")
+	require.Equal(t, map[id.UserID][]id.DeviceID{alice: {"ALICE1"}, ivan: {"IVAN1", "IVAN2"}}, deviceIDs(got))
+}
+
+// A fetch outside the send path (an invite's bundle, a bundle's sender, the admin bot) that is in
+// flight when a change is reported leaves the list outdated too.
+func TestFetchDevicesChangeDuringQuery(t *testing.T) {
+	ctx := context.Background()
+	mgr, _ := testManager(t)
+	ks, hsURL := newKeyServer(t)
+	p := testPuppet(t, mgr, "sender")
+	p.Client.HomeserverURL = hsURL
+	alice := id.UserID("@alice:localhost")
+	ks.add(t, alice, "ALICE1")
+	_, err := p.memberDevices(ctx, []id.UserID{alice}, nil)
+	require.NoError(t, err)
+	ks.takeQueries()
+
+	once := sync.Once{}
+	ks.set(func() {
+		ks.during = func() { once.Do(func() { mgr.RouteDeviceListChanges(ctx, []id.UserID{alice}) }) }
+	})
+	_, err = p.FetchDevices(ctx, []id.UserID{alice})
+	require.NoError(t, err)
+	require.Len(t, ks.takeQueries(), 1)
+	ks.add(t, alice, "ALICE2")
+	got, err := p.memberDevices(ctx, []id.UserID{alice}, nil)
+	require.NoError(t, err)
+	require.Len(t, ks.takeQueries(), 1, "the change that came during the other fetch is queried")
+	require.Equal(t, map[id.UserID][]id.DeviceID{alice: {"ALICE1", "ALICE2"}}, deviceIDs(got))
 }

@@ -97,14 +97,18 @@ func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
 	// joined members only (as Element's clients decide: an invitee of a `joined` room gets no key).
 	withInvited := visibility == nil || visibility.HistoryVisibility != event.HistoryVisibilityJoined
 	var users []id.UserID
+	invited := map[id.UserID]bool{}
 	for _, evt := range members.Chunk {
 		membership := evt.Content.AsMember().Membership
 		if membership != event.MembershipJoin && (membership != event.MembershipInvite || !withInvited) {
 			continue
 		}
 		users = append(users, id.UserID(evt.GetStateKey()))
+		if membership == event.MembershipInvite {
+			invited[id.UserID(evt.GetStateKey())] = true
+		}
 	}
-	devices, err := p.memberDevices(ctx, users)
+	devices, err := p.memberDevices(ctx, users, invited)
 	if err != nil {
 		return err
 	}

@@ -360,7 +360,7 @@ func (s *Service) rejectOthers(ctx context.Context, puppet id.UserID, roomID id.
 // senderTrust queries the sender's keys fresh and resolves the trust in the sending device, using
 // the device keys from the Olm message if the device has since been deleted (MSC4147).
 func (s *Service) senderTrust(ctx context.Context, p *e2ee.Puppet, b *database.ReceivedBundle) id.TrustState {
-	devices, err := p.Mach.FetchKeys(ctx, []id.UserID{b.Sender}, true)
+	devices, err := p.FetchDevices(ctx, []id.UserID{b.Sender})
 	if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to query the bundle sender's keys")
 	}

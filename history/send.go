@@ -340,7 +340,7 @@ func (s *Service) bundleRecipients(ctx context.Context, p *e2ee.Puppet, b *datab
 // returned says why nobody may get anything: no identity, an identity that changed since heirloom
 // first saw it, or no signed device.
 func (s *Service) recipients(ctx context.Context, p *e2ee.Puppet, invitee id.UserID) ([]database.Delivery, string, error) {
-	devices, err := p.Mach.FetchKeys(ctx, []id.UserID{invitee}, true)
+	devices, err := p.FetchDevices(ctx, []id.UserID{invitee})
 	if err != nil {
 		return nil, "", fmt.Errorf("failed to query invitee keys: %w", err)
 	}

@@ -43,10 +43,12 @@ type Server struct {
 	// bridge's client-server API (UseGateway).
 	gateway Gateway
 
-	txnLock   sync.Mutex
-	lastPing  atomic.Int64
-	startedAt time.Time
-	server    *http.Server
+	txnLock sync.Mutex
+	// txnFailures is set while the last transaction heirloom failed is not followed by one taken.
+	txnFailures atomic.Bool
+	lastPing    atomic.Int64
+	startedAt   time.Time
+	server      *http.Server
 
 	// OnRoomEvent hears of every room event of a transaction, in order, after heirloom recorded
 	// its state and reacted to it. The daemon sets it to heirloom's bot (admin.Bot.HandleEvent);

@@ -529,4 +529,52 @@ func TestRepeatedTransactionMarksDeviceListsOutdated(t *testing.T) {
 	resp = h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/txn-7", "Bearer "+hsToken, strings.NewReader(emptyTxn))
 	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
 	require.True(t, outdated(), "after a repeated transaction the list is fetched again before the next share")
+
+	// Synapse's retry of a transaction it queued carries only its events: same ID, another body.
+	h.setCurrent(t, "@alice:localhost")
+	withKeys := `{"events":[],"org.matrix.msc3202.device_one_time_keys_count":{"@heirloom_bob:localhost":{"BOBDEV":{"signed_curve25519":3}}}}`
+	resp = h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/txn-8", "Bearer "+hsToken, strings.NewReader(withKeys))
+	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+	require.False(t, outdated())
+	resp = h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/txn-8", "Bearer "+hsToken, strings.NewReader(`{"events":[]}`))
+	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+	require.True(t, outdated(), "a transaction ID back with another body marks the lists outdated")
+}
+
+// While heirloom answers transactions with an error the homeserver holds it down, and drops the
+// device lists of what it queues: the lists are marked outdated when a transaction fails, and again
+// at the first one taken after it (a fetch in between made them current from before the outage's end).
+func TestFailedTransactionMarksDeviceListsOutdated(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	_, err := h.db.Raw.Exec(ctx, `INSERT INTO crypto_tracked_user (user_id, devices_outdated) VALUES ('@alice:localhost', false)`)
+	require.NoError(t, err)
+	outdated := func() bool {
+		var v bool
+		require.NoError(t, h.db.Raw.QueryRow(ctx, `SELECT devices_outdated FROM crypto_tracked_user WHERE user_id='@alice:localhost'`).Scan(&v))
+		return v
+	}
+	_, err = h.db.Raw.Exec(ctx, `ALTER TABLE heirloom_txn RENAME TO heirloom_txn_away`)
+	require.NoError(t, err)
+	resp := h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/txn-9", "Bearer "+hsToken, strings.NewReader(emptyTxn))
+	require.Equal(t, http.StatusInternalServerError, resp.status, "body: %s", resp.body)
+	require.True(t, outdated(), "marked when the transaction fails")
+
+	h.setCurrent(t, "@alice:localhost") // a send fetched the list during the outage
+	_, err = h.db.Raw.Exec(ctx, `ALTER TABLE heirloom_txn_away RENAME TO heirloom_txn`)
+	require.NoError(t, err)
+	resp = h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/txn-10", "Bearer "+hsToken, strings.NewReader(emptyTxn))
+	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+	require.True(t, outdated(), "marked again at the first transaction taken after the failure")
+	h.setCurrent(t, "@alice:localhost")
+	resp = h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/txn-11", "Bearer "+hsToken, strings.NewReader(emptyTxn))
+	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+	require.False(t, outdated(), "and not after that")
+}
+
+// setCurrent marks a tracked user's device list current, as a fetch leaves it.
+func (h *harness) setCurrent(t *testing.T, userID string) {
+	t.Helper()
+	_, err := h.db.Raw.Exec(context.Background(), `UPDATE crypto_tracked_user SET devices_outdated=false WHERE user_id=$1`, userID)
+	require.NoError(t, err)
 }

@@ -168,9 +168,10 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	defer s.txnLock.Unlock()
 	sum := sha256.Sum256(body)
 	bodyHash := hex.EncodeToString(sum[:])
-	if done, err := s.db.IsTxnProcessed(ctx, txnID, bodyHash); err != nil {
+	done, idSeen, err := s.db.TxnSeen(ctx, txnID, bodyHash)
+	if err != nil {
 		s.metrics.errors.WithLabelValues("transaction").Inc()
-		s.heldDown(ctx, "a transaction failed")
+		s.txnFailed(ctx)
 		writeError(w, r, err)
 		return
 	} else if done {
@@ -179,6 +180,10 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 		s.heldDown(ctx, "the homeserver repeated a transaction")
 		writeJSON(w, http.StatusOK, struct{}{})
 		return
+	} else if idSeen {
+		// A retry that carries only the events of what it first carried, or a homeserver that
+		// numbers its transactions afresh: either way, device lists may have been dropped.
+		s.heldDown(ctx, "the homeserver reused a transaction ID")
 	}
 	txn, err := ParseTransaction(body)
 	if err != nil {
@@ -199,16 +204,19 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 		if err = s.gateway.Ingest(procCtx, txnID+":"+bodyHash[:16], txn.RawEvents, txn.RawEphemeral); err != nil {
 			s.metrics.transactions.WithLabelValues("failed").Inc()
 			log.Err(err).Msg("Failed to store the bridge's part of a transaction; the homeserver will retry it")
-			s.heldDown(procCtx, "a transaction failed")
+			s.txnFailed(procCtx)
 			writeRespError(w, errInternalError)
 			return
 		}
 	}
 	if err = s.db.MarkTxnProcessed(procCtx, txnID, bodyHash); err != nil {
 		s.metrics.errors.WithLabelValues("transaction").Inc()
-		s.heldDown(procCtx, "a transaction failed")
+		s.txnFailed(procCtx)
 		writeError(w, r, err)
 		return
+	}
+	if s.txnFailures.Swap(false) {
+		s.heldDown(procCtx, "the first transaction taken after a failed one")
 	}
 	s.metrics.transactions.WithLabelValues("processed").Inc()
 	log.Debug().Dur("processing_took", processed).Dur("took", time.Since(start)).Msg("Transaction handled")
@@ -227,6 +235,14 @@ func (s *Server) heldDown(ctx context.Context, why string) {
 	}
 	zerolog.Ctx(ctx).Info().Str("reason", why).
 		Msg("Marked every tracked device list outdated: the homeserver drops device-list changes while it holds heirloom down")
+}
+
+// txnFailed is called when heirloom answers a transaction with an error: the homeserver holds it
+// down from now on, until a retry succeeds, and what it queues meanwhile loses its device lists.
+// The lists are marked outdated now and again after the first transaction taken.
+func (s *Server) txnFailed(ctx context.Context) {
+	s.txnFailures.Store(true)
+	s.heldDown(ctx, "a transaction failed")
 }
 
 // processTransaction applies a transaction in order: room state first (so encryption and
