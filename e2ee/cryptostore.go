@@ -215,11 +215,12 @@ func (p *Puppet) NewSessionInserter(ctx context.Context, like *crypto.InboundGro
 		dbutil.NumPtr(like.MaxAge), dbutil.NumPtr(like.MaxMessages), like.IsScheduled, string(like.KeyBackupVersion),
 		string(like.KeySource), string(like.SourceUser), p.Store.AccountID,
 	}}
-	if txn, ok := p.Store.DB.Execable(ctx).(*dbutil.LoggingTxn); ok {
-		si.tx = txn.UnderlyingTx
-	} else {
-		si.tx = p.Store.DB.RawDB
+	// Only inside a transaction: a batch that fails halfway must take the others with it.
+	txn, ok := p.Store.DB.Execable(ctx).(*dbutil.LoggingTxn)
+	if !ok {
+		return nil, errors.New("the session inserter needs a database transaction in its context")
 	}
+	si.tx = txn.UnderlyingTx
 	return si, nil
 }
 
