@@ -74,7 +74,7 @@ func New(cfg *config.Config, db *database.Database, mgr *e2ee.Manager, hist *his
 	g := &Gateway{
 		cfg: cfg, bridge: cfg.Bridge, db: db, mgr: mgr, history: hist, hsURL: hsURL, metrics: metrics,
 		log:       log.With().Str("component", "gateway").Str("bridge", cfg.Bridge.Registration.ID).Logger(),
-		deliverer: &http.Client{Timeout: 60 * time.Second},
+		deliverer: &http.Client{Timeout: 60 * time.Second, Transport: bridgeTransport()},
 		wake:      make(chan struct{}, 1),
 		keys:      make(map[id.SessionID]struct{}),
 	}
@@ -214,4 +214,14 @@ func (g *Gateway) Status(ctx context.Context) (*server.GatewayStatus, error) {
 		st.DeliveryFailing, st.Attempts, st.LastError = true, txn.Attempts, txn.LastError
 	}
 	return st, nil
+}
+
+// bridgeTransport is the transport of deliveries to the bridge. Bridges on Node (every one built on
+// matrix-appservice-bridge) close an idle connection after 5 s; a transaction sent on it just then
+// fails ("connection reset by peer") and waits out a backoff. heirloom closes its idle connections
+// first.
+func bridgeTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.IdleConnTimeout = 4 * time.Second
+	return t
 }

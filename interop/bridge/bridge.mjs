@@ -300,6 +300,9 @@ class Control {
 
     listen(port) {
         const server = createServer((req, res) => this.handle(req, res));
+        // Node closes an idle connection after 5 s by default, which races a Go client reusing it
+        // ("connection reset by peer" on a POST, which Go does not retry): the client closes first.
+        server.keepAliveTimeout = 0;
         return new Promise((resolve, reject) => {
             server.once("error", reject);
             server.listen(port, "127.0.0.1", () => resolve(server));
