@@ -295,10 +295,18 @@ func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
 	}
 	e.peer(t, "waitForMessage", map[string]any{"user": u.UserID, "device": second.DeviceID, "room_id": roomID,
 		"body": "after the new device", "timeout_ms": 60000}, nil)
-	queries = metric(t, "heirloom_key_queries_total")
-	puppetSend(t, p, roomID, "nothing changed since")
-	if got := metric(t, "heirloom_key_queries_total") - queries; got != 0 {
-		t.Fatalf("%v key queries for a send with no device-list change, want 0", got)
+	// The new device's keys and its owner's signature on them are two uploads, so Synapse may
+	// report a second change after the send above fetched both: one more send may query again.
+	// Then nothing changes, and a send costs no query.
+	for i := 1; ; i++ {
+		queries = metric(t, "heirloom_key_queries_total")
+		puppetSend(t, p, roomID, fmt.Sprintf("nothing changed since, %d", i))
+		got := metric(t, "heirloom_key_queries_total") - queries
+		if got == 0 {
+			break
+		} else if i == 3 {
+			t.Fatalf("%v key queries for the third send with no device-list change, want 0", got)
+		}
 	}
 }
 
