@@ -117,6 +117,25 @@ func (ks *keyServer) takeQueries() [][]id.UserID {
 	return q
 }
 
+// keyServerPuppet is a manager and a puppet of it whose homeserver is a fresh keyServer.
+func keyServerPuppet(t *testing.T) (*Manager, *keyServer, *Puppet) {
+	t.Helper()
+	mgr, _ := testManager(t)
+	ks, hsURL := newKeyServer(t)
+	p := testPuppet(t, mgr, "sender")
+	p.Client.HomeserverURL = hsURL
+	return mgr, ks, p
+}
+
+// fetchedOnce has the puppet fetch the users' lists once, so they are tracked and current, and
+// forgets that query.
+func fetchedOnce(t *testing.T, p *Puppet, ks *keyServer, users ...id.UserID) {
+	t.Helper()
+	_, err := p.memberDevices(context.Background(), users, nil)
+	require.NoError(t, err)
+	ks.takeQueries()
+}
+
 func deviceIDs(devices map[id.UserID]map[id.DeviceID]*id.Device) map[id.UserID][]id.DeviceID {
 	out := map[id.UserID][]id.DeviceID{}
 	for u, ds := range devices {
@@ -176,15 +195,10 @@ func TestMemberDevicesQueryOnlyWhatChanged(t *testing.T) {
 // A change reported while a query is in flight may not be in its answer: the list stays outdated.
 func TestMemberDevicesChangeDuringQuery(t *testing.T) {
 	ctx := context.Background()
-	mgr, _ := testManager(t)
-	ks, hsURL := newKeyServer(t)
-	p := testPuppet(t, mgr, "sender")
-	p.Client.HomeserverURL = hsURL
+	mgr, ks, p := keyServerPuppet(t)
 	alice := id.UserID("@alice:localhost")
 	ks.add(t, alice, "ALICE1")
-	_, err := p.memberDevices(ctx, []id.UserID{alice}, nil)
-	require.NoError(t, err)
-	ks.takeQueries()
+	fetchedOnce(t, p, ks, alice)
 
 	mgr.RouteDeviceListChanges(ctx, []id.UserID{alice})
 	once := sync.Once{}
@@ -193,7 +207,7 @@ func TestMemberDevicesChangeDuringQuery(t *testing.T) {
 			once.Do(func() { mgr.RouteDeviceListChanges(ctx, []id.UserID{alice}) }) // a second change, answered from before it
 		}
 	})
-	_, err = p.memberDevices(ctx, []id.UserID{alice}, nil)
+	_, err := p.memberDevices(ctx, []id.UserID{alice}, nil)
 	require.NoError(t, err)
 	require.Len(t, ks.takeQueries(), 1)
 	ks.add(t, alice, "ALICE2")
@@ -206,10 +220,7 @@ func TestMemberDevicesChangeDuringQuery(t *testing.T) {
 // When the query fails, the last known devices are used and the list stays outdated.
 func TestMemberDevicesQueryFailure(t *testing.T) {
 	ctx := context.Background()
-	mgr, _ := testManager(t)
-	ks, hsURL := newKeyServer(t)
-	p := testPuppet(t, mgr, "sender")
-	p.Client.HomeserverURL = hsURL
+	mgr, ks, p := keyServerPuppet(t)
 	alice, carol := id.UserID("@alice:localhost"), id.UserID("@carol:localhost")
 	ks.add(t, alice, "ALICE1")
 	ks.add(t, carol, "CAROL1")
@@ -297,10 +308,7 @@ func TestDeviceTablesRoundTripThroughMautrix(t *testing.T) {
 // changes only of users who share a joined room with heirloom's users, and an invitee may not.
 func TestMemberDevicesInviteesQueriedEverySend(t *testing.T) {
 	ctx := context.Background()
-	mgr, _ := testManager(t)
-	ks, hsURL := newKeyServer(t)
-	p := testPuppet(t, mgr, "sender")
-	p.Client.HomeserverURL = hsURL
+	_, ks, p := keyServerPuppet(t)
 	alice, ivan := id.UserID("@alice:localhost"), id.UserID("@ivan:localhost")
 	ks.add(t, alice, "ALICE1")
 	ks.add(t, ivan, "IVAN1")
@@ -320,21 +328,16 @@ func TestMemberDevicesInviteesQueriedEverySend(t *testing.T) {
 // flight when a change is reported leaves the list outdated too.
 func TestFetchDevicesChangeDuringQuery(t *testing.T) {
 	ctx := context.Background()
-	mgr, _ := testManager(t)
-	ks, hsURL := newKeyServer(t)
-	p := testPuppet(t, mgr, "sender")
-	p.Client.HomeserverURL = hsURL
+	mgr, ks, p := keyServerPuppet(t)
 	alice := id.UserID("@alice:localhost")
 	ks.add(t, alice, "ALICE1")
-	_, err := p.memberDevices(ctx, []id.UserID{alice}, nil)
-	require.NoError(t, err)
-	ks.takeQueries()
+	fetchedOnce(t, p, ks, alice)
 
 	once := sync.Once{}
 	ks.set(func() {
 		ks.during = func() { once.Do(func() { mgr.RouteDeviceListChanges(ctx, []id.UserID{alice}) }) }
 	})
-	_, err = p.FetchDevices(ctx, []id.UserID{alice})
+	_, err := p.FetchDevices(ctx, []id.UserID{alice})
 	require.NoError(t, err)
 	require.Len(t, ks.takeQueries(), 1)
 	ks.add(t, alice, "ALICE2")

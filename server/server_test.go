@@ -515,14 +515,7 @@ func TestTransactionIDReusedAfterHomeserverRestart(t *testing.T) {
 // device-list changes of what it queued meanwhile: every tracked list must be fetched again.
 func TestRepeatedTransactionMarksDeviceListsOutdated(t *testing.T) {
 	h := newHarness(t)
-	ctx := context.Background()
-	_, err := h.db.Raw.Exec(ctx, `INSERT INTO crypto_tracked_user (user_id, devices_outdated) VALUES ('@alice:localhost', false)`)
-	require.NoError(t, err)
-	outdated := func() bool {
-		var v bool
-		require.NoError(t, h.db.Raw.QueryRow(ctx, `SELECT devices_outdated FROM crypto_tracked_user WHERE user_id='@alice:localhost'`).Scan(&v))
-		return v
-	}
+	outdated := h.trackedList(t, "@alice:localhost")
 	resp := h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/txn-7", "Bearer "+hsToken, strings.NewReader(emptyTxn))
 	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
 	require.False(t, outdated(), "a transaction delivered once leaves a current list current")
@@ -546,15 +539,9 @@ func TestRepeatedTransactionMarksDeviceListsOutdated(t *testing.T) {
 // at the first one taken after it (a fetch in between made them current from before the outage's end).
 func TestFailedTransactionMarksDeviceListsOutdated(t *testing.T) {
 	h := newHarness(t)
+	outdated := h.trackedList(t, "@alice:localhost")
 	ctx := context.Background()
-	_, err := h.db.Raw.Exec(ctx, `INSERT INTO crypto_tracked_user (user_id, devices_outdated) VALUES ('@alice:localhost', false)`)
-	require.NoError(t, err)
-	outdated := func() bool {
-		var v bool
-		require.NoError(t, h.db.Raw.QueryRow(ctx, `SELECT devices_outdated FROM crypto_tracked_user WHERE user_id='@alice:localhost'`).Scan(&v))
-		return v
-	}
-	_, err = h.db.Raw.Exec(ctx, `ALTER TABLE heirloom_txn RENAME TO heirloom_txn_away`)
+	_, err := h.db.Raw.Exec(ctx, `ALTER TABLE heirloom_txn RENAME TO heirloom_txn_away`)
 	require.NoError(t, err)
 	resp := h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/txn-9", "Bearer "+hsToken, strings.NewReader(emptyTxn))
 	require.Equal(t, http.StatusInternalServerError, resp.status, "body: %s", resp.body)
@@ -570,6 +557,21 @@ func TestFailedTransactionMarksDeviceListsOutdated(t *testing.T) {
 	resp = h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/txn-11", "Bearer "+hsToken, strings.NewReader(emptyTxn))
 	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
 	require.False(t, outdated(), "and not after that")
+}
+
+// trackedList stores userID's device list as tracked and current, and returns a check of whether
+// it is outdated.
+func (h *harness) trackedList(t *testing.T, userID string) func() bool {
+	t.Helper()
+	ctx := context.Background()
+	_, err := h.db.Raw.Exec(ctx, `INSERT INTO crypto_tracked_user (user_id, devices_outdated) VALUES ($1, false)`, userID)
+	require.NoError(t, err)
+	return func() bool {
+		t.Helper()
+		var v bool
+		require.NoError(t, h.db.Raw.QueryRow(ctx, `SELECT devices_outdated FROM crypto_tracked_user WHERE user_id=$1`, userID).Scan(&v))
+		return v
+	}
 }
 
 // setCurrent marks a tracked user's device list current, as a fetch leaves it.
