@@ -463,6 +463,8 @@ func parseRoomKey(raw []byte, key *RoomKey) bool {
 }
 
 // parseWithheld reads a withheld entry in the plain form into w; false sends it to json.Unmarshal.
+// Its loop is parseRoomKey's: one shared loop calling back per field would move the parser to the
+// heap, an allocation per entry (BenchmarkDecode: 29,040 → 39,040 for 10,000 entries).
 func parseWithheld(raw []byte, w *Withheld) bool {
 	p := objectParser{b: raw}
 	if !p.byte('{') {
