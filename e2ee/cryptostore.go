@@ -451,6 +451,73 @@ func (m *Manager) storedDevices(ctx context.Context, users []id.UserID) (map[id.
 	return out, nil
 }
 
+// recipient is a device an outbound session may have been shared with, as mautrix records it.
+type recipient struct {
+	userID      id.UserID
+	identityKey id.IdentityKey
+}
+
+// sharedWith returns which of the devices the outbound session was shared with: what mautrix's
+// IsOutboundGroupSessionShared answers for each, in one statement per 100 devices instead of one
+// per device. Each device is still a lookup of the primary key (user_id, identity_key,
+// session_id): written as ORs of equalities, which SQLite and PostgreSQL answer from the index
+// (SQLite 3.40, Debian 12's, scans the whole table for a row-value IN list instead, and the table
+// grows with every session shared).
+func (p *Puppet) sharedWith(ctx context.Context, sessionID id.SessionID, devices []recipient) (map[recipient]bool, error) {
+	const perStatement = 100 // SQLite's expression depth limit is 1,000
+	out := make(map[recipient]bool, len(devices))
+	for start := 0; start < len(devices); start += perStatement {
+		chunk := devices[start:min(start+perStatement, len(devices))]
+		args := make([]any, 0, 1+2*len(chunk))
+		args = append(args, sessionID)
+		for _, d := range chunk {
+			args = append(args, d.userID, d.identityKey)
+		}
+		rows, err := p.Store.DB.Query(ctx, sharedWithQuery(len(chunk)), args...)
+		err = iterate(rows, err, func(row dbutil.Scannable) (r recipient, err error) {
+			err = row.Scan(&r.userID, &r.identityKey)
+			return
+		}, func(r recipient) error {
+			out[r] = true
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("failed to read the session's recipients: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// sharedWithQuery is sharedWith's statement for n devices: the session ID, then each device's
+// user ID and identity key. identity_key is CHAR(43): PostgreSQL pads a shorter value with spaces
+// on the way out.
+func sharedWithQuery(n int) string {
+	return `SELECT user_id, RTRIM(identity_key) FROM crypto_megolm_outbound_session_shared
+		WHERE session_id=$1 AND (` + recipientConditions(n) + `)`
+}
+
+var recipientConditionsCache sync.Map // n → string
+
+// recipientConditions returns "(user_id=$2 AND identity_key=$3) OR …" for n devices.
+func recipientConditions(n int) string {
+	if cached, ok := recipientConditionsCache.Load(n); ok {
+		return cached.(string)
+	}
+	buf := make([]byte, 0, n*44)
+	for i := range n {
+		if i > 0 {
+			buf = append(buf, " OR "...)
+		}
+		buf = append(buf, "(user_id=$"...)
+		buf = strconv.AppendInt(buf, int64(2+2*i), 10)
+		buf = append(buf, " AND identity_key=$"...)
+		buf = strconv.AppendInt(buf, int64(3+2*i), 10)
+		buf = append(buf, ')')
+	}
+	recipientConditionsCache.Store(n, string(buf))
+	return string(buf)
+}
+
 // MarkDeviceListsOutdated marks the device list of every user heirloom tracks outdated, so that
 // each is fetched again before a room key is next shared with them.
 func (m *Manager) MarkDeviceListsOutdated(ctx context.Context) error {

@@ -25,7 +25,7 @@ import (
 )
 
 // testManagerOn is testManager on the given database.
-func testManagerOn(t *testing.T, dbCfg config.Database) *Manager {
+func testManagerOn(t testing.TB, dbCfg config.Database) *Manager {
 	t.Helper()
 	cfg := &config.Config{
 		Homeserver: config.Homeserver{Address: "http://127.0.0.1:1", Domain: "localhost"},

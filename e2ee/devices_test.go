@@ -3,10 +3,12 @@ package e2ee
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 
@@ -21,7 +23,7 @@ import (
 )
 
 // signedDevice is the device keys a real device of user uploads, signed by the device.
-func signedDevice(t *testing.T, user id.UserID, device id.DeviceID) mautrix.DeviceKeys {
+func signedDevice(t testing.TB, user id.UserID, device id.DeviceID) mautrix.DeviceKeys {
 	t.Helper()
 	account := crypto.NewOlmAccount()
 	keys := mautrix.DeviceKeys{
@@ -345,4 +347,61 @@ func TestFetchDevicesChangeDuringQuery(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, ks.takeQueries(), 1, "the change that came during the other fetch is queried")
 	require.Equal(t, map[id.UserID][]id.DeviceID{alice: {"ALICE1", "ALICE2"}}, deviceIDs(got))
+}
+
+// sharedWith answers as mautrix's IsOutboundGroupSessionShared answers for each device, on every
+// backend, across more devices than one statement takes.
+func TestSharedWithAnswersAsMautrix(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, dbCfg config.Database) {
+		ctx := context.Background()
+		mgr := testManagerOn(t, dbCfg)
+		p := testPuppet(t, mgr, "sender")
+		const session, other = id.SessionID("SESSION"), id.SessionID("OTHER")
+		var devices []recipient
+		for i := range 1200 {
+			devices = append(devices, recipient{id.UserID(fmt.Sprintf("@user%d:localhost", i%300)), id.IdentityKey(fmt.Sprintf("key%04d", i))})
+		}
+		for i, d := range devices {
+			switch i % 3 {
+			case 0:
+				require.NoError(t, p.Store.MarkOutboundGroupSessionShared(ctx, d.userID, d.identityKey, session))
+			case 1: // shared, but another session
+				require.NoError(t, p.Store.MarkOutboundGroupSessionShared(ctx, d.userID, d.identityKey, other))
+			}
+		}
+		// The identity key of a device the session went to, under another user: not shared.
+		stranger := recipient{"@stranger:localhost", devices[0].identityKey}
+		got, err := p.sharedWith(ctx, session, append(devices, stranger))
+		require.NoError(t, err)
+		require.Len(t, got, 400)
+		for _, d := range append(devices, stranger) {
+			want, err := p.Store.IsOutboundGroupSessionShared(ctx, d.userID, d.identityKey, session)
+			require.NoError(t, err)
+			require.Equal(t, want, got[d], "%v", d)
+		}
+	})
+}
+
+// SQLite answers sharedWith from the primary key, never by scanning the table (which grows with
+// every session shared).
+func TestSharedWithUsesThePrimaryKey(t *testing.T) {
+	mgr, _ := testManager(t)
+	p := testPuppet(t, mgr, "sender")
+	args := []any{"SESSION"}
+	for i := range 3 {
+		args = append(args, fmt.Sprintf("@user%d:localhost", i), fmt.Sprintf("key%d", i))
+	}
+	rows, err := p.Store.DB.Query(context.Background(), "EXPLAIN QUERY PLAN "+sharedWithQuery(3), args...)
+	require.NoError(t, err)
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		require.NoError(t, rows.Scan(&id, &parent, &unused, &detail))
+		plan = append(plan, detail)
+		require.NotContains(t, detail, "SCAN crypto_megolm_outbound_session_shared", "plan: %v", plan)
+	}
+	require.NoError(t, rows.Err())
+	require.Contains(t, strings.Join(plan, "\n"), "USING COVERING INDEX", "plan: %v", plan)
 }

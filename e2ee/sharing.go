@@ -112,15 +112,22 @@ func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
 	if err != nil {
 		return err
 	}
+	var candidates []recipient
+	for _, userID := range users {
+		for _, device := range devices[userID] {
+			candidates = append(candidates, recipient{userID, device.IdentityKey})
+		}
+	}
+	already, err := p.sharedWith(ctx, ogs.ID(), candidates)
+	if err != nil {
+		return err
+	}
 	for _, userID := range users {
 		for deviceID, device := range devices[userID] {
 			if userID == p.UserID && deviceID == p.DeviceID {
 				continue
 			}
-			already, err := p.Store.IsOutboundGroupSessionShared(ctx, userID, device.IdentityKey, ogs.ID())
-			if err != nil {
-				return fmt.Errorf("failed to check session recipients: %w", err)
-			} else if already || device.Trust == id.TrustStateBlacklisted {
+			if already[recipient{userID, device.IdentityKey}] || device.Trust == id.TrustStateBlacklisted {
 				continue
 			}
 			if recipients[userID] == nil {

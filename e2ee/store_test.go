@@ -18,13 +18,13 @@ import (
 )
 
 // testManager is a manager over a real SQLite database, with a homeserver nobody answers at.
-func testManager(t *testing.T) (*Manager, *database.Database) {
+func testManager(t testing.TB) (*Manager, *database.Database) {
 	t.Helper()
 	mgr := testManagerOn(t, testdb.SQLite(t))
 	return mgr, mgr.db
 }
 
-func testPuppet(t *testing.T, mgr *Manager, name string) *Puppet {
+func testPuppet(t testing.TB, mgr *Manager, name string) *Puppet {
 	t.Helper()
 	p, err := mgr.LocalPuppet(context.Background(), id.UserID("@heirloom_"+name+":localhost"), id.DeviceID("DEV"+name))
 	require.NoError(t, err)
@@ -33,7 +33,7 @@ func testPuppet(t *testing.T, mgr *Manager, name string) *Puppet {
 }
 
 // joined records in the state store that the users are joined to the room.
-func joined(t *testing.T, db *database.Database, roomID id.RoomID, users ...id.UserID) {
+func joined(t testing.TB, db *database.Database, roomID id.RoomID, users ...id.UserID) {
 	t.Helper()
 	for _, u := range users {
 		require.NoError(t, db.StateStore.SetMembership(context.Background(), roomID, u, event.MembershipJoin))
