@@ -78,6 +78,9 @@ if [[ "${HEIRLOOM_BENCH_SEND:-1}" != 0 ]]; then
   (cd e2e && HEIRLOOM_BENCH_RESULTS="${OUT}/results" go test -count=1 -run '^$' -bench '^BenchmarkSendPath$' -benchtime 1x -timeout 60m -v .) \
     >"${OUT}/logs/send.log" 2>&1 || { echo "send-path benchmark failed:"; tail -30 "${OUT}/logs/send.log"; exit 1; }
   grep -E 'sendpath_test.go' "${OUT}/logs/send.log" || true
+  echo "== send path, heirloom's part alone: the same send with a homeserver that answers at once (e2ee BenchmarkSendMessage)"
+  go test -count=1 -run '^$' -bench '^BenchmarkSendMessage$' -benchtime 2000x ./e2ee 2>&1 | tee "${OUT}/logs/send-alone.log" | grep -E '^Benchmark' \
+    || { echo "BenchmarkSendMessage failed:"; tail -20 "${OUT}/logs/send-alone.log"; exit 1; }
 else
   skipped="${skipped:+${skipped}; }send path: HEIRLOOM_BENCH_SEND=0"
   banner "SKIPPING THE SEND-PATH BENCHMARK (HEIRLOOM_BENCH_SEND=0)"
