@@ -126,8 +126,7 @@ func Run(configPath string) int {
 		return ExitStartup
 	}
 	// Synapse drops the device-list changes of a transaction it could not deliver (while heirloom
-	// was down or restarting, it keeps only the events, ephemeral events and to-device messages for
-	// its retries): any tracked list may have changed unseen, so each is fetched again before a
+	// was down or restarting, it keeps only the events for its retries): any tracked list may have changed unseen, so each is fetched again before a
 	// room key is next shared with its user.
 	if err = mgr.MarkDeviceListsOutdated(ctx); err != nil {
 		log.Error().Err(err).Msg("Failed to mark device lists outdated")

@@ -2,8 +2,6 @@ package database
 
 import (
 	"context"
-	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -12,22 +10,12 @@ import (
 // processed. The same ID with another body is a new transaction: Synapse on SQLite numbers its
 // transactions from 1 again after each restart.
 func (db *Database) IsTxnProcessed(ctx context.Context, txnID, bodyHash string) (bool, error) {
-	processed, _, err := db.TxnSeen(ctx, txnID, bodyHash)
-	return processed, err
-}
-
-// TxnSeen reports whether the transaction with this ID and body hash was processed, and whether a
-// transaction with this ID was processed at all (with this body or another: Synapse's retries of
-// a transaction it queued carry only its events).
-func (db *Database) TxnSeen(ctx context.Context, txnID, bodyHash string) (processed, idSeen bool, err error) {
-	var stored string
-	err = db.own.QueryRow(ctx, `SELECT body_hash FROM heirloom_txn WHERE txn_id=$1`, txnID).Scan(&stored)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, false, nil
-	} else if err != nil {
-		return false, false, fmt.Errorf("failed to look up transaction: %w", err)
+	var found int
+	err := db.own.QueryRow(ctx, `SELECT COUNT(*) FROM heirloom_txn WHERE txn_id=$1 AND body_hash=$2`, txnID, bodyHash).Scan(&found)
+	if err != nil {
+		return false, fmt.Errorf("failed to look up transaction: %w", err)
 	}
-	return stored == bodyHash, true, nil
+	return found > 0, nil
 }
 
 // MarkTxnProcessed records that the appservice transaction was processed.

@@ -17,12 +17,12 @@ import (
 //   - the homeserver reports changes in each transaction's device_lists.changed (MSC3202), and
 //     RouteDeviceListChanges marks those users outdated: fetched again before the next share;
 //   - at startup every tracked user is marked outdated (MarkDeviceListsOutdated): a change
-//     reported while heirloom was down or restarting may be lost (Synapse keeps the events,
-//     ephemeral events and to-device messages of a transaction it could not deliver for its
-//     retries, and drops its device lists).
-//   - when the homeserver repeats a transaction or heirloom answers one with an error, every list
-//     is marked outdated too: Synapse then holds heirloom down and drops the device lists of the
-//     transactions it queues (server.heldDown);
+//     reported while heirloom was down or restarting may be lost (Synapse keeps only the events of
+//     a transaction it could not deliver for its retries, and drops its device lists);
+//   - when the homeserver sends its last transaction again, or heirloom answers one with an error
+//     (and again at the first one taken after that), every list is marked outdated too: Synapse
+//     then holds heirloom down and drops the device lists of the transactions it queues
+//     (server.heldDown);
 //   - invited members are fetched on every send (the homeserver reports changes only of users who
 //     share a joined room with heirloom's users);
 //   - and every list every DeviceListMaxAge (RunMaintenance), as a bound on a change never

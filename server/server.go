@@ -46,9 +46,11 @@ type Server struct {
 	txnLock sync.Mutex
 	// txnFailures is set while the last transaction heirloom failed is not followed by one taken.
 	txnFailures atomic.Bool
-	lastPing    atomic.Int64
-	startedAt   time.Time
-	server      *http.Server
+	// lastTxnID is the ID of the last transaction taken (under txnLock).
+	lastTxnID string
+	lastPing  atomic.Int64
+	startedAt time.Time
+	server    *http.Server
 
 	// OnRoomEvent hears of every room event of a transaction, in order, after heirloom recorded
 	// its state and reacted to it. The daemon sets it to heirloom's bot (admin.Bot.HandleEvent);

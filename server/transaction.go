@@ -168,7 +168,12 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	defer s.txnLock.Unlock()
 	sum := sha256.Sum256(body)
 	bodyHash := hex.EncodeToString(sum[:])
-	done, idSeen, err := s.db.TxnSeen(ctx, txnID, bodyHash)
+	// The homeserver sends the transaction it sent last again only when it did not get heirloom's
+	// answer, and then holds heirloom down: its retry carries the same body, or only the events of
+	// it. (An older ID again is a homeserver that numbers its transactions afresh after a restart,
+	// as Synapse on SQLite does: no retry.)
+	retry := txnID == s.lastTxnID
+	done, err := s.db.IsTxnProcessed(ctx, txnID, bodyHash)
 	if err != nil {
 		s.metrics.errors.WithLabelValues("transaction").Inc()
 		s.txnFailed(ctx)
@@ -177,13 +182,13 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	} else if done {
 		s.metrics.transactions.WithLabelValues("duplicate").Inc()
 		log.Debug().Msg("Ignoring repeated transaction")
-		s.heldDown(ctx, "the homeserver repeated a transaction")
+		if retry {
+			s.heldDown(ctx, "the homeserver repeated its last transaction")
+		}
 		writeJSON(w, http.StatusOK, struct{}{})
 		return
-	} else if idSeen {
-		// A retry that carries only the events of what it first carried, or a homeserver that
-		// numbers its transactions afresh: either way, device lists may have been dropped.
-		s.heldDown(ctx, "the homeserver reused a transaction ID")
+	} else if retry {
+		s.heldDown(ctx, "the homeserver sent its last transaction again, with another body")
 	}
 	txn, err := ParseTransaction(body)
 	if err != nil {
@@ -215,6 +220,7 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err)
 		return
 	}
+	s.lastTxnID = txnID
 	if s.txnFailures.Swap(false) {
 		s.heldDown(procCtx, "the first transaction taken after a failed one")
 	}
@@ -223,10 +229,9 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 
-// heldDown is called when the homeserver has, or will have, held heirloom to be down: it repeats a
-// transaction, or heirloom answers one with an error. Synapse keeps the events, ephemeral events
-// and to-device messages of the transactions it queues meanwhile, and drops their device-list
-// changes, so every device list heirloom tracks is fetched again before a room key is next shared
+// heldDown is called when the homeserver has, or will have, held heirloom to be down: it sends its
+// last transaction again, or heirloom answers one with an error. Synapse keeps only the events of
+// the transactions it queues meanwhile for its retries, and drops their device-list changes, so every device list heirloom tracks is fetched again before a room key is next shared
 // with its user: a device added meanwhile gets the key, and a device removed meanwhile does not.
 func (s *Server) heldDown(ctx context.Context, why string) {
 	if err := s.mgr.MarkDeviceListsOutdated(ctx); err != nil {
