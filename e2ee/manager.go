@@ -20,6 +20,7 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/internal/tasks"
 	"github.com/heirloom-matrix/heirloom/metrics"
 )
 
@@ -65,7 +66,7 @@ type Manager struct {
 	// devices keeps the puppets' devices on the homeserver (restore.go).
 	devices deviceKeeper
 	// tasks tracks the work started in the background (device checks), for Shutdown.
-	tasks tasks
+	tasks *tasks.Group
 }
 
 // BundleHandler receives an Olm-decrypted room key bundle (MSC4268) with its Olm envelope.
@@ -106,6 +107,7 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 		maxLoaded: 2000,
 		idleEvict: 30 * time.Minute,
 		machines:  make(map[id.UserID]*Puppet),
+		tasks:     &tasks.Group{Work: "puppet device work"},
 
 		OnRoomKeyBundle: dropBundle,
 	}, nil

@@ -104,7 +104,7 @@ func (m *Manager) deviceGone(userID id.UserID) {
 	}
 	ctx := m.log.With().Stringer("puppet", userID).Logger().WithContext(context.Background())
 	zerolog.Ctx(ctx).Warn().Msg("The homeserver does not know the puppet's device (M_UNKNOWN_DEVICE): checking it")
-	m.tasks.run(ctx, "check_device", func(ctx context.Context) {
+	m.tasks.Run(ctx, "check_device", func(ctx context.Context) {
 		defer func() {
 			m.devices.lock.Lock()
 			delete(m.devices.queued, userID)

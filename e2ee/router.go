@@ -74,7 +74,7 @@ func (m *Manager) RouteDeviceListChanges(ctx context.Context, changed []id.UserI
 		}
 	}
 	if len(own) > 0 {
-		m.tasks.run(ctx, "check_devices", func(ctx context.Context) { m.CheckDevices(ctx, own, metrics.TriggerDeviceList) })
+		m.tasks.Run(ctx, "check_devices", func(ctx context.Context) { m.CheckDevices(ctx, own, metrics.TriggerDeviceList) })
 	}
 }
 

@@ -5,9 +5,7 @@ package history
 
 import (
 	"context"
-	"fmt"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -17,6 +15,7 @@ import (
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/internal/tasks"
 	"github.com/heirloom-matrix/heirloom/metrics"
 )
 
@@ -41,9 +40,7 @@ type Service struct {
 	// tasks tracks the work started in the background (a bundle to share for an invite's echo, an
 	// import after a join or a bundle's arrival, an auto-join), so that Shutdown can wait for it
 	// before the database closes.
-	tasksLock sync.Mutex
-	tasks     sync.WaitGroup
-	stopping  bool
+	tasks *tasks.Group
 }
 
 // NewService creates the service. The bundles puppets receive reach it through ReceiveBundle,
@@ -52,7 +49,8 @@ func NewService(cfg *config.Config, db *database.Database, mgr *e2ee.Manager) *S
 	s := &Service{
 		cfg: cfg, db: db, mgr: mgr, TempDir: os.TempDir(),
 		retryBase: 5 * time.Second, maxAttempts: 8,
-		wake: make(chan struct{}, 1),
+		wake:  make(chan struct{}, 1),
+		tasks: &tasks.Group{Work: "history sharing work"},
 	}
 	return s
 }
@@ -86,37 +84,14 @@ func (s *Service) Run(ctx context.Context) {
 // background runs fn on its own goroutine, with a context that outlives ctx's cancellation,
 // tracked for Shutdown. Once Shutdown began it runs nothing and says so.
 func (s *Service) background(ctx context.Context, what string, fn func(ctx context.Context)) {
-	s.tasksLock.Lock()
-	defer s.tasksLock.Unlock()
-	if s.stopping {
-		zerolog.Ctx(ctx).Warn().Str("task", what).Msg("Not starting history sharing work: shutting down")
-		return
-	}
-	s.tasks.Add(1)
-	go func() {
-		defer s.tasks.Done()
-		fn(context.WithoutCancel(ctx))
-	}()
+	s.tasks.Run(ctx, what, fn)
 }
 
 // Shutdown stops the service from starting background work and waits until the work already
 // started has finished, or ctx ends (then it returns ctx's error). Call it after the HTTP listener
 // stopped (requests in flight may start work) and before the database closes.
 func (s *Service) Shutdown(ctx context.Context) error {
-	s.tasksLock.Lock()
-	s.stopping = true
-	s.tasksLock.Unlock()
-	done := make(chan struct{})
-	go func() {
-		s.tasks.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("failed to finish history sharing work: %w", ctx.Err())
-	}
+	return s.tasks.Stop(ctx)
 }
 
 // InviteSent gives a bundle to an invite a puppet sent by a path other than the API.

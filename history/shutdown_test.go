@@ -15,11 +15,7 @@ import (
 	"github.com/heirloom-matrix/heirloom/internal/testdb"
 )
 
-func (s *Service) isStopping() bool {
-	s.tasksLock.Lock()
-	defer s.tasksLock.Unlock()
-	return s.stopping
-}
+func (s *Service) isStopping() bool { return s.tasks.Stopping() }
 
 // A shutdown that begins while a bundle is being downloaded and imported in the background waits
 // for the import, so the database closes on a bundle imported whole: its state and every key.

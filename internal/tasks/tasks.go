@@ -1,0 +1,63 @@
+// Package tasks tracks work started in the background, so that a shutdown can wait for it before
+// the database closes.
+package tasks
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/rs/zerolog"
+)
+
+// Group is the background work of one component; its zero value is ready.
+type Group struct {
+	// Work names the component's work in logs and errors, e.g. "history sharing work".
+	Work string
+
+	lock     sync.Mutex
+	wg       sync.WaitGroup
+	stopping bool
+}
+
+// Run runs fn on its own goroutine with a context that outlives ctx's cancellation. Once Stop
+// began it runs nothing and says so.
+func (g *Group) Run(ctx context.Context, what string, fn func(ctx context.Context)) {
+	g.lock.Lock()
+	defer g.lock.Unlock()
+	if g.stopping {
+		zerolog.Ctx(ctx).Warn().Str("task", what).Msgf("Not starting %s: shutting down", g.Work)
+		return
+	}
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		fn(context.WithoutCancel(ctx))
+	}()
+}
+
+// Stop starts nothing more and waits until the work already started has finished, or ctx ends
+// (then it returns ctx's error).
+func (g *Group) Stop(ctx context.Context) error {
+	g.lock.Lock()
+	g.stopping = true
+	g.lock.Unlock()
+	done := make(chan struct{})
+	go func() {
+		g.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("failed to finish %s: %w", g.Work, ctx.Err())
+	}
+}
+
+// Stopping reports whether Stop began.
+func (g *Group) Stopping() bool {
+	g.lock.Lock()
+	defer g.lock.Unlock()
+	return g.stopping
+}
