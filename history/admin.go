@@ -116,12 +116,7 @@ func (s *Service) RoomBundles(ctx context.Context, roomID id.RoomID) (*RoomBundl
 	if err != nil {
 		return nil, err
 	}
-	out := &RoomBundlesResult{Sent: make([]SentReport, 0, len(sent)), Received: make([]*ReceivedReport, 0, len(received))}
-	for _, b := range sent {
-		out.Sent = append(out.Sent, sentReport(b))
-	}
-	for _, b := range received {
-		out.Received = append(out.Received, receivedReport(b))
-	}
+	out := &RoomBundlesResult{}
+	out.Sent, out.Received = reports(sent, received)
 	return out, nil
 }

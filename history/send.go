@@ -559,12 +559,20 @@ func (s *Service) Bundles(ctx context.Context, puppet id.UserID) (*BundlesResult
 	if err != nil {
 		return nil, err
 	}
-	out := &BundlesResult{Sent: make([]SentReport, 0, len(sent)), Received: make([]*ReceivedReport, 0, len(received))}
+	out := &BundlesResult{}
+	out.Sent, out.Received = reports(sent, received)
+	return out, nil
+}
+
+// reports turns stored bundles into their reports, in the same order (never nil: the API answers
+// empty lists).
+func reports(sent []*database.SentBundle, received []*database.ReceivedBundle) ([]SentReport, []*ReceivedReport) {
+	outSent, outReceived := make([]SentReport, 0, len(sent)), make([]*ReceivedReport, 0, len(received))
 	for _, b := range sent {
-		out.Sent = append(out.Sent, sentReport(b))
+		outSent = append(outSent, sentReport(b))
 	}
 	for _, b := range received {
-		out.Received = append(out.Received, receivedReport(b))
+		outReceived = append(outReceived, receivedReport(b))
 	}
-	return out, nil
+	return outSent, outReceived
 }

@@ -16,6 +16,19 @@ type inviteRequest struct {
 	ShareHistory *bool     `json:"share_history"`
 }
 
+// otherUser checks a request's user_id: given, a valid user ID, and not the puppet's own (self
+// says why not).
+func otherUser(userID, puppet id.UserID, self string) error {
+	if userID == "" {
+		return errBadJSON("user_id is required")
+	} else if _, _, err := userID.Parse(); err != nil {
+		return errInvalidParam(fmt.Sprintf("user_id %q is not a valid user ID", userID))
+	} else if userID == puppet {
+		return errInvalidParam(self)
+	}
+	return nil
+}
+
 func (s *Server) apiInvite(r *http.Request) (any, error) {
 	p, roomID, err := s.LoadPuppetInRoom(r)
 	if err != nil {
@@ -25,12 +38,8 @@ func (s *Server) apiInvite(r *http.Request) (any, error) {
 	if err = DecodeBody(r, &req); err != nil {
 		return nil, err
 	}
-	if req.UserID == "" {
-		return nil, errBadJSON("user_id is required")
-	} else if _, _, err = req.UserID.Parse(); err != nil {
-		return nil, errInvalidParam(fmt.Sprintf("user_id %q is not a valid user ID", req.UserID))
-	} else if req.UserID == p.UserID {
-		return nil, errInvalidParam("a puppet cannot invite itself")
+	if err = otherUser(req.UserID, p.UserID, "a puppet cannot invite itself"); err != nil {
+		return nil, err
 	}
 	share := req.ShareHistory == nil || *req.ShareHistory
 	resp, err := s.history.Invite(r.Context(), p, roomID, req.UserID, share)
@@ -72,12 +81,8 @@ func (s *Server) apiReshare(r *http.Request) (any, error) {
 	if err = DecodeBody(r, &req); err != nil {
 		return nil, err
 	}
-	if req.UserID == "" {
-		return nil, errBadJSON("user_id is required")
-	} else if _, _, err = req.UserID.Parse(); err != nil {
-		return nil, errInvalidParam(fmt.Sprintf("user_id %q is not a valid user ID", req.UserID))
-	} else if req.UserID == p.UserID {
-		return nil, errInvalidParam("a puppet cannot share history with itself")
+	if err = otherUser(req.UserID, p.UserID, "a puppet cannot share history with itself"); err != nil {
+		return nil, err
 	}
 	resp, err := s.history.Reshare(r.Context(), p, roomID, req.UserID)
 	switch {
