@@ -38,23 +38,13 @@ fi
 
 # 2. heirloom's config: the example, with a gateway section naming heisenbridge's registration.
 config="${DEMO}/config.yaml"
-if [[ ! -f "${config}" ]]; then
-  step "Writing ${config}"
-  ./heirloom -e -c "${config}" >/dev/null
-  sed -i \
-    -e "s#address: https://matrix.example.com#address: http://127.0.0.1:${PORT_HS}#" \
-    -e "s#domain: example.com#domain: localhost#" \
-    -e "s#address: http://localhost:29340#address: http://127.0.0.1:${PORT_AS}#" \
-    -e "s#port: 29340#port: ${PORT_AS}#" \
-    -e "s#id: heirloom\$#id: heirloom-gateway#" \
-    -e "s#bot_username: heirloombot#bot_username: heirloomgw#" \
-    -e "s#puppet_prefix: heirloom_#puppet_prefix: heirloomgw_#" \
-    -e "s#uri: file:heirloom.db#uri: file:${DEMO}/heirloom.db#" \
-    -e "s#registration: \"\"#registration: ${hb_registration}#" \
-    -e "s#encrypt_new_rooms: false#encrypt_new_rooms: true#" \
-    "${config}"
-  grep -q "registration: ${hb_registration}" "${config}" || { echo "the example config has no gateway.registration to fill in"; exit 1; }
-fi
+write_config "${config}" "${PORT_AS}" "${DEMO}/heirloom.db" \
+  -e "s#id: heirloom\$#id: heirloom-gateway#" \
+  -e "s#bot_username: heirloombot#bot_username: heirloomgw#" \
+  -e "s#puppet_prefix: heirloom_#puppet_prefix: heirloomgw_#" \
+  -e "s#registration: \"\"#registration: ${hb_registration}#" \
+  -e "s#encrypt_new_rooms: false#encrypt_new_rooms: true#"
+grep -q "registration: ${hb_registration}" "${config}" || { echo "the example config has no gateway.registration to fill in"; exit 1; }
 step "Generating the registration Synapse loads (the bridge's namespaces, heirloom's URL and tokens)"
 ./heirloom -g -c "${config}" -r "${DEMO}/registration.yaml"
 

@@ -53,3 +53,21 @@ start_heirloom() {
   echo "heirloom did not answer within 20 s; its log: ${log}" >&2
   exit 1
 }
+
+# write_config CONFIG PORT_AS DB [SED_ARGS...]: heirloom's commented example config, pointed at the
+# local Synapse (PORT_HS), listening on PORT_AS, with its SQLite database at DB; SED_ARGS change
+# more. Kept if it exists (its generated secrets with it).
+write_config() {
+  local config="$1" port_as="$2" db="$3"
+  shift 3
+  [[ -f "${config}" ]] && return 0
+  step "Writing ${config}"
+  ./heirloom -e -c "${config}" >/dev/null
+  sed -i \
+    -e "s#address: https://matrix.example.com#address: http://127.0.0.1:${PORT_HS}#" \
+    -e "s#domain: example.com#domain: localhost#" \
+    -e "s#address: http://localhost:29340#address: http://127.0.0.1:${port_as}#" \
+    -e "s#port: 29340#port: ${port_as}#" \
+    -e "s#uri: file:heirloom.db#uri: file:${db}#" \
+    "$@" "${config}"
+}

@@ -17,17 +17,7 @@ start=$(date +%s)
 source scripts/demo-lib.sh
 
 config="${DEMO}/config.yaml"
-if [[ ! -f "${config}" ]]; then
-  step "Writing ${config}"
-  ./heirloom -e -c "${config}" >/dev/null
-  sed -i \
-    -e "s#address: https://matrix.example.com#address: http://127.0.0.1:${PORT_HS}#" \
-    -e "s#domain: example.com#domain: localhost#" \
-    -e "s#address: http://localhost:29340#address: http://127.0.0.1:${PORT_AS}#" \
-    -e "s#port: 29340#port: ${PORT_AS}#" \
-    -e "s#uri: file:heirloom.db#uri: file:${DEMO}/heirloom.db#" \
-    "${config}"
-fi
+write_config "${config}" "${PORT_AS}" "${DEMO}/heirloom.db"
 step "Generating the registration"
 ./heirloom -g -c "${config}" -r "${DEMO}/registration.yaml"
 
