@@ -1,13 +1,18 @@
 package gateway_test
 
 import (
+	"bufio"
 	"encoding/json"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -384,4 +389,80 @@ func TestGatewayErrorsAreMatrixErrors(t *testing.T) {
 	require.NotContains(t, strings.ToLower(string(resp.body)), "sql")
 	require.NotContains(t, strings.ToLower(string(resp.body)), "database")
 	require.Contains(t, strings.ToLower(h.logs.String()), "database is closed", "the cause is in the log")
+}
+
+// rawExchange writes one raw HTTP/1.1 request to addr and returns the status line of the answer.
+func rawExchange(t *testing.T, addr, request string) string {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, conn.SetDeadline(time.Now().Add(5*time.Second)))
+	_, err = io.WriteString(conn, request)
+	require.NoError(t, err)
+	line, _ := bufio.NewReader(conn).ReadString('\n')
+	return strings.TrimSpace(line)
+}
+
+// Requests as an attacker writes them on the wire, through heirloom's real listener: path tricks,
+// framing tricks, parameters in odd places. None may make the homeserver send plaintext into the
+// encrypted room, or act as anyone but the bridge's users.
+func TestAdversarialRequestsOnTheWire(t *testing.T) {
+	h := newHarness(t)
+	const room = "!secret:localhost"
+	h.hs.setAnswer(e2eeHomeserver(room))
+	srv := httptest.NewServer(h.handler)
+	t.Cleanup(srv.Close)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	const secret = "wire secret"
+	body := `{"msgtype":"m.text","body":"` + secret + `"}`
+	req := func(method, target string, headers ...string) string {
+		head := method + " " + target + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + bridgeAS + "\r\n"
+		for _, hd := range headers {
+			head += hd + "\r\n"
+		}
+		return head
+	}
+	withBody := func(method, target string, headers ...string) string {
+		return req(method, target, headers...) + "Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+	}
+	chunked := func(method, target string, headers ...string) string {
+		return req(method, target, headers...) + "Transfer-Encoding: chunked\r\n\r\n" + strconv.FormatInt(int64(len(body)), 16) + "\r\n" + body + "\r\n0\r\n\r\n"
+	}
+	const send = "/_matrix/client/v3/rooms/" + room + "/send/m.room.message"
+	for _, tc := range []struct{ name, want, request string }{
+		{"double slash", "307", withBody("PUT", "/_matrix/client/v3/rooms/"+room+"//send/m.room.message/t1")},
+		{"escaped dot segments", "404", withBody("PUT", "/_matrix/client/v3/rooms/"+room+"/x/%2E%2E/send/m.room.message/t2")},
+		{"escaped slash in the room", "404", withBody("PUT", "/_matrix/client/v3/rooms/"+room+"%2Fsend/m.room.message/t3")},
+		{"trailing slash after the txn", "404", withBody("PUT", send+"/t4/")},
+		{"semicolon parameters in the path", "200", withBody("PUT", send+";x=y/t5")},
+		{"prefix in capitals", "404", withBody("PUT", "/_matrix/client/V3/rooms/"+room+"/send/m.room.message/t6")},
+		{"absolute-form target", "200", withBody("PUT", "http://x/_matrix/client/unstable/rooms/"+room+"/send/m.room.message/t7")},
+		{"chunked POST send", "200", chunked("POST", send)},
+		{"chunked form body", "415", chunked("POST", "/_matrix/client/v3/user/@heirloombot:localhost/openid/request_token", "Content-Type: "+formType)},
+		{"chunked and a Content-Length", "200", req("POST", send, "Content-Length: 3", "Transfer-Encoding: chunked") +
+			"\r\n" + strconv.FormatInt(int64(len(body)), 16) + "\r\n" + body + "\r\n0\r\n\r\n"},
+		{"form type in a second header line", "415", withBody("POST", "/_matrix/client/v3/account/deactivate", "Content-Type: application/json", "content-type: "+formType)},
+		{"user_id of a puppet escaped", "403", withBody("PUT", send+"/t8?user%5Fid=%40heirloom_bob%3Alocalhost")},
+		{"user_id after a semicolon", "403", withBody("PUT", send+"/t9?x=1;user_id=@heirloom_bob:localhost")},
+		{"user_id with a NUL", "403", withBody("PUT", send+"/t10?user_id=@irc_alice:localhost%00")},
+		{"access_token of the bridge in the query, header too", "403", withBody("PUT", send+"/t11?access_token="+bridgeAS+"&user_id=@heirloom_bob:localhost")},
+		{"HEAD of a send", "405", req("HEAD", send+"/t12") + "\r\n"},
+		{"OPTIONS of a send", "405", req("OPTIONS", send+"/t13") + "\r\n"},
+		{"lower-case method", "405", withBody("put", send+"/t14")},
+		{"device of a bridge user", "403", withBody("PUT", send+"/t15?user_id=@irc_alice:localhost&device_id=HEIRLOOMDEVICE")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status := rawExchange(t, addr, tc.request)
+			require.True(t, strings.HasPrefix(status, "HTTP/1.1 "+tc.want), "answered %q, want %s", status, tc.want)
+			for _, r := range h.hs.seen() {
+				require.NotContains(t, string(r.Body), secret, "plaintext reached the homeserver: %s %s", r.Method, r.RawPath)
+				q, _ := url.ParseQuery(r.Query)
+				require.NotContains(t, q.Get("user_id"), "heirloom", "acting as heirloom's users: %s %s?%s", r.Method, r.RawPath, r.Query)
+				require.NotContains(t, r.RawPath, "openid", "%s %s", r.Method, r.RawPath)
+				require.NotContains(t, r.RawPath, "deactivate", "%s %s", r.Method, r.RawPath)
+				require.NotContains(t, r.Query, "HEIRLOOMDEVICE", "%s %s?%s", r.Method, r.RawPath, r.Query)
+			}
+		})
+	}
 }
