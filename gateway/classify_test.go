@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -465,4 +466,23 @@ func TestAdversarialRequestsOnTheWire(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A forwarded request never asks the homeserver to switch protocols: behind a 101 the bridge would
+// speak to the homeserver without heirloom reading a word.
+func TestNoProtocolSwitchForwarded(t *testing.T) {
+	h := newHarness(t)
+	var upgrade atomic.Value
+	upgrade.Store("")
+	h.hs.setAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) {
+		upgrade.Store(r.Header.Get("Upgrade") + r.Header.Get("Connection"))
+		answerJSON(http.StatusOK, `{"joined_rooms":[]}`)(w, r, body)
+	})
+	srv := httptest.NewServer(h.handler)
+	t.Cleanup(srv.Close)
+	status := rawExchange(t, strings.TrimPrefix(srv.URL, "http://"), "GET /_matrix/client/v3/joined_rooms HTTP/1.1\r\nHost: x\r\n"+
+		"Authorization: Bearer "+bridgeAS+"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	require.Equal(t, "HTTP/1.1 200 OK", status)
+	require.Len(t, h.hs.seen(), 1)
+	require.Empty(t, upgrade.Load(), "the homeserver was asked to switch protocols")
 }

@@ -29,6 +29,9 @@ func (g *Gateway) newProxy() http.Handler {
 			// The query as heirloom checked it: Twisted's reading of the bridge's, re-encoded.
 			pr.Out.URL.RawQuery = forwardedQuery(pr.In.URL.RawQuery)
 			pr.Out.Header.Set("Authorization", "Bearer "+g.cfg.AppService.ASToken)
+			// No protocol switch: behind a 101 the bridge could speak to the homeserver unread.
+			pr.Out.Header.Del("Upgrade")
+			pr.Out.Header.Del("Connection")
 		},
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
