@@ -486,3 +486,23 @@ func TestNoProtocolSwitchForwarded(t *testing.T) {
 	require.Len(t, h.hs.seen(), 1)
 	require.Empty(t, upgrade.Load(), "the homeserver was asked to switch protocols")
 }
+
+// A send as a user the homeserver does not let see the room is answered with the homeserver's
+// refusal, never forwarded: a join completing between heirloom's look at the room and the send
+// would let it into an encrypted room in the clear.
+func TestSendIntoAnUnseenRoomRefused(t *testing.T) {
+	h := newHarness(t)
+	h.hs.setAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) {
+		if strings.HasSuffix(r.URL.Path, "/state") {
+			answerJSON(http.StatusForbidden, `{"errcode":"M_FORBIDDEN","error":"User not in room"}`)(w, r, body)
+			return
+		}
+		answerJSON(http.StatusOK, `{"event_id":"$plaintext"}`)(w, r, body)
+	})
+	resp := h.doWith(t, http.MethodPut, "/_matrix/client/v3/rooms/!r:localhost/send/m.room.message/t1?user_id=@irc_alice:localhost",
+		[]string{"Content-Type", "application/json"}, `{"msgtype":"m.text","body":"not yet joined"}`)
+	requireMatrixError(t, resp, http.StatusForbidden, "M_FORBIDDEN")
+	for _, r := range h.hs.seen() {
+		require.NotContains(t, r.RawPath, "/send/", "nothing was sent")
+	}
+}

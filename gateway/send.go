@@ -73,8 +73,9 @@ func (g *Gateway) handleSend(w http.ResponseWriter, r *http.Request, user id.Use
 	encrypted, err := g.roomEncrypted(ctx, user, roomID)
 	switch {
 	case errors.Is(err, e2ee.ErrUnknownRoom):
-		// The sender cannot see the room: the homeserver refuses the send as it would without heirloom.
-		g.forwardBody(w, r, body)
+		// The sender cannot see the room (yet): the homeserver's refusal, not the send in the clear,
+		// which a join completing meanwhile would let through.
+		matrixerr.Write(w, r, err)
 		return
 	case err != nil:
 		// Never send in the clear into a room that may be encrypted: the bridge gets an error
