@@ -68,9 +68,9 @@ var (
 // classify finds the route of a request's escaped path and the action for its method.
 func classify(method, escapedPath string) (*call, *mautrix.RespError) {
 	segs := strings.Split(escapedPath, "/")
-	for i := range routeTable {
-		rt := &routeTable[i]
-		vars, ok := rt.match(segs)
+	for i := range compiledRoutes {
+		p := &compiledRoutes[i]
+		vars, ok := p.match(segs)
 		if !ok {
 			continue
 		}
@@ -79,54 +79,74 @@ func classify(method, escapedPath string) (*call, *mautrix.RespError) {
 				return nil, &errPathNotUTF8
 			}
 		}
-		act, ok := rt.methods[method]
-		if !ok && method == http.MethodHead {
-			act, ok = rt.methods[http.MethodGet]
-		}
-		if !ok {
-			act, ok = rt.methods["*"]
-		}
-		if !ok {
-			return nil, &errMethod
-		}
-		return &call{action: act, vars: vars}, nil
+		return p.route.call(method, vars)
 	}
 	return nil, &errUnrecognized
 }
 
-// match matches the path's segments (split on '/', still escaped) against the route under each of
-// its prefixes, and returns the route's variables, unescaped.
-func (rt *route) match(segs []string) (map[string]string, bool) {
-	for _, prefix := range rt.prefixes {
-		pat := strings.Split(prefix+rt.path, "/")
-		if vars, ok := matchSegments(pat, segs); ok {
-			return vars, true
-		}
+// call is the route's action for method: GET serves HEAD too, "*" any method the route does not
+// name, and a method it does not serve is a 405.
+func (rt *route) call(method string, vars map[string]string) (*call, *mautrix.RespError) {
+	act, ok := rt.methods[method]
+	if !ok && method == http.MethodHead {
+		act, ok = rt.methods[http.MethodGet]
 	}
-	return nil, false
+	if !ok {
+		act, ok = rt.methods["*"]
+	}
+	if !ok {
+		return nil, &errMethod
+	}
+	return &call{action: act, vars: vars}, nil
 }
 
-func matchSegments(pat, segs []string) (map[string]string, bool) {
-	vars := map[string]string{}
-	for i, p := range pat {
-		if i >= len(segs) {
+// pattern is a route under one of its prefixes, split into segments.
+type pattern struct {
+	segs  []string
+	rest  bool // the last segment is {name...}
+	route *route
+}
+
+// compiledRoutes are routeTable's patterns, in its order.
+var compiledRoutes = compile(routeTable)
+
+func compile(table []route) []pattern {
+	var out []pattern
+	for i := range table {
+		for _, prefix := range table[i].prefixes {
+			segs := strings.Split(prefix+table[i].path, "/")
+			out = append(out, pattern{segs: segs, rest: strings.HasSuffix(segs[len(segs)-1], "...}"), route: &table[i]})
+		}
+	}
+	return out
+}
+
+// match matches the path's segments (split on '/', still escaped) and returns the pattern's
+// variables, unescaped: literal segments must be equal as they are, {name} takes one segment and
+// {name...} one or more.
+func (p *pattern) match(segs []string) (map[string]string, bool) {
+	if len(segs) < len(p.segs) || !p.rest && len(segs) != len(p.segs) {
+		return nil, false
+	}
+	for i, s := range p.segs {
+		if !strings.HasPrefix(s, "{") && s != segs[i] {
 			return nil, false
 		}
+	}
+	vars := map[string]string{}
+	for i, s := range p.segs {
 		switch {
-		case strings.HasPrefix(p, "{") && strings.HasSuffix(p, "...}"):
-			vars[strings.TrimSuffix(p[1:], "...}")] = strings.Join(segs[i:], "/")
-			return vars, true
-		case strings.HasPrefix(p, "{"):
+		case strings.HasSuffix(s, "...}"):
+			vars[strings.TrimSuffix(s[1:], "...}")] = strings.Join(segs[i:], "/")
+		case strings.HasPrefix(s, "{"):
 			v, err := url.PathUnescape(segs[i])
 			if err != nil {
 				return nil, false
 			}
-			vars[strings.Trim(p, "{}")] = v
-		case p != segs[i]:
-			return nil, false
+			vars[strings.Trim(s, "{}")] = v
 		}
 	}
-	return vars, len(pat) == len(segs)
+	return vars, true
 }
 
 // methods builds a route's method table from method, action pairs.
