@@ -55,10 +55,10 @@ const (
 )
 
 var (
-	errUnrecognized  = mautrix.MUnrecognized.WithMessage("Unrecognized request: heirloom's gateway forwards only the calls it knows")
-	errMethod        = mautrix.MUnrecognized.WithMessage("Unrecognized request: method not allowed").WithStatus(http.StatusMethodNotAllowed)
-	errPathNotUTF8   = mautrix.MInvalidParam.WithMessage("a path segment is not UTF-8")
-	errBridgeUsersE2 = mautrix.MForbidden.WithMessage("heirloom keeps the E2EE devices and keys of the bridge's users: the bridge may not " +
+	errUnrecognized    = mautrix.MUnrecognized.WithMessage("Unrecognized request: heirloom's gateway forwards only the calls it knows")
+	errMethod          = mautrix.MUnrecognized.WithMessage("Unrecognized request: method not allowed").WithStatus(http.StatusMethodNotAllowed)
+	errPathNotUTF8     = mautrix.MInvalidParam.WithMessage("a path segment is not UTF-8")
+	errBridgeUsersKeys = mautrix.MForbidden.WithMessage("heirloom keeps the E2EE devices and keys of the bridge's users: the bridge may not " +
 		"change them (turn the bridge's own encryption off)")
 	errBridgeUsersAccount = mautrix.MForbidden.WithMessage("heirloom keeps the E2EE devices of the bridge's users: the bridge may not " +
 		"log them out, deactivate them or change their credentials")
@@ -196,7 +196,7 @@ var (
 	doEvent      = action{name: "event", handle: serveRead}
 	doRelations  = action{name: "relations", handle: serveRead}
 	doMedia      = action{name: "media_download", handle: serveMediaDownload}
-	noKeys       = action{name: callRefused, refuse: &errBridgeUsersE2}
+	noKeys       = action{name: callRefused, refuse: &errBridgeUsersKeys}
 	noAccount    = action{name: callRefused, refuse: &errBridgeUsersAccount}
 	noAdmin      = action{name: callRefused, refuse: &errAdminAPI}
 )
