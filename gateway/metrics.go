@@ -21,7 +21,8 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "heirloom_gateway_requests_total",
-			Help: "Client-server requests of the bridge, by the call heirloom made of them (forward for the rest)."}, []string{"call"}),
+			Help: "Client-server requests of the bridge, by the call heirloom made of them: a handled call's name, forward, " +
+				"refused, or unrecognized, forbidden and unauthorized for those refused before routing."}, []string{"call"}),
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "heirloom_gateway_deliveries_total",
 			Help: "Transactions to the bridge, by outcome (delivered, failed: retried with backoff)."}, []string{"outcome"}),
 		depth: prometheus.NewGauge(prometheus.GaugeOpts{Name: "heirloom_gateway_outbox_events",

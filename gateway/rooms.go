@@ -2,12 +2,16 @@ package gateway
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/internal/matrixerr"
 )
 
 // handleInvite runs MSC4268 for a bridge user's invite into an encrypted room: the room's
@@ -21,14 +25,17 @@ func (g *Gateway) handleInvite(w http.ResponseWriter, r *http.Request, user id.U
 	if !ok {
 		return
 	}
-	var req struct {
-		UserID id.UserID `json:"user_id"`
+	invitee, err := inviteeOf(body)
+	if errors.Is(err, errAmbiguousJSON) {
+		matrixerr.Respond(w, mautrix.MBadJSON.WithMessage("%s", err.Error()))
+		return
 	}
-	if json.Unmarshal(body, &req) != nil || req.UserID == "" || g.cfg.IsBridgeUser(req.UserID) {
+	if err != nil || invitee == "" || g.cfg.IsBridgeUser(invitee) {
+		// An unreadable body is the homeserver's to refuse.
 		g.forwardBody(w, r, body)
 		return
 	}
-	log := zerolog.Ctx(ctx).With().Stringer("room_id", roomID).Stringer("invitee", req.UserID).Logger()
+	log := zerolog.Ctx(ctx).With().Stringer("room_id", roomID).Stringer("invitee", invitee).Logger()
 	ctx = log.WithContext(ctx)
 	if encrypted, err := g.roomEncrypted(ctx, user, roomID); err != nil || !encrypted {
 		g.forwardBody(w, r, body)
@@ -36,16 +43,16 @@ func (g *Gateway) handleInvite(w http.ResponseWriter, r *http.Request, user id.U
 	}
 	p, err := g.identity(ctx, user)
 	if err != nil {
-		writeHomeserverError(w, r, err)
+		matrixerr.Write(w, r, err)
 		return
 	}
-	b, err := g.history.ShareBeforeInvite(ctx, p, roomID, req.UserID, true)
+	b, err := g.history.ShareBeforeInvite(ctx, p, roomID, invitee, true)
 	if err != nil {
 		// A bundle over the size cap: the invite goes on without history rather than not at all
 		// (the bridge cannot be told to retry without history, as heirloom's own API says).
 		log.Warn().Err(err).Msg("History sharing failed; inviting without it")
-		if b, err = g.history.ShareBeforeInvite(ctx, p, roomID, req.UserID, false); err != nil {
-			writeHomeserverError(w, r, err)
+		if b, err = g.history.ShareBeforeInvite(ctx, p, roomID, invitee, false); err != nil {
+			matrixerr.Write(w, r, err)
 			return
 		}
 	}
@@ -57,6 +64,20 @@ func (g *Gateway) handleInvite(w http.ResponseWriter, r *http.Request, user id.U
 	g.history.InviteDone(ctx, p, b, inviteErr)
 	g.metrics.bundles.WithLabelValues(b.State).Inc()
 	rec.writeTo(w, nil)
+}
+
+// inviteeOf reads the user an invite names the way the homeserver does: the body's exact
+// "user_id" key.
+func inviteeOf(body []byte) (id.UserID, error) {
+	members, err := decodeObject(body)
+	if err != nil {
+		return "", err
+	}
+	var invitee string
+	if raw, ok := members["user_id"]; ok && json.Unmarshal(raw, &invitee) != nil {
+		return "", nil
+	}
+	return id.UserID(invitee), nil
 }
 
 // forwardError is a homeserver's refusal of a forwarded request.
@@ -84,7 +105,7 @@ func (g *Gateway) handleJoin(w http.ResponseWriter, r *http.Request, user id.Use
 	roomID := id.RoomID(roomOrAlias)
 	inv, err := g.history.BeforeJoin(ctx, p, roomID)
 	if err != nil {
-		writeHomeserverError(w, r, err)
+		matrixerr.Write(w, r, err)
 		return
 	}
 	rec := g.forwardRecorded(r, body)
@@ -132,7 +153,7 @@ func (g *Gateway) handleCreateRoom(w http.ResponseWriter, r *http.Request) {
 	req["initial_state"] = initial
 	out, err := json.Marshal(req)
 	if err != nil {
-		writeHomeserverError(w, r, err)
+		matrixerr.Write(w, r, err)
 		return
 	}
 	g.forwardBody(w, r, out)

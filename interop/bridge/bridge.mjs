@@ -28,6 +28,8 @@
 //   sendImage {user, room_id, data (base64), mimetype?, filename?, w?, h?}   -> {event_id, content_uri}
 //   download {user?, mxc}                          -> {size, sha256, content_type}
 //   messages {user, room_id, limit?, dir?}         -> the homeserver's /messages answer
+//   request {user, method, path, query?, body?}    -> the answer of one client-server call made as the
+//                                                  user through the library (path sent as given)
 //   events {after?, room_id?, type?}               -> {events: [{seq, received_ts, event}], last_seq}
 //   waitEvent {after?, room_id?, type?, sender?, state_key?, membership?, body?, msgtype?, timeout_ms?}
 //                                                  -> the first recorded event that matches
@@ -258,6 +260,11 @@ class Control {
                 const roomId = encodeURIComponent(required(params, "room_id"));
                 const query = { dir: params.dir ?? "b", limit: params.limit ?? 100 };
                 return intent.matrixClient.doRequest("GET", `/_matrix/client/v3/rooms/${roomId}/messages`, query);
+            }
+            case "request": {
+                const intent = this.intent(params);
+                const query = params.query ?? null;
+                return intent.matrixClient.doRequest(required(params, "method"), required(params, "path"), query, params.body ?? null);
             }
             case "events": {
                 const events = this.recorder.list(filterOf(params));
