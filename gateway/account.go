@@ -53,5 +53,5 @@ func (g *Gateway) handleAccount(w http.ResponseWriter, r *http.Request, call str
 			return
 		}
 	}
-	g.forwardBody(w, r, body)
+	g.forwardAccount(w, r, call, body)
 }

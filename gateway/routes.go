@@ -34,8 +34,9 @@ type route struct {
 }
 
 // clientVersions are the client-server API prefixes bridges use (mautrix-python and the
-// matrix-bot-sdk use v3; older libraries r0).
-var clientVersions = map[string]bool{"v3": true, "r0": true, "v1": true}
+// matrix-bot-sdk use v3; older libraries r0); Synapse serves most calls under unstable too, and
+// the oldest (login, createRoom) under api/v1.
+var clientVersions = map[string]bool{"v3": true, "r0": true, "v1": true, "unstable": true}
 
 // matchRoute finds which handled call a request is. It works on the decoded path: bridges
 // escape room IDs differently ("%21room" or "!room"), and Go has decoded either.
@@ -47,6 +48,8 @@ func matchRoute(r *http.Request) route {
 	switch {
 	case seg[1] == "client" && clientVersions[seg[2]]:
 		return matchClient(r.Method, seg[3:], seg[2])
+	case seg[1] == "client" && seg[2] == "api" && len(seg) > 3 && seg[3] == "v1":
+		return matchClient(r.Method, seg[4:], "api/v1")
 	case seg[1] == "media" && (seg[2] == "v3" || seg[2] == "r0") && len(seg) >= 6 &&
 		(seg[3] == "download" || seg[3] == "thumbnail") && r.Method == http.MethodGet:
 		return route{name: routeMediaDownload, server: seg[4], mediaID: seg[5]}
