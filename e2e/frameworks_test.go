@@ -140,8 +140,8 @@ func requireBridgeGot(t *testing.T, b *jsBridge, roomID, body, eventID string, f
 	}
 }
 
-// TestGatewayHeisenbridgeDM: a js-sdk user starts an encrypted DM with an IRC user's ghost, as
-// Element does. heisenbridge (mautrix-python) answers an invite to a ghost its own way: the ghost
+// TestGatewayHeisenbridgeDM: a js-sdk user starts an encrypted DM with an IRC user's ghost he met in
+// a channel, as Element does. heisenbridge (mautrix-python) answers an invite to a ghost its own way: the ghost
 // leaves the user's room ("Will invite YOU instead") and the bot opens its private chat with that
 // IRC user, encrypted by heirloom (gateway.encrypt_new_rooms). There the user's encrypted messages
 // reach IRC as private messages, and the IRC user's answers come back from the ghost, encrypted by
@@ -155,8 +155,19 @@ func TestGatewayHeisenbridgeDM(t *testing.T) {
 	suffix := strconv.FormatInt(uniq.Add(1), 10) + strconv.FormatInt(time.Now().UnixNano()%100000, 10)
 	network, ircNick, mxNick := "dnet"+suffix, "dircuser"+suffix, "dmxuser"+suffix
 	irc := dialIRC(t, ircd.Addr(), ircNick)
-	hbConnect(t, u, hb, ircd, network, mxNick)
+	networkRoom := hbConnect(t, u, hb, ircd, network, mxNick)
 	ghost := fmt.Sprintf("@hbgw_%s_%s:%s", strings.ToLower(network), strings.ToLower(ircNick), domain)
+	// The user meets the IRC user in a channel first: heisenbridge registers a ghost when its IRC
+	// user speaks.
+	channel := "#dchannel" + suffix
+	irc.Join(channel)
+	jsSendID(t, u, networkRoom, "JOIN "+channel)
+	channelRoom, _ := jsAcceptInvite(t, u, "")
+	line := "hello channel " + suffix
+	irc.Privmsg(channel, line)
+	if m := jsWaitDecrypted(t, u, channelRoom, map[string]any{"body": line}); m.Sender != ghost {
+		t.Fatalf("the IRC line reached Matrix from %s, want the ghost %s", m.Sender, ghost)
+	}
 
 	var dm struct {
 		RoomID string `json:"room_id"`
