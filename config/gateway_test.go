@@ -126,6 +126,10 @@ func TestGatewayRegistration(t *testing.T) {
 	require.Contains(t, regexes, "@irc_.*", "the bridge's namespace is copied as it is")
 	require.Contains(t, regexes, `^@heirloom_.+:localhost$`)
 	require.Equal(t, "heisenbridge", cfg.RegisteredID())
+	require.Equal(t, id.UserID("@heisenbridge:localhost"), cfg.SenderUserID(), "the homeserver's sender is the bridge's bot")
+	require.NotEqual(t, cfg.BotUserID(), cfg.SenderUserID())
+	cfg.Bridge = nil
+	require.Equal(t, cfg.BotUserID(), cfg.SenderUserID(), "without a bridge, heirloom's bot is the sender")
 }
 
 // A bridge whose namespace is wider than it should be still cannot claim heirloom's own users:

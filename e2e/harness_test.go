@@ -84,6 +84,7 @@ type env struct {
 	// the registrations heirloom generates from them (the gateway profiles).
 	heisenbridgeGWReg bridgeRegistration
 	jsBridgeGWReg     bridgeRegistration
+	botsdkGWReg       bridgeRegistration
 	heisenbridgeBin   string
 	bridgeNode        string
 	// cleanups run at teardown, last first, before Synapse stops.
@@ -240,11 +241,12 @@ func (x *env) bringUp() error {
 	for _, p := range []*profile{
 		{name: "alt", id: "heirloom-alt", bot: "altbot", prefix: "alt_", push: true},
 		{name: "nopush", id: "heirloom-nopush", bot: "npbot", prefix: "np_", push: false},
-		// Gateway profiles: heirloom in front of heisenbridge and of the test bridge. Synapse
+		// Gateway profiles: heirloom in front of heisenbridge and of the test bridges. Synapse
 		// loads the registration heirloom -g writes from each bridge's own (the first of the
 		// admin's two changes).
 		{name: "gw-irc", id: "heirloom-gw-irc", bot: "hgibot", prefix: "hgi_", push: true, bridge: &x.heisenbridgeGWReg},
 		{name: "gw-js", id: "heirloom-gw-js", bot: "hgjbot", prefix: "hgj_", push: true, bridge: &x.jsBridgeGWReg},
+		{name: "gw-bs", id: "heirloom-gw-bs", bot: "hgbbot", prefix: "hgb_", push: true, bridge: &x.botsdkGWReg},
 	} {
 		p.port = freePort()
 		p.asToken, p.hsToken = randomToken("as-"+p.name+"-"), randomToken("hs-"+p.name+"-")

@@ -110,5 +110,5 @@ func (g *Gateway) handleAccount(w http.ResponseWriter, r *http.Request, call str
 			}
 		}
 	}
-	g.forwardBody(w, r, body)
+	g.forwardAccount(w, r, req, body)
 }

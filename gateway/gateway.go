@@ -56,6 +56,10 @@ type Gateway struct {
 	wake     chan struct{}
 	keysLock sync.Mutex
 	keys     map[id.SessionID]struct{}
+	// plainRooms are the rooms the homeserver confirmed unencrypted (confirmPlain).
+	plainRooms sync.Map
+	// recoveries are the sessions whose missing keys heirloom went to fetch (keyrecovery.go).
+	recoveries keyRecoveries
 	// warnedEncrypted is set once the bridge was warned it still encrypts by itself.
 	warnedEncrypted atomic.Bool
 	// backingOff is set while deliveries to the bridge fail; bridgeAlive, when the bridge made a

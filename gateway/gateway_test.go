@@ -292,6 +292,8 @@ func TestSendEncryptionStateDecides(t *testing.T) {
 		switch {
 		case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/state"):
 			answerJSON(http.StatusOK, `[{"type":"m.room.create","state_key":"","sender":"@alice:localhost","event_id":"$create","room_id":"`+room+`","origin_server_ts":1,"content":{"room_version":"10"}}]`)(w, r, nil)
+		case r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/state/m.room.encryption"):
+			answerJSON(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"Event not found."}`)(w, r, nil)
 		default:
 			answerJSON(http.StatusOK, `{"event_id":"$sent"}`)(w, r, nil)
 		}
@@ -708,7 +710,8 @@ func TestLateKeysHoldBackOnlyTheirRoom(t *testing.T) {
 }
 
 // heirloom's token, which the homeserver sees on every forwarded call, covers heirloom's own
-// puppets and bot: the bridge may register and log in as its own users only.
+// puppets and bot: the bridge may register as its own users only (and log in as none:
+// TestAppserviceLoginRefused).
 func TestBridgeRegistersAndLogsInOnlyItsOwnUsers(t *testing.T) {
 	h := newHarness(t)
 	h.hs.setAnswer(answerJSON(http.StatusOK, `{"user_id":"@whoever:localhost"}`))
@@ -717,11 +720,10 @@ func TestBridgeRegistersAndLogsInOnlyItsOwnUsers(t *testing.T) {
 		allowed          bool
 	}{
 		{"register a ghost", "/_matrix/client/v3/register", `{"type":"m.login.application_service","username":"irc_alice","inhibit_login":true}`, true},
-		{"register the bot", "/_matrix/client/v3/register?kind=user", `{"type":"m.login.application_service","username":"testbot"}`, true},
+		{"register the bot", "/_matrix/client/v3/register?kind=user", `{"type":"m.login.application_service","username":"testbot","inhibit_login":true}`, true},
 		{"register a puppet", "/_matrix/client/v3/register", `{"type":"m.login.application_service","username":"heirloom_bob"}`, false},
 		{"register heirloom's bot", "/_matrix/client/r0/register", `{"type":"m.login.application_service","username":"heirloombot"}`, false},
 		{"register someone", "/_matrix/client/v3/register", `{"type":"m.login.application_service","username":"alice"}`, false},
-		{"log in as a ghost", "/_matrix/client/v3/login", `{"type":"m.login.application_service","identifier":{"type":"m.id.user","user":"@irc_alice:localhost"}}`, true},
 		{"log in as a puppet", "/_matrix/client/v3/login", `{"type":"m.login.application_service","identifier":{"type":"m.id.user","user":"heirloom_bob"}}`, false},
 		{"log in as heirloom's bot (legacy user)", "/_matrix/client/v3/login", `{"type":"m.login.application_service","user":"@heirloombot:localhost"}`, false},
 	} {

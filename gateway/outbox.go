@@ -93,6 +93,8 @@ func (g *Gateway) decryptInto(ctx context.Context, e *database.GatewayEvent, raw
 		g.metrics.waits.Inc()
 		if err == errNoReader {
 			go g.ensureReader(context.WithoutCancel(ctx), e.RoomID)
+		} else {
+			g.recoverKey(ctx, raw)
 		}
 	default:
 		g.metrics.decryptFailures.WithLabelValues(failureReason(err)).Inc()

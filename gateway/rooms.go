@@ -11,6 +11,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/internal/matrixerr"
 )
 
@@ -87,8 +88,8 @@ func (e *forwardError) Error() string { return "the homeserver answered " + http
 
 // handleJoin forwards a bridge user's join, recording first which invite it accepts, and then
 // imports the inviter's bundle (MSC4268), as a join through heirloom's own API does. Joins of
-// users without an E2EE identity only record the invite: the device the bundle went to is needed
-// to read it.
+// users without an E2EE identity only record the invite (the device the bundle went to is needed
+// to read it), unless the user is the first reader of an encrypted room (readerForJoin).
 func (g *Gateway) handleJoin(w http.ResponseWriter, r *http.Request, user id.UserID, roomOrAlias string) {
 	ctx := r.Context()
 	body, ok := readBody(w, r)
@@ -96,6 +97,9 @@ func (g *Gateway) handleJoin(w http.ResponseWriter, r *http.Request, user id.Use
 		return
 	}
 	p, err := g.mgr.Get(ctx, user)
+	if errors.Is(err, e2ee.ErrNotProvisioned) && strings.HasPrefix(roomOrAlias, "!") {
+		p, err = g.readerForJoin(ctx, user, id.RoomID(roomOrAlias))
+	}
 	if err != nil || !strings.HasPrefix(roomOrAlias, "!") {
 		// No device (or a join by alias, resolved by the homeserver): the join's echo in the
 		// transaction stream records it (history.ObserveJoin).

@@ -48,12 +48,17 @@ func (g *Gateway) identity(ctx context.Context, userID id.UserID) (*e2ee.Puppet,
 }
 
 // roomEncrypted reports whether the room is encrypted, loading its state once if heirloom has
-// never seen it.
+// never seen it, and confirming it with the homeserver once before heirloom holds it unencrypted
+// (confirmPlain).
 func (g *Gateway) roomEncrypted(ctx context.Context, user id.UserID, roomID id.RoomID) (bool, error) {
 	if err := g.mgr.EnsureRoomState(ctx, g.mgr.Client(ctx, user), roomID); err != nil {
 		return false, err
 	}
-	return g.db.StateStore.IsEncrypted(ctx, roomID)
+	encrypted, err := g.db.StateStore.IsEncrypted(ctx, roomID)
+	if err != nil || encrypted {
+		return encrypted, err
+	}
+	return g.confirmPlain(ctx, user, roomID)
 }
 
 // handleSend encrypts the bridge's send into an encrypted room with the sender's own session, and

@@ -313,6 +313,7 @@ func (s *Server) applyState(ctx context.Context, evt *event.Event, previous *eve
 		s.history.TrackMembership(ctx, evt)
 	}
 	mautrix.UpdateStateStore(ctx, s.db.StateStore, evt)
+	s.noteInviteEncryption(ctx, evt)
 	if change, ok := e2ee.RoomChangeOf(evt, previous); ok {
 		// At the event's own time, so a late transaction of a departure does not rotate a session
 		// created after it (the send path already rotated for it, from the member list); never
