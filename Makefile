@@ -48,10 +48,11 @@ e2e-postgres: deps
 	@set -o pipefail; go test -count=1 -timeout 40m -v ./e2e 2>&1 | tee $(STATE)/test-postgres.log | grep -E '^(--- |ok|FAIL|panic)|_test.go:' ; \
 		status=$$?; scripts/test-summary.sh $(STATE)/test-postgres.log; exit $$status
 
-# unit runs the unit tests; the PostgreSQL store tests skip (and say so) without HEIRLOOM_TEST_POSTGRES.
+# unit runs the unit tests of every package but e2e; the PostgreSQL store tests skip (and say so)
+# without HEIRLOOM_TEST_POSTGRES.
 unit:
 	@mkdir -p $(STATE)
-	@set -o pipefail; go test -count=1 -v $$(go list ./... | grep -v /e2e) 2>&1 | tee $(STATE)/unit.log | grep -E '^(--- FAIL|ok|FAIL|panic)|_test.go:' ; \
+	@set -o pipefail; go test -count=1 -v $$(go list ./... | grep -v '/e2e$$') 2>&1 | tee $(STATE)/unit.log | grep -E '^(--- FAIL|ok|FAIL|panic)|_test.go:' ; \
 		status=$$?; scripts/test-summary.sh $(STATE)/unit.log; exit $$status
 
 # unit-postgres starts this checkout's private PostgreSQL cluster (scripts/postgres.sh; it stays up,
