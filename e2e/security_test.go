@@ -255,7 +255,28 @@ func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
 		t.Fatal("the device list is outdated before any change")
 	}
 
-	restartHeirloom(t)
+	// Loading a machine records the puppet's activity (e2ee.Manager.load): while p's activity
+	// stays what it was before the restart, p's machine is not loaded.
+	lastActive := func() int64 {
+		var v int64
+		if err := e.db(t).QueryRow(`SELECT last_active_at FROM puppet WHERE user_id=?`, p.UserID).Scan(&v); err != nil {
+			t.Fatalf("reading %s's activity: %v", p.UserID, err)
+		}
+		return v
+	}
+	var active int64
+	notLoaded := func(when string) {
+		t.Helper()
+		if got := lastActive(); got != active {
+			t.Fatalf("%s, p's machine was loaded (activity %d, %d before the restart): the test's premise does not hold", when, got, active)
+		}
+	}
+
+	restartHeirloomWith(t, func() { active = lastActive() })
+	if active == 0 {
+		t.Fatal("the puppet's activity is not recorded")
+	}
+	notLoaded("after the restart")
 	if !outdated() {
 		t.Fatal("a restart did not mark the tracked device list outdated")
 	}
@@ -265,11 +286,7 @@ func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
 	if outdated() {
 		t.Fatal("sending after the restart did not fetch the outdated list")
 	}
-	var status struct {
-		Loaded int `json:"loaded_machines"`
-	}
-	apiOK(t, "GET", "/status", nil, &status)
-	t.Logf("machines loaded before the change: %d", status.Loaded)
+	notLoaded("before the device-list change")
 	// Synapse drops the device lists of a transaction it could not deliver (it keeps only events,
 	// ephemeral and to-device messages for its retries): wait until it delivers again, with an
 	// event that loads no machine.
@@ -285,6 +302,7 @@ func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
 	eventually(t, 30*time.Second, "the device-list change to reach the shared tables", func() (bool, string) {
 		return outdated(), "devices_outdated is still false"
 	})
+	notLoaded("when the device-list change arrived")
 	// The new device's keys and its owner's signature on them are two uploads, and Synapse may
 	// report them apart: the second may mark the list outdated again after this send fetched it.
 	queries := metric(t, "heirloom_key_queries_total")
