@@ -276,19 +276,50 @@ func TestHonestMergeKeepsTheBetterSessionBothWays(t *testing.T) {
 	require.Equal(t, id.UserID("@inviter:localhost"), held.SourceUser)
 
 	// A later-index copy (from another bundle) does not replace the better one.
-	res, err = importPlain(t, env, p, bundleOf(t, []keybundle.RoomKey{m.entry(t, benchRoom, 3)}, nil))
+	_, err = importPlain(t, env, p, bundleOf(t, []keybundle.RoomKey{m.entry(t, benchRoom, 3)}, nil))
 	require.NoError(t, err)
 	held, err = p.Store.GetGroupSession(ctx, benchRoom, m.out.ID())
 	require.NoError(t, err)
 	require.EqualValues(t, 0, held.Internal.FirstKnownIndex())
 
-	// Nor does a direct copy at a later index; the other way round, a direct copy at an earlier
-	// index than an imported one wins its index and provenance (e2ee.MergeSessions' table).
-	holdDirect(t, p, m, benchRoom, true)
+	// Nor does a direct copy (an m.room_key) at a later index: the imported copy keeps its index
+	// and its provenance.
+	stored, reason, err := p.StoreSession(ctx, directCopy(t, m, benchRoom, m.out.Key()))
+	require.NoError(t, err)
+	require.False(t, stored, "a worse direct copy replaces nothing")
+	require.Equal(t, e2ee.ReasonHeldNoBetter, reason)
 	held, err = p.Store.GetGroupSession(ctx, benchRoom, m.out.ID())
 	require.NoError(t, err)
-	require.EqualValues(t, 0, held.Internal.FirstKnownIndex(), "a worse direct copy replaces nothing")
-	_ = res
+	require.EqualValues(t, 0, held.Internal.FirstKnownIndex())
+	require.Equal(t, id.UserID("@inviter:localhost"), held.SourceUser, "messages 0-4 still rest on the inviter's word")
+
+	// The other way round: a direct copy at an earlier index than an imported one wins its index
+	// and its provenance (e2ee.MergeSessions' table).
+	later := newMegolmKey(t)
+	_, err = importPlain(t, env, p, bundleOf(t, []keybundle.RoomKey{later.entry(t, benchRoom, 3)}, nil))
+	require.NoError(t, err)
+	held, err = p.Store.GetGroupSession(ctx, benchRoom, later.out.ID())
+	require.NoError(t, err)
+	require.EqualValues(t, 3, held.Internal.FirstKnownIndex())
+	stored, _, err = p.StoreSession(ctx, directCopy(t, later, benchRoom, later.key0))
+	require.NoError(t, err)
+	require.True(t, stored, "the earlier direct copy is merged")
+	held, err = p.Store.GetGroupSession(ctx, benchRoom, later.out.ID())
+	require.NoError(t, err)
+	require.EqualValues(t, 0, held.Internal.FirstKnownIndex(), "the direct copy's earlier index wins")
+	require.Equal(t, id.KeySourceDirect, held.KeySource, "and so does its provenance")
+	require.Empty(t, held.SourceUser, "messages from index 0 rest on no inviter's word")
+}
+
+// directCopy is the session as an m.room_key from its creator brings it: the session key given
+// (its creator's signed key at some index), received directly.
+func directCopy(t *testing.T, m *megolmKey, roomID id.RoomID, sessionKey string) *crypto.InboundGroupSession {
+	t.Helper()
+	shared := true
+	igs, err := crypto.NewInboundGroupSession(validCurve, validEd, roomID, sessionKey, time.Hour, 100, &shared, false)
+	require.NoError(t, err)
+	require.Equal(t, m.out.ID(), igs.ID())
+	return igs
 }
 
 // A copy whose shared_history is false keeps it false: a bundle copy cannot make it shareable.
