@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -136,8 +137,11 @@ func TestCancelledJoinRequestStillImports(t *testing.T) {
 	defer cancel()
 	hs.onJoin = cancel
 	_, _ = env.svc.Join(ctx, p, benchRoom)
-	require.Eventually(t, func() bool { return bundleState(t, env, rb).State == database.ReceivedImported },
-		10*time.Second, 20*time.Millisecond, "the bundle is imported although the request was cancelled")
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		b, err := env.db.GetReceivedBundle(context.Background(), rb.Puppet, rb.RoomID, rb.Sender)
+		require.NoError(c, err)
+		require.Equal(c, database.ReceivedImported, b.State)
+	}, 10*time.Second, 20*time.Millisecond, "the bundle is imported although the request was cancelled")
 }
 
 // An invite rescinded (or left) before the join, in the same transaction as the invite itself:
