@@ -58,6 +58,8 @@ type Bot struct {
 	userID  id.UserID
 
 	queue chan queued
+	// lanes holds the events of each sender being answered (lanes.go).
+	lanes lanes
 	// provisioned is closed once the bot's device exists.
 	provisioned chan struct{}
 	provOnce    sync.Once
@@ -96,8 +98,11 @@ func (b *Bot) Provision(ctx context.Context) error {
 }
 
 // Run provisions the bot if Provision did not succeed yet (retrying with backoff), then answers
-// the events HandleEvent queued, in order, until ctx ends. Events still queued then are dropped.
+// the events HandleEvent queued until ctx ends: each sender's in order, and no sender's waiting
+// for another's (lanes.go). Events still queued then are dropped; Run returns once the events
+// being answered are done.
 func (b *Bot) Run(ctx context.Context) {
+	defer b.lanes.wait()
 	log := zerolog.Ctx(ctx).With().Str("component", "admin_bot").Logger()
 	ctx = log.WithContext(ctx)
 	for delay := 5 * time.Second; !b.isProvisioned(); delay = min(2*delay, 5*time.Minute) {
@@ -118,7 +123,7 @@ func (b *Bot) Run(ctx context.Context) {
 			}
 			return
 		case q := <-b.queue:
-			b.handle(q.ctx, q)
+			b.lanes.add(ctx, q, b.handle)
 		}
 	}
 }
@@ -152,9 +157,14 @@ func (b *Bot) HandleEvent(ctx context.Context, evt *event.Event) {
 	}
 	log := zerolog.Ctx(ctx).With().Str("component", "admin_bot").Stringer("room_id", evt.RoomID).
 		Stringer("sender", evt.Sender).Stringer("event_id", evt.ID).Logger()
+	if !b.lanes.admit(evt.Sender) {
+		log.Warn().Msg("Too many of this sender's events wait for the bot: dropping the event")
+		return
+	}
 	select {
 	case b.queue <- queued{ctx: context.WithoutCancel(log.WithContext(ctx)), evt: evt, received: b.now()}:
 	default:
+		b.lanes.release(evt.Sender)
 		log.Warn().Msg("The bot's queue is full: dropping the event")
 	}
 }
