@@ -147,6 +147,25 @@ func TestBundleCannotOverwriteAnotherRoomsSession(t *testing.T) {
 	}
 }
 
+// A bundle carries only keys of its own room: an entry naming another room is skipped and stored
+// under no room at all (the importer labels what it stores with the bundle's room, so a key let
+// through would be held as the bundle's room's), and it is counted as skipped.
+func TestBundleKeyOfAnotherRoomIsSkipped(t *testing.T) {
+	env := newBenchEnv(t)
+	p := env.puppet(t, "dst")
+	const otherRoom id.RoomID = "!other:localhost"
+	genuine, smuggled := newMegolmKey(t), newMegolmKey(t)
+	otherWithheld := keybundle.Withheld{Algorithm: id.AlgorithmMegolmV1, Code: keybundle.CodeHistoryNotShared, RoomID: otherRoom,
+		SenderKey: validCurve, SessionID: newMegolmKey(t).out.ID()}
+	res, err := importPlain(t, env, p, bundleOf(t, []keybundle.RoomKey{genuine.entry(t, benchRoom, 0), smuggled.entry(t, otherRoom, 0)},
+		[]keybundle.Withheld{otherWithheld}))
+	require.NoError(t, err)
+	require.Equal(t, importResult{imported: 1, withheld: 0, skipped: 2}, res)
+	require.NotNil(t, sessionRow(t, env, p, genuine.out.ID()), "the bundle's own room key is imported")
+	require.Nil(t, sessionRow(t, env, p, smuggled.out.ID()), "the other room's key is held in no room")
+	require.Nil(t, sessionRow(t, env, p, otherWithheld.SessionID), "nor is the other room's withheld entry")
+}
+
 // A bogus entry (a key that is not the named session) must not make heirloom drop a genuine entry
 // for the same session ID as a "duplicate": only entries that passed validation count.
 func TestBogusEntryDoesNotShadowTheGenuineOne(t *testing.T) {
