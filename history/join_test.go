@@ -172,6 +172,19 @@ func TestJoinThatReplacedSomethingElseAcceptsNothing(t *testing.T) {
 	require.Nil(t, inv, "the stale invite is forgotten")
 }
 
+// A join that replaced another invite than the recorded one (another invite followed, which
+// heirloom did not hear of) accepts nothing: the invite the bundle waits for is not the one the
+// puppet joined from.
+func TestJoinThatReplacedAnotherInviteAcceptsNothing(t *testing.T) {
+	env, p, hs, rb := joinFixture(t)
+	invite(t, env, p, "$invite", event.MembershipInvite)
+	hs.replacesState, hs.prevMembership = "$a-later-invite", event.MembershipInvite
+	res, err := env.svc.Join(context.Background(), p, benchRoom)
+	require.NoError(t, err)
+	require.Nil(t, res.Bundle, res.History)
+	require.Equal(t, database.ReceivedPending, bundleState(t, env, rb).State, "alice's bundle is not imported")
+}
+
 // A join made outside the API, seen in the transaction stream after the invite, accepts the
 // invite it replaced.
 func TestJoinSeenInTransactionsAcceptsTheInvite(t *testing.T) {
