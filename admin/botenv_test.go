@@ -36,9 +36,9 @@ type fakeHomeserver struct {
 	// messages it sends.
 	sent       chan sentEvent
 	toDevice   chan string
-	events         atomic.Int64
-	mu             sync.Mutex
-	unexpected     []string
+	events     atomic.Int64
+	mu         sync.Mutex
+	unexpected []string
 	// members are the joined members of each room.
 	members map[id.RoomID][]id.UserID
 }
@@ -280,7 +280,7 @@ func (d *device) say(t *testing.T, body string, sent time.Time) *event.Event {
 // plain returns a text message in the clear from user in roomID, sent at sent.
 func plain(user id.UserID, roomID id.RoomID, body string, sent time.Time) *event.Event {
 	return &event.Event{Type: event.EventMessage, RoomID: roomID, Sender: user, Timestamp: sent.UnixMilli(),
-		ID: id.EventID("$plain-" + randomKey()[:8]),
+		ID:      id.EventID("$plain-" + randomKey()[:8]),
 		Content: event.Content{Parsed: &event.MessageEventContent{MsgType: event.MsgText, Body: body}}}
 }
 

@@ -119,4 +119,3 @@ func TestRedeliveryOnlyWhileTheInviteStands(t *testing.T) {
 	old.CreatedAt = time.Now().Add(-env.svc.cfg.HistorySharing.Redeliver() - time.Minute).UnixMilli()
 	require.Equal(t, "past history_sharing.redeliver_window", env.svc.redeliveryRefused(context.Background(), p, &old, false))
 }
-
