@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -119,4 +120,16 @@ func TestBotRefusesOthersOnce(t *testing.T) {
 	env.handle(context.Background(), phone.say(t, "status", now), now)
 	env.handle(context.Background(), plain(stranger, dmRoom, "status", now), now)
 	env.noAnswer(t)
+
+	// In a room with an admin, a command addressed to the bot: refused (the refusal was given).
+	env.room(t, groupRoom, testAdmin, stranger)
+	laptop := env.device(t, stranger, groupRoom, true)
+	env.giveKey(t, laptop, nil)
+	env.handle(context.Background(), laptop.say(t, "!heirloom help", now), now)
+	env.noAnswer(t)
+	other := env.device(t, "@other:localhost", groupRoom, true)
+	require.NoError(t, env.db.StateStore.SetMembership(context.Background(), groupRoom, "@other:localhost", event.MembershipJoin))
+	env.giveKey(t, other, nil)
+	env.handle(context.Background(), other.say(t, "!heirloom help", now), now)
+	require.Equal(t, Refusal, env.answer(t), "someone else is refused once there too")
 }
