@@ -3,7 +3,7 @@ export GOFLAGS := -tags=goolm -buildvcs=false
 SHELL := /bin/bash
 STATE := .state
 
-.PHONY: all build test unit unit-postgres e2e e2e-postgres load vet lint deps demo demo-gateway bench bench-gateway fuzz clean registration stop
+.PHONY: all build test unit unit-postgres e2e e2e-postgres load vet lint deps demo demo-gateway bench bench-gateway fuzz mutants clean registration stop
 
 all: build
 
@@ -89,6 +89,12 @@ load: deps
 
 fuzz:
 	scripts/fuzz.sh $(or $(FUZZTIME),30s)
+
+# mutants takes each security guard of scripts/mutants.txt out of the code in turn and fails
+# unless the unit test named for it fails (about 7 minutes). MUTANTS_FLAGS=--e2e also runs the
+# end-to-end tests named (minutes per mutant); MUTANTS_FLAGS='--only H1,A3' runs some.
+mutants:
+	scripts/mutants.sh $(MUTANTS_FLAGS)
 
 # registration regenerates the committed example registration from config.example.yaml (placeholder
 # tokens kept); config's TestCommittedRegistrationMatchesExample fails while it is stale.
