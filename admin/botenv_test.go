@@ -273,7 +273,7 @@ func (d *device) say(t *testing.T, body string, sent time.Time) *event.Event {
 	evt := &event.Event{Type: event.EventEncrypted, RoomID: d.room, Sender: d.user, Timestamp: sent.UnixMilli(),
 		ID: id.EventID(fmt.Sprintf("$%s-%s-%d", d.user.Localpart(), d.id, d.sent)),
 		Content: event.Content{Parsed: &event.EncryptedEventContent{Algorithm: id.AlgorithmMegolmV1,
-			MegolmCiphertext: ciphertext, SenderKey: d.identity, DeviceID: d.id, SessionID: d.session.ID()}}}
+			MegolmCiphertext: ciphertext, SenderKey: d.identity, SessionID: d.session.ID()}}}
 	return evt
 }
 
