@@ -236,14 +236,15 @@ func TestRescindedInviteIsNotAcceptedEndToEnd(t *testing.T) {
 func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
 	p, other := newPuppet(t), newPuppet(t)
 	u := newJSUser(t, true)
-	roomID := puppetCreateRoom(t, p, "shared", other.UserID)
-	eventually(t, 30*time.Second, "the other puppet to join", func() (bool, string) {
-		code, err := e.api("POST", "/puppets/"+other.UserID+"/rooms/"+roomID+"/join", map[string]any{}, nil)
-		return code == 200, fmt.Sprint(code, err)
-	})
+	roomID := puppetCreateRoom(t, p, "shared")
 	puppetInvite(t, p, roomID, u.UserID)
 	e.peer(t, "join", map[string]any{"user": u.UserID, "room_id": roomID}, nil)
 	puppetSend(t, p, roomID, "u's devices are tracked now")
+	// The other puppet shares a room with u, not with p: its sends fetch u's list without giving p
+	// a room key (which would load p's machine).
+	otherRoom := puppetCreateRoom(t, other, "shared")
+	puppetInvite(t, other, otherRoom, u.UserID)
+	e.peer(t, "join", map[string]any{"user": u.UserID, "room_id": otherRoom}, nil)
 	outdated := func() bool {
 		var v bool
 		if err := e.db(t).QueryRow(`SELECT devices_outdated FROM crypto_tracked_user WHERE user_id=?`, u.UserID).Scan(&v); err != nil {
@@ -282,17 +283,17 @@ func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
 	}
 	// The other puppet sends: its machine fetches the lists again. Nothing of p's has happened
 	// since the restart, so p's machine is not loaded.
-	puppetSend(t, other, roomID, "lists fetched again after the restart")
+	puppetSend(t, other, otherRoom, "lists fetched again after the restart")
 	if outdated() {
 		t.Fatal("sending after the restart did not fetch the outdated list")
 	}
 	notLoaded("before the device-list change")
 	// Synapse drops the device lists of a transaction it could not deliver (it keeps only events,
 	// ephemeral and to-device messages for its retries): wait until it delivers again, with an
-	// event that loads no machine.
+	// event of the other puppet's room (its room key goes to that puppet's device, not to p's).
 	const processed = `heirloom_transactions_total{outcome="processed"}`
 	before := metric(t, processed)
-	jsSend(t, u, roomID, "heirloom is reachable again")
+	jsSend(t, u, otherRoom, "heirloom is reachable again")
 	eventually(t, 60*time.Second, "Synapse to deliver to heirloom again", func() (bool, string) {
 		return metric(t, processed) > before, "no transaction processed yet"
 	})
