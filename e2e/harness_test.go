@@ -18,6 +18,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -113,6 +114,11 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	flag.Parse()
+	if listing() {
+		// go test -list only names the tests: nothing to install or start.
+		return m.Run()
+	}
 	if os.Getenv("HEIRLOOM_SKIP_E2E") != "" && os.Getenv("CI") == "" {
 		// The go-test form, so scripts/test-summary.sh counts the suite as skipped, not passed.
 		fmt.Println("=== RUN   TestEndToEndSuite")
@@ -137,6 +143,12 @@ func run(m *testing.M) int {
 	}
 	e.teardown()
 	return code
+}
+
+// listing reports whether the run only lists tests (go test -list).
+func listing() bool {
+	f := flag.Lookup("test.list")
+	return f != nil && f.Value.String() != ""
 }
 
 func freePort() int {
@@ -566,6 +578,12 @@ func armFault(t *testing.T, fault string) {
 // again so the tests after it find heirloom running.
 func restartHeirloom(t testing.TB) {
 	t.Helper()
+	restartHeirloomWith(t, nil)
+}
+
+// restartHeirloomWith restarts the shared heirloom, calling whileDown (if set) while it is stopped.
+func restartHeirloomWith(t testing.TB, whileDown func()) {
+	t.Helper()
 	t.Cleanup(func() {
 		if e.heirloom == nil {
 			if err := e.startHeirloom(); err != nil {
@@ -574,6 +592,9 @@ func restartHeirloom(t testing.TB) {
 		}
 	})
 	e.stopHeirloom(syscall.SIGTERM)
+	if whileDown != nil {
+		whileDown()
+	}
 	if err := e.startHeirloom(); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/attachment"
@@ -352,7 +354,7 @@ type bridgeTxn struct {
 	Ephemeral []map[string]any `json:"de.sorunome.msc2409.ephemeral"`
 }
 
-func bridgeTxns(t *testing.T, p *peer) []bridgeTxn {
+func bridgeTxns(t require.TestingT, p *peer) []bridgeTxn {
 	var out []bridgeTxn
 	for _, r := range p.seen() {
 		if !strings.HasPrefix(r.RawPath, "/_matrix/app/v1/transactions/") {
@@ -417,7 +419,9 @@ func TestTransactionsDeliveredInOrderOnce(t *testing.T) {
 	more := `{"events":[` + messageEvent("$m3", "@alice:localhost", "three") + `]}`
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/102", heirloomHS, more).status)
 
-	require.Eventually(t, func() bool { return len(eventsOf(bridgeTxns(t, h.bridge))) >= 6 }, 15*time.Second, 50*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		require.GreaterOrEqual(c, len(eventsOf(bridgeTxns(c, h.bridge))), 6)
+	}, 15*time.Second, 50*time.Millisecond)
 	time.Sleep(300 * time.Millisecond)
 	txns := bridgeTxns(t, h.bridge)
 	require.Equal(t, txns[0].ID, txns[1].ID, "the failed transaction is retried under its ID")
@@ -506,27 +510,28 @@ func TestBridgeCallEndsTheDeliveryBackoff(t *testing.T) {
 	txn := `{"events":[` + memberEvent("$join", "@irc_alice:localhost", "@irc_alice:localhost", "join") + `]}`
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/1", heirloomHS, txn).status)
 	// Three failures: 1 s, 2 s, then a 4 s wait.
-	require.Eventually(t, func() bool { return len(bridgeTxns(t, h.bridge)) == 3 }, 10*time.Second, 20*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) { require.Len(c, bridgeTxns(c, h.bridge), 3) }, 10*time.Second, 20*time.Millisecond)
 	var status struct {
 		Gateway *server.GatewayStatus `json:"gateway"`
 	}
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		resp := h.do(t, http.MethodGet, "/_heirloom/v1/status", "api-secret-0123456789abcdef", "")
-		require.Equal(t, http.StatusOK, resp.status, "%s", resp.body)
-		require.NoError(t, json.Unmarshal(resp.body, &status))
-		return status.Gateway != nil && status.Gateway.Attempts == 3
+		require.Equal(c, http.StatusOK, resp.status, "%s", resp.body)
+		require.NoError(c, json.Unmarshal(resp.body, &status))
+		require.NotNil(c, status.Gateway)
+		require.Equal(c, 3, status.Gateway.Attempts)
 	}, 5*time.Second, 20*time.Millisecond)
 	require.Equal(t, &server.GatewayStatus{Bridge: "testbridge", OutboxEvents: 1, DeliveryFailing: true, Attempts: 3,
 		LastError: "the bridge answered 503"}, status.Gateway, "what an operator reads in GET /status")
 	h.do(t, http.MethodGet, "/_matrix/client/v3/account/whoami", bridgeAS, "")
-	require.Eventually(t, func() bool { return len(bridgeTxns(t, h.bridge)) == 4 }, 2*time.Second, 20*time.Millisecond,
+	require.EventuallyWithT(t, func(c *assert.CollectT) { require.Len(c, bridgeTxns(c, h.bridge), 4) }, 2*time.Second, 20*time.Millisecond,
 		"delivered when the bridge called, not 4 s later")
 	require.Equal(t, []string{"$join"}, eventsOf(bridgeTxns(t, h.bridge)[3:]))
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		resp := h.do(t, http.MethodGet, "/_heirloom/v1/status", "api-secret-0123456789abcdef", "")
 		status.Gateway = nil
-		require.NoError(t, json.Unmarshal(resp.body, &status))
-		return *status.Gateway == server.GatewayStatus{Bridge: "testbridge"}
+		require.NoError(c, json.Unmarshal(resp.body, &status))
+		require.Equal(c, &server.GatewayStatus{Bridge: "testbridge"}, status.Gateway)
 	}, 5*time.Second, 20*time.Millisecond, "delivered: nothing waits, nothing fails")
 }
 
@@ -622,7 +627,7 @@ func (s *remoteSender) giveKey(t *testing.T, p *e2ee.Puppet, roomID id.RoomID) {
 	require.True(t, stored, reason)
 }
 
-func deliveredEvents(t *testing.T, p *peer) []map[string]any {
+func deliveredEvents(t require.TestingT, p *peer) []map[string]any {
 	var out []map[string]any
 	for _, txn := range bridgeTxns(t, p) {
 		out = append(out, txn.Events...)
@@ -652,13 +657,8 @@ func TestLateKeysHoldBackOnlyTheirRoom(t *testing.T) {
 	txn := `{"events":[` + join("$jx", roomX) + `,` + join("$jy", roomY) + `,` + sender.event(t, "$secret1", roomX, "first secret") + `,` +
 		plain("$afterX", roomX, "after the secret") + `,` + plain("$inY", roomY, "room Y goes on") + `]}`
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/1", heirloomHS, txn).status)
-	require.Eventually(t, func() bool {
-		for _, ev := range deliveredEvents(t, h.bridge) {
-			if ev["event_id"] == "$inY" {
-				return true
-			}
-		}
-		return false
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		require.True(c, slices.ContainsFunc(deliveredEvents(c, h.bridge), func(ev map[string]any) bool { return ev["event_id"] == "$inY" }))
 	}, 5*time.Second, 20*time.Millisecond, "room Y is not held back")
 	for _, ev := range deliveredEvents(t, h.bridge) {
 		require.NotEqual(t, "$afterX", ev["event_id"], "room X waits for its key")
@@ -666,14 +666,14 @@ func TestLateKeysHoldBackOnlyTheirRoom(t *testing.T) {
 	}
 	sender.giveKey(t, p, roomX)
 	var order []string
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		order = nil
-		for _, ev := range deliveredEvents(t, h.bridge) {
+		for _, ev := range deliveredEvents(c, h.bridge) {
 			if ev["room_id"] == string(roomX) && ev["type"] != "m.room.member" {
 				order = append(order, ev["event_id"].(string))
 			}
 		}
-		return len(order) == 2
+		require.Len(c, order, 2)
 	}, 5*time.Second, 20*time.Millisecond)
 	require.Equal(t, []string{"$secret1", "$afterX"}, order, "decrypted, in its place")
 	for _, ev := range deliveredEvents(t, h.bridge) {
@@ -689,23 +689,21 @@ func TestLateKeysHoldBackOnlyTheirRoom(t *testing.T) {
 	late := newRemoteSender(t, roomX)
 	txn = `{"events":[` + late.event(t, "$secret2", roomX, "second secret") + `]}`
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/2", heirloomHS, txn).status)
-	require.Eventually(t, func() bool {
-		for _, ev := range deliveredEvents(t, h.bridge) {
-			if ev["event_id"] == "$secret2" {
-				return ev["type"] == "m.room.encrypted"
-			}
-		}
-		return false
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		delivered := deliveredEvents(c, h.bridge)
+		i := slices.IndexFunc(delivered, func(ev map[string]any) bool { return ev["event_id"] == "$secret2" })
+		require.GreaterOrEqual(c, i, 0, "$secret2 not delivered yet")
+		require.Equal(c, "m.room.encrypted", delivered[i]["type"])
 	}, 5*time.Second, 20*time.Millisecond, "after the wait, the event goes on encrypted")
 	late.giveKey(t, p, roomX)
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		copies := 0
-		for _, ev := range deliveredEvents(t, h.bridge) {
+		for _, ev := range deliveredEvents(c, h.bridge) {
 			if ev["event_id"] == "$secret2" && ev["type"] == "m.room.message" {
 				copies++
 			}
 		}
-		return copies == 1
+		require.Equal(c, 1, copies)
 	}, 5*time.Second, 20*time.Millisecond, "the decrypted copy follows, with the same ID")
 }
 
