@@ -118,8 +118,9 @@ func (b *syncBuffer) String() string {
 }
 
 // newHarness runs heirloom's real listener in gateway mode over a real SQLite database, between
-// a fake homeserver and a fake bridge (both record what they receive).
-func newHarness(t *testing.T) *harness {
+// a fake homeserver and a fake bridge (both record what they receive). Each option changes the
+// configuration before heirloom starts.
+func newHarness(t *testing.T, options ...func(*config.Config)) *harness {
 	t.Helper()
 	h := &harness{logs: &syncBuffer{}}
 	h.hs = newPeer(t, answerJSON(http.StatusNotFound, `{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}`))
@@ -150,6 +151,9 @@ namespaces:
 		HistorySharing: config.HistorySharing{ShareOnInvite: true, AcceptWindow: 24 * time.Hour, MaxBundleSize: 1 << 20},
 		Gateway:        config.Gateway{Registration: registration, DecryptWait: time.Second},
 		Logging:        config.Logging{Level: "debug", Format: "json"},
+	}
+	for _, option := range options {
+		option(cfg)
 	}
 	require.NoError(t, cfg.Validate())
 	var err error
@@ -292,6 +296,8 @@ func TestSendEncryptionStateDecides(t *testing.T) {
 		switch {
 		case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/state"):
 			answerJSON(http.StatusOK, `[{"type":"m.room.create","state_key":"","sender":"@alice:localhost","event_id":"$create","room_id":"`+room+`","origin_server_ts":1,"content":{"room_version":"10"}}]`)(w, r, nil)
+		case r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/state/m.room.encryption"):
+			answerJSON(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"Event not found."}`)(w, r, nil)
 		default:
 			answerJSON(http.StatusOK, `{"event_id":"$sent"}`)(w, r, nil)
 		}
@@ -350,7 +356,7 @@ type bridgeTxn struct {
 	Ephemeral []map[string]any `json:"de.sorunome.msc2409.ephemeral"`
 }
 
-func bridgeTxns(t *testing.T, p *peer) []bridgeTxn {
+func bridgeTxns(t require.TestingT, p *peer) []bridgeTxn {
 	var out []bridgeTxn
 	for _, r := range p.seen() {
 		if !strings.HasPrefix(r.RawPath, "/_matrix/app/v1/transactions/") {
@@ -620,7 +626,7 @@ func (s *remoteSender) giveKey(t *testing.T, p *e2ee.Puppet, roomID id.RoomID) {
 	require.True(t, stored, reason)
 }
 
-func deliveredEvents(t *testing.T, p *peer) []map[string]any {
+func deliveredEvents(t require.TestingT, p *peer) []map[string]any {
 	var out []map[string]any
 	for _, txn := range bridgeTxns(t, p) {
 		out = append(out, txn.Events...)

@@ -101,7 +101,7 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 
 // writeMatrixError writes a Matrix-style error.
 func writeMatrixError(w http.ResponseWriter, status int, errcode, message string) {
-	writeJSON(w, status, mautrix.RespError{ErrCode: errcode, Err: message})
+	writeJSON(w, status, &mautrix.RespError{ErrCode: errcode, Err: message})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

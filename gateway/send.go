@@ -44,13 +44,15 @@ func (g *Gateway) identity(ctx context.Context, userID id.UserID) (*e2ee.Puppet,
 	return g.mgr.Get(ctx, userID)
 }
 
-// roomEncrypted reports whether the room is encrypted, loading its state once if heirloom has
-// never seen it.
+// roomEncrypted reports whether a send into the room must be encrypted (e2ee.Manager.RoomEncrypted:
+// false only when the homeserver just said the room has no m.room.encryption), loading the room's
+// state once if heirloom has never seen it.
 func (g *Gateway) roomEncrypted(ctx context.Context, user id.UserID, roomID id.RoomID) (bool, error) {
-	if err := g.mgr.EnsureRoomState(ctx, g.mgr.Client(ctx, user), roomID); err != nil {
+	cli := g.mgr.Client(ctx, user)
+	if err := g.mgr.EnsureRoomState(ctx, cli, roomID); err != nil {
 		return false, err
 	}
-	return g.db.StateStore.IsEncrypted(ctx, roomID)
+	return g.mgr.RoomEncrypted(ctx, cli, roomID)
 }
 
 // handleSend encrypts the bridge's send into an encrypted room with the sender's own session, and
@@ -68,8 +70,13 @@ func (g *Gateway) handleSend(w http.ResponseWriter, r *http.Request, user id.Use
 	encrypted, err := g.roomEncrypted(ctx, user, roomID)
 	switch {
 	case errors.Is(err, e2ee.ErrUnknownRoom):
-		// The sender cannot see the room: the homeserver refuses the send as it would without heirloom.
-		g.forwardBody(w, r, body)
+		// The sender cannot see the room: the homeserver's own refusal, and nothing sent.
+		log.Debug().Err(err).Msg("The sender cannot see the room; refusing the send as the homeserver would")
+		writeHomeserverError(w, r, err)
+		return
+	case errors.Is(err, e2ee.ErrUnusableEncryption):
+		log.Warn().Err(err).Msg("The room is encrypted with settings heirloom cannot use; refusing the send")
+		writeMatrixError(w, http.StatusBadGateway, "M_UNKNOWN", "the room's encryption is not one heirloom can encrypt with; nothing was sent")
 		return
 	case err != nil:
 		// Never send in the clear into a room that may be encrypted: the bridge gets an error

@@ -322,6 +322,12 @@ func (s *Server) apiCreateRoom(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if req.Encrypted == nil || *req.Encrypted {
+		// Encrypted from now on, whatever reaches heirloom first (e2ee.Manager.RoomEncrypted).
+		if err = s.mgr.RecordEncryption(r.Context(), resp.RoomID, json.RawMessage(`{"algorithm":"`+string(id.AlgorithmMegolmV1)+`"}`)); err != nil {
+			return nil, err
+		}
+	}
 	// Learn the new room's state now, so the first send needs no transaction to have arrived.
 	if _, err = p.Client.State(r.Context(), resp.RoomID); err != nil {
 		zerolog.Ctx(r.Context()).Warn().Err(err).Stringer("room_id", resp.RoomID).Msg("Failed to fetch state of new room")

@@ -201,6 +201,13 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	// but half-processed state must not be abandoned.
 	procCtx := context.WithoutCancel(ctx)
 	start := time.Now()
+	if err = s.recordEncryption(procCtx, txn.RawEvents); err != nil {
+		s.metrics.transactions.WithLabelValues("failed").Inc()
+		log.Err(err).Msg("Failed to record a room's encryption; the homeserver will retry the transaction")
+		s.txnFailed(procCtx)
+		writeRespError(w, errInternalError)
+		return
+	}
 	s.processTransaction(procCtx, txn)
 	processed := time.Since(start)
 	if s.gateway != nil {
@@ -227,6 +234,28 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	s.metrics.transactions.WithLabelValues("processed").Inc()
 	log.Debug().Dur("processing_took", processed).Dur("took", time.Since(start)).Msg("Transaction handled")
 	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// recordEncryption records every m.room.encryption state event of the transaction as it arrived,
+// whatever its content (one mautrix cannot parse is not among txn.Events): the room is encrypted
+// from now on (e2ee.Manager.RoomEncrypted).
+func (s *Server) recordEncryption(ctx context.Context, events []json.RawMessage) error {
+	for _, raw := range events {
+		var head struct {
+			Type     string          `json:"type"`
+			StateKey *string         `json:"state_key"`
+			RoomID   id.RoomID       `json:"room_id"`
+			Content  json.RawMessage `json:"content"`
+		}
+		if json.Unmarshal(raw, &head) != nil || head.Type != event.StateEncryption.Type || head.StateKey == nil || *head.StateKey != "" ||
+			head.RoomID == "" {
+			continue
+		}
+		if err := s.mgr.RecordEncryption(ctx, head.RoomID, head.Content); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // heldDown is called when the homeserver has, or will have, held heirloom to be down: it sends its
