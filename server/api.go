@@ -74,6 +74,7 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 	mux.Handle("GET "+p+"/puppets/{userID}/bundles", s.wrap(s.apiBundles))
 	mux.Handle("GET "+p+"/identities/{userID}", s.wrap(s.apiGetIdentity))
 	mux.Handle("PUT "+p+"/identities/{userID}", s.wrap(s.apiConfirmIdentity))
+	mux.Handle("POST "+p+"/gateway/dead_letters/resend", s.wrap(s.apiResendDeadLetters))
 	mux.Handle(p+"/", s.wrap(func(r *http.Request) (any, error) {
 		return nil, errUnrecognized
 	}))
@@ -192,6 +193,31 @@ type GatewayStatus struct {
 	DeliveryFailing bool   `json:"delivery_failing"`
 	Attempts        int    `json:"attempts,omitempty"`
 	LastError       string `json:"last_error,omitempty"`
+	// OutboxBytes is the bytes of those events; at MaxOutboxBytes (gateway.max_outbox_size) the
+	// outbox is full (OutboxFull): heirloom refuses the homeserver's transactions, which the
+	// homeserver holds and sends again once the bridge has caught up.
+	OutboxBytes    int64 `json:"outbox_bytes"`
+	MaxOutboxBytes int64 `json:"max_outbox_size"`
+	OutboxFull     bool  `json:"outbox_full"`
+	// DeadLetters lists the most recent events the bridge refused every time and heirloom set
+	// aside (DeadLetterCount in all); POST /_heirloom/v1/gateway/dead_letters/resend delivers
+	// them again.
+	DeadLetterCount int          `json:"dead_letter_count"`
+	DeadLetters     []DeadLetter `json:"dead_letters"`
+}
+
+// DeadLetter is an event the bridge refused every time, set aside so that delivery goes on.
+type DeadLetter struct {
+	// EventID is the event's ID ("" for an ephemeral event); Key is what the outbox knows it by.
+	EventID id.EventID `json:"event_id,omitempty"`
+	Key     string     `json:"key"`
+	RoomID  id.RoomID  `json:"room_id,omitempty"`
+	Kind    string     `json:"kind"`
+	// Refusals is how many times the bridge refused it alone; LastError its last answer.
+	Refusals  int    `json:"refusals"`
+	LastError string `json:"last_error"`
+	// SetAsideAt is when it was set aside (unix ms).
+	SetAsideAt int64 `json:"set_aside_at"`
 }
 
 // BotStatus names heirloom's bot's device and identity, for admins to check in their client.
@@ -428,4 +454,32 @@ func (s *Server) apiMessages(r *http.Request) (any, error) {
 		return nil, MapRoomError(err)
 	}
 	return &MessagesResponse{Events: events}, nil
+}
+
+// ResendRequest names the event set aside to deliver again; without one, all are.
+type ResendRequest struct {
+	EventID id.EventID `json:"event_id"`
+}
+
+// ResendResponse says how many events set aside go to the bridge again.
+type ResendResponse struct {
+	Requeued int `json:"requeued"`
+}
+
+func (s *Server) apiResendDeadLetters(r *http.Request) (any, error) {
+	if s.gateway == nil {
+		return nil, errNotFound("gateway mode is off")
+	}
+	var req ResendRequest
+	if err := DecodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	n, err := s.gateway.Resend(r.Context(), req.EventID)
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 && req.EventID != "" {
+		return nil, errNotFound(fmt.Sprintf("no event set aside has the ID %s", req.EventID))
+	}
+	return &ResendResponse{Requeued: n}, nil
 }

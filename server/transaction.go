@@ -201,6 +201,13 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	// but half-processed state must not be abandoned.
 	procCtx := context.WithoutCancel(ctx)
 	start := time.Now()
+	if s.gateway != nil && s.gateway.OutboxFull() {
+		// The bridge is far behind: the homeserver keeps the transaction's events and sends them
+		// again. Its keys and device lists would not come again: they are handled now.
+		s.processKeys(procCtx, txn)
+		s.refuseBacklog(procCtx, w, ErrBridgeBacklog)
+		return
+	}
 	if err = s.recordEncryption(procCtx, txn.RawEvents); err != nil {
 		s.metrics.transactions.WithLabelValues("failed").Inc()
 		log.Err(err).Msg("Failed to record a room's encryption; the homeserver will retry the transaction")
@@ -213,7 +220,10 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	if s.gateway != nil {
 		// The bridge's copy is stored before the homeserver hears the transaction was taken: if
 		// this fails, the homeserver sends it again (heirloom's own processing is idempotent).
-		if err = s.gateway.Ingest(procCtx, txnID+":"+bodyHash[:16], txn.RawEvents, txn.RawEphemeral); err != nil {
+		if err = s.gateway.Ingest(procCtx, txnID+":"+bodyHash[:16], txn.RawEvents, txn.RawEphemeral); errors.Is(err, ErrBridgeBacklog) {
+			s.refuseBacklog(procCtx, w, err)
+			return
+		} else if err != nil {
 			s.metrics.transactions.WithLabelValues("failed").Inc()
 			log.Err(err).Msg("Failed to store the bridge's part of a transaction; the homeserver will retry it")
 			s.txnFailed(procCtx)
@@ -234,6 +244,15 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	s.metrics.transactions.WithLabelValues("processed").Inc()
 	log.Debug().Dur("processing_took", processed).Dur("took", time.Since(start)).Msg("Transaction handled")
 	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// refuseBacklog answers a transaction heirloom does not take because the bridge's outbox is full:
+// 503, for the homeserver to hold it and send it again.
+func (s *Server) refuseBacklog(ctx context.Context, w http.ResponseWriter, err error) {
+	s.metrics.transactions.WithLabelValues("refused").Inc()
+	zerolog.Ctx(ctx).Warn().Err(err).Msg("Refusing the homeserver's transaction until the bridge catches up; the homeserver will send it again")
+	s.txnFailed(ctx)
+	writeRespError(w, errBridgeBacklog)
 }
 
 // recordEncryption records every m.room.encryption state event of the transaction as it arrived,
@@ -300,6 +319,16 @@ func (s *Server) processTransaction(ctx context.Context, txn *Transaction) {
 	for _, evt := range txn.Ephemeral {
 		s.metrics.events.WithLabelValues("ephemeral", eventTypeLabel(evt.Type.Type)).Inc()
 	}
+	s.processKeys(ctx, txn)
+	for _, evt := range txn.Events {
+		s.reactToEvent(ctx, evt)
+		s.OnRoomEvent(ctx, evt)
+	}
+}
+
+// processKeys applies what a transaction brings for heirloom's devices: to-device messages,
+// one-time-key counts and device lists (new devices of invitees may get their invite's bundle).
+func (s *Server) processKeys(ctx context.Context, txn *Transaction) {
 	for _, evt := range txn.ToDevice {
 		s.metrics.events.WithLabelValues("to_device", eventTypeLabel(evt.Type.Type)).Inc()
 		s.mgr.RouteToDevice(ctx, evt)
@@ -311,10 +340,6 @@ func (s *Server) processTransaction(ctx context.Context, txn *Transaction) {
 	}
 	s.mgr.RouteDeviceListChanges(ctx, txn.DeviceLists.Changed)
 	s.history.DeviceListsChanged(ctx, txn.DeviceLists.Changed)
-	for _, evt := range txn.Events {
-		s.reactToEvent(ctx, evt)
-		s.OnRoomEvent(ctx, evt)
-	}
 }
 
 // trackState records room state from the transaction, with the history visibility heirloom knew
