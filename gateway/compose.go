@@ -24,7 +24,7 @@ const (
 	// refuses a request body over 1 MiB (aiohttp's client_max_size), 413.
 	maxTxnBytes = 512 << 10
 	// headsPage is how many stored events the composer reads at a time.
-	headsPage = 500
+	headsPage = 2000
 )
 
 // picker chooses the events of the next transaction from the outbox's events, offered in order.

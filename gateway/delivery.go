@@ -34,9 +34,10 @@ const (
 	splitAfter = 2
 	// setAsideAfter is how many times the bridge refuses an event alone before it is set aside.
 	setAsideAfter = 4
-	// maxSleep is the longest the delivery loop sleeps without looking again (the database's
-	// clock may be moved by tests; a bridge may call).
-	maxSleep = 250 * time.Millisecond
+	// maxSleep is the longest the delivery loop sleeps without looking again. It wakes earlier
+	// when something changes (events or keys arrive, the bridge calls while it is backed off, an
+	// operator resends) and when a wait it knows of ends.
+	maxSleep = 5 * time.Second
 	// deadLetterRetention is how long an event set aside is kept for an operator to deliver again.
 	deadLetterRetention = 30 * 24 * time.Hour
 )

@@ -156,9 +156,10 @@ CREATE TABLE gateway_event (
     dead_at     BIGINT  NOT NULL DEFAULT 0,
     last_error  TEXT    NOT NULL DEFAULT ''
 );
-CREATE INDEX gateway_event_txn_idx ON gateway_event (txn_id, seq);
 CREATE INDEX gateway_event_session_idx ON gateway_event (session_id);
 CREATE INDEX gateway_event_outbox_idx ON gateway_event (delivered_at, dead_at, size);
+-- What the gateway composes transactions from, read without the events' bodies.
+CREATE INDEX gateway_event_heads_idx ON gateway_event (txn_id, seq, dead_at, room_id, size, waiting, wait_until, solo, refusals, retry_at);
 
 -- Bridge transactions composed and not yet acknowledged: retried with the same ID and events.
 -- refusals counts the failed deliveries that were the bridge refusing it (not being down).

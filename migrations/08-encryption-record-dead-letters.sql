@@ -23,6 +23,9 @@ ALTER TABLE gateway_event ADD COLUMN retry_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE gateway_event ADD COLUMN dead_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE gateway_event ADD COLUMN last_error TEXT NOT NULL DEFAULT '';
 CREATE INDEX gateway_event_outbox_idx ON gateway_event (delivered_at, dead_at, size);
+-- What the gateway composes transactions from, read without the events' bodies.
+DROP INDEX gateway_event_txn_idx;
+CREATE INDEX gateway_event_heads_idx ON gateway_event (txn_id, seq, dead_at, room_id, size, waiting, wait_until, solo, refusals, retry_at);
 -- How many of a transaction's failed deliveries were the bridge refusing it (not being down).
 ALTER TABLE gateway_txn ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
 -- When heirloom last handed out a decrypted file's URL (pruned some time after).
