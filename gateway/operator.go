@@ -74,7 +74,7 @@ func (g *Gateway) Resend(ctx context.Context, eventID id.EventID) (int, error) {
 		return 0, err
 	}
 	if n > 0 {
-		zerolog.Ctx(ctx).Info().Stringer("event_id", eventID).Int("events", n).Msg("Delivering events set aside again, on an operator's request")
+		zerolog.Ctx(ctx).Info().Str("dead_letter", string(eventID)).Int("events", n).Msg("Delivering events set aside again, on an operator's request")
 		g.nudge()
 	}
 	return n, nil

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/internal/fault"
 )
 
 // maxTransactionSize caps a transaction body. Synapse sends at most 100 PDUs, 100 EDUs and a
@@ -243,6 +245,9 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.transactions.WithLabelValues("processed").Inc()
 	log.Debug().Dur("processing_took", processed).Dur("took", time.Since(start)).Msg("Transaction handled")
+	if fault.Active("slow_create_ack") && slices.ContainsFunc(txn.Events, func(evt *event.Event) bool { return evt.Type == event.StateCreate }) {
+		time.Sleep(3 * time.Second) // the homeserver holds the rest of the new room's state back meanwhile
+	}
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 

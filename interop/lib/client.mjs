@@ -186,6 +186,7 @@ export class Peer {
             name: params.name,
             preset: params.preset ?? "private_chat",
             invite: params.invite ?? [],
+            is_direct: params.is_direct ?? false,
             initial_state: initialState,
         });
 
