@@ -35,32 +35,44 @@ var ErrUnusableEncryption = errors.New("the room is encrypted with settings heir
 // meanwhile is at most this long behind.
 const PlaintextConfirmation = 2 * time.Second
 
-// plainRooms remembers when the homeserver last said a room has no m.room.encryption.
+// plainRooms remembers when the homeserver last said a room has no m.room.encryption, to whom: a
+// user who left the room is answered with its state as it was when they left, so an answer counts
+// only for the user it was given to.
 type plainRooms struct {
 	mu   sync.Mutex
-	seen map[id.RoomID]time.Time
+	seen map[plainKey]time.Time
 }
 
-func (pr *plainRooms) confirmed(roomID id.RoomID, now time.Time) bool {
+type plainKey struct {
+	room id.RoomID
+	user id.UserID
+}
+
+func (pr *plainRooms) confirmed(roomID id.RoomID, userID id.UserID, now time.Time) bool {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
-	at, ok := pr.seen[roomID]
+	at, ok := pr.seen[plainKey{roomID, userID}]
 	return ok && !now.Before(at) && now.Sub(at) < PlaintextConfirmation
 }
 
-func (pr *plainRooms) confirm(roomID id.RoomID, now time.Time) {
+func (pr *plainRooms) confirm(roomID id.RoomID, userID id.UserID, now time.Time) {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	if pr.seen == nil || len(pr.seen) > 4096 {
-		pr.seen = make(map[id.RoomID]time.Time)
+		pr.seen = make(map[plainKey]time.Time)
 	}
-	pr.seen[roomID] = now
+	pr.seen[plainKey{roomID, userID}] = now
 }
 
+// forget drops every answer about the room.
 func (pr *plainRooms) forget(roomID id.RoomID) {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
-	delete(pr.seen, roomID)
+	for k := range pr.seen {
+		if k.room == roomID {
+			delete(pr.seen, k)
+		}
+	}
 }
 
 // UsableEncryption reads an m.room.encryption content the way heirloom encrypts with it, keys
@@ -137,7 +149,7 @@ func (m *Manager) RoomEncrypted(ctx context.Context, cli *mautrix.Client, roomID
 		return false, err
 	}
 	if rec == nil {
-		if m.plain.confirmed(roomID, m.db.Now()) {
+		if m.plain.confirmed(roomID, cli.UserID, m.db.Now()) {
 			return false, nil
 		}
 		encrypted, err := m.fetchEncryption(ctx, cli, roomID)
@@ -172,7 +184,7 @@ func (m *Manager) fetchEncryption(ctx context.Context, cli *mautrix.Client, room
 	case err == nil:
 		return true, m.RecordEncryption(ctx, roomID, content)
 	case errors.As(err, &he) && he.Response != nil && he.Response.StatusCode == http.StatusNotFound && errors.Is(err, mautrix.MNotFound):
-		m.plain.confirm(roomID, asked)
+		m.plain.confirm(roomID, cli.UserID, asked)
 		return false, nil
 	case errors.Is(err, mautrix.MForbidden):
 		return false, fmt.Errorf("%w: %w", ErrUnknownRoom, err)

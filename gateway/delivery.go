@@ -193,6 +193,10 @@ func (g *Gateway) refused(ctx context.Context, txn *database.GatewayTxn, err err
 		return
 	}
 	reason := err.Error()
+	if len(txn.Events) == 0 {
+		g.outage(ctx, txn, err) // nothing to split or set aside
+		return
+	}
 	if len(txn.Events) > 1 {
 		if txn.Refusals+1 < splitAfter {
 			log.Warn().Err(err).Int("events", len(txn.Events)).Msg("The bridge refused a transaction; trying it once more")

@@ -211,3 +211,25 @@ func TestAPISendNeverPlaintextIntoEncryptedRoom(t *testing.T) {
 		})
 	}
 }
+
+// The homeserver answers a user who left a room with the room's state as it was when they left: its
+// word that the room is unencrypted counts for that user only, never for another's send.
+func TestPlaintextConfirmationIsPerUser(t *testing.T) {
+	const room = "!secret:localhost"
+	h := newHarness(t)
+	hs := newRoomHomeserver(h, room, megolm)
+	h.hs.setAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) {
+		if r.URL.Query().Get("user_id") == "@irc_left:localhost" && strings.Contains(r.URL.Path, "/state/m.room.encryption") {
+			answerJSON(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"Event not found."}`)(w, r, body)
+			return
+		}
+		hs.answer(w, r, body)
+	})
+	pushState(t, h, "1", stateEvent(room, "$create", "m.room.create", `{"room_version":"10"}`))
+	h.do(t, http.MethodPut, "/_matrix/client/v3/rooms/"+room+"/send/m.room.message/l1?user_id=@irc_left:localhost", bridgeAS,
+		`{"msgtype":"m.text","body":"from the one who left"}`)
+	before := len(plaintextSends(h))
+	resp := h.do(t, http.MethodPut, "/_matrix/client/v3/rooms/"+room+"/send/m.room.message/a1?user_id=@irc_alice:localhost", bridgeAS,
+		`{"msgtype":"m.text","body":"top secret plaintext"}`)
+	require.Len(t, plaintextSends(h), before, "alice's send went in the clear on the word given to another user (%d %s)", resp.status, resp.body)
+}
