@@ -329,6 +329,7 @@ func (m *Manager) EnsureRoomState(ctx context.Context, cli *mautrix.Client, room
 	} else if create != nil {
 		return nil
 	}
+	asked := m.db.Now()
 	state, err := cli.State(ctx, roomID)
 	if err != nil {
 		if errors.Is(err, mautrix.MForbidden) || errors.Is(err, mautrix.MNotFound) {
@@ -339,6 +340,7 @@ func (m *Manager) EnsureRoomState(ctx context.Context, cli *mautrix.Client, room
 	if enc := state[event.StateEncryption][""]; enc != nil {
 		return m.RecordEncryption(ctx, roomID, enc.Content.VeryRaw)
 	}
+	m.plain.confirm(roomID, cli.UserID, asked) // the homeserver's word, as from fetchEncryption
 	return nil
 }
 

@@ -208,6 +208,10 @@ func TestAPISendNeverPlaintextIntoEncryptedRoom(t *testing.T) {
 				`{"msgtype":"m.text","body":"top secret plaintext"}`)
 			require.Empty(t, plaintextSends(h), "plaintext reached the homeserver (API answered %d %s)", resp.status, resp.body)
 			require.NotEqual(t, http.StatusOK, resp.status)
+			if strings.Contains(tc.name, "cannot parse") {
+				require.Equal(t, http.StatusBadGateway, resp.status, "%s", resp.body)
+				require.Equal(t, "M_UNKNOWN", resp.errcode(t), "a Matrix error that says nothing was sent")
+			}
 		})
 	}
 }

@@ -153,10 +153,15 @@ func RoomParam(r *http.Request) (id.RoomID, error) {
 	return roomID, nil
 }
 
-// MapRoomError turns "the homeserver does not know this room" into a 404.
+// MapRoomError turns "the homeserver does not know this room" into a 404, and "the room is
+// encrypted with settings heirloom cannot use" into a 502 (nothing was sent).
 func MapRoomError(err error) error {
-	if errors.Is(err, e2ee.ErrUnknownRoom) {
+	switch {
+	case errors.Is(err, e2ee.ErrUnknownRoom):
 		return errNotFound(err.Error())
+	case errors.Is(err, e2ee.ErrUnusableEncryption):
+		return mautrix.MUnknown.WithMessage("the room's encryption is not one heirloom can encrypt with; nothing was sent").
+			WithStatus(http.StatusBadGateway)
 	}
 	return err
 }
