@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -203,36 +204,17 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	// but half-processed state must not be abandoned.
 	procCtx := context.WithoutCancel(ctx)
 	start := time.Now()
-	if s.gateway != nil && s.gateway.OutboxFull() {
-		// The bridge is far behind: the homeserver keeps the transaction's events and sends them
-		// again. Its keys and device lists would not come again: they are handled now.
-		s.processKeys(procCtx, txn)
-		s.refuseBacklog(procCtx, w, ErrBridgeBacklog)
+	if err = s.take(procCtx, txn, txnID+":"+bodyHash[:16]); errors.Is(err, ErrBridgeBacklog) {
+		s.refuseBacklog(procCtx, w, err)
 		return
-	}
-	if err = s.recordEncryption(procCtx, txn.RawEvents); err != nil {
+	} else if err != nil {
 		s.metrics.transactions.WithLabelValues("failed").Inc()
-		log.Err(err).Msg("Failed to record a room's encryption; the homeserver will retry the transaction")
+		log.Err(err).Msg("Failed to take a transaction; the homeserver will send it again")
 		s.txnFailed(procCtx)
 		writeRespError(w, errInternalError)
 		return
 	}
-	s.processTransaction(procCtx, txn)
 	processed := time.Since(start)
-	if s.gateway != nil {
-		// The bridge's copy is stored before the homeserver hears the transaction was taken: if
-		// this fails, the homeserver sends it again (heirloom's own processing is idempotent).
-		if err = s.gateway.Ingest(procCtx, txnID+":"+bodyHash[:16], txn.RawEvents, txn.RawEphemeral); errors.Is(err, ErrBridgeBacklog) {
-			s.refuseBacklog(procCtx, w, err)
-			return
-		} else if err != nil {
-			s.metrics.transactions.WithLabelValues("failed").Inc()
-			log.Err(err).Msg("Failed to store the bridge's part of a transaction; the homeserver will retry it")
-			s.txnFailed(procCtx)
-			writeRespError(w, errInternalError)
-			return
-		}
-	}
 	if err = s.db.MarkTxnProcessed(procCtx, txnID, bodyHash); err != nil {
 		s.metrics.errors.WithLabelValues("transaction").Inc()
 		s.txnFailed(procCtx)
@@ -245,10 +227,41 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.transactions.WithLabelValues("processed").Inc()
 	log.Debug().Dur("processing_took", processed).Dur("took", time.Since(start)).Msg("Transaction handled")
-	if fault.Active("slow_create_ack") && slices.ContainsFunc(txn.Events, func(evt *event.Event) bool { return evt.Type == event.StateCreate }) {
-		time.Sleep(3 * time.Second) // the homeserver holds the rest of the new room's state back meanwhile
-	}
+	slowCreateAck(txn)
 	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// take records a transaction's room encryption, processes it, and in gateway mode stores the
+// bridge's part: the bridge's copy is stored before the homeserver hears the transaction was
+// taken. An error means the homeserver must send it again (heirloom's processing is idempotent);
+// ErrBridgeBacklog, that the bridge's outbox is full.
+func (s *Server) take(ctx context.Context, txn *Transaction, txnKey string) error {
+	if s.gateway != nil && s.gateway.OutboxFull() {
+		// The bridge is far behind: the homeserver keeps the transaction's events and sends them
+		// again. Its keys and device lists would not come again: they are handled now.
+		s.processKeys(ctx, txn)
+		return ErrBridgeBacklog
+	}
+	if err := s.recordEncryption(ctx, txn.RawEvents); err != nil {
+		return err
+	}
+	s.processTransaction(ctx, txn)
+	if s.gateway == nil {
+		return nil
+	}
+	if err := s.gateway.Ingest(ctx, txnKey, txn.RawEvents, txn.RawEphemeral); err != nil {
+		return fmt.Errorf("failed to store the bridge's part of the transaction: %w", err)
+	}
+	return nil
+}
+
+// slowCreateAck holds the answer to a transaction with an m.room.create back 3 s when the
+// slow_create_ack fault point is armed: the homeserver holds the rest of the new room's state
+// back meanwhile.
+func slowCreateAck(txn *Transaction) {
+	if fault.Active("slow_create_ack") && slices.ContainsFunc(txn.Events, func(evt *event.Event) bool { return evt.Type == event.StateCreate }) {
+		time.Sleep(3 * time.Second)
+	}
 }
 
 // refuseBacklog answers a transaction heirloom does not take because the bridge's outbox is full:
