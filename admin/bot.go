@@ -56,6 +56,8 @@ type Bot struct {
 	history *history.Service
 	version string
 	userID  id.UserID
+	// gateway is gateway mode's operations (UseGateway), nil when it is off.
+	gateway Gateway
 
 	queue chan queued
 	// lanes holds the events of each sender being answered (lanes.go).

@@ -41,10 +41,12 @@ type fakeHomeserver struct {
 	unexpected []string
 	// members are the joined members of each room.
 	members map[id.RoomID][]id.UserID
+	// encrypted are the rooms with an m.room.encryption event.
+	encrypted map[id.RoomID]bool
 }
 
 func newFakeHomeserver(t *testing.T, bot id.UserID) *fakeHomeserver {
-	hs := &fakeHomeserver{sent: make(chan sentEvent, 64), toDevice: make(chan string, 64), members: map[id.RoomID][]id.UserID{}}
+	hs := &fakeHomeserver{sent: make(chan sentEvent, 64), toDevice: make(chan string, 64), members: map[id.RoomID][]id.UserID{}, encrypted: map[id.RoomID]bool{}}
 	hs.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		w.Header().Set("Content-Type", "application/json")
@@ -52,6 +54,16 @@ func newFakeHomeserver(t *testing.T, bot id.UserID) *fakeHomeserver {
 		switch {
 		case r.Method == http.MethodGet && strings.HasSuffix(path, "/members"):
 			_ = json.NewEncoder(w).Encode(map[string]any{"chunk": hs.memberEvents(roomOf(path))})
+		case r.Method == http.MethodGet && strings.Contains(path, "/state/m.room.encryption"):
+			hs.mu.Lock()
+			encrypted := hs.encrypted[roomOf(path)]
+			hs.mu.Unlock()
+			if !encrypted {
+				w.WriteHeader(http.StatusNotFound)
+				_, _ = w.Write([]byte(`{"errcode":"M_NOT_FOUND","error":"Event not found."}`))
+				return
+			}
+			_, _ = w.Write([]byte(`{"algorithm":"m.megolm.v1.aes-sha2"}`))
 		case r.Method == http.MethodPut && strings.Contains(path, "/send/"):
 			hs.sent <- sentEvent{room: roomOf(path), body: body}
 			_, _ = fmt.Fprintf(w, `{"event_id":"$answer%d"}`, hs.events.Add(1))
@@ -153,6 +165,9 @@ func (env *botEnv) room(t *testing.T, roomID id.RoomID, members ...id.UserID) {
 	t.Helper()
 	require.NoError(t, env.db.StateStore.SetEncryptionEvent(context.Background(), roomID,
 		&event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}))
+	env.hs.mu.Lock()
+	env.hs.encrypted[roomID] = true
+	env.hs.mu.Unlock()
 	env.clearRoom(t, roomID, members...)
 }
 

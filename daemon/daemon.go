@@ -159,6 +159,9 @@ func Run(configPath string) int {
 		return ExitStartup
 	}
 	bot := admin.New(cfg, db, mgr, sharing, server.Version)
+	if gw != nil {
+		bot.UseGateway(gw)
+	}
 	srv.OnRoomEvent = bot.HandleEvent
 	if err = srv.Start(); err != nil {
 		log.Error().Err(err).Msg("Failed to start the HTTP listener")

@@ -49,6 +49,8 @@ type Manager struct {
 
 	// deviceChanges counts the device-list changes reported per user (devices.go).
 	deviceChanges deviceListChanges
+	// plain remembers the rooms the homeserver just said are unencrypted (encryptionstate.go).
+	plain plainRooms
 
 	lock     sync.Mutex
 	machines map[id.UserID]*Puppet

@@ -23,9 +23,6 @@ import (
 // access token of the bridge's own, and in gateway mode heirloom holds the only E2EE device of each
 // bridge user, while the bridge needs no token but its as_token.
 
-// appserviceLoginType is the login and registration type of an appservice acting for its users.
-const appserviceLoginType = "m.login.application_service"
-
 // errAppserviceLogin is what the bridge reads when it tries an appservice login.
 const errAppserviceLogin = "heirloom manages the E2EE devices of the bridge's users: appservice login is not available " +
 	"through the gateway (the bridge needs no access token but its as_token; turn the bridge's own encryption off)"

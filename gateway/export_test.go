@@ -15,3 +15,16 @@ func (g *Gateway) ExposeMedia(ctx context.Context, content map[string]any) error
 func (g *Gateway) RoomEncrypted(ctx context.Context, user id.UserID, roomID id.RoomID) (bool, error) {
 	return g.roomEncrypted(ctx, user, roomID)
 }
+
+// Nudge wakes the delivery loop, as new events do: for tests that move the database's clock.
+func (g *Gateway) Nudge() { g.nudge() }
+
+// BeforeStore runs f in Ingest between decrypting the events and storing them.
+func (g *Gateway) BeforeStore(f func()) { g.beforeStore = f }
+
+// NotedSessions is how many sessions wait for the delivery loop to look at.
+func (g *Gateway) NotedSessions() int {
+	g.keysLock.Lock()
+	defer g.keysLock.Unlock()
+	return len(g.keys)
+}

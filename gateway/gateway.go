@@ -29,7 +29,6 @@ import (
 	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/history"
 	"github.com/heirloom-matrix/heirloom/internal/matrixerr"
-	"github.com/heirloom-matrix/heirloom/server"
 )
 
 // Gateway is heirloom's side of gateway mode: the bridge-facing client-server API, and the
@@ -56,15 +55,22 @@ type Gateway struct {
 	wake     chan struct{}
 	keysLock sync.Mutex
 	keys     map[id.SessionID]struct{}
-	// plainRooms are the rooms the homeserver confirmed unencrypted (confirmPlain).
-	plainRooms sync.Map
 	// recoveries are the sessions whose missing keys heirloom went to fetch (keyrecovery.go).
 	recoveries keyRecoveries
 	// warnedEncrypted is set once the bridge was warned it still encrypts by itself.
 	warnedEncrypted atomic.Bool
 	// backingOff is set while deliveries to the bridge fail; bridgeAlive, when the bridge made a
-	// request meanwhile (it is up: the backoff ends).
+	// request meanwhile (it is up: the backoff ends). lastFailure is when a delivery last failed.
 	backingOff, bridgeAlive atomic.Bool
+	failureLock             sync.Mutex
+	lastFailure             time.Time
+	// outboxBytes is the bytes of the events stored for the bridge and not yet acknowledged
+	// (gateway.max_outbox_size); the delivery loop reads it from the database, lastRefresh the
+	// last time, and Ingest adds what it stores.
+	outboxBytes atomic.Int64
+	lastRefresh time.Time
+	// beforeStore, in tests, runs in Ingest between decrypting and storing.
+	beforeStore func()
 }
 
 // New creates the gateway for cfg.Bridge, with its metrics registered on reg.
@@ -163,6 +169,7 @@ func (g *Gateway) refuse(w http.ResponseWriter, r *http.Request, label string, e
 // Run delivers the bridge's transactions until ctx ends, and keeps the gateway's tables small.
 func (g *Gateway) Run(ctx context.Context) {
 	ctx = g.log.WithContext(ctx)
+	g.refreshOutbox(ctx, true)
 	go g.runMaintenance(ctx)
 	// The bot reads the rooms it is in (heisenbridge relays everything through it): its device
 	// must exist before senders share their keys, not after the first event it cannot read.
@@ -172,49 +179,6 @@ func (g *Gateway) Run(ctx context.Context) {
 		}
 	}()
 	g.runDelivery(ctx)
-}
-
-// runMaintenance forgets what is no longer needed: sends and delivered events older than a day (a
-// bridge retries within seconds, the homeserver within minutes) and late events whose key never
-// came.
-func (g *Gateway) runMaintenance(ctx context.Context) {
-	ticker := time.NewTicker(time.Hour)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.C:
-		}
-		cutoff := time.Now().Add(-24 * time.Hour).UnixMilli()
-		if err := g.db.PruneGatewaySends(ctx, cutoff); err != nil {
-			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to prune the bridge's recorded sends")
-		}
-		if err := g.db.PruneGatewayDelivered(ctx, cutoff); err != nil {
-			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to prune events delivered to the bridge")
-		}
-		if err := g.db.ExpireGatewayLate(ctx, time.Now().Add(-7*24*time.Hour).UnixMilli()); err != nil {
-			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to expire events sent to the bridge encrypted")
-		}
-	}
-}
-
-// Status reports the delivery to the bridge: the outbox depth, and whether the oldest transaction
-// is failing to reach the bridge.
-func (g *Gateway) Status(ctx context.Context) (*server.GatewayStatus, error) {
-	depth, err := g.db.CountGatewayEvents(ctx)
-	if err != nil {
-		return nil, err
-	}
-	st := &server.GatewayStatus{Bridge: g.bridge.Registration.ID, OutboxEvents: depth}
-	txn, err := g.db.PendingGatewayTxn(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if txn != nil && txn.Attempts > 0 {
-		st.DeliveryFailing, st.Attempts, st.LastError = true, txn.Attempts, txn.LastError
-	}
-	return st, nil
 }
 
 // bridgeTransport is the transport of deliveries to the bridge. Bridges on Node (every one built on

@@ -19,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -120,8 +119,9 @@ func (b *syncBuffer) String() string {
 }
 
 // newHarness runs heirloom's real listener in gateway mode over a real SQLite database, between
-// a fake homeserver and a fake bridge (both record what they receive).
-func newHarness(t *testing.T) *harness {
+// a fake homeserver and a fake bridge (both record what they receive). Each option changes the
+// configuration before heirloom starts.
+func newHarness(t *testing.T, options ...func(*config.Config)) *harness {
 	t.Helper()
 	h := &harness{logs: &syncBuffer{}}
 	h.hs = newPeer(t, answerJSON(http.StatusNotFound, `{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}`))
@@ -153,6 +153,9 @@ namespaces:
 		Gateway:        config.Gateway{Registration: registration, DecryptWait: time.Second},
 		Logging:        config.Logging{Level: "debug", Format: "json"},
 	}
+	for _, option := range options {
+		option(cfg)
+	}
 	require.NoError(t, cfg.Validate())
 	var err error
 	cfg.Bridge, err = cfg.LoadBridge()
@@ -167,7 +170,7 @@ namespaces:
 	h.mgr = mgr
 	sharing := history.NewService(cfg, h.db, mgr)
 	srv := server.NewServer(cfg, h.db, mgr, sharing, log)
-	h.gw, err = gateway.New(cfg, h.db, mgr, sharing, gateway.NewMetrics(prometheus.NewRegistry()), log)
+	h.gw, err = gateway.New(cfg, h.db, mgr, sharing, gateway.NewMetrics(srv.MetricsRegistry()), log)
 	require.NoError(t, err)
 	mgr.SetSessionHook(h.gw.KeysArrived)
 	srv.UseGateway(h.gw)
@@ -401,7 +404,7 @@ func TestTransactionsDeliveredInOrderOnce(t *testing.T) {
 		defer mu.Unlock()
 		if fail > 0 {
 			fail--
-			answerJSON(http.StatusInternalServerError, `{"errcode":"M_UNKNOWN"}`)(w, r, body)
+			answerJSON(http.StatusServiceUnavailable, `{"errcode":"M_UNKNOWN"}`)(w, r, body)
 			return
 		}
 		answerJSON(http.StatusOK, `{}`)(w, r, body)
@@ -491,9 +494,11 @@ func TestCreateRoomUntouchedByDefault(t *testing.T) {
 }
 
 // A bridge that is back (it calls heirloom's client-server API, as every bridge does when it
-// starts) gets what waits for it at once, not after the rest of its backoff.
+// starts) gets what waits for it at once, not after the rest of its backoff. The backoff follows
+// the database's clock: no retry comes before the clock says it is due.
 func TestBridgeCallEndsTheDeliveryBackoff(t *testing.T) {
 	h := newHarness(t)
+	clock := useFakeClock(h)
 	var mu sync.Mutex
 	fails := 3
 	h.bridge.setAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) {
@@ -509,8 +514,15 @@ func TestBridgeCallEndsTheDeliveryBackoff(t *testing.T) {
 	h.run(t)
 	txn := `{"events":[` + memberEvent("$join", "@irc_alice:localhost", "@irc_alice:localhost", "join") + `]}`
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/1", heirloomHS, txn).status)
-	// Three failures: 1 s, 2 s, then a 4 s wait.
-	require.EventuallyWithT(t, func(c *assert.CollectT) { require.Len(c, bridgeTxns(c, h.bridge), 3) }, 10*time.Second, 20*time.Millisecond)
+	tries := func(t require.TestingT) int { return len(bridgeTxns(t, h.bridge)) }
+	require.EventuallyWithT(t, func(c *assert.CollectT) { require.Equal(c, 1, tries(c)) }, 5*time.Second, 10*time.Millisecond)
+	// Three failures: retried after 1 s, then 2 s, of the clock, and not before.
+	for i, backoff := range []time.Duration{time.Second, 2 * time.Second} {
+		time.Sleep(600 * time.Millisecond)
+		require.Equal(t, i+1, tries(t), "no retry before the backoff's %s passed on the clock", backoff)
+		clock.Advance(backoff)
+		require.EventuallyWithT(t, func(c *assert.CollectT) { require.Equal(c, i+2, tries(c)) }, 5*time.Second, 10*time.Millisecond)
+	}
 	var status struct {
 		Gateway *server.GatewayStatus `json:"gateway"`
 	}
@@ -521,17 +533,24 @@ func TestBridgeCallEndsTheDeliveryBackoff(t *testing.T) {
 		require.NotNil(c, status.Gateway)
 		require.Equal(c, 3, status.Gateway.Attempts)
 	}, 5*time.Second, 20*time.Millisecond)
-	require.Equal(t, &server.GatewayStatus{Bridge: "testbridge", OutboxEvents: 1, DeliveryFailing: true, Attempts: 3,
-		LastError: "the bridge answered 503"}, status.Gateway, "what an operator reads in GET /status")
+	require.True(t, status.Gateway.DeliveryFailing, "what an operator reads in GET /status: %+v", status.Gateway)
+	require.Equal(t, 1, status.Gateway.OutboxEvents)
+	require.Equal(t, "the bridge answered 503", status.Gateway.LastError)
+	require.Empty(t, status.Gateway.DeadLetters, "a bridge that is down refuses no event")
+	// The bridge calls: it is tried again within a second of the clock, not after the 4 s backoff.
 	h.do(t, http.MethodGet, "/_matrix/client/v3/account/whoami", bridgeAS, "")
-	require.EventuallyWithT(t, func(c *assert.CollectT) { require.Len(c, bridgeTxns(c, h.bridge), 4) }, 2*time.Second, 20*time.Millisecond,
+	clock.Advance(time.Second)
+	require.EventuallyWithT(t, func(c *assert.CollectT) { require.Equal(c, 4, tries(c)) }, 5*time.Second, 10*time.Millisecond,
 		"delivered when the bridge called, not 4 s later")
 	require.Equal(t, []string{"$join"}, eventsOf(bridgeTxns(t, h.bridge)[3:]))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		resp := h.do(t, http.MethodGet, "/_heirloom/v1/status", "api-secret-0123456789abcdef", "")
 		status.Gateway = nil
 		require.NoError(c, json.Unmarshal(resp.body, &status))
-		require.Equal(c, &server.GatewayStatus{Bridge: "testbridge"}, status.Gateway)
+		require.NotNil(c, status.Gateway)
+		require.False(c, status.Gateway.DeliveryFailing)
+		require.Zero(c, status.Gateway.OutboxEvents)
+		require.Zero(c, status.Gateway.Attempts)
 	}, 5*time.Second, 20*time.Millisecond, "delivered: nothing waits, nothing fails")
 }
 

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -123,13 +124,12 @@ func (g *Gateway) handleJoin(w http.ResponseWriter, r *http.Request, user id.Use
 
 // handleCreateRoom adds m.room.encryption and gateway.history_visibility to the rooms the bridge
 // creates, when gateway.encrypt_new_rooms asks for it and the request does not set them itself.
+// A room created with m.room.encryption is recorded encrypted as soon as the homeserver answers,
+// before the bridge hears of it: the bridge may send into it before the room's state reaches
+// heirloom in a transaction.
 func (g *Gateway) handleCreateRoom(w http.ResponseWriter, r *http.Request) {
 	body, ok := readBody(w, r)
 	if !ok {
-		return
-	}
-	if !g.cfg.Gateway.EncryptNewRooms {
-		g.forwardBody(w, r, body)
 		return
 	}
 	var req map[string]any
@@ -137,6 +137,28 @@ func (g *Gateway) handleCreateRoom(w http.ResponseWriter, r *http.Request) {
 		g.forwardBody(w, r, body)
 		return
 	}
+	if g.cfg.Gateway.EncryptNewRooms {
+		var err error
+		if body, err = g.encryptNewRoom(req); err != nil {
+			matrixerr.Write(w, r, err)
+			return
+		}
+	}
+	encryption := initialEncryption(req)
+	if encryption == nil {
+		g.forwardBody(w, r, body)
+		return
+	}
+	rec := g.forwardRecorded(r, body)
+	if rec.status == http.StatusOK {
+		g.recordCreatedRoom(r.Context(), rec.body.Bytes(), encryption)
+	}
+	rec.writeTo(w, nil)
+}
+
+// encryptNewRoom adds m.room.encryption and the history visibility to a createRoom request's
+// initial state, unless it sets them, and returns the request's new body.
+func (g *Gateway) encryptNewRoom(req map[string]any) ([]byte, error) {
 	initial, _ := req["initial_state"].([]any)
 	has := map[string]bool{}
 	for _, raw := range initial {
@@ -155,10 +177,41 @@ func (g *Gateway) handleCreateRoom(w http.ResponseWriter, r *http.Request) {
 			"content": map[string]any{"history_visibility": g.cfg.Gateway.Visibility()}})
 	}
 	req["initial_state"] = initial
-	out, err := json.Marshal(req)
-	if err != nil {
-		matrixerr.Write(w, r, err)
+	return json.Marshal(req)
+}
+
+// initialEncryption returns the content of the m.room.encryption a createRoom request puts in the
+// room's initial state, or nil.
+func initialEncryption(req map[string]any) json.RawMessage {
+	initial, _ := req["initial_state"].([]any)
+	for _, raw := range initial {
+		evt, ok := raw.(map[string]any)
+		if !ok || evt["type"] != event.StateEncryption.Type {
+			continue
+		}
+		if key, has := evt["state_key"]; has && key != "" {
+			continue
+		}
+		content, err := json.Marshal(evt["content"])
+		if err != nil {
+			continue
+		}
+		return content
+	}
+	return nil
+}
+
+// recordCreatedRoom records the encryption of a room the homeserver just created (its createRoom
+// answer names it). If it cannot, the room's first send asks the homeserver instead.
+func (g *Gateway) recordCreatedRoom(ctx context.Context, answer []byte, encryption json.RawMessage) {
+	var created struct {
+		RoomID id.RoomID `json:"room_id"`
+	}
+	if err := json.Unmarshal(answer, &created); err != nil || created.RoomID == "" {
+		zerolog.Ctx(ctx).Warn().Msg("The homeserver's createRoom answer names no room; its encryption is not recorded")
 		return
 	}
-	g.forwardBody(w, r, out)
+	if err := g.mgr.RecordEncryption(ctx, created.RoomID, encryption); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Stringer("room_id", created.RoomID).Msg("Failed to record a new room's encryption")
+	}
 }

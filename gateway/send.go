@@ -47,18 +47,15 @@ func (g *Gateway) identity(ctx context.Context, userID id.UserID) (*e2ee.Puppet,
 	return g.mgr.Get(ctx, userID)
 }
 
-// roomEncrypted reports whether the room is encrypted, loading its state once if heirloom has
-// never seen it, and confirming it with the homeserver once before heirloom holds it unencrypted
-// (confirmPlain).
+// roomEncrypted reports whether a send into the room must be encrypted (e2ee.Manager.RoomEncrypted:
+// false only when the homeserver just said the room has no m.room.encryption), loading the room's
+// state once if heirloom has never seen it.
 func (g *Gateway) roomEncrypted(ctx context.Context, user id.UserID, roomID id.RoomID) (bool, error) {
-	if err := g.mgr.EnsureRoomState(ctx, g.mgr.Client(ctx, user), roomID); err != nil {
+	cli := g.mgr.Client(ctx, user)
+	if err := g.mgr.EnsureRoomState(ctx, cli, roomID); err != nil {
 		return false, err
 	}
-	encrypted, err := g.db.StateStore.IsEncrypted(ctx, roomID)
-	if err != nil || encrypted {
-		return encrypted, err
-	}
-	return g.confirmPlain(ctx, user, roomID)
+	return g.mgr.RoomEncrypted(ctx, cli, roomID)
 }
 
 // handleSend encrypts the bridge's send into an encrypted room with the sender's own session, and
@@ -78,9 +75,13 @@ func (g *Gateway) handleSend(w http.ResponseWriter, r *http.Request, user id.Use
 	encrypted, err := g.roomEncrypted(ctx, user, roomID)
 	switch {
 	case errors.Is(err, e2ee.ErrUnknownRoom):
-		// The sender cannot see the room (yet): the homeserver's refusal, not the send in the clear,
-		// which a join completing meanwhile would let through.
+		// The sender cannot see the room: the homeserver's own refusal, and nothing sent.
+		log.Debug().Err(err).Msg("The sender cannot see the room; refusing the send as the homeserver would")
 		matrixerr.Write(w, r, err)
+		return
+	case errors.Is(err, e2ee.ErrUnusableEncryption):
+		log.Warn().Err(err).Msg("The room is encrypted with settings heirloom cannot use; refusing the send")
+		matrixerr.Respond(w, mautrix.MUnknown.WithMessage("the room's encryption is not one heirloom can encrypt with; nothing was sent").WithStatus(http.StatusBadGateway))
 		return
 	case err != nil:
 		// Never send in the clear into a room that may be encrypted: the bridge gets an error
@@ -100,8 +101,10 @@ func (g *Gateway) handleSend(w http.ResponseWriter, r *http.Request, user id.Use
 	}
 	var content map[string]any
 	if err = json.Unmarshal(body, &content); err != nil || content == nil {
-		// Not ours to judge: the homeserver answers a malformed event as it would without heirloom.
-		g.forwardBody(w, r, body)
+		// Content heirloom cannot read cannot be encrypted, and is never sent in the clear into an
+		// encrypted room: the homeserver's JSON parser may accept what Go's refuses.
+		log.Debug().Err(err).Msg("Refused a send into an encrypted room whose content heirloom cannot read")
+		matrixerr.Respond(w, mautrix.MNotJSON.WithMessage("the event's content is not a JSON object heirloom can encrypt; nothing was sent"))
 		return
 	}
 	if !hasTxn {

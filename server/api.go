@@ -74,6 +74,7 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 	mux.Handle("GET "+p+"/puppets/{userID}/bundles", s.wrap(s.apiBundles))
 	mux.Handle("GET "+p+"/identities/{userID}", s.wrap(s.apiGetIdentity))
 	mux.Handle("PUT "+p+"/identities/{userID}", s.wrap(s.apiConfirmIdentity))
+	mux.Handle("POST "+p+"/gateway/dead_letters/resend", s.wrap(s.apiResendDeadLetters))
 	mux.Handle(p+"/", s.wrap(func(r *http.Request) (any, error) {
 		return nil, errUnrecognized
 	}))
@@ -152,10 +153,15 @@ func RoomParam(r *http.Request) (id.RoomID, error) {
 	return roomID, nil
 }
 
-// MapRoomError turns "the homeserver does not know this room" into a 404.
+// MapRoomError turns "the homeserver does not know this room" into a 404, and "the room is
+// encrypted with settings heirloom cannot use" into a 502 (nothing was sent).
 func MapRoomError(err error) error {
-	if errors.Is(err, e2ee.ErrUnknownRoom) {
+	switch {
+	case errors.Is(err, e2ee.ErrUnknownRoom):
 		return errNotFound(err.Error())
+	case errors.Is(err, e2ee.ErrUnusableEncryption):
+		return mautrix.MUnknown.WithMessage("the room's encryption is not one heirloom can encrypt with; nothing was sent").
+			WithStatus(http.StatusBadGateway)
 	}
 	return err
 }
@@ -192,6 +198,31 @@ type GatewayStatus struct {
 	DeliveryFailing bool   `json:"delivery_failing"`
 	Attempts        int    `json:"attempts,omitempty"`
 	LastError       string `json:"last_error,omitempty"`
+	// OutboxBytes is the bytes of those events; at MaxOutboxBytes (gateway.max_outbox_size) the
+	// outbox is full (OutboxFull): heirloom refuses the homeserver's transactions, which the
+	// homeserver holds and sends again once the bridge has caught up.
+	OutboxBytes    int64 `json:"outbox_bytes"`
+	MaxOutboxBytes int64 `json:"max_outbox_size"`
+	OutboxFull     bool  `json:"outbox_full"`
+	// DeadLetters lists the most recent events the bridge refused every time and heirloom set
+	// aside (DeadLetterCount in all); POST /_heirloom/v1/gateway/dead_letters/resend delivers
+	// them again.
+	DeadLetterCount int          `json:"dead_letter_count"`
+	DeadLetters     []DeadLetter `json:"dead_letters"`
+}
+
+// DeadLetter is an event the bridge refused every time, set aside so that delivery goes on.
+type DeadLetter struct {
+	// EventID is the event's ID ("" for an ephemeral event); Key is what the outbox knows it by.
+	EventID id.EventID `json:"event_id,omitempty"`
+	Key     string     `json:"key"`
+	RoomID  id.RoomID  `json:"room_id,omitempty"`
+	Kind    string     `json:"kind"`
+	// Refusals is how many times the bridge refused it alone; LastError its last answer.
+	Refusals  int    `json:"refusals"`
+	LastError string `json:"last_error"`
+	// SetAsideAt is when it was set aside (unix ms).
+	SetAsideAt int64 `json:"set_aside_at"`
 }
 
 // BotStatus names heirloom's bot's device and identity, for admins to check in their client.
@@ -322,6 +353,12 @@ func (s *Server) apiCreateRoom(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if req.Encrypted == nil || *req.Encrypted {
+		// Encrypted from now on, whatever reaches heirloom first (e2ee.Manager.RoomEncrypted).
+		if err = s.mgr.RecordEncryption(r.Context(), resp.RoomID, json.RawMessage(`{"algorithm":"`+string(id.AlgorithmMegolmV1)+`"}`)); err != nil {
+			return nil, err
+		}
+	}
 	// Learn the new room's state now, so the first send needs no transaction to have arrived.
 	if _, err = p.Client.State(r.Context(), resp.RoomID); err != nil {
 		zerolog.Ctx(r.Context()).Warn().Err(err).Stringer("room_id", resp.RoomID).Msg("Failed to fetch state of new room")
@@ -422,4 +459,32 @@ func (s *Server) apiMessages(r *http.Request) (any, error) {
 		return nil, MapRoomError(err)
 	}
 	return &MessagesResponse{Events: events}, nil
+}
+
+// ResendRequest names the event set aside to deliver again; without one, all are.
+type ResendRequest struct {
+	EventID id.EventID `json:"event_id"`
+}
+
+// ResendResponse says how many events set aside go to the bridge again.
+type ResendResponse struct {
+	Requeued int `json:"requeued"`
+}
+
+func (s *Server) apiResendDeadLetters(r *http.Request) (any, error) {
+	if s.gateway == nil {
+		return nil, errNotFound("gateway mode is off")
+	}
+	var req ResendRequest
+	if err := DecodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	n, err := s.gateway.Resend(r.Context(), req.EventID)
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 && req.EventID != "" {
+		return nil, errNotFound(fmt.Sprintf("no event set aside has the ID %s", req.EventID))
+	}
+	return &ResendResponse{Requeued: n}, nil
 }

@@ -26,6 +26,8 @@ var (
 	errBadHSToken    = mautrix.MForbidden.WithMessage("Bad homeserver token")
 	errUnrecognized  = mautrix.MUnrecognized.WithMessage("Unrecognized request")
 	errInternalError = matrixerr.Internal
+	errBridgeBacklog = mautrix.MUnknown.WithMessage("the bridge is behind (gateway.max_outbox_size): send this transaction again later").
+				WithStatus(http.StatusServiceUnavailable)
 )
 
 func writeJSON(w http.ResponseWriter, status int, body any) { matrixerr.JSON(w, status, body) }

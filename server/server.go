@@ -76,7 +76,17 @@ type Gateway interface {
 	ForwardQuery(w http.ResponseWriter, r *http.Request, kind, subject string)
 	// Status reports the delivery to the bridge, for GET /status.
 	Status(ctx context.Context) (*GatewayStatus, error)
+	// OutboxFull reports whether the bridge's outbox is over gateway.max_outbox_size: the
+	// homeserver's transactions are refused (ErrBridgeBacklog) until the bridge catches up.
+	OutboxFull() bool
+	// Resend delivers again the events set aside (the one with the ID given, or all) and returns
+	// how many there were.
+	Resend(ctx context.Context, eventID id.EventID) (int, error)
 }
+
+// ErrBridgeBacklog means the bridge's outbox is full: the homeserver's transaction is refused,
+// for the homeserver to hold and send again.
+var ErrBridgeBacklog = errors.New("the bridge's outbox is over gateway.max_outbox_size")
 
 // UseGateway puts the listener in gateway mode, before Start.
 func (s *Server) UseGateway(gw Gateway) { s.gateway = gw }

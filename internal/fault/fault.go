@@ -8,6 +8,11 @@
 //	crash_before_delivery  after a bundle was uploaded, before its details are sent to devices
 //	gateway_hold_delivery  gateway mode stores what arrives for the bridge but delivers nothing,
 //	                       so a test can kill heirloom between the homeserver's ack and delivery
+//	gateway_unbounded_content  gateway mode hands the bridge decrypted content however deeply
+//	                       it nests, so a test can have a real bridge refuse an event
+//	slow_create_ack        heirloom answers a homeserver transaction holding an m.room.create 3 s
+//	                       after handling it, so the homeserver holds the rest of the new room's
+//	                       state back meanwhile (it may arrive after the bridge's first send)
 package fault
 
 import (
