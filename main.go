@@ -38,6 +38,7 @@ func run(args []string, stderr io.Writer) int {
 
 	if !*example && noConfig(*configPath) {
 		fmt.Fprint(stderr, firstSteps(*configPath, *registrationPath))
+		fmt.Fprintf(stderr, "heirloom exited with code %d\n", daemon.ExitConfig)
 		return daemon.ExitConfig
 	}
 	switch {

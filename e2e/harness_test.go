@@ -101,6 +101,37 @@ type profile struct {
 	registration          string
 	// bridge, for a gateway profile, is the registration of the bridge heirloom stands in front of.
 	bridge *bridgeRegistration
+
+	// A profile's port (and its bridge's) serves one test at a time: parallel tests that start
+	// instances of the same profile wait for each other (claim).
+	mu    sync.Mutex
+	free  *sync.Cond
+	owner string
+}
+
+// claim makes the profile the test's until the test ends; a parallel test holding it already makes
+// this one wait. A test may claim a profile it holds again (a restart starts a second instance).
+func (p *profile) claim(t testing.TB) {
+	t.Helper()
+	test, _, _ := strings.Cut(t.Name(), "/")
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.free == nil {
+		p.free = sync.NewCond(&p.mu)
+	}
+	if p.owner == test {
+		return
+	}
+	for p.owner != "" {
+		p.free.Wait()
+	}
+	p.owner = test
+	t.Cleanup(func() {
+		p.mu.Lock()
+		p.owner = ""
+		p.mu.Unlock()
+		p.free.Broadcast()
+	})
 }
 
 var e *env
@@ -611,6 +642,7 @@ func startInstance(t testing.TB, profileName string, mutate func(*heirloomConfig
 func startInstanceEnv(t testing.TB, profileName string, mutate func(*heirloomConfig), extraEnv ...string) *instance {
 	t.Helper()
 	p := e.profiles[profileName]
+	p.claim(t)
 	home, err := os.MkdirTemp(e.dir, profileName+"-")
 	if err != nil {
 		t.Fatal(err)

@@ -75,7 +75,8 @@ func TestStartupFailures(t *testing.T) {
 		t.Parallel()
 		path := filepath.Join(t.TempDir(), "no-such-config.yaml")
 		code, out := runToExit(t, path)
-		requireExit(t, code, out, 2, "Failed to load config", "no-such-config.yaml", "no such file or directory")
+		// First contact: the steps to set heirloom up, with the path the admin gave.
+		requireExit(t, code, out, 2, "There is no config file at", "no-such-config.yaml", "heirloom -e -c", "heirloom -g -c")
 	})
 	t.Run("config unreadable", func(t *testing.T) {
 		t.Parallel()
