@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/internal/fault"
+	"github.com/heirloom-matrix/heirloom/lease"
 )
 
 // maxTxnEvents is how many events one transaction to the bridge carries at most (the homeserver
@@ -261,7 +263,10 @@ func (g *Gateway) runDelivery(ctx context.Context) {
 		}
 		g.bridgeAlive.Store(false)
 		start := time.Now()
-		if err = g.deliver(ctx, txn); err != nil {
+		if err = g.deliver(ctx, txn); errors.Is(err, lease.ErrNotActive) {
+			// The process lost its lease: the transaction is the next active process's to deliver.
+			return
+		} else if err != nil {
 			backoff := min(time.Second<<min(txn.Attempts, 9), 5*time.Minute)
 			log.Warn().Err(err).Int64("bridge_txn_id", txn.ID).Int("attempt", txn.Attempts+1).Dur("retry_in", backoff).
 				Msg("Failed to deliver a transaction to the bridge; retrying")

@@ -162,10 +162,14 @@ func MapRoomError(err error) error {
 
 // StatusResponse is what GET /status answers.
 type StatusResponse struct {
-	Version             string `json:"version"`
-	HomeserverReachable bool   `json:"homeserver_reachable"`
-	Puppets             int    `json:"puppets"`
-	LoadedMachines      int    `json:"loaded_machines"`
+	Version string `json:"version"`
+	// Role is the process's role: active (it acts), standby (it waits for the lease) or lost.
+	Role string `json:"role"`
+	// Lease names the database lease and the process that holds it.
+	Lease               *LeaseStatus `json:"lease,omitempty"`
+	HomeserverReachable bool         `json:"homeserver_reachable"`
+	Puppets             int          `json:"puppets"`
+	LoadedMachines      int          `json:"loaded_machines"`
 	// LastHomeserverPing is when the homeserver last pinged heirloom, in Unix milliseconds (0: never).
 	LastHomeserverPing   int64 `json:"last_homeserver_ping"`
 	UptimeSeconds        int   `json:"uptime_seconds"`
@@ -212,6 +216,11 @@ type StatusBundles struct {
 }
 
 func (s *Server) apiStatus(r *http.Request) (any, error) {
+	if !s.acting() {
+		// The database is the active process's: a standby reports its role and who is active.
+		return &StandbyStatus{Version: Version, Role: s.Role().String(), Lease: s.leaseStatus(),
+			UptimeSeconds: int(time.Since(s.startedAt).Seconds())}, nil
+	}
 	ctx := r.Context()
 	puppets, err := s.db.CountPuppets(ctx, s.cfg.BotUserID())
 	if err != nil {
@@ -240,6 +249,8 @@ func (s *Server) apiStatus(r *http.Request) (any, error) {
 	}
 	return &StatusResponse{
 		Version:              Version,
+		Role:                 s.Role().String(),
+		Lease:                s.leaseStatus(),
 		HomeserverReachable:  versionsErr == nil,
 		Puppets:              puppets,
 		LoadedMachines:       s.mgr.LoadedCount(),
