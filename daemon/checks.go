@@ -116,23 +116,28 @@ func explainPing(err error, cfg *config.Config) error {
 	return fmt.Errorf("appservice ping failed: %w", err)
 }
 
-// startupDeviceTimeout bounds the device checks at startup.
+// startupDeviceTimeout bounds the provisioning of the bot's device at startup.
 const startupDeviceTimeout = time.Minute
 
-// prepareDevices checks at startup that the homeserver still has every puppet's device with its
-// keys and signature (restoring what it lost: Synapse's delete_stale_devices_after prunes
-// appservice devices), and provisions the bot's device. It runs once heirloom listens: Synapse
-// pushes the device-list changes this makes, and while an appservice is unreachable it drops what
-// it would push. A failure is logged and startup goes on: a device that cannot be restored is
-// reported in GET /status, and the bot retries.
-func prepareDevices(ctx context.Context, mgr *e2ee.Manager, bot *admin.Bot) {
+// prepareDevices provisions the bot's device (or loads it) at startup. A failure is logged and
+// startup goes on: the bot retries in the background.
+func prepareDevices(ctx context.Context, bot *admin.Bot) {
 	ctx, cancel := context.WithTimeout(ctx, startupDeviceTimeout)
 	defer cancel()
-	if err := mgr.CheckAllDevices(ctx); err != nil {
-		zerolog.Ctx(ctx).Err(err).Msg("Failed to check the puppets' devices")
-	}
 	if err := bot.Provision(ctx); err != nil {
 		zerolog.Ctx(ctx).Err(err).Msg("Failed to provision the bot's device; retrying in the background")
+	}
+}
+
+// checkRecentDevices checks, in the background once heirloom acts, that the homeserver still has
+// the devices of the puppets active within a day with their keys and signature, and restores what
+// it lost (Synapse's delete_stale_devices_after prunes appservice devices; while an appservice is
+// unreachable Synapse drops the device-list changes it would push). Any other puppet's device is
+// checked when its machine first loads: a start costs nothing per idle puppet. A device that
+// cannot be restored is reported in GET /status.
+func checkRecentDevices(ctx context.Context, mgr *e2ee.Manager) {
+	if err := mgr.CheckRecentDevices(ctx); err != nil && ctx.Err() == nil {
+		zerolog.Ctx(ctx).Err(err).Msg("Failed to check the devices of the puppets active within a day")
 	}
 }
 

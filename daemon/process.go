@@ -190,8 +190,9 @@ func (p *process) activate(ctx context.Context, tookOver bool) int {
 			return ExitHomeserver
 		}
 	}
-	prepareDevices(ctx, p.mgr, p.bot)
+	prepareDevices(ctx, p.bot)
 	for _, loop := range []func(context.Context){
+		func(ctx context.Context) { checkRecentDevices(ctx, p.mgr) },
 		func(ctx context.Context) { p.mgr.RunMaintenance(ctx, p.cfg.Encryption.Maintenance()) },
 		p.sharing.Run,
 		p.bot.Run,
