@@ -79,8 +79,17 @@ func checkRegistration(ctx context.Context, cli *mautrix.Client, cfg *config.Con
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(time.Second):
+		case <-time.After(500 * time.Millisecond):
 		}
+	}
+}
+
+// pingAfterTakeover asks the homeserver to ping heirloom once it has taken over: the homeserver
+// held the appservice to be down while no process answered, and retries its transactions only
+// after a backoff (Synapse: 2 s, doubling) unless a ping succeeds, which makes it retry at once.
+func pingAfterTakeover(ctx context.Context, cli *mautrix.Client, cfg *config.Config) {
+	if err := checkRegistration(ctx, cli, cfg); err != nil && ctx.Err() == nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("The homeserver's ping after the takeover failed: it sends its transactions again after its own backoff")
 	}
 }
 

@@ -144,11 +144,15 @@ func (p *process) standby(ctx context.Context) int {
 		return ExitHomeserver
 	}
 	waiting := time.Now()
-	if err := p.lease.Acquire(ctx); err != nil {
+	got, err := p.lease.Acquire(ctx)
+	if err != nil {
 		return ExitOK
 	}
-	zerolog.Ctx(ctx).Info().Str("database", p.lease.Describe()).Dur("waited", time.Since(waiting)).
-		Int64("epoch", p.lease.Holder().Epoch).Msg("Took over the database lease: this process is the active one now")
+	ev := zerolog.Ctx(ctx).Info().Str("database", p.lease.Describe()).Dur("waited", time.Since(waiting)).Int64("epoch", got.Holder.Epoch)
+	if got.Previous != nil {
+		ev = ev.Str("previous_host", got.Previous.Host).Int("previous_pid", got.Previous.PID)
+	}
+	ev.Msg("Took over the database lease: this process is the active one now")
 	return ExitOK
 }
 
@@ -192,6 +196,11 @@ func (p *process) activate(ctx context.Context, tookOver bool) int {
 	}
 	prepareDevices(ctx, p.bot)
 	for _, loop := range []func(context.Context){
+		func(ctx context.Context) {
+			if tookOver {
+				pingAfterTakeover(ctx, p.checks, p.cfg)
+			}
+		},
 		func(ctx context.Context) { checkRecentDevices(ctx, p.mgr) },
 		func(ctx context.Context) { p.mgr.RunMaintenance(ctx, p.cfg.Encryption.Maintenance()) },
 		p.sharing.Run,

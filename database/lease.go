@@ -77,6 +77,8 @@ func sqlitePath(uri string) string {
 type postgresLease struct {
 	db   *sql.DB
 	desc string
+	// tableReady is set once heirloom_lease is known to exist.
+	tableReady bool
 }
 
 var _ lease.Store = (*postgresLease)(nil)
@@ -108,19 +110,34 @@ func (s *postgresLease) Describe() string { return s.desc }
 // Close closes the lease's connection.
 func (s *postgresLease) Close() error { return s.db.Close() }
 
+// createTable creates heirloom_lease unless it exists: a standby that finds it does nothing but
+// read.
 func (s *postgresLease) createTable(ctx context.Context) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
+	if s.tableReady {
+		return nil
+	}
+	var exists bool
+	if err := s.db.QueryRowContext(ctx, `SELECT to_regclass('heirloom_lease') IS NOT NULL`).Scan(&exists); err != nil {
 		return err
 	}
-	defer tx.Rollback()
-	if _, err = tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(leaseTableLock)); err != nil {
-		return err
+	if !exists {
+		tx, err := s.db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback()
+		if _, err = tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(leaseTableLock)); err != nil {
+			return err
+		}
+		if _, err = tx.ExecContext(ctx, leaseTable); err != nil {
+			return err
+		}
+		if err = tx.Commit(); err != nil {
+			return err
+		}
 	}
-	if _, err = tx.ExecContext(ctx, leaseTable); err != nil {
-		return err
-	}
-	return tx.Commit()
+	s.tableReady = true
+	return nil
 }
 
 // TryAcquire takes the row if nobody holds it or its lease expired by the database's clock, then
@@ -141,28 +158,61 @@ func (s *postgresLease) TryAcquire(ctx context.Context, me lease.Holder, ttl tim
 	return got, nil
 }
 
-// take reads the row under a lock and takes it if it is free, expired or already this process's.
+// leaseQuery reads the row: its holder, whether it expired and how long it has left, by the
+// database's clock.
+const leaseQuery = `SELECT holder, host, pid, epoch, since, expires_at <= clock_timestamp(),
+		EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8
+	FROM heirloom_lease WHERE name=$1`
+
+// leaseRowOf is the row as leaseQuery reads it.
+type leaseRowOf struct {
+	holder  lease.Holder
+	expired bool
+	left    time.Duration
+	found   bool
+}
+
+func readLease(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, lock bool) (leaseRowOf, error) {
+	query := leaseQuery
+	if lock {
+		query += " FOR UPDATE"
+	}
+	var r leaseRowOf
+	var leftSeconds float64
+	err := q.QueryRowContext(ctx, query, leaseRow).
+		Scan(&r.holder.ID, &r.holder.Host, &r.holder.PID, &r.holder.Epoch, &r.holder.Since, &r.expired, &leftSeconds)
+	if errors.Is(err, sql.ErrNoRows) {
+		return leaseRowOf{}, nil
+	}
+	r.found, r.left = err == nil, time.Duration(leftSeconds*float64(time.Second))
+	return r, err
+}
+
+// heldByOther reports whether another process's lease on the row runs.
+func (r leaseRowOf) heldByOther(me lease.Holder) bool {
+	return r.found && !r.expired && r.holder.ID != me.ID
+}
+
+// take takes the row if it is free, expired or already this process's. It reads it without a
+// lock first: a standby that finds the lease held writes and locks nothing.
 func (s *postgresLease) take(ctx context.Context, me lease.Holder, ttl time.Duration) (lease.Attempt, error) {
+	if r, err := readLease(ctx, s.db, false); err != nil {
+		return lease.Attempt{}, err
+	} else if r.heldByOther(me) {
+		return lease.Attempt{Holder: r.holder, ExpiresIn: r.left}, nil
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return lease.Attempt{}, err
 	}
 	defer tx.Rollback()
-	var cur lease.Holder
-	var expired bool
-	var leftSeconds float64
-	err = tx.QueryRowContext(ctx, `
-		SELECT holder, host, pid, epoch, since, expires_at <= clock_timestamp(),
-			EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8
-		FROM heirloom_lease WHERE name=$1 FOR UPDATE`, leaseRow).
-		Scan(&cur.ID, &cur.Host, &cur.PID, &cur.Epoch, &cur.Since, &expired, &leftSeconds)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		cur = lease.Holder{}
-	case err != nil:
+	r, err := readLease(ctx, tx, true)
+	if err != nil {
 		return lease.Attempt{}, err
-	case !expired && cur.ID != me.ID:
-		return lease.Attempt{Holder: cur, ExpiresIn: time.Duration(leftSeconds * float64(time.Second))}, nil
+	} else if r.heldByOther(me) {
+		return lease.Attempt{Holder: r.holder, ExpiresIn: r.left}, nil
 	}
 	err = tx.QueryRowContext(ctx, `
 		INSERT INTO heirloom_lease (name, holder, host, pid, epoch, since, expires_at)
@@ -177,8 +227,9 @@ func (s *postgresLease) take(ctx context.Context, me lease.Holder, ttl time.Dura
 		return lease.Attempt{}, err
 	}
 	got := lease.Attempt{Acquired: true, Holder: me}
-	if cur.ID != "" && cur.ID != me.ID {
-		got.Previous = &cur
+	if r.found && r.holder.ID != me.ID {
+		previous := r.holder
+		got.Previous = &previous
 	}
 	return got, nil
 }

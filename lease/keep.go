@@ -30,8 +30,8 @@ func (l *Lease) TryAcquire(ctx context.Context) (Attempt, error) {
 }
 
 // Acquire waits as a standby until this process holds the lease, or ctx ends. It logs the active
-// process it waits for, once per holder.
-func (l *Lease) Acquire(ctx context.Context) error {
+// process it waits for, once per holder, and returns the attempt that took the lease.
+func (l *Lease) Acquire(ctx context.Context) (Attempt, error) {
 	log := zerolog.Ctx(ctx)
 	var seen Holder
 	failing := false
@@ -46,12 +46,12 @@ func (l *Lease) Acquire(ctx context.Context) error {
 			failing = true
 		case err != nil:
 		case got.Acquired:
-			return nil
+			return got, nil
 		default:
 			failing = false
 			if got.Holder.ID != seen.ID {
 				seen = got.Holder
-				log.Info().Str("database", l.store.Describe()).Str("active_host", got.Holder.Host).
+				log.Info().Str("database", l.store.Describe()).Str("application_name", l.me.ID).Str("active_host", got.Holder.Host).
 					Int("active_pid", got.Holder.PID).Time("active_since", got.Holder.Since).
 					Msg("Waiting as the standby: another heirloom process holds the lease and is the active one")
 			}
@@ -62,7 +62,7 @@ func (l *Lease) Acquire(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return ctx.Err()
+			return Attempt{}, ctx.Err()
 		case <-t.C:
 		}
 	}

@@ -324,7 +324,10 @@ func TestAcquireWaitsAsStandby(t *testing.T) {
 	keepCtx, stopKeeping := context.WithCancel(ctx)
 	go a.Keep(keepCtx)
 	acquired := make(chan error, 1)
-	go func() { acquired <- b.Acquire(ctx) }()
+	go func() {
+		_, err := b.Acquire(ctx)
+		acquired <- err
+	}()
 	select {
 	case err := <-acquired:
 		t.Fatalf("b took the lease while a renewed it (%v)", err)

@@ -2,6 +2,8 @@ package server
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -404,11 +406,33 @@ func (s *Server) apiSend(r *http.Request) (any, error) {
 	if _, ok := content["body"].(string); !ok {
 		return nil, errBadJSON("body must be a string")
 	}
-	eventID, err := p.SendMessage(r.Context(), roomID, event.EventMessage, content)
+	txnID, err := sendTxnID(p.UserID, r.URL.Query().Get("txn_id"))
+	if err != nil {
+		return nil, err
+	}
+	eventID, err := p.SendMessageTxn(r.Context(), roomID, event.EventMessage, content, txnID)
 	if err != nil {
 		return nil, MapRoomError(err)
 	}
 	return &mautrix.RespSendEvent{EventID: eventID}, nil
+}
+
+// maxTxnID bounds the caller's txn_id.
+const maxTxnID = 255
+
+// sendTxnID returns the homeserver transaction ID of a send the caller named txnID ("" for a new
+// one each time): the same for the same puppet and txnID, so that a send retried after an unclear
+// failure (a failover between two heirloom processes, say) makes no second event, within the
+// homeserver's transaction cache (Synapse: 30 minutes). Synapse keys an appservice's transactions
+// by room and ID only, so the puppet is part of the ID: two puppets' sends never share one.
+func sendTxnID(puppet id.UserID, txnID string) (string, error) {
+	if txnID == "" {
+		return "", nil
+	} else if len(txnID) > maxTxnID {
+		return "", errInvalidParam(fmt.Sprintf("txn_id is longer than %d bytes", maxTxnID))
+	}
+	sum := sha256.Sum256([]byte(puppet.String() + "\x00" + txnID))
+	return "heirloom." + base64.RawURLEncoding.EncodeToString(sum[:]), nil
 }
 
 // MessagesResponse is what GET …/messages answers: the room's last events, oldest first.

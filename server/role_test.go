@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/heirloom-matrix/heirloom/lease"
+	"github.com/heirloom-matrix/heirloom/server"
 )
 
 // testLease is a lease whose role the test sets.
@@ -107,4 +108,24 @@ func TestWithoutTheLeaseNothingActs(t *testing.T) {
 	_, status = h.status(t)
 	require.Equal(t, "lost", status["role"])
 	require.True(t, h.metric(t, `heirloom_role{role="lost"} 1`))
+}
+
+// A send the bridge retries under its txn_id (after a failover, say) goes to the homeserver under
+// the same transaction ID, which the homeserver answers with the first event; another puppet's
+// send under the same txn_id is another transaction.
+func TestSendTxnIDIsThePuppets(t *testing.T) {
+	first, err := server.SendTxnID(puppet, "bridge-42")
+	require.NoError(t, err)
+	again, err := server.SendTxnID(puppet, "bridge-42")
+	require.NoError(t, err)
+	require.Equal(t, first, again)
+	require.NotContains(t, first, "bridge-42", "the homeserver's ID is derived, not the caller's")
+	other, err := server.SendTxnID("@heirloom_alice:localhost", "bridge-42")
+	require.NoError(t, err)
+	require.NotEqual(t, first, other)
+	none, err := server.SendTxnID(puppet, "")
+	require.NoError(t, err)
+	require.Empty(t, none, "no txn_id: a new transaction each time")
+	_, err = server.SendTxnID(puppet, strings.Repeat("x", 256))
+	require.Error(t, err)
 }
