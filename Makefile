@@ -13,8 +13,9 @@ heirloom: $(shell find . -name '*.go' -not -path './.state/*') go.mod go.sum con
 	go build -o heirloom .
 
 # deps installs what the tests need: Go modules, the js-sdk test clients, Synapse in a virtualenv,
-# and the real bridges of the gateway tests: heisenbridge (a virtualenv), ngircd (Debian's
-# package) and the test bridge on matrix-appservice-bridge with the Node.js it needs.
+# the real bridges of the gateway tests: heisenbridge (a virtualenv), ngircd (Debian's
+# package) and the test bridge on matrix-appservice-bridge with the Node.js it needs, and haproxy
+# (Debian's package) for the failover test.
 # Each script is quick when its part is installed.
 deps: interop/node_modules/.installed
 	go mod download
@@ -22,6 +23,7 @@ deps: interop/node_modules/.installed
 	scripts/heisenbridge.sh install
 	scripts/ngircd.sh install
 	scripts/jsbridge.sh install
+	scripts/haproxy.sh install
 
 interop/node_modules/.installed: interop/package.json interop/package-lock.json
 	cd interop && npm ci --no-audit --no-fund --loglevel=error

@@ -9,6 +9,7 @@ package e2e
 import (
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -531,4 +532,49 @@ func (s *failoverSite) bridgeDeliveries(roomID string) (byBody, txnsOf map[strin
 		}
 	}
 	return byBody, txnsOf
+}
+
+// A process whose lease another process took (here: the lease row rewritten, as a takeover after a
+// network partition leaves it) stops acting at its next renewal, says so in its log and exits with
+// code 7, having handled nothing more.
+func TestLostLeaseStopsTheProcess(t *testing.T) {
+	base := needPostgres(t)
+	pgURL, err := freshPostgresDatabase(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.mu.Lock()
+	e.cleanups = append(e.cleanups, func() { _ = dropPostgresDatabase(base, pgURL) })
+	e.mu.Unlock()
+	h := startInstance(t, "alt", func(c *heirloomConfig) { c.dbType, c.dbURI = "postgres", pgURL })
+	h.postgres, h.pgURL = true, pgURL
+	h.newPuppet(t)
+	db, err := sql.Open("postgres", pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	mark := h.mark(t)
+	if _, err = db.Exec(`UPDATE heirloom_lease SET holder='heirloom-elsewhere', host='elsewhere', pid=1,
+		expires_at=clock_timestamp() + interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	lost := mark.wait(t, 10*time.Second, "the loss", func(l logLine) bool { return strings.HasPrefix(l.str("message"), "Lost the lease") })
+	if l := lost.str("level"); l != "error" || !strings.Contains(lost.str("error"), "taken by another process") {
+		t.Fatalf("the loss was logged as %v", lost)
+	}
+	if !h.waitHeirloomExit(30 * time.Second) {
+		t.Fatal("the process that lost its lease did not exit")
+	}
+	var exit *exec.ExitError
+	if !errors.As(h.exitErr, &exit) || exit.ExitCode() != 7 {
+		t.Fatalf("exit: %v, want code 7", h.exitErr)
+	}
+	after := false
+	for _, l := range mark.lines(t) {
+		after = after || strings.HasPrefix(l.str("message"), "Lost the lease")
+		if after && (l.str("message") == "Provisioned puppet" || strings.HasPrefix(l.str("message"), "Transaction handled")) {
+			t.Fatalf("acted after the loss: %v", l)
+		}
+	}
 }
