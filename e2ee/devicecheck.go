@@ -25,7 +25,8 @@ const RecentActivity = 24 * time.Hour
 // keysQueryBatch per query to the homeserver, until done or ctx ends. It costs one scan of the
 // puppet table and nothing per idle puppet.
 func (m *Manager) CheckRecentDevices(ctx context.Context) error {
-	rows, err := m.db.ListPuppetsActiveSince(ctx, time.Now().Add(-RecentActivity).UnixMilli())
+	start := time.Now()
+	rows, err := m.db.ListPuppetsActiveSince(ctx, start.Add(-RecentActivity).UnixMilli())
 	if err != nil {
 		return err
 	}
@@ -37,7 +38,8 @@ func (m *Manager) CheckRecentDevices(ctx context.Context) error {
 	for start := 0; start < len(rows) && ctx.Err() == nil; start += keysQueryBatch {
 		m.checkRows(ctx, rows[start:min(start+keysQueryBatch, len(rows))], metrics.TriggerStartup)
 	}
-	zerolog.Ctx(ctx).Debug().Int("puppets", len(rows)).Msg("Checked the devices of the puppets active within a day")
+	zerolog.Ctx(ctx).Info().Int("puppets", len(rows)).Dur("took", time.Since(start)).
+		Msg("Checked the devices of the puppets active within a day")
 	return ctx.Err()
 }
 
