@@ -209,7 +209,11 @@ func provisionPuppets(b *testing.B, cfg *config.Config, hs *fakeHomeserver, n in
 	cpu := cpuTime()
 	start := time.Now()
 	errs := make(chan error, 1)
-	workers := runtime.GOMAXPROCS(0)
+	// SQLite has one writer, and its lock's busy waits make a second goroutine slower, not faster.
+	workers := 1
+	if cfg.Database.Type == "postgres" {
+		workers = runtime.GOMAXPROCS(0)
+	}
 	if w, err := strconv.Atoi(os.Getenv("HEIRLOOM_SCALE_WORKERS")); err == nil && w > 0 {
 		workers = w
 	}
