@@ -85,9 +85,14 @@ func (p *process) run(ctx context.Context) int {
 	// lease. A standby's renewals wait until it holds it.
 	keepCtx, stopKeeping := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopKeeping()
-	go p.lease.Keep(keepCtx)
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		p.lease.Keep(keepCtx)
+	}()
 	code := p.serve(ctx)
 	stopKeeping()
+	<-kept // no renewal may land after the release
 	if code != ExitLeaseLost {
 		p.lease.Release(context.WithoutCancel(ctx))
 	}
