@@ -482,13 +482,13 @@ func (s *failoverSite) checkDelivered(t *testing.T, senders []*traffic, scene gh
 	var txnsOf map[string][]string
 	eventually(t, 60*time.Second, "the bridge to receive every message", func() (bool, string) {
 		byBody, txnsOf = s.bridgeDeliveries(scene.room)
-		missing := 0
-		for body := range toGhosts {
+		var missing []string
+		for body, eventID := range toGhosts {
 			if len(byBody[body]) == 0 {
-				missing++
+				missing = append(missing, fmt.Sprintf("%q (%s: in bridge transactions %v as %s)", body, eventID, txnsOf[eventID], s.typeDelivered(eventID)))
 			}
 		}
-		return missing == 0, fmt.Sprintf("%d of %d missing", missing, len(toGhosts))
+		return len(missing) == 0, fmt.Sprintf("%d of %d missing: %s\n%s", len(missing), len(toGhosts), strings.Join(missing, ", "), s.problems())
 	})
 	repeated := 0
 	for body, eventID := range toGhosts {
@@ -509,6 +509,35 @@ func (s *failoverSite) checkDelivered(t *testing.T, senders []*traffic, scene gh
 		want = append(want, body)
 	}
 	s.lb.waitDecrypts(t, pup, apiRoom, want)
+}
+
+// problems returns the warnings and errors both processes logged, for a failure's message.
+func (s *failoverSite) problems() string {
+	var out []string
+	for _, h := range []*instance{s.a, s.b} {
+		data, _ := os.ReadFile(h.logPath)
+		for _, line := range strings.Split(string(data), "\n") {
+			if strings.Contains(line, `"level":"warn"`) || strings.Contains(line, `"level":"error"`) {
+				out = append(out, h.name+": "+line)
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// typeDelivered says as what type the bridge received the event, if it did.
+func (s *failoverSite) typeDelivered(eventID string) string {
+	s.rec.mu.Lock()
+	defer s.rec.mu.Unlock()
+	var types []string
+	for _, txn := range s.rec.got {
+		for _, ev := range txn.Events {
+			if ev.EventID == eventID {
+				types = append(types, ev.Type)
+			}
+		}
+	}
+	return fmt.Sprint(types)
 }
 
 // bridgeDeliveries reads the recorder: the event IDs of each decrypted message body in the room,
