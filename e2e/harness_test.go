@@ -12,6 +12,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"database/sql"
@@ -362,16 +363,18 @@ func (x *env) generate(configPath, registrationPath string) error {
 // heirloomConfig is what the suite varies in heirloom's config.
 type heirloomConfig struct {
 	hsURL, id, bot, prefix string
-	port                   int
-	asToken, hsToken       string
-	dbType, dbURI          string
-	shareOnInvite          bool
-	autoJoin               []string
-	acceptWindow           string
-	maxBundle              int64
-	maintenance            string // encryption.maintenance_interval; empty leaves it out (the default)
-	gateway                *gatewayConfig
-	admins                 []string
+	// port is the registered one (appservice.address); listenPort, if set, the one heirloom
+	// listens on (behind a load balancer on port).
+	port, listenPort int
+	asToken, hsToken string
+	dbType, dbURI    string
+	shareOnInvite    bool
+	autoJoin         []string
+	acceptWindow     string
+	maxBundle        int64
+	maintenance      string // encryption.maintenance_interval; empty leaves it out (the default)
+	gateway          *gatewayConfig
+	admins           []string
 }
 
 // gatewayConfig is the gateway section of a gateway profile's config.
@@ -439,7 +442,7 @@ admins: %s
 logging:
     level: debug
     format: json
-%s`, c.hsURL, domain, c.port, c.port, c.id, c.bot, c.prefix, c.asToken, c.hsToken, c.dbType, c.dbURI,
+%s`, c.hsURL, domain, c.port, cmp.Or(c.listenPort, c.port), c.id, c.bot, c.prefix, c.asToken, c.hsToken, c.dbType, c.dbURI,
 		maintenance, apiSecret, c.shareOnInvite, autoJoin, c.acceptWindow, c.maxBundle, admins, c.gateway.yaml())
 }
 
@@ -475,10 +478,12 @@ type instance struct {
 	dbPath       string
 	logPath      string
 	postgres     bool
-	heirloom     *exec.Cmd
-	exited       chan struct{} // closed when heirloom exits
-	exitErr      error
-	fault        string // HEIRLOOM_FAULT of the running process
+	// pgURL is the instance's PostgreSQL database, if not the run's (e.pgURL).
+	pgURL    string
+	heirloom *exec.Cmd
+	exited   chan struct{} // closed when heirloom exits
+	exitErr  error
+	fault    string // HEIRLOOM_FAULT of the running process
 	// bridge is the registration of the bridge a gateway instance stands in front of.
 	bridge *bridgeRegistration
 }
@@ -501,8 +506,28 @@ func (x *env) startHeirloomWith(extraEnv ...string) error {
 	return err
 }
 
-// start starts the heirloom process and waits until its API answers (or it exits).
+// start starts the heirloom process and waits until it is the active one: GET /ready answers 200
+// (or it exits). On PostgreSQL that may be after the lease of a process killed before it expired.
 func (h *instance) start(binary string, extraEnv ...string) error {
+	return h.launch(binary, "GET /ready", func() bool {
+		code, _ := e.request("GET", fmt.Sprintf("http://127.0.0.1:%d/_heirloom/v1/ready", h.asPort), "", nil, nil)
+		return code == 200
+	}, extraEnv...)
+}
+
+// startStandby starts the heirloom process and waits until it answers GET /status as the standby.
+func (h *instance) startStandby(binary string, extraEnv ...string) error {
+	return h.launch(binary, "GET /status as the standby", func() bool {
+		var status struct {
+			Role string `json:"role"`
+		}
+		code, _ := h.api("GET", "/status", nil, &status)
+		return code == 200 && status.Role == "standby"
+	}, extraEnv...)
+}
+
+// launch starts the heirloom process and waits until up reports true (or it exits).
+func (h *instance) launch(binary, what string, up func() bool, extraEnv ...string) error {
 	logFile, err := os.OpenFile(h.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
@@ -532,13 +557,12 @@ func (h *instance) start(binary string, extraEnv ...string) error {
 			return fmt.Errorf("heirloom (%s) exited during startup (%v): %s", h.name, h.exitErr, h.logTail(20))
 		default:
 		}
-		var status map[string]any
-		if code, _ := h.api("GET", "/status", nil, &status); code == 200 {
+		if up() {
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("heirloom (%s) did not answer GET /status within 60 s; see %s", h.name, h.logPath)
+	return fmt.Errorf("heirloom (%s) did not answer %s within 60 s; see %s", h.name, what, h.logPath)
 }
 
 // portClash reports whether the last start failed because its port was taken.
@@ -877,7 +901,7 @@ func (d testDB) Query(query string, args ...any) (*sql.Rows, error) {
 func (h *instance) db(t testing.TB) testDB {
 	t.Helper()
 	if h.postgres {
-		db, err := sql.Open("postgres", e.pgURL)
+		db, err := sql.Open("postgres", cmp.Or(h.pgURL, e.pgURL))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -95,12 +95,12 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 	if err != nil {
 		return nil, err
 	}
-	httpClient, requests := countRequests(httpClient)
+	counted, requests := countRequests(httpClient)
 	return &Manager{
 		cfg:       cfg,
 		db:        db,
 		log:       log,
-		hsURL:     &mautrix.Client{HomeserverURL: hsURL, Client: httpClient},
+		hsURL:     &mautrix.Client{HomeserverURL: hsURL, Client: counted},
 		requests:  requests,
 		pickleKey: pickleKey,
 		Sealer:    sealer,
@@ -110,6 +110,7 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 		idleEvict: 30 * time.Minute,
 		machines:  make(map[id.UserID]*Puppet),
 		tasks:     &tasks.Group{Work: "puppet device work"},
+		devices:   deviceKeeper{client: httpClient},
 
 		OnRoomKeyBundle: dropBundle,
 	}, nil
@@ -232,6 +233,7 @@ func (m *Manager) load(ctx context.Context, row *database.Puppet) (*Puppet, erro
 	p.lastTouched = time.Now()
 	m.remember(p)
 	m.touch(ctx, row.UserID)
+	m.checkOnLoad(ctx, row.UserID)
 	return p, nil
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/internal/fault"
+	"github.com/heirloom-matrix/heirloom/lease"
 )
 
 // Delivery to the bridge. The oldest transaction not acknowledged is sent again, under its ID,
@@ -138,6 +139,10 @@ func (g *Gateway) attempt(ctx context.Context, txn *database.GatewayTxn) {
 	switch {
 	case err == nil:
 		g.delivered(ctx, txn, time.Since(start))
+	case errors.Is(err, lease.ErrNotActive):
+		// The process lost its lease: the transaction is the next active process's to deliver,
+		// and this was no attempt.
+		return
 	case errors.As(err, &de) && de.refused:
 		g.refused(ctx, txn, err)
 	default:
@@ -186,7 +191,11 @@ func (g *Gateway) outage(ctx context.Context, txn *database.GatewayTxn, err erro
 func (g *Gateway) refused(ctx context.Context, txn *database.GatewayTxn, err error) {
 	log := zerolog.Ctx(ctx).With().Int64("bridge_txn_id", txn.ID).Logger()
 	g.metrics.deliveries.WithLabelValues("refused").Inc()
-	if probeErr := g.probe(ctx); probeErr != nil {
+	probeErr := g.probe(ctx)
+	if errors.Is(probeErr, lease.ErrNotActive) {
+		return
+	}
+	if probeErr != nil {
 		log.Warn().Err(err).AnErr("empty_transaction_error", probeErr).
 			Msg("The bridge refuses even an empty transaction: it is broken, not refusing an event; retrying in order")
 		g.outage(ctx, txn, err)

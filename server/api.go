@@ -2,7 +2,9 @@ package server
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -168,10 +170,14 @@ func MapRoomError(err error) error {
 
 // StatusResponse is what GET /status answers.
 type StatusResponse struct {
-	Version             string `json:"version"`
-	HomeserverReachable bool   `json:"homeserver_reachable"`
-	Puppets             int    `json:"puppets"`
-	LoadedMachines      int    `json:"loaded_machines"`
+	Version string `json:"version"`
+	// Role is the process's role: active (it acts), standby (it waits for the lease) or lost.
+	Role string `json:"role"`
+	// Lease names the database lease and the process that holds it.
+	Lease               *LeaseStatus `json:"lease,omitempty"`
+	HomeserverReachable bool         `json:"homeserver_reachable"`
+	Puppets             int          `json:"puppets"`
+	LoadedMachines      int          `json:"loaded_machines"`
 	// LastHomeserverPing is when the homeserver last pinged heirloom, in Unix milliseconds (0: never).
 	LastHomeserverPing   int64 `json:"last_homeserver_ping"`
 	UptimeSeconds        int   `json:"uptime_seconds"`
@@ -243,6 +249,11 @@ type StatusBundles struct {
 }
 
 func (s *Server) apiStatus(r *http.Request) (any, error) {
+	if !s.acting() {
+		// The database is the active process's: a standby reports its role and who is active.
+		return &StandbyStatus{Version: Version, Role: s.Role().String(), Lease: s.leaseStatus(),
+			UptimeSeconds: int(time.Since(s.startedAt).Seconds())}, nil
+	}
 	ctx := r.Context()
 	puppets, err := s.db.CountPuppets(ctx, s.cfg.BotUserID())
 	if err != nil {
@@ -271,6 +282,8 @@ func (s *Server) apiStatus(r *http.Request) (any, error) {
 	}
 	return &StatusResponse{
 		Version:              Version,
+		Role:                 s.Role().String(),
+		Lease:                s.leaseStatus(),
 		HomeserverReachable:  versionsErr == nil,
 		Puppets:              puppets,
 		LoadedMachines:       s.mgr.LoadedCount(),
@@ -430,11 +443,33 @@ func (s *Server) apiSend(r *http.Request) (any, error) {
 	if _, ok := content["body"].(string); !ok {
 		return nil, errBadJSON("body must be a string")
 	}
-	eventID, err := p.SendMessage(r.Context(), roomID, event.EventMessage, content)
+	txnID, err := sendTxnID(p.UserID, r.URL.Query().Get("txn_id"))
+	if err != nil {
+		return nil, err
+	}
+	eventID, err := p.SendMessageTxn(r.Context(), roomID, event.EventMessage, content, txnID)
 	if err != nil {
 		return nil, MapRoomError(err)
 	}
 	return &mautrix.RespSendEvent{EventID: eventID}, nil
+}
+
+// maxTxnID bounds the caller's txn_id.
+const maxTxnID = 255
+
+// sendTxnID returns the homeserver transaction ID of a send the caller named txnID ("" for a new
+// one each time): the same for the same puppet and txnID, so that a send retried after an unclear
+// failure (a failover between two heirloom processes, say) makes no second event, within the
+// homeserver's transaction cache (Synapse: 30 minutes). Synapse keys an appservice's transactions
+// by room and ID only, so the puppet is part of the ID: two puppets' sends never share one.
+func sendTxnID(puppet id.UserID, txnID string) (string, error) {
+	if txnID == "" {
+		return "", nil
+	} else if len(txnID) > maxTxnID {
+		return "", errInvalidParam(fmt.Sprintf("txn_id is longer than %d bytes", maxTxnID))
+	}
+	sum := sha256.Sum256([]byte(puppet.String() + "\x00" + txnID))
+	return "heirloom." + base64.RawURLEncoding.EncodeToString(sum[:]), nil
 }
 
 // MessagesResponse is what GET …/messages answers: the room's last events, oldest first.

@@ -24,7 +24,7 @@
 //   createRoom {user, name?, invite?, preset?, is_direct?, initial_state?}   -> {room_id}
 //   join {user, room_id}  leave {user, room_id}  invite {user, room_id, target}
 //   sendText {user, room_id, body}                 -> {event_id}
-//   sendMessage {user, room_id, content, type?}    -> {event_id}
+//   sendMessage {user, room_id, content, type?, txn_id?}    -> {event_id} (txn_id: sent under it)
 //   sendImage {user, room_id, data (base64), mimetype?, filename?, w?, h?}   -> {event_id, content_uri}
 //   download {user?, mxc}                          -> {size, sha256, content_type}
 //   messages {user, room_id, limit?, dir?}         -> the homeserver's /messages answer
@@ -162,6 +162,7 @@ class Control {
                 const intent = this.intent(params);
                 const roomId = required(params, "room_id");
                 const content = required(params, "content");
+                if (params.txn_id) return this.sendWithTxn(intent, roomId, params.type ?? "m.room.message", content, params.txn_id);
                 if (params.type && params.type !== "m.room.message") return intent.sendEvent(roomId, params.type, content);
                 return intent.sendMessage(roomId, content);
             }
@@ -183,6 +184,14 @@ class Control {
             default:
                 throw new Error(`unknown method ${method}`);
         }
+    }
+
+    // sendWithTxn sends under the caller's transaction ID, as a bridge that retries a send after
+    // an unclear failure does: the homeserver answers a repeated ID with the first event.
+    async sendWithTxn(intent, roomId, type, content, txnId) {
+        await intent.ensureRegistered();
+        const path = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${encodeURIComponent(type)}/${encodeURIComponent(txnId)}`;
+        return intent.matrixClient.doRequest("PUT", path, null, content);
     }
 
     async sendImage(params) {
