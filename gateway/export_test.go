@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"time"
 
 	"maunium.net/go/mautrix/id"
 )
@@ -27,4 +28,10 @@ func (g *Gateway) NotedSessions() int {
 	g.keysLock.Lock()
 	defer g.keysLock.Unlock()
 	return len(g.keys)
+}
+
+// SetAnswerTimeouts shortens how long heirloom waits for the bridge's answers (the first attempt
+// of a transaction, later ones, and the empty transaction asking whether the bridge is up).
+func (g *Gateway) SetAnswerTimeouts(first, retry, probe time.Duration) {
+	g.timeouts = deliveryTimeouts{first: first, retry: retry, probe: probe}
 }

@@ -236,11 +236,13 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 // taken. An error means the homeserver must send it again (heirloom's processing is idempotent);
 // ErrBridgeBacklog, that the bridge's outbox is full.
 func (s *Server) take(ctx context.Context, txn *Transaction, txnKey string) error {
-	if s.gateway != nil && s.gateway.OutboxFull() {
-		// The bridge is far behind: the homeserver keeps the transaction's events and sends them
-		// again. Its keys and device lists would not come again: they are handled now.
-		s.processKeys(ctx, txn)
-		return ErrBridgeBacklog
+	if s.gateway != nil {
+		if err := s.gateway.Admit(ctx, txn.RawEvents); err != nil {
+			// The bridge is far behind: the homeserver keeps the transaction's events and sends
+			// them again. Its keys and device lists would not come again: they are handled now.
+			s.processKeys(ctx, txn)
+			return err
+		}
 	}
 	if err := s.recordEncryption(ctx, txn.RawEvents); err != nil {
 		return err
