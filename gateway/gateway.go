@@ -150,6 +150,10 @@ func (g *Gateway) serveBridge(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.user = user
+	if refusal = otherUsersChange(r.Method, c); refusal != nil {
+		g.refuse(w, r, callForbidden, *refusal)
+		return
+	}
 	log := zerolog.Ctx(r.Context()).With().Stringer("as_user_id", user).Str("call", c.name).Logger()
 	r = r.WithContext(log.WithContext(r.Context()))
 	g.metrics.requests.WithLabelValues(c.name).Inc()
