@@ -97,6 +97,14 @@ func (g *Gateway) handleJoin(w http.ResponseWriter, r *http.Request, user id.Use
 	if !ok {
 		return
 	}
+	// The homeserver's word that the room is unencrypted, given to the user before, may be the
+	// room's state at their leave: it never outlives a join.
+	joining := id.RoomID("") // a join by alias: every room
+	if strings.HasPrefix(roomOrAlias, "!") {
+		joining = id.RoomID(roomOrAlias)
+	}
+	g.mgr.ForgetPlaintext(joining, user)
+	defer g.mgr.ForgetPlaintext(joining, user)
 	p, err := g.mgr.Get(ctx, user)
 	if errors.Is(err, e2ee.ErrNotProvisioned) && strings.HasPrefix(roomOrAlias, "!") {
 		p, err = g.readerForJoin(ctx, user, id.RoomID(roomOrAlias))

@@ -277,7 +277,8 @@ func (s *Server) refuseBacklog(ctx context.Context, w http.ResponseWriter, err e
 
 // recordEncryption records every m.room.encryption state event of the transaction as it arrived,
 // whatever its content (one mautrix cannot parse is not among txn.Events): the room is encrypted
-// from now on (e2ee.Manager.RoomEncrypted).
+// from now on (e2ee.Manager.RoomEncrypted). A membership event drops the homeserver's word that the
+// room is unencrypted given to its user (it may be the room's state at their leave).
 func (s *Server) recordEncryption(ctx context.Context, events []json.RawMessage) error {
 	for _, raw := range events {
 		var head struct {
@@ -286,8 +287,13 @@ func (s *Server) recordEncryption(ctx context.Context, events []json.RawMessage)
 			RoomID   id.RoomID       `json:"room_id"`
 			Content  json.RawMessage `json:"content"`
 		}
-		if json.Unmarshal(raw, &head) != nil || head.Type != event.StateEncryption.Type || head.StateKey == nil || *head.StateKey != "" ||
-			head.RoomID == "" {
+		if json.Unmarshal(raw, &head) != nil || head.StateKey == nil || head.RoomID == "" {
+			continue
+		}
+		if head.Type == event.StateMember.Type {
+			s.mgr.ForgetPlaintext(head.RoomID, id.UserID(*head.StateKey))
+		}
+		if head.Type != event.StateEncryption.Type || *head.StateKey != "" {
 			continue
 		}
 		if err := s.mgr.RecordEncryption(ctx, head.RoomID, head.Content); err != nil {
