@@ -99,23 +99,29 @@ func (g *Gateway) roomEvents(ctx context.Context, events []json.RawMessage) ([]*
 	return out, nil
 }
 
-// ephemeralEvents returns the bridge's copies of the ephemeral events of its rooms (and those of
-// no room, such as presence).
+// ephemeralEvents returns the bridge's copies of the ephemeral events of its rooms, and of those of
+// no room (presence) about its users or users who share a room with them.
 func (g *Gateway) ephemeralEvents(ctx context.Context, txnKey string, ephemeral []json.RawMessage) ([]*database.GatewayEvent, error) {
 	var out []*database.GatewayEvent
 	for i, raw := range ephemeral {
 		var head struct {
 			RoomID id.RoomID `json:"room_id"`
+			Sender id.UserID `json:"sender"`
 		}
 		if json.Unmarshal(raw, &head) != nil {
 			continue
 		}
+		var ok bool
+		var err error
 		if head.RoomID != "" {
-			if ok, err := g.interested(ctx, head.RoomID, "", nil); err != nil {
-				return nil, err
-			} else if !ok {
-				continue
-			}
+			ok, err = g.interested(ctx, head.RoomID, "", nil)
+		} else {
+			ok, err = g.presenceForBridge(ctx, head.Sender)
+		}
+		if err != nil {
+			return nil, err
+		} else if !ok {
+			continue
 		}
 		out = append(out, &database.GatewayEvent{Key: fmt.Sprintf("%s:%d", txnKey, i), RoomID: head.RoomID,
 			Kind: database.GatewayEphemeral, Body: string(raw)})
@@ -165,6 +171,29 @@ func (g *Gateway) interested(ctx context.Context, roomID id.RoomID, sender id.Us
 	for _, u := range members {
 		if g.cfg.IsBridgeUser(u) {
 			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// presenceForBridge reports whether the bridge's own registration would have given it the presence
+// of the user (Synapse's is_interested_in_presence): a user of its namespace, or one in a room the
+// bridge is interested in. Synapse pushes heirloom the presence of everyone who shares a room with
+// heirloom's own puppets too; that is not the bridge's to know.
+func (g *Gateway) presenceForBridge(ctx context.Context, userID id.UserID) (bool, error) {
+	if userID == "" {
+		return false, nil
+	}
+	if userID == g.bridge.Bot || g.cfg.IsBridgeUser(userID) {
+		return true, nil
+	}
+	rooms, err := g.db.JoinedRooms(ctx, userID)
+	if err != nil {
+		return false, err
+	}
+	for _, roomID := range rooms {
+		if ok, err := g.interested(ctx, roomID, "", nil); err != nil || ok {
+			return ok, err
 		}
 	}
 	return false, nil
