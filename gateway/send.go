@@ -99,8 +99,8 @@ func (g *Gateway) handleSend(w http.ResponseWriter, r *http.Request, user id.Use
 		g.forwardBody(w, r, body)
 		return
 	}
-	var content map[string]any
-	if err = json.Unmarshal(body, &content); err != nil || content == nil {
+	content, err := decodeContent(body)
+	if err != nil {
 		// Content heirloom cannot read cannot be encrypted, and is never sent in the clear into an
 		// encrypted room: the homeserver's JSON parser may accept what Go's refuses.
 		log.Debug().Err(err).Msg("Refused a send into an encrypted room whose content heirloom cannot read")
