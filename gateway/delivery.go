@@ -47,7 +47,7 @@ func outageBackoff(n int) time.Duration {
 // (a hanging event then holds the other rooms back briefly); and to the empty transaction that
 // tells whether the bridge is up (probe).
 const (
-	answerWait      = 30 * time.Second
+	answerWait      = 20 * time.Second
 	retryAnswerWait = 10 * time.Second
 	probeWait       = 10 * time.Second
 	// hangMemory is how long the short timeouts apply to every transaction after the bridge hung
@@ -55,10 +55,10 @@ const (
 	hangMemory = time.Hour
 )
 
-// deliveryTimeouts are the answer timeouts (tests shorten them).
-type deliveryTimeouts struct{ first, retry, probe time.Duration }
+// deliveryTimeouts are the answer timeouts, and queryWait (tests shorten them).
+type deliveryTimeouts struct{ first, retry, probe, query time.Duration }
 
-var defaultTimeouts = deliveryTimeouts{first: answerWait, retry: retryAnswerWait, probe: probeWait}
+var defaultTimeouts = deliveryTimeouts{first: answerWait, retry: retryAnswerWait, probe: probeWait, query: queryWait}
 
 // deliveryError is a failed delivery: refused if the bridge refused the transaction, unanswered if
 // it took the request and gave no answer (a timeout, the connection closed after the request, a

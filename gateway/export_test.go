@@ -33,5 +33,8 @@ func (g *Gateway) NotedSessions() int {
 // SetAnswerTimeouts shortens how long heirloom waits for the bridge's answers (the first attempt
 // of a transaction, later ones, and the empty transaction asking whether the bridge is up).
 func (g *Gateway) SetAnswerTimeouts(first, retry, probe time.Duration) {
-	g.timeouts = deliveryTimeouts{first: first, retry: retry, probe: probe}
+	g.timeouts.first, g.timeouts.retry, g.timeouts.probe = first, retry, probe
 }
+
+// SetQueryWait shortens how long the homeserver's query waits for the bridge's answer.
+func (g *Gateway) SetQueryWait(d time.Duration) { g.timeouts.query = d }

@@ -217,3 +217,16 @@ func TestBridgeAnsweringNothingIsDown(t *testing.T) {
 	}, 10*time.Second, 20*time.Millisecond)
 	require.Equal(t, []string{"$a", "$b", "$c"}, eventsOf(okTxns(t, h.bridge)), "everything, in order, once")
 }
+
+// A bridge that hangs on the homeserver's query of a user (an unregistered name of its namespace
+// invited to a room) is answered for within queryWait: a 404, what the homeserver concludes when the
+// bridge does not answer, but without Synapse's appservice event stream standing still for a minute.
+func TestQueryTheBridgeHangsOnIsAnsweredInTime(t *testing.T) {
+	h := newHarness(t)
+	h.gw.SetQueryWait(300 * time.Millisecond)
+	h.bridge.setAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) { <-r.Context().Done() })
+	start := time.Now()
+	resp := h.do(t, http.MethodGet, "/_matrix/app/v1/users/@irc_nobody:localhost", heirloomHS, "")
+	require.Equal(t, http.StatusNotFound, resp.status, "%s", resp.body)
+	require.Less(t, time.Since(start), 5*time.Second, "the homeserver's query waited on the bridge")
+}
