@@ -16,10 +16,11 @@ import (
 // content, or a 500) or leaves it unanswered, while it takes an empty one, may have a bug on one
 // of its events: any room member who can send such an event could otherwise stop the bridge for
 // every room. The transaction is tried once more (a bridge that was only slow answers its retry at
-// once), then split, its events going alone under new transaction IDs; an event refused alone (or
-// unanswered) holds back its room and is retried a few times (refusalBackoff), then set aside (a
-// dead letter: logged, counted, listed in GET /status and by the bot's status, delivered again on
-// an operator's request), and delivery goes on. Before a decrypted event is set aside, the bridge
+// once), then split, its events going alone under new transaction IDs; an event refused alone holds
+// back its room and is retried a few times (refusalBackoff), then set aside (a dead letter: logged,
+// counted, listed in GET /status and by the bot's status, delivered again on an operator's
+// request), and delivery goes on. An event left unanswered alone is set aside at once: while the
+// bridge hangs on it, every room waits. Before a decrypted event is set aside, the bridge
 // gets it as it arrived, encrypted, as it would without heirloom.
 //
 // Each room has a budget: for an hour after one of its events was set aside, its events go alone
@@ -90,7 +91,7 @@ func (g *Gateway) refused(ctx context.Context, txn *database.GatewayTxn, de *del
 		g.refusedTogether(ctx, txn, de.Error())
 		return
 	}
-	g.refusedAlone(ctx, txn, de.Error())
+	g.refusedAlone(ctx, txn, de.Error(), de.unanswered)
 }
 
 // refusedTogether tries a refused transaction of several events once more, then splits it.
@@ -111,15 +112,16 @@ func (g *Gateway) refusedTogether(ctx context.Context, txn *database.GatewayTxn,
 }
 
 // refusedAlone handles an event the bridge refused alone: it holds back its room and is tried
-// again later, or, refused setAsideAfter times or beyond its room's budget, it is set aside (a
-// decrypted event goes once as it arrived first).
-func (g *Gateway) refusedAlone(ctx context.Context, txn *database.GatewayTxn, reason string) {
+// again later, or, refused setAsideAfter times, left unanswered alone (a bridge that hangs holds
+// every room while it is tried) or beyond its room's budget, it is set aside (a decrypted event goes
+// once as it arrived first).
+func (g *Gateway) refusedAlone(ctx context.Context, txn *database.GatewayTxn, reason string, unanswered bool) {
 	e := txn.Events[0]
 	refusals := e.Refusals + 1
 	log := zerolog.Ctx(ctx).With().Int64("bridge_txn_id", txn.ID).Str("event_key", e.Key).Stringer("event_id", e.EventID).
 		Stringer("room_id", e.RoomID).Int("refusals", refusals).Str("reason", reason).Logger()
 	spent := g.budgetSpent(ctx, e.RoomID)
-	aside := refusals >= setAsideAfter || spent != ""
+	aside := refusals >= setAsideAfter || unanswered || spent != ""
 	if aside && e.Original != "" && !e.FellBack {
 		if err := g.db.FallBackGatewayEvent(ctx, txn.ID, e.Seq, reason); err != nil {
 			log.Err(err).Msg("Failed to record a refused event")
