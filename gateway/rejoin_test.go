@@ -103,8 +103,17 @@ func (hs *departedHomeserver) answer(w http.ResponseWriter, r *http.Request, bod
 			answerJSON(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"Event not found."}`)(w, r, body)
 		}
 	case r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/state/m.room.member/"):
-		membership := map[bool]string{true: "join", false: "leave"}[hs.joined]
-		answerJSON(http.StatusOK, `{"membership":"`+membership+`"}`)(w, r, body)
+		answerJSON(http.StatusOK, `{"membership":"`+hs.membership()+`"}`)(w, r, body)
+	case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/state"):
+		user := r.URL.Query().Get("user_id")
+		state := `{"type":"m.room.create","state_key":"","sender":"@alice:localhost","event_id":"$create","room_id":"` + hs.room +
+			`","origin_server_ts":1,"content":{"room_version":"10"}},{"type":"m.room.member","state_key":"` + user + `","sender":"` + user +
+			`","event_id":"$member","room_id":"` + hs.room + `","origin_server_ts":2,"content":{"membership":"` + hs.membership() + `"}}`
+		if hs.joined {
+			state += `,{"type":"m.room.encryption","state_key":"","sender":"@alice:localhost","event_id":"$enc","room_id":"` + hs.room +
+				`","origin_server_ts":3,"content":` + megolm + `}`
+		}
+		answerJSON(http.StatusOK, "["+state+"]")(w, r, body)
 	case strings.Contains(r.URL.Path, "/send/"):
 		if !hs.joined {
 			answerJSON(http.StatusForbidden, `{"errcode":"M_FORBIDDEN","error":"User not in room"}`)(w, r, body)
@@ -120,6 +129,13 @@ func (hs *departedHomeserver) answer(w http.ResponseWriter, r *http.Request, bod
 	default:
 		answerJSON(http.StatusNotFound, `{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}`)(w, r, body)
 	}
+}
+
+func (hs *departedHomeserver) membership() string {
+	if hs.joined {
+		return "join"
+	}
+	return "leave"
 }
 
 func (hs *departedHomeserver) rejoin() {
@@ -138,41 +154,64 @@ func knownRoom(t *testing.T, h *harness, room string) {
 
 // A departed user's word that the room is unencrypted never counts, even when the user is back in
 // the room by a way heirloom did not see (an admin's join, its transaction not yet arrived): heirloom
-// asks whether the user is joined before it asks about the room's encryption.
+// asks whether the user is joined before it asks about the room's encryption, and takes the room's
+// whole state (for a room it never saw) as the homeserver's word only if the user is joined in it.
 func TestDepartedUsersAnswerNeverCounts(t *testing.T) {
-	h := newHarness(t)
-	hs := &departedHomeserver{room: "!kicked:localhost"}
-	h.hs.setAnswer(hs.answer)
-	knownRoom(t, h, hs.room)
-	ctx := context.Background()
-	_, err := h.gw.RoomEncrypted(ctx, "@irc_ghost:localhost", id.RoomID(hs.room))
-	require.ErrorIs(t, err, e2ee.ErrUnknownRoom, "a departed user cannot send into the room")
-	hs.rejoin()
-	encrypted, err := h.gw.RoomEncrypted(ctx, "@irc_ghost:localhost", id.RoomID(hs.room))
-	require.NoError(t, err)
-	require.True(t, encrypted, "back in the room, the user is told the room's current state")
+	for _, seen := range []bool{true, false} {
+		t.Run(map[bool]string{true: "a room heirloom has seen", false: "a room heirloom never saw"}[seen], func(t *testing.T) {
+			h := newHarness(t)
+			hs := &departedHomeserver{room: "!kicked:localhost"}
+			h.hs.setAnswer(hs.answer)
+			if seen {
+				knownRoom(t, h, hs.room)
+			}
+			ctx := context.Background()
+			_, err := h.gw.RoomEncrypted(ctx, "@irc_ghost:localhost", id.RoomID(hs.room))
+			require.ErrorIs(t, err, e2ee.ErrUnknownRoom, "a departed user cannot send into the room")
+			hs.rejoin()
+			encrypted, err := h.gw.RoomEncrypted(ctx, "@irc_ghost:localhost", id.RoomID(hs.room))
+			require.NoError(t, err)
+			require.True(t, encrypted, "back in the room, the user is told the room's current state")
+		})
+	}
 }
 
 // The homeserver's word that a room is unencrypted never outlives a change of its user's membership:
-// a join through the gateway, a send the homeserver refuses because the user is not in the room, or
-// the user's m.room.member in a transaction. The room encrypted meanwhile gets no plaintext.
+// a join through the gateway or the API, a send the homeserver refuses because the user is not in
+// the room (the bridge's, or a puppet's through the API), or the user's m.room.member in a
+// transaction. The room encrypted meanwhile gets no plaintext.
 func TestPlaintextAnswerNeverOutlivesAMembershipChange(t *testing.T) {
-	const room, ghost = "!r:localhost", "@irc_ghost:localhost"
-	for name, change := range map[string]func(t *testing.T, h *harness){
-		"join through the gateway": func(t *testing.T, h *harness) {
+	const room, ghost, puppet = "!r:localhost", "@irc_ghost:localhost", "@heirloom_bob:localhost"
+	const api = "api-secret-0123456789abcdef"
+	for _, tc := range []struct {
+		name   string
+		user   id.UserID
+		change func(t *testing.T, h *harness)
+	}{
+		{"join through the gateway", ghost, func(t *testing.T, h *harness) {
 			require.Equal(t, http.StatusOK, h.do(t, http.MethodPost, "/_matrix/client/v3/rooms/"+room+"/join?user_id="+ghost, bridgeAS, `{}`).status)
-		},
-		"send refused for not being in the room": func(t *testing.T, h *harness) {
+		}},
+		{"send refused for not being in the room", ghost, func(t *testing.T, h *harness) {
 			resp := h.do(t, http.MethodPut, "/_matrix/client/v3/rooms/"+room+"/send/m.room.message/refused?user_id="+ghost, bridgeAS,
 				`{"msgtype":"m.text","body":"refused"}`)
 			require.Equal(t, http.StatusForbidden, resp.status, "%s", resp.body)
-		},
-		"membership in a transaction": func(t *testing.T, h *harness) {
+		}},
+		{"membership in a transaction", ghost, func(t *testing.T, h *harness) {
 			pushState(t, h, "m1", strings.Replace(memberEvent("$rejoin", ghost, ghost, "join"), "!r:localhost", room, 1))
-		},
+		}},
+		{"join through the API", puppet, func(t *testing.T, h *harness) {
+			resp := h.do(t, http.MethodPost, "/_heirloom/v1/puppets/"+puppet+"/rooms/"+room+"/join", api, `{}`)
+			require.Equal(t, http.StatusOK, resp.status, "%s", resp.body)
+		}},
+		{"API send refused for not being in the room", puppet, func(t *testing.T, h *harness) {
+			resp := h.do(t, http.MethodPost, "/_heirloom/v1/puppets/"+puppet+"/rooms/"+room+"/messages", api, `{"msgtype":"m.text","body":"refused"}`)
+			require.NotEqual(t, http.StatusOK, resp.status, "%s", resp.body)
+		}},
 	} {
-		t.Run(name, func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
+			ctx := context.Background()
+			require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: puppet, DeviceID: "BOB", Ready: true}))
 			var mu sync.Mutex
 			encryption, refuseSends := "", false
 			h.hs.setAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) {
@@ -194,16 +233,15 @@ func TestPlaintextAnswerNeverOutlivesAMembershipChange(t *testing.T) {
 				}
 			})
 			knownRoom(t, h, room)
-			ctx := context.Background()
-			encrypted, err := h.gw.RoomEncrypted(ctx, ghost, room)
+			encrypted, err := h.gw.RoomEncrypted(ctx, tc.user, room)
 			require.NoError(t, err)
 			require.False(t, encrypted, "the homeserver said the room is unencrypted")
 
 			mu.Lock()
 			encryption, refuseSends = megolm, true
 			mu.Unlock()
-			change(t, h)
-			encrypted, err = h.gw.RoomEncrypted(ctx, ghost, room)
+			tc.change(t, h)
+			encrypted, err = h.gw.RoomEncrypted(ctx, tc.user, room)
 			require.NoError(t, err)
 			require.True(t, encrypted, "the answer given before the membership changed still counted")
 		})

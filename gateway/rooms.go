@@ -103,7 +103,7 @@ func (g *Gateway) handleJoin(w http.ResponseWriter, r *http.Request, user id.Use
 	if strings.HasPrefix(roomOrAlias, "!") {
 		joining = id.RoomID(roomOrAlias)
 	}
-	g.mgr.ForgetPlaintext(joining, user)
+	g.mgr.ForgetPlaintext(joining, user) // before the join, and after it
 	defer g.mgr.ForgetPlaintext(joining, user)
 	p, err := g.mgr.Get(ctx, user)
 	if errors.Is(err, e2ee.ErrNotProvisioned) && strings.HasPrefix(roomOrAlias, "!") {
