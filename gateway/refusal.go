@@ -9,6 +9,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/internal/fault"
 	"github.com/heirloom-matrix/heirloom/lease"
 )
 
@@ -122,7 +123,8 @@ func (g *Gateway) refusedAlone(ctx context.Context, txn *database.GatewayTxn, re
 		Stringer("room_id", e.RoomID).Int("refusals", refusals).Str("reason", reason).Logger()
 	spent := g.budgetSpent(ctx, e.RoomID)
 	aside := refusals >= setAsideAfter || unanswered || spent != ""
-	if aside && e.Original != "" && !e.FellBack {
+	fallBack := e.Original != "" && !e.FellBack && !fault.Active("gateway_no_fallback")
+	if aside && fallBack {
 		if err := g.db.FallBackGatewayEvent(ctx, txn.ID, e.Seq, reason); err != nil {
 			log.Err(err).Msg("Failed to record a refused event")
 			return
