@@ -7,7 +7,6 @@ import (
 
 // Reasons a copy of a session is not stored (logged, and counted as skipped in a bundle's report).
 const (
-	ReasonOtherRoom    = "session is held for another room"
 	ReasonContradicts  = "key contradicts the session already held"
 	ReasonOtherSender  = "key claims another sender than the session already held"
 	ReasonHeldNoBetter = "session already held at an index as early"
@@ -24,8 +23,8 @@ func sharesHistory(s *crypto.InboundGroupSession) bool {
 }
 
 // MergeSessions decides what the stored row of a megolm session becomes when a second copy of it
-// arrives. held and incoming are copies of the same session ID in the same room (the caller checks
-// both: a copy claiming another room never reaches this). It returns the row to store, or nil and
+// arrives. held and incoming are copies of the same session ID in the same room (a copy claiming
+// another room is another row, and never reaches this). It returns the row to store, or nil and
 // the reason to keep held unchanged. Neither input is modified.
 //
 // mautrix's own merge compares first indexes only and keeps the newer copy's flags, which lets a

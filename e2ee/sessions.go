@@ -48,9 +48,10 @@ func (p *Puppet) LockSessionsExclusive() func() {
 	return g.rw.Unlock
 }
 
-// StoreSession stores a copy of an inbound session the puppet received, never letting it replace,
-// merge into or re-label a session the puppet holds for another room, and merging it with a copy
-// of the same room by MergeSessions. It reports whether the store changed and, if not, why.
+// StoreSession stores a copy of an inbound session the puppet received under the room it claims,
+// merging it with the copy the puppet holds for that room by MergeSessions. A copy claiming
+// another room is another row: nothing it says changes, moves, shadows or blocks what the puppet
+// holds for any other room. It reports whether the store changed and, if not, why.
 func (p *Puppet) StoreSession(ctx context.Context, igs *crypto.InboundGroupSession) (stored bool, reason string, err error) {
 	err = p.mgr.gate(p.UserID).megolmLock(ctx, igs.ID(), true, func(ctx context.Context) error {
 		stored, reason, err = p.storeSessionLocked(ctx, igs)
@@ -63,13 +64,14 @@ func (p *Puppet) StoreSession(ctx context.Context, igs *crypto.InboundGroupSessi
 }
 
 // StoreSessionInTxn is StoreSession for a caller that holds LockSessionsExclusive, inside its
-// own database transaction.
+// own database transaction, with what HeldSessions said the puppet holds for the session in its
+// room (nil: nothing).
 func (p *Puppet) StoreSessionInTxn(ctx context.Context, igs *crypto.InboundGroupSession, held *HeldSession) (bool, string, error) {
 	return p.storeSession(ctx, igs, held)
 }
 
 func (p *Puppet) storeSessionLocked(ctx context.Context, igs *crypto.InboundGroupSession) (bool, string, error) {
-	held, err := p.HeldSessions(ctx, []id.SessionID{igs.ID()})
+	held, err := p.HeldSessions(ctx, igs.RoomID, []id.SessionID{igs.ID()})
 	if err != nil {
 		return false, "", err
 	}
@@ -81,20 +83,7 @@ func (p *Puppet) storeSessionLocked(ctx context.Context, igs *crypto.InboundGrou
 }
 
 func (p *Puppet) storeSession(ctx context.Context, igs *crypto.InboundGroupSession, held *HeldSession) (bool, string, error) {
-	switch {
-	case held == nil:
-		// Nothing under this ID.
-	case held.HasKey && held.RoomID != igs.RoomID && (held.Direct || !isDirect(igs)):
-		// A session ID is the session's public key, which every member of its room sees: anyone
-		// can name it. A key held for another room is never replaced, merged or re-labelled by a
-		// copy of no better standing. Only a key received directly (signed by the session's own
-		// key, from a member of its room) takes the place of an imported copy that claimed another
-		// room on an inviter's word: otherwise an inviter who merely saw a session ID could keep
-		// its real key out.
-		return false, ReasonOtherRoom, nil
-	case held.HasKey && held.RoomID != igs.RoomID:
-		// Falls through to the store below: the direct copy replaces the imported one whole.
-	case held.HasKey:
+	if held != nil && held.HasKey {
 		existing, err := p.Store.GetGroupSession(ctx, igs.RoomID, igs.ID())
 		if err != nil {
 			return false, "", fmt.Errorf("failed to read held session: %w", err)
@@ -107,8 +96,8 @@ func (p *Puppet) storeSession(ctx context.Context, igs *crypto.InboundGroupSessi
 		}
 		igs = merged
 	}
-	// A withheld entry holds no key, and gives way to one, whatever room it named: otherwise
-	// whoever names a session ID first (in a withheld message or a bundle) could keep its key out.
+	// A withheld entry of the room holds no key, and gives way to one (rust-sdk too keeps both
+	// facts, and the key decrypts): otherwise whoever names a session ID first could keep its key out.
 	if err := p.Store.PutGroupSession(ctx, igs); err != nil {
 		return false, "", fmt.Errorf("failed to store session: %w", err)
 	}

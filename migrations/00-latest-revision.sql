@@ -1,4 +1,4 @@
--- v0 -> v7: Latest revision
+-- v0 -> v8: Latest revision
 
 -- Appservice transactions already processed, so a retried transaction is processed once. A
 -- transaction is known by its ID and the SHA-256 of its body: Synapse on SQLite numbers its
@@ -112,10 +112,6 @@ CREATE TABLE admin_refusal (
     user_id    TEXT   PRIMARY KEY,
     refused_at BIGINT NOT NULL
 );
-
--- mautrix's crypto store indexes inbound sessions by account and backup version only; bundles
--- read one room of one puppet. The crypto store's tables exist before heirloom's upgrade runs.
-CREATE INDEX IF NOT EXISTS heirloom_megolm_inbound_room_idx ON crypto_megolm_inbound_session (account_id, room_id);
 
 -- Events bound for the bridge, in the order the homeserver delivered them (seq). An encrypted
 -- event whose key has not arrived waits (holding back only its room) until wait_until; txn_id is
