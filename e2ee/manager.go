@@ -49,6 +49,8 @@ type Manager struct {
 
 	// deviceChanges counts the device-list changes reported per user (devices.go).
 	deviceChanges deviceListChanges
+	// held keeps room keys until the puppet joins the room they are for (membership.go).
+	held heldKeys
 
 	lock     sync.Mutex
 	machines map[id.UserID]*Puppet

@@ -102,6 +102,8 @@ func TestDirectKeyFromAPastMemberCannotMoveImportedHistory(t *testing.T) {
 			require.Equal(t, id.UserID("@inviter:localhost"), held.SourceUser)
 			if memberOfB {
 				require.Equal(t, mallory.curve, heldRow(t, p, roomB, out.ID()).senderKey, "his copy is held for room B, apart")
+			} else {
+				require.Nil(t, heldRow(t, p, roomB, out.ID()), "a non-member of room B gets nothing stored for it")
 			}
 		})
 	}
@@ -128,6 +130,9 @@ func TestASessionIDNamedFirstUnderAnotherRoomBlocksNothing(t *testing.T) {
 			out, err := olm.NewOutboundGroupSession()
 			require.NoError(t, err)
 			mallory.sendRoomKey(ctx, p, roomB, out.ID(), out.Key(), true)
+			if !memberOfB {
+				require.Nil(t, heldRow(t, p, roomB, out.ID()), "a room key from a non-member of its room is not stored")
+			}
 
 			alice.sendRoomKey(ctx, p, roomA, out.ID(), out.Key(), true)
 			row := heldRow(t, p, roomA, out.ID())

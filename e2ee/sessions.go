@@ -11,7 +11,6 @@ import (
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/exsync"
 	"maunium.net/go/mautrix/crypto"
-	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -120,37 +119,4 @@ func (p *Puppet) RotationLimits(ctx context.Context, roomID id.RoomID) (time.Dur
 		zerolog.Ctx(ctx).Debug().Err(err).Msg("Failed to read room encryption settings; using the defaults")
 	}
 	return maxAge, maxMessages
-}
-
-// isMember reports whether the user is joined to or invited into the room, as heirloom's state
-// store knows it.
-func (m *Manager) isMember(ctx context.Context, roomID id.RoomID, userID id.UserID) bool {
-	membership, err := m.db.StateStore.GetMembership(ctx, roomID, userID)
-	return err == nil && (membership == event.MembershipJoin || membership == event.MembershipInvite)
-}
-
-// hasLeft reports whether heirloom's state store knows the user left, was kicked from or is
-// banned from the room.
-// (mautrix's GetMembership says "leave" for a user it never heard of: unknown is not left.)
-func (m *Manager) hasLeft(ctx context.Context, roomID id.RoomID, userID id.UserID) bool {
-	member, err := m.db.StateStore.TryGetMember(ctx, roomID, userID)
-	return err == nil && member != nil && (member.Membership == event.MembershipLeave || member.Membership == event.MembershipBan)
-}
-
-// inRoom reports whether the puppet is joined to or invited into the room. When heirloom's state
-// store has never heard of the puppet in the room, it asks the homeserver (and remembers).
-func (p *Puppet) inRoom(ctx context.Context, roomID id.RoomID) bool {
-	if member, err := p.mgr.db.StateStore.TryGetMember(ctx, roomID, p.UserID); err == nil && member != nil &&
-		(member.Membership == event.MembershipJoin || member.Membership == event.MembershipInvite) {
-		return true
-	}
-	var member event.MemberEventContent
-	if err := p.Client.StateEvent(ctx, roomID, event.StateMember, p.UserID.String(), &member); err != nil {
-		zerolog.Ctx(ctx).Debug().Err(err).Msg("The homeserver does not know the puppet in the room")
-		return false
-	}
-	if err := p.mgr.db.StateStore.SetMembership(ctx, roomID, p.UserID, member.Membership); err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to record own membership")
-	}
-	return member.Membership == event.MembershipJoin || member.Membership == event.MembershipInvite
 }

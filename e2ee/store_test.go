@@ -50,6 +50,13 @@ type olmSender struct {
 	unknown bool
 }
 
+// withClaim is the sender claiming signing as its Ed25519 key in the Olm payload, from a device
+// heirloom knows (mautrix checked the claim against it) or not.
+func (s olmSender) withClaim(signing id.Ed25519, known bool) olmSender {
+	s.signing, s.unknown = signing, !known
+	return s
+}
+
 // decrypted is the Olm envelope mautrix hands over for a message from the sender's device.
 func (s olmSender) decrypted() *crypto.DecryptedOlmEvent {
 	evt := &crypto.DecryptedOlmEvent{Sender: s.user, SenderKey: s.curve, Keys: crypto.OlmEventKeys{Ed25519: s.signing}}

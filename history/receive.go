@@ -160,7 +160,8 @@ func (s *Service) InviteReceived(ctx context.Context, evt *event.Event) {
 }
 
 // ObserveJoin finishes what TrackMembership could not decide from a puppet's join event alone: it
-// asks the homeserver what the join replaced, then imports the inviter's bundle if that allows it.
+// stores the room keys held until the join (e2ee.Puppet.ReleaseHeldKeys), asks the homeserver what
+// the join replaced, then imports the inviter's bundle if that allows it.
 func (s *Service) ObserveJoin(ctx context.Context, evt *event.Event) {
 	puppet := id.UserID(evt.GetStateKey())
 	s.background(ctx, "observe_join", func(ctx context.Context) {
@@ -168,6 +169,9 @@ func (s *Service) ObserveJoin(ctx context.Context, evt *event.Event) {
 		if err != nil {
 			return
 		}
+		// Room keys that came while the puppet was only invited, from senders the homeserver can
+		// now say are members or not.
+		p.ReleaseHeldKeys(ctx, evt.RoomID)
 		inv, err := s.db.GetInvite(ctx, puppet, evt.RoomID)
 		if err != nil || inv == nil {
 			return
