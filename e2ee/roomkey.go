@@ -204,7 +204,9 @@ func (p *Puppet) receiveWithheld(ctx context.Context, evt *event.Event) {
 	log := zerolog.Ctx(ctx).With().Stringer("room_id", content.RoomID).Stringer("session_id", content.SessionID).
 		Str("code", string(content.Code)).Logger()
 	switch {
-	case content.Algorithm != id.AlgorithmMegolmV1 || !keybundle.ValidKey(string(content.SessionID)) || !keybundle.ValidKey(string(content.SenderKey)):
+	case content.Algorithm != id.AlgorithmMegolmV1 || !keybundle.ValidKey(string(content.SessionID)) ||
+		!keybundle.ValidKey(string(content.SenderKey)) || !keybundle.ValidRoomID(content.RoomID) ||
+		!keybundle.ValidText(string(content.Code), keybundle.MaxText) || !keybundle.ValidText(content.Reason, keybundle.MaxText):
 		log.Debug().Msg("Ignoring malformed room key withheld message")
 	case keybundle.IsHistoryNotShared(string(content.Code)):
 		log.Debug().Msg("Ignoring history-not-shared code outside a key bundle")

@@ -23,6 +23,9 @@ import (
 	"github.com/heirloom-matrix/heirloom/metrics"
 )
 
+// maxDeviceID bounds a device ID heirloom stores from outside.
+const maxDeviceID = 255
+
 func receivedOwner(b *database.ReceivedBundle) string {
 	return "bundle-received:" + b.Puppet.String() + "|" + b.RoomID.String() + "|" + b.Sender.String()
 }
@@ -41,8 +44,11 @@ func (s *Service) ReceiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto
 		log.Warn().Err(err).Msg("Dropping key bundle")
 		return
 	}
-	if content.RoomID == "" || content.File.URL == "" {
-		log.Warn().Msg("Dropping key bundle without room_id or file URL")
+	if !keybundle.ValidRoomID(content.RoomID) || content.File.URL == "" {
+		log.Warn().Msg("Dropping key bundle without a valid room_id or a file URL")
+		return
+	} else if !keybundle.ValidText(string(evt.SenderDeviceKeys.DeviceID), maxDeviceID) {
+		log.Warn().Msg("Dropping key bundle whose sender device ID heirloom would not store")
 		return
 	}
 	if err := content.File.PrepareForDecryption(); err != nil {
