@@ -468,8 +468,9 @@ const (
 )
 
 // resumeDelivery delivers an uploaded bundle whose delivery did not finish, after checking again
-// everything its devices were chosen on: the invite was sent and still stands (else it waits for
-// the invite's echo, which calls it again), the invitee's identity has not changed, and each
+// everything it was built and its devices chosen on (recheckDelivery): the puppet's invite was sent
+// and still stands (else it waits for the invite's echo, which calls it again), history is still
+// shared and the puppet's device still signed, the invitee's identity has not changed, and each
 // pending device is still signed by it. Past deliveryBound it gives up.
 func (s *Service) resumeDelivery(ctx context.Context, b *database.SentBundle) {
 	log := zerolog.Ctx(ctx).With().Str("bundle_id", b.BundleID).Stringer("invitee", b.Invitee).Logger()
@@ -507,28 +508,17 @@ func (s *Service) resumeDelivery(ctx context.Context, b *database.SentBundle) {
 	log.Info().Msg("Resumed bundle delivery")
 }
 
-// recheckDelivery checks an uploaded bundle before it is delivered late. It returns a reason not
-// to deliver at all, or wait if the invite has not been sent yet.
+// recheckDelivery checks an uploaded bundle before it is delivered late (a delivery a restart
+// interrupted). It returns a reason not to deliver at all, or wait if the invite has not been sent
+// yet: past deliveryBound, or if deliveryRefused says so (the very invite the puppet sent, or the
+// join that replaced it, the puppet's own signature, the room's visibility), and then for each
+// pending device, unless it is still signed by the invitee's identity.
 func (s *Service) recheckDelivery(ctx context.Context, p *e2ee.Puppet, b *database.SentBundle) (reason string, wait bool, err error) {
 	if time.Since(time.UnixMilli(b.CreatedAt)) > s.deliveryBound() {
 		return ReasonDeliveryTooLate, false, nil
 	}
-	member, err := memberEvent(ctx, p, b.RoomID, b.Invitee)
-	switch {
-	case errors.Is(err, mautrix.MNotFound):
-		return "", true, nil // never invited (yet): the invite's echo resumes the delivery
-	case err != nil:
-		return "", false, fmt.Errorf("failed to read the invitee's membership: %w", err)
-	}
-	switch member.Content.AsMember().Membership {
-	case event.MembershipInvite, event.MembershipJoin:
-	case event.MembershipLeave:
-		if b.InviteEventID == "" {
-			return "", true, nil // not invited yet (left before): the invite's echo resumes it
-		}
-		return ReasonNoLongerInvited, false, nil
-	default:
-		return ReasonNoLongerInvited, false, nil
+	if reason, wait, err = s.deliveryRefused(ctx, p, b, true); reason != "" || wait || err != nil {
+		return reason, wait, err
 	}
 	current, reason, err := s.recipients(ctx, p, b.Invitee)
 	if err != nil || reason != "" {
@@ -545,6 +535,55 @@ func (s *Service) recheckDelivery(ctx context.Context, p *e2ee.Puppet, b *databa
 				return "", false, err
 			}
 		}
+	}
+	return "", false, nil
+}
+
+// Reasons a delivery after the first (resumed, or to a device added later) does not go ahead.
+const (
+	ReasonInviteNotTheBundles = "the invitee's invite is not the one the bundle was built for"
+	ReasonInviteeJoinedOther  = "the invitee joined, but not from the invite the bundle was built for"
+)
+
+// deliveryRefused is the one check of every delivery of a bundle after its first (a delivery a
+// restart interrupted, and one to a device the invitee added later): it returns why the bundle may
+// not go to the invitee's devices now, or wait if the invite it was built for is not sent (or not
+// seen) yet. The bundle goes only to the invitee of the very invite the puppet sent while that
+// invite stands, or (joinOK) at the join that replaced it; and only while the puppet's own device
+// is signed by its identity and the room's current history visibility shares history, as when the
+// bundle was built. Another member's invite, another invite, a join from anything else, a room
+// that stopped sharing history: nothing goes.
+func (s *Service) deliveryRefused(ctx context.Context, p *e2ee.Puppet, b *database.SentBundle, joinOK bool) (reason string, wait bool, err error) {
+	if b.InviteEventID == "" {
+		return "", true, nil // not sent, or its echo not seen yet: the echo claims the bundle and resumes it
+	}
+	member, err := memberEvent(ctx, p, b.RoomID, b.Invitee)
+	switch {
+	case errors.Is(err, mautrix.MNotFound):
+		return ReasonNoLongerInvited, false, nil
+	case err != nil:
+		return "", false, fmt.Errorf("failed to read the invitee's membership: %w", err)
+	}
+	switch member.Content.AsMember().Membership {
+	case event.MembershipInvite:
+		if member.ID != b.InviteEventID {
+			return ReasonInviteNotTheBundles, false, nil
+		}
+	case event.MembershipJoin:
+		if !joinOK || keybundle.JoinReplaced(b.InviteEventID, keybundle.JoinFromMemberEvent(member)) != keybundle.ReplacedInvite {
+			return ReasonInviteeJoinedOther, false, nil
+		}
+	default:
+		return ReasonNoLongerInvited, false, nil
+	}
+	if signed, err := p.OwnDeviceSigned(ctx); err != nil || !signed {
+		return ReasonPuppetUnsigned, false, err
+	}
+	visibility, err := s.currentVisibility(ctx, p, b.RoomID)
+	if err != nil {
+		return "", false, err
+	} else if !keybundle.VisibilitySharesHistory(visibility) {
+		return ReasonVisibility, false, nil
 	}
 	return "", false, nil
 }
