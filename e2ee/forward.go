@@ -10,6 +10,8 @@ import (
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
 // Puppets never ask for room keys: a key Synapse did not push waits in the device inbox, and a
@@ -69,7 +71,7 @@ func (p *Puppet) receiveOwnForward(ctx context.Context, evt *crypto.DecryptedOlm
 		return
 	}
 	maxAge, maxMessages := p.RotationLimits(ctx, content.RoomID)
-	notShared := false
+	notShared := keybundle.SharedWhenForwarded()
 	igs := &crypto.InboundGroupSession{
 		Internal: internal, SigningKey: evt.Keys.Ed25519, SenderKey: evt.SenderKey, RoomID: content.RoomID,
 		ForwardingChains: []string{}, ReceivedAt: time.Now().UTC(), MaxAge: maxAge.Milliseconds(), MaxMessages: maxMessages,

@@ -23,7 +23,7 @@ type RoomKeyContent struct {
 	HistoryShared bool `json:"-"`
 }
 
-// UnmarshalJSON reads the standard fields and the history flag (keybundle.HistoryFlag).
+// UnmarshalJSON reads the standard fields and the history flag (keybundle.SharedWhenReceived).
 func (c *RoomKeyContent) UnmarshalJSON(data []byte) error {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(data, &fields); err != nil {
@@ -32,7 +32,7 @@ func (c *RoomKeyContent) UnmarshalJSON(data []byte) error {
 	if err := json.Unmarshal(data, &c.RoomKeyEventContent); err != nil {
 		return err
 	}
-	c.HistoryShared = keybundle.HistoryFlag(fields)
+	c.HistoryShared = keybundle.SharedWhenReceived(fields)
 	c.SharedHistory = &c.HistoryShared
 	return nil
 }

@@ -55,7 +55,7 @@ func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.
 	log := zerolog.Ctx(ctx)
 	defer p.LockSessionsExclusive()()
 	maxAge, maxMessages := p.RotationLimits(ctx, b.RoomID)
-	shared := true
+	shared := keybundle.SharedWhenImported()
 	// What every imported session has in common: only its keys and ratchet are its own.
 	like := &crypto.InboundGroupSession{
 		RoomID:           b.RoomID,
