@@ -5,12 +5,16 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"strings"
 	"testing"
+	"time"
 
 	"filippo.io/edwards25519"
 	"github.com/stretchr/testify/require"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/internal/testdb"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
@@ -150,4 +154,119 @@ func TestHostileTextGetsTheSameAnswerOnEveryBackend(t *testing.T) {
 	if len(answers) == 2 {
 		require.Equal(t, answers[0], answers[1], "SQLite and PostgreSQL give the same answer")
 	}
+}
+
+// The streaming reads of a bundle (e2ee.Puppet.EachWithheldEntry and EachSharedSession, through
+// writeBundle) put into it exactly what keybundle.Place says of every row the puppet holds: a
+// table of rows of every kind, of the room and of another, read back whole and placed one by one.
+func TestBundleIsWhatPlaceSaysOfEveryRow(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, dbCfg config.Database) {
+		env := newBenchEnvOn(t, dbCfg)
+		p := env.puppet(t, "src")
+		other := env.puppet(t, "other")
+		ctx := context.Background()
+		set := func(m *megolmKey, roomID id.RoomID, column, value string) {
+			_, err := env.db.Raw.Exec(ctx, `UPDATE crypto_megolm_inbound_session SET `+column+`=$1
+				WHERE account_id=$2 AND room_id=$3 AND session_id=$4`, value, p.UserID.String(), roomID, m.out.ID())
+			require.NoError(t, err)
+		}
+		withheld := func(m *megolmKey, roomID id.RoomID, code, reason string) keybundle.Withheld {
+			return keybundle.Withheld{Algorithm: id.AlgorithmMegolmV1, Code: code, Reason: reason, RoomID: roomID, SenderKey: validCurve,
+				SessionID: m.out.ID()}
+		}
+		for _, row := range []struct {
+			name string
+			make func(m *megolmKey)
+		}{
+			{"shared key", func(m *megolmKey) { holdDirect(t, p, m, benchRoom, true) }},
+			{"unshared key", func(m *megolmKey) { holdDirect(t, p, m, benchRoom, false) }},
+			{"shared key of another room", func(m *megolmKey) { holdDirect(t, p, m, otherBenchRoom, true) }},
+			{"shared key of another puppet", func(m *megolmKey) { holdDirect(t, other, m, benchRoom, true) }},
+			{"shared key whose claimed key is junk", func(m *megolmKey) {
+				holdDirect(t, p, m, benchRoom, true)
+				set(m, benchRoom, "signing_key", "!!!! not an ed25519 key, 43 characters !!!!")
+			}},
+			{"shared key whose claimed key is no point", func(m *megolmKey) {
+				holdDirect(t, p, m, benchRoom, true)
+				set(m, benchRoom, "signing_key", string(notAPointEd))
+			}},
+			{"unshared key whose sender key is junk", func(m *megolmKey) {
+				holdDirect(t, p, m, benchRoom, false)
+				set(m, benchRoom, "sender_key", "!!!! not a curve25519 key, 43 characters !")
+			}},
+			{"shared key with no recorded flag", func(m *megolmKey) {
+				holdDirect(t, p, m, benchRoom, true)
+				_, err := env.db.Raw.Exec(ctx, `UPDATE crypto_megolm_inbound_session SET shared_history=NULL
+					WHERE account_id=$1 AND session_id=$2`, p.UserID.String(), m.out.ID())
+				require.NoError(t, err)
+			}},
+			{"the same session in two rooms", func(m *megolmKey) {
+				holdDirect(t, p, m, benchRoom, true)
+				holdDirect(t, p, m, otherBenchRoom, false)
+			}},
+			{"bundle withheld entry", func(m *megolmKey) {
+				require.NoError(t, p.InsertBundleWithheld(ctx, []keybundle.Withheld{withheld(m, benchRoom, keybundle.CodeHistoryNotShared, "no")},
+					"@inviter:localhost", time.Now()))
+			}},
+			{"bundle withheld entry, unstable code", func(m *megolmKey) {
+				require.NoError(t, p.InsertBundleWithheld(ctx, []keybundle.Withheld{withheld(m, benchRoom, keybundle.CodeHistoryNotSharedUnstable, "no")},
+					"@inviter:localhost", time.Now()))
+			}},
+			{"bundle withheld entry of another room", func(m *megolmKey) {
+				require.NoError(t, p.InsertBundleWithheld(ctx, []keybundle.Withheld{withheld(m, otherBenchRoom, keybundle.CodeHistoryNotShared, "no")},
+					"@inviter:localhost", time.Now()))
+			}},
+			{"to-device withheld message", func(m *megolmKey) {
+				require.NoError(t, p.Store.PutWithheldGroupSession(ctx, event.RoomKeyWithheldEventContent{RoomID: benchRoom,
+					Algorithm: id.AlgorithmMegolmV1, SessionID: m.out.ID(), SenderKey: validCurve, Code: keybundle.CodeHistoryNotShared}))
+			}},
+			{"to-device withheld message, another code", func(m *megolmKey) {
+				require.NoError(t, p.Store.PutWithheldGroupSession(ctx, event.RoomKeyWithheldEventContent{RoomID: benchRoom,
+					Algorithm: id.AlgorithmMegolmV1, SessionID: m.out.ID(), SenderKey: validCurve, Code: event.RoomKeyWithheldUnverified}))
+			}},
+		} {
+			row.make(newMegolmKey(t))
+		}
+
+		// Every row of the puppet, whole, as Place sees it.
+		rows, err := env.db.Raw.Query(ctx, `SELECT room_id, session_id, sender_key, COALESCE(signing_key, ''), session IS NOT NULL,
+			COALESCE(shared_history, false), COALESCE(withheld_code, ''), COALESCE(withheld_reason, ''), source_user <> ''
+			FROM crypto_megolm_inbound_session WHERE account_id=$1`, p.UserID.String())
+		require.NoError(t, err)
+		wantKeys, wantWithheld := map[id.SessionID]bool{}, map[id.SessionID]bool{}
+		for rows.Next() {
+			var h keybundle.Held
+			require.NoError(t, rows.Scan(&h.RoomID, &h.SessionID, &h.SenderKey, &h.SigningKey, &h.HasKey, &h.SharedHistory, &h.Code,
+				&h.Reason, &h.FromBundle))
+			h.SenderKey, h.SigningKey = id.SenderKey(strings.TrimSpace(string(h.SenderKey))), id.Ed25519(strings.TrimSpace(string(h.SigningKey)))
+			switch place, _ := keybundle.Place(benchRoom, h); place {
+			case keybundle.AsKey:
+				wantKeys[h.SessionID] = true
+			case keybundle.AsWithheld:
+				wantWithheld[h.SessionID] = true
+			}
+		}
+		require.NoError(t, rows.Err())
+
+		var out bytes.Buffer
+		counts, err := env.svc.writeBundle(ctx, p, benchRoom, &out)
+		require.NoError(t, err)
+		var wire struct {
+			RoomKeys []keybundle.RoomKey  `json:"room_keys"`
+			Withheld []keybundle.Withheld `json:"withheld"`
+		}
+		require.NoError(t, json.Unmarshal(out.Bytes(), &wire))
+		gotKeys, gotWithheld := map[id.SessionID]bool{}, map[id.SessionID]bool{}
+		for _, k := range wire.RoomKeys {
+			gotKeys[k.SessionID] = true
+		}
+		for _, w := range wire.Withheld {
+			gotWithheld[w.SessionID] = true
+		}
+		require.Equal(t, wantKeys, gotKeys)
+		require.Equal(t, wantWithheld, gotWithheld)
+		require.Equal(t, keybundle.Counts{Sessions: 2, Withheld: 4}, counts,
+			"keys: the shared one and the room's copy of the two-room session; withheld: the unshared one, the one with no flag, the two bundle entries")
+		requireElementParses(t, out.Bytes())
+	})
 }
