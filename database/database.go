@@ -58,8 +58,8 @@ func Open(cfg config.Database, log zerolog.Logger) (*Database, error) {
 // Upgrade brings heirloom's tables, mautrix's state store and mautrix's crypto store to
 // their latest schema, each under its own version table.
 func (db *Database) Upgrade(ctx context.Context) error {
-	// mautrix's stores first: heirloom's upgrades touch a table of the crypto store (v3 indexed
-	// crypto_megolm_inbound_session, v8 drops that index, which its primary key replaced).
+	// mautrix's stores first: heirloom's schema indexes a table of the crypto store (v3, and again v8
+	// after mautrix's schema 23 rebuilt that table on SQLite).
 	dblog := dbutil.ZeroLogger(db.log.With().Str("component", "database").Logger())
 	cryptoDB := db.Raw.Child(sql_store_upgrade.VersionTableName, sql_store_upgrade.Table, dblog)
 	if err := cryptoDB.Upgrade(ctx); err != nil {

@@ -32,44 +32,22 @@ type storedSession struct {
 // parallel. A row the builder leaves out (keys rust-sdk would not parse) is logged.
 func (s *Service) writeBundle(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, w io.Writer) (keybundle.Counts, error) {
 	builder := keybundle.NewBuilder(w, roomID, p.DeviceID)
-	left := leftOut{log: zerolog.Ctx(ctx)}
 	err := p.EachWithheldEntry(ctx, roomID, func(h keybundle.Held) error {
-		left.check(roomID, h)
 		return builder.Add(h, nil)
 	})
 	if err == nil {
 		err = s.exportSessions(ctx, p, roomID, func(st *storedSession) error {
-			left.check(roomID, st.Held)
 			return builder.Add(st.Held, func() (string, error) { return st.exported, st.err })
 		})
 	}
-	left.report()
+	if left := builder.LeftOut(); len(left) > 0 {
+		zerolog.Ctx(ctx).Warn().Any("left_out", left).Msg("Some stored sessions were left out of the bundle")
+	}
 	if err != nil {
 		counts, _ := builder.Close()
 		return counts, fmt.Errorf("failed to read sessions: %w", err)
 	}
 	return builder.Close()
-}
-
-// leftOut counts the rows keybundle.Place leaves out of a bundle, by reason, for the log.
-type leftOut struct {
-	log    *zerolog.Logger
-	counts map[string]int
-}
-
-func (l *leftOut) check(roomID id.RoomID, h keybundle.Held) {
-	if place, reason := keybundle.Place(roomID, h); place == keybundle.Left && reason != keybundle.LeftToDevice {
-		if l.counts == nil {
-			l.counts = map[string]int{}
-		}
-		l.counts[reason]++
-	}
-}
-
-func (l *leftOut) report() {
-	if len(l.counts) > 0 {
-		l.log.Warn().Any("left_out", l.counts).Msg("Some stored sessions were left out of the bundle")
-	}
 }
 
 // exportSessions reads the room's shared sessions and calls each for every one, exported at its

@@ -83,6 +83,8 @@ type Builder struct {
 	w       *bufio.Writer
 	seen    map[id.SessionID]struct{}
 	counts  Counts
+	left    map[string]int
+	signing signingKeys
 	scratch []byte
 	phase   builderPhase
 	err     error
@@ -140,14 +142,20 @@ func (b *Builder) AddWithheld(w Withheld) error {
 // session was written already; export is called only for a key. It reports an error only for a
 // failed write or export, or a withheld entry after the first key.
 func (b *Builder) Add(h Held, export func() (string, error)) error {
-	place, _ := Place(b.roomID, h)
-	if place == Left {
+	placement, reason := place(b.roomID, h, b.signing.valid)
+	if placement == Left {
+		if reason != LeftOtherRoom && reason != LeftToDevice {
+			if b.left == nil {
+				b.left = map[string]int{}
+			}
+			b.left[reason]++
+		}
 		return nil
 	}
 	if _, dup := b.seen[h.SessionID]; dup {
 		return nil
 	}
-	if place == AsWithheld {
+	if placement == AsWithheld {
 		b.seen[h.SessionID] = struct{}{}
 		b.writeWithheld(withheldEntry(h, b.device))
 		return b.err
@@ -272,6 +280,11 @@ func (b *Builder) writeWithheld(w Withheld) {
 	b.writeJSON(w)
 	b.counts.Withheld++
 }
+
+// LeftOut returns how many rows of the room the builder left out, by reason: rows whose keys
+// rust-sdk would not parse, and withheld entries heirloom does not pass on but for those of
+// withheld messages that came over to-device (never passed on, by design).
+func (b *Builder) LeftOut() map[string]int { return b.left }
 
 // Close writes the closing brackets, and returns what the bundle holds.
 func (b *Builder) Close() (Counts, error) {

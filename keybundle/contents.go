@@ -58,12 +58,19 @@ const (
 //     heirloom checked them included): rust-sdk parses a bundle with serde and fails the whole of
 //     it over one entry whose keys do not parse.
 func Place(roomID id.RoomID, h Held) (Placement, string) {
+	return place(roomID, h, ValidSigningKeyString)
+}
+
+// place is Place with the check of a claimed signing key given: the builder's remembers the keys it
+// found valid (a room has few sending devices for many sessions, and each check is a point
+// decompression).
+func place(roomID id.RoomID, h Held, validSigningKey func(id.Ed25519) bool) (Placement, string) {
 	switch {
 	case h.RoomID != roomID:
 		return Left, LeftOtherRoom
 	case !ValidKey(string(h.SessionID)) || !ValidKey(string(h.SenderKey)):
 		return Left, LeftMalformedIDs
-	case h.HasKey && h.SharedHistory && !ValidSigningKeyString(h.SigningKey):
+	case h.HasKey && h.SharedHistory && !validSigningKey(h.SigningKey):
 		return Left, LeftBadSigningKey
 	case h.HasKey && h.SharedHistory:
 		return AsKey, ""
@@ -88,4 +95,24 @@ func withheldEntry(h Held, device id.DeviceID) Withheld {
 		w.Reason, w.FromDevice = reasonHistoryNotShared, device
 	}
 	return w
+}
+
+// signingKeys remembers the claimed signing keys found valid, up to maxSigningKeys.
+type signingKeys map[id.Ed25519]struct{}
+
+const maxSigningKeys = 1024
+
+// valid reports whether key is a valid Ed25519 public key (ValidSigningKeyString).
+func (c *signingKeys) valid(key id.Ed25519) bool {
+	if _, ok := (*c)[key]; ok {
+		return true
+	}
+	if !ValidSigningKeyString(key) {
+		return false
+	}
+	if *c == nil || len(*c) >= maxSigningKeys {
+		*c = make(signingKeys, 64)
+	}
+	(*c)[key] = struct{}{}
+	return true
 }

@@ -113,6 +113,12 @@ CREATE TABLE admin_refusal (
     refused_at BIGINT NOT NULL
 );
 
+-- mautrix's crypto store keys inbound sessions by (account, room, session); a bundle reads one room
+-- of one puppet, which this index gives in the order the rows were written (the primary key's would
+-- give them in session ID order, from all over the table on SQLite). The crypto store's tables exist
+-- before heirloom's upgrade runs.
+CREATE INDEX IF NOT EXISTS heirloom_megolm_inbound_room_idx ON crypto_megolm_inbound_session (account_id, room_id);
+
 -- Events bound for the bridge, in the order the homeserver delivered them (seq). An encrypted
 -- event whose key has not arrived waits (holding back only its room) until wait_until; txn_id is
 -- the bridge transaction it went into (0: not yet). Stored before the homeserver is answered.
