@@ -51,7 +51,7 @@ func (s *Service) ReceiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto
 		log.Warn().Msg("Dropping key bundle whose sender device ID heirloom would not store")
 		return
 	}
-	if err := content.File.PrepareForDecryption(); err != nil {
+	if err := keybundle.PrepareFile(&content.File); err != nil {
 		log.Warn().Err(err).Msg("Dropping key bundle with unusable file keys")
 		return
 	}
