@@ -94,11 +94,13 @@ func (p *Puppet) senderVerdict(ctx context.Context, roomID id.RoomID, sender id.
 	return unknownMember
 }
 
-// Bounds of the room keys held until a join: per puppet and room, and in all.
+// Bounds of the room keys held until a join: per sender in a puppet's room (so that one sender
+// cannot crowd out the others), per puppet and room, and in all.
 const (
-	heldKeysPerRoom = 64
-	heldKeysTotal   = 4096
-	heldKeyMaxAge   = 24 * time.Hour
+	heldKeysPerSender = 16
+	heldKeysPerRoom   = 256
+	heldKeysTotal     = 4096
+	heldKeyMaxAge     = 24 * time.Hour
 )
 
 // heldKey is a room key a puppet received for a room it is only invited to, from a sender whose
@@ -130,6 +132,15 @@ func (h *heldKeys) hold(puppet id.UserID, evt *crypto.DecryptedOlmEvent, content
 	defer h.mu.Unlock()
 	key := puppetRoom{puppet, content.RoomID}
 	if h.total >= heldKeysTotal || len(h.rooms[key]) >= heldKeysPerRoom {
+		return false
+	}
+	fromSender := 0
+	for _, k := range h.rooms[key] {
+		if k.evt.Sender == evt.Sender {
+			fromSender++
+		}
+	}
+	if fromSender >= heldKeysPerSender {
 		return false
 	}
 	if h.rooms == nil {

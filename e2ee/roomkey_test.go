@@ -174,3 +174,18 @@ func TestRoomKeyClaimedSigningKeyMustBeTheSendingDevices(t *testing.T) {
 		})
 	}
 }
+
+// The keys held until a join are bounded per sender: one sender cannot crowd out the others.
+func TestHeldKeysAreBoundedPerSender(t *testing.T) {
+	var h heldKeys
+	const puppet id.UserID = "@heirloom_p:localhost"
+	content := &RoomKeyContent{RoomKeyEventContent: event.RoomKeyEventContent{RoomID: roomA}}
+	flood, other := newOlmSender("@flood:localhost").decrypted(), newOlmSender("@other:localhost").decrypted()
+	for range heldKeysPerSender {
+		require.True(t, h.hold(puppet, flood, content))
+	}
+	require.False(t, h.hold(puppet, flood, content), "the flooding sender's next key is not held")
+	require.True(t, h.hold(puppet, other, content), "another sender's key still is")
+	require.Len(t, h.take(puppet, roomA), heldKeysPerSender+1)
+	require.Empty(t, h.take(puppet, roomA), "taken once")
+}
