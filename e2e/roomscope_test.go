@@ -6,6 +6,8 @@ import (
 
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/e2ee"
 )
 
 // The rule of a puppet's keys, end to end: no key, bundle entry or forward that claims room X
@@ -35,62 +37,80 @@ func puppetEvent(t *testing.T, p puppetIdentity, roomID, body string) timelineEv
 	return timelineEvent{}
 }
 
-// A hostile member (mallory's Go device) holds the key of alice's session of room A as alice's
-// device signed it. The puppet imported A's history from alice's bundle. Mallory re-sends that key
-// as his own m.room_key: first naming A, which must not make the session his nor erase whose bundle
-// supplied it (keys_shared_by); then, gone from A and a member of the puppet's room B, naming B,
-// which must leave A's history readable in A (his copy is B's own row).
+// relayedHistory is a room of alice's whose history the puppet imported from alice's bundle, and
+// whose session a hostile member (mallory's Go device) holds as alice's device signed it.
+type relayedHistory struct {
+	roomID  string
+	key     *e2ee.RoomKeyContent
+	history string
+	// before is the puppet's decrypted history message, as it was imported.
+	before timelineEvent
+}
+
+func newRelayedHistory(t *testing.T, alice jsUser, p puppetIdentity, mallory *attacker) relayedHistory {
+	t.Helper()
+	h := relayedHistory{roomID: jsCreateRoom(t, alice, "shared"), history: "alice's history " + name("")}
+	e.peer(t, "invite", map[string]any{"user": alice.UserID, "room_id": h.roomID, "target": string(mallory.UserID), "share_history": false}, nil)
+	mallory.join(t, h.roomID)
+	e.peer(t, "waitForMembership", map[string]any{"user": alice.UserID, "room_id": h.roomID, "target": string(mallory.UserID),
+		"membership": "join", "timeout_ms": 30000}, nil)
+	jsSend(t, alice, h.roomID, h.history)
+	h.key = mallory.waitRoomKey(t, h.roomID)
+	e.peer(t, "invite", map[string]any{"user": alice.UserID, "room_id": h.roomID, "target": p.UserID}, nil)
+	if b := waitReceived(t, p, h.roomID, alice.UserID, "imported", "failed", "rejected"); b.State != "imported" {
+		t.Fatalf("alice's bundle: %+v", b)
+	}
+	h.before = puppetEvent(t, p, h.roomID, h.history)
+	if h.before.KeysSharedBy != alice.UserID || h.before.SessionID != string(h.key.SessionID) {
+		t.Fatalf("the imported history: keys_shared_by %q, session %s (want %s, %s)", h.before.KeysSharedBy, h.before.SessionID,
+			alice.UserID, h.key.SessionID)
+	}
+	return h
+}
+
+// relay is mallory's m.room_key re-sending the session, naming roomID.
+func (h relayedHistory) relay(roomID string) map[string]any {
+	return map[string]any{"algorithm": "m.megolm.v1.aes-sha2", "room_id": roomID, "session_id": h.key.SessionID,
+		"session_key": h.key.SessionKey, "shared_history": true, "org.matrix.msc3061.shared_history": true}
+}
+
+// A hostile member (mallory's Go device) holds the key of alice's session as alice's device signed
+// it, and the puppet imported that history from alice's bundle. Mallory re-sends the key as his own
+// m.room_key: naming its room, which must not make the session his nor erase whose bundle supplied
+// it (keys_shared_by); or, gone from the room and a member of the puppet's room B, naming B, which
+// must leave the history readable in its room (his copy is B's own row).
 func TestHostileMemberRelayingARoomKeyEndToEnd(t *testing.T) {
 	alice := newJSUser(t, true)
 	p := newPuppet(t)
 	mallory := newAttacker(t)
-	roomA := jsCreateRoom(t, alice, "shared")
-	e.peer(t, "invite", map[string]any{"user": alice.UserID, "room_id": roomA, "target": string(mallory.UserID), "share_history": false}, nil)
-	mallory.join(t, roomA)
-	e.peer(t, "waitForMembership", map[string]any{"user": alice.UserID, "room_id": roomA, "target": string(mallory.UserID),
-		"membership": "join", "timeout_ms": 30000}, nil)
-	const history = "alice's history in A"
-	jsSend(t, alice, roomA, history)
-	key := mallory.waitRoomKey(t, roomA)
-
-	e.peer(t, "invite", map[string]any{"user": alice.UserID, "room_id": roomA, "target": p.UserID}, nil)
-	if b := waitReceived(t, p, roomA, alice.UserID, "imported", "failed", "rejected"); b.State != "imported" {
-		t.Fatalf("alice's bundle: %+v", b)
-	}
-	before := puppetEvent(t, p, roomA, history)
-	if before.KeysSharedBy != alice.UserID || before.SessionID != string(key.SessionID) {
-		t.Fatalf("the imported history: keys_shared_by %q, session %s (want %s, %s)", before.KeysSharedBy, before.SessionID,
-			alice.UserID, key.SessionID)
-	}
-	relay := func(roomID string) map[string]any {
-		return map[string]any{"algorithm": "m.megolm.v1.aes-sha2", "room_id": roomID, "session_id": key.SessionID,
-			"session_key": key.SessionKey, "shared_history": true, "org.matrix.msc3061.shared_history": true}
-	}
 
 	t.Run("re-sent in its own room", func(t *testing.T) {
-		mallory.sendRoomKey(t, p, relay(roomA))
-		waitHeirloomHandled(t, string(mallory.UserID), key.SessionID)
-		after := puppetEvent(t, p, roomA, history)
-		if after.KeysSharedBy != alice.UserID || after.Trust != before.Trust {
+		h := newRelayedHistory(t, alice, p, mallory)
+		mallory.sendRoomKey(t, p, h.relay(h.roomID))
+		waitHeirloomHandled(t, string(mallory.UserID), h.key.SessionID)
+		after := puppetEvent(t, p, h.roomID, h.history)
+		if after.KeysSharedBy != alice.UserID || after.Trust != h.before.Trust {
 			t.Fatalf("the relay re-attributed alice's history: keys_shared_by %q trust %q (was %q, %q)",
-				after.KeysSharedBy, after.Trust, before.KeysSharedBy, before.Trust)
+				after.KeysSharedBy, after.Trust, h.before.KeysSharedBy, h.before.Trust)
 		}
 	})
 
 	t.Run("replayed by a past member naming another room", func(t *testing.T) {
+		h := newRelayedHistory(t, alice, p, mallory)
 		roomB := puppetCreateRoom(t, p, "shared")
 		puppetInvite(t, p, roomB, string(mallory.UserID))
 		mallory.join(t, roomB)
-		mallory.leave(t, roomA)
-		mallory.sendRoomKey(t, p, relay(roomB))
-		eventually(t, 60*time.Second, "heirloom to hold mallory's copy for room B", func() (bool, string) {
-			return heldSessions(t, p, roomB)[string(key.SessionID)], "not held for B yet"
-		})
-		after := puppetEvent(t, p, roomA, history)
+		mallory.leave(t, h.roomID)
+		mallory.sendRoomKey(t, p, h.relay(roomB))
+		waitHeirloomHandled(t, string(mallory.UserID), h.key.SessionID)
+		after := puppetEvent(t, p, h.roomID, h.history)
 		if after.KeysSharedBy != alice.UserID {
-			t.Fatalf("room A's history changed hands: keys_shared_by %q", after.KeysSharedBy)
+			t.Fatalf("the history changed hands: keys_shared_by %q", after.KeysSharedBy)
 		}
-		stillWorks(t, p, roomA)
+		if !heldSessions(t, p, roomB)[string(h.key.SessionID)] {
+			t.Fatal("mallory's copy, from a member of room B, is not held for B")
+		}
+		stillWorks(t, p, h.roomID)
 	})
 }
 
