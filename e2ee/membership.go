@@ -131,6 +131,9 @@ func (h *heldKeys) hold(puppet id.UserID, evt *crypto.DecryptedOlmEvent, content
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	key := puppetRoom{puppet, content.RoomID}
+	if h.total >= heldKeysTotal {
+		h.dropStale() // keys of rooms a puppet never joined
+	}
 	if h.total >= heldKeysTotal || len(h.rooms[key]) >= heldKeysPerRoom {
 		return false
 	}
@@ -149,6 +152,24 @@ func (h *heldKeys) hold(puppet id.UserID, evt *crypto.DecryptedOlmEvent, content
 	h.rooms[key] = append(h.rooms[key], heldKey{evt: evt, content: content, at: time.Now()})
 	h.total++
 	return true
+}
+
+// dropStale forgets every key held for longer than heldKeyMaxAge.
+func (h *heldKeys) dropStale() {
+	for key, keys := range h.rooms {
+		fresh := keys[:0]
+		for _, k := range keys {
+			if time.Since(k.at) < heldKeyMaxAge {
+				fresh = append(fresh, k)
+			}
+		}
+		h.total -= len(keys) - len(fresh)
+		if len(fresh) == 0 {
+			delete(h.rooms, key)
+		} else {
+			h.rooms[key] = fresh
+		}
+	}
 }
 
 // take removes and returns the keys held for the puppet in the room that are not too old.

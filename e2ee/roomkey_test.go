@@ -3,6 +3,7 @@ package e2ee
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -188,4 +189,24 @@ func TestHeldKeysAreBoundedPerSender(t *testing.T) {
 	require.True(t, h.hold(puppet, other, content), "another sender's key still is")
 	require.Len(t, h.take(puppet, roomA), heldKeysPerSender+1)
 	require.Empty(t, h.take(puppet, roomA), "taken once")
+}
+
+// Keys held for rooms a puppet never joined are forgotten once they are too old and the bound is
+// reached: they do not keep others out for good.
+func TestStaleHeldKeysMakeRoom(t *testing.T) {
+	var h heldKeys
+	content := &RoomKeyContent{RoomKeyEventContent: event.RoomKeyEventContent{RoomID: roomA}}
+	old := time.Now().Add(-heldKeyMaxAge - time.Minute)
+	for i := range heldKeysTotal {
+		sender := newOlmSender(id.UserID(fmt.Sprintf("@s%d:localhost", i))).decrypted()
+		key := puppetRoom{id.UserID(fmt.Sprintf("@heirloom_p%d:localhost", i%300)), roomA}
+		if h.rooms == nil {
+			h.rooms = map[puppetRoom][]heldKey{}
+		}
+		h.rooms[key] = append(h.rooms[key], heldKey{evt: sender, content: content, at: old})
+		h.total++
+	}
+	require.True(t, h.hold("@heirloom_new:localhost", newOlmSender("@fresh:localhost").decrypted(), content),
+		"the stale keys made room")
+	require.Equal(t, 1, h.total)
 }
