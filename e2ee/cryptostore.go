@@ -118,8 +118,8 @@ func roomRows(first int, accounts []string, roomID id.RoomID) (string, []any) {
 // without shared history (its key is never read) and every m.history_not_shared entry (either
 // name) the puppet imported from an accepted bundle (InsertBundleWithheld marks those with the
 // bundle's sender as source_user): what keybundle.Place may put into a bundle's withheld list,
-// read in one pass. mautrix keeps withheld entries as inbound-session rows
-// with a withheld code and no session, and has no query for them by room.
+// read in one pass. mautrix keeps withheld entries as inbound-session rows with a withheld code and
+// no session, and has no query for them by room.
 func (p *Puppet) EachWithheldEntry(ctx context.Context, roomID id.RoomID, each func(keybundle.Held) error) error {
 	return eachWithheldEntry(ctx, p.Store.DB, []string{p.Store.AccountID}, roomID, each)
 }
