@@ -3,7 +3,7 @@ export GOFLAGS := -tags=goolm -buildvcs=false
 SHELL := /bin/bash
 STATE := .state
 
-.PHONY: all build test unit unit-postgres e2e e2e-postgres load vet lint deps demo demo-gateway bench bench-gateway fuzz clean registration stop
+.PHONY: all build test unit unit-postgres e2e e2e-postgres load vet lint deps demo demo-gateway bench bench-gateway bench-scale fuzz mutants clean registration stop
 
 all: build
 
@@ -13,8 +13,9 @@ heirloom: $(shell find . -name '*.go' -not -path './.state/*') go.mod go.sum con
 	go build -o heirloom .
 
 # deps installs what the tests need: Go modules, the js-sdk test clients, Synapse in a virtualenv,
-# and the real bridges of the gateway tests: heisenbridge (a virtualenv), ngircd (Debian's
-# package) and the test bridge on matrix-appservice-bridge with the Node.js it needs.
+# the real bridges of the gateway tests: heisenbridge (a virtualenv), ngircd (Debian's
+# package) and the test bridge on matrix-appservice-bridge with the Node.js it needs, and haproxy
+# (Debian's package) for the failover test.
 # Each script is quick when its part is installed.
 deps: interop/node_modules/.installed
 	go mod download
@@ -22,6 +23,7 @@ deps: interop/node_modules/.installed
 	scripts/heisenbridge.sh install
 	scripts/ngircd.sh install
 	scripts/jsbridge.sh install
+	scripts/haproxy.sh install
 
 interop/node_modules/.installed: interop/package.json interop/package-lock.json
 	cd interop && npm ci --no-audit --no-fund --loglevel=error
@@ -48,10 +50,11 @@ e2e-postgres: deps
 	@set -o pipefail; go test -count=1 -timeout 40m -v ./e2e 2>&1 | tee $(STATE)/test-postgres.log | grep -E '^(--- |ok|FAIL|panic)|_test.go:' ; \
 		status=$$?; scripts/test-summary.sh $(STATE)/test-postgres.log; exit $$status
 
-# unit runs the unit tests; the PostgreSQL store tests skip (and say so) without HEIRLOOM_TEST_POSTGRES.
+# unit runs the unit tests of every package but e2e; the PostgreSQL store tests skip (and say so)
+# without HEIRLOOM_TEST_POSTGRES.
 unit:
 	@mkdir -p $(STATE)
-	@set -o pipefail; go test -count=1 -v $$(go list ./... | grep -v /e2e) 2>&1 | tee $(STATE)/unit.log | grep -E '^(--- FAIL|ok|FAIL|panic)|_test.go:' ; \
+	@set -o pipefail; go test -count=1 -v $$(go list ./... | grep -v '/e2e$$') 2>&1 | tee $(STATE)/unit.log | grep -E '^(--- FAIL|ok|FAIL|panic)|_test.go:' ; \
 		status=$$?; scripts/test-summary.sh $(STATE)/unit.log; exit $$status
 
 # unit-postgres starts this checkout's private PostgreSQL cluster (scripts/postgres.sh; it stays up,
@@ -82,12 +85,29 @@ bench-gateway: deps
 		go test -count=1 -timeout 40m -run '^$$' -bench 'BenchmarkGateway' -benchtime 1x ./e2e 2>&1 | tee $(STATE)/bench-gateway.log | \
 		grep -E '^(Benchmark|ok|FAIL|panic)|_test.go:'
 
+# bench-scale measures heirloom with many puppets against an in-process homeserver that answers at
+# once (provisioning, database size, startup, memory idle and with machines loaded) at each of
+# HEIRLOOM_SCALE_SIZES, then what provisioning costs against the real Synapse (its time, the
+# requests, and what Synapse stores per puppet) for HEIRLOOM_SCALE_SYNAPSE puppets.
+bench-scale: deps
+	@mkdir -p $(STATE)
+	@set -o pipefail; HEIRLOOM_SCALE_SIZES=$${HEIRLOOM_SCALE_SIZES:-1000,10000,100000} \
+		go test -count=1 -v -timeout 240m -run '^$$' -bench 'BenchmarkScale' -benchtime 1x ./bench/scale 2>&1 | tee $(STATE)/bench-scale.log
+	@set -o pipefail; go test -count=1 -v -timeout 60m -run '^$$' -bench 'BenchmarkProvisionSynapse' \
+		-benchtime $${HEIRLOOM_SCALE_SYNAPSE:-200}x ./e2e 2>&1 | tee -a $(STATE)/bench-scale.log
+
 # load runs the load test at full scale: 200 puppets, 50 rooms, 5,000 messages.
 load: deps
 	HEIRLOOM_LOAD_SCALE=1 go test -count=1 -timeout 60m -v -run '^TestLoad$$' ./e2e
 
 fuzz:
 	scripts/fuzz.sh $(or $(FUZZTIME),30s)
+
+# mutants takes each security guard of scripts/mutants.txt out of the code in turn and fails
+# unless the unit test named for it fails (about 7 minutes). MUTANTS_FLAGS=--e2e also runs the
+# end-to-end tests named (minutes per mutant); MUTANTS_FLAGS='--only H1,A3' runs some.
+mutants:
+	scripts/mutants.sh $(MUTANTS_FLAGS)
 
 # registration regenerates the committed example registration from config.example.yaml (placeholder
 # tokens kept); config's TestCommittedRegistrationMatchesExample fails while it is stale.

@@ -9,10 +9,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
-
-	"strings"
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
@@ -40,12 +39,13 @@ const (
 const (
 	// queueSize bounds the events waiting for the bot; more are dropped (and logged).
 	queueSize = 256
-	// keyWait bounds how long a command waits for its room key to arrive.
+	// keyWait bounds how long an admin's command waits for its room key to arrive.
 	keyWait = 15 * time.Second
 	// keyRequestAfter is how long the bot waits for a room key before it asks the sender for it.
 	keyRequestAfter = 2 * time.Second
-	// maxAge: commands older than this (sent while heirloom was away) are not run.
-	maxAge = 10 * time.Minute
+	// keyPoll is how often a waiting command tries its room key again, in case the key came
+	// without the machine that waits hearing of it.
+	keyPoll = 500 * time.Millisecond
 )
 
 // Bot is heirloom's bot.
@@ -56,24 +56,34 @@ type Bot struct {
 	history *history.Service
 	version string
 	userID  id.UserID
+	// gateway is gateway mode's operations (UseGateway), nil when it is off.
+	gateway Gateway
 
 	queue chan queued
+	// lanes holds the events of each sender being answered (lanes.go).
+	lanes lanes
 	// provisioned is closed once the bot's device exists.
 	provisioned chan struct{}
 	provOnce    sync.Once
-	done        chan struct{}
+
+	// keyWait and keyRequestAfter are the constants of the same names; now is the clock.
+	keyWait, keyRequestAfter time.Duration
+	now                      func() time.Time
 }
 
 type queued struct {
 	ctx context.Context
 	evt *event.Event
+	// received is when heirloom got the event.
+	received time.Time
 }
 
 // New creates the bot. version is what status reports.
 func New(cfg *config.Config, db *database.Database, mgr *e2ee.Manager, hist *history.Service, version string) *Bot {
 	return &Bot{
 		cfg: cfg, db: db, mgr: mgr, history: hist, version: version, userID: cfg.BotUserID(),
-		queue: make(chan queued, queueSize), provisioned: make(chan struct{}), done: make(chan struct{}),
+		queue: make(chan queued, queueSize), provisioned: make(chan struct{}),
+		keyWait: keyWait, keyRequestAfter: keyRequestAfter, now: time.Now,
 	}
 }
 
@@ -90,9 +100,11 @@ func (b *Bot) Provision(ctx context.Context) error {
 }
 
 // Run provisions the bot if Provision did not succeed yet (retrying with backoff), then answers
-// the events HandleEvent queued, in order, until ctx ends. Events still queued then are dropped.
+// the events HandleEvent queued until ctx ends: each sender's in order, and no sender's waiting
+// for another's (lanes.go). Events still queued then are dropped; Run returns once the events
+// being answered are done.
 func (b *Bot) Run(ctx context.Context) {
-	defer close(b.done)
+	defer b.lanes.wait()
 	log := zerolog.Ctx(ctx).With().Str("component", "admin_bot").Logger()
 	ctx = log.WithContext(ctx)
 	for delay := 5 * time.Second; !b.isProvisioned(); delay = min(2*delay, 5*time.Minute) {
@@ -113,7 +125,7 @@ func (b *Bot) Run(ctx context.Context) {
 			}
 			return
 		case q := <-b.queue:
-			b.handle(q.ctx, q.evt)
+			b.lanes.add(ctx, q, b.handle)
 		}
 	}
 }
@@ -147,14 +159,20 @@ func (b *Bot) HandleEvent(ctx context.Context, evt *event.Event) {
 	}
 	log := zerolog.Ctx(ctx).With().Str("component", "admin_bot").Stringer("room_id", evt.RoomID).
 		Stringer("sender", evt.Sender).Stringer("event_id", evt.ID).Logger()
+	if !b.lanes.admit(evt.Sender) {
+		log.Warn().Msg("Too many of this sender's events wait for the bot: dropping the event")
+		return
+	}
 	select {
-	case b.queue <- queued{ctx: context.WithoutCancel(log.WithContext(ctx)), evt: evt}:
+	case b.queue <- queued{ctx: context.WithoutCancel(log.WithContext(ctx)), evt: evt, received: b.now()}:
 	default:
+		b.lanes.release(evt.Sender)
 		log.Warn().Msg("The bot's queue is full: dropping the event")
 	}
 }
 
-func (b *Bot) handle(ctx context.Context, evt *event.Event) {
+func (b *Bot) handle(ctx context.Context, q queued) {
+	evt := q.evt
 	if !b.isProvisioned() {
 		zerolog.Ctx(ctx).Warn().Msg("The bot has no device yet: not answering")
 		return
@@ -168,7 +186,7 @@ func (b *Bot) handle(ctx context.Context, evt *event.Event) {
 		b.handleInvite(ctx, bot, evt)
 		return
 	}
-	b.handleMessage(ctx, bot, evt)
+	b.handleMessage(ctx, bot, q)
 }
 
 // handleInvite joins an admin's room; anyone else's invite is rejected, with the refusal the first time.
@@ -202,58 +220,73 @@ func (b *Bot) handleInvite(ctx context.Context, bot *e2ee.Puppet, evt *event.Eve
 
 // handleMessage runs an admin's command and answers it; others get the refusal once. In a DM (the
 // bot and one other member) every message is for the bot; in a larger room only those addressed
-// to it ("!heirloom status", "heirloom: status"), so that people can talk there.
-func (b *Bot) handleMessage(ctx context.Context, bot *e2ee.Puppet, evt *event.Event) {
+// to it ("!heirloom status", "heirloom: status"), so that people can talk there. What it does
+// is decide's to say (accept.go).
+func (b *Bot) handleMessage(ctx context.Context, bot *e2ee.Puppet, q queued) {
 	log := zerolog.Ctx(ctx)
-	admin := b.cfg.IsAdmin(evt.Sender)
-	dm := b.isDM(ctx, evt.RoomID)
-	if !admin && dm {
-		b.refuse(ctx, bot, evt)
-		return
-	}
-	if age := time.Since(time.UnixMilli(evt.Timestamp)); age > maxAge {
-		log.Info().Dur("age", age).Msg("Not handling a message sent while heirloom was away")
-		return
-	}
+	evt := q.evt
 	encrypted, err := b.db.StateStore.IsEncrypted(ctx, evt.RoomID)
 	if err != nil {
 		log.Err(err).Msg("Failed to check the room's encryption")
 		return
 	}
-	msg := evt
-	if evt.Type == event.EventEncrypted {
-		if msg, err = b.decrypt(ctx, bot, evt); err != nil {
-			if admin && dm {
-				log.Warn().Err(err).Msg("Cannot decrypt an admin's message")
-				b.reply(ctx, bot, evt.RoomID, "I could not decrypt your message: "+err.Error())
-			}
-			return
+	m := message{admin: b.cfg.IsAdmin(evt.Sender), dm: b.isDM(ctx, evt.RoomID), roomEncrypted: encrypted,
+		eventEncrypted: evt.Type == event.EventEncrypted, sent: time.UnixMilli(evt.Timestamp), received: q.received}
+	body := b.readCommand(evt, &m)
+	v := decide(m)
+	var decryptErr error
+	if v.action == decrypt {
+		var msg *event.Event
+		if msg, decryptErr = b.decrypt(ctx, bot, evt, v.waitForKey); decryptErr != nil {
+			m.undecryptable = true
+		} else {
+			m.decrypted, m.trust, m.forwarded = true, msg.Mautrix.TrustState, msg.Mautrix.ForwardedKeys
+			body = b.readCommand(msg, &m)
 		}
+		v = decide(m)
 	}
+	b.act(ctx, bot, evt, v, m, body, decryptErr)
+}
+
+// readCommand returns the command a plaintext message carries, and sets m.command if it is one.
+func (b *Bot) readCommand(msg *event.Event, m *message) string {
 	body, ok := textOf(msg)
-	if !ok {
-		return
+	if ok && !m.dm {
+		body, ok = b.addressed(body)
 	}
-	if !dm {
-		if body, ok = b.addressed(body); !ok {
-			return
+	m.command = ok
+	return body
+}
+
+// act does what the verdict on a message says.
+func (b *Bot) act(ctx context.Context, bot *e2ee.Puppet, evt *event.Event, v verdict, m message, body string, decryptErr error) {
+	log := zerolog.Ctx(ctx)
+	switch v.action {
+	case ignore:
+		level := zerolog.InfoLevel
+		if v.reason == reasonNotCommand || v.reason == reasonUndecryptable {
+			level = zerolog.DebugLevel
 		}
-	}
-	switch {
-	case !admin:
+		log.WithLevel(level).AnErr("decrypt_error", decryptErr).Str("reason", v.reason).Msg("Not handling a message")
+	case refuse:
 		b.refuse(ctx, bot, evt)
-	case !encrypted:
+	case tellUndecryptable:
+		log.Warn().Err(decryptErr).Msg("Cannot decrypt an admin's message")
+		b.reply(ctx, bot, evt.RoomID, "I could not decrypt your message: "+decryptErr.Error())
+	case tellNotEncrypted:
 		b.reply(ctx, bot, evt.RoomID, NotEncrypted)
-	case evt.Type != event.EventEncrypted:
+	case tellSendEncrypted:
 		b.reply(ctx, bot, evt.RoomID, SendEncrypted)
-	case msg.Mautrix.ForwardedKeys || msg.Mautrix.TrustState < id.TrustStateCrossSignedTOFU:
-		log.Warn().Str("trust", e2ee.TrustName(msg.Mautrix.TrustState, msg.Mautrix.ForwardedKeys)).
+	case tellUntrusted:
+		log.Warn().Str("trust", e2ee.TrustName(m.trust, m.forwarded)).Str("reason", v.reason).
 			Msg("Not running a command from a device the admin's identity does not sign")
 		b.reply(ctx, bot, evt.RoomID, UntrustedEvent)
-	default:
+	case run:
 		answer := b.run(ctx, evt.Sender, body)
 		log.Info().Str("command", commandName(body)).Msg("Answered an admin's command")
 		b.reply(ctx, bot, evt.RoomID, answer)
+	default:
+		log.Error().Int("action", int(v.action)).Msg("No handling for the bot's verdict")
 	}
 }
 
@@ -304,29 +337,30 @@ func (b *Bot) refuseFirst(ctx context.Context, userID id.UserID) bool {
 	return first
 }
 
-// decrypt decrypts an event, waiting for its room key if it has not arrived yet: it comes over
-// to-device, which the homeserver may push after the event, or not at all (Synapse skips some
-// pushes, and refuses /sync to the bot, which is the appservice's sender). Then the bot asks the
-// sending device for the key.
-func (b *Bot) decrypt(ctx context.Context, bot *e2ee.Puppet, evt *event.Event) (*event.Event, error) {
+// decrypt decrypts an event. With waitForKey (an admin's message) it waits for a missing room
+// key: it comes over to-device, which the homeserver may push after the event, or not at all
+// (Synapse skips some pushes, and refuses /sync to the bot, which is the appservice's sender).
+// Then the bot asks the sending device for the key. Without it, only a key already held is used.
+func (b *Bot) decrypt(ctx context.Context, bot *e2ee.Puppet, evt *event.Event, waitForKey bool) (*event.Event, error) {
 	content, ok := evt.Content.Parsed.(*event.EncryptedEventContent)
 	if !ok {
 		return nil, errors.New("malformed encrypted event")
 	}
-	start := time.Now()
+	start := b.now()
 	requested := false
 	for {
 		decrypted, err := bot.Mach.DecryptMegolmEvent(ctx, evt)
-		if !errors.Is(err, crypto.ErrNoSessionFound) || time.Since(start) > keyWait {
+		waited := b.now().Sub(start)
+		if !waitForKey || !errors.Is(err, crypto.ErrNoSessionFound) || waited >= b.keyWait || ctx.Err() != nil {
 			return decrypted, err
 		}
-		if !requested && time.Since(start) > keyRequestAfter {
+		if !requested && waited >= b.keyRequestAfter {
 			requested = true
 			if err = bot.RequestRoomKeyFromSender(ctx, evt.RoomID, evt.Sender, content.SenderKey, content.SessionID); err != nil {
 				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to ask for a missing room key")
 			}
 		}
-		bot.Mach.WaitForSession(ctx, evt.RoomID, content.SenderKey, content.SessionID, 500*time.Millisecond)
+		bot.Mach.WaitForSession(ctx, evt.RoomID, content.SenderKey, content.SessionID, keyPoll)
 	}
 }
 

@@ -34,6 +34,8 @@ func init() {
 		"identity": {"<user> [confirm <master key>]", "the master key heirloom sees for a user and the one it first saw; confirm trusts a changed one (after you checked it with the user)", (*Bot).identity},
 		"reshare":  {"<room> <user> [puppet]", "build and deliver a fresh bundle of the room's history to an invited or joined user", (*Bot).reshare},
 		"retry":    {"<room> [puppet]", "retry the room's failed received bundles now", (*Bot).retry},
+		"resend": {"all|<event ID>", "gateway mode: deliver again the events the bridge refused every time (set aside), all of them or the one named",
+			(*Bot).resend},
 	}
 }
 
@@ -95,11 +97,7 @@ func (b *Bot) status(ctx context.Context, _ id.UserID, _ []string) string {
 		fmt.Fprintf(&sb, "bundles received: %d pending, %d retrying, %d failed\n", c.Pending, c.Retrying, c.Failed)
 	}
 	if b.cfg.Bridge != nil {
-		if depth, err := b.db.CountGatewayEvents(ctx); err != nil {
-			fmt.Fprintf(&sb, "gateway outbox: unknown (%v)\n", err)
-		} else {
-			fmt.Fprintf(&sb, "gateway outbox (%s): %d events not yet acknowledged by the bridge\n", b.cfg.Bridge.Registration.ID, depth)
-		}
+		b.gatewayStatus(ctx, &sb)
 	}
 	problems := b.mgr.DeviceProblems()
 	if len(problems) == 0 {
@@ -441,4 +439,76 @@ func ago(ms int64) string {
 	}
 	t := time.UnixMilli(ms).UTC()
 	return fmt.Sprintf("%s (%s ago)", t.Format("2006-01-02 15:04:05 UTC"), time.Since(t).Round(time.Second))
+}
+
+// deadLettersShown is how many events set aside the status lists.
+const deadLettersShown = 10
+
+// gatewayStatus writes the state of the bridge's outbox: its depth, whether it is full, and the
+// events set aside.
+func (b *Bot) gatewayStatus(ctx context.Context, sb *strings.Builder) {
+	depth, size, err := b.db.GatewayOutboxSize(ctx)
+	if err != nil {
+		fmt.Fprintf(sb, "gateway outbox: unknown (%v)\n", err)
+		return
+	}
+	fmt.Fprintf(sb, "gateway outbox (%s): %d events not yet acknowledged by the bridge\n", b.cfg.Bridge.Registration.ID, depth)
+	if limit := b.cfg.Gateway.OutboxCap(); size >= limit {
+		fmt.Fprintf(sb, "gateway outbox full (%d bytes, gateway.max_outbox_size %d): the homeserver's transactions are refused "+
+			"until the bridge catches up\n", size, limit)
+	}
+	dead, n, err := b.db.GatewayDeadLetters(ctx, deadLettersShown)
+	if err != nil {
+		fmt.Fprintf(sb, "gateway events set aside: unknown (%v)\n", err)
+		return
+	}
+	if n == 0 {
+		sb.WriteString("gateway events set aside: none\n")
+		return
+	}
+	fmt.Fprintf(sb, "gateway events set aside (the bridge refused them every time): %d; resend all (or resend <event ID>) delivers them again\n", n)
+	for _, e := range dead {
+		name := e.Key
+		if e.EventID != "" {
+			name = string(e.EventID)
+		}
+		fmt.Fprintf(sb, "- %s in %s: refused %d time(s), last %q, set aside %s\n", name, e.RoomID, e.Refusals, e.LastError,
+			time.UnixMilli(e.DeadAt).UTC().Format(time.RFC3339))
+	}
+}
+
+// Gateway is what the bot asks of gateway mode.
+type Gateway interface {
+	// Resend delivers again the events set aside (the one with the ID given, or all) and returns
+	// how many there were.
+	Resend(ctx context.Context, eventID id.EventID) (int, error)
+}
+
+// UseGateway gives the bot gateway mode's operations, before Run.
+func (b *Bot) UseGateway(g Gateway) { b.gateway = g }
+
+func (b *Bot) resend(ctx context.Context, _ id.UserID, args []string) string {
+	if len(args) != 1 {
+		return usage("resend")
+	}
+	if b.gateway == nil {
+		return "Gateway mode is off: there is no bridge to deliver to."
+	}
+	var eventID id.EventID
+	if args[0] != "all" {
+		if !strings.HasPrefix(args[0], "$") {
+			return fmt.Sprintf("%q is not an event ID (they start with $)", args[0])
+		}
+		eventID = id.EventID(args[0])
+	}
+	n, err := b.gateway.Resend(ctx, eventID)
+	switch {
+	case err != nil:
+		return "Failed to deliver the events set aside again: " + err.Error()
+	case n == 0 && eventID != "":
+		return fmt.Sprintf("No event set aside has the ID %s.", eventID)
+	case n == 0:
+		return "No event is set aside."
+	}
+	return fmt.Sprintf("Delivering %d event(s) to the bridge again, each in its place. If the bridge refuses one every time again, it is set aside again.", n)
 }

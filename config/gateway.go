@@ -27,12 +27,20 @@ type Gateway struct {
 	DecryptWait time.Duration `yaml:"decrypt_wait"`
 	// MaxMediaSize caps a file heirloom encrypts for a bridge's send, in bytes.
 	MaxMediaSize int64 `yaml:"max_media_size"`
+	// MaxOutboxSize caps the bytes of the events stored for the bridge and not yet acknowledged:
+	// over it, heirloom refuses the homeserver's transactions, which the homeserver holds and
+	// sends again.
+	MaxOutboxSize int64 `yaml:"max_outbox_size"`
 }
 
 // Gateway defaults, for keys a config leaves out.
 const (
-	DefaultDecryptWait  = 5 * time.Second
-	DefaultMaxMediaSize = 50 << 20
+	DefaultDecryptWait   = 5 * time.Second
+	DefaultMaxMediaSize  = 50 << 20
+	DefaultMaxOutboxSize = 256 << 20
+	// MinMaxOutboxSize is the smallest gateway.max_outbox_size: a few homeserver transactions of
+	// large events.
+	MinMaxOutboxSize = 1 << 20
 )
 
 // Enabled reports whether gateway mode is configured.
@@ -52,6 +60,14 @@ func (g Gateway) MediaCap() int64 {
 		return DefaultMaxMediaSize
 	}
 	return g.MaxMediaSize
+}
+
+// OutboxCap returns gateway.max_outbox_size, or its default.
+func (g Gateway) OutboxCap() int64 {
+	if g.MaxOutboxSize == 0 {
+		return DefaultMaxOutboxSize
+	}
+	return g.MaxOutboxSize
 }
 
 // Visibility returns gateway.history_visibility, or shared.
@@ -84,6 +100,9 @@ func (g Gateway) validate(bad func(key, format string, args ...any) error) error
 	}
 	if g.MaxMediaSize < 0 {
 		return bad("gateway.max_media_size", "must not be negative")
+	}
+	if g.MaxOutboxSize != 0 && g.MaxOutboxSize < MinMaxOutboxSize {
+		return bad("gateway.max_outbox_size", "must be at least %d bytes (1 MiB; default %d, 256 MiB)", MinMaxOutboxSize, DefaultMaxOutboxSize)
 	}
 	return nil
 }

@@ -92,6 +92,8 @@ func TestGatewayValidation(t *testing.T) {
 		{"gateway.history_visibility", func(g *Gateway) { g.HistoryVisibility = "everyone" }},
 		{"gateway.decrypt_wait", func(g *Gateway) { g.DecryptWait = time.Hour }},
 		{"gateway.max_media_size", func(g *Gateway) { g.MaxMediaSize = -1 }},
+		{"gateway.max_outbox_size", func(g *Gateway) { g.MaxOutboxSize = -1 }},
+		{"gateway.max_outbox_size", func(g *Gateway) { g.MaxOutboxSize = 4096 }},
 	} {
 		t.Run(tc.key, func(t *testing.T) {
 			cfg := validConfig(t)
@@ -102,6 +104,16 @@ func TestGatewayValidation(t *testing.T) {
 			require.Contains(t, err.Error(), tc.key)
 		})
 	}
+}
+
+// gateway.max_outbox_size left out is 256 MiB; a value of at least 1 MiB is taken as it is.
+func TestGatewayOutboxCap(t *testing.T) {
+	require.EqualValues(t, 256<<20, Gateway{}.OutboxCap())
+	cfg := validConfig(t)
+	cfg.Gateway.Registration = "bridge.yaml"
+	cfg.Gateway.MaxOutboxSize = 1 << 20
+	require.NoError(t, cfg.Validate())
+	require.EqualValues(t, 1<<20, cfg.Gateway.OutboxCap())
 }
 
 // In gateway mode, the registration the homeserver loads is the bridge's with heirloom's URL and
@@ -126,6 +138,10 @@ func TestGatewayRegistration(t *testing.T) {
 	require.Contains(t, regexes, "@irc_.*", "the bridge's namespace is copied as it is")
 	require.Contains(t, regexes, `^@heirloom_.+:localhost$`)
 	require.Equal(t, "heisenbridge", cfg.RegisteredID())
+	require.Equal(t, id.UserID("@heisenbridge:localhost"), cfg.SenderUserID(), "the homeserver's sender is the bridge's bot")
+	require.NotEqual(t, cfg.BotUserID(), cfg.SenderUserID())
+	cfg.Bridge = nil
+	require.Equal(t, cfg.BotUserID(), cfg.SenderUserID(), "without a bridge, heirloom's bot is the sender")
 }
 
 // A bridge whose namespace is wider than it should be still cannot claim heirloom's own users:

@@ -5,6 +5,7 @@ import (
 	"regexp"
 
 	"maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/id"
 )
 
 // Registration builds the appservice registration the homeserver loads: an exclusive
@@ -39,6 +40,16 @@ func (cfg *Config) Registration() *appservice.Registration {
 	reg.Namespaces.UserIDs.Register(regexp.MustCompile(fmt.Sprintf(`^@%s.+:%s$`, regexp.QuoteMeta(cfg.AppService.PuppetPrefix), domain)), true)
 	reg.Namespaces.UserIDs.Register(regexp.MustCompile(fmt.Sprintf(`^@%s:%s$`, regexp.QuoteMeta(cfg.AppService.BotUsername), domain)), true)
 	return reg
+}
+
+// SenderUserID is the appservice's sender as the homeserver knows it (the registration's
+// sender_localpart): the bridge's bot in gateway mode, heirloom's own bot otherwise. Synapse refuses
+// /sync to it.
+func (cfg *Config) SenderUserID() id.UserID {
+	if cfg.Bridge != nil {
+		return cfg.Bridge.Bot
+	}
+	return cfg.BotUserID()
 }
 
 // RegisteredID is the appservice ID the homeserver knows heirloom by: the bridge's in gateway mode.

@@ -4,6 +4,7 @@ package database
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 
@@ -34,18 +35,19 @@ type Database struct {
 
 // Open connects to the configured database. It does not upgrade the schema.
 func Open(cfg config.Database, log zerolog.Logger) (*Database, error) {
-	raw, err := dbutil.NewFromConfig("heirloom", dbutil.Config{
-		PoolConfig: dbutil.PoolConfig{
-			Type:         driverFor(cfg.Type),
-			URI:          cfg.URI,
-			MaxOpenConns: cfg.MaxOpenConns,
-			MaxIdleConns: cfg.MaxIdleConns,
-		},
-	}, dbutil.ZeroLogger(log.With().Str("component", "database").Logger()))
+	return OpenFenced(cfg, log, "")
+}
+
+// OpenFenced is Open for the process whose lease (package lease) is holder: on PostgreSQL every
+// connection carries holder as its application_name and is refused unless holder's lease runs (see
+// lease.go), so that a process that lost the lease cannot write through a new connection.
+// SQLite's lock file needs no such check. An empty holder opens unfenced.
+func OpenFenced(cfg config.Database, log zerolog.Logger, holder string) (*Database, error) {
+	dblog := dbutil.ZeroLogger(log.With().Str("component", "database").Logger())
+	raw, err := openRaw(cfg, dblog, holder)
 	if err != nil {
 		return nil, fmt.Errorf("failed to open database: %w", err)
 	}
-	dblog := dbutil.ZeroLogger(log.With().Str("component", "database").Logger())
 	return &Database{
 		Raw:        raw,
 		own:        raw.Child(migrations.VersionTable, migrations.Table, dblog),
@@ -55,10 +57,27 @@ func Open(cfg config.Database, log zerolog.Logger) (*Database, error) {
 	}, nil
 }
 
+func openRaw(cfg config.Database, dblog dbutil.DatabaseLogger, holder string) (*dbutil.Database, error) {
+	pool := dbutil.PoolConfig{Type: driverFor(cfg.Type), URI: cfg.URI, MaxOpenConns: cfg.MaxOpenConns, MaxIdleConns: cfg.MaxIdleConns}
+	if holder == "" || pool.Type == sqliteDriver {
+		return dbutil.NewFromConfig("heirloom", dbutil.Config{PoolConfig: pool}, dblog)
+	}
+	connector, _, err := pgConnector(cfg.URI, holder)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := dbutil.NewWithDB(sql.OpenDB(&fencedConnector{Connector: connector, holder: holder}), "postgres")
+	if err != nil {
+		return nil, err
+	}
+	raw.Owner, raw.Log = "heirloom", dblog
+	return raw, raw.Configure(dbutil.Config{PoolConfig: pool})
+}
+
 // Upgrade brings heirloom's tables, mautrix's state store and mautrix's crypto store to
 // their latest schema, each under its own version table.
 func (db *Database) Upgrade(ctx context.Context) error {
-	// mautrix's stores first: heirloom's schema indexes a table of the crypto store (v3, and again v8
+	// mautrix's stores first: heirloom's schema indexes a table of the crypto store (v3, and again v9
 	// after mautrix's schema 23 rebuilt that table on SQLite).
 	dblog := dbutil.ZeroLogger(db.log.With().Str("component", "database").Logger())
 	cryptoDB := db.Raw.Child(sql_store_upgrade.VersionTableName, sql_store_upgrade.Table, dblog)

@@ -5,11 +5,16 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
 )
+
+// The queries of gateway mode's outbox: the events bound for the bridge, in the order the
+// homeserver delivered them, and the transactions composed of them. Which events may go when is
+// the gateway's rule (package gateway); these only store and read.
 
 // Kinds of gateway events.
 const (
@@ -27,8 +32,10 @@ type GatewayEvent struct {
 	EventID id.EventID
 	RoomID  id.RoomID
 	Kind    string
-	// Body is the event as the bridge gets it (JSON).
+	// Body is the event as the bridge gets it (JSON); empty in the heads GatewayOutboxHeads reads.
 	Body string
+	// Size is the body's length in bytes.
+	Size int64
 	// Waiting marks an encrypted event whose key had not arrived: it holds back its room's
 	// events until WaitUntil (unix ms), then goes on still encrypted.
 	Waiting   bool
@@ -37,6 +44,15 @@ type GatewayEvent struct {
 	TxnID     int64
 	// ReceivedAt is when heirloom stored it (unix ms).
 	ReceivedAt int64
+	// Solo marks an event of a transaction the bridge refused: it goes alone from then on.
+	Solo bool
+	// Refusals counts the bridge's refusals of the event alone; after one, it holds back its room
+	// until RetryAt (unix ms).
+	Refusals int
+	RetryAt  int64
+	// DeadAt is when the event was set aside (a dead letter), 0 if it was not.
+	DeadAt    int64
+	LastError string
 }
 
 // gatewaySeq serialises the choice of sequence numbers; one heirloom process owns the outbox.
@@ -44,7 +60,7 @@ var gatewaySeq sync.Mutex
 
 // PutGatewayEvents stores events bound for the bridge, in order, after those already stored. An
 // event whose key is stored already, waiting or delivered in the last day, is left as it is (a
-// transaction the homeserver sent again).
+// transaction the homeserver sent again): only the events stored get their Seq set.
 func (db *Database) PutGatewayEvents(ctx context.Context, events []*GatewayEvent) error {
 	if len(events) == 0 {
 		return nil
@@ -59,15 +75,16 @@ func (db *Database) PutGatewayEvents(ctx context.Context, events []*GatewayEvent
 		now := db.nowMillis()
 		for _, e := range events {
 			next++
+			e.Size = int64(len(e.Body))
 			res, err := db.own.Exec(ctx, `
-				INSERT INTO gateway_event (seq, event_key, event_id, room_id, kind, body, waiting, session_id, wait_until, received_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_key) DO NOTHING`,
-				next, e.Key, e.EventID, e.RoomID, e.Kind, e.Body, e.Waiting, e.SessionID, e.WaitUntil, now)
+				INSERT INTO gateway_event (seq, event_key, event_id, room_id, kind, body, size, waiting, session_id, wait_until, received_at)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (event_key) DO NOTHING`,
+				next, e.Key, e.EventID, e.RoomID, e.Kind, e.Body, e.Size, e.Waiting, e.SessionID, e.WaitUntil, now)
 			if err != nil {
 				return fmt.Errorf("failed to store event for the bridge: %w", err)
 			}
 			if n, _ := res.RowsAffected(); n == 1 {
-				e.Seq = next
+				e.Seq, e.ReceivedAt = next, now
 			} else {
 				next--
 			}
@@ -76,13 +93,27 @@ func (db *Database) PutGatewayEvents(ctx context.Context, events []*GatewayEvent
 	})
 }
 
-const gatewayEventColumns = `seq, event_key, event_id, room_id, kind, body, waiting, session_id, wait_until, txn_id, received_at`
+const gatewayEventColumns = `seq, event_key, event_id, room_id, kind, body, size, waiting, session_id, wait_until, txn_id, received_at,
+	solo, refusals, retry_at, dead_at, last_error`
 
 func scanGatewayEvent(row dbutil.Scannable) (*GatewayEvent, error) {
 	var e GatewayEvent
-	err := row.Scan(&e.Seq, &e.Key, &e.EventID, &e.RoomID, &e.Kind, &e.Body, &e.Waiting, &e.SessionID, &e.WaitUntil, &e.TxnID,
-		&e.ReceivedAt)
+	err := row.Scan(&e.Seq, &e.Key, &e.EventID, &e.RoomID, &e.Kind, &e.Body, &e.Size, &e.Waiting, &e.SessionID, &e.WaitUntil, &e.TxnID,
+		&e.ReceivedAt, &e.Solo, &e.Refusals, &e.RetryAt, &e.DeadAt, &e.LastError)
 	return &e, err
+}
+
+// GatewayOutboxHeads returns up to limit events after afterSeq that are in no transaction and
+// not set aside, in order: what the gateway composes its next transaction from. Only their
+// sequence number, room, size, and what holds them back are read.
+func (db *Database) GatewayOutboxHeads(ctx context.Context, afterSeq int64, limit int) ([]*GatewayEvent, error) {
+	// Only columns of gateway_event_heads_idx: the scan never reads an event's body.
+	rows, err := db.own.Query(ctx, `SELECT seq, room_id, size, waiting, wait_until, solo, refusals, retry_at FROM gateway_event
+		WHERE txn_id=0 AND dead_at=0 AND seq>$1 ORDER BY txn_id, seq LIMIT $2`, afterSeq, limit)
+	return listOf(rows, err, func(row dbutil.Scannable) (*GatewayEvent, error) {
+		var e GatewayEvent
+		return &e, row.Scan(&e.Seq, &e.RoomID, &e.Size, &e.Waiting, &e.WaitUntil, &e.Solo, &e.Refusals, &e.RetryAt)
+	}, "read the outbox")
 }
 
 // GatewayTxn is a transaction composed for the bridge and not yet acknowledged by it.
@@ -91,79 +122,74 @@ type GatewayTxn struct {
 	Attempts    int
 	NextAttempt int64
 	LastError   string
-	Events      []*GatewayEvent
+	// Refusals counts the attempts the bridge refused (rather than being down).
+	Refusals int
+	Events   []*GatewayEvent
 }
 
 // PendingGatewayTxn returns the oldest composed transaction the bridge has not acknowledged, with
 // its events in order, or nil.
 func (db *Database) PendingGatewayTxn(ctx context.Context) (*GatewayTxn, error) {
 	var txn GatewayTxn
-	err := db.own.QueryRow(ctx, `SELECT txn_id, attempts, next_attempt, last_error FROM gateway_txn ORDER BY txn_id LIMIT 1`).
-		Scan(&txn.ID, &txn.Attempts, &txn.NextAttempt, &txn.LastError)
+	err := db.own.QueryRow(ctx, `SELECT txn_id, attempts, next_attempt, last_error, refusals FROM gateway_txn ORDER BY txn_id LIMIT 1`).
+		Scan(&txn.ID, &txn.Attempts, &txn.NextAttempt, &txn.LastError, &txn.Refusals)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	} else if err != nil {
 		return nil, fmt.Errorf("failed to read the pending bridge transaction: %w", err)
 	}
 	rows, err := db.own.Query(ctx, `SELECT `+gatewayEventColumns+` FROM gateway_event WHERE txn_id=$1 ORDER BY seq`, txn.ID)
-	if txn.Events, err = dbutil.NewRowIterWithError(rows, scanGatewayEvent, err).AsList(); err != nil {
-		return nil, fmt.Errorf("failed to read the pending bridge transaction's events: %w", err)
+	if txn.Events, err = listOf(rows, err, scanGatewayEvent, "read the pending bridge transaction's events"); err != nil {
+		return nil, err
 	}
 	return &txn, nil
 }
 
-// ComposeGatewayTxn puts up to limit events not yet in a transaction into a new one, in order,
-// and returns it (nil if nothing may go now). An event still waiting for its key until after now
-// holds back the rest of its room; once its wait is over it goes on as it is (still encrypted),
-// and late is called for it in the same database transaction. Transaction IDs never repeat.
-func (db *Database) ComposeGatewayTxn(ctx context.Context, limit int, now int64, late func(ctx context.Context, e *GatewayEvent) error) (*GatewayTxn, error) {
+// NextGatewayTxnID numbers a bridge transaction. Transaction IDs never repeat.
+func (db *Database) NextGatewayTxnID(ctx context.Context) (int64, error) {
+	var id int64
+	err := db.own.QueryRow(ctx, `
+		INSERT INTO gateway_counter (name, value) VALUES ('bridge_txn', 1)
+		ON CONFLICT (name) DO UPDATE SET value=gateway_counter.value+1 RETURNING value`).Scan(&id)
+	if err != nil {
+		return 0, fmt.Errorf("failed to number the bridge transaction: %w", err)
+	}
+	return id, nil
+}
+
+// CreateGatewayTxn puts the events with the given sequence numbers (in no transaction, not set
+// aside) into a new transaction, in order, and returns it. late is called, in the same database
+// transaction, for each of them that still waits for its key: it goes on as it is.
+func (db *Database) CreateGatewayTxn(ctx context.Context, seqs []int64, now int64, late func(ctx context.Context, e *GatewayEvent) error) (*GatewayTxn, error) {
 	var txn *GatewayTxn
 	err := db.DoTxn(ctx, func(ctx context.Context) error {
-		// A bounded look ahead: past a few rooms held back, the rest waits for the next round.
-		rows, err := db.own.Query(ctx, `SELECT `+gatewayEventColumns+` FROM gateway_event WHERE txn_id=0 ORDER BY seq LIMIT $1`, 20*limit)
-		candidates, err := dbutil.NewRowIterWithError(rows, scanGatewayEvent, err).AsList()
+		id, err := db.NextGatewayTxnID(ctx)
 		if err != nil {
-			return fmt.Errorf("failed to read the outbox: %w", err)
-		}
-		blocked := map[id.RoomID]bool{}
-		var picked []*GatewayEvent
-		for _, e := range candidates {
-			if len(picked) == limit {
-				break
-			}
-			if e.RoomID != "" && blocked[e.RoomID] {
-				continue
-			}
-			if e.Waiting && e.WaitUntil > now {
-				blocked[e.RoomID] = true
-				continue
-			}
-			picked = append(picked, e)
-		}
-		if len(picked) == 0 {
-			return nil
-		}
-		var id int64
-		if err = db.own.QueryRow(ctx, `
-			INSERT INTO gateway_counter (name, value) VALUES ('bridge_txn', 1)
-			ON CONFLICT (name) DO UPDATE SET value=gateway_counter.value+1 RETURNING value`).Scan(&id); err != nil {
-			return fmt.Errorf("failed to number the bridge transaction: %w", err)
+			return err
 		}
 		if _, err = db.own.Exec(ctx, `INSERT INTO gateway_txn (txn_id, created_at) VALUES ($1, $2)`, id, now); err != nil {
 			return fmt.Errorf("failed to record the bridge transaction: %w", err)
 		}
-		for _, e := range picked {
+		txn = &GatewayTxn{ID: id}
+		for _, seq := range seqs {
+			e, err := scanGatewayEvent(db.own.QueryRow(ctx, `SELECT `+gatewayEventColumns+` FROM gateway_event
+				WHERE seq=$1 AND txn_id=0 AND dead_at=0`, seq))
+			if errors.Is(err, sql.ErrNoRows) {
+				continue // resolved, delivered or set aside meanwhile
+			} else if err != nil {
+				return fmt.Errorf("failed to read an event for the bridge transaction: %w", err)
+			}
 			if e.Waiting && late != nil {
 				if err = late(ctx, e); err != nil {
 					return err
 				}
 			}
-			if _, err = db.own.Exec(ctx, `UPDATE gateway_event SET txn_id=$2, waiting=false WHERE seq=$1`, e.Seq, id); err != nil {
+			if _, err = db.own.Exec(ctx, `UPDATE gateway_event SET txn_id=$2, waiting=false WHERE seq=$1`, seq, id); err != nil {
 				return fmt.Errorf("failed to put an event into the bridge transaction: %w", err)
 			}
 			e.TxnID, e.Waiting = id, false
+			txn.Events = append(txn.Events, e)
 		}
-		txn = &GatewayTxn{ID: id, Events: picked}
 		return nil
 	})
 	return txn, err
@@ -176,38 +202,116 @@ func (db *Database) FinishGatewayTxn(ctx context.Context, txnID int64) error {
 		if _, err := db.own.Exec(ctx, `UPDATE gateway_event SET body='', delivered_at=$2 WHERE txn_id=$1`, txnID, db.nowMillis()); err != nil {
 			return fmt.Errorf("failed to forget delivered events: %w", err)
 		}
-		if _, err := db.own.Exec(ctx, `DELETE FROM gateway_txn WHERE txn_id=$1`, txnID); err != nil {
-			return fmt.Errorf("failed to forget a delivered transaction: %w", err)
-		}
-		return nil
+		return db.deleteGatewayTxn(ctx, txnID)
 	})
 }
 
-// RetryGatewayTxn records a failed delivery and when to try again.
-func (db *Database) RetryGatewayTxn(ctx context.Context, txnID int64, nextAttempt int64, reason string) error {
-	_, err := db.own.Exec(ctx, `UPDATE gateway_txn SET attempts=attempts+1, next_attempt=$2, last_error=$3 WHERE txn_id=$1`,
-		txnID, nextAttempt, reason)
+func (db *Database) deleteGatewayTxn(ctx context.Context, txnID int64) error {
+	if _, err := db.own.Exec(ctx, `DELETE FROM gateway_txn WHERE txn_id=$1`, txnID); err != nil {
+		return fmt.Errorf("failed to forget a bridge transaction: %w", err)
+	}
+	return nil
+}
+
+// RetryGatewayTxn records a failed delivery (a refusal of the bridge's, if refused) and when to
+// try again.
+func (db *Database) RetryGatewayTxn(ctx context.Context, txnID int64, nextAttempt int64, reason string, refused bool) error {
+	refusal := 0
+	if refused {
+		refusal = 1
+	}
+	_, err := db.own.Exec(ctx, `UPDATE gateway_txn SET attempts=attempts+1, next_attempt=$2, last_error=$3, refusals=refusals+$4
+		WHERE txn_id=$1`, txnID, nextAttempt, reason, refusal)
 	if err != nil {
 		return fmt.Errorf("failed to record a failed delivery: %w", err)
 	}
 	return nil
 }
 
+// SplitGatewayTxn dissolves a transaction the bridge refused: its events leave it, to go alone
+// in transactions of their own (Solo).
+func (db *Database) SplitGatewayTxn(ctx context.Context, txnID int64, reason string) error {
+	return db.DoTxn(ctx, func(ctx context.Context) error {
+		if _, err := db.own.Exec(ctx, `UPDATE gateway_event SET txn_id=0, solo=true, last_error=$2 WHERE txn_id=$1`, txnID, reason); err != nil {
+			return fmt.Errorf("failed to split a refused transaction: %w", err)
+		}
+		return db.deleteGatewayTxn(ctx, txnID)
+	})
+}
+
+// RefuseGatewayEvent records that the bridge refused the event alone (in the transaction txnID,
+// which is dissolved): it holds back its room until retryAt, or is set aside now (dead) if aside
+// is set.
+func (db *Database) RefuseGatewayEvent(ctx context.Context, txnID, seq, retryAt int64, reason string, aside bool) error {
+	deadAt := int64(0)
+	if aside {
+		deadAt = db.nowMillis()
+	}
+	return db.DoTxn(ctx, func(ctx context.Context) error {
+		_, err := db.own.Exec(ctx, `UPDATE gateway_event SET txn_id=0, solo=true, refusals=refusals+1, retry_at=$2, last_error=$3, dead_at=$4
+			WHERE seq=$1`, seq, retryAt, reason, deadAt)
+		if err != nil {
+			return fmt.Errorf("failed to record a refused event: %w", err)
+		}
+		return db.deleteGatewayTxn(ctx, txnID)
+	})
+}
+
+// GatewayDeadLetters returns up to limit events set aside (most recent first), without their
+// bodies, and how many there are.
+func (db *Database) GatewayDeadLetters(ctx context.Context, limit int) ([]*GatewayEvent, int, error) {
+	var n int
+	if err := db.own.QueryRow(ctx, `SELECT COUNT(*) FROM gateway_event WHERE delivered_at=0 AND dead_at>0`).Scan(&n); err != nil {
+		return nil, 0, fmt.Errorf("failed to count the events set aside: %w", err)
+	}
+	rows, err := db.own.Query(ctx, `SELECT `+strings.Replace(gatewayEventColumns, "body,", "'',", 1)+` FROM gateway_event
+		WHERE delivered_at=0 AND dead_at>0 ORDER BY dead_at DESC, seq DESC LIMIT $1`, limit)
+	out, err := listOf(rows, err, scanGatewayEvent, "read the events set aside")
+	return out, n, err
+}
+
+// RequeueGatewayDeadLetters puts events set aside back in the outbox, each to go alone, in its
+// place: the one with the event ID (or key) given, or all of them if it is "". It returns how many.
+func (db *Database) RequeueGatewayDeadLetters(ctx context.Context, eventID string) (int, error) {
+	res, err := db.own.Exec(ctx, `UPDATE gateway_event SET dead_at=0, refusals=0, retry_at=0, solo=true
+		WHERE delivered_at=0 AND dead_at>0 AND ($1='' OR event_id=$1 OR event_key=$1)`, eventID)
+	if err != nil {
+		return 0, fmt.Errorf("failed to requeue events set aside: %w", err)
+	}
+	n, err := res.RowsAffected()
+	return int(n), err
+}
+
+// PruneGatewayDeadLetters forgets events set aside before the given time (unix ms) and returns
+// them (without bodies).
+func (db *Database) PruneGatewayDeadLetters(ctx context.Context, before int64) ([]*GatewayEvent, error) {
+	var out []*GatewayEvent
+	err := db.DoTxn(ctx, func(ctx context.Context) error {
+		rows, err := db.own.Query(ctx, `SELECT `+strings.Replace(gatewayEventColumns, "body,", "'',", 1)+` FROM gateway_event
+			WHERE delivered_at=0 AND dead_at>0 AND dead_at<$1`, before)
+		if out, err = listOf(rows, err, scanGatewayEvent, "read expired events set aside"); err != nil {
+			return err
+		}
+		if _, err = db.own.Exec(ctx, `DELETE FROM gateway_event WHERE delivered_at=0 AND dead_at>0 AND dead_at<$1`, before); err != nil {
+			return fmt.Errorf("failed to prune events set aside: %w", err)
+		}
+		return nil
+	})
+	return out, err
+}
+
 // WaitingGatewayEvents returns the events not yet delivered that wait for a key of the session.
 func (db *Database) WaitingGatewayEvents(ctx context.Context, sessionID id.SessionID) ([]*GatewayEvent, error) {
 	rows, err := db.own.Query(ctx, `SELECT `+gatewayEventColumns+` FROM gateway_event WHERE session_id=$1 AND waiting AND txn_id=0 ORDER BY seq`,
 		sessionID)
-	out, err := dbutil.NewRowIterWithError(rows, scanGatewayEvent, err).AsList()
-	if err != nil {
-		return nil, fmt.Errorf("failed to read events waiting for a key: %w", err)
-	}
-	return out, nil
+	return listOf(rows, err, scanGatewayEvent, "read events waiting for a key")
 }
 
-// ResolveGatewayEvent replaces a waiting event's body with its decrypted form: it goes on in order.
-// It changes nothing if the event went into a transaction meanwhile.
+// ResolveGatewayEvent ends a waiting event's wait with body (its decrypted form, or the event as
+// it is): it goes on in order. It changes nothing if the event went into a transaction meanwhile.
 func (db *Database) ResolveGatewayEvent(ctx context.Context, seq int64, body string) (bool, error) {
-	res, err := db.own.Exec(ctx, `UPDATE gateway_event SET body=$2, waiting=false WHERE seq=$1 AND waiting AND txn_id=0`, seq, body)
+	res, err := db.own.Exec(ctx, `UPDATE gateway_event SET body=$2, size=$3, waiting=false WHERE seq=$1 AND waiting AND txn_id=0`,
+		seq, body, len(body))
 	if err != nil {
 		return false, fmt.Errorf("failed to store a decrypted event: %w", err)
 	}
@@ -223,113 +327,20 @@ func (db *Database) PruneGatewayDelivered(ctx context.Context, before int64) err
 	return nil
 }
 
+// GatewayOutboxSize returns how many events wait for delivery to the bridge (stored, not yet
+// acknowledged, not set aside: the outbox depth), and their bytes.
+func (db *Database) GatewayOutboxSize(ctx context.Context) (int, int64, error) {
+	var n int
+	var size int64
+	err := db.own.QueryRow(ctx, `SELECT COUNT(*), COALESCE(SUM(size), 0) FROM gateway_event WHERE delivered_at=0 AND dead_at=0`).Scan(&n, &size)
+	if err != nil {
+		return 0, 0, fmt.Errorf("failed to measure the outbox: %w", err)
+	}
+	return n, size, nil
+}
+
 // CountGatewayEvents returns how many events wait for delivery to the bridge (the outbox depth).
 func (db *Database) CountGatewayEvents(ctx context.Context) (int, error) {
-	var n int
-	err := db.own.QueryRow(ctx, `SELECT COUNT(*) FROM gateway_event WHERE delivered_at = 0`).Scan(&n)
-	if err != nil {
-		return 0, fmt.Errorf("failed to count the outbox: %w", err)
-	}
-	return n, nil
-}
-
-// GatewayLate is an encrypted event that went to the bridge still encrypted.
-type GatewayLate struct {
-	EventID   id.EventID
-	RoomID    id.RoomID
-	SessionID id.SessionID
-	// Body is the encrypted event as the homeserver sent it.
-	Body string
-}
-
-// PutGatewayLate records an event that went to the bridge encrypted, for its decrypted copy to
-// follow when the key arrives.
-func (db *Database) PutGatewayLate(ctx context.Context, l *GatewayLate) error {
-	_, err := db.own.Exec(ctx, `INSERT INTO gateway_late (event_id, room_id, session_id, body, created_at) VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (event_id) DO NOTHING`, l.EventID, l.RoomID, l.SessionID, l.Body, db.nowMillis())
-	if err != nil {
-		return fmt.Errorf("failed to record an event sent encrypted: %w", err)
-	}
-	return nil
-}
-
-// LateGatewayEvents returns the events the bridge got encrypted whose key is of the session.
-func (db *Database) LateGatewayEvents(ctx context.Context, sessionID id.SessionID) ([]*GatewayLate, error) {
-	rows, err := db.own.Query(ctx, `SELECT event_id, room_id, session_id, body FROM gateway_late WHERE session_id=$1 ORDER BY created_at`, sessionID)
-	out, err := dbutil.NewRowIterWithError(rows, func(row dbutil.Scannable) (*GatewayLate, error) {
-		var l GatewayLate
-		return &l, row.Scan(&l.EventID, &l.RoomID, &l.SessionID, &l.Body)
-	}, err).AsList()
-	if err != nil {
-		return nil, fmt.Errorf("failed to read events sent encrypted: %w", err)
-	}
-	return out, nil
-}
-
-// DeleteGatewayLate forgets an event whose decrypted copy is on its way.
-func (db *Database) DeleteGatewayLate(ctx context.Context, eventID id.EventID) error {
-	if _, err := db.own.Exec(ctx, `DELETE FROM gateway_late WHERE event_id=$1`, eventID); err != nil {
-		return fmt.Errorf("failed to forget an event sent encrypted: %w", err)
-	}
-	return nil
-}
-
-// ExpireGatewayLate forgets events sent encrypted before the given time: their key never came.
-func (db *Database) ExpireGatewayLate(ctx context.Context, before int64) error {
-	if _, err := db.own.Exec(ctx, `DELETE FROM gateway_late WHERE created_at < $1`, before); err != nil {
-		return fmt.Errorf("failed to expire events sent encrypted: %w", err)
-	}
-	return nil
-}
-
-// GatewaySend returns the event a bridge's send with this transaction ID became, or "".
-func (db *Database) GatewaySend(ctx context.Context, userID id.UserID, txnID string) (id.EventID, error) {
-	var eventID id.EventID
-	err := db.own.QueryRow(ctx, `SELECT event_id FROM gateway_send WHERE user_id=$1 AND txn_id=$2`, userID, txnID).Scan(&eventID)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", nil
-	} else if err != nil {
-		return "", fmt.Errorf("failed to look up a send: %w", err)
-	}
-	return eventID, nil
-}
-
-// PutGatewaySend records the event a bridge's send became.
-func (db *Database) PutGatewaySend(ctx context.Context, userID id.UserID, txnID string, eventID id.EventID) error {
-	_, err := db.own.Exec(ctx, `INSERT INTO gateway_send (user_id, txn_id, event_id, sent_at) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (user_id, txn_id) DO NOTHING`, userID, txnID, eventID, db.nowMillis())
-	if err != nil {
-		return fmt.Errorf("failed to record a send: %w", err)
-	}
-	return nil
-}
-
-// PruneGatewaySends forgets sends recorded before the given time (unix ms).
-func (db *Database) PruneGatewaySends(ctx context.Context, before int64) error {
-	if _, err := db.own.Exec(ctx, `DELETE FROM gateway_send WHERE sent_at < $1`, before); err != nil {
-		return fmt.Errorf("failed to prune recorded sends: %w", err)
-	}
-	return nil
-}
-
-// PutGatewayMedia records the (sealed) file info of an encrypted file the bridge may download.
-func (db *Database) PutGatewayMedia(ctx context.Context, mediaID, sealed string) error {
-	_, err := db.own.Exec(ctx, `INSERT INTO gateway_media (media_id, file_info, created_at) VALUES ($1, $2, $3)
-		ON CONFLICT (media_id) DO NOTHING`, mediaID, sealed, db.nowMillis())
-	if err != nil {
-		return fmt.Errorf("failed to record media: %w", err)
-	}
-	return nil
-}
-
-// GatewayMedia returns the sealed file info of a media ID heirloom handed out, or "".
-func (db *Database) GatewayMedia(ctx context.Context, mediaID string) (string, error) {
-	var sealed string
-	err := db.own.QueryRow(ctx, `SELECT file_info FROM gateway_media WHERE media_id=$1`, mediaID).Scan(&sealed)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", nil
-	} else if err != nil {
-		return "", fmt.Errorf("failed to look up media: %w", err)
-	}
-	return sealed, nil
+	n, _, err := db.GatewayOutboxSize(ctx)
+	return n, err
 }

@@ -101,3 +101,10 @@ func (db *Database) ListPuppetIDs(ctx context.Context) ([]id.UserID, error) {
 	}
 	return out, nil
 }
+
+// ListPuppetsActiveSince returns the ready puppets heirloom acted as or for at or after since
+// (Unix milliseconds), ordered by user ID: one scan of the table.
+func (db *Database) ListPuppetsActiveSince(ctx context.Context, since int64) ([]*Puppet, error) {
+	rows, err := db.own.Query(ctx, `SELECT `+puppetColumns+` FROM puppet WHERE ready AND last_active_at >= $1 ORDER BY user_id`, since)
+	return listOf(rows, err, scanPuppet, "list active puppets")
+}

@@ -1,8 +1,9 @@
 package e2e
 
 // Harness helpers for real, unmodified appservice bridges: ngircd (Debian's IRC server),
-// heisenbridge (PyPI) and a small bridge written on matrix-appservice-bridge (npm,
-// interop/bridge). Each is installed by the project's own scripts (scripts/ngircd.sh,
+// heisenbridge (PyPI, on mautrix-python) and two small bridges (npm, interop/bridge): one written on
+// matrix-appservice-bridge, one on the upstream matrix-bot-sdk. Each is installed by the project's
+// own scripts (scripts/ngircd.sh,
 // scripts/heisenbridge.sh, scripts/jsbridge.sh), runs as a subprocess with its log in the run's
 // directory, and is stopped when its test ends (the shared test bridge at the end of the run).
 //
@@ -128,28 +129,32 @@ func (x *env) writeBridgeRegistrations() error {
 		if x.bridgeNode, jsErr = x.tool("jsbridge.sh", "node"); jsErr != nil {
 			return
 		}
-		generate := func(file string, extra ...string) (bridgeRegistration, error) {
+		generate := func(script, file string, extra ...string) (bridgeRegistration, error) {
 			path := filepath.Join(x.dir, file)
-			args := append([]string{"--no-deprecation", filepath.Join(x.root, "interop", "bridge", "bridge.mjs"), "generate",
+			args := append([]string{"--no-deprecation", filepath.Join(x.root, "interop", "bridge", script), "generate",
 				"--registration", path, "--url", fmt.Sprintf("http://127.0.0.1:%d", freePort())}, extra...)
 			if out, err := exec.Command(x.bridgeNode, args...).CombinedOutput(); err != nil {
-				return bridgeRegistration{}, fmt.Errorf("bridge.mjs generate: %v\n%s", err, out)
+				return bridgeRegistration{}, fmt.Errorf("%s generate: %v\n%s", script, err, out)
 			}
 			return readRegistration(path)
 		}
 		var spare sync.WaitGroup
-		var gwErr error
+		var gwErr, bsErr error
 		spare.Go(func() {
-			x.jsBridgeSpareReg, spareErr = generate("jsbridge-spare-registration.yaml",
+			x.jsBridgeSpareReg, spareErr = generate(mabBridge, "jsbridge-spare-registration.yaml",
 				"--id", "heirloom-test-bridge-spare", "--sender-localpart", "jsbridge_spare", "--prefix", "jsc_")
 		})
 		spare.Go(func() {
-			x.jsBridgeGWReg, gwErr = generate("jsbridge-gw-registration.yaml",
+			x.jsBridgeGWReg, gwErr = generate(mabBridge, "jsbridge-gw-registration.yaml",
 				"--id", "heirloom-test-bridge-gw", "--sender-localpart", "jsbridge_gw", "--prefix", "jsg_")
 		})
-		x.jsBridgeReg, jsErr = generate("jsbridge-registration.yaml")
+		spare.Go(func() {
+			x.botsdkGWReg, bsErr = generate(botsdkBridge, "botsdk-gw-registration.yaml",
+				"--id", "heirloom-botsdk-bridge-gw", "--sender-localpart", "bsbridge_gw", "--prefix", "bsg_")
+		})
+		x.jsBridgeReg, jsErr = generate(mabBridge, "jsbridge-registration.yaml")
 		spare.Wait()
-		spareErr = errors.Join(spareErr, gwErr)
+		spareErr = errors.Join(spareErr, gwErr, bsErr)
 	})
 	wg.Wait()
 	return errors.Join(hbErr, jsErr, spareErr)
@@ -414,7 +419,15 @@ func pingAppservice(reg bridgeRegistration, timeout time.Duration) error {
 
 // ---------------------------------------------------------------------------------- test bridge
 
+// The test bridges in interop/bridge: the same control API on two frameworks.
+const (
+	mabBridge    = "bridge.mjs"        // matrix-appservice-bridge (on @vector-im/matrix-bot-sdk)
+	botsdkBridge = "botsdk-bridge.mjs" // the upstream matrix-bot-sdk
+)
+
 type jsBridgeOpts struct {
+	// Script is the bridge to run (default mabBridge).
+	Script string
 	// Homeserver is the URL the bridge uses for the client-server API (default: Synapse).
 	Homeserver string
 	// Registration is the bridge's registration (default for startJSBridge: the spare one that
@@ -424,7 +437,7 @@ type jsBridgeOpts struct {
 	Echo bool
 }
 
-// jsBridge is a running interop/bridge/bridge.mjs: a bridge on matrix-appservice-bridge whose
+// jsBridge is a running test bridge of interop/bridge (bridge.mjs or botsdk-bridge.mjs), whose
 // ghosts the tests drive over its control server.
 type jsBridge struct {
 	RPC   string
@@ -490,7 +503,11 @@ func launchJSBridge(logPath string, opts jsBridgeOpts) (*jsBridge, error) {
 	if hs == "" {
 		hs = e.hsURL
 	}
-	args := []string{"--no-deprecation", filepath.Join(e.root, "interop", "bridge", "bridge.mjs"), "run",
+	script := opts.Script
+	if script == "" {
+		script = mabBridge
+	}
+	args := []string{"--no-deprecation", filepath.Join(e.root, "interop", "bridge", script), "run",
 		"--registration", reg.Path, "--homeserver", hs, "--domain", domain, "--port", strconv.Itoa(reg.Port),
 		"--log-level", "info"}
 	if opts.Echo {

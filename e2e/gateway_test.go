@@ -203,19 +203,7 @@ func TestGatewayHeisenbridge(t *testing.T) {
 	irc := dialIRC(t, ircd.Addr(), ircNick)
 	irc.Join(channel)
 
-	// The control room heisenbridge opens is encrypted: its notices arrive encrypted by the bot's
-	// own device, and the owner's encrypted commands reach heisenbridge decrypted.
-	control, inviter := jsAcceptInvite(t, u, "")
-	if inviter != hb.BotID {
-		t.Fatalf("the first invite came from %s, want heisenbridge's bot %s", inviter, hb.BotID)
-	}
-	hbCommand(t, u, hb.BotID, control, "ADDNETWORK "+network, "Network added.")
-	jsWaitDecrypted(t, u, control, map[string]any{"sender": hb.BotID, "body_contains": "Network added."})
-	hbCommand(t, u, hb.BotID, control, fmt.Sprintf("ADDSERVER %s %s %d", network, ircd.Host, ircd.Port), "Server added.")
-	hbCommand(t, u, hb.BotID, control, "OPEN "+network, "You have been invited to "+network)
-	networkRoom, _ := jsAcceptInvite(t, u, "")
-	hbCommand(t, u, hb.BotID, networkRoom, "NICK "+mxNick, "Nickname set to "+mxNick)
-	hbCommand(t, u, hb.BotID, networkRoom, "CONNECT", "Welcome to the Internet Relay Network")
+	networkRoom := hbConnect(t, u, hb, ircd, network, mxNick)
 	jsSendID(t, u, networkRoom, "JOIN "+channel)
 	irc.Expect(30*time.Second, mxNick+" joining "+channel, func(m ircMessage) bool {
 		return m.Command == "JOIN" && m.Nick() == mxNick && len(m.Params) > 0 && m.Params[0] == channel
@@ -347,6 +335,26 @@ func TestGatewayHeisenbridge(t *testing.T) {
 	irc.Expect(30*time.Second, "the line written after the restart", func(m ircMessage) bool {
 		return m.Command == "PRIVMSG" && m.Nick() == mxNick && strings.HasSuffix(m.Trailing(), afterRestart)
 	})
+}
+
+// hbConnect sets heisenbridge up as its owner u does in Element: in the control room heisenbridge
+// opens (encrypted: its notices arrive encrypted by the bot's own device, and the owner's
+// encrypted commands reach heisenbridge decrypted), it adds the network and the IRC server, opens
+// the network room, and connects as mxNick. It returns the network room.
+func hbConnect(t *testing.T, u jsUser, hb *heisenbridgeProc, ircd *ircServer, network, mxNick string) string {
+	t.Helper()
+	control, inviter := jsAcceptInvite(t, u, "")
+	if inviter != hb.BotID {
+		t.Fatalf("the first invite came from %s, want heisenbridge's bot %s", inviter, hb.BotID)
+	}
+	hbCommand(t, u, hb.BotID, control, "ADDNETWORK "+network, "Network added.")
+	jsWaitDecrypted(t, u, control, map[string]any{"sender": hb.BotID, "body_contains": "Network added."})
+	hbCommand(t, u, hb.BotID, control, fmt.Sprintf("ADDSERVER %s %s %d", network, ircd.Host, ircd.Port), "Server added.")
+	hbCommand(t, u, hb.BotID, control, "OPEN "+network, "You have been invited to "+network)
+	networkRoom, _ := jsAcceptInvite(t, u, "")
+	hbCommand(t, u, hb.BotID, networkRoom, "NICK "+mxNick, "Nickname set to "+mxNick)
+	hbCommand(t, u, hb.BotID, networkRoom, "CONNECT", "Welcome to the Internet Relay Network")
+	return networkRoom
 }
 
 // ---------------------------------------------------------------------------------- test bridge

@@ -12,12 +12,14 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -84,6 +86,7 @@ type env struct {
 	// the registrations heirloom generates from them (the gateway profiles).
 	heisenbridgeGWReg bridgeRegistration
 	jsBridgeGWReg     bridgeRegistration
+	botsdkGWReg       bridgeRegistration
 	heisenbridgeBin   string
 	bridgeNode        string
 	// cleanups run at teardown, last first, before Synapse stops.
@@ -99,6 +102,37 @@ type profile struct {
 	registration          string
 	// bridge, for a gateway profile, is the registration of the bridge heirloom stands in front of.
 	bridge *bridgeRegistration
+
+	// A profile's port (and its bridge's) serves one test at a time: parallel tests that start
+	// instances of the same profile wait for each other (claim).
+	mu    sync.Mutex
+	free  *sync.Cond
+	owner string
+}
+
+// claim makes the profile the test's until the test ends; a parallel test holding it already makes
+// this one wait. A test may claim a profile it holds again (a restart starts a second instance).
+func (p *profile) claim(t testing.TB) {
+	t.Helper()
+	test, _, _ := strings.Cut(t.Name(), "/")
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.free == nil {
+		p.free = sync.NewCond(&p.mu)
+	}
+	if p.owner == test {
+		return
+	}
+	for p.owner != "" {
+		p.free.Wait()
+	}
+	p.owner = test
+	t.Cleanup(func() {
+		p.mu.Lock()
+		p.owner = ""
+		p.mu.Unlock()
+		p.free.Broadcast()
+	})
 }
 
 var e *env
@@ -112,6 +146,11 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	flag.Parse()
+	if listing() {
+		// go test -list only names the tests: nothing to install or start.
+		return m.Run()
+	}
 	if os.Getenv("HEIRLOOM_SKIP_E2E") != "" && os.Getenv("CI") == "" {
 		// The go-test form, so scripts/test-summary.sh counts the suite as skipped, not passed.
 		fmt.Println("=== RUN   TestEndToEndSuite")
@@ -136,6 +175,12 @@ func run(m *testing.M) int {
 	}
 	e.teardown()
 	return code
+}
+
+// listing reports whether the run only lists tests (go test -list).
+func listing() bool {
+	f := flag.Lookup("test.list")
+	return f != nil && f.Value.String() != ""
 }
 
 func freePort() int {
@@ -240,11 +285,12 @@ func (x *env) bringUp() error {
 	for _, p := range []*profile{
 		{name: "alt", id: "heirloom-alt", bot: "altbot", prefix: "alt_", push: true},
 		{name: "nopush", id: "heirloom-nopush", bot: "npbot", prefix: "np_", push: false},
-		// Gateway profiles: heirloom in front of heisenbridge and of the test bridge. Synapse
+		// Gateway profiles: heirloom in front of heisenbridge and of the test bridges. Synapse
 		// loads the registration heirloom -g writes from each bridge's own (the first of the
 		// admin's two changes).
 		{name: "gw-irc", id: "heirloom-gw-irc", bot: "hgibot", prefix: "hgi_", push: true, bridge: &x.heisenbridgeGWReg},
 		{name: "gw-js", id: "heirloom-gw-js", bot: "hgjbot", prefix: "hgj_", push: true, bridge: &x.jsBridgeGWReg},
+		{name: "gw-bs", id: "heirloom-gw-bs", bot: "hgbbot", prefix: "hgb_", push: true, bridge: &x.botsdkGWReg},
 	} {
 		p.port = freePort()
 		p.asToken, p.hsToken = randomToken("as-"+p.name+"-"), randomToken("hs-"+p.name+"-")
@@ -317,16 +363,18 @@ func (x *env) generate(configPath, registrationPath string) error {
 // heirloomConfig is what the suite varies in heirloom's config.
 type heirloomConfig struct {
 	hsURL, id, bot, prefix string
-	port                   int
-	asToken, hsToken       string
-	dbType, dbURI          string
-	shareOnInvite          bool
-	autoJoin               []string
-	acceptWindow           string
-	maxBundle              int64
-	maintenance            string // encryption.maintenance_interval; empty leaves it out (the default)
-	gateway                *gatewayConfig
-	admins                 []string
+	// port is the registered one (appservice.address); listenPort, if set, the one heirloom
+	// listens on (behind a load balancer on port).
+	port, listenPort int
+	asToken, hsToken string
+	dbType, dbURI    string
+	shareOnInvite    bool
+	autoJoin         []string
+	acceptWindow     string
+	maxBundle        int64
+	maintenance      string // encryption.maintenance_interval; empty leaves it out (the default)
+	gateway          *gatewayConfig
+	admins           []string
 }
 
 // gatewayConfig is the gateway section of a gateway profile's config.
@@ -394,7 +442,7 @@ admins: %s
 logging:
     level: debug
     format: json
-%s`, c.hsURL, domain, c.port, c.port, c.id, c.bot, c.prefix, c.asToken, c.hsToken, c.dbType, c.dbURI,
+%s`, c.hsURL, domain, c.port, cmp.Or(c.listenPort, c.port), c.id, c.bot, c.prefix, c.asToken, c.hsToken, c.dbType, c.dbURI,
 		maintenance, apiSecret, c.shareOnInvite, autoJoin, c.acceptWindow, c.maxBundle, admins, c.gateway.yaml())
 }
 
@@ -430,10 +478,12 @@ type instance struct {
 	dbPath       string
 	logPath      string
 	postgres     bool
-	heirloom     *exec.Cmd
-	exited       chan struct{} // closed when heirloom exits
-	exitErr      error
-	fault        string // HEIRLOOM_FAULT of the running process
+	// pgURL is the instance's PostgreSQL database, if not the run's (e.pgURL).
+	pgURL    string
+	heirloom *exec.Cmd
+	exited   chan struct{} // closed when heirloom exits
+	exitErr  error
+	fault    string // HEIRLOOM_FAULT of the running process
 	// bridge is the registration of the bridge a gateway instance stands in front of.
 	bridge *bridgeRegistration
 }
@@ -456,8 +506,28 @@ func (x *env) startHeirloomWith(extraEnv ...string) error {
 	return err
 }
 
-// start starts the heirloom process and waits until its API answers (or it exits).
+// start starts the heirloom process and waits until it is the active one: GET /ready answers 200
+// (or it exits). On PostgreSQL that may be after the lease of a process killed before it expired.
 func (h *instance) start(binary string, extraEnv ...string) error {
+	return h.launch(binary, "GET /ready", func() bool {
+		code, _ := e.request("GET", fmt.Sprintf("http://127.0.0.1:%d/_heirloom/v1/ready", h.asPort), "", nil, nil)
+		return code == 200
+	}, extraEnv...)
+}
+
+// startStandby starts the heirloom process and waits until it answers GET /status as the standby.
+func (h *instance) startStandby(binary string, extraEnv ...string) error {
+	return h.launch(binary, "GET /status as the standby", func() bool {
+		var status struct {
+			Role string `json:"role"`
+		}
+		code, _ := h.api("GET", "/status", nil, &status)
+		return code == 200 && status.Role == "standby"
+	}, extraEnv...)
+}
+
+// launch starts the heirloom process and waits until up reports true (or it exits).
+func (h *instance) launch(binary, what string, up func() bool, extraEnv ...string) error {
 	logFile, err := os.OpenFile(h.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
@@ -487,13 +557,12 @@ func (h *instance) start(binary string, extraEnv ...string) error {
 			return fmt.Errorf("heirloom (%s) exited during startup (%v): %s", h.name, h.exitErr, h.logTail(20))
 		default:
 		}
-		var status map[string]any
-		if code, _ := h.api("GET", "/status", nil, &status); code == 200 {
+		if up() {
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("heirloom (%s) did not answer GET /status within 60 s; see %s", h.name, h.logPath)
+	return fmt.Errorf("heirloom (%s) did not answer %s within 60 s; see %s", h.name, what, h.logPath)
 }
 
 // portClash reports whether the last start failed because its port was taken.
@@ -564,6 +633,12 @@ func armFault(t *testing.T, fault string) {
 // again so the tests after it find heirloom running.
 func restartHeirloom(t testing.TB) {
 	t.Helper()
+	restartHeirloomWith(t, nil)
+}
+
+// restartHeirloomWith restarts the shared heirloom, calling whileDown (if set) while it is stopped.
+func restartHeirloomWith(t testing.TB, whileDown func()) {
+	t.Helper()
 	t.Cleanup(func() {
 		if e.heirloom == nil {
 			if err := e.startHeirloom(); err != nil {
@@ -572,6 +647,9 @@ func restartHeirloom(t testing.TB) {
 		}
 	})
 	e.stopHeirloom(syscall.SIGTERM)
+	if whileDown != nil {
+		whileDown()
+	}
 	if err := e.startHeirloom(); err != nil {
 		t.Fatal(err)
 	}
@@ -588,6 +666,7 @@ func startInstance(t testing.TB, profileName string, mutate func(*heirloomConfig
 func startInstanceEnv(t testing.TB, profileName string, mutate func(*heirloomConfig), extraEnv ...string) *instance {
 	t.Helper()
 	p := e.profiles[profileName]
+	p.claim(t)
 	home, err := os.MkdirTemp(e.dir, profileName+"-")
 	if err != nil {
 		t.Fatal(err)
@@ -822,7 +901,7 @@ func (d testDB) Query(query string, args ...any) (*sql.Rows, error) {
 func (h *instance) db(t testing.TB) testDB {
 	t.Helper()
 	if h.postgres {
-		db, err := sql.Open("postgres", e.pgURL)
+		db, err := sql.Open("postgres", cmp.Or(h.pgURL, e.pgURL))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,11 +1,17 @@
 package e2e
 
 import (
+	"database/sql"
 	"fmt"
+	"maps"
+	"net/url"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func provision(tb testing.TB) {
@@ -140,4 +146,138 @@ func BenchmarkInviteToFirstDecrypt(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkProvisionSynapse provisions b.N puppets through the shared heirloom against the real
+// Synapse and reports the time per puppet, the requests heirloom sent per puppet (from its log)
+// and what Synapse stores per puppet and its device: the rows and bytes of each of its tables that
+// hold the puppets (its SQLite database; bytes are the values' lengths, indexes left out). Run it
+// with -benchtime 100x or so; make bench-scale does.
+func BenchmarkProvisionSynapse(b *testing.B) {
+	mark := e.mark(b)
+	users := make([]string, 0, b.N)
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		userID := "@" + name("heirloom_synscale") + ":" + domain
+		var p puppetIdentity
+		if code, err := e.api("PUT", "/puppets/"+userID, map[string]any{}, &p); err != nil || code != 200 {
+			b.Fatalf("provisioning %s: %d %v", userID, code, err)
+		}
+		users = append(users, userID)
+	}
+	took := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(took.Milliseconds())/float64(b.N), "ms/puppet")
+	requests := map[string]int{}
+	total := 0
+	for _, l := range mark.lines(b) {
+		if l.str("message") == "Request completed" && l.str("method") != "" {
+			requests[l.str("method")+" "+endpointTemplate(l.str("url"))]++
+			total++
+		}
+	}
+	b.ReportMetric(float64(total)/float64(b.N), "requests/puppet")
+	b.Logf("%d puppets provisioned through Synapse in %s (%.1f ms each); %.2f requests per puppet:", b.N, took.Round(time.Millisecond),
+		float64(took.Milliseconds())/float64(b.N), float64(total)/float64(b.N))
+	for _, k := range slices.Sorted(maps.Keys(requests)) {
+		b.Logf("  %-60s %.2f", k, float64(requests[k])/float64(b.N))
+	}
+	rows, bytes := synapseStorage(b, users)
+	var rowsAll, bytesAll int
+	for _, t := range slices.Sorted(maps.Keys(rows)) {
+		b.Logf("  Synapse %-32s %6.2f rows %8.1f bytes per puppet", t, float64(rows[t])/float64(b.N), float64(bytes[t])/float64(b.N))
+		rowsAll += rows[t]
+		bytesAll += bytes[t]
+	}
+	b.ReportMetric(float64(rowsAll)/float64(b.N), "synapse-rows/puppet")
+	b.ReportMetric(float64(bytesAll)/float64(b.N), "synapse-bytes/puppet")
+}
+
+// endpointTemplate is a request URL's path without the client API prefix, its user and device
+// IDs replaced by names.
+func endpointTemplate(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	path := u.Path
+	for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/v1", "/_matrix/client/r0", "/_matrix/client"} {
+		if rest, ok := strings.CutPrefix(path, prefix); ok {
+			path = rest
+			break
+		}
+	}
+	parts := strings.Split(path, "/")
+	for i, p := range parts {
+		switch {
+		case strings.HasPrefix(p, "@"):
+			parts[i] = "{user}"
+		case strings.HasPrefix(p, "HEIRLOOM_"):
+			parts[i] = "{device}"
+		}
+	}
+	return strings.Join(parts, "/")
+}
+
+// synapseStorage counts the rows of users in every table of Synapse's database that names users,
+// and the bytes of their values.
+func synapseStorage(b *testing.B, users []string) (rows, bytes map[string]int) {
+	db, err := sql.Open("sqlite3", "file:"+filepath.Join(e.dir, "synapse", "homeserver.db")+"?mode=ro&_busy_timeout=10000")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	tables, err := db.Query(`SELECT name FROM sqlite_master WHERE type='table'`)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var names []string
+	for tables.Next() {
+		var n string
+		_ = tables.Scan(&n)
+		names = append(names, n)
+	}
+	tables.Close()
+	in := "'" + strings.Join(users, "','") + "'"
+	rows, bytes = map[string]int{}, map[string]int{}
+	for _, table := range names {
+		var cols []string
+		info, err := db.Query(`SELECT name FROM pragma_table_info(?)`, table)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for info.Next() {
+			var c string
+			_ = info.Scan(&c)
+			cols = append(cols, c)
+		}
+		info.Close()
+		key := ""
+		for _, c := range []string{"full_user_id", "user_id", "target_user_id"} {
+			if slices.Contains(cols, c) {
+				key = c
+				break
+			}
+		}
+		if table == "users" {
+			key = "name"
+		}
+		if key == "" {
+			continue
+		}
+		var lengths []string
+		for _, c := range cols {
+			lengths = append(lengths, fmt.Sprintf("COALESCE(LENGTH(CAST(%q AS BLOB)), 0)", c))
+		}
+		var n, size sql.NullInt64
+		q := fmt.Sprintf(`SELECT COUNT(*), SUM(%s) FROM %q WHERE %q IN (%s)`, strings.Join(lengths, "+"), table, key, in)
+		if err = db.QueryRow(q).Scan(&n, &size); err != nil {
+			b.Fatalf("%s: %v", q[:min(len(q), 200)], err)
+		}
+		if n.Int64 > 0 {
+			rows[table], bytes[table] = int(n.Int64), int(size.Int64)
+		}
+	}
+	return rows, bytes
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"database/sql"
 	"encoding/base64"
 	"errors"
@@ -161,7 +162,7 @@ func (x *env) checkSecretsNotLogged() error {
 // openRaw opens the instance's database outside a test (SQLite read-only, or PostgreSQL).
 func (h *instance) openRaw() (*sql.DB, error) {
 	if h.postgres {
-		return sql.Open("postgres", e.pgURL)
+		return sql.Open("postgres", cmp.Or(h.pgURL, e.pgURL))
 	}
 	return sql.Open("sqlite3", "file:"+h.dbPath+"?mode=ro&_busy_timeout=5000")
 }

@@ -236,14 +236,15 @@ func TestRescindedInviteIsNotAcceptedEndToEnd(t *testing.T) {
 func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
 	p, other := newPuppet(t), newPuppet(t)
 	u := newJSUser(t, true)
-	roomID := puppetCreateRoom(t, p, "shared", other.UserID)
-	eventually(t, 30*time.Second, "the other puppet to join", func() (bool, string) {
-		code, err := e.api("POST", "/puppets/"+other.UserID+"/rooms/"+roomID+"/join", map[string]any{}, nil)
-		return code == 200, fmt.Sprint(code, err)
-	})
+	roomID := puppetCreateRoom(t, p, "shared")
 	puppetInvite(t, p, roomID, u.UserID)
 	e.peer(t, "join", map[string]any{"user": u.UserID, "room_id": roomID}, nil)
 	puppetSend(t, p, roomID, "u's devices are tracked now")
+	// The other puppet shares a room with u, not with p: its sends fetch u's list without giving p
+	// a room key (which would load p's machine).
+	otherRoom := puppetCreateRoom(t, other, "shared")
+	puppetInvite(t, other, otherRoom, u.UserID)
+	e.peer(t, "join", map[string]any{"user": u.UserID, "room_id": otherRoom}, nil)
 	outdated := func() bool {
 		var v bool
 		if err := e.db(t).QueryRow(`SELECT devices_outdated FROM crypto_tracked_user WHERE user_id=?`, u.UserID).Scan(&v); err != nil {
@@ -255,27 +256,44 @@ func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
 		t.Fatal("the device list is outdated before any change")
 	}
 
-	restartHeirloom(t)
+	// Loading a machine records the puppet's activity (e2ee.Manager.load): while p's activity
+	// stays what it was before the restart, p's machine is not loaded.
+	lastActive := func() int64 {
+		var v int64
+		if err := e.db(t).QueryRow(`SELECT last_active_at FROM puppet WHERE user_id=?`, p.UserID).Scan(&v); err != nil {
+			t.Fatalf("reading %s's activity: %v", p.UserID, err)
+		}
+		return v
+	}
+	var active int64
+	notLoaded := func(when string) {
+		t.Helper()
+		if got := lastActive(); got != active {
+			t.Fatalf("%s, p's machine was loaded (activity %d, %d before the restart): the test's premise does not hold", when, got, active)
+		}
+	}
+
+	restartHeirloomWith(t, func() { active = lastActive() })
+	if active == 0 {
+		t.Fatal("the puppet's activity is not recorded")
+	}
+	notLoaded("after the restart")
 	if !outdated() {
 		t.Fatal("a restart did not mark the tracked device list outdated")
 	}
 	// The other puppet sends: its machine fetches the lists again. Nothing of p's has happened
 	// since the restart, so p's machine is not loaded.
-	puppetSend(t, other, roomID, "lists fetched again after the restart")
+	puppetSend(t, other, otherRoom, "lists fetched again after the restart")
 	if outdated() {
 		t.Fatal("sending after the restart did not fetch the outdated list")
 	}
-	var status struct {
-		Loaded int `json:"loaded_machines"`
-	}
-	apiOK(t, "GET", "/status", nil, &status)
-	t.Logf("machines loaded before the change: %d", status.Loaded)
+	notLoaded("before the device-list change")
 	// Synapse drops the device lists of a transaction it could not deliver (it keeps only events,
 	// ephemeral and to-device messages for its retries): wait until it delivers again, with an
-	// event that loads no machine.
+	// event of the other puppet's room (its room key goes to that puppet's device, not to p's).
 	const processed = `heirloom_transactions_total{outcome="processed"}`
 	before := metric(t, processed)
-	jsSend(t, u, roomID, "heirloom is reachable again")
+	jsSend(t, u, otherRoom, "heirloom is reachable again")
 	eventually(t, 60*time.Second, "Synapse to deliver to heirloom again", func() (bool, string) {
 		return metric(t, processed) > before, "no transaction processed yet"
 	})
@@ -285,6 +303,7 @@ func TestDeviceListChangeWithNoMachineLoadedEndToEnd(t *testing.T) {
 	eventually(t, 30*time.Second, "the device-list change to reach the shared tables", func() (bool, string) {
 		return outdated(), "devices_outdated is still false"
 	})
+	notLoaded("when the device-list change arrived")
 	// The new device's keys and its owner's signature on them are two uploads, and Synapse may
 	// report them apart: the second may mark the list outdated again after this send fetched it.
 	queries := metric(t, "heirloom_key_queries_total")

@@ -75,7 +75,8 @@ func TestStartupFailures(t *testing.T) {
 		t.Parallel()
 		path := filepath.Join(t.TempDir(), "no-such-config.yaml")
 		code, out := runToExit(t, path)
-		requireExit(t, code, out, 2, "Failed to load config", "no-such-config.yaml", "no such file or directory")
+		// First contact: the steps to set heirloom up, with the path the admin gave.
+		requireExit(t, code, out, 2, "There is no config file at", "no-such-config.yaml", "heirloom -e -c", "heirloom -g -c")
 	})
 	t.Run("config unreadable", func(t *testing.T) {
 		t.Parallel()
@@ -94,7 +95,8 @@ func TestStartupFailures(t *testing.T) {
 			c.dbURI = "file:" + filepath.Join(dir, "missing-dir", "heirloom.db") + "?_txlock=immediate"
 		})
 		code, out := runToExit(t, path)
-		requireExit(t, code, out, 3, "the database", "unable to open database file")
+		// The lock file beside the database is the first thing opened.
+		requireExit(t, code, out, 3, "the database", filepath.Join("missing-dir", "heirloom.db"), "no such file or directory")
 	})
 	t.Run("homeserver down", func(t *testing.T) {
 		t.Parallel()
@@ -129,4 +131,23 @@ func TestStartupFailures(t *testing.T) {
 		code, out := runToExit(t, path)
 		requireExit(t, code, out, 5, "Failed to start the HTTP listener", fmt.Sprintf("127.0.0.1:%d", port), "address already in use")
 	})
+}
+
+// A second process on an SQLite database another one runs on refuses to start, with its own exit
+// code, naming the database and the process that holds it; the running one is undisturbed.
+func TestSecondProcessOnSQLiteRefusesToStart(t *testing.T) {
+	h := startInstance(t, "alt", nil)
+	p := h.newPuppet(t)
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out := runToExit(t, h.configPath)
+	requireExit(t, code, out, 6, "Another heirloom process holds the database", h.dbPath,
+		fmt.Sprintf(`"active_pid":%d`, h.heirloom.Process.Pid), fmt.Sprintf(`"active_host":%q`, host))
+	var again puppetIdentity
+	h.apiOK(t, "PUT", "/puppets/"+p.UserID, map[string]any{}, &again)
+	if again.DeviceID != p.DeviceID {
+		t.Fatalf("the running heirloom answered %+v after the second one refused, want the puppet %+v", again, p)
+	}
 }

@@ -29,7 +29,7 @@ import (
 // every copy of a session is held under the room it claims, and a copy claiming another room is
 // another row. Every statement here names the room, so nothing a copy of one room claims can
 // change, move, shadow or block a row of another. The room queries below read heirloom's own index
-// on (account_id, room_id) (migrations 03 and 08), which gives a room's rows in the order they were
+// on (account_id, room_id) (migrations 03 and 09), which gives a room's rows in the order they were
 // written: through the primary key they would come in session ID order, from all over the table on
 // SQLite, twice the time for a large bundle.
 //

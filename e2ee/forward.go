@@ -15,19 +15,20 @@ import (
 )
 
 // Puppets never ask for room keys: a key Synapse did not push waits in the device inbox, and a
-// sweep fetches it (sweep.go). heirloom's bot cannot sweep: Synapse refuses /sync to an
-// appservice's sender user. When the key of an admin's message does not come, the bot asks the
-// device that sent the message for it (m.room_key_request), and takes the answer only if that
-// device forwards its own session: the session's sender key is the key Olm authenticated the
-// forward with, and nobody else is in its forwarding chain. That is the same word as the m.room_key
-// the homeserver lost, so the session is stored as received directly; any other forwarded key is
-// refused, as it is for puppets.
+// sweep fetches it (sweep.go). The appservice's sender cannot sweep: Synapse refuses /sync to it.
+// That is heirloom's bot, or in gateway mode the bridge's bot. When the key of a message it must
+// read does not come (an admin's command; an event for the bridge), it asks the device that sent
+// the message for it (m.room_key_request), and takes the answer only if that device forwards its
+// own session: the session's sender key is the key Olm authenticated the forward with, and nobody
+// else is in its forwarding chain. That is the same word as the m.room_key the homeserver lost, so
+// the session is stored as received directly; any other forwarded key is refused, as it is for
+// puppets.
 
 // ErrNoSenderDevice means no known device of the sender has the session's sender key.
 var ErrNoSenderDevice = errors.New("no known device of the sender has the session's key")
 
 // RequestRoomKeyFromSender asks the sender's device that holds the session for its room key.
-// Only heirloom's bot takes the answer.
+// Only heirloom's bot and the appservice's sender take the answer.
 func (p *Puppet) RequestRoomKeyFromSender(ctx context.Context, roomID id.RoomID, sender id.UserID, senderKey id.SenderKey, sessionID id.SessionID) error {
 	device, err := p.Mach.GetOrFetchDeviceByKey(ctx, sender, senderKey)
 	if err != nil {
@@ -44,9 +45,15 @@ func (p *Puppet) RequestRoomKeyFromSender(ctx context.Context, roomID id.RoomID,
 }
 
 // takesOwnForwards reports whether the puppet takes a device's forward of its own session: only
-// heirloom's bot, which asks for them.
+// heirloom's bot and the appservice's sender, which ask for them.
 func (p *Puppet) takesOwnForwards() bool {
-	return p.UserID == p.mgr.cfg.BotUserID()
+	return p.UserID == p.mgr.cfg.BotUserID() || p.IsSender()
+}
+
+// IsSender reports whether the puppet is the appservice's sender (config.SenderUserID), to which
+// Synapse refuses /sync: it cannot sweep its inbox, and asks for a missing key instead.
+func (p *Puppet) IsSender() bool {
+	return p.UserID == p.mgr.cfg.SenderUserID()
 }
 
 // receiveOwnForward stores a forwarded room key that its own sending device forwarded, under the

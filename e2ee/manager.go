@@ -51,6 +51,8 @@ type Manager struct {
 	deviceChanges deviceListChanges
 	// held keeps room keys until the puppet joins the room they are for (membership.go).
 	held heldKeys
+	// plain remembers the rooms the homeserver just said are unencrypted (encryptionstate.go).
+	plain plainRooms
 
 	lock     sync.Mutex
 	machines map[id.UserID]*Puppet
@@ -95,12 +97,12 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 	if err != nil {
 		return nil, err
 	}
-	httpClient, requests := countRequests(httpClient)
+	counted, requests := countRequests(httpClient)
 	return &Manager{
 		cfg:       cfg,
 		db:        db,
 		log:       log,
-		hsURL:     &mautrix.Client{HomeserverURL: hsURL, Client: httpClient},
+		hsURL:     &mautrix.Client{HomeserverURL: hsURL, Client: counted},
 		requests:  requests,
 		pickleKey: pickleKey,
 		Sealer:    sealer,
@@ -110,6 +112,7 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 		idleEvict: 30 * time.Minute,
 		machines:  make(map[id.UserID]*Puppet),
 		tasks:     &tasks.Group{Work: "puppet device work"},
+		devices:   deviceKeeper{client: httpClient},
 
 		OnRoomKeyBundle: dropBundle,
 	}, nil
@@ -232,6 +235,7 @@ func (m *Manager) load(ctx context.Context, row *database.Puppet) (*Puppet, erro
 	p.lastTouched = time.Now()
 	m.remember(p)
 	m.touch(ctx, row.UserID)
+	m.checkOnLoad(ctx, row.UserID)
 	return p, nil
 }
 

@@ -66,9 +66,9 @@ func MergeSessions(held, incoming *crypto.InboundGroupSession) (*crypto.InboundG
 		// The held claims and provenance stay. But a copy that says "not shared" is heard even
 		// then: whoever relayed the held copy first must not keep a session shareable that its
 		// sender marked otherwise.
-		if shared := keybundle.SharedWhenMerged(sharesHistory(held), sharesHistory(incoming)); shared != sharesHistory(held) {
+		if flag := keybundle.SharedWhenMerged(sharesHistory(held), sharesHistory(incoming)); flag != sharesHistory(held) {
 			out := *held
-			out.SharedHistory = sharedFlag(shared)
+			out.SharedHistory = sharedFlag(flag)
 			return &out, ""
 		}
 		return nil, ReasonOtherSender

@@ -92,7 +92,14 @@ func (m *Manager) provision(ctx context.Context, row *database.Puppet, userID id
 	if err != nil {
 		return nil, err
 	}
-	if err = p.Mach.ShareKeys(ctx, -1); err != nil {
+	// A device whose keys were never uploaded has no one-time key on the homeserver: 0. (-1, "ask
+	// the homeserver", is asked only of a device already shared; otherwise mautrix takes it as one
+	// fewer than none and uploads 51 keys, one row more than Element's 50 on the homeserver.)
+	otks := -1
+	if !p.Mach.GetAccount().Shared {
+		otks = 0
+	}
+	if err = p.Mach.ShareKeys(ctx, otks); err != nil {
 		return nil, fmt.Errorf("failed to upload device keys: %w", err)
 	}
 	if err = m.ensureCrossSigning(ctx, p, row); err != nil {

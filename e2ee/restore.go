@@ -44,6 +44,14 @@ type deviceKeeper struct {
 	problems map[id.UserID]DeviceProblem
 	queued   map[id.UserID]bool // a check after M_UNKNOWN_DEVICE is queued or running
 	restores exsync.KeyedMutex[id.UserID]
+	// checked holds the puppets checked since the process started (devicecheck.go); loadQueue
+	// the loaded ones waiting for their check, which one background task drains.
+	checked   map[id.UserID]struct{}
+	loadQueue []id.UserID
+	draining  bool
+	// client asks the homeserver about the devices; its key queries are not the puppets' and are
+	// not counted in KeyQueries.
+	client *http.Client
 }
 
 // keysQueryBatch is how many users one startup key query asks about.
@@ -157,19 +165,6 @@ func (m *Manager) clearProblem(userID id.UserID) {
 	delete(m.devices.problems, userID)
 }
 
-// CheckAllDevices checks the device of every provisioned puppet and of the bot (at startup).
-func (m *Manager) CheckAllDevices(ctx context.Context) error {
-	rows, err := m.db.ListPuppets(ctx)
-	if err != nil {
-		return err
-	}
-	for start := 0; start < len(rows); start += keysQueryBatch {
-		end := min(start+keysQueryBatch, len(rows))
-		m.checkRows(ctx, rows[start:end], metrics.TriggerStartup)
-	}
-	return nil
-}
-
 // CheckDevices checks that each user's device is still on the homeserver with its keys and its
 // self-signing signature, and restores what is missing. Users heirloom has not provisioned are
 // left out.
@@ -218,7 +213,9 @@ func (m *Manager) queryDevices(ctx context.Context, rows []*database.Puppet) (ma
 	for _, row := range rows {
 		req.DeviceKeys[row.UserID] = mautrix.DeviceIDList{row.DeviceID}
 	}
-	resp, err := m.Client(ctx, m.cfg.BotUserID()).QueryKeys(ctx, req)
+	cli := m.Client(ctx, m.cfg.BotUserID())
+	cli.Client = m.devices.client
+	resp, err := cli.QueryKeys(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("failed to query the puppets' keys: %w", err)
 	}

@@ -166,6 +166,7 @@ func TestRoomKeyClaimedSigningKeyMustBeTheSendingDevices(t *testing.T) {
 		{"32 bytes that are no point, from a device heirloom does not know", forger.withClaim(notAPoint, false), false},
 		{"the identity point, from a device heirloom does not know", forger.withClaim(identity, false), false},
 		{"a valid key, but no device heirloom knows has it", forger.withClaim(newOlmSender("@x:localhost").signing, false), false},
+		{"a device heirloom knows, whose stored key is no point", forger.withClaim(notAPoint, true), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := olm.NewOutboundGroupSession()

@@ -101,7 +101,9 @@ func TestDirectKeyFromAPastMemberCannotMoveImportedHistory(t *testing.T) {
 			require.NotNil(t, held, "room A's session still decrypts")
 			require.Equal(t, id.UserID("@inviter:localhost"), held.SourceUser)
 			if memberOfB {
-				require.Equal(t, mallory.curve, heldRow(t, p, roomB, out.ID()).senderKey, "his copy is held for room B, apart")
+				row := heldRow(t, p, roomB, out.ID())
+				require.NotNil(t, row, "his copy is held for room B, apart")
+				require.Equal(t, mallory.curve, row.senderKey)
 			} else {
 				require.Nil(t, heldRow(t, p, roomB, out.ID()), "a non-member of room B gets nothing stored for it")
 			}

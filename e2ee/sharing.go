@@ -30,9 +30,10 @@ func (p *Puppet) SendMessageTxn(ctx context.Context, roomID id.RoomID, evtType e
 	if err := p.mgr.EnsureRoomState(ctx, p.Client, roomID); err != nil {
 		return "", err
 	}
-	encrypted, err := p.Mach.StateStore.IsEncrypted(ctx, roomID)
+	// In the clear only if the homeserver just said the room is unencrypted (encryptionstate.go).
+	encrypted, err := p.mgr.RoomEncrypted(ctx, p.Client, roomID)
 	if err != nil {
-		return "", fmt.Errorf("failed to check room encryption: %w", err)
+		return "", err
 	}
 	req := mautrix.ReqSendEvent{TransactionID: txnID}
 	if !encrypted {
@@ -191,7 +192,7 @@ func (p *Puppet) forgetDepartures(sessionID id.SessionID) {
 }
 
 func (p *Puppet) newOutboundSession(ctx context.Context, roomID id.RoomID, visibility *event.HistoryVisibilityEventContent, shared bool) (*crypto.OutboundGroupSession, error) {
-	encEvt, err := p.Mach.StateStore.GetEncryptionEvent(ctx, roomID)
+	encEvt, err := p.mgr.EncryptionSettings(ctx, roomID)
 	if err != nil {
 		return nil, fmt.Errorf("failed to get encryption event: %w", err)
 	}
@@ -328,12 +329,18 @@ func (m *Manager) EnsureRoomState(ctx context.Context, cli *mautrix.Client, room
 	} else if create != nil {
 		return nil
 	}
-	if _, err = cli.State(ctx, roomID); err != nil {
+	asked := m.db.Now()
+	state, err := cli.State(ctx, roomID)
+	if err != nil {
 		if errors.Is(err, mautrix.MForbidden) || errors.Is(err, mautrix.MNotFound) {
 			return fmt.Errorf("%w: %w", ErrUnknownRoom, err)
 		}
 		return fmt.Errorf("failed to fetch room state: %w", err)
 	}
+	if enc := state[event.StateEncryption][""]; enc != nil {
+		return m.RecordEncryption(ctx, roomID, enc.Content.VeryRaw)
+	}
+	m.plain.confirm(roomID, cli.UserID, asked) // the homeserver's word, as from fetchEncryption
 	return nil
 }
 

@@ -6,7 +6,9 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"testing"
+	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/olm"
@@ -254,6 +256,34 @@ func TestKeyRequestsFromOtherUsersAreRefused(t *testing.T) {
 	require.NotNil(t, rejection, "a member the session was shared with still gets no forwarded key")
 	require.True(t, p.isForeignKeyRequest(&event.Event{Type: event.ToDeviceRoomKeyRequest, Sender: member.UserID}))
 	require.False(t, p.isForeignKeyRequest(&event.Event{Type: event.ToDeviceRoomKeyRequest, Sender: p.UserID}))
+}
+
+// Another user's room key request is dropped as it arrives: the puppet does not even look up the
+// requesting device at the homeserver, so nobody can make puppets query keys on demand. (A request
+// from the puppet's own user goes on to mautrix's rules, which look its device up: the test waits
+// for that one, sent after the other user's.)
+func TestKeyRequestsFromOtherUsersCostNoHomeserverCall(t *testing.T) {
+	mgr, _ := testManager(t)
+	p := testPuppet(t, mgr, "sender")
+	ks, hsURL := newKeyServer(t)
+	p.Client.HomeserverURL = hsURL
+	ctx := context.Background()
+	request := func(sender id.UserID, device id.DeviceID) *event.Event {
+		return &event.Event{Type: event.ToDeviceRoomKeyRequest, Sender: sender, ToUserID: p.UserID, ToDeviceID: p.DeviceID,
+			Content: event.Content{Parsed: &event.RoomKeyRequestEventContent{Action: event.KeyRequestActionRequest,
+				RequestingDeviceID: device, RequestID: "req-" + device.String(),
+				Body: event.RequestedKeyInfo{Algorithm: id.AlgorithmMegolmV1, RoomID: "!room:localhost", SessionID: "session"}}}}
+	}
+	p.HandleToDevice(ctx, request("@stranger:localhost", "STRANGERDEV"))
+	p.HandleToDevice(ctx, request(p.UserID, "OTHERDEV"))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		ks.mu.Lock()
+		defer ks.mu.Unlock()
+		require.Contains(c, ks.queries, []id.UserID{p.UserID}, "the puppet's own request is looked up")
+	}, 10*time.Second, 10*time.Millisecond)
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	require.NotContains(t, ks.queries, []id.UserID{"@stranger:localhost"}, "another user's request is not")
 }
 
 // A room key is heard only for a room the puppet is in (the homeserver is asked when heirloom has

@@ -29,7 +29,13 @@ const sweepMinInterval = 10 * time.Second
 // pushed). The messages stay in the device inbox, so a sync as the puppet's device recovers them;
 // ones already pushed are recognised by the Olm machine and ignored. The since token is kept per
 // puppet in mautrix's crypto store, so each sync also clears what was delivered.
+//
+// The appservice's sender has no inbox to sweep: Synapse answers its /sync with a 500. It sweeps
+// nothing and asks for a missing key instead (forward.go).
 func (p *Puppet) SweepToDevice(ctx context.Context, force bool) (int, error) {
+	if p.IsSender() {
+		return 0, nil
+	}
 	p.sweepLock.Lock()
 	defer p.sweepLock.Unlock()
 	if !force && time.Since(p.lastSweep) < sweepMinInterval {
@@ -94,11 +100,11 @@ func (p *Puppet) neverHandled(ctx context.Context, evt *event.Event) bool {
 	return err == nil && seen.IsZero()
 }
 
-// SweepLoaded sweeps the inbox of every loaded puppet. heirloom's bot is left out: Synapse
-// refuses /sync to an appservice's sender user (the bot asks for a missing key instead, forward.go).
+// SweepLoaded sweeps the inbox of every loaded puppet but the appservice's sender, to which
+// Synapse refuses /sync (it asks for a missing key instead, forward.go).
 func (m *Manager) SweepLoaded(ctx context.Context) {
 	for _, p := range m.Loaded() {
-		if p.UserID == m.cfg.BotUserID() {
+		if p.IsSender() {
 			continue
 		}
 		if _, err := p.SweepToDevice(ctx, false); err != nil && !errors.Is(err, context.Canceled) {

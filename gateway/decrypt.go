@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -69,10 +70,15 @@ var errNoReader = errors.New("no bridge user in the room has an E2EE device")
 // sender, room and time, the decrypted type and content (encrypted media rewritten to URLs the
 // bridge downloads through heirloom), and unsigned["io.heirloom.encryption"]. It returns the
 // session ID in any case, and an error e2ee.IsMissingKey recognises when no reader has its key.
+// An encrypted state event, and a payload checkDecrypted refuses, are not decrypted for the bridge
+// (errNotForBridge and the like): they go to it as they are.
 func (g *Gateway) decryptForBridge(ctx context.Context, raw json.RawMessage, acting id.UserID) (json.RawMessage, id.SessionID, error) {
 	var evt event.Event
 	if err := json.Unmarshal(raw, &evt); err != nil {
 		return nil, "", fmt.Errorf("failed to parse encrypted event: %w", err)
+	}
+	if evt.StateKey != nil {
+		return nil, sessionOf(&evt), errNotForBridge
 	}
 	evt.Type.Class = event.MessageEventType
 	readers := g.readers(ctx, evt.RoomID, acting)
@@ -91,6 +97,9 @@ func (g *Gateway) decryptForBridge(ctx context.Context, raw json.RawMessage, act
 		if err != nil {
 			lastErr = err
 			continue
+		}
+		if err = checkDecrypted(d); err != nil {
+			return nil, session, err
 		}
 		out, err := g.bridgeEvent(ctx, raw, d)
 		return out, session, err
@@ -114,7 +123,9 @@ func (g *Gateway) bridgeEvent(ctx context.Context, raw json.RawMessage, d *e2ee.
 		return nil, err
 	}
 	var content map[string]any
-	if err := json.Unmarshal(d.Event.Content.VeryRaw, &content); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(d.Event.Content.VeryRaw))
+	dec.UseNumber() // numbers as they were, not rounded to float64
+	if err := dec.Decode(&content); err != nil {
 		return nil, fmt.Errorf("failed to parse decrypted content: %w", err)
 	}
 	if err := g.exposeMedia(ctx, content); err != nil {
@@ -264,6 +275,12 @@ func failureReason(err error) string {
 		return "missing_key"
 	case errors.Is(err, errNoReader):
 		return "no_reader"
+	case errors.Is(err, errNotForBridge):
+		return "not_for_bridge"
+	case errors.Is(err, errContentTooDeep):
+		return "too_deep"
+	case errors.Is(err, errContentTooLarge):
+		return "too_large"
 	default:
 		return "other"
 	}

@@ -1,8 +1,30 @@
 package gateway
 
-import "context"
+import (
+	"context"
+
+	"maunium.net/go/mautrix/id"
+)
 
 // ExposeMedia is exposeMedia, for the tests of serveMedia.
 func (g *Gateway) ExposeMedia(ctx context.Context, content map[string]any) error {
 	return g.exposeMedia(ctx, content)
+}
+
+// RoomEncrypted is roomEncrypted, for the tests of what heirloom believes of a room it half knows.
+func (g *Gateway) RoomEncrypted(ctx context.Context, user id.UserID, roomID id.RoomID) (bool, error) {
+	return g.roomEncrypted(ctx, user, roomID)
+}
+
+// Nudge wakes the delivery loop, as new events do: for tests that move the database's clock.
+func (g *Gateway) Nudge() { g.nudge() }
+
+// BeforeStore runs f in Ingest between decrypting the events and storing them.
+func (g *Gateway) BeforeStore(f func()) { g.beforeStore = f }
+
+// NotedSessions is how many sessions wait for the delivery loop to look at.
+func (g *Gateway) NotedSessions() int {
+	g.keysLock.Lock()
+	defer g.keysLock.Unlock()
+	return len(g.keys)
 }

@@ -28,7 +28,7 @@ import (
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/history"
-	"github.com/heirloom-matrix/heirloom/server"
+	"github.com/heirloom-matrix/heirloom/internal/matrixerr"
 )
 
 // Gateway is heirloom's side of gateway mode: the bridge-facing client-server API, and the
@@ -55,11 +55,22 @@ type Gateway struct {
 	wake     chan struct{}
 	keysLock sync.Mutex
 	keys     map[id.SessionID]struct{}
+	// recoveries are the sessions whose missing keys heirloom went to fetch (keyrecovery.go).
+	recoveries keyRecoveries
 	// warnedEncrypted is set once the bridge was warned it still encrypts by itself.
 	warnedEncrypted atomic.Bool
 	// backingOff is set while deliveries to the bridge fail; bridgeAlive, when the bridge made a
-	// request meanwhile (it is up: the backoff ends).
+	// request meanwhile (it is up: the backoff ends). lastFailure is when a delivery last failed.
 	backingOff, bridgeAlive atomic.Bool
+	failureLock             sync.Mutex
+	lastFailure             time.Time
+	// outboxBytes is the bytes of the events stored for the bridge and not yet acknowledged
+	// (gateway.max_outbox_size); the delivery loop reads it from the database, lastRefresh the
+	// last time, and Ingest adds what it stores.
+	outboxBytes atomic.Int64
+	lastRefresh time.Time
+	// beforeStore, in tests, runs in Ingest between decrypting and storing.
+	beforeStore func()
 }
 
 // New creates the gateway for cfg.Bridge, with its metrics registered on reg.
@@ -83,7 +94,8 @@ func New(cfg *config.Config, db *database.Database, mgr *e2ee.Manager, hist *his
 }
 
 // Routes registers the bridge-facing client-server API on mux: everything under /_matrix/client/,
-// /_matrix/media/ and /_synapse/ that the bridge calls with its homeserver URL pointing at heirloom.
+// /_matrix/media/, /_synapse/ and /_matrix/key/ that the bridge calls with its homeserver URL
+// pointing at heirloom. What the gateway does not know there is refused, never forwarded.
 func (g *Gateway) Routes(mux *http.ServeMux) {
 	for _, prefix := range []string{"/_matrix/client/", "/_matrix/media/", "/_synapse/", "/_matrix/key/"} {
 		mux.Handle(prefix, http.HandlerFunc(g.serveBridge))
@@ -92,76 +104,72 @@ func (g *Gateway) Routes(mux *http.ServeMux) {
 
 // checkBridgeToken reports whether the request carries the bridge's as_token, in the
 // Authorization header or the legacy access_token query parameter, compared in constant time.
-func (g *Gateway) checkBridgeToken(r *http.Request) bool {
+func (g *Gateway) checkBridgeToken(r *http.Request, params []param) bool {
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || token == "" {
-		token = r.URL.Query().Get("access_token")
+		if tokens := values(params, "access_token"); len(tokens) > 0 {
+			token = tokens[0]
+		}
 	}
 	return token != "" && subtle.ConstantTimeCompare([]byte(token), []byte(g.bridge.Registration.AppToken)) == 1
 }
 
-// actingUser is the user a bridge request acts as: the user_id it masquerades as, or its bot.
-func (g *Gateway) actingUser(r *http.Request) id.UserID {
-	if u := r.URL.Query().Get("user_id"); u != "" {
-		return id.UserID(u)
-	}
-	return g.bridge.Bot
-}
-
-// serveBridge routes one request of the bridge: the calls GATEWAY.md lists are handled, every
-// other call is forwarded to the homeserver as it is.
+// serveBridge classifies one request of the bridge the way the homeserver would route and parse
+// it, then handles it, forwards it, or refuses it (routetable.go).
 func (g *Gateway) serveBridge(w http.ResponseWriter, r *http.Request) {
-	if !g.checkBridgeToken(r) {
-		g.metrics.requests.WithLabelValues("unauthorized").Inc()
-		writeMatrixError(w, http.StatusUnauthorized, mautrix.MUnknownToken.ErrCode, "Unknown access token (gateway mode accepts the bridge's as_token only)")
+	r = r.WithContext(g.log.With().Str("method", r.Method).Logger().WithContext(r.Context()))
+	params := parseQuery(r.URL.RawQuery)
+	if !g.checkBridgeToken(r, params) {
+		g.refuse(w, r, callUnauthorized, mautrix.MUnknownToken.WithMessage("Unknown access token (gateway mode accepts the bridge's as_token only)"))
 		return
 	}
 	if g.backingOff.Load() {
 		g.bridgeAlive.Store(true)
 		g.nudge()
 	}
-	if len(r.URL.Query()["user_id"]) > 1 {
-		// Whichever the homeserver would read, heirloom checked one: refuse the ambiguity.
-		g.metrics.requests.WithLabelValues("forbidden").Inc()
-		writeMatrixError(w, http.StatusBadRequest, mautrix.MInvalidParam.ErrCode, "user_id given more than once")
+	user, refusal := g.actingUser(params)
+	if refusal == nil && user != g.bridge.Bot && !g.cfg.IsBridgeUser(user) {
+		e := mautrix.MExclusive.WithMessage("%s is not in the bridge's namespace", user).WithStatus(http.StatusForbidden)
+		refusal = &e
+	}
+	if refusal == nil {
+		refusal = refuseFormBody(r)
+	}
+	if refusal != nil {
+		g.refuse(w, r, callForbidden, *refusal)
 		return
 	}
-	user := g.actingUser(r)
-	if user != g.bridge.Bot && !g.cfg.IsBridgeUser(user) {
-		g.metrics.requests.WithLabelValues("forbidden").Inc()
-		writeMatrixError(w, http.StatusForbidden, mautrix.MExclusive.ErrCode, fmt.Sprintf("%s is not in the bridge's namespace", user))
+	c, refusal := classify(r.Method, r.URL.EscapedPath())
+	if refusal != nil {
+		g.refuse(w, r, callUnrecognized, *refusal)
 		return
 	}
-	log := g.log.With().Stringer("as_user_id", user).Str("method", r.Method).Logger()
+	c.user = user
+	log := zerolog.Ctx(r.Context()).With().Stringer("as_user_id", user).Str("call", c.name).Logger()
 	r = r.WithContext(log.WithContext(r.Context()))
-	route := matchRoute(r)
-	g.metrics.requests.WithLabelValues(route.name).Inc()
-	switch route.name {
-	case routeSend:
-		g.handleSend(w, r, user, id.RoomID(route.room), route.evtType, route.txnID)
-	case routeInvite:
-		g.handleInvite(w, r, user, id.RoomID(route.room))
-	case routeJoin:
-		g.handleJoin(w, r, user, route.room)
-	case routeCreateRoom:
-		g.handleCreateRoom(w, r)
-	case routeRegister, routeLogin:
-		g.handleAccount(w, r, route.name)
-	case routeMessages, routeContext, routeEvent, routeRelations:
-		g.handleRead(w, r, user, id.RoomID(route.room))
-	case routeMediaDownload:
-		if g.serveMedia(w, r, user, route.server, route.mediaID) {
-			return
-		}
-		g.proxy.ServeHTTP(w, r)
+	g.metrics.requests.WithLabelValues(c.name).Inc()
+	switch {
+	case c.refuse != nil:
+		log.Debug().Str("path", r.URL.Path).Msg("Refused a bridge call heirloom does not forward")
+		matrixerr.Respond(w, *c.refuse)
+	case c.handle != nil:
+		c.handle(g, w, r, c)
 	default:
 		g.proxy.ServeHTTP(w, r)
 	}
 }
 
+// refuse answers a bridge request refused before routing, and counts it under label.
+func (g *Gateway) refuse(w http.ResponseWriter, r *http.Request, label string, e mautrix.RespError) {
+	g.metrics.requests.WithLabelValues(label).Inc()
+	zerolog.Ctx(r.Context()).Debug().Str("path", r.URL.Path).Str("errcode", e.ErrCode).Msg("Refused a bridge request")
+	matrixerr.Respond(w, e)
+}
+
 // Run delivers the bridge's transactions until ctx ends, and keeps the gateway's tables small.
 func (g *Gateway) Run(ctx context.Context) {
 	ctx = g.log.WithContext(ctx)
+	g.refreshOutbox(ctx, true)
 	go g.runMaintenance(ctx)
 	// The bot reads the rooms it is in (heisenbridge relays everything through it): its device
 	// must exist before senders share their keys, not after the first event it cannot read.
@@ -171,49 +179,6 @@ func (g *Gateway) Run(ctx context.Context) {
 		}
 	}()
 	g.runDelivery(ctx)
-}
-
-// runMaintenance forgets what is no longer needed: sends and delivered events older than a day (a
-// bridge retries within seconds, the homeserver within minutes) and late events whose key never
-// came.
-func (g *Gateway) runMaintenance(ctx context.Context) {
-	ticker := time.NewTicker(time.Hour)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.C:
-		}
-		cutoff := time.Now().Add(-24 * time.Hour).UnixMilli()
-		if err := g.db.PruneGatewaySends(ctx, cutoff); err != nil {
-			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to prune the bridge's recorded sends")
-		}
-		if err := g.db.PruneGatewayDelivered(ctx, cutoff); err != nil {
-			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to prune events delivered to the bridge")
-		}
-		if err := g.db.ExpireGatewayLate(ctx, time.Now().Add(-7*24*time.Hour).UnixMilli()); err != nil {
-			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to expire events sent to the bridge encrypted")
-		}
-	}
-}
-
-// Status reports the delivery to the bridge: the outbox depth, and whether the oldest transaction
-// is failing to reach the bridge.
-func (g *Gateway) Status(ctx context.Context) (*server.GatewayStatus, error) {
-	depth, err := g.db.CountGatewayEvents(ctx)
-	if err != nil {
-		return nil, err
-	}
-	st := &server.GatewayStatus{Bridge: g.bridge.Registration.ID, OutboxEvents: depth}
-	txn, err := g.db.PendingGatewayTxn(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if txn != nil && txn.Attempts > 0 {
-		st.DeliveryFailing, st.Attempts, st.LastError = true, txn.Attempts, txn.LastError
-	}
-	return st, nil
 }
 
 // bridgeTransport is the transport of deliveries to the bridge. Bridges on Node (every one built on

@@ -12,14 +12,15 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/attachment"
@@ -118,8 +119,9 @@ func (b *syncBuffer) String() string {
 }
 
 // newHarness runs heirloom's real listener in gateway mode over a real SQLite database, between
-// a fake homeserver and a fake bridge (both record what they receive).
-func newHarness(t *testing.T) *harness {
+// a fake homeserver and a fake bridge (both record what they receive). Each option changes the
+// configuration before heirloom starts.
+func newHarness(t *testing.T, options ...func(*config.Config)) *harness {
 	t.Helper()
 	h := &harness{logs: &syncBuffer{}}
 	h.hs = newPeer(t, answerJSON(http.StatusNotFound, `{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}`))
@@ -151,6 +153,9 @@ namespaces:
 		Gateway:        config.Gateway{Registration: registration, DecryptWait: time.Second},
 		Logging:        config.Logging{Level: "debug", Format: "json"},
 	}
+	for _, option := range options {
+		option(cfg)
+	}
 	require.NoError(t, cfg.Validate())
 	var err error
 	cfg.Bridge, err = cfg.LoadBridge()
@@ -165,7 +170,7 @@ namespaces:
 	h.mgr = mgr
 	sharing := history.NewService(cfg, h.db, mgr)
 	srv := server.NewServer(cfg, h.db, mgr, sharing, log)
-	h.gw, err = gateway.New(cfg, h.db, mgr, sharing, gateway.NewMetrics(prometheus.NewRegistry()), log)
+	h.gw, err = gateway.New(cfg, h.db, mgr, sharing, gateway.NewMetrics(srv.MetricsRegistry()), log)
 	require.NoError(t, err)
 	mgr.SetSessionHook(h.gw.KeysArrived)
 	srv.UseGateway(h.gw)
@@ -292,6 +297,8 @@ func TestSendEncryptionStateDecides(t *testing.T) {
 		switch {
 		case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/state"):
 			answerJSON(http.StatusOK, `[{"type":"m.room.create","state_key":"","sender":"@alice:localhost","event_id":"$create","room_id":"`+room+`","origin_server_ts":1,"content":{"room_version":"10"}}]`)(w, r, nil)
+		case r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/state/m.room.encryption"):
+			answerJSON(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"Event not found."}`)(w, r, nil)
 		default:
 			answerJSON(http.StatusOK, `{"event_id":"$sent"}`)(w, r, nil)
 		}
@@ -350,7 +357,7 @@ type bridgeTxn struct {
 	Ephemeral []map[string]any `json:"de.sorunome.msc2409.ephemeral"`
 }
 
-func bridgeTxns(t *testing.T, p *peer) []bridgeTxn {
+func bridgeTxns(t require.TestingT, p *peer) []bridgeTxn {
 	var out []bridgeTxn
 	for _, r := range p.seen() {
 		if !strings.HasPrefix(r.RawPath, "/_matrix/app/v1/transactions/") {
@@ -397,7 +404,7 @@ func TestTransactionsDeliveredInOrderOnce(t *testing.T) {
 		defer mu.Unlock()
 		if fail > 0 {
 			fail--
-			answerJSON(http.StatusInternalServerError, `{"errcode":"M_UNKNOWN"}`)(w, r, body)
+			answerJSON(http.StatusServiceUnavailable, `{"errcode":"M_UNKNOWN"}`)(w, r, body)
 			return
 		}
 		answerJSON(http.StatusOK, `{}`)(w, r, body)
@@ -415,7 +422,9 @@ func TestTransactionsDeliveredInOrderOnce(t *testing.T) {
 	more := `{"events":[` + messageEvent("$m3", "@alice:localhost", "three") + `]}`
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/102", heirloomHS, more).status)
 
-	require.Eventually(t, func() bool { return len(eventsOf(bridgeTxns(t, h.bridge))) >= 6 }, 15*time.Second, 50*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		require.GreaterOrEqual(c, len(eventsOf(bridgeTxns(c, h.bridge))), 6)
+	}, 15*time.Second, 50*time.Millisecond)
 	time.Sleep(300 * time.Millisecond)
 	txns := bridgeTxns(t, h.bridge)
 	require.Equal(t, txns[0].ID, txns[1].ID, "the failed transaction is retried under its ID")
@@ -485,9 +494,11 @@ func TestCreateRoomUntouchedByDefault(t *testing.T) {
 }
 
 // A bridge that is back (it calls heirloom's client-server API, as every bridge does when it
-// starts) gets what waits for it at once, not after the rest of its backoff.
+// starts) gets what waits for it at once, not after the rest of its backoff. The backoff follows
+// the database's clock: no retry comes before the clock says it is due.
 func TestBridgeCallEndsTheDeliveryBackoff(t *testing.T) {
 	h := newHarness(t)
+	clock := useFakeClock(h)
 	var mu sync.Mutex
 	fails := 3
 	h.bridge.setAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) {
@@ -503,28 +514,43 @@ func TestBridgeCallEndsTheDeliveryBackoff(t *testing.T) {
 	h.run(t)
 	txn := `{"events":[` + memberEvent("$join", "@irc_alice:localhost", "@irc_alice:localhost", "join") + `]}`
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/1", heirloomHS, txn).status)
-	// Three failures: 1 s, 2 s, then a 4 s wait.
-	require.Eventually(t, func() bool { return len(bridgeTxns(t, h.bridge)) == 3 }, 10*time.Second, 20*time.Millisecond)
+	tries := func(t require.TestingT) int { return len(bridgeTxns(t, h.bridge)) }
+	require.EventuallyWithT(t, func(c *assert.CollectT) { require.Equal(c, 1, tries(c)) }, 5*time.Second, 10*time.Millisecond)
+	// Three failures: retried after 1 s, then 2 s, of the clock, and not before.
+	for i, backoff := range []time.Duration{time.Second, 2 * time.Second} {
+		time.Sleep(600 * time.Millisecond)
+		require.Equal(t, i+1, tries(t), "no retry before the backoff's %s passed on the clock", backoff)
+		clock.Advance(backoff)
+		require.EventuallyWithT(t, func(c *assert.CollectT) { require.Equal(c, i+2, tries(c)) }, 5*time.Second, 10*time.Millisecond)
+	}
 	var status struct {
 		Gateway *server.GatewayStatus `json:"gateway"`
 	}
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		resp := h.do(t, http.MethodGet, "/_heirloom/v1/status", "api-secret-0123456789abcdef", "")
-		require.Equal(t, http.StatusOK, resp.status, "%s", resp.body)
-		require.NoError(t, json.Unmarshal(resp.body, &status))
-		return status.Gateway != nil && status.Gateway.Attempts == 3
+		require.Equal(c, http.StatusOK, resp.status, "%s", resp.body)
+		require.NoError(c, json.Unmarshal(resp.body, &status))
+		require.NotNil(c, status.Gateway)
+		require.Equal(c, 3, status.Gateway.Attempts)
 	}, 5*time.Second, 20*time.Millisecond)
-	require.Equal(t, &server.GatewayStatus{Bridge: "testbridge", OutboxEvents: 1, DeliveryFailing: true, Attempts: 3,
-		LastError: "the bridge answered 503"}, status.Gateway, "what an operator reads in GET /status")
+	require.True(t, status.Gateway.DeliveryFailing, "what an operator reads in GET /status: %+v", status.Gateway)
+	require.Equal(t, 1, status.Gateway.OutboxEvents)
+	require.Equal(t, "the bridge answered 503", status.Gateway.LastError)
+	require.Empty(t, status.Gateway.DeadLetters, "a bridge that is down refuses no event")
+	// The bridge calls: it is tried again within a second of the clock, not after the 4 s backoff.
 	h.do(t, http.MethodGet, "/_matrix/client/v3/account/whoami", bridgeAS, "")
-	require.Eventually(t, func() bool { return len(bridgeTxns(t, h.bridge)) == 4 }, 2*time.Second, 20*time.Millisecond,
+	clock.Advance(time.Second)
+	require.EventuallyWithT(t, func(c *assert.CollectT) { require.Equal(c, 4, tries(c)) }, 5*time.Second, 10*time.Millisecond,
 		"delivered when the bridge called, not 4 s later")
 	require.Equal(t, []string{"$join"}, eventsOf(bridgeTxns(t, h.bridge)[3:]))
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		resp := h.do(t, http.MethodGet, "/_heirloom/v1/status", "api-secret-0123456789abcdef", "")
 		status.Gateway = nil
-		require.NoError(t, json.Unmarshal(resp.body, &status))
-		return *status.Gateway == server.GatewayStatus{Bridge: "testbridge"}
+		require.NoError(c, json.Unmarshal(resp.body, &status))
+		require.NotNil(c, status.Gateway)
+		require.False(c, status.Gateway.DeliveryFailing)
+		require.Zero(c, status.Gateway.OutboxEvents)
+		require.Zero(c, status.Gateway.Attempts)
 	}, 5*time.Second, 20*time.Millisecond, "delivered: nothing waits, nothing fails")
 }
 
@@ -620,7 +646,7 @@ func (s *remoteSender) giveKey(t *testing.T, p *e2ee.Puppet, roomID id.RoomID) {
 	require.True(t, stored, reason)
 }
 
-func deliveredEvents(t *testing.T, p *peer) []map[string]any {
+func deliveredEvents(t require.TestingT, p *peer) []map[string]any {
 	var out []map[string]any
 	for _, txn := range bridgeTxns(t, p) {
 		out = append(out, txn.Events...)
@@ -650,13 +676,8 @@ func TestLateKeysHoldBackOnlyTheirRoom(t *testing.T) {
 	txn := `{"events":[` + join("$jx", roomX) + `,` + join("$jy", roomY) + `,` + sender.event(t, "$secret1", roomX, "first secret") + `,` +
 		plain("$afterX", roomX, "after the secret") + `,` + plain("$inY", roomY, "room Y goes on") + `]}`
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/1", heirloomHS, txn).status)
-	require.Eventually(t, func() bool {
-		for _, ev := range deliveredEvents(t, h.bridge) {
-			if ev["event_id"] == "$inY" {
-				return true
-			}
-		}
-		return false
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		require.True(c, slices.ContainsFunc(deliveredEvents(c, h.bridge), func(ev map[string]any) bool { return ev["event_id"] == "$inY" }))
 	}, 5*time.Second, 20*time.Millisecond, "room Y is not held back")
 	for _, ev := range deliveredEvents(t, h.bridge) {
 		require.NotEqual(t, "$afterX", ev["event_id"], "room X waits for its key")
@@ -664,14 +685,14 @@ func TestLateKeysHoldBackOnlyTheirRoom(t *testing.T) {
 	}
 	sender.giveKey(t, p, roomX)
 	var order []string
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		order = nil
-		for _, ev := range deliveredEvents(t, h.bridge) {
+		for _, ev := range deliveredEvents(c, h.bridge) {
 			if ev["room_id"] == string(roomX) && ev["type"] != "m.room.member" {
 				order = append(order, ev["event_id"].(string))
 			}
 		}
-		return len(order) == 2
+		require.Len(c, order, 2)
 	}, 5*time.Second, 20*time.Millisecond)
 	require.Equal(t, []string{"$secret1", "$afterX"}, order, "decrypted, in its place")
 	for _, ev := range deliveredEvents(t, h.bridge) {
@@ -687,28 +708,27 @@ func TestLateKeysHoldBackOnlyTheirRoom(t *testing.T) {
 	late := newRemoteSender(t, roomX)
 	txn = `{"events":[` + late.event(t, "$secret2", roomX, "second secret") + `]}`
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/2", heirloomHS, txn).status)
-	require.Eventually(t, func() bool {
-		for _, ev := range deliveredEvents(t, h.bridge) {
-			if ev["event_id"] == "$secret2" {
-				return ev["type"] == "m.room.encrypted"
-			}
-		}
-		return false
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		delivered := deliveredEvents(c, h.bridge)
+		i := slices.IndexFunc(delivered, func(ev map[string]any) bool { return ev["event_id"] == "$secret2" })
+		require.GreaterOrEqual(c, i, 0, "$secret2 not delivered yet")
+		require.Equal(c, "m.room.encrypted", delivered[i]["type"])
 	}, 5*time.Second, 20*time.Millisecond, "after the wait, the event goes on encrypted")
 	late.giveKey(t, p, roomX)
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		copies := 0
-		for _, ev := range deliveredEvents(t, h.bridge) {
+		for _, ev := range deliveredEvents(c, h.bridge) {
 			if ev["event_id"] == "$secret2" && ev["type"] == "m.room.message" {
 				copies++
 			}
 		}
-		return copies == 1
+		require.Equal(c, 1, copies)
 	}, 5*time.Second, 20*time.Millisecond, "the decrypted copy follows, with the same ID")
 }
 
 // heirloom's token, which the homeserver sees on every forwarded call, covers heirloom's own
-// puppets and bot: the bridge may register and log in as its own users only.
+// puppets and bot: the bridge may register as its own users only (and log in as none:
+// TestAppserviceLoginRefused).
 func TestBridgeRegistersAndLogsInOnlyItsOwnUsers(t *testing.T) {
 	h := newHarness(t)
 	h.hs.setAnswer(answerJSON(http.StatusOK, `{"user_id":"@whoever:localhost"}`))
@@ -717,11 +737,10 @@ func TestBridgeRegistersAndLogsInOnlyItsOwnUsers(t *testing.T) {
 		allowed          bool
 	}{
 		{"register a ghost", "/_matrix/client/v3/register", `{"type":"m.login.application_service","username":"irc_alice","inhibit_login":true}`, true},
-		{"register the bot", "/_matrix/client/v3/register?kind=user", `{"type":"m.login.application_service","username":"testbot"}`, true},
+		{"register the bot", "/_matrix/client/v3/register?kind=user", `{"type":"m.login.application_service","username":"testbot","inhibit_login":true}`, true},
 		{"register a puppet", "/_matrix/client/v3/register", `{"type":"m.login.application_service","username":"heirloom_bob"}`, false},
 		{"register heirloom's bot", "/_matrix/client/r0/register", `{"type":"m.login.application_service","username":"heirloombot"}`, false},
 		{"register someone", "/_matrix/client/v3/register", `{"type":"m.login.application_service","username":"alice"}`, false},
-		{"log in as a ghost", "/_matrix/client/v3/login", `{"type":"m.login.application_service","identifier":{"type":"m.id.user","user":"@irc_alice:localhost"}}`, true},
 		{"log in as a puppet", "/_matrix/client/v3/login", `{"type":"m.login.application_service","identifier":{"type":"m.id.user","user":"heirloom_bob"}}`, false},
 		{"log in as heirloom's bot (legacy user)", "/_matrix/client/v3/login", `{"type":"m.login.application_service","user":"@heirloombot:localhost"}`, false},
 	} {

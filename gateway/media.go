@@ -12,9 +12,16 @@ import (
 	"strings"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/internal/matrixerr"
 )
+
+// errMediaUnavailable answers a download of decrypted media heirloom could not fetch, check or
+// decrypt; why is in heirloom's log.
+var errMediaUnavailable = mautrix.MUnknown.WithMessage("heirloom could not fetch, check or decrypt this file").WithStatus(http.StatusBadGateway)
 
 // serveMedia answers a bridge's download of a media ID heirloom handed out for an encrypted file
 // (exposeMedia): the ciphertext is fetched from the homeserver, its SHA-256 checked against the
@@ -28,20 +35,20 @@ func (g *Gateway) serveMedia(w http.ResponseWriter, r *http.Request, user id.Use
 	log := zerolog.Ctx(ctx).With().Str("media_id", mediaID).Logger()
 	sealed, err := g.db.GatewayMedia(ctx, mediaID)
 	if err != nil {
-		writeHomeserverError(w, r, err)
+		matrixerr.Write(w, r, err)
 		return true
 	} else if sealed == "" {
 		return false
 	}
 	var file event.EncryptedFileInfo
 	if err = g.mgr.Sealer.OpenJSON(mediaOwner(mediaID), sealed, &file); err != nil {
-		writeHomeserverError(w, r, err)
+		matrixerr.Write(w, r, err)
 		return true
 	}
 	tmp, size, err := g.fetchCiphertext(ctx, user, &file)
 	if err != nil {
 		log.Warn().Err(err).Msg("Failed to serve decrypted media to the bridge")
-		writeMatrixError(w, http.StatusBadGateway, "M_UNKNOWN", err.Error())
+		matrixerr.Respond(w, errMediaUnavailable)
 		return true
 	}
 	defer func() {
@@ -49,7 +56,8 @@ func (g *Gateway) serveMedia(w http.ResponseWriter, r *http.Request, user id.Use
 		_ = os.Remove(tmp.Name())
 	}()
 	if err = file.PrepareForDecryption(); err != nil {
-		writeMatrixError(w, http.StatusBadGateway, "M_UNKNOWN", "unusable file keys: "+err.Error())
+		log.Warn().Err(err).Msg("Unusable keys of a file to decrypt for the bridge")
+		matrixerr.Respond(w, errMediaUnavailable)
 		return true
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")

@@ -15,15 +15,21 @@ type Metrics struct {
 	encryptedSends  prometheus.Counter
 	devices         prometheus.Counter
 	bundles         *prometheus.CounterVec
+	outboxBytes     prometheus.Gauge
+	outboxFull      prometheus.Gauge
+	deadLetters     prometheus.Counter
+	deadLetterCount prometheus.Gauge
 }
 
 // NewMetrics creates the gateway's metrics and registers them on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "heirloom_gateway_requests_total",
-			Help: "Client-server requests of the bridge, by the call heirloom made of them (forward for the rest)."}, []string{"call"}),
+			Help: "Client-server requests of the bridge, by the call heirloom made of them: a handled call's name, forward, " +
+				"refused, or unrecognized, forbidden and unauthorized for those refused before routing."}, []string{"call"}),
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "heirloom_gateway_deliveries_total",
-			Help: "Transactions to the bridge, by outcome (delivered, failed: retried with backoff)."}, []string{"outcome"}),
+			Help: "Transactions to the bridge, by outcome (delivered; failed: the bridge is down, retried with backoff; " +
+				"refused: the bridge refused it; split: refused again, its events go alone)."}, []string{"outcome"}),
 		depth: prometheus.NewGauge(prometheus.GaugeOpts{Name: "heirloom_gateway_outbox_events",
 			Help: "Events stored for the bridge and not yet acknowledged by it."}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "heirloom_gateway_delivery_seconds",
@@ -34,7 +40,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		waits: prometheus.NewCounter(prometheus.CounterOpts{Name: "heirloom_gateway_key_waits_total",
 			Help: "Encrypted events that held back their room while their key was on its way."}),
 		waitEnded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "heirloom_gateway_key_waits_ended_total",
-			Help: "How waits for a key ended: decrypted, or timed_out (forwarded encrypted, decrypted copy later)."}, []string{"outcome"}),
+			Help: "How waits for a key ended: decrypted, timed_out (forwarded encrypted, decrypted copy later), " +
+				"or not_decrypted (the key came, the payload is not for the bridge: forwarded encrypted)."}, []string{"outcome"}),
 		lateDecrypted: prometheus.NewCounter(prometheus.CounterOpts{Name: "heirloom_gateway_late_decrypted_total",
 			Help: "Decrypted copies sent after an event had gone to the bridge encrypted."}),
 		encryptedSends: prometheus.NewCounter(prometheus.CounterOpts{Name: "heirloom_gateway_encrypted_sends_total",
@@ -43,8 +50,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "E2EE devices and identities created for the bridge's users."}),
 		bundles: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "heirloom_gateway_invite_bundles_total",
 			Help: "Key bundles built for the bridge's invites, by state."}, []string{"state"}),
+		outboxBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "heirloom_gateway_outbox_bytes",
+			Help: "Bytes of the events stored for the bridge and not yet acknowledged by it (gateway.max_outbox_size caps them)."}),
+		outboxFull: prometheus.NewGauge(prometheus.GaugeOpts{Name: "heirloom_gateway_outbox_full",
+			Help: "1 while the outbox is over gateway.max_outbox_size: the homeserver's transactions are refused until the bridge catches up."}),
+		deadLetters: prometheus.NewCounter(prometheus.CounterOpts{Name: "heirloom_gateway_dead_letters_total",
+			Help: "Events the bridge refused every time, set aside so that delivery goes on."}),
+		deadLetterCount: prometheus.NewGauge(prometheus.GaugeOpts{Name: "heirloom_gateway_dead_letters",
+			Help: "Events set aside now, waiting for an operator to deliver them again."}),
 	}
 	reg.MustRegister(m.requests, m.deliveries, m.depth, m.latency, m.decryptFailures, m.waits, m.waitEnded,
-		m.lateDecrypted, m.encryptedSends, m.devices, m.bundles)
+		m.lateDecrypted, m.encryptedSends, m.devices, m.bundles, m.outboxBytes, m.outboxFull, m.deadLetters,
+		m.deadLetterCount)
 	return m
 }

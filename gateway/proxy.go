@@ -2,9 +2,7 @@ package gateway
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httputil"
@@ -12,6 +10,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
+
+	"github.com/heirloom-matrix/heirloom/internal/matrixerr"
 )
 
 // maxJSONBody caps the bodies of the calls the gateway reads (sends, invites, createRoom): the
@@ -25,18 +25,18 @@ const maxJSONBody = 1 << 20
 func (g *Gateway) newProxy() http.Handler {
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(g.hsURL) // keeps the bridge's own escaping of the path
-			q := pr.Out.URL.Query()
-			if q.Has("access_token") {
-				q.Del("access_token")
-				pr.Out.URL.RawQuery = q.Encode()
-			}
+			pr.SetURL(g.hsURL) // the escaped path heirloom classified, as it is
+			// The query as heirloom checked it: Twisted's reading of the bridge's, re-encoded.
+			pr.Out.URL.RawQuery = forwardedQuery(pr.In.URL.RawQuery)
 			pr.Out.Header.Set("Authorization", "Bearer "+g.cfg.AppService.ASToken)
+			// No protocol switch: behind a 101 the bridge could speak to the homeserver unread.
+			pr.Out.Header.Del("Upgrade")
+			pr.Out.Header.Del("Connection")
 		},
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			zerolog.Ctx(r.Context()).Warn().Err(err).Str("path", r.URL.Path).Msg("Failed to forward a bridge request to the homeserver")
-			writeMatrixError(w, http.StatusBadGateway, "M_UNKNOWN", "heirloom could not reach the homeserver")
+			matrixerr.Respond(w, matrixerr.Unreachable)
 		},
 	}
 }
@@ -90,44 +90,11 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			writeMatrixError(w, http.StatusRequestEntityTooLarge, mautrix.MTooLarge.ErrCode, fmt.Sprintf("request body over %d bytes", mbe.Limit))
+			matrixerr.Respond(w, mautrix.MTooLarge.WithMessage("request body over %d bytes", mbe.Limit))
 		} else {
-			writeMatrixError(w, http.StatusBadRequest, mautrix.MBadJSON.ErrCode, "failed to read request body")
+			matrixerr.Respond(w, mautrix.MBadJSON.WithMessage("failed to read request body"))
 		}
 		return nil, false
 	}
 	return body, true
-}
-
-// writeMatrixError writes a Matrix-style error.
-func writeMatrixError(w http.ResponseWriter, status int, errcode, message string) {
-	writeJSON(w, status, mautrix.RespError{ErrCode: errcode, Err: message})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	data, err := json.Marshal(v)
-	if err != nil {
-		status, data = http.StatusInternalServerError, []byte(`{"errcode":"M_UNKNOWN","error":"failed to encode answer"}`)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-	w.WriteHeader(status)
-	_, _ = w.Write(data)
-}
-
-// writeHomeserverError passes a homeserver error on as the homeserver gave it (status and
-// Matrix error); any other error is a 500 M_UNKNOWN with a short description.
-func writeHomeserverError(w http.ResponseWriter, r *http.Request, err error) {
-	var he mautrix.HTTPError
-	if errors.As(err, &he) && he.Response != nil {
-		status := he.Response.StatusCode
-		if he.RespError != nil {
-			writeJSON(w, status, he.RespError)
-			return
-		}
-		writeMatrixError(w, status, "M_UNKNOWN", he.Message)
-		return
-	}
-	zerolog.Ctx(r.Context()).Err(err).Str("path", r.URL.Path).Msg("Failed to handle a bridge request")
-	writeMatrixError(w, http.StatusInternalServerError, "M_UNKNOWN", "heirloom could not complete the request: "+err.Error())
 }

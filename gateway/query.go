@@ -7,6 +7,9 @@ import (
 	"strconv"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+
+	"github.com/heirloom-matrix/heirloom/internal/matrixerr"
 )
 
 // maxQueryAnswer caps the bridge's answer to a user or alias query (an empty object, per the spec).
@@ -21,20 +24,20 @@ func (g *Gateway) ForwardQuery(w http.ResponseWriter, r *http.Request, kind, sub
 	target := g.bridge.URL + "/_matrix/app/v1/" + kind + "/" + url.PathEscape(subject)
 	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, target, nil)
 	if err != nil {
-		writeMatrixError(w, http.StatusNotFound, "M_NOT_FOUND", "heirloom could not ask the bridge")
+		matrixerr.Respond(w, mautrix.MNotFound.WithMessage("heirloom could not ask the bridge"))
 		return
 	}
 	req.Header.Set("Authorization", "Bearer "+g.bridge.Registration.ServerToken)
 	resp, err := g.deliverer.Do(req)
 	if err != nil {
 		log.Warn().Err(err).Msg("The bridge did not answer a query of the homeserver")
-		writeMatrixError(w, http.StatusNotFound, "M_NOT_FOUND", "the bridge did not answer")
+		matrixerr.Respond(w, mautrix.MNotFound.WithMessage("the bridge did not answer"))
 		return
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxQueryAnswer))
 	if err != nil {
-		writeMatrixError(w, http.StatusNotFound, "M_NOT_FOUND", "the bridge's answer could not be read")
+		matrixerr.Respond(w, mautrix.MNotFound.WithMessage("the bridge's answer could not be read"))
 		return
 	}
 	log.Debug().Int("status", resp.StatusCode).Msg("Forwarded a query of the homeserver to the bridge")

@@ -1,13 +1,19 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/internal/matrixerr"
 )
 
 // handleInvite runs MSC4268 for a bridge user's invite into an encrypted room: the room's
@@ -21,14 +27,17 @@ func (g *Gateway) handleInvite(w http.ResponseWriter, r *http.Request, user id.U
 	if !ok {
 		return
 	}
-	var req struct {
-		UserID id.UserID `json:"user_id"`
+	invitee, err := inviteeOf(body)
+	if errors.Is(err, errAmbiguousJSON) {
+		matrixerr.Respond(w, mautrix.MBadJSON.WithMessage("%s", err.Error()))
+		return
 	}
-	if json.Unmarshal(body, &req) != nil || req.UserID == "" || g.cfg.IsBridgeUser(req.UserID) {
+	if err != nil || invitee == "" || g.cfg.IsBridgeUser(invitee) {
+		// An unreadable body is the homeserver's to refuse.
 		g.forwardBody(w, r, body)
 		return
 	}
-	log := zerolog.Ctx(ctx).With().Stringer("room_id", roomID).Stringer("invitee", req.UserID).Logger()
+	log := zerolog.Ctx(ctx).With().Stringer("room_id", roomID).Stringer("invitee", invitee).Logger()
 	ctx = log.WithContext(ctx)
 	if encrypted, err := g.roomEncrypted(ctx, user, roomID); err != nil || !encrypted {
 		g.forwardBody(w, r, body)
@@ -36,16 +45,16 @@ func (g *Gateway) handleInvite(w http.ResponseWriter, r *http.Request, user id.U
 	}
 	p, err := g.identity(ctx, user)
 	if err != nil {
-		writeHomeserverError(w, r, err)
+		matrixerr.Write(w, r, err)
 		return
 	}
-	b, err := g.history.ShareBeforeInvite(ctx, p, roomID, req.UserID, true)
+	b, err := g.history.ShareBeforeInvite(ctx, p, roomID, invitee, true)
 	if err != nil {
 		// A bundle over the size cap: the invite goes on without history rather than not at all
 		// (the bridge cannot be told to retry without history, as heirloom's own API says).
 		log.Warn().Err(err).Msg("History sharing failed; inviting without it")
-		if b, err = g.history.ShareBeforeInvite(ctx, p, roomID, req.UserID, false); err != nil {
-			writeHomeserverError(w, r, err)
+		if b, err = g.history.ShareBeforeInvite(ctx, p, roomID, invitee, false); err != nil {
+			matrixerr.Write(w, r, err)
 			return
 		}
 	}
@@ -59,6 +68,20 @@ func (g *Gateway) handleInvite(w http.ResponseWriter, r *http.Request, user id.U
 	rec.writeTo(w, nil)
 }
 
+// inviteeOf reads the user an invite names the way the homeserver does: the body's exact
+// "user_id" key.
+func inviteeOf(body []byte) (id.UserID, error) {
+	members, err := decodeObject(body)
+	if err != nil {
+		return "", err
+	}
+	var invitee string
+	if raw, ok := members["user_id"]; ok && json.Unmarshal(raw, &invitee) != nil {
+		return "", nil
+	}
+	return id.UserID(invitee), nil
+}
+
 // forwardError is a homeserver's refusal of a forwarded request.
 type forwardError struct{ status int }
 
@@ -66,8 +89,8 @@ func (e *forwardError) Error() string { return "the homeserver answered " + http
 
 // handleJoin forwards a bridge user's join, recording first which invite it accepts, and then
 // imports the inviter's bundle (MSC4268), as a join through heirloom's own API does. Joins of
-// users without an E2EE identity only record the invite: the device the bundle went to is needed
-// to read it.
+// users without an E2EE identity only record the invite (the device the bundle went to is needed
+// to read it), unless the user is the first reader of an encrypted room (readerForJoin).
 func (g *Gateway) handleJoin(w http.ResponseWriter, r *http.Request, user id.UserID, roomOrAlias string) {
 	ctx := r.Context()
 	body, ok := readBody(w, r)
@@ -75,6 +98,9 @@ func (g *Gateway) handleJoin(w http.ResponseWriter, r *http.Request, user id.Use
 		return
 	}
 	p, err := g.mgr.Get(ctx, user)
+	if errors.Is(err, e2ee.ErrNotProvisioned) && strings.HasPrefix(roomOrAlias, "!") {
+		p, err = g.readerForJoin(ctx, user, id.RoomID(roomOrAlias))
+	}
 	if err != nil || !strings.HasPrefix(roomOrAlias, "!") {
 		// No device (or a join by alias, resolved by the homeserver): the join's echo in the
 		// transaction stream records it (history.ObserveJoin).
@@ -84,7 +110,7 @@ func (g *Gateway) handleJoin(w http.ResponseWriter, r *http.Request, user id.Use
 	roomID := id.RoomID(roomOrAlias)
 	inv, err := g.history.BeforeJoin(ctx, p, roomID)
 	if err != nil {
-		writeHomeserverError(w, r, err)
+		matrixerr.Write(w, r, err)
 		return
 	}
 	rec := g.forwardRecorded(r, body)
@@ -98,13 +124,12 @@ func (g *Gateway) handleJoin(w http.ResponseWriter, r *http.Request, user id.Use
 
 // handleCreateRoom adds m.room.encryption and gateway.history_visibility to the rooms the bridge
 // creates, when gateway.encrypt_new_rooms asks for it and the request does not set them itself.
+// A room created with m.room.encryption is recorded encrypted as soon as the homeserver answers,
+// before the bridge hears of it: the bridge may send into it before the room's state reaches
+// heirloom in a transaction.
 func (g *Gateway) handleCreateRoom(w http.ResponseWriter, r *http.Request) {
 	body, ok := readBody(w, r)
 	if !ok {
-		return
-	}
-	if !g.cfg.Gateway.EncryptNewRooms {
-		g.forwardBody(w, r, body)
 		return
 	}
 	var req map[string]any
@@ -112,6 +137,28 @@ func (g *Gateway) handleCreateRoom(w http.ResponseWriter, r *http.Request) {
 		g.forwardBody(w, r, body)
 		return
 	}
+	if g.cfg.Gateway.EncryptNewRooms {
+		var err error
+		if body, err = g.encryptNewRoom(req); err != nil {
+			matrixerr.Write(w, r, err)
+			return
+		}
+	}
+	encryption := initialEncryption(req)
+	if encryption == nil {
+		g.forwardBody(w, r, body)
+		return
+	}
+	rec := g.forwardRecorded(r, body)
+	if rec.status == http.StatusOK {
+		g.recordCreatedRoom(r.Context(), rec.body.Bytes(), encryption)
+	}
+	rec.writeTo(w, nil)
+}
+
+// encryptNewRoom adds m.room.encryption and the history visibility to a createRoom request's
+// initial state, unless it sets them, and returns the request's new body.
+func (g *Gateway) encryptNewRoom(req map[string]any) ([]byte, error) {
 	initial, _ := req["initial_state"].([]any)
 	has := map[string]bool{}
 	for _, raw := range initial {
@@ -130,10 +177,41 @@ func (g *Gateway) handleCreateRoom(w http.ResponseWriter, r *http.Request) {
 			"content": map[string]any{"history_visibility": g.cfg.Gateway.Visibility()}})
 	}
 	req["initial_state"] = initial
-	out, err := json.Marshal(req)
-	if err != nil {
-		writeHomeserverError(w, r, err)
+	return json.Marshal(req)
+}
+
+// initialEncryption returns the content of the m.room.encryption a createRoom request puts in the
+// room's initial state, or nil.
+func initialEncryption(req map[string]any) json.RawMessage {
+	initial, _ := req["initial_state"].([]any)
+	for _, raw := range initial {
+		evt, ok := raw.(map[string]any)
+		if !ok || evt["type"] != event.StateEncryption.Type {
+			continue
+		}
+		if key, has := evt["state_key"]; has && key != "" {
+			continue
+		}
+		content, err := json.Marshal(evt["content"])
+		if err != nil {
+			continue
+		}
+		return content
+	}
+	return nil
+}
+
+// recordCreatedRoom records the encryption of a room the homeserver just created (its createRoom
+// answer names it). If it cannot, the room's first send asks the homeserver instead.
+func (g *Gateway) recordCreatedRoom(ctx context.Context, answer []byte, encryption json.RawMessage) {
+	var created struct {
+		RoomID id.RoomID `json:"room_id"`
+	}
+	if err := json.Unmarshal(answer, &created); err != nil || created.RoomID == "" {
+		zerolog.Ctx(ctx).Warn().Msg("The homeserver's createRoom answer names no room; its encryption is not recorded")
 		return
 	}
-	g.forwardBody(w, r, out)
+	if err := g.mgr.RecordEncryption(ctx, created.RoomID, encryption); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Stringer("room_id", created.RoomID).Msg("Failed to record a new room's encryption")
+	}
 }

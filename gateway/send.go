@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +19,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/internal/matrixerr"
 )
 
 // ErrMediaTooLarge means a file in an event is over gateway.max_media_size.
@@ -44,20 +47,24 @@ func (g *Gateway) identity(ctx context.Context, userID id.UserID) (*e2ee.Puppet,
 	return g.mgr.Get(ctx, userID)
 }
 
-// roomEncrypted reports whether the room is encrypted, loading its state once if heirloom has
-// never seen it.
+// roomEncrypted reports whether a send into the room must be encrypted (e2ee.Manager.RoomEncrypted:
+// false only when the homeserver just said the room has no m.room.encryption), loading the room's
+// state once if heirloom has never seen it.
 func (g *Gateway) roomEncrypted(ctx context.Context, user id.UserID, roomID id.RoomID) (bool, error) {
-	if err := g.mgr.EnsureRoomState(ctx, g.mgr.Client(ctx, user), roomID); err != nil {
+	cli := g.mgr.Client(ctx, user)
+	if err := g.mgr.EnsureRoomState(ctx, cli, roomID); err != nil {
 		return false, err
 	}
-	return g.db.StateStore.IsEncrypted(ctx, roomID)
+	return g.mgr.RoomEncrypted(ctx, cli, roomID)
 }
 
 // handleSend encrypts the bridge's send into an encrypted room with the sender's own session, and
-// sends it as m.room.encrypted under the bridge's transaction ID. A retry of that ID answers the
-// event sent the first time, without encrypting again. Sends into unencrypted rooms, and
-// m.room.encrypted events the bridge encrypted itself, go to the homeserver as they are.
-func (g *Gateway) handleSend(w http.ResponseWriter, r *http.Request, user id.UserID, roomID id.RoomID, evtType event.Type, txnID string) {
+// sends it as m.room.encrypted. A send with a transaction ID (PUT …/send/{type}/{txn}, an empty ID
+// included, as the homeserver takes it) is sent once: a retry of it answers the event sent the
+// first time, without encrypting again. A POST …/send/{type} has none, and is sent each time.
+// Sends into unencrypted rooms, and m.room.encrypted events the bridge encrypted itself, go to the
+// homeserver as they are.
+func (g *Gateway) handleSend(w http.ResponseWriter, r *http.Request, user id.UserID, roomID id.RoomID, evtType event.Type, txnID string, hasTxn bool) {
 	ctx := r.Context()
 	log := zerolog.Ctx(ctx).With().Stringer("room_id", roomID).Str("event_type", evtType.Type).Str("bridge_txn_id", txnID).Logger()
 	ctx = log.WithContext(ctx)
@@ -68,14 +75,19 @@ func (g *Gateway) handleSend(w http.ResponseWriter, r *http.Request, user id.Use
 	encrypted, err := g.roomEncrypted(ctx, user, roomID)
 	switch {
 	case errors.Is(err, e2ee.ErrUnknownRoom):
-		// The sender cannot see the room: the homeserver refuses the send as it would without heirloom.
-		g.forwardBody(w, r, body)
+		// The sender cannot see the room: the homeserver's own refusal, and nothing sent.
+		log.Debug().Err(err).Msg("The sender cannot see the room; refusing the send as the homeserver would")
+		matrixerr.Write(w, r, err)
+		return
+	case errors.Is(err, e2ee.ErrUnusableEncryption):
+		log.Warn().Err(err).Msg("The room is encrypted with settings heirloom cannot use; refusing the send")
+		matrixerr.Respond(w, mautrix.MUnknown.WithMessage("the room's encryption is not one heirloom can encrypt with; nothing was sent").WithStatus(http.StatusBadGateway))
 		return
 	case err != nil:
 		// Never send in the clear into a room that may be encrypted: the bridge gets an error
 		// (JSON with an errcode, which bridges treat as a failed send, not as a reason to resend).
 		log.Warn().Err(err).Msg("Cannot tell whether the room is encrypted; refusing the send")
-		writeMatrixError(w, http.StatusBadGateway, "M_UNKNOWN", "heirloom could not read the room's encryption state from the homeserver")
+		matrixerr.Respond(w, errEncryptionState)
 		return
 	case !encrypted:
 		g.forwardBody(w, r, body)
@@ -89,46 +101,85 @@ func (g *Gateway) handleSend(w http.ResponseWriter, r *http.Request, user id.Use
 	}
 	var content map[string]any
 	if err = json.Unmarshal(body, &content); err != nil || content == nil {
-		// Not ours to judge: the homeserver answers a malformed event as it would without heirloom.
-		g.forwardBody(w, r, body)
+		// Content heirloom cannot read cannot be encrypted, and is never sent in the clear into an
+		// encrypted room: the homeserver's JSON parser may accept what Go's refuses.
+		log.Debug().Err(err).Msg("Refused a send into an encrypted room whose content heirloom cannot read")
+		matrixerr.Respond(w, mautrix.MNotJSON.WithMessage("the event's content is not a JSON object heirloom can encrypt; nothing was sent"))
 		return
 	}
-	defer g.sendLocks.WithLock(user.String() + "|" + txnID)()
-	if eventID, err := g.db.GatewaySend(ctx, user, txnID); err != nil {
-		writeHomeserverError(w, r, err)
+	if !hasTxn {
+		g.sendEncrypted(w, r.WithContext(ctx), user, roomID, evtType, content, "")
+		return
+	}
+	key := sendKey(roomID, evtType, txnID)
+	defer g.sendLocks.WithLock(user.String() + "|" + key)()
+	if eventID, err := g.db.GatewaySend(ctx, user, key); err != nil {
+		matrixerr.Write(w, r, err)
 		return
 	} else if eventID != "" {
-		writeJSON(w, http.StatusOK, mautrix.RespSendEvent{EventID: eventID})
+		matrixerr.JSON(w, http.StatusOK, mautrix.RespSendEvent{EventID: eventID})
 		return
 	}
+	g.sendEncrypted(w, r.WithContext(ctx), user, roomID, evtType, content, key)
+}
+
+// errEncryptionState refuses a send heirloom cannot tell is bound for an unencrypted room.
+var errEncryptionState = mautrix.MUnknown.WithMessage("heirloom could not read the room's encryption state from the homeserver").
+	WithStatus(http.StatusBadGateway)
+
+// sendKey names a send with a transaction ID as the homeserver does (the request's path: room,
+// event type and transaction ID, per sender), unambiguously.
+func sendKey(roomID id.RoomID, evtType event.Type, txnID string) string {
+	return fmt.Sprintf("%d:%s%d:%s%s", len(roomID), roomID, len(evtType.Type), evtType.Type, txnID)
+}
+
+// encryptedTxnID is the transaction ID of the m.room.encrypted event a send with a transaction ID
+// becomes: the same for a retry (if heirloom did not live to record the event, the homeserver
+// answers the retry with it), different for each sender, room, event type and bridge transaction
+// ID (the homeserver keys an appservice's transactions by path only, not by user). A send without
+// one gets a new ID ("").
+func encryptedTxnID(user id.UserID, key string) string {
+	if key == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(user.String() + "\n" + key))
+	return "heirloom_" + base64.RawURLEncoding.EncodeToString(sum[:18])
+}
+
+// sendEncrypted encrypts content as the sender's and sends it, then records the event under key
+// (a send with a transaction ID) so that a retry answers it again.
+func (g *Gateway) sendEncrypted(w http.ResponseWriter, r *http.Request, user id.UserID, roomID id.RoomID, evtType event.Type, content map[string]any, key string) {
+	ctx := r.Context()
 	p, err := g.identity(ctx, user)
 	if err != nil {
-		writeHomeserverError(w, r, err)
+		matrixerr.Write(w, r, err)
 		return
 	}
 	if err = g.encryptMedia(ctx, p, evtType, content); err != nil {
 		if errors.Is(err, ErrMediaTooLarge) {
-			writeMatrixError(w, http.StatusRequestEntityTooLarge, mautrix.MTooLarge.ErrCode, err.Error())
+			matrixerr.Respond(w, mautrix.MTooLarge.WithMessage("%s", err.Error()))
 			return
 		}
-		writeHomeserverError(w, r, err)
+		matrixerr.Write(w, r, err)
 		return
 	}
 	plain, err := json.Marshal(content)
 	if err != nil {
-		writeHomeserverError(w, r, err)
+		matrixerr.Write(w, r, err)
 		return
 	}
-	eventID, err := p.SendMessageTxn(ctx, roomID, evtType, json.RawMessage(plain), txnID)
+	eventID, err := p.SendMessageTxn(ctx, roomID, evtType, json.RawMessage(plain), encryptedTxnID(user, key))
 	if err != nil {
-		writeHomeserverError(w, r, err)
+		matrixerr.Write(w, r, err)
 		return
 	}
-	if err = g.db.PutGatewaySend(ctx, user, txnID, eventID); err != nil {
-		log.Warn().Err(err).Msg("Failed to record the send; a retry would be answered by the homeserver's own deduplication")
+	if key != "" {
+		if err = g.db.PutGatewaySend(ctx, user, key, eventID); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to record the send; a retry would be sent again")
+		}
 	}
 	g.metrics.encryptedSends.Inc()
-	writeJSON(w, http.StatusOK, mautrix.RespSendEvent{EventID: eventID})
+	matrixerr.JSON(w, http.StatusOK, mautrix.RespSendEvent{EventID: eventID})
 }
 
 // mediaMsgTypes are the message types whose url is a file of the event.

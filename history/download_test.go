@@ -1,16 +1,21 @@
 package history
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/database"
@@ -133,4 +138,74 @@ func TestDownloadOverCapRefused(t *testing.T) {
 	require.Equal(t, database.ReceivedFailed, rb.State)
 	require.Contains(t, rb.Error, "too large")
 	require.Zero(t, rb.Imported)
+}
+
+// claimAnotherHash makes the bundle's file info (as its Olm message gave it) name another SHA-256
+// than the ciphertext's: the file is whole and decrypts to a valid bundle, so only the hash checks
+// can tell that it is not the file the sender meant.
+func claimAnotherHash(t *testing.T, env *benchEnv, rb *database.ReceivedBundle) *event.EncryptedFileInfo {
+	t.Helper()
+	var info event.EncryptedFileInfo
+	require.NoError(t, env.mgr.Sealer.OpenJSON(receivedOwner(rb), rb.FileInfo, &info))
+	other := sha256.Sum256([]byte("another file"))
+	info.Hashes.SHA256 = base64.RawStdEncoding.EncodeToString(other[:])
+	var err error
+	rb.FileInfo, err = env.mgr.Sealer.SealJSON(receivedOwner(rb), &info)
+	require.NoError(t, err)
+	return &info
+}
+
+// heldSessionCount counts the sessions the puppet holds, in any room.
+func heldSessionCount(t *testing.T, env *benchEnv, p *e2ee.Puppet) int {
+	t.Helper()
+	var n int
+	require.NoError(t, env.db.Raw.QueryRow(context.Background(),
+		`SELECT COUNT(*) FROM crypto_megolm_inbound_session WHERE account_id=$1`, p.UserID.String()).Scan(&n))
+	return n
+}
+
+// A bundle whose ciphertext does not hash to what its message says is refused, and nothing of it
+// is imported.
+func TestBundleWithAnotherHashIsNotImported(t *testing.T) {
+	env := newBenchEnv(t)
+	rb, body := receivedFixture(t, env, 20)
+	claimAnotherHash(t, env, rb)
+	srv, _ := mediaServer(t, body, http.StatusOK, 0)
+	p := pointPuppetAt(t, env, srv.URL)
+	env.svc.downloadAndImport(context.Background(), p, rb)
+	require.Equal(t, database.ReceivedFailed, rb.State, rb.Error)
+	require.Zero(t, rb.Imported)
+	require.Zero(t, heldSessionCount(t, env, p), "not one key of the bundle is stored")
+}
+
+// The download checks the hash before anything is decrypted, and leaves no file behind.
+func TestDownloadChecksTheHash(t *testing.T) {
+	env := newBenchEnv(t)
+	rb, body := receivedFixture(t, env, 5)
+	info := claimAnotherHash(t, env, rb)
+	srv, _ := mediaServer(t, body, http.StatusOK, 0)
+	p := pointPuppetAt(t, env, srv.URL)
+	env.svc.TempDir = t.TempDir()
+	_, err := env.svc.download(context.Background(), p, info)
+	require.ErrorIs(t, err, errHashMismatch)
+	left, err := os.ReadDir(env.svc.TempDir)
+	require.NoError(t, err)
+	require.Empty(t, left, "the refused download is removed")
+}
+
+// The import checks the hash too, once it has read the whole file, and rolls everything back if
+// it does not match: whatever reached the importer, a file that is not the sender's is not kept.
+func TestImportChecksTheHashAtTheEnd(t *testing.T) {
+	env := newBenchEnv(t)
+	rb, body := receivedFixture(t, env, 20)
+	info := claimAnotherHash(t, env, rb)
+	p := pointPuppetAt(t, env, "http://127.0.0.1:1")
+	plaintext, err := keybundle.Open(bytes.NewReader(body), info, 1<<20)
+	require.NoError(t, err)
+	_, err = env.svc.importBundle(context.Background(), p, rb, plaintext, int64(len(body)))
+	require.Error(t, err, "the hash does not match")
+	require.Zero(t, heldSessionCount(t, env, p), "not one key of the bundle is stored")
+	stored, err := env.db.GetReceivedBundle(context.Background(), rb.Puppet, rb.RoomID, rb.Sender)
+	require.NoError(t, err)
+	require.NotEqual(t, database.ReceivedImported, stored.State)
 }

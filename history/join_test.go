@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -136,8 +137,11 @@ func TestCancelledJoinRequestStillImports(t *testing.T) {
 	defer cancel()
 	hs.onJoin = cancel
 	_, _ = env.svc.Join(ctx, p, benchRoom)
-	require.Eventually(t, func() bool { return bundleState(t, env, rb).State == database.ReceivedImported },
-		10*time.Second, 20*time.Millisecond, "the bundle is imported although the request was cancelled")
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		b, err := env.db.GetReceivedBundle(context.Background(), rb.Puppet, rb.RoomID, rb.Sender)
+		require.NoError(c, err)
+		require.Equal(c, database.ReceivedImported, b.State)
+	}, 10*time.Second, 20*time.Millisecond, "the bundle is imported although the request was cancelled")
 }
 
 // An invite rescinded (or left) before the join, in the same transaction as the invite itself:
@@ -166,6 +170,19 @@ func TestJoinThatReplacedSomethingElseAcceptsNothing(t *testing.T) {
 	inv, err := env.db.GetInvite(context.Background(), p.UserID, benchRoom)
 	require.NoError(t, err)
 	require.Nil(t, inv, "the stale invite is forgotten")
+}
+
+// A join that replaced another invite than the recorded one (another invite followed, which
+// heirloom did not hear of) accepts nothing: the invite the bundle waits for is not the one the
+// puppet joined from.
+func TestJoinThatReplacedAnotherInviteAcceptsNothing(t *testing.T) {
+	env, p, hs, rb := joinFixture(t)
+	invite(t, env, p, "$invite", event.MembershipInvite)
+	hs.replacesState, hs.prevMembership = "$a-later-invite", event.MembershipInvite
+	res, err := env.svc.Join(context.Background(), p, benchRoom)
+	require.NoError(t, err)
+	require.Nil(t, res.Bundle, res.History)
+	require.Equal(t, database.ReceivedPending, bundleState(t, env, rb).State, "alice's bundle is not imported")
 }
 
 // A join made outside the API, seen in the transaction stream after the invite, accepts the

@@ -160,8 +160,10 @@ func (s *Service) deliveryRefused(ctx context.Context, p *e2ee.Puppet, b *databa
 			return ReasonInviteNotTheBundles, false, nil
 		}
 	case event.MembershipJoin:
-		if !joinOK || keybundle.JoinReplaced(b.InviteEventID, keybundle.JoinFromMemberEvent(member)) != keybundle.ReplacedInvite {
+		if keybundle.JoinReplaced(b.InviteEventID, keybundle.JoinFromMemberEvent(member)) != keybundle.ReplacedInvite {
 			return ReasonInviteeJoinedOther, false, nil
+		} else if !joinOK {
+			return ReasonInviteeJoined, false, nil
 		}
 	default:
 		return ReasonNoLongerInvited, false, nil

@@ -137,6 +137,25 @@ func TestBundleCannotOverwriteAnotherRoomsSession(t *testing.T) {
 	}
 }
 
+// A bundle carries only keys of its own room: an entry naming another room is skipped and stored
+// under no room at all (the importer labels what it stores with the bundle's room, so a key let
+// through would be held as the bundle's room's), and it is counted as skipped.
+func TestBundleKeyOfAnotherRoomIsSkipped(t *testing.T) {
+	env := newBenchEnv(t)
+	p := env.puppet(t, "dst")
+	const otherRoom id.RoomID = "!other:localhost"
+	genuine, smuggled := newMegolmKey(t), newMegolmKey(t)
+	otherWithheld := keybundle.Withheld{Algorithm: id.AlgorithmMegolmV1, Code: keybundle.CodeHistoryNotShared, RoomID: otherRoom,
+		SenderKey: validCurve, SessionID: newMegolmKey(t).out.ID()}
+	res, err := importPlain(t, env, p, bundleOf(t, []keybundle.RoomKey{genuine.entry(t, benchRoom, 0), smuggled.entry(t, otherRoom, 0)},
+		[]keybundle.Withheld{otherWithheld}))
+	require.NoError(t, err)
+	require.Equal(t, importResult{imported: 1, withheld: 0, skipped: 2}, res)
+	require.NotNil(t, sessionRow(t, env, p, genuine.out.ID()), "the bundle's own room key is imported")
+	require.Nil(t, sessionRow(t, env, p, smuggled.out.ID()), "the other room's key is held in no room")
+	require.Nil(t, sessionRow(t, env, p, otherWithheld.SessionID), "nor is the other room's withheld entry")
+}
+
 // A bogus entry (a key that is not the named session) must not make heirloom drop a genuine entry
 // for the same session ID as a "duplicate": only entries that passed validation count.
 func TestBogusEntryDoesNotShadowTheGenuineOne(t *testing.T) {
@@ -266,19 +285,50 @@ func TestHonestMergeKeepsTheBetterSessionBothWays(t *testing.T) {
 	require.Equal(t, id.UserID("@inviter:localhost"), held.SourceUser)
 
 	// A later-index copy (from another bundle) does not replace the better one.
-	res, err = importPlain(t, env, p, bundleOf(t, []keybundle.RoomKey{m.entry(t, benchRoom, 3)}, nil))
+	_, err = importPlain(t, env, p, bundleOf(t, []keybundle.RoomKey{m.entry(t, benchRoom, 3)}, nil))
 	require.NoError(t, err)
 	held, err = p.Store.GetGroupSession(ctx, benchRoom, m.out.ID())
 	require.NoError(t, err)
 	require.EqualValues(t, 0, held.Internal.FirstKnownIndex())
 
-	// Nor does a direct copy at a later index; the other way round, a direct copy at an earlier
-	// index than an imported one wins its index and provenance (e2ee.MergeSessions' table).
-	holdDirect(t, p, m, benchRoom, true)
+	// Nor does a direct copy (an m.room_key) at a later index: the imported copy keeps its index
+	// and its provenance.
+	stored, reason, err := p.StoreSession(ctx, directCopy(t, m, benchRoom, m.out.Key()))
+	require.NoError(t, err)
+	require.False(t, stored, "a worse direct copy replaces nothing")
+	require.Equal(t, e2ee.ReasonHeldNoBetter, reason)
 	held, err = p.Store.GetGroupSession(ctx, benchRoom, m.out.ID())
 	require.NoError(t, err)
-	require.EqualValues(t, 0, held.Internal.FirstKnownIndex(), "a worse direct copy replaces nothing")
-	_ = res
+	require.EqualValues(t, 0, held.Internal.FirstKnownIndex())
+	require.Equal(t, id.UserID("@inviter:localhost"), held.SourceUser, "messages 0-4 still rest on the inviter's word")
+
+	// The other way round: a direct copy at an earlier index than an imported one wins its index
+	// and its provenance (e2ee.MergeSessions' table).
+	later := newMegolmKey(t)
+	_, err = importPlain(t, env, p, bundleOf(t, []keybundle.RoomKey{later.entry(t, benchRoom, 3)}, nil))
+	require.NoError(t, err)
+	held, err = p.Store.GetGroupSession(ctx, benchRoom, later.out.ID())
+	require.NoError(t, err)
+	require.EqualValues(t, 3, held.Internal.FirstKnownIndex())
+	stored, _, err = p.StoreSession(ctx, directCopy(t, later, benchRoom, later.key0))
+	require.NoError(t, err)
+	require.True(t, stored, "the earlier direct copy is merged")
+	held, err = p.Store.GetGroupSession(ctx, benchRoom, later.out.ID())
+	require.NoError(t, err)
+	require.EqualValues(t, 0, held.Internal.FirstKnownIndex(), "the direct copy's earlier index wins")
+	require.Equal(t, id.KeySourceDirect, held.KeySource, "and so does its provenance")
+	require.Empty(t, held.SourceUser, "messages from index 0 rest on no inviter's word")
+}
+
+// directCopy is the session as an m.room_key from its creator brings it: the session key given
+// (its creator's signed key at some index), received directly.
+func directCopy(t *testing.T, m *megolmKey, roomID id.RoomID, sessionKey string) *crypto.InboundGroupSession {
+	t.Helper()
+	shared := true
+	igs, err := crypto.NewInboundGroupSession(validCurve, validEd, roomID, sessionKey, time.Hour, 100, &shared, false)
+	require.NoError(t, err)
+	require.Equal(t, m.out.ID(), igs.ID())
+	return igs
 }
 
 // A copy whose shared_history is false keeps it false: a bundle copy cannot make it shareable.

@@ -179,6 +179,7 @@ func (s *Service) share(ctx context.Context, p *e2ee.Puppet, b *database.SentBun
 	}
 	if b.State == database.SentUploaded {
 		fault.Crash("crash_before_delivery")
+		fault.Hold("hold_before_delivery")
 		if err = s.deliver(ctx, p, b); err != nil {
 			// Like a failed build: the bundle is marked failed with the reason and the invite goes
 			// on; a later invite builds a fresh bundle rather than resurrecting this one.

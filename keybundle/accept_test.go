@@ -9,6 +9,7 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/signatures"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/keybundle"
@@ -236,4 +237,30 @@ func TestValidateSenderDeviceKeys(t *testing.T) {
 			require.ErrorIs(t, err, tc.wantErr)
 		})
 	}
+}
+
+// Only the join that replaced the very invite recorded accepts it: not a join that replaced a
+// later invite (another invite followed), a leave (the invite was rescinded) or a knock.
+func TestJoinReplaced(t *testing.T) {
+	const invite id.EventID = "$invite"
+	for _, tc := range []struct {
+		name string
+		join keybundle.JoinInfo
+		want keybundle.Replaced
+	}{
+		{"replaced the invite", keybundle.JoinInfo{ReplacesState: invite, PrevMembership: event.MembershipInvite}, keybundle.ReplacedInvite},
+		{"replaced the invite, previous membership not given", keybundle.JoinInfo{ReplacesState: invite}, keybundle.ReplacedInvite},
+		{"replaced another invite that followed", keybundle.JoinInfo{ReplacesState: "$a-later-invite", PrevMembership: event.MembershipInvite}, keybundle.ReplacedOther},
+		{"replaced another invite, previous membership not given", keybundle.JoinInfo{ReplacesState: "$a-later-invite"}, keybundle.ReplacedOther},
+		{"replaced a leave that rescinded the invite", keybundle.JoinInfo{ReplacesState: "$rescind", PrevMembership: event.MembershipLeave}, keybundle.ReplacedOther},
+		{"names the invite, but as a leave", keybundle.JoinInfo{ReplacesState: invite, PrevMembership: event.MembershipLeave}, keybundle.ReplacedOther},
+		{"names the invite, but as a knock", keybundle.JoinInfo{ReplacesState: invite, PrevMembership: event.MembershipKnock}, keybundle.ReplacedOther},
+		{"says nothing of what it replaced", keybundle.JoinInfo{PrevMembership: event.MembershipInvite}, keybundle.ReplacedUnknown},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, keybundle.JoinReplaced(invite, tc.join))
+		})
+	}
+	require.Equal(t, keybundle.ReplacedOther, keybundle.JoinReplaced("", keybundle.JoinInfo{ReplacesState: invite}),
+		"no recorded invite: a join accepts nothing")
 }

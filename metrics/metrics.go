@@ -68,7 +68,8 @@ const (
 const (
 	TriggerDeviceList    = "device_list"    // a device-list change for the puppet in a transaction
 	TriggerUnknownDevice = "unknown_device" // the homeserver answered M_UNKNOWN_DEVICE
-	TriggerStartup       = "startup"        // the check at startup
+	TriggerStartup       = "startup"        // the check at startup of the puppets active within a day
+	TriggerLoad          = "load"           // the check of another puppet when its machine first loads
 )
 
 func set(values ...string) map[string]bool {
@@ -88,7 +89,7 @@ var (
 		ReasonNotInviter, ReasonSenderUnsigned, ReasonBlacklisted, ReasonAcceptWindow, ReasonMediaGone,
 		ReasonHashMismatch, ReasonDownload, ReasonDecrypt, ReasonImport)
 	identityWheres = set(IdentitySend, IdentityRedeliver, IdentityReceive)
-	triggers       = set(TriggerDeviceList, TriggerUnknownDevice, TriggerStartup)
+	triggers       = set(TriggerDeviceList, TriggerUnknownDevice, TriggerStartup, TriggerLoad)
 )
 
 // bounded returns value if allowed holds it, else "other".

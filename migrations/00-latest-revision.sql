@@ -1,4 +1,4 @@
--- v0 -> v8: Latest revision
+-- v0 -> v9: Latest revision
 
 -- Appservice transactions already processed, so a retried transaction is processed once. A
 -- transaction is known by its ID and the SHA-256 of its body: Synapse on SQLite numbers its
@@ -119,9 +119,25 @@ CREATE TABLE admin_refusal (
 -- before heirloom's upgrade runs.
 CREATE INDEX IF NOT EXISTS heirloom_megolm_inbound_room_idx ON crypto_megolm_inbound_session (account_id, room_id);
 
+-- Every room heirloom has seen an m.room.encryption of (in a transaction, a state fetch, or the
+-- answer to a createRoom that asked for it), whatever its content: such a room never gets a
+-- plaintext send again. settings is the first content heirloom could use (megolm, readable), kept
+-- as the room's settings as matrix-rust-sdk keeps them ('' while there is none: sends are refused);
+-- latest is the last content seen, as it was.
+CREATE TABLE room_encryption (
+    room_id    TEXT   PRIMARY KEY,
+    settings   TEXT   NOT NULL DEFAULT '',
+    latest     TEXT   NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+
 -- Events bound for the bridge, in the order the homeserver delivered them (seq). An encrypted
 -- event whose key has not arrived waits (holding back only its room) until wait_until; txn_id is
 -- the bridge transaction it went into (0: not yet). Stored before the homeserver is answered.
+-- size is the body's bytes while it waits for the bridge (gateway.max_outbox_size). An event in
+-- a transaction the bridge refused goes alone in its transactions from then on (solo); refused
+-- alone, it holds back its room until retry_at, and after a few refusals it is set aside (dead_at:
+-- a dead letter, delivered again only on an operator's request).
 CREATE TABLE gateway_event (
     seq         BIGINT  PRIMARY KEY,
     event_key   TEXT    NOT NULL UNIQUE,
@@ -134,18 +150,28 @@ CREATE TABLE gateway_event (
     wait_until  BIGINT  NOT NULL DEFAULT 0,
     txn_id      BIGINT  NOT NULL DEFAULT 0,
     received_at BIGINT  NOT NULL,
-    delivered_at BIGINT NOT NULL DEFAULT 0
+    delivered_at BIGINT NOT NULL DEFAULT 0,
+    size        BIGINT  NOT NULL DEFAULT 0,
+    solo        BOOLEAN NOT NULL DEFAULT false,
+    refusals    INTEGER NOT NULL DEFAULT 0,
+    retry_at    BIGINT  NOT NULL DEFAULT 0,
+    dead_at     BIGINT  NOT NULL DEFAULT 0,
+    last_error  TEXT    NOT NULL DEFAULT ''
 );
-CREATE INDEX gateway_event_txn_idx ON gateway_event (txn_id, seq);
 CREATE INDEX gateway_event_session_idx ON gateway_event (session_id);
+CREATE INDEX gateway_event_outbox_idx ON gateway_event (delivered_at, dead_at, size);
+-- What the gateway composes transactions from, read without the events' bodies.
+CREATE INDEX gateway_event_heads_idx ON gateway_event (txn_id, seq, dead_at, room_id, size, waiting, wait_until, solo, refusals, retry_at);
 
 -- Bridge transactions composed and not yet acknowledged: retried with the same ID and events.
+-- refusals counts the failed deliveries that were the bridge refusing it (not being down).
 CREATE TABLE gateway_txn (
     txn_id       BIGINT  PRIMARY KEY,
     created_at   BIGINT  NOT NULL,
     attempts     INTEGER NOT NULL DEFAULT 0,
     next_attempt BIGINT  NOT NULL DEFAULT 0,
-    last_error   TEXT    NOT NULL DEFAULT ''
+    last_error   TEXT    NOT NULL DEFAULT '',
+    refusals     INTEGER NOT NULL DEFAULT 0
 );
 
 -- Counters that never go back (bridge transaction IDs are never reused).
@@ -164,6 +190,7 @@ CREATE TABLE gateway_late (
     created_at BIGINT NOT NULL
 );
 CREATE INDEX gateway_late_session_idx ON gateway_late (session_id);
+CREATE INDEX gateway_late_created_idx ON gateway_late (created_at);
 
 -- The bridge's sends heirloom encrypted, by the bridge's transaction ID: a retry gets the same event.
 CREATE TABLE gateway_send (
@@ -174,9 +201,12 @@ CREATE TABLE gateway_send (
     PRIMARY KEY (user_id, txn_id)
 );
 
--- Encrypted media the bridge downloads through heirloom, decrypted (file_info sealed with the pickle key).
+-- Encrypted media the bridge downloads through heirloom, decrypted (file_info sealed with the pickle
+-- key); exposed_at is when heirloom last handed out its URL (pruned some time after).
 CREATE TABLE gateway_media (
     media_id   TEXT   PRIMARY KEY,
     file_info  TEXT   NOT NULL,
-    created_at BIGINT NOT NULL
+    created_at BIGINT NOT NULL,
+    exposed_at BIGINT NOT NULL DEFAULT 0
 );
+CREATE INDEX gateway_media_exposed_idx ON gateway_media (exposed_at);

@@ -21,6 +21,7 @@ import (
 	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/internal/testdb"
 	"github.com/heirloom-matrix/heirloom/keybundle"
+	"github.com/heirloom-matrix/heirloom/migrations"
 )
 
 const fixturePickleKey = "fixture-pickle-key-0123456789"
@@ -84,11 +85,10 @@ const (
 )
 
 // A database of heirloom at ee803a6 upgrades on SQLite and PostgreSQL: mautrix's crypto store to
-// schema 23, whose inbound sessions are keyed by (account, room, session); heirloom's to v8, which
-// makes its room index again where mautrix's rebuilt table lost it. Every row is still held for the
-// account and room it was,
-// and reads back through mautrix as it was written. A session that an attack parked under
-// another room before the upgrade no longer blocks its real room's key.
+// schema 23, whose inbound sessions are keyed by (account, room, session); heirloom's to its latest,
+// whose v9 makes its room index again where mautrix's rebuilt table lost it. Every row is still held
+// for the account and room it was, and reads back through mautrix as it was written. A session that
+// an attack parked under another room before the upgrade no longer blocks its real room's key.
 func TestUpgradeFromEE803A6HoldsEverySessionUnderItsRoom(t *testing.T) {
 	testdb.ForEach(t, func(t *testing.T, dbCfg config.Database) {
 		ctx := context.Background()
@@ -115,7 +115,7 @@ func TestUpgradeFromEE803A6HoldsEverySessionUnderItsRoom(t *testing.T) {
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = db.Close() })
 		require.NoError(t, db.Upgrade(ctx))
-		for table, want := range map[string]int{"crypto_version": e2ee.CryptoStoreSchema, "heirloom_version": 8} {
+		for table, want := range map[string]int{"crypto_version": e2ee.CryptoStoreSchema, "heirloom_version": len(migrations.Table)} {
 			var version int
 			require.NoError(t, db.Raw.QueryRow(ctx, `SELECT version FROM `+table).Scan(&version))
 			require.Equal(t, want, version, table)

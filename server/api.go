@@ -2,7 +2,9 @@ package server
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -74,6 +76,7 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 	mux.Handle("GET "+p+"/puppets/{userID}/bundles", s.wrap(s.apiBundles))
 	mux.Handle("GET "+p+"/identities/{userID}", s.wrap(s.apiGetIdentity))
 	mux.Handle("PUT "+p+"/identities/{userID}", s.wrap(s.apiConfirmIdentity))
+	mux.Handle("POST "+p+"/gateway/dead_letters/resend", s.wrap(s.apiResendDeadLetters))
 	mux.Handle(p+"/", s.wrap(func(r *http.Request) (any, error) {
 		return nil, errUnrecognized
 	}))
@@ -152,20 +155,29 @@ func RoomParam(r *http.Request) (id.RoomID, error) {
 	return roomID, nil
 }
 
-// MapRoomError turns "the homeserver does not know this room" into a 404.
+// MapRoomError turns "the homeserver does not know this room" into a 404, and "the room is
+// encrypted with settings heirloom cannot use" into a 502 (nothing was sent).
 func MapRoomError(err error) error {
-	if errors.Is(err, e2ee.ErrUnknownRoom) {
+	switch {
+	case errors.Is(err, e2ee.ErrUnknownRoom):
 		return errNotFound(err.Error())
+	case errors.Is(err, e2ee.ErrUnusableEncryption):
+		return mautrix.MUnknown.WithMessage("the room's encryption is not one heirloom can encrypt with; nothing was sent").
+			WithStatus(http.StatusBadGateway)
 	}
 	return err
 }
 
 // StatusResponse is what GET /status answers.
 type StatusResponse struct {
-	Version             string `json:"version"`
-	HomeserverReachable bool   `json:"homeserver_reachable"`
-	Puppets             int    `json:"puppets"`
-	LoadedMachines      int    `json:"loaded_machines"`
+	Version string `json:"version"`
+	// Role is the process's role: active (it acts), standby (it waits for the lease) or lost.
+	Role string `json:"role"`
+	// Lease names the database lease and the process that holds it.
+	Lease               *LeaseStatus `json:"lease,omitempty"`
+	HomeserverReachable bool         `json:"homeserver_reachable"`
+	Puppets             int          `json:"puppets"`
+	LoadedMachines      int          `json:"loaded_machines"`
 	// LastHomeserverPing is when the homeserver last pinged heirloom, in Unix milliseconds (0: never).
 	LastHomeserverPing   int64 `json:"last_homeserver_ping"`
 	UptimeSeconds        int   `json:"uptime_seconds"`
@@ -192,6 +204,31 @@ type GatewayStatus struct {
 	DeliveryFailing bool   `json:"delivery_failing"`
 	Attempts        int    `json:"attempts,omitempty"`
 	LastError       string `json:"last_error,omitempty"`
+	// OutboxBytes is the bytes of those events; at MaxOutboxBytes (gateway.max_outbox_size) the
+	// outbox is full (OutboxFull): heirloom refuses the homeserver's transactions, which the
+	// homeserver holds and sends again once the bridge has caught up.
+	OutboxBytes    int64 `json:"outbox_bytes"`
+	MaxOutboxBytes int64 `json:"max_outbox_size"`
+	OutboxFull     bool  `json:"outbox_full"`
+	// DeadLetters lists the most recent events the bridge refused every time and heirloom set
+	// aside (DeadLetterCount in all); POST /_heirloom/v1/gateway/dead_letters/resend delivers
+	// them again.
+	DeadLetterCount int          `json:"dead_letter_count"`
+	DeadLetters     []DeadLetter `json:"dead_letters"`
+}
+
+// DeadLetter is an event the bridge refused every time, set aside so that delivery goes on.
+type DeadLetter struct {
+	// EventID is the event's ID ("" for an ephemeral event); Key is what the outbox knows it by.
+	EventID id.EventID `json:"event_id,omitempty"`
+	Key     string     `json:"key"`
+	RoomID  id.RoomID  `json:"room_id,omitempty"`
+	Kind    string     `json:"kind"`
+	// Refusals is how many times the bridge refused it alone; LastError its last answer.
+	Refusals  int    `json:"refusals"`
+	LastError string `json:"last_error"`
+	// SetAsideAt is when it was set aside (unix ms).
+	SetAsideAt int64 `json:"set_aside_at"`
 }
 
 // BotStatus names heirloom's bot's device and identity, for admins to check in their client.
@@ -212,6 +249,11 @@ type StatusBundles struct {
 }
 
 func (s *Server) apiStatus(r *http.Request) (any, error) {
+	if !s.acting() {
+		// The database is the active process's: a standby reports its role and who is active.
+		return &StandbyStatus{Version: Version, Role: s.Role().String(), Lease: s.leaseStatus(),
+			UptimeSeconds: int(time.Since(s.startedAt).Seconds())}, nil
+	}
 	ctx := r.Context()
 	puppets, err := s.db.CountPuppets(ctx, s.cfg.BotUserID())
 	if err != nil {
@@ -240,6 +282,8 @@ func (s *Server) apiStatus(r *http.Request) (any, error) {
 	}
 	return &StatusResponse{
 		Version:              Version,
+		Role:                 s.Role().String(),
+		Lease:                s.leaseStatus(),
 		HomeserverReachable:  versionsErr == nil,
 		Puppets:              puppets,
 		LoadedMachines:       s.mgr.LoadedCount(),
@@ -322,6 +366,12 @@ func (s *Server) apiCreateRoom(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if req.Encrypted == nil || *req.Encrypted {
+		// Encrypted from now on, whatever reaches heirloom first (e2ee.Manager.RoomEncrypted).
+		if err = s.mgr.RecordEncryption(r.Context(), resp.RoomID, json.RawMessage(`{"algorithm":"`+string(id.AlgorithmMegolmV1)+`"}`)); err != nil {
+			return nil, err
+		}
+	}
 	// Learn the new room's state now, so the first send needs no transaction to have arrived.
 	if _, err = p.Client.State(r.Context(), resp.RoomID); err != nil {
 		zerolog.Ctx(r.Context()).Warn().Err(err).Stringer("room_id", resp.RoomID).Msg("Failed to fetch state of new room")
@@ -393,11 +443,33 @@ func (s *Server) apiSend(r *http.Request) (any, error) {
 	if _, ok := content["body"].(string); !ok {
 		return nil, errBadJSON("body must be a string")
 	}
-	eventID, err := p.SendMessage(r.Context(), roomID, event.EventMessage, content)
+	txnID, err := sendTxnID(p.UserID, r.URL.Query().Get("txn_id"))
+	if err != nil {
+		return nil, err
+	}
+	eventID, err := p.SendMessageTxn(r.Context(), roomID, event.EventMessage, content, txnID)
 	if err != nil {
 		return nil, MapRoomError(err)
 	}
 	return &mautrix.RespSendEvent{EventID: eventID}, nil
+}
+
+// maxTxnID bounds the caller's txn_id.
+const maxTxnID = 255
+
+// sendTxnID returns the homeserver transaction ID of a send the caller named txnID ("" for a new
+// one each time): the same for the same puppet and txnID, so that a send retried after an unclear
+// failure (a failover between two heirloom processes, say) makes no second event, within the
+// homeserver's transaction cache (Synapse: 30 minutes). Synapse keys an appservice's transactions
+// by room and ID only, so the puppet is part of the ID: two puppets' sends never share one.
+func sendTxnID(puppet id.UserID, txnID string) (string, error) {
+	if txnID == "" {
+		return "", nil
+	} else if len(txnID) > maxTxnID {
+		return "", errInvalidParam(fmt.Sprintf("txn_id is longer than %d bytes", maxTxnID))
+	}
+	sum := sha256.Sum256([]byte(puppet.String() + "\x00" + txnID))
+	return "heirloom." + base64.RawURLEncoding.EncodeToString(sum[:]), nil
 }
 
 // MessagesResponse is what GET …/messages answers: the room's last events, oldest first.
@@ -422,4 +494,32 @@ func (s *Server) apiMessages(r *http.Request) (any, error) {
 		return nil, MapRoomError(err)
 	}
 	return &MessagesResponse{Events: events}, nil
+}
+
+// ResendRequest names the event set aside to deliver again; without one, all are.
+type ResendRequest struct {
+	EventID id.EventID `json:"event_id"`
+}
+
+// ResendResponse says how many events set aside go to the bridge again.
+type ResendResponse struct {
+	Requeued int `json:"requeued"`
+}
+
+func (s *Server) apiResendDeadLetters(r *http.Request) (any, error) {
+	if s.gateway == nil {
+		return nil, errNotFound("gateway mode is off")
+	}
+	var req ResendRequest
+	if err := DecodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	n, err := s.gateway.Resend(r.Context(), req.EventID)
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 && req.EventID != "" {
+		return nil, errNotFound(fmt.Sprintf("no event set aside has the ID %s", req.EventID))
+	}
+	return &ResendResponse{Requeued: n}, nil
 }

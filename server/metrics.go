@@ -26,7 +26,7 @@ func newMetrics(mgr *e2ee.Manager) *metrics {
 		registry: prometheus.NewRegistry(),
 		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "heirloom_transactions_total",
-			Help: "Appservice transactions received, by outcome (processed, duplicate, rejected, failed).",
+			Help: "Appservice transactions received, by outcome (processed, duplicate, rejected, failed, refused: the bridge's outbox was full).",
 		}, []string{"outcome"}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "heirloom_events_total",

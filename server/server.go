@@ -51,6 +51,8 @@ type Server struct {
 	lastPing  atomic.Int64
 	startedAt time.Time
 	server    *http.Server
+	// role is the process's lease: only the process that holds it acts (role.go).
+	role roleState
 
 	// OnRoomEvent hears of every room event of a transaction, in order, after heirloom recorded
 	// its state and reacted to it. The daemon sets it to heirloom's bot (admin.Bot.HandleEvent);
@@ -60,8 +62,10 @@ type Server struct {
 
 // NewServer creates the listener, with history sharing (MSC4268) for the transaction stream and the API.
 func NewServer(cfg *config.Config, db *database.Database, mgr *e2ee.Manager, hist *history.Service, log zerolog.Logger) *Server {
-	return &Server{cfg: cfg, db: db, mgr: mgr, history: hist, metrics: newMetrics(mgr), log: log, startedAt: time.Now(),
+	s := &Server{cfg: cfg, db: db, mgr: mgr, history: hist, metrics: newMetrics(mgr), log: log, startedAt: time.Now(),
 		OnRoomEvent: func(context.Context, *event.Event) {}}
+	s.metrics.registry.MustRegister(s.roleGauges()...)
+	return s
 }
 
 // Gateway is gateway mode's part of the listener (gateway.Gateway).
@@ -76,7 +80,17 @@ type Gateway interface {
 	ForwardQuery(w http.ResponseWriter, r *http.Request, kind, subject string)
 	// Status reports the delivery to the bridge, for GET /status.
 	Status(ctx context.Context) (*GatewayStatus, error)
+	// OutboxFull reports whether the bridge's outbox is over gateway.max_outbox_size: the
+	// homeserver's transactions are refused (ErrBridgeBacklog) until the bridge catches up.
+	OutboxFull() bool
+	// Resend delivers again the events set aside (the one with the ID given, or all) and returns
+	// how many there were.
+	Resend(ctx context.Context, eventID id.EventID) (int, error)
 }
+
+// ErrBridgeBacklog means the bridge's outbox is full: the homeserver's transaction is refused,
+// for the homeserver to hold and send again.
+var ErrBridgeBacklog = errors.New("the bridge's outbox is over gateway.max_outbox_size")
 
 // UseGateway puts the listener in gateway mode, before Start.
 func (s *Server) UseGateway(gw Gateway) { s.gateway = gw }
@@ -91,12 +105,14 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /_matrix/app/v1/users/{userID}", s.handleQueryUser)
 	mux.HandleFunc("GET /_matrix/app/v1/rooms/{alias}", s.handleQueryAlias)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET "+APIPrefix+"/ready", s.handleReady)
 	s.apiRoutes(mux)
 	if s.gateway != nil {
 		s.gateway.Routes(mux)
 	}
+	gated := s.gate(mux)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mux.ServeHTTP(w, r.WithContext(s.log.WithContext(r.Context())))
+		gated.ServeHTTP(w, r.WithContext(s.log.WithContext(r.Context())))
 	})
 }
 

@@ -33,6 +33,7 @@ const (
 
 type harness struct {
 	handler http.Handler
+	srv     *server.Server
 	db      *database.Database
 	cfg     *config.Config
 }
@@ -71,7 +72,7 @@ func newHarness(t *testing.T) *harness {
 	sharing := history.NewService(cfg, db, mgr)
 	mgr.OnRoomKeyBundle = sharing.ReceiveBundle
 	s := server.NewServer(cfg, db, mgr, sharing, zerolog.Nop())
-	return &harness{handler: s.Handler(), db: db, cfg: cfg}
+	return &harness{handler: s.Handler(), srv: s, db: db, cfg: cfg}
 }
 
 // provision stores a ready puppet as provisioning would leave it, without a homeserver.

@@ -8,8 +8,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/internal/fault"
 )
 
 // maxTransactionSize caps a transaction body. Synapse sends at most 100 PDUs, 100 EDUs and a
@@ -201,19 +204,17 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	// but half-processed state must not be abandoned.
 	procCtx := context.WithoutCancel(ctx)
 	start := time.Now()
-	s.processTransaction(procCtx, txn)
-	processed := time.Since(start)
-	if s.gateway != nil {
-		// The bridge's copy is stored before the homeserver hears the transaction was taken: if
-		// this fails, the homeserver sends it again (heirloom's own processing is idempotent).
-		if err = s.gateway.Ingest(procCtx, txnID+":"+bodyHash[:16], txn.RawEvents, txn.RawEphemeral); err != nil {
-			s.metrics.transactions.WithLabelValues("failed").Inc()
-			log.Err(err).Msg("Failed to store the bridge's part of a transaction; the homeserver will retry it")
-			s.txnFailed(procCtx)
-			writeRespError(w, errInternalError)
-			return
-		}
+	if err = s.take(procCtx, txn, txnID+":"+bodyHash[:16]); errors.Is(err, ErrBridgeBacklog) {
+		s.refuseBacklog(procCtx, w, err)
+		return
+	} else if err != nil {
+		s.metrics.transactions.WithLabelValues("failed").Inc()
+		log.Err(err).Msg("Failed to take a transaction; the homeserver will send it again")
+		s.txnFailed(procCtx)
+		writeRespError(w, errInternalError)
+		return
 	}
+	processed := time.Since(start)
 	if err = s.db.MarkTxnProcessed(procCtx, txnID, bodyHash); err != nil {
 		s.metrics.errors.WithLabelValues("transaction").Inc()
 		s.txnFailed(procCtx)
@@ -226,7 +227,72 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.transactions.WithLabelValues("processed").Inc()
 	log.Debug().Dur("processing_took", processed).Dur("took", time.Since(start)).Msg("Transaction handled")
+	slowCreateAck(txn)
 	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// take records a transaction's room encryption, processes it, and in gateway mode stores the
+// bridge's part: the bridge's copy is stored before the homeserver hears the transaction was
+// taken. An error means the homeserver must send it again (heirloom's processing is idempotent);
+// ErrBridgeBacklog, that the bridge's outbox is full.
+func (s *Server) take(ctx context.Context, txn *Transaction, txnKey string) error {
+	if s.gateway != nil && s.gateway.OutboxFull() {
+		// The bridge is far behind: the homeserver keeps the transaction's events and sends them
+		// again. Its keys and device lists would not come again: they are handled now.
+		s.processKeys(ctx, txn)
+		return ErrBridgeBacklog
+	}
+	if err := s.recordEncryption(ctx, txn.RawEvents); err != nil {
+		return err
+	}
+	s.processTransaction(ctx, txn)
+	if s.gateway == nil {
+		return nil
+	}
+	if err := s.gateway.Ingest(ctx, txnKey, txn.RawEvents, txn.RawEphemeral); err != nil {
+		return fmt.Errorf("failed to store the bridge's part of the transaction: %w", err)
+	}
+	return nil
+}
+
+// slowCreateAck holds the answer to a transaction with an m.room.create back 3 s when the
+// slow_create_ack fault point is armed: the homeserver holds the rest of the new room's state
+// back meanwhile.
+func slowCreateAck(txn *Transaction) {
+	if fault.Active("slow_create_ack") && slices.ContainsFunc(txn.Events, func(evt *event.Event) bool { return evt.Type == event.StateCreate }) {
+		time.Sleep(3 * time.Second)
+	}
+}
+
+// refuseBacklog answers a transaction heirloom does not take because the bridge's outbox is full:
+// 503, for the homeserver to hold it and send it again.
+func (s *Server) refuseBacklog(ctx context.Context, w http.ResponseWriter, err error) {
+	s.metrics.transactions.WithLabelValues("refused").Inc()
+	zerolog.Ctx(ctx).Warn().Err(err).Msg("Refusing the homeserver's transaction until the bridge catches up; the homeserver will send it again")
+	s.txnFailed(ctx)
+	writeRespError(w, errBridgeBacklog)
+}
+
+// recordEncryption records every m.room.encryption state event of the transaction as it arrived,
+// whatever its content (one mautrix cannot parse is not among txn.Events): the room is encrypted
+// from now on (e2ee.Manager.RoomEncrypted).
+func (s *Server) recordEncryption(ctx context.Context, events []json.RawMessage) error {
+	for _, raw := range events {
+		var head struct {
+			Type     string          `json:"type"`
+			StateKey *string         `json:"state_key"`
+			RoomID   id.RoomID       `json:"room_id"`
+			Content  json.RawMessage `json:"content"`
+		}
+		if json.Unmarshal(raw, &head) != nil || head.Type != event.StateEncryption.Type || head.StateKey == nil || *head.StateKey != "" ||
+			head.RoomID == "" {
+			continue
+		}
+		if err := s.mgr.RecordEncryption(ctx, head.RoomID, head.Content); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // heldDown is called when the homeserver has, or will have, held heirloom to be down: it sends its
@@ -271,6 +337,16 @@ func (s *Server) processTransaction(ctx context.Context, txn *Transaction) {
 	for _, evt := range txn.Ephemeral {
 		s.metrics.events.WithLabelValues("ephemeral", eventTypeLabel(evt.Type.Type)).Inc()
 	}
+	s.processKeys(ctx, txn)
+	for _, evt := range txn.Events {
+		s.reactToEvent(ctx, evt)
+		s.OnRoomEvent(ctx, evt)
+	}
+}
+
+// processKeys applies what a transaction brings for heirloom's devices: to-device messages,
+// one-time-key counts and device lists (new devices of invitees may get their invite's bundle).
+func (s *Server) processKeys(ctx context.Context, txn *Transaction) {
 	for _, evt := range txn.ToDevice {
 		s.metrics.events.WithLabelValues("to_device", eventTypeLabel(evt.Type.Type)).Inc()
 		s.mgr.RouteToDevice(ctx, evt)
@@ -282,10 +358,6 @@ func (s *Server) processTransaction(ctx context.Context, txn *Transaction) {
 	}
 	s.mgr.RouteDeviceListChanges(ctx, txn.DeviceLists.Changed)
 	s.history.DeviceListsChanged(ctx, txn.DeviceLists.Changed)
-	for _, evt := range txn.Events {
-		s.reactToEvent(ctx, evt)
-		s.OnRoomEvent(ctx, evt)
-	}
 }
 
 // trackState records room state from the transaction, with the history visibility heirloom knew
@@ -313,6 +385,7 @@ func (s *Server) applyState(ctx context.Context, evt *event.Event, previous *eve
 		s.history.TrackMembership(ctx, evt)
 	}
 	mautrix.UpdateStateStore(ctx, s.db.StateStore, evt)
+	s.noteInviteEncryption(ctx, evt)
 	if change, ok := e2ee.RoomChangeOf(evt, previous); ok {
 		// At the event's own time, so a late transaction of a departure does not rotate a session
 		// created after it (the send path already rotated for it, from the member list); never

@@ -9,3 +9,6 @@ func Active(string) bool { return false }
 
 // Crash does nothing: no fault point is built in.
 func Crash(string) {}
+
+// Hold does nothing: no fault point is built in.
+func Hold(string) {}

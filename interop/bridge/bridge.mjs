@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// A small appservice bridge on matrix-appservice-bridge, for heirloom's gateway tests.
+// A small appservice bridge on matrix-appservice-bridge (12.0.1, which runs on the
+// @vector-im/matrix-bot-sdk fork), for heirloom's gateway tests.
 //
 //   node bridge.mjs generate --registration FILE --url URL [--id ID] [--sender-localpart NAME] [--prefix PREFIX]
 //       writes an appservice registration with the library's own generator (random tokens;
@@ -18,34 +19,27 @@
 //
 // Once both listeners accept connections, `run` prints one line {"listening": <control port>}
 // to stdout. The library's logs go to stdout and stderr too: read stdout until that line.
-// The control server: POST /rpc/<method> with a JSON body, answered 200 with a JSON result or
-// 500 with {"error": "..."}; GET /health answers {"ok": true}. Methods (params):
+// The control server (control.mjs) has events, waitEvent and shutdown, and (params):
 //   register {user, displayname?}                  ensure the ghost (or the bot) is registered
 //   createRoom {user, name?, invite?, preset?, is_direct?, initial_state?}   -> {room_id}
 //   join {user, room_id}  leave {user, room_id}  invite {user, room_id, target}
 //   sendText {user, room_id, body}                 -> {event_id}
-//   sendMessage {user, room_id, content, type?}    -> {event_id}
+//   sendMessage {user, room_id, content, type?, txn_id?}    -> {event_id} (txn_id: sent under it)
 //   sendImage {user, room_id, data (base64), mimetype?, filename?, w?, h?}   -> {event_id, content_uri}
 //   download {user?, mxc}                          -> {size, sha256, content_type}
 //   messages {user, room_id, limit?, dir?}         -> the homeserver's /messages answer
-//   events {after?, room_id?, type?}               -> {events: [{seq, received_ts, event}], last_seq}
-//   waitEvent {after?, room_id?, type?, sender?, state_key?, membership?, body?, msgtype?, timeout_ms?}
-//                                                  -> the first recorded event that matches
-//   shutdown {}
+//   request {user, method, path, query?, body?}    -> the answer of one client-server call made as the
+//                                                  user through the library (path sent as given)
 // `user` is a full user ID or a localpart; it must be the bot or in the registration's namespace.
-// received_ts is milliseconds since the epoch, with a fractional part.
 
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { createServer } from "node:http";
-import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 
 import yaml from "js-yaml";
 import { AppServiceRegistration, Bridge, Logger } from "matrix-appservice-bridge";
 
-const DEFAULT_TIMEOUT_MS = 30000;
-const MAX_RECORDED = 100000;
+import { ControlServer, Recorder, escapeRegex, required, serveUntilStopped } from "./control.mjs";
 
 function generate(argv) {
     const { values: args } = parseArgs({
@@ -112,95 +106,17 @@ async function run(argv) {
     });
     await bridge.run(Number(args.port), undefined, "127.0.0.1");
 
-    const control = new Control(bridge, registration, recorder, args.domain, log);
-    let server;
-    let stopping = false;
-    const shutdown = async (why) => {
-        if (stopping) return;
-        stopping = true;
-        log.info(`shutting down (${why})`);
-        setTimeout(() => process.exit(0), 5000).unref();
-        server?.close();
-        server?.closeAllConnections?.();
-        await bridge.close().catch(() => {});
-        process.exit(0);
-    };
-    control.onShutdown = () => shutdown("rpc");
-    process.on("SIGTERM", () => shutdown("SIGTERM"));
-    process.on("SIGINT", () => shutdown("SIGINT"));
-    process.on("unhandledRejection", (err) => log.error("unhandled rejection:", err));
-
-    server = await control.listen(Number(args["rpc-port"]));
-    process.stdout.write(`${JSON.stringify({ listening: server.address().port })}\n`);
+    const control = new Control(bridge, registration, args.domain);
+    const server = new ControlServer(recorder, (method, params) => control.call(method, params), log);
+    await serveUntilStopped(server, Number(args["rpc-port"]), () => bridge.close(), log);
 }
 
-// Recorder keeps every event onEvent received, in order, with its arrival time.
-class Recorder {
-    constructor() {
-        this.entries = [];
-        this.seq = 0;
-        this.waiters = new Set();
-    }
-
-    record(event) {
-        const entry = { seq: ++this.seq, received_ts: performance.timeOrigin + performance.now(), event };
-        this.entries.push(entry);
-        if (this.entries.length > MAX_RECORDED) this.entries.splice(0, this.entries.length - MAX_RECORDED);
-        for (const waiter of this.waiters) waiter(entry);
-    }
-
-    list(filter) {
-        return this.entries.filter((entry) => matches(entry, filter));
-    }
-
-    // wait resolves with the first entry (already recorded or arriving) that matches filter.
-    wait(filter, timeoutMs) {
-        const found = this.entries.find((entry) => matches(entry, filter));
-        if (found) return Promise.resolve(found);
-        return new Promise((resolve, reject) => {
-            const waiter = (entry) => {
-                if (!matches(entry, filter)) return;
-                clearTimeout(timer);
-                this.waiters.delete(waiter);
-                resolve(entry);
-            };
-            const timer = setTimeout(() => {
-                this.waiters.delete(waiter);
-                reject(new Error(`timed out after ${timeoutMs} ms waiting for an event matching ${JSON.stringify(filter)}`));
-            }, timeoutMs);
-            this.waiters.add(waiter);
-        });
-    }
-}
-
-const FILTER_KEYS = ["after", "room_id", "type", "sender", "state_key", "membership", "body", "msgtype"];
-
-function matches({ seq, event }, f) {
-    if (f.after !== undefined && seq <= f.after) return false;
-    if (f.room_id !== undefined && event.room_id !== f.room_id) return false;
-    if (f.type !== undefined && event.type !== f.type) return false;
-    if (f.sender !== undefined && event.sender !== f.sender) return false;
-    if (f.state_key !== undefined && event.state_key !== f.state_key) return false;
-    if (f.membership !== undefined && event.content?.membership !== f.membership) return false;
-    if (f.body !== undefined && event.content?.body !== f.body) return false;
-    if (f.msgtype !== undefined && event.content?.msgtype !== f.msgtype) return false;
-    return true;
-}
-
-function filterOf(params) {
-    const f = {};
-    for (const key of FILTER_KEYS) if (params[key] !== undefined) f[key] = params[key];
-    return f;
-}
-
+// Control acts through the library's intents for the control server's methods.
 class Control {
-    constructor(bridge, registration, recorder, domain, log) {
+    constructor(bridge, registration, domain) {
         this.bridge = bridge;
         this.registration = registration;
-        this.recorder = recorder;
         this.domain = domain;
-        this.log = log;
-        this.onShutdown = () => {};
     }
 
     userId(params) {
@@ -246,6 +162,7 @@ class Control {
                 const intent = this.intent(params);
                 const roomId = required(params, "room_id");
                 const content = required(params, "content");
+                if (params.txn_id) return this.sendWithTxn(intent, roomId, params.type ?? "m.room.message", content, params.txn_id);
                 if (params.type && params.type !== "m.room.message") return intent.sendEvent(roomId, params.type, content);
                 return intent.sendMessage(roomId, content);
             }
@@ -259,18 +176,22 @@ class Control {
                 const query = { dir: params.dir ?? "b", limit: params.limit ?? 100 };
                 return intent.matrixClient.doRequest("GET", `/_matrix/client/v3/rooms/${roomId}/messages`, query);
             }
-            case "events": {
-                const events = this.recorder.list(filterOf(params));
-                return { events, last_seq: this.recorder.seq };
+            case "request": {
+                const intent = this.intent(params);
+                const query = params.query ?? null;
+                return intent.matrixClient.doRequest(required(params, "method"), required(params, "path"), query, params.body ?? null);
             }
-            case "waitEvent":
-                return this.recorder.wait(filterOf(params), timeoutOf(params));
-            case "shutdown":
-                setImmediate(() => this.onShutdown());
-                return {};
             default:
                 throw new Error(`unknown method ${method}`);
         }
+    }
+
+    // sendWithTxn sends under the caller's transaction ID, as a bridge that retries a send after
+    // an unclear failure does: the homeserver answers a repeated ID with the first event.
+    async sendWithTxn(intent, roomId, type, content, txnId) {
+        await intent.ensureRegistered();
+        const path = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${encodeURIComponent(type)}/${encodeURIComponent(txnId)}`;
+        return intent.matrixClient.doRequest("PUT", path, null, content);
     }
 
     async sendImage(params) {
@@ -297,77 +218,6 @@ class Control {
             content_type: contentType,
         };
     }
-
-    listen(port) {
-        const server = createServer((req, res) => this.handle(req, res));
-        // Node closes an idle connection after 5 s by default, which races a Go client reusing it
-        // ("connection reset by peer" on a POST, which Go does not retry): the client closes first.
-        server.keepAliveTimeout = 0;
-        return new Promise((resolve, reject) => {
-            server.once("error", reject);
-            server.listen(port, "127.0.0.1", () => resolve(server));
-        });
-    }
-
-    async handle(req, res) {
-        const reply = (status, body) => {
-            res.writeHead(status, { "Content-Type": "application/json" });
-            res.end(JSON.stringify(body));
-        };
-        const url = new URL(req.url, "http://127.0.0.1");
-        if (req.method === "GET" && url.pathname === "/health") return reply(200, { ok: true });
-        const match = /^\/rpc\/([A-Za-z]+)$/.exec(url.pathname);
-        if (req.method !== "POST" || !match) return reply(404, { error: `no route ${req.method} ${url.pathname}` });
-        const started = Date.now();
-        try {
-            const raw = await readBody(req);
-            const params = raw.trim() ? JSON.parse(raw) : {};
-            if (typeof params !== "object" || params === null || Array.isArray(params)) {
-                throw new Error("request body must be a JSON object");
-            }
-            const result = await this.call(match[1], params);
-            this.log.info(`${match[1]} ok in ${Date.now() - started} ms`);
-            reply(200, result ?? {});
-        } catch (err) {
-            const message = describeError(err);
-            this.log.warn(`${match[1]} failed after ${Date.now() - started} ms: ${message}`);
-            reply(500, { error: message });
-        }
-    }
-}
-
-// describeError keeps the homeserver's answer (errcode, error, status) of a failed request.
-function describeError(err) {
-    if (err?.body?.errcode || err?.statusCode) {
-        const body = typeof err.body === "object" ? JSON.stringify(err.body) : String(err.body ?? "");
-        return `HTTP ${err.statusCode ?? "?"} ${body}`.trim();
-    }
-    return err?.message ?? String(err);
-}
-
-function required(params, name) {
-    const value = params[name];
-    if (value === undefined || value === null || value === "") throw new Error(`missing required param "${name}"`);
-    return value;
-}
-
-function timeoutOf(params) {
-    const t = params.timeout_ms ?? DEFAULT_TIMEOUT_MS;
-    if (typeof t !== "number" || !(t > 0)) throw new Error(`bad timeout_ms ${JSON.stringify(t)}`);
-    return t;
-}
-
-function escapeRegex(s) {
-    return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-}
-
-function readBody(req) {
-    return new Promise((resolve, reject) => {
-        const chunks = [];
-        req.on("data", (c) => chunks.push(c));
-        req.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
-        req.on("error", reject);
-    });
 }
 
 // Last, so that every class above is initialised before it runs.

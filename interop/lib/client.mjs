@@ -186,6 +186,8 @@ export class Peer {
             name: params.name,
             preset: params.preset ?? "private_chat",
             invite: params.invite ?? [],
+            // A DM as Element starts one: the invite says is_direct.
+            ...(params.is_direct ? { is_direct: true } : {}),
             initial_state: initialState,
         });
 

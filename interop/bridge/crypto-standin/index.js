@@ -1,19 +1,20 @@
 // Stand-in for @matrix-org/matrix-sdk-crypto-nodejs.
 //
-// matrix-appservice-bridge loads @vector-im/matrix-bot-sdk, which requires the Rust crypto
-// binding at load time (lib/e2ee/CryptoClient.js, RustEngine.js). The real package fetches its
+// matrix-appservice-bridge loads @vector-im/matrix-bot-sdk, and the upstream matrix-bot-sdk is
+// the same code before the fork: both require the Rust crypto binding at load time
+// (lib/e2ee/CryptoClient.js, RustEngine.js). The real package fetches its
 // native library from outside the package registries in an install script, which cannot work
 // here, and without it `require` fails ("Cannot find module
-// @matrix-org/matrix-sdk-crypto-nodejs-linux-x64-gnu"). The test bridge runs with the
-// library's own encryption off (no `bridgeEncryption` option): encryption is what heirloom's
-// gateway adds in front of it. So this module only has to load; any use of it is a bug and
+// @matrix-org/matrix-sdk-crypto-nodejs-linux-x64-gnu"). The test bridges run with the
+// libraries' own encryption off (no `bridgeEncryption` option, no cryptoStorage): encryption is
+// what heirloom's gateway adds in front of them. So this module only has to load; any use of it is a bug and
 // throws, loudly.
 "use strict";
 
 function unavailable(name) {
     throw new Error(
-        `@matrix-org/matrix-sdk-crypto-nodejs is a stand-in in heirloom's test bridge (${String(name)} was used): ` +
-            "the bridge runs with its own encryption off",
+        `@matrix-org/matrix-sdk-crypto-nodejs is a stand-in in heirloom's test bridges (${String(name)} was used): ` +
+            "the bridges run with their own encryption off",
     );
 }
 

@@ -1,4 +1,4 @@
--- v7 -> v8: mautrix's crypto store keys inbound sessions by (account, room, session) since its schema 23
+-- v8 -> v9: mautrix's crypto store keys inbound sessions by (account, room, session) since its schema 23
 -- On SQLite, mautrix's upgrade rebuilt crypto_megolm_inbound_session, and heirloom's room index of v3
 -- went with the old table: it is made again. The primary key's (account_id, room_id) prefix could serve
 -- a bundle's room scan too, but in session ID order, which on SQLite reads a large room's rows from all

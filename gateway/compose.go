@@ -1,0 +1,121 @@
+package gateway
+
+import (
+	"context"
+	"time"
+
+	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/database"
+)
+
+// The hold-back rule: which of the stored events go to the bridge next. Events go in the order
+// the homeserver delivered them, and a room's events never overtake one another; but one room
+// never holds back another. An event holds back its own room while it waits for its key (until
+// gateway.decrypt_wait is over), and while it waits to be tried again after the bridge refused it
+// alone (refusalBackoff); behind such an event, its room's events wait, however many, and other
+// rooms' go on. An event the bridge refused in a transaction goes alone from then on.
+
+const (
+	// maxTxnEvents is how many events one transaction to the bridge carries at most (the
+	// homeserver sends at most 100 room events per transaction; bridges are used to that).
+	maxTxnEvents = 100
+	// maxTxnBytes caps a transaction's events, beyond its first: mautrix-python (heisenbridge)
+	// refuses a request body over 1 MiB (aiohttp's client_max_size), 413.
+	maxTxnBytes = 512 << 10
+	// headsPage is how many stored events the composer reads at a time.
+	headsPage = 2000
+)
+
+// picker chooses the events of the next transaction from the outbox's events, offered in order.
+type picker struct {
+	now   int64
+	held  map[id.RoomID]bool
+	seqs  []int64
+	bytes int64
+	// wake is when the earliest event held back may go (unix ms; 0: none is held).
+	wake int64
+	full bool
+}
+
+func newPicker(now time.Time) *picker {
+	return &picker{now: now.UnixMilli(), held: map[id.RoomID]bool{}}
+}
+
+// heldUntil returns when an event that holds back its room may go (unix ms), or 0.
+func heldUntil(e *database.GatewayEvent) int64 {
+	switch {
+	case e.Waiting:
+		return e.WaitUntil
+	case e.Refusals > 0:
+		return e.RetryAt
+	}
+	return 0
+}
+
+// offer considers the next event; it reports false once the transaction is complete.
+func (p *picker) offer(e *database.GatewayEvent) bool {
+	if e.RoomID != "" && p.held[e.RoomID] {
+		return true // behind an event of its room that may not go yet
+	}
+	if until := heldUntil(e); until > p.now {
+		p.hold(e.RoomID)
+		if p.wake == 0 || until < p.wake {
+			p.wake = until
+		}
+		return true
+	}
+	switch {
+	case e.Solo && len(p.seqs) > 0:
+		// It goes alone, next: its room waits for it, others may join this transaction.
+		p.hold(e.RoomID)
+		return true
+	case len(p.seqs) > 0 && p.bytes+e.Size > maxTxnBytes:
+		p.full = true
+		return false
+	}
+	p.seqs = append(p.seqs, e.Seq)
+	p.bytes += e.Size
+	p.full = e.Solo || len(p.seqs) == maxTxnEvents
+	return !p.full
+}
+
+func (p *picker) hold(roomID id.RoomID) {
+	if roomID != "" {
+		p.held[roomID] = true
+	}
+}
+
+// compose puts the events that may go now into a new transaction, and returns it; or nil, and
+// when an event held back may go (zero if none is).
+func (g *Gateway) compose(ctx context.Context, now time.Time) (*database.GatewayTxn, time.Time, error) {
+	pick := newPicker(now)
+	var after int64
+	for !pick.full {
+		heads, err := g.db.GatewayOutboxHeads(ctx, after, headsPage)
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		for _, e := range heads {
+			if !pick.offer(e) {
+				break
+			}
+		}
+		if len(heads) < headsPage {
+			break
+		}
+		after = heads[len(heads)-1].Seq
+	}
+	var wake time.Time
+	if pick.wake != 0 {
+		wake = time.UnixMilli(pick.wake)
+	}
+	if len(pick.seqs) == 0 {
+		return nil, wake, nil
+	}
+	txn, err := g.db.CreateGatewayTxn(ctx, pick.seqs, now.UnixMilli(), g.recordLate)
+	if err != nil || len(txn.Events) == 0 {
+		return nil, wake, err
+	}
+	return txn, wake, nil
+}

@@ -1,0 +1,96 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+const (
+	// keyRecoveryAfter is how long an event for the bridge waits for its room key before heirloom
+	// goes to fetch it: well within gateway.decrypt_wait's default, so the event is usually
+	// delivered decrypted, in order.
+	keyRecoveryAfter = time.Second
+	// keyRecoveryEvery is how often one session's key is fetched at most.
+	keyRecoveryEvery = 10 * time.Minute
+)
+
+// keyRecoveries remembers which sessions' keys heirloom went to fetch, and when.
+type keyRecoveries struct {
+	mu    sync.Mutex
+	since map[id.SessionID]time.Time
+}
+
+// claim reports whether the session's key is not being fetched already (within keyRecoveryEvery),
+// and marks it as being fetched. It forgets what is older.
+func (k *keyRecoveries) claim(sessionID id.SessionID, now time.Time) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.since == nil {
+		k.since = map[id.SessionID]time.Time{}
+	}
+	for s, at := range k.since {
+		if now.Sub(at) >= keyRecoveryEvery {
+			delete(k.since, s)
+		}
+	}
+	if _, ok := k.since[sessionID]; ok {
+		return false
+	}
+	k.since[sessionID] = now
+	return true
+}
+
+// recoverKey goes to fetch the room key of an encrypted event for the bridge that no bridge user
+// could decrypt, in case the homeserver never pushed it (Synapse skips some to-device pushes to
+// appservices): after keyRecoveryAfter, if the key has still not come, each bridge user in the room
+// who may sync sweeps its device inbox (e2ee.SweepToDevice), and the appservice's sender (the
+// bridge's bot), to which Synapse refuses /sync, asks the sending device for the session and takes
+// only that device's forward of its own session (e2ee.RequestRoomKeyFromSender). A key that comes
+// reaches the waiting event through KeysArrived. Each session is fetched once per keyRecoveryEvery.
+func (g *Gateway) recoverKey(ctx context.Context, raw json.RawMessage) {
+	var evt struct {
+		RoomID  id.RoomID `json:"room_id"`
+		Sender  id.UserID `json:"sender"`
+		Content struct {
+			SenderKey id.SenderKey `json:"sender_key"`
+			SessionID id.SessionID `json:"session_id"`
+		} `json:"content"`
+	}
+	if json.Unmarshal(raw, &evt) != nil || evt.Content.SessionID == "" || !g.recoveries.claim(evt.Content.SessionID, time.Now()) {
+		return
+	}
+	log := zerolog.Ctx(ctx).With().Stringer("room_id", evt.RoomID).Stringer("session_id", evt.Content.SessionID).Logger()
+	ctx = log.WithContext(context.WithoutCancel(ctx))
+	go func() {
+		time.Sleep(keyRecoveryAfter)
+		g.fetchKey(ctx, evt.RoomID, evt.Sender, evt.Content.SenderKey, evt.Content.SessionID)
+	}()
+}
+
+// fetchKey is recoverKey's work, once the wait is over.
+func (g *Gateway) fetchKey(ctx context.Context, roomID id.RoomID, sender id.UserID, senderKey id.SenderKey, sessionID id.SessionID) {
+	readers := g.readers(ctx, roomID, "")
+	for _, p := range readers {
+		if igs, err := p.Store.GetGroupSession(ctx, roomID, sessionID); err == nil && igs != nil {
+			return // it came meanwhile
+		}
+	}
+	for _, p := range readers {
+		var err error
+		switch {
+		case p.IsSender() && g.db.StateStore.IsMembership(ctx, roomID, p.UserID, event.MembershipJoin, event.MembershipInvite):
+			err = p.RequestRoomKeyFromSender(ctx, roomID, sender, senderKey, sessionID)
+		case !p.IsSender():
+			_, err = p.SweepToDevice(ctx, false)
+		}
+		if err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Stringer("reader", p.UserID).Msg("Failed to fetch a room key the bridge is missing")
+		}
+	}
+}

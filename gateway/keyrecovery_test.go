@@ -1,0 +1,23 @@
+package gateway
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// A session's missing key is fetched once, not once per event of the session, and again only
+// after keyRecoveryEvery.
+func TestKeyRecoveryClaimsEachSessionOnce(t *testing.T) {
+	var k keyRecoveries
+	now := time.Now()
+	require.True(t, k.claim("s1", now))
+	require.False(t, k.claim("s1", now.Add(time.Second)), "the second event of the session")
+	require.True(t, k.claim("s2", now.Add(time.Second)), "another session")
+	require.False(t, k.claim("s1", now.Add(keyRecoveryEvery-time.Second)))
+	require.True(t, k.claim("s1", now.Add(keyRecoveryEvery)), "fetched again after keyRecoveryEvery")
+	require.Len(t, k.since, 2, "s2 is still remembered, the old claim of s1 replaced")
+	require.True(t, k.claim("s3", now.Add(3*keyRecoveryEvery)))
+	require.Len(t, k.since, 1, "what is older than keyRecoveryEvery is forgotten")
+}

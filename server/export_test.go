@@ -1,0 +1,4 @@
+package server
+
+// SendTxnID is sendTxnID, for the tests.
+var SendTxnID = sendTxnID
