@@ -77,7 +77,8 @@ func openRaw(cfg config.Database, dblog dbutil.DatabaseLogger, holder string) (*
 // Upgrade brings heirloom's tables, mautrix's state store and mautrix's crypto store to
 // their latest schema, each under its own version table.
 func (db *Database) Upgrade(ctx context.Context) error {
-	// mautrix's stores first: heirloom's schema adds an index to the crypto store's table.
+	// mautrix's stores first: heirloom's schema indexes a table of the crypto store (v3, and again v9
+	// after mautrix's schema 23 rebuilt that table on SQLite).
 	dblog := dbutil.ZeroLogger(db.log.With().Str("component", "database").Logger())
 	cryptoDB := db.Raw.Child(sql_store_upgrade.VersionTableName, sql_store_upgrade.Table, dblog)
 	if err := cryptoDB.Upgrade(ctx); err != nil {

@@ -20,11 +20,18 @@ import (
 
 // This file holds every statement heirloom runs itself on a table of mautrix's SQL crypto store
 // (on crypto_megolm_inbound_session, and on the device tables crypto_tracked_user and
-// crypto_device); everything else goes through mautrix's own crypto.SQLCryptoStore methods. The statements are written for the table as mautrix-go
-// MautrixVersion creates it at crypto store schema CryptoStoreSchema (sql_store_upgrade); a test
-// fails when that schema version changes, and round-trip tests read what these statements write
-// back through mautrix's GetGroupSession. heirloom's own migration 03 adds an index to the table
-// (account_id, room_id) for the room queries below.
+// crypto_device); everything else goes through mautrix's own crypto.SQLCryptoStore methods. The
+// statements are written for the tables as mautrix-go MautrixVersion creates them at crypto store
+// schema CryptoStoreSchema (sql_store_upgrade); a test fails when that schema version changes, and
+// round-trip tests read what these statements write back through mautrix's GetGroupSession.
+//
+// Since schema 23, crypto_megolm_inbound_session is keyed by (account_id, room_id, session_id):
+// every copy of a session is held under the room it claims, and a copy claiming another room is
+// another row. Every statement here names the room, so nothing a copy of one room claims can
+// change, move, shadow or block a row of another. The room queries below read heirloom's own index
+// on (account_id, room_id) (migrations 03 and 09), which gives a room's rows in the order they were
+// written: through the primary key they would come in session ID order, from all over the table on
+// SQLite, twice the time for a large bundle.
 //
 // Why not mautrix's methods: GetGroupSessionsForRoom unpickles every session serially (a key
 // derivation each), which makes a 10,000-session bundle four times slower than reading the pickles
@@ -34,13 +41,12 @@ import (
 // The statements of a bundle import (SessionInserter, InsertBundleWithheld) are written apart for
 // SQLite and PostgreSQL; the round-trip tests run on both.
 const (
-	MautrixVersion    = "v0.32.0"
-	CryptoStoreSchema = 22
+	MautrixVersion    = "v0.33.0"
+	CryptoStoreSchema = 23
 )
 
-// HeldSession is what a puppet's store holds under a session ID, whatever room it claims.
+// HeldSession is what a puppet's store holds for a session ID in a room.
 type HeldSession struct {
-	RoomID id.RoomID
 	// HasKey is false for a withheld entry: a row that says the key was refused, with no key.
 	HasKey bool
 	// Direct is true for a key received from the session's own device (m.room_key, or the
@@ -56,24 +62,23 @@ type heldSessionRow struct {
 // heldLookupChunk bounds the session IDs per HeldSessions statement.
 const heldLookupChunk = 500
 
-// HeldSessions returns the rows the puppet holds for the session IDs, keyed by session ID. The
-// crypto store keys inbound sessions by account and session ID only, so one puppet can hold one
-// room's copy of a session ID; GetGroupSession filters by room and cannot tell "not held" from
-// "held for another room".
-func (p *Puppet) HeldSessions(ctx context.Context, sessionIDs []id.SessionID) (map[id.SessionID]HeldSession, error) {
+// HeldSessions returns the rows the puppet holds for the session IDs in the room, keyed by
+// session ID. (GetGroupSession reads one, and cannot tell "not held" from a withheld entry
+// without an error to unwrap.)
+func (p *Puppet) HeldSessions(ctx context.Context, roomID id.RoomID, sessionIDs []id.SessionID) (map[id.SessionID]HeldSession, error) {
 	out := make(map[id.SessionID]HeldSession, len(sessionIDs))
 	for start := 0; start < len(sessionIDs); start += heldLookupChunk {
 		chunk := sessionIDs[start:min(start+heldLookupChunk, len(sessionIDs))]
-		args := make([]any, 0, len(chunk)+1)
-		args = append(args, p.Store.AccountID)
+		args := make([]any, 0, len(chunk)+2)
+		args = append(args, p.Store.AccountID, roomID)
 		for _, sid := range chunk {
 			args = append(args, sid)
 		}
-		rows, err := p.Store.DB.Query(ctx, `SELECT session_id, room_id, session IS NOT NULL, key_source FROM crypto_megolm_inbound_session
-			WHERE account_id=$1 AND session_id IN (`+placeholderList(2, len(chunk), '$')+`)`, args...)
+		rows, err := p.Store.DB.Query(ctx, `SELECT session_id, session IS NOT NULL, key_source FROM crypto_megolm_inbound_session
+			WHERE account_id=$1 AND room_id=$2 AND session_id IN (`+placeholderList(3, len(chunk), '$')+`)`, args...)
 		err = iterate(rows, err, func(row dbutil.Scannable) (h heldSessionRow, err error) {
 			var source id.KeySource
-			err = row.Scan(&h.sessionID, &h.RoomID, &h.HasKey, &source)
+			err = row.Scan(&h.sessionID, &h.HasKey, &source)
 			h.Direct = source == id.KeySourceDirect || source == ""
 			return
 		}, func(h heldSessionRow) error {
@@ -87,56 +92,72 @@ func (p *Puppet) HeldSessions(ctx context.Context, sessionIDs []id.SessionID) (m
 	return out, nil
 }
 
-// StoredSession is one inbound session row of a room as a key bundle needs it.
+// StoredSession is one inbound session row of a room as a key bundle needs it: what keybundle.Place
+// decides on, and the session's pickle.
 type StoredSession struct {
-	SessionID  id.SessionID
-	SenderKey  id.SenderKey
-	SigningKey id.Ed25519
-	// Pickled is the session in goolm's pickle format (PickleCipher reads it); empty for
-	// sessions read by EachWithheldEntry, whose keys are never decrypted.
+	keybundle.Held
+	// Pickled is the session in goolm's pickle format (PickleCipher reads it).
 	Pickled []byte
 }
 
-// EachWithheldEntry calls unshared for every session of the room the puppet holds a key for
-// without shared history (with its IDs only: its key is never decrypted), and passedOn for every
-// m.history_not_shared entry (either name) the puppet imported for the room from an accepted
-// bundle (InsertBundleWithheld marks those with the bundle's sender as source_user): what a bundle
-// of the room lists as withheld, read in one pass. mautrix keeps withheld entries as
-// inbound-session rows with a withheld code and no session, and has no query for them by room.
-func (p *Puppet) EachWithheldEntry(ctx context.Context, roomID id.RoomID, unshared func(StoredSession) error, passedOn func(keybundle.Withheld) error) error {
-	rows, err := p.Store.DB.Query(ctx, `
-		SELECT session_id, sender_key, session IS NOT NULL, COALESCE(withheld_code, ''), COALESCE(withheld_reason, '')
-		FROM crypto_megolm_inbound_session
-		WHERE account_id=$1 AND room_id=$2 AND (session IS NOT NULL AND shared_history IS NOT TRUE
-			OR session IS NULL AND withheld_code IN ($3, $4) AND source_user <> '')`,
-		p.Store.AccountID, roomID, keybundle.CodeHistoryNotShared, keybundle.CodeHistoryNotSharedUnstable)
-	type entry struct {
-		sessionID, senderKey, code, reason string
-		hasKey                             bool
+// roomRows selects the rows that the accounts hold for a room: the placeholders and arguments of
+// "account_id IN (…) AND room_id=…", numbered from $first. One account today (a puppet's own
+// bundle); the statements take a set so that a bundle can be built from what any of several
+// accounts holds (a gateway's bridge users). Rows come in no particular order: a caller that
+// merges several accounts' copies of a session must gather them itself.
+func roomRows(first int, accounts []string, roomID id.RoomID) (string, []any) {
+	args := make([]any, 0, len(accounts)+1)
+	for _, a := range accounts {
+		args = append(args, a)
 	}
-	return iterate(rows, err, func(row dbutil.Scannable) (e entry, err error) {
-		err = row.Scan(&e.sessionID, &e.senderKey, &e.hasKey, &e.code, &e.reason)
+	args = append(args, roomID)
+	return `account_id IN (` + placeholderList(first, len(accounts), '$') + `) AND room_id=$` + strconv.Itoa(first+len(accounts)), args
+}
+
+// EachWithheldEntry calls each, for the room, with every session the puppet holds a key for
+// without shared history (its key is never read) and every m.history_not_shared entry (either
+// name) the puppet imported from an accepted bundle (InsertBundleWithheld marks those with the
+// bundle's sender as source_user): what keybundle.Place may put into a bundle's withheld list,
+// read in one pass. mautrix keeps withheld entries as inbound-session rows with a withheld code and
+// no session, and has no query for them by room.
+func (p *Puppet) EachWithheldEntry(ctx context.Context, roomID id.RoomID, each func(keybundle.Held) error) error {
+	return eachWithheldEntry(ctx, p.Store.DB, []string{p.Store.AccountID}, roomID, each)
+}
+
+func eachWithheldEntry(ctx context.Context, db *dbutil.Database, accounts []string, roomID id.RoomID, each func(keybundle.Held) error) error {
+	where, args := roomRows(3, accounts, roomID)
+	args = append([]any{keybundle.CodeHistoryNotShared, keybundle.CodeHistoryNotSharedUnstable}, args...)
+	rows, err := db.Query(ctx, `
+		SELECT session_id, sender_key, session IS NOT NULL, COALESCE(withheld_code, ''), COALESCE(withheld_reason, ''),
+			source_user <> ''
+		FROM crypto_megolm_inbound_session
+		WHERE `+where+` AND (session IS NOT NULL AND shared_history IS NOT TRUE
+			OR session IS NULL AND withheld_code IN ($1, $2) AND source_user <> '')`, args...)
+	return iterate(rows, err, func(row dbutil.Scannable) (h keybundle.Held, err error) {
+		var sessionID, senderKey string
+		err = row.Scan(&sessionID, &senderKey, &h.HasKey, &h.Code, &h.Reason, &h.FromBundle)
+		h.RoomID, h.SessionID, h.SenderKey = roomID, id.SessionID(sessionID), id.SenderKey(senderKey)
 		return
-	}, func(e entry) error {
-		if e.hasKey {
-			return unshared(StoredSession{SessionID: id.SessionID(e.sessionID), SenderKey: id.SenderKey(e.senderKey)})
-		}
-		return passedOn(keybundle.Withheld{RoomID: roomID, Algorithm: id.AlgorithmMegolmV1, SessionID: id.SessionID(e.sessionID),
-			SenderKey: id.SenderKey(e.senderKey), Code: e.code, Reason: e.reason})
-	})
+	}, each)
 }
 
 // EachSharedSession calls each for every session of the room the puppet holds with shared
 // history, with its pickle.
 func (p *Puppet) EachSharedSession(ctx context.Context, roomID id.RoomID, each func(StoredSession) error) error {
-	rows, err := p.Store.DB.Query(ctx, `
-		SELECT session_id, sender_key, signing_key, session FROM crypto_megolm_inbound_session
-		WHERE room_id=$1 AND account_id=$2 AND session IS NOT NULL AND shared_history IS TRUE`, roomID, p.Store.AccountID)
+	return eachSharedSession(ctx, p.Store.DB, []string{p.Store.AccountID}, roomID, each)
+}
+
+func eachSharedSession(ctx context.Context, db *dbutil.Database, accounts []string, roomID id.RoomID, each func(StoredSession) error) error {
+	where, args := roomRows(1, accounts, roomID)
+	rows, err := db.Query(ctx, `
+		SELECT session_id, sender_key, COALESCE(signing_key, ''), session FROM crypto_megolm_inbound_session
+		WHERE `+where+` AND session IS NOT NULL AND shared_history IS TRUE`, args...)
 	return iterate(rows, err, func(row dbutil.Scannable) (st StoredSession, err error) {
 		// Plain strings scan without reflection; the ID types are strings.
 		var sessionID, senderKey, signingKey string
 		err = row.Scan(&sessionID, &senderKey, &signingKey, &st.Pickled)
-		st.SessionID, st.SenderKey, st.SigningKey = id.SessionID(sessionID), id.SenderKey(senderKey), id.Ed25519(signingKey)
+		st.Held = keybundle.Held{RoomID: roomID, SessionID: id.SessionID(sessionID), SenderKey: id.SenderKey(senderKey),
+			SigningKey: id.Ed25519(signingKey), HasKey: true, SharedHistory: true}
 		return
 	}, each)
 }
@@ -165,9 +186,10 @@ type NewSessionRow struct {
 // (a bundle import's: room, forwarding chain, history flag, time received, limits, source), each row
 // as mautrix's PutGroupSession would write the session, one statement per batch. It runs inside the
 // caller's transaction, whose statements it prepares once (NewSessionInserter), and under
-// LockSessionsExclusive. A session ID the puppet holds a row for already (of any room, with a key
-// or withheld) is left alone and reported, for the caller to merge by the rules of
-// StoreSessionInTxn. It does not mark the sessions received on the machine.
+// LockSessionsExclusive. A session ID the puppet holds a row for already in the same room (a key
+// or a withheld entry) is left alone and reported, for the caller to merge by the rules of
+// StoreSessionInTxn; a row of another room is another key, never in the way. It does not mark the
+// sessions received on the machine.
 //
 // On SQLite the shared columns are bound once per statement and each row binds its four own
 // (INSERT … SELECT … FROM (VALUES …)), and the statement is INSERT OR IGNORE: its only constraint
@@ -241,7 +263,7 @@ func (si *SessionInserter) statement(ctx context.Context, n int) (*sql.Stmt, err
 		query = `INSERT INTO crypto_megolm_inbound_session (session_id, sender_key, signing_key, session,
 			` + sharedSessionColumns + `)
 			VALUES ` + placeholderRowsFrom(n, cols, 1, '$') + `
-			ON CONFLICT (session_id, account_id) DO NOTHING RETURNING session_id`
+			ON CONFLICT (account_id, room_id, session_id) DO NOTHING RETURNING session_id`
 	}
 	stmt, err := si.tx.PrepareContext(ctx, query)
 	if err != nil {
@@ -252,7 +274,7 @@ func (si *SessionInserter) statement(ctx context.Context, n int) (*sql.Stmt, err
 }
 
 // Insert writes the rows (of distinct session IDs) and returns the indexes of those it did not
-// write, because the puppet holds a row under their session ID.
+// write, because the puppet holds a row for their session ID in the room.
 func (si *SessionInserter) Insert(ctx context.Context, rows []NewSessionRow) (held []int, err error) {
 	if len(rows) == 0 {
 		return nil, nil
@@ -324,7 +346,7 @@ func (si *SessionInserter) Close() {
 }
 
 // InsertBundleWithheld writes withheld entries of a bundle from sender, as mautrix's
-// PutWithheldGroupSession would but marked with sender as source_user, so that EachBundleWithheld
+// PutWithheldGroupSession would but marked with sender as source_user, so that EachWithheldEntry
 // finds these and never one that arrived over to-device. An entry for a session ID the puppet
 // holds a row for changes nothing. (On SQLite as SessionInserter's statements: the shared columns
 // bound once, and INSERT OR IGNORE.)
@@ -357,7 +379,7 @@ func (p *Puppet) InsertBundleWithheld(ctx context.Context, entries []keybundle.W
 		}
 		query = `INSERT INTO crypto_megolm_inbound_session
 				(session_id, sender_key, room_id, withheld_code, withheld_reason, received_at, key_source, source_user, account_id)
-			VALUES ` + placeholderRowsFrom(len(entries), cols, 1, '$') + ` ON CONFLICT (session_id, account_id) DO NOTHING`
+			VALUES ` + placeholderRowsFrom(len(entries), cols, 1, '$') + ` ON CONFLICT (account_id, room_id, session_id) DO NOTHING`
 	}
 	if _, err := p.Store.DB.Exec(ctx, query, args...); err != nil {
 		return fmt.Errorf("failed to insert withheld entries: %w", err)

@@ -27,8 +27,9 @@ type Decrypted struct {
 // ErrNotEncrypted means the event handed to Decrypt is no megolm-encrypted room event.
 var ErrNotEncrypted = errors.New("not an m.room.encrypted event")
 
-// Decrypt decrypts an encrypted room event with the puppet's keys. Its error wraps mautrix's:
-// IsMissingKey tells a key that has not arrived (yet) from everything else.
+// Decrypt decrypts an encrypted room event with the puppet's keys, with the session held for the
+// event's room. Its error wraps mautrix's: IsMissingKey tells a key that has not arrived (yet) from
+// everything else.
 func (p *Puppet) Decrypt(ctx context.Context, evt *event.Event) (*Decrypted, error) {
 	if evt.Type != event.EventEncrypted {
 		return nil, ErrNotEncrypted
@@ -40,7 +41,10 @@ func (p *Puppet) Decrypt(ctx context.Context, evt *event.Event) (*Decrypted, err
 	if !ok {
 		return nil, ErrNotEncrypted
 	}
-	decrypted, err := p.Mach.DecryptMegolmEvent(ctx, evt)
+	decrypted, err := p.Mach.DecryptMegolmEvent(context.WithValue(ctx, deferIndexCheck{}, true), evt)
+	if err == nil {
+		err = p.checkMessageIndex(ctx, evt, content)
+	}
 	if err != nil {
 		return &Decrypted{SessionID: content.SessionID}, err
 	}
@@ -62,4 +66,43 @@ func (p *Puppet) Decrypt(ctx context.Context, evt *event.Event) (*Decrypted, err
 // session (yet): a key that may still arrive.
 func IsMissingKey(err error) bool {
 	return errors.Is(err, crypto.ErrNoSessionFound)
+}
+
+// deferIndexCheck marks a decryption whose megolm message index heirloom checks itself, after
+// mautrix (checkMessageIndex).
+type deferIndexCheck struct{}
+
+// machineStore is the crypto store a puppet's Olm machine works on: mautrix's, but that a
+// decryption through Puppet.Decrypt records no megolm message index while mautrix decrypts.
+// mautrix checks an index against replays (one event per session and index, in
+// crypto_message_index) before it compares the room the plaintext names with the event's room: a
+// ciphertext copied from room A into room B, decrypted there with a copy of the session the puppet
+// holds for B, would record its index, and the genuine event in A would be refused as a replay.
+type machineStore struct {
+	*crypto.SQLCryptoStore
+}
+
+// ValidateMessageIndex is mautrix's check, but for a decryption that checks the index itself.
+func (s machineStore) ValidateMessageIndex(ctx context.Context, sessionID id.SessionID, eventID id.EventID, index uint, timestamp int64) (bool, error) {
+	if ctx.Value(deferIndexCheck{}) != nil {
+		return true, nil
+	}
+	return s.SQLCryptoStore.ValidateMessageIndex(ctx, sessionID, eventID, index, timestamp)
+}
+
+// checkMessageIndex is mautrix's replay check of a decrypted event, once mautrix found that the
+// plaintext names the event's room: another event with the same session and message index is
+// refused.
+func (p *Puppet) checkMessageIndex(ctx context.Context, evt *event.Event, content *event.EncryptedEventContent) error {
+	index, err := crypto.ParseMegolmMessageIndex(content.MegolmCiphertext)
+	if err != nil {
+		return fmt.Errorf("failed to read the message index: %w", err)
+	}
+	ok, err := p.Store.ValidateMessageIndex(ctx, content.SessionID, evt.ID, index, evt.Timestamp)
+	if err != nil {
+		return fmt.Errorf("failed to check if message index is duplicate: %w", err)
+	} else if !ok {
+		return fmt.Errorf("%w %d", crypto.ErrDuplicateMessageIndex, index)
+	}
+	return nil
 }

@@ -10,6 +10,8 @@ import (
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
 // Puppets never ask for room keys: a key Synapse did not push waits in the device inbox, and a
@@ -55,22 +57,16 @@ func (p *Puppet) IsSender() bool {
 }
 
 // receiveOwnForward stores a forwarded room key that its own sending device forwarded, under the
-// same rules as a room key (receiveRoomKey); it drops any other.
+// same rules as a room key (roomKeyRefused, then StoreSession); it drops any other.
 func (p *Puppet) receiveOwnForward(ctx context.Context, evt *crypto.DecryptedOlmEvent, content *ForwardedRoomKeyContent) {
 	log := zerolog.Ctx(ctx).With().Stringer("room_id", content.RoomID).Stringer("session_id", content.SessionID).Logger()
 	ctx = log.WithContext(ctx)
-	switch {
-	case content.Algorithm != id.AlgorithmMegolmV1 || evt.Keys.Ed25519 == "":
-		log.Debug().Msg("Ignoring forwarded room key with unknown algorithm or no signing key")
-		return
-	case content.SenderKey != evt.SenderKey || content.SenderClaimedKey != evt.Keys.Ed25519 || len(content.ForwardingKeyChain) != 0:
+	if content.SenderKey != evt.SenderKey || content.SenderClaimedKey != evt.Keys.Ed25519 || len(content.ForwardingKeyChain) != 0 {
 		log.Warn().Msg("Ignoring forwarded room key: only a device's forward of its own session is taken")
 		return
-	case !p.inRoom(ctx, content.RoomID):
-		log.Warn().Msg("Dropping forwarded room key for a room the bot is not in")
-		return
-	case p.mgr.hasLeft(ctx, content.RoomID, evt.Sender):
-		log.Warn().Msg("Dropping forwarded room key from a sender who left the room")
+	} else if why := p.roomKeyRefused(ctx, evt, content.Algorithm, content.RoomID); why != "" {
+		// The bot is never only invited to a room it asks for keys in: nothing is held.
+		log.Warn().Str("reason", why).Msg("Dropping forwarded room key")
 		return
 	}
 	internal, err := olm.InboundGroupSessionImport([]byte(content.SessionKey))
@@ -82,7 +78,7 @@ func (p *Puppet) receiveOwnForward(ctx context.Context, evt *crypto.DecryptedOlm
 		return
 	}
 	maxAge, maxMessages := p.RotationLimits(ctx, content.RoomID)
-	notShared := false
+	notShared := keybundle.SharedWhenForwarded()
 	igs := &crypto.InboundGroupSession{
 		Internal: internal, SigningKey: evt.Keys.Ed25519, SenderKey: evt.SenderKey, RoomID: content.RoomID,
 		ForwardingChains: []string{}, ReceivedAt: time.Now().UTC(), MaxAge: maxAge.Milliseconds(), MaxMessages: maxMessages,

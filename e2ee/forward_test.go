@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -13,8 +12,7 @@ import (
 
 // forward hands p what arrives when s's device sends an m.forwarded_room_key over Olm.
 func (s olmSender) forward(ctx context.Context, p *Puppet, content *ForwardedRoomKeyContent) {
-	evt := &crypto.DecryptedOlmEvent{Sender: s.user, SenderKey: s.curve, Keys: crypto.OlmEventKeys{Ed25519: s.signing}}
-	p.receiveOwnForward(ctx, evt, content)
+	p.receiveOwnForward(ctx, s.decrypted(), content)
 }
 
 // heirloom's bot takes a forwarded room key only from the device whose session it is (the answer

@@ -49,6 +49,8 @@ type Manager struct {
 
 	// deviceChanges counts the device-list changes reported per user (devices.go).
 	deviceChanges deviceListChanges
+	// held keeps room keys until the puppet joins the room they are for (membership.go).
+	held heldKeys
 	// plain remembers the rooms the homeserver just said are unencrypted (encryptionstate.go).
 	plain plainRooms
 
@@ -299,7 +301,7 @@ func (m *Manager) newMachine(ctx context.Context, userID id.UserID, deviceID id.
 	// A request the homeserver refuses with M_UNKNOWN_DEVICE means the device is gone: restore it.
 	cli.Client = m.devices.watch(cli.Client, func() { m.deviceGone(userID) })
 	store := crypto.NewSQLCryptoStore(m.db.Raw, dbutil.ZeroLogger(log), userID.String(), deviceID, m.pickleKey)
-	mach := crypto.NewOlmMachine(cli, &log, store, m.db.StateStore)
+	mach := crypto.NewOlmMachine(cli, &log, machineStore{store}, m.db.StateStore)
 	// heirloom shares room keys itself (sharing.go); mautrix must not rotate behind its back.
 	mach.DisableDeviceChangeKeyRotation = true
 	mach.SetMegolmDecryptLock(m.gate(userID).megolmLock)

@@ -158,12 +158,35 @@ func TestMergeSessions(t *testing.T) {
 		},
 		want: outcome{reason: e2ee.ReasonOtherSender},
 	}, {
-		name: "bundle copy relabelling the sender of a direct key: the direct claims stay",
+		name: "bundle copy relabelling the sender of a direct key, at an earlier index: refused",
 		build: func(t *testing.T, r *ratchet) (*crypto.InboundGroupSession, *crypto.InboundGroupSession) {
 			held := r.direct(t, aliceKey, aliceSign, true, 3)
 			return held, r.imported(t, 0, malloryKey, mallorySign, true)
 		},
-		want: outcome{replaced: true, index: 0, shared: true, source: forward, sourceUser: inviter, senderKey: aliceKey, maxAge: sessionAge.Milliseconds()},
+		want:     outcome{reason: e2ee.ReasonOtherSender},
+		explains: "the held claims and provenance stay whenever the claims differ",
+	}, {
+		name: "a member relaying an imported session as his own room key: refused",
+		build: func(t *testing.T, r *ratchet) (*crypto.InboundGroupSession, *crypto.InboundGroupSession) {
+			held := r.imported(t, 0, aliceKey, aliceSign, true)
+			return held, r.direct(t, malloryKey, mallorySign, true, 0)
+		},
+		want:     outcome{reason: e2ee.ReasonOtherSender},
+		explains: "Olm authenticates the relayer, not the creator: he must not become the sender, nor erase keys_shared_by",
+	}, {
+		name: "a member relaying an imported session at an earlier index: refused",
+		build: func(t *testing.T, r *ratchet) (*crypto.InboundGroupSession, *crypto.InboundGroupSession) {
+			held := r.imported(t, 3, aliceKey, aliceSign, true)
+			return held, r.direct(t, malloryKey, mallorySign, true, 0)
+		},
+		want: outcome{reason: e2ee.ReasonOtherSender},
+	}, {
+		name: "a member relaying an imported session, saying not shared: not shared, the held claims stay",
+		build: func(t *testing.T, r *ratchet) (*crypto.InboundGroupSession, *crypto.InboundGroupSession) {
+			held := r.imported(t, 0, aliceKey, aliceSign, true)
+			return held, r.direct(t, malloryKey, mallorySign, false, 0)
+		},
+		want: outcome{replaced: true, index: 0, shared: false, source: forward, sourceUser: inviter, senderKey: aliceKey, maxAge: (7 * 24 * time.Hour).Milliseconds()},
 	}, {
 		name: "direct key replayed by another device: refused",
 		build: func(t *testing.T, r *ratchet) (*crypto.InboundGroupSession, *crypto.InboundGroupSession) {

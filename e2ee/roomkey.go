@@ -23,7 +23,7 @@ type RoomKeyContent struct {
 	HistoryShared bool `json:"-"`
 }
 
-// UnmarshalJSON reads the standard fields and the history flag (keybundle.HistoryFlag).
+// UnmarshalJSON reads the standard fields and the history flag (keybundle.SharedWhenReceived).
 func (c *RoomKeyContent) UnmarshalJSON(data []byte) error {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(data, &fields); err != nil {
@@ -32,7 +32,7 @@ func (c *RoomKeyContent) UnmarshalJSON(data []byte) error {
 	if err := json.Unmarshal(data, &c.RoomKeyEventContent); err != nil {
 		return err
 	}
-	c.HistoryShared = keybundle.HistoryFlag(fields)
+	c.HistoryShared = keybundle.SharedWhenReceived(fields)
 	c.SharedHistory = &c.HistoryShared
 	return nil
 }
@@ -109,9 +109,9 @@ func (p *Puppet) HandleToDevice(ctx context.Context, evt *event.Event) {
 	}
 }
 
-// receiveRoomKey stores an inbound megolm session with its history flag: the session ID checked
-// against the key, then StoreSession's rules (never over another room's session, merged by
-// MergeSessions with a copy of the same room).
+// receiveRoomKey stores an inbound megolm session with its history flag: the key checked
+// (roomKeyRefused), the session ID checked against the key, then StoreSession's rules (held under
+// the room it names, merged by MergeSessions with the copy of that room).
 func (p *Puppet) receiveRoomKey(ctx context.Context, evt *crypto.DecryptedOlmEvent, content *RoomKeyContent) {
 	log := zerolog.Ctx(ctx).With().
 		Stringer("room_id", content.RoomID).
@@ -119,18 +119,12 @@ func (p *Puppet) receiveRoomKey(ctx context.Context, evt *crypto.DecryptedOlmEve
 		Bool("shared_history", content.HistoryShared).
 		Logger()
 	ctx = log.WithContext(ctx)
-	if content.Algorithm != id.AlgorithmMegolmV1 || evt.Keys.Ed25519 == "" {
-		log.Debug().Str("algorithm", string(content.Algorithm)).Msg("Ignoring room key with unknown algorithm or no signing key")
-		return
-	}
-	// A key is heard only for a room the puppet is in, from a sender not known to have left it:
-	// anyone with an Olm session can send one naming any room, and a past member holds the signed
-	// keys of every session he received.
-	if !p.inRoom(ctx, content.RoomID) {
-		log.Warn().Msg("Dropping room key for a room the puppet is not in")
-		return
-	} else if p.mgr.hasLeft(ctx, content.RoomID, evt.Sender) {
-		log.Warn().Msg("Dropping room key from a sender who left the room")
+	if why := p.roomKeyRefused(ctx, evt, content.Algorithm, content.RoomID); why != "" {
+		if why == reasonHeldUntilJoin && p.mgr.held.hold(p.UserID, evt, content) {
+			log.Info().Msg("Holding a room key until the puppet joins: the homeserver says who is a member only then")
+			return
+		}
+		log.Warn().Str("reason", why).Msg("Dropping room key")
 		return
 	}
 	maxAge, maxMessages := p.RotationLimits(ctx, content.RoomID)
@@ -157,6 +151,48 @@ func (p *Puppet) receiveRoomKey(ctx context.Context, evt *crypto.DecryptedOlmEve
 	}
 }
 
+// Reasons a room key (or the bot's forward) is not stored.
+const (
+	reasonUnknownAlgorithm = "unknown algorithm"
+	reasonBadRoomID        = "room_id is not a room ID heirloom stores"
+	reasonNotTheDevicesKey = "the claimed Ed25519 key is not the sending device's (no known device, no sender_device_keys)"
+	reasonBadSigningKey    = "the claimed Ed25519 key is not a valid Ed25519 point"
+	reasonPuppetNotInRoom  = "the puppet is not in the room"
+	reasonSenderNotMember  = "the sender is not a joined or invited member of the room"
+	reasonHeldUntilJoin    = "the sender's membership can be asked only once the puppet has joined"
+)
+
+// roomKeyRefused returns why a room key (or forward) the Olm message evt carried for roomID must not
+// be stored, or "":
+//   - its claimed Ed25519 key (keys.ed25519 in the Olm payload) becomes the session's signing key,
+//     which every bundle the puppet builds carries and rust-sdk refuses a whole bundle over if it is
+//     not a point: it must be the sending device's, which mautrix checked against a device heirloom
+//     knows or the payload's sender_device_keys (MSC4147) and then names, and a valid point;
+//   - it counts only from someone who could have had it: the puppet is in the room, and the
+//     sender is a joined or invited member of it (senderVerdict). A stranger or a past member gets
+//     nothing stored; while the puppet is only invited, the key is held until it joins.
+func (p *Puppet) roomKeyRefused(ctx context.Context, evt *crypto.DecryptedOlmEvent, algorithm id.Algorithm, roomID id.RoomID) string {
+	switch {
+	case algorithm != id.AlgorithmMegolmV1:
+		return reasonUnknownAlgorithm
+	case !keybundle.ValidRoomID(roomID):
+		return reasonBadRoomID
+	case evt.SenderDevice == nil || evt.SenderDevice.SigningKey != evt.Keys.Ed25519 || evt.SenderDevice.IdentityKey != evt.SenderKey:
+		return reasonNotTheDevicesKey
+	case !keybundle.ValidSigningKeyString(evt.Keys.Ed25519):
+		return reasonBadSigningKey
+	case !p.inRoom(ctx, roomID):
+		return reasonPuppetNotInRoom
+	}
+	switch p.senderVerdict(ctx, roomID, evt.Sender) {
+	case member:
+		return ""
+	case unknownMember:
+		return reasonHeldUntilJoin
+	}
+	return reasonSenderNotMember
+}
+
 // receiveWithheld stores a plaintext m.room_key.withheld. Anyone can send one, unauthenticated,
 // so heirloom keeps only what a member of the room says about a room the puppet is in, never
 // m.history_not_shared (MSC4268 uses that code only inside bundles), and never over a row.
@@ -168,7 +204,9 @@ func (p *Puppet) receiveWithheld(ctx context.Context, evt *event.Event) {
 	log := zerolog.Ctx(ctx).With().Stringer("room_id", content.RoomID).Stringer("session_id", content.SessionID).
 		Str("code", string(content.Code)).Logger()
 	switch {
-	case content.Algorithm != id.AlgorithmMegolmV1 || !keybundle.ValidKey(string(content.SessionID)) || !keybundle.ValidKey(string(content.SenderKey)):
+	case content.Algorithm != id.AlgorithmMegolmV1 || !keybundle.ValidKey(string(content.SessionID)) ||
+		!keybundle.ValidKey(string(content.SenderKey)) || !keybundle.ValidRoomID(content.RoomID) ||
+		!keybundle.ValidText(string(content.Code), keybundle.MaxText) || !keybundle.ValidText(content.Reason, keybundle.MaxText):
 		log.Debug().Msg("Ignoring malformed room key withheld message")
 	case keybundle.IsHistoryNotShared(string(content.Code)):
 		log.Debug().Msg("Ignoring history-not-shared code outside a key bundle")

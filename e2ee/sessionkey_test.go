@@ -9,27 +9,13 @@ import (
 	"strings"
 	"testing"
 
-	"filippo.io/edwards25519"
 	"github.com/stretchr/testify/require"
 	goolmcrypto "maunium.net/go/mautrix/crypto/goolm/crypto"
 	"maunium.net/go/mautrix/crypto/goolm/session"
 	"maunium.net/go/mautrix/crypto/olm"
-)
 
-// The eight small-order encodings are the whole 8-torsion: each decodes to a point that eight times
-// is the identity, and they are eight distinct points (the 8-torsion of edwards25519 has eight).
-func TestSmallOrderKeysAreTheEightTorsion(t *testing.T) {
-	seen := map[[32]byte]bool{}
-	for _, k := range smallOrderKeys {
-		p, err := new(edwards25519.Point).SetBytes(k[:])
-		require.NoError(t, err, "%x is not a point", k)
-		require.Equal(t, k[:], p.Bytes(), "%x is not canonical", k)
-		require.Equal(t, 1, new(edwards25519.Point).MultByCofactor(p).Equal(edwards25519.NewIdentityPoint()), "%x is not of small order", k)
-		require.False(t, seen[k], "%x twice", k)
-		seen[k] = true
-	}
-	require.Len(t, seen, 8)
-}
+	"github.com/heirloom-matrix/heirloom/keybundle"
+)
 
 // exportOf builds a session export around a public key (and random ratchet), in base64.
 func exportOf(t testing.TB, version byte, key []byte) []byte {
@@ -83,7 +69,7 @@ func hostileKeys(t testing.TB) [][]byte {
 			keys = append(keys, intToLE(big.NewInt(y), sign), intToLE(new(big.Int).Add(big.NewInt(y), p), sign))
 		}
 	}
-	for _, k := range smallOrderKeys {
+	for _, k := range keybundle.SmallOrderKeys {
 		flipped := append([]byte(nil), k[:]...)
 		flipped[31] ^= 0x80
 		keys = append(keys, append([]byte(nil), k[:]...), flipped)
@@ -156,7 +142,7 @@ func mustDecode(t *testing.T, s []byte) []byte {
 	return raw
 }
 
-// BenchmarkSessionKeyCheck compares goolm's key check with validSigningKey on valid keys.
+// BenchmarkSessionKeyCheck compares goolm's key check with keybundle.ValidSigningKey on valid keys.
 func BenchmarkSessionKeyCheck(b *testing.B) {
 	pub, _, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -171,7 +157,7 @@ func BenchmarkSessionKeyCheck(b *testing.B) {
 	})
 	b.Run("heirloom", func(b *testing.B) {
 		for range b.N {
-			if !validSigningKey(pub) {
+			if !keybundle.ValidSigningKey(pub) {
 				b.Fatal("invalid")
 			}
 		}

@@ -11,7 +11,6 @@ import (
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/exsync"
 	"maunium.net/go/mautrix/crypto"
-	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -48,9 +47,10 @@ func (p *Puppet) LockSessionsExclusive() func() {
 	return g.rw.Unlock
 }
 
-// StoreSession stores a copy of an inbound session the puppet received, never letting it replace,
-// merge into or re-label a session the puppet holds for another room, and merging it with a copy
-// of the same room by MergeSessions. It reports whether the store changed and, if not, why.
+// StoreSession stores a copy of an inbound session the puppet received under the room it claims,
+// merging it with the copy the puppet holds for that room by MergeSessions. A copy claiming
+// another room is another row: nothing it says changes, moves, shadows or blocks what the puppet
+// holds for any other room. It reports whether the store changed and, if not, why.
 func (p *Puppet) StoreSession(ctx context.Context, igs *crypto.InboundGroupSession) (stored bool, reason string, err error) {
 	err = p.mgr.gate(p.UserID).megolmLock(ctx, igs.ID(), true, func(ctx context.Context) error {
 		stored, reason, err = p.storeSessionLocked(ctx, igs)
@@ -63,13 +63,14 @@ func (p *Puppet) StoreSession(ctx context.Context, igs *crypto.InboundGroupSessi
 }
 
 // StoreSessionInTxn is StoreSession for a caller that holds LockSessionsExclusive, inside its
-// own database transaction.
+// own database transaction, with what HeldSessions said the puppet holds for the session in its
+// room (nil: nothing).
 func (p *Puppet) StoreSessionInTxn(ctx context.Context, igs *crypto.InboundGroupSession, held *HeldSession) (bool, string, error) {
 	return p.storeSession(ctx, igs, held)
 }
 
 func (p *Puppet) storeSessionLocked(ctx context.Context, igs *crypto.InboundGroupSession) (bool, string, error) {
-	held, err := p.HeldSessions(ctx, []id.SessionID{igs.ID()})
+	held, err := p.HeldSessions(ctx, igs.RoomID, []id.SessionID{igs.ID()})
 	if err != nil {
 		return false, "", err
 	}
@@ -81,20 +82,7 @@ func (p *Puppet) storeSessionLocked(ctx context.Context, igs *crypto.InboundGrou
 }
 
 func (p *Puppet) storeSession(ctx context.Context, igs *crypto.InboundGroupSession, held *HeldSession) (bool, string, error) {
-	switch {
-	case held == nil:
-		// Nothing under this ID.
-	case held.HasKey && held.RoomID != igs.RoomID && (held.Direct || !isDirect(igs)):
-		// A session ID is the session's public key, which every member of its room sees: anyone
-		// can name it. A key held for another room is never replaced, merged or re-labelled by a
-		// copy of no better standing. Only a key received directly (signed by the session's own
-		// key, from a member of its room) takes the place of an imported copy that claimed another
-		// room on an inviter's word: otherwise an inviter who merely saw a session ID could keep
-		// its real key out.
-		return false, ReasonOtherRoom, nil
-	case held.HasKey && held.RoomID != igs.RoomID:
-		// Falls through to the store below: the direct copy replaces the imported one whole.
-	case held.HasKey:
+	if held != nil && held.HasKey {
 		existing, err := p.Store.GetGroupSession(ctx, igs.RoomID, igs.ID())
 		if err != nil {
 			return false, "", fmt.Errorf("failed to read held session: %w", err)
@@ -107,8 +95,8 @@ func (p *Puppet) storeSession(ctx context.Context, igs *crypto.InboundGroupSessi
 		}
 		igs = merged
 	}
-	// A withheld entry holds no key, and gives way to one, whatever room it named: otherwise
-	// whoever names a session ID first (in a withheld message or a bundle) could keep its key out.
+	// A withheld entry of the room holds no key, and gives way to one (rust-sdk too keeps both
+	// facts, and the key decrypts): otherwise whoever names a session ID first could keep its key out.
 	if err := p.Store.PutGroupSession(ctx, igs); err != nil {
 		return false, "", fmt.Errorf("failed to store session: %w", err)
 	}
@@ -131,37 +119,4 @@ func (p *Puppet) RotationLimits(ctx context.Context, roomID id.RoomID) (time.Dur
 		zerolog.Ctx(ctx).Debug().Err(err).Msg("Failed to read room encryption settings; using the defaults")
 	}
 	return maxAge, maxMessages
-}
-
-// isMember reports whether the user is joined to or invited into the room, as heirloom's state
-// store knows it.
-func (m *Manager) isMember(ctx context.Context, roomID id.RoomID, userID id.UserID) bool {
-	membership, err := m.db.StateStore.GetMembership(ctx, roomID, userID)
-	return err == nil && (membership == event.MembershipJoin || membership == event.MembershipInvite)
-}
-
-// hasLeft reports whether heirloom's state store knows the user left, was kicked from or is
-// banned from the room.
-// (mautrix's GetMembership says "leave" for a user it never heard of: unknown is not left.)
-func (m *Manager) hasLeft(ctx context.Context, roomID id.RoomID, userID id.UserID) bool {
-	member, err := m.db.StateStore.TryGetMember(ctx, roomID, userID)
-	return err == nil && member != nil && (member.Membership == event.MembershipLeave || member.Membership == event.MembershipBan)
-}
-
-// inRoom reports whether the puppet is joined to or invited into the room. When heirloom's state
-// store has never heard of the puppet in the room, it asks the homeserver (and remembers).
-func (p *Puppet) inRoom(ctx context.Context, roomID id.RoomID) bool {
-	if member, err := p.mgr.db.StateStore.TryGetMember(ctx, roomID, p.UserID); err == nil && member != nil &&
-		(member.Membership == event.MembershipJoin || member.Membership == event.MembershipInvite) {
-		return true
-	}
-	var member event.MemberEventContent
-	if err := p.Client.StateEvent(ctx, roomID, event.StateMember, p.UserID.String(), &member); err != nil {
-		zerolog.Ctx(ctx).Debug().Err(err).Msg("The homeserver does not know the puppet in the room")
-		return false
-	}
-	if err := p.mgr.db.StateStore.SetMembership(ctx, roomID, p.UserID, member.Membership); err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to record own membership")
-	}
-	return member.Membership == event.MembershipJoin || member.Membership == event.MembershipInvite
 }

@@ -76,7 +76,7 @@ func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
 	if err != nil {
 		return fmt.Errorf("failed to get history visibility: %w", err)
 	}
-	shared := keybundle.VisibilitySharesHistory(visibility)
+	shared := keybundle.SharedWhenCreated(visibility)
 	ogs, err := p.Store.GetOutboundGroupSession(ctx, roomID)
 	if err != nil {
 		return fmt.Errorf("failed to get outbound session: %w", err)

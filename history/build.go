@@ -24,28 +24,24 @@ type storedSession struct {
 	err      error
 }
 
-// writeBundle streams every inbound session the puppet holds for the room through the builder:
-// first what goes into the withheld list (sessions without shared history and the
-// m.history_not_shared entries the puppet imported from accepted bundles, in one pass), then the
-// shared sessions, so the builder never holds either list. The shared sessions' pickles are read
-// (e2ee.Puppet.EachSharedSession) and unpickled and exported in parallel.
+// writeBundle streams every row the puppet holds for the room through the builder, which puts
+// each where keybundle.Place says: first what may go into the withheld list (sessions without
+// shared history and the m.history_not_shared entries the puppet imported from accepted bundles,
+// in one pass), then the shared sessions, so the builder never holds either list. The shared
+// sessions' pickles are read (e2ee.Puppet.EachSharedSession) and unpickled and exported in
+// parallel. A row the builder leaves out (keys rust-sdk would not parse) is logged.
 func (s *Service) writeBundle(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, w io.Writer) (keybundle.Counts, error) {
 	builder := keybundle.NewBuilder(w, roomID, p.DeviceID)
-	// Sessions without shared history go into the withheld list; their keys are never decrypted.
-	// Only the m.history_not_shared entries imported from accepted bundles are passed on, never
-	// withheld messages that arrived over to-device: anyone can send one, and MSC4268 does not use
-	// that code there.
-	err := p.EachWithheldEntry(ctx, roomID, func(st e2ee.StoredSession) error {
-		return builder.AddSession(keybundle.Session{RoomID: roomID, SessionID: st.SessionID, SenderKey: st.SenderKey})
-	}, builder.AddWithheld)
+	err := p.EachWithheldEntry(ctx, roomID, func(h keybundle.Held) error {
+		return builder.Add(h, nil)
+	})
 	if err == nil {
 		err = s.exportSessions(ctx, p, roomID, func(st *storedSession) error {
-			return builder.AddSession(keybundle.Session{
-				RoomID: roomID, SessionID: st.SessionID, SenderKey: st.SenderKey, SigningKey: st.SigningKey,
-				SharedHistory: true,
-				Export:        func() (string, error) { return st.exported, st.err },
-			})
+			return builder.Add(st.Held, func() (string, error) { return st.exported, st.err })
 		})
+	}
+	if left := builder.LeftOut(); len(left) > 0 {
+		zerolog.Ctx(ctx).Warn().Any("left_out", left).Msg("Some stored sessions were left out of the bundle")
 	}
 	if err != nil {
 		counts, _ := builder.Close()

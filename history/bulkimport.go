@@ -20,8 +20,9 @@ const importBatch = 500
 // the puppet's exclusive session lock. Every session of a bundle has the same columns but its keys
 // and ratchet (like): they are inserted with one statement per batch (e2ee.SessionInserter, in
 // the row format of mautrix's SQL crypto store), which leaves alone any session ID the puppet
-// holds a row for already. Those go through e2ee.Puppet.StoreSessionInTxn: a key held for another
-// room is never touched, and a copy of the same room is merged by MergeSessions.
+// holds a row for in the bundle's room already. Those go through e2ee.Puppet.StoreSessionInTxn,
+// which merges them by MergeSessions. A row of another room is another key: never in the way, and
+// never touched.
 type sessionWriter struct {
 	p        *e2ee.Puppet
 	like     *crypto.InboundGroupSession
@@ -32,7 +33,7 @@ type sessionWriter struct {
 	// ID is a duplicate, an earlier invalid one never counted.
 	seen     map[id.SessionID]struct{}
 	withheld []keybundle.Withheld
-	// refused counts keys not stored, by reason: duplicates, another room's session, forgeries.
+	// refused counts keys not stored, by reason: duplicates, forgeries, other senders.
 	refused map[string]int
 }
 
@@ -122,7 +123,7 @@ func (w *sessionWriter) flushSessions(ctx context.Context) error {
 	for j, i := range held {
 		ids[j] = w.rows[i].SessionID
 	}
-	rows, err := w.p.HeldSessions(ctx, ids)
+	rows, err := w.p.HeldSessions(ctx, w.like.RoomID, ids)
 	if err != nil {
 		return err
 	}
@@ -153,11 +154,7 @@ func (w *sessionWriter) storeHeld(ctx context.Context, igs *crypto.InboundGroupS
 		// Held already, as good: nothing to change, nothing refused.
 	default:
 		w.refused[reason]++
-		held := zerolog.Ctx(ctx).Warn().Stringer("session_id", igs.ID())
-		if h != nil {
-			held = held.Stringer("held_room_id", h.RoomID)
-		}
-		held.Str("reason", reason).Msg("Not importing bundle key")
+		zerolog.Ctx(ctx).Warn().Stringer("session_id", igs.ID()).Str("reason", reason).Msg("Not importing bundle key")
 	}
 	return nil
 }

@@ -55,7 +55,7 @@ func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.
 	log := zerolog.Ctx(ctx)
 	defer p.LockSessionsExclusive()()
 	maxAge, maxMessages := p.RotationLimits(ctx, b.RoomID)
-	shared := true
+	shared := keybundle.SharedWhenImported()
 	// What every imported session has in common: only its keys and ratchet are its own.
 	like := &crypto.InboundGroupSession{
 		RoomID:           b.RoomID,
@@ -84,10 +84,11 @@ func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				var claimed claimedKeys
 				for chunk := range items {
 					for i := range chunk {
 						if it := &chunk[i]; it.withheld == nil {
-							it.session, it.pickled, it.err = s.prepareSession(&it.key)
+							it.session, it.pickled, it.err = s.prepareSession(&it.key, &claimed)
 						}
 					}
 					prepared <- chunk
@@ -200,8 +201,10 @@ func (s *Service) decodeEntries(ctx context.Context, plaintext io.Reader, b *dat
 		}
 		return send(bundleItem{key: key})
 	}, func(w keybundle.Withheld) error {
+		// Text that one database would store and the other refuse (a NUL, invalid UTF-8, a CHAR(43)
+		// overflow, an excessive length) is skipped the same on both, never the import failed.
 		if w.RoomID != b.RoomID || !keybundle.ValidKey(string(w.SessionID)) || !keybundle.ValidKey(string(w.SenderKey)) ||
-			len(w.Code) > maxWithheldField || len(w.Reason) > maxWithheldField {
+			!keybundle.ValidText(w.Code, keybundle.MaxText) || !keybundle.ValidText(w.Reason, keybundle.MaxText) {
 			*skipped++
 			return nil
 		}
@@ -220,13 +223,10 @@ func (s *Service) decodeEntries(ctx context.Context, plaintext io.Reader, b *dat
 	return err
 }
 
-// maxWithheldField bounds a withheld entry's code and reason as stored.
-const maxWithheldField = 1024
-
-// prepareSession turns a bundle entry into a session (checking its keys' form and the session ID
-// against the key) and its pickle, ready for the database.
-func (s *Service) prepareSession(key *keybundle.RoomKey) (*session.MegolmInboundSession, []byte, error) {
-	internal, err := sessionFromBundle(key)
+// prepareSession turns a bundle entry into a session (checking its keys and the session ID against
+// the key) and its pickle, ready for the database. claimed is the calling worker's own.
+func (s *Service) prepareSession(key *keybundle.RoomKey, claimed *claimedKeys) (*session.MegolmInboundSession, []byte, error) {
+	internal, err := sessionFromBundle(key, claimed)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -234,10 +234,34 @@ func (s *Service) prepareSession(key *keybundle.RoomKey) (*session.MegolmInbound
 	return internal, pickled, err
 }
 
-// sessionFromBundle reads a bundle entry's session, checking the keys' form and the session ID
-// against the session's key (e2ee.ImportSessionKey checks that key as goolm's import does).
-func sessionFromBundle(key *keybundle.RoomKey) (*session.MegolmInboundSession, error) {
-	if !keybundle.ValidKey(string(key.SenderKey)) || !keybundle.ValidKey(string(key.SenderClaimedKeys.Ed25519)) {
+// claimedKeys remembers the claimed Ed25519 keys a worker found valid: a bundle names few sender
+// devices for many sessions, and each check is a point decompression.
+type claimedKeys map[id.Ed25519]struct{}
+
+// maxClaimedKeys bounds a worker's claimedKeys; past it, it starts over.
+const maxClaimedKeys = 1024
+
+// valid reports whether key is a valid Ed25519 public key (keybundle.ValidSigningKeyString).
+func (c *claimedKeys) valid(key id.Ed25519) bool {
+	if _, ok := (*c)[key]; ok {
+		return true
+	}
+	if !keybundle.ValidSigningKeyString(key) {
+		return false
+	}
+	if *c == nil || len(*c) >= maxClaimedKeys {
+		*c = make(claimedKeys, 64)
+	}
+	(*c)[key] = struct{}{}
+	return true
+}
+
+// sessionFromBundle reads a bundle entry's session, checking its keys and the session ID against
+// the session's key (e2ee.ImportSessionKey checks that key as goolm's import does). The sender key
+// must be a 32-byte key, and the claimed Ed25519 key a valid point: it goes out again in the
+// puppet's own bundles, and rust-sdk refuses a whole bundle over one that is not.
+func sessionFromBundle(key *keybundle.RoomKey, claimed *claimedKeys) (*session.MegolmInboundSession, error) {
+	if !keybundle.ValidKey(string(key.SenderKey)) || !claimed.valid(key.SenderClaimedKeys.Ed25519) {
 		return nil, errMalformedKeys
 	}
 	internal, err := e2ee.ImportSessionKey(key.SessionKey)
@@ -252,5 +276,5 @@ func sessionFromBundle(key *keybundle.RoomKey) (*session.MegolmInboundSession, e
 
 var (
 	errSessionIDMismatch = errors.New("session ID does not match the session key")
-	errMalformedKeys     = errors.New("sender_key or sender_claimed_keys.ed25519 is not a 32-byte key in unpadded base64")
+	errMalformedKeys     = errors.New("sender_key is not a 32-byte key, or sender_claimed_keys.ed25519 not an Ed25519 public key, in unpadded base64")
 )

@@ -23,6 +23,9 @@ import (
 	"github.com/heirloom-matrix/heirloom/metrics"
 )
 
+// maxDeviceID bounds a device ID heirloom stores from outside.
+const maxDeviceID = 255
+
 func receivedOwner(b *database.ReceivedBundle) string {
 	return "bundle-received:" + b.Puppet.String() + "|" + b.RoomID.String() + "|" + b.Sender.String()
 }
@@ -41,11 +44,14 @@ func (s *Service) ReceiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto
 		log.Warn().Err(err).Msg("Dropping key bundle")
 		return
 	}
-	if content.RoomID == "" || content.File.URL == "" {
-		log.Warn().Msg("Dropping key bundle without room_id or file URL")
+	if !keybundle.ValidRoomID(content.RoomID) || content.File.URL == "" {
+		log.Warn().Msg("Dropping key bundle without a valid room_id or a file URL")
+		return
+	} else if !keybundle.ValidText(string(evt.SenderDeviceKeys.DeviceID), maxDeviceID) {
+		log.Warn().Msg("Dropping key bundle whose sender device ID heirloom would not store")
 		return
 	}
-	if err := content.File.PrepareForDecryption(); err != nil {
+	if err := keybundle.PrepareFile(&content.File); err != nil {
 		log.Warn().Err(err).Msg("Dropping key bundle with unusable file keys")
 		return
 	}
@@ -160,7 +166,8 @@ func (s *Service) InviteReceived(ctx context.Context, evt *event.Event) {
 }
 
 // ObserveJoin finishes what TrackMembership could not decide from a puppet's join event alone: it
-// asks the homeserver what the join replaced, then imports the inviter's bundle if that allows it.
+// stores the room keys held until the join (e2ee.Puppet.ReleaseHeldKeys), asks the homeserver what
+// the join replaced, then imports the inviter's bundle if that allows it.
 func (s *Service) ObserveJoin(ctx context.Context, evt *event.Event) {
 	puppet := id.UserID(evt.GetStateKey())
 	s.background(ctx, "observe_join", func(ctx context.Context) {
@@ -168,6 +175,9 @@ func (s *Service) ObserveJoin(ctx context.Context, evt *event.Event) {
 		if err != nil {
 			return
 		}
+		// Room keys that came while the puppet was only invited, from senders the homeserver can
+		// now say are members or not.
+		p.ReleaseHeldKeys(ctx, evt.RoomID)
 		inv, err := s.db.GetInvite(ctx, puppet, evt.RoomID)
 		if err != nil || inv == nil {
 			return

@@ -194,41 +194,20 @@ func (s *Service) redeliver(ctx context.Context, bundleID string, atJoin bool) {
 	log.Info().Int("devices", n).Bool("at_join", atJoin).Msg("Delivered the invite's key bundle to devices the invitee added since")
 }
 
-// redeliveryRefused returns why the bundle goes to no new device now, or "": past the window, the
-// invite no longer stands (at the join: the join did not replace it), or a check of a first
-// delivery fails (the puppet's own signature, the room's history visibility).
+// redeliveryRefused returns why the bundle goes to no new device now, or "": it is no bundle of a
+// recorded invite, it is past the window, or deliveryRefused says so (at the join, the join must
+// have replaced the bundle's invite; before it, the invite must still stand).
 func (s *Service) redeliveryRefused(ctx context.Context, p *e2ee.Puppet, b *database.SentBundle, atJoin bool) string {
 	if b.Kind != database.SentKindInvite || b.InviteeMasterKey == "" || b.InviteEventID == "" {
 		return "not a bundle of a recorded invite"
 	} else if time.Since(time.UnixMilli(b.CreatedAt)) > s.cfg.HistorySharing.Redeliver() {
 		return "past history_sharing.redeliver_window"
 	}
-	member, err := memberEvent(ctx, p, b.RoomID, b.Invitee)
-	if err != nil {
-		return "cannot read the invitee's membership: " + err.Error()
-	}
-	switch member.Content.AsMember().Membership {
-	case event.MembershipInvite:
-		if member.ID != b.InviteEventID {
-			return "the invitee's invite is another one"
-		}
-	case event.MembershipJoin:
-		if !atJoin || keybundle.JoinReplaced(b.InviteEventID, keybundle.JoinFromMemberEvent(member)) != keybundle.ReplacedInvite {
-			return "the invitee has joined"
-		}
-	default:
-		return ReasonNoLongerInvited
-	}
-	if signed, err := p.OwnDeviceSigned(ctx); err != nil || !signed {
-		return ReasonPuppetUnsigned
-	}
-	visibility, err := s.currentVisibility(ctx, p, b.RoomID)
+	reason, _, err := s.deliveryRefused(ctx, p, b, atJoin)
 	if err != nil {
 		return err.Error()
-	} else if !keybundle.VisibilitySharesHistory(visibility) {
-		return ReasonVisibility
 	}
-	return ""
+	return reason
 }
 
 // refuseNewDevices records the invitee's devices the bundle has no row for as refused for reason,

@@ -96,10 +96,10 @@ func TestRedeliveryOnlyWhileTheInviteStands(t *testing.T) {
 	}{
 		{"the invite stands", "$invite", event.MembershipInvite, "", false, event.HistoryVisibilityShared, ""},
 		{"world-readable room", "$invite", event.MembershipInvite, "", false, event.HistoryVisibilityWorldReadable, ""},
-		{"another invite stands", "$another-invite", event.MembershipInvite, "", false, event.HistoryVisibilityShared, "the invitee's invite is another one"},
+		{"another invite stands", "$another-invite", event.MembershipInvite, "", false, event.HistoryVisibilityShared, ReasonInviteNotTheBundles},
 		{"joined from the invite, at the join", "$join", event.MembershipJoin, "$invite", true, event.HistoryVisibilityShared, ""},
-		{"joined from the invite, later", "$join", event.MembershipJoin, "$invite", false, event.HistoryVisibilityShared, "the invitee has joined"},
-		{"joined from another invite", "$join", event.MembershipJoin, "$another-invite", true, event.HistoryVisibilityShared, "the invitee has joined"},
+		{"joined from the invite, later", "$join", event.MembershipJoin, "$invite", false, event.HistoryVisibilityShared, ReasonInviteeJoined},
+		{"joined from another invite", "$join", event.MembershipJoin, "$another-invite", true, event.HistoryVisibilityShared, ReasonInviteeJoinedOther},
 		{"left", "$leave", event.MembershipLeave, "", false, event.HistoryVisibilityShared, ReasonNoLongerInvited},
 		{"visibility now joined", "$invite", event.MembershipInvite, "", false, event.HistoryVisibilityJoined, ReasonVisibility},
 		{"visibility now invited", "$invite", event.MembershipInvite, "", false, event.HistoryVisibilityInvited, ReasonVisibility},

@@ -85,7 +85,7 @@ func importPlain(t *testing.T, env *benchEnv, p *e2ee.Puppet, plaintext []byte) 
 	return env.svc.importBundle(context.Background(), p, rb, io.NopCloser(bytes.NewReader(plaintext)), int64(len(plaintext)))
 }
 
-// rowOf is the stored row for a session ID, whatever its room.
+// rowOf is a stored row of a session.
 type rowOf struct {
 	Room       id.RoomID
 	Pickle     []byte
@@ -94,32 +94,21 @@ type rowOf struct {
 	SourceUser string
 }
 
+// sessionRow is the puppet's row for a session ID in benchRoom (nil if none).
 func sessionRow(t *testing.T, env *benchEnv, p *e2ee.Puppet, sessionID id.SessionID) *rowOf {
 	t.Helper()
-	var r rowOf
-	err := env.db.Raw.QueryRow(context.Background(), `SELECT room_id, session, shared_history, key_source, source_user
-		FROM crypto_megolm_inbound_session WHERE account_id=$1 AND session_id=$2`, p.UserID.String(), sessionID).
-		Scan(&r.Room, &r.Pickle, &r.Shared, &r.KeySource, &r.SourceUser)
-	if err != nil {
-		return nil
-	}
-	return &r
+	return roomRowOf(t, env, p, benchRoom, sessionID)
 }
 
-// A bundle for one room naming a session the puppet holds for another (its ID is public): the other
-// room's row is untouched, forged ratchet or genuine, and the attempt is counted as skipped.
+// A bundle for one room naming a session the puppet holds for another (its ID is public): the
+// other room's row is untouched, forged ratchet or genuine. The bundle's copy is its own room's row.
 func TestBundleCannotOverwriteAnotherRoomsSession(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		build func(t *testing.T, m *megolmKey) keybundle.RoomKey
 	}{
 		{"forged ratchet", func(t *testing.T, m *megolmKey) keybundle.RoomKey {
-			e := m.entry(t, benchRoom, 0)
-			raw := []byte(e.SessionKey)
-			// Another ratchet with the same public key: the session ID still matches.
-			forgedKey := forge(t, string(raw))
-			e.SessionKey = forgedKey
-			return e
+			return forgedEntry(t, m, benchRoom)
 		}},
 		{"genuine key claimed for another room", func(t *testing.T, m *megolmKey) keybundle.RoomKey {
 			return m.entry(t, benchRoom, 0)
@@ -128,21 +117,22 @@ func TestBundleCannotOverwriteAnotherRoomsSession(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			env := newBenchEnv(t)
 			p := env.puppet(t, "victim")
-			const otherRoom id.RoomID = "!other:localhost"
 			m := newMegolmKey(t)
-			holdDirect(t, p, m, otherRoom, false)
-			before := sessionRow(t, env, p, m.out.ID())
+			holdDirect(t, p, m, otherBenchRoom, false)
+			before := roomRowOf(t, env, p, otherBenchRoom, m.out.ID())
 			require.NotNil(t, before)
 
 			genuine := newMegolmKey(t)
 			res, err := importPlain(t, env, p, bundleOf(t, []keybundle.RoomKey{tc.build(t, m), genuine.entry(t, benchRoom, 0)}, nil))
 			require.NoError(t, err)
-			require.Equal(t, 1, res.imported, "the bundle's own room key is imported")
-			require.Equal(t, 1, res.skipped, "the other room's session is refused and reported")
-			require.Equal(t, before, sessionRow(t, env, p, m.out.ID()), "the other room's row is unchanged")
-			held, err := p.Store.GetGroupSession(context.Background(), otherRoom, m.out.ID())
+			require.Equal(t, importResult{imported: 2}, res, "both are keys of the bundle's room")
+			require.Equal(t, before, roomRowOf(t, env, p, otherBenchRoom, m.out.ID()), "the other room's row is unchanged")
+			held, err := p.Store.GetGroupSession(context.Background(), otherBenchRoom, m.out.ID())
 			require.NoError(t, err)
 			require.NotNil(t, held, "the other room's session still decrypts")
+			exported, err := held.Internal.Export(0)
+			require.NoError(t, err)
+			require.Equal(t, m.export(t, 0), string(exported), "with its own ratchet")
 		})
 	}
 }

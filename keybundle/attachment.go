@@ -131,11 +131,24 @@ func Seal(dir string, maxSize int64, build func(w io.Writer) (Counts, error)) (*
 	return sealed, nil
 }
 
+// ErrFileVersion means a bundle's file is not encrypted as MSC4268 says: attachment version v2
+// (AES-256-CTR with a SHA-256 hash). mautrix-go ≥ v0.33.0 would also decrypt other versions
+// (MSC4571's FLOE), which no bundle uses.
+var ErrFileVersion = errors.New("key bundle file is not an attachment of version v2")
+
+// PrepareFile checks a bundle's file details: version v2, and keys mautrix can decrypt with.
+func PrepareFile(info *event.EncryptedFileInfo) error {
+	if info.Version != attachment.VersionAES256CTR {
+		return fmt.Errorf("%w (%q)", ErrFileVersion, info.Version)
+	}
+	return info.PrepareForDecryption()
+}
+
 // Open returns a reader of the decrypted bundle. It reads at most maxSize bytes from src and fails
 // with ErrBundleTooLarge beyond that; Close verifies the SHA-256 hash and must be checked: a bundle
 // whose hash does not match must not be used (callers import inside a transaction they roll back).
 func Open(src io.Reader, info *event.EncryptedFileInfo, maxSize int64) (io.ReadCloser, error) {
-	if err := info.PrepareForDecryption(); err != nil {
+	if err := PrepareFile(info); err != nil {
 		return nil, fmt.Errorf("bad bundle file keys: %w", err)
 	}
 	limited := &limitedReader{r: src, remaining: maxSize}

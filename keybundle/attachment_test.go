@@ -312,3 +312,15 @@ func TestOpenTooLarge(t *testing.T) {
 		})
 	}
 }
+
+// A bundle file encrypted with MSC4571's FLOE, which mautrix-go v0.33.0 decrypts, is refused
+// before anything is read: MSC4268 bundles are attachments of version v2, and rust-sdk sends and
+// reads no other.
+func TestOpenRefusesAFLOEBundle(t *testing.T) {
+	floe := attachment.NewFLOEFile()
+	ciphertext, err := floe.Encrypt([]byte(`{"room_keys":[],"withheld":[]}`))
+	require.NoError(t, err)
+	info := &event.EncryptedFileInfo{EncryptedFile: *floe.ToStandard()}
+	_, err = keybundle.Open(bytes.NewReader(ciphertext), info, 1<<20)
+	require.ErrorIs(t, err, keybundle.ErrFileVersion)
+}

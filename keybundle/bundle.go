@@ -2,7 +2,6 @@ package keybundle
 
 import (
 	"bufio"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -75,16 +74,17 @@ func (c Counts) Empty() bool { return c.Sessions == 0 && c.Withheld == 0 }
 // shared history and every withheld entry it passes on first, then the shared sessions, then
 // calls Close; a withheld entry after the first key is an error (ErrWithheldAfterKeys).
 //
-// Rules (MSC4268, as matrix-rust-sdk applies them): a session of another room is skipped; a session
-// with shared_history goes into room_keys at its first known index, any other into withheld with
-// m.history_not_shared; a session already written is never written again, in either list. Both
-// arrays are always present, since rust-sdk fails to parse a bundle that lacks either.
+// What goes where is Place's to say (MSC4268, as matrix-rust-sdk applies it); a session already
+// written is never written again, in either list. Both arrays are always present, since rust-sdk
+// fails to parse a bundle that lacks either.
 type Builder struct {
 	roomID  id.RoomID
 	device  id.DeviceID
 	w       *bufio.Writer
 	seen    map[id.SessionID]struct{}
 	counts  Counts
+	left    map[string]int
+	signing signingKeys
 	scratch []byte
 	phase   builderPhase
 	err     error
@@ -124,27 +124,47 @@ func (b *Builder) writeJSON(v any) {
 	_, b.err = b.w.Write(data)
 }
 
-// AddSession adds one inbound session. It reports an error only for a failed write or export.
+// AddSession adds one inbound session where Place puts it. It reports an error only for a failed
+// write or export.
 func (b *Builder) AddSession(s Session) error {
-	if s.RoomID != b.roomID || s.SessionID == "" {
+	return b.Add(Held{RoomID: s.RoomID, SessionID: s.SessionID, SenderKey: s.SenderKey, SigningKey: s.SigningKey,
+		HasKey: true, SharedHistory: s.SharedHistory}, s.Export)
+}
+
+// AddWithheld passes on a withheld entry the builder's owner received in an earlier bundle, where
+// Place puts it. It reports an error only for a failed write or an entry after the first key.
+func (b *Builder) AddWithheld(w Withheld) error {
+	return b.Add(Held{RoomID: w.RoomID, SessionID: w.SessionID, SenderKey: w.SenderKey, Code: w.Code, Reason: w.Reason,
+		FromBundle: true}, nil)
+}
+
+// Add writes one row the store holds for the room where Place puts it, unless a row of the same
+// session was written already; export is called only for a key. It reports an error only for a
+// failed write or export, or a withheld entry after the first key.
+func (b *Builder) Add(h Held, export func() (string, error)) error {
+	placement, reason := place(b.roomID, h, b.signing.valid)
+	if placement == Left {
+		if reason != LeftOtherRoom && reason != LeftToDevice {
+			if b.left == nil {
+				b.left = map[string]int{}
+			}
+			b.left[reason]++
+		}
 		return nil
 	}
-	if _, dup := b.seen[s.SessionID]; dup {
+	if _, dup := b.seen[h.SessionID]; dup {
 		return nil
 	}
-	if !s.SharedHistory {
-		b.seen[s.SessionID] = struct{}{}
-		b.writeWithheld(Withheld{
-			Algorithm: id.AlgorithmMegolmV1, Code: CodeHistoryNotShared, Reason: reasonHistoryNotShared,
-			FromDevice: b.device, RoomID: s.RoomID, SenderKey: s.SenderKey, SessionID: s.SessionID,
-		})
+	if placement == AsWithheld {
+		b.seen[h.SessionID] = struct{}{}
+		b.writeWithheld(withheldEntry(h, b.device))
 		return b.err
 	}
-	key, err := s.Export()
+	key, err := export()
 	if err != nil {
-		return fmt.Errorf("failed to export session %s: %w", s.SessionID, err)
+		return fmt.Errorf("failed to export session %s: %w", h.SessionID, err)
 	}
-	b.seen[s.SessionID] = struct{}{}
+	b.seen[h.SessionID] = struct{}{}
 	switch b.phase {
 	case phaseStart:
 		b.write(`{"withheld":[],"room_keys":[`)
@@ -154,14 +174,14 @@ func (b *Builder) AddSession(s Session) error {
 		b.write(",")
 	}
 	b.phase = phaseKeys
-	b.writeRoomKey(s, key)
+	b.writeRoomKey(h, key)
 	b.counts.Sessions++
 	return b.err
 }
 
 // writeRoomKey writes one room_keys entry by hand: the same JSON encoding/json writes for a
 // RoomKey (field order included), at a fraction of the cost for 100,000 entries.
-func (b *Builder) writeRoomKey(s Session, key string) {
+func (b *Builder) writeRoomKey(s Held, key string) {
 	if b.err != nil {
 		return
 	}
@@ -261,22 +281,10 @@ func (b *Builder) writeWithheld(w Withheld) {
 	b.counts.Withheld++
 }
 
-// AddWithheld passes on a withheld entry the builder's owner received in an earlier bundle. Only
-// m.history_not_shared entries of this room whose session is not in the bundle already are kept.
-// It reports an error only for a failed write or an entry after the first key.
-func (b *Builder) AddWithheld(w Withheld) error {
-	if w.RoomID != b.roomID || !IsHistoryNotShared(w.Code) || w.SessionID == "" {
-		return nil
-	}
-	if _, dup := b.seen[w.SessionID]; dup {
-		return nil
-	}
-	b.seen[w.SessionID] = struct{}{}
-	w.Algorithm = id.AlgorithmMegolmV1
-	w.Code = CodeHistoryNotShared
-	b.writeWithheld(w)
-	return b.err
-}
+// LeftOut returns how many rows of the room the builder left out, by reason: rows whose keys
+// rust-sdk would not parse, and withheld entries heirloom does not pass on but for those of
+// withheld messages that came over to-device (never passed on, by design).
+func (b *Builder) LeftOut() map[string]int { return b.left }
 
 // Close writes the closing brackets, and returns what the bundle holds.
 func (b *Builder) Close() (Counts, error) {
@@ -296,18 +304,3 @@ func (b *Builder) Close() (Counts, error) {
 
 // ErrMalformedBundle wraps every reason a bundle's JSON is refused as a whole.
 var ErrMalformedBundle = errors.New("malformed key bundle")
-
-// ValidKey reports whether s is a 32-byte key (Curve25519 or Ed25519, also a megolm session ID)
-// in unpadded base64, the only form Matrix uses for them: 43 characters. mautrix's crypto store
-// keeps them in CHAR(43) columns, which PostgreSQL enforces and SQLite does not, so anything else
-// is refused before it reaches a statement, the same on both.
-func ValidKey(s string) bool {
-	if len(s) != 43 {
-		return false
-	}
-	var src [43]byte
-	var dst [32]byte
-	copy(src[:], s)
-	n, err := base64.RawStdEncoding.Decode(dst[:], src[:])
-	return err == nil && n == 32
-}

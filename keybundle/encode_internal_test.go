@@ -14,7 +14,7 @@ func FuzzWriteRoomKeyMatchesEncodingJSON(f *testing.F) {
 		f.Add(seed, "AQAAAAsessionkey+/=")
 	}
 	f.Fuzz(func(t *testing.T, text, key string) {
-		s := Session{RoomID: id.RoomID(text), SessionID: id.SessionID(text + "s"), SenderKey: id.SenderKey(key), SigningKey: id.Ed25519(text)}
+		s := Held{RoomID: id.RoomID(text), SessionID: id.SessionID(text + "s"), SenderKey: id.SenderKey(key), SigningKey: id.Ed25519(text)}
 		var got bytes.Buffer
 		b := NewBuilder(&got, s.RoomID, "DEV")
 		b.writeRoomKey(s, key)

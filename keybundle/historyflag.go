@@ -66,3 +66,30 @@ func VisibilitySharesHistory(content *event.HistoryVisibilityEventContent) bool 
 		return false
 	}
 }
+
+// How a stored session's shared_history is set: one rule per way a session enters a store.
+
+// SharedWhenCreated is the flag of a session a puppet creates (its outbound session, and the
+// inbound copy it keeps): the room's history visibility when it is created
+// (VisibilitySharesHistory), as rust-sdk sets it.
+func SharedWhenCreated(visibility *event.HistoryVisibilityEventContent) bool {
+	return VisibilitySharesHistory(visibility)
+}
+
+// SharedWhenReceived is the flag of a session received in an m.room_key: the key's own flag, read
+// under any of its names (HistoryFlag).
+func SharedWhenReceived(fields map[string]json.RawMessage) bool {
+	return HistoryFlag(fields)
+}
+
+// SharedWhenForwarded is the flag of a session taken from an m.forwarded_room_key: never shared. A
+// forward is the forwarding device's word for the key, not the creator's consent to share history.
+func SharedWhenForwarded() bool { return false }
+
+// SharedWhenImported is the flag of a session imported from a bundle's room_keys: shared, for a
+// bundle carries a key only if its creator shared history (the others are withheld entries).
+func SharedWhenImported() bool { return true }
+
+// SharedWhenMerged is the flag of a row that merges two copies of a session: shared only if both
+// say so, so that no copy turns shareable a session someone marked otherwise.
+func SharedWhenMerged(held, incoming bool) bool { return held && incoming }

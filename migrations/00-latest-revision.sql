@@ -113,8 +113,10 @@ CREATE TABLE admin_refusal (
     refused_at BIGINT NOT NULL
 );
 
--- mautrix's crypto store indexes inbound sessions by account and backup version only; bundles
--- read one room of one puppet. The crypto store's tables exist before heirloom's upgrade runs.
+-- mautrix's crypto store keys inbound sessions by (account, room, session); a bundle reads one room
+-- of one puppet, which this index gives in the order the rows were written (the primary key's would
+-- give them in session ID order, from all over the table on SQLite). The crypto store's tables exist
+-- before heirloom's upgrade runs.
 CREATE INDEX IF NOT EXISTS heirloom_megolm_inbound_room_idx ON crypto_megolm_inbound_session (account_id, room_id);
 
 -- Every room heirloom has seen an m.room.encryption of (in a transaction, a state fetch, or the
