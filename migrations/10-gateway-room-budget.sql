@@ -1,4 +1,4 @@
--- v8 -> v9: The bridge's refusals: what an event was as it arrived, and each room's share of the outbox
+-- v9 -> v10: The bridge's refusals: what an event was as it arrived, and each room's share of the outbox
 -- original is the event as the homeserver sent it when body is heirloom's decrypted copy ('' when
 -- body is as it arrived): if the bridge refuses the decrypted copy every time, it gets the event
 -- as it arrived before the event is set aside (fell_back: body and original swapped; an
