@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,6 +65,8 @@ func newFakeHomeserver(t *testing.T, bot id.UserID) *fakeHomeserver {
 				return
 			}
 			_, _ = w.Write([]byte(`{"algorithm":"m.megolm.v1.aes-sha2"}`))
+		case r.Method == http.MethodGet && strings.Contains(path, "/state/m.room.member/"):
+			_ = json.NewEncoder(w).Encode(map[string]any{"membership": hs.membership(roomOf(path), id.UserID(path[strings.LastIndex(path, "/")+1:]))})
 		case r.Method == http.MethodPut && strings.Contains(path, "/send/"):
 			hs.sent <- sentEvent{room: roomOf(path), body: body}
 			_, _ = fmt.Fprintf(w, `{"event_id":"$answer%d"}`, hs.events.Add(1))
@@ -105,6 +108,16 @@ func (hs *fakeHomeserver) memberEvents(roomID id.RoomID) []map[string]any {
 			"event_id": "$join-" + u.Localpart(), "content": map[string]any{"membership": "join"}})
 	}
 	return chunk
+}
+
+// membership is the user's membership of the room: joined if a member, else never joined.
+func (hs *fakeHomeserver) membership(roomID id.RoomID, userID id.UserID) event.Membership {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if slices.Contains(hs.members[roomID], userID) {
+		return event.MembershipJoin
+	}
+	return event.MembershipLeave
 }
 
 type sentEvent struct {
