@@ -13,9 +13,11 @@ import (
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/crypto/signatures"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/e2ee"
 )
 
 // crossSigner is a user's cross-signing identity and devices, as the homeserver's /keys/query
@@ -47,6 +49,59 @@ func (c *crossSigner) resetIdentity(t *testing.T) {
 func (c *crossSigner) addDevice(deviceID id.DeviceID, crossSigned bool) {
 	c.devices[deviceID] = crypto.NewOlmAccount()
 	c.crossSigned[deviceID] = crossSigned
+}
+
+// puppetSigner is a puppet's identity and device as the homeserver publishes them once
+// provisioning uploaded them: its own Olm account, signed by the cross-signing keys its machine
+// holds (signOwnDevice).
+func puppetSigner(p *e2ee.Puppet) *crossSigner {
+	keys := p.Mach.CrossSigningKeys
+	return &crossSigner{user: p.UserID, master: keys.MasterKey, selfSigning: keys.SelfSigningKey,
+		devices:     map[id.DeviceID]*crypto.OlmAccount{p.DeviceID: p.Mach.GetAccount()},
+		crossSigned: map[id.DeviceID]bool{p.DeviceID: true}}
+}
+
+// oneTimeKeys is one fresh signed one-time key per device, as each device uploads them and the
+// homeserver hands them out to /keys/claim.
+func (c *crossSigner) oneTimeKeys(t *testing.T) map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey {
+	t.Helper()
+	out := map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey{}
+	for deviceID, account := range c.devices {
+		require.NoError(t, account.Internal.GenOneTimeKeys(1))
+		keys, err := account.Internal.OneTimeKeys()
+		require.NoError(t, err)
+		account.Internal.MarkKeysAsPublished()
+		out[deviceID] = map[id.KeyID]mautrix.OneTimeKey{}
+		for keyID, key := range keys {
+			otk := mautrix.OneTimeKey{Key: key, IsSigned: true}
+			sig, err := account.SignJSON(&otk)
+			require.NoError(t, err)
+			otk.Signatures = signatures.NewSingleSignature(c.user, id.KeyAlgorithmEd25519, deviceID.String(), sig)
+			out[deviceID][id.NewKeyID(id.KeyAlgorithmSignedCurve25519, keyID)] = otk
+		}
+	}
+	return out
+}
+
+// open decrypts an Olm to-device message the device received (the first of a new Olm session),
+// as the device's client does, and returns its payload.
+func (c *crossSigner) open(t *testing.T, deviceID id.DeviceID, content *event.Content) *crypto.DecryptedOlmEvent {
+	t.Helper()
+	account := c.devices[deviceID]
+	require.NoError(t, content.ParseRaw(event.ToDeviceEncrypted))
+	encrypted := content.AsEncrypted()
+	require.Equal(t, id.AlgorithmOlmV1, encrypted.Algorithm)
+	ciphertext, ok := encrypted.OlmCiphertext[account.IdentityKey()]
+	require.True(t, ok, "the message is encrypted for the device's identity key")
+	require.Equal(t, id.OlmMsgTypePreKey, ciphertext.Type, "a new Olm session starts with a pre-key message")
+	session, err := account.Internal.NewInboundSession(ciphertext.Body)
+	require.NoError(t, err)
+	plaintext, err := session.Decrypt(ciphertext.Body, ciphertext.Type)
+	require.NoError(t, err)
+	var payload crypto.DecryptedOlmEvent
+	require.NoError(t, json.Unmarshal(plaintext, &payload))
+	payload.SenderKey = encrypted.SenderKey
+	return &payload
 }
 
 // query is the homeserver's answer to a /keys/query for the user.
