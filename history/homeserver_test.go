@@ -33,6 +33,7 @@ type deliveryHomeserver struct {
 	// uploadLimit is the media repository's m.upload.size (0: not said).
 	uploadLimit int64
 	media       map[string][]byte
+	downloads   int
 	// toDevice holds every to-device message sent, inbox what each device has not synced yet.
 	toDevice []sentToDevice
 	inbox    map[id.UserID]map[id.DeviceID][]*event.Event
@@ -372,6 +373,7 @@ func (hs *deliveryHomeserver) claimKeys(r *http.Request) mautrix.RespClaimKeys {
 }
 
 func (hs *deliveryHomeserver) download(w http.ResponseWriter, r *http.Request) {
+	hs.downloads++
 	body, ok := hs.media[r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]]
 	if !ok {
 		writeMatrixError(w, http.StatusNotFound)
