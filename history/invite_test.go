@@ -447,3 +447,24 @@ func TestRefusedInvitesBundleIsNotReused(t *testing.T) {
 	require.NotEqual(t, inviteID, listed.Sent[1].InviteEventID)
 	require.Equal(t, database.SentDelivered, listed.Sent[0].State)
 }
+
+// A change of history visibility heirloom hears of first from the homeserver at an invite (its
+// transaction not in yet) counts at once: nothing is shared, the room's state is updated, and
+// the room's outbound sessions are used up, as the transaction would have done.
+func TestVisibilityChangeLearntAtTheInviteRotatesTheRoom(t *testing.T) {
+	ctx := context.Background()
+	r := newInviteRoom(t)
+	before, err := r.env.db.RotateAfter(ctx, benchRoom)
+	require.NoError(t, err)
+	require.True(t, before.IsZero())
+	r.hs.do(func(hs *deliveryHomeserver) { hs.visibility = event.HistoryVisibilityJoined })
+	res, err := r.env.svc.Invite(ctx, r.p, benchRoom, bob, true)
+	require.NoError(t, err)
+	require.Equal(t, ReasonVisibility, res.Bundle.Reason)
+	after, err := r.env.db.RotateAfter(ctx, benchRoom)
+	require.NoError(t, err)
+	require.False(t, after.IsZero(), "the room's sessions are used up")
+	known, err := r.env.db.StateStore.GetHistoryVisibility(ctx, benchRoom)
+	require.NoError(t, err)
+	require.Equal(t, event.HistoryVisibilityJoined, known.HistoryVisibility)
+}
