@@ -17,7 +17,6 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/database"
-	"github.com/heirloom-matrix/heirloom/e2ee"
 )
 
 // crossSigner is a user's cross-signing identity and devices, as the homeserver's /keys/query
@@ -49,16 +48,6 @@ func (c *crossSigner) resetIdentity(t *testing.T) {
 func (c *crossSigner) addDevice(deviceID id.DeviceID, crossSigned bool) {
 	c.devices[deviceID] = crypto.NewOlmAccount()
 	c.crossSigned[deviceID] = crossSigned
-}
-
-// puppetSigner is a puppet's identity and device as the homeserver publishes them once
-// provisioning uploaded them: its own Olm account, signed by the cross-signing keys its machine
-// holds (signOwnDevice).
-func puppetSigner(p *e2ee.Puppet) *crossSigner {
-	keys := p.Mach.CrossSigningKeys
-	return &crossSigner{user: p.UserID, master: keys.MasterKey, selfSigning: keys.SelfSigningKey,
-		devices:     map[id.DeviceID]*crypto.OlmAccount{p.DeviceID: p.Mach.GetAccount()},
-		crossSigned: map[id.DeviceID]bool{p.DeviceID: true}}
 }
 
 // oneTimeKeys is one fresh signed one-time key per device, as each device uploads them and the
