@@ -117,3 +117,48 @@ func TestBuildTouchesNothing(t *testing.T) {
 	require.NoError(t, db.Raw.QueryRow(context.Background(), `SELECT COUNT(*) FROM sqlite_master WHERE type='table'`).Scan(&tables))
 	require.Zero(t, tables, "no schema written")
 }
+
+// A start says with its exit code what stopped it: a config that does not load (ExitConfig), an
+// SQLite database another process runs on (ExitLeaseHeld), a database that does not open
+// (ExitDatabase).
+func TestRunExitCodes(t *testing.T) {
+	require.Equal(t, ExitConfig, Run(filepath.Join(t.TempDir(), "absent.yaml")))
+
+	_, configPath := testConfig(t, "http://127.0.0.1:1")
+	dbPath := filepath.Join(t.TempDir(), "heirloom.db")
+	setDatabase(t, configPath, "file:"+dbPath+"?_txlock=immediate")
+	ctx := zerolog.Nop().WithContext(context.Background())
+	cfg, err := config.Load(configPath)
+	require.NoError(t, err)
+	other, code := openLease(ctx, cfg.Database)
+	require.Equal(t, ExitOK, code)
+	require.Equal(t, ExitLeaseHeld, Run(configPath), "another process holds the database")
+	other.close()
+
+	setDatabase(t, configPath, "file:"+filepath.Join(t.TempDir(), "missing-dir", "heirloom.db")+"?_txlock=immediate")
+	require.Equal(t, ExitDatabase, Run(configPath))
+}
+
+// setDatabase points the config file at another SQLite database.
+func setDatabase(t *testing.T, configPath, uri string) {
+	t.Helper()
+	data, err := os.ReadFile(configPath)
+	require.NoError(t, err)
+	var doc yaml.Node
+	require.NoError(t, yaml.Unmarshal(data, &doc))
+	root := doc.Content[0]
+	for i := 0; i < len(root.Content); i += 2 {
+		if root.Content[i].Value != "database" {
+			continue
+		}
+		db := root.Content[i+1]
+		for j := 0; j < len(db.Content); j += 2 {
+			if db.Content[j].Value == "uri" {
+				db.Content[j+1].Value = uri
+			}
+		}
+	}
+	out, err := yaml.Marshal(&doc)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(configPath, out, 0o600))
+}
