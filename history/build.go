@@ -30,7 +30,12 @@ type storedSession struct {
 // in one pass), then the shared sessions, so the builder never holds either list. The shared
 // sessions' pickles are read (e2ee.Puppet.EachSharedSession) and unpickled and exported in
 // parallel. A row the builder leaves out (keys rust-sdk would not parse) is logged.
+//
+// A bridge user's bundle is made of what all the bridge's users in the room hold (pooled.go).
 func (s *Service) writeBundle(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, w io.Writer) (keybundle.Counts, error) {
+	if accounts := s.bundleAccounts(ctx, p, roomID); len(accounts) > 1 {
+		return s.writePooledBundle(ctx, p, accounts, roomID, w)
+	}
 	builder := keybundle.NewBuilder(w, roomID, p.DeviceID)
 	err := p.EachWithheldEntry(ctx, roomID, func(h keybundle.Held) error {
 		return builder.Add(h, nil)
