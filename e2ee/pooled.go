@@ -16,6 +16,44 @@ import (
 // whether or not its machine is loaded. Like every statement of cryptostore.go, each names the
 // room: a copy held for another room is never read.
 
+// AccountsHolding returns those of the accounts that hold any row for the room, in the order given.
+func (m *Manager) AccountsHolding(ctx context.Context, accounts []string, roomID id.RoomID) ([]string, error) {
+	holding := make(map[string]bool, len(accounts))
+	for start := 0; start < len(accounts); start += heldLookupChunk {
+		chunk := accounts[start:min(start+heldLookupChunk, len(accounts))]
+		args := make([]any, 0, len(chunk)+1)
+		values := make([]byte, 0, len(chunk)*24)
+		for i, a := range chunk {
+			if i > 0 {
+				values = append(values, ',')
+			}
+			values = fmt.Appendf(values, "(CAST($%d AS TEXT))", i+1)
+			args = append(args, a)
+		}
+		args = append(args, roomID)
+		// One index probe per account (heirloom_megolm_inbound_room_idx), however many rows it holds.
+		rows, err := m.shared.DB.Query(ctx, `SELECT v.column1 FROM (VALUES `+string(values)+`) AS v WHERE EXISTS (
+			SELECT 1 FROM crypto_megolm_inbound_session s WHERE s.account_id=v.column1 AND s.room_id=$`+fmt.Sprint(len(chunk)+1)+`)`, args...)
+		err = iterate(rows, err, func(row dbutil.Scannable) (a string, err error) {
+			err = row.Scan(&a)
+			return
+		}, func(a string) error {
+			holding[a] = true
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("failed to find the accounts holding the room's sessions: %w", err)
+		}
+	}
+	out := make([]string, 0, len(holding))
+	for _, a := range accounts {
+		if holding[a] {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
 // RoomRow is one row an account holds for a room, as a pooled bundle plans it: no key material.
 type RoomRow struct {
 	Account   string
@@ -43,6 +81,11 @@ func (m *Manager) EachRoomRow(ctx context.Context, accounts []string, roomID id.
 		}
 	}
 	return nil
+}
+
+// EachSharedSessionOf is Puppet.EachSharedSession for an account, loaded or not.
+func (m *Manager) EachSharedSessionOf(ctx context.Context, account string, roomID id.RoomID, each func(StoredSession) error) error {
+	return eachSharedSession(ctx, m.shared.DB, []string{account}, roomID, each)
 }
 
 // EachWithheldEntryOf is Puppet.EachWithheldEntry for an account, loaded or not.

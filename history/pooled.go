@@ -41,14 +41,12 @@ import (
 // The bundle is then built, uploaded and sent by the inviter's device as any other: the invitee's
 // client names the inviter as the one who shared the keys.
 
-// bundleAccounts returns the accounts whose rows a bundle the puppet builds for the room is made
-// of, in the order their copies merge: the puppet's own first, then (for a bridge user) the
-// bridge's bot and the room's other bridge users, by user ID.
-func (s *Service) bundleAccounts(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) []string {
+// bundleAccounts returns the accounts of the bridge's users whose rows a bundle the bridge user p
+// builds for the room is made of, in the order their copies merge: p's own first, then the
+// bridge's bot and the room's other bridge users, by user ID; only those that hold any row for
+// the room.
+func (s *Service) bundleAccounts(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) ([]string, error) {
 	accounts := []string{p.UserID.String()}
-	if !s.cfg.IsBridgeUser(p.UserID) {
-		return accounts
-	}
 	members, err := s.db.StateStore.GetRoomJoinedOrInvitedMembers(ctx, roomID)
 	if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to list the room's members: the bundle holds the inviter's and the bot's sessions only")
@@ -59,7 +57,7 @@ func (s *Service) bundleAccounts(ctx context.Context, p *e2ee.Puppet, roomID id.
 			accounts = append(accounts, u.String())
 		}
 	}
-	return accounts
+	return s.mgr.AccountsHolding(ctx, accounts, roomID)
 }
 
 // copies is what the pooled accounts hold of one session: how many keys with shared history, and
