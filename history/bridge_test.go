@@ -3,6 +3,9 @@ package history
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -85,10 +88,17 @@ func holdAt(t *testing.T, p *e2ee.Puppet, m *megolmKey, roomID id.RoomID, index 
 // holdExport stores an exported session key (genuine or not) for p under sessionID.
 func holdExport(t *testing.T, p *e2ee.Puppet, sessionID id.SessionID, exported string, roomID id.RoomID, shared, imported bool) {
 	t.Helper()
+	holdClaimed(t, p, sessionID, exported, roomID, shared, imported, validCurve, validEd)
+}
+
+// holdClaimed is holdExport of a copy that claims the given sender.
+func holdClaimed(t *testing.T, p *e2ee.Puppet, sessionID id.SessionID, exported string, roomID id.RoomID, shared, imported bool,
+	senderKey id.SenderKey, signingKey id.Ed25519) {
+	t.Helper()
 	internal, err := olm.InboundGroupSessionImport([]byte(exported))
 	require.NoError(t, err)
 	require.Equal(t, sessionID, internal.ID())
-	igs := &crypto.InboundGroupSession{Internal: internal, SenderKey: validCurve, SigningKey: validEd, RoomID: roomID,
+	igs := &crypto.InboundGroupSession{Internal: internal, SenderKey: senderKey, SigningKey: signingKey, RoomID: roomID,
 		SharedHistory: &shared, KeySource: id.KeySourceDirect, ForwardingChains: []string{}}
 	if imported {
 		igs.KeySource, igs.SourceUser = id.KeySourceForward, "@inviter:localhost"
@@ -321,4 +331,51 @@ func TestBridgeBundleNeverTakesAForgedCopyOverADirectOne(t *testing.T) {
 	for _, m := range []*megolmKey{forgedAtInviter, forgedAtBot} {
 		require.Equal(t, m.export(t, 2), got.keys[m.out.ID()].SessionKey, "the genuine ratchet, from the direct copy's index")
 	}
+}
+
+// Another sender's claims on a session (a member who relayed it to one of the bridge's users) never
+// replace those of the first copy in merge order, the inviter's: not when the copies are the very
+// same state, nor when the relayed copy starts earlier (it lends no index either, as in one store).
+func TestBridgeBundleKeepsTheFirstCopysClaims(t *testing.T) {
+	env := newBridgeEnv(t, "@irc_.*")
+	inviter, bot := env.user(t, ghost), env.user(t, bridgeBot)
+	for _, u := range []id.UserID{ghost, bridgeBot} {
+		env.member(t, benchRoom, u, event.MembershipJoin)
+	}
+	relayer := newOlmIdentity(t)
+	sameState, relayedEarlier := newMegolmKey(t), newMegolmKey(t)
+	holdAt(t, inviter, sameState, benchRoom, 0, true, false)
+	holdClaimed(t, bot, sameState.out.ID(), sameState.export(t, 0), benchRoom, true, false, relayer.curve, relayer.ed)
+	holdAt(t, inviter, relayedEarlier, benchRoom, 2, true, false)
+	holdClaimed(t, bot, relayedEarlier.out.ID(), relayedEarlier.export(t, 0), benchRoom, true, false, relayer.curve, relayer.ed)
+
+	got := buildFor(t, env, inviter, benchRoom)
+	for _, m := range []*megolmKey{sameState, relayedEarlier} {
+		k := got.keys[m.out.ID()]
+		require.Equal(t, id.SenderKey(validCurve), k.SenderKey)
+		require.Equal(t, id.Ed25519(validEd), k.SenderClaimedKeys.Ed25519)
+	}
+	require.Zero(t, firstIndex(t, got.keys[sameState.out.ID()]))
+	require.EqualValues(t, 2, firstIndex(t, got.keys[relayedEarlier.out.ID()]))
+
+	// The bot's own bundle merges the other way round: its copies' claims stay.
+	got = buildFor(t, env, bot, benchRoom)
+	require.Equal(t, relayer.curve, got.keys[relayedEarlier.out.ID()].SenderKey)
+	require.Zero(t, firstIndex(t, got.keys[relayedEarlier.out.ID()]))
+}
+
+// olmIdentity is a device's keys as a session's claims name them.
+type olmIdentity struct {
+	curve id.SenderKey
+	ed    id.Ed25519
+}
+
+func newOlmIdentity(t *testing.T) olmIdentity {
+	t.Helper()
+	curve := make([]byte, 32)
+	_, err := rand.Read(curve)
+	require.NoError(t, err)
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	return olmIdentity{curve: id.SenderKey(base64.RawStdEncoding.EncodeToString(curve)), ed: id.Ed25519(base64.RawStdEncoding.EncodeToString(pub))}
 }

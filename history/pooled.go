@@ -1,6 +1,7 @@
 package history
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"hash/fnv"
@@ -225,16 +226,10 @@ func (s *Service) readShared(ctx context.Context, pl *pool, send func(pooledCopy
 // comes; the copies of another are merged as they come, and the result exported once the last
 // planned copy came, or once nothing more comes.
 func (s *Service) foldCopies(in <-chan pooledCopy, done chan<- *storedSession) {
-	type fold struct {
-		first  keybundle.Held // the first copy's, for the error of a copy that cannot be read
-		merged *crypto.InboundGroupSession
-		seen   int32
-		err    error
-	}
 	folds := map[id.SessionID]*fold{}
 	finish := func(sessionID id.SessionID, f *fold) {
 		delete(folds, sessionID)
-		done <- exportMerged(f.first, f.merged, f.err)
+		done <- f.export(s.mgr.Pickles)
 	}
 	for c := range in {
 		if c.want <= 1 {
@@ -246,14 +241,12 @@ func (s *Service) foldCopies(in <-chan pooledCopy, done chan<- *storedSession) {
 		}
 		f := folds[c.SessionID]
 		if f == nil {
-			f = &fold{first: c.Held}
+			f = &fold{first: c.SharedCopy}
 			folds[c.SessionID] = f
+		} else {
+			f.add(s.mgr.Pickles, c.SharedCopy)
 		}
-		f.seen++
-		if f.err == nil {
-			f.merged, f.err = mergeCopy(s.mgr.Pickles, f.merged, c.SharedCopy)
-		}
-		if f.seen >= c.want {
+		if f.seen++; f.seen >= c.want {
 			finish(c.SessionID, f)
 		}
 	}
@@ -262,31 +255,48 @@ func (s *Service) foldCopies(in <-chan pooledCopy, done chan<- *storedSession) {
 	}
 }
 
-// mergeCopy merges one more copy into what was merged of a session so far (nil: none yet).
-func mergeCopy(pickles *e2ee.PickleCipher, merged *crypto.InboundGroupSession, c e2ee.SharedCopy) (*crypto.InboundGroupSession, error) {
-	incoming, err := pickles.Session(c)
-	if err != nil {
-		return merged, fmt.Errorf("failed to read session %s: %w", c.SessionID, err)
-	}
-	if merged == nil {
-		return incoming, nil
-	}
-	if out, _ := e2ee.MergeSessions(merged, incoming); out != nil {
-		return out, nil
-	}
-	return merged, nil
+// fold is the merge of one session's copies so far.
+type fold struct {
+	first  e2ee.SharedCopy
+	merged *crypto.InboundGroupSession // nil while every copy is the first one's very state
+	seen   int32
+	err    error
 }
 
-// exportMerged is a merged session as the builder takes it, exported at its first known index; with
-// err, the first copy's row, which fails the bundle as an unreadable session of one store does.
-func exportMerged(first keybundle.Held, merged *crypto.InboundGroupSession, err error) *storedSession {
-	st := &storedSession{StoredSession: e2ee.StoredSession{Held: first}, err: err}
-	if err != nil || merged == nil {
-		return st
+// add merges one more copy in. A copy whose pickle is the first copy's, byte for byte, is the same
+// ratchet from the same index (pickles are deterministic): e2ee.MergeSessions would keep the first
+// copy's key and claims, so it is not even unpickled. That is most copies in a room whose members
+// all got a session when it began.
+func (f *fold) add(pickles *e2ee.PickleCipher, c e2ee.SharedCopy) {
+	if f.err != nil || f.merged == nil && bytes.Equal(c.Pickled, f.first.Pickled) {
+		return
 	}
-	st.SenderKey, st.SigningKey = merged.SenderKey, merged.SigningKey
-	st.SharedHistory = merged.SharedHistory != nil && *merged.SharedHistory
-	exported, err := merged.Internal.Export(merged.Internal.FirstKnownIndex())
-	st.exported, st.err = string(exported), err
+	if f.merged == nil {
+		if f.merged, f.err = pickles.Session(f.first); f.err != nil {
+			return
+		}
+	}
+	incoming, err := pickles.Session(c)
+	if err != nil {
+		f.err = fmt.Errorf("failed to read session %s: %w", c.SessionID, err)
+	} else if out, _ := e2ee.MergeSessions(f.merged, incoming); out != nil {
+		f.merged = out
+	}
+}
+
+// export is the merged session as the builder takes it, exported at its first known index; with
+// an error, the first copy's row, which fails the bundle as an unreadable session of one store does.
+func (f *fold) export(pickles *e2ee.PickleCipher) *storedSession {
+	st := &storedSession{StoredSession: e2ee.StoredSession{Held: f.first.Held}, err: f.err}
+	switch {
+	case f.err != nil:
+	case f.merged == nil:
+		st.exported, st.err = pickles.ExportPickled(f.first.Pickled)
+	default:
+		st.SenderKey, st.SigningKey = f.merged.SenderKey, f.merged.SigningKey
+		st.SharedHistory = f.merged.SharedHistory != nil && *f.merged.SharedHistory
+		exported, err := f.merged.Internal.Export(f.merged.Internal.FirstKnownIndex())
+		st.exported, st.err = string(exported), err
+	}
 	return st
 }
