@@ -164,8 +164,9 @@ func firstIndex(t *testing.T, k keybundle.RoomKey) uint32 {
 // A ghost that joined without history invites someone: the bundle carries what the bridge's bot
 // and the room's other bridge users hold for the room (shared sessions as keys, the rest and the
 // bundle withheld entries as m.history_not_shared), built and signed by the ghost's own device.
-// Nothing of a user who is not the bridge's (heirloom's own puppet and bot, in the room or not),
-// of a bridge user no longer in the room, nor of another room.
+// Nothing of a user who is not the bridge's (heirloom's own puppet and bot, another bridge's ghost,
+// a user of another server that the namespace's regex matches), of a bridge user no longer in the
+// room, nor of another room.
 func TestBridgeBundleCarriesWhatEveryBridgeUserHolds(t *testing.T) {
 	testdb.ForEach(t, func(t *testing.T, dbCfg config.Database) { bridgeBundleCarriesWhatEveryBridgeUserHolds(t, dbCfg) })
 }
@@ -176,9 +177,13 @@ func bridgeBundleCarriesWhatEveryBridgeUserHolds(t *testing.T, dbCfg config.Data
 	inviter, bot, invited := env.user(t, ghost), env.user(t, bridgeBot), env.user(t, ghost2)
 	left := env.user(t, "@irc_gone:localhost")
 	apiPuppet, heirloomBot := env.puppet(t, "api"), env.user(t, "@bot:localhost")
+	// Users of the room outside the bridge's namespace: another bridge's ghost, and a user of
+	// another server whose localpart the namespace's regex matches.
+	otherBridge, remote := env.user(t, "@slack_ghost:localhost"), env.user(t, "@irc_ghost:remote")
 	for u, membership := range map[id.UserID]event.Membership{ghost: event.MembershipJoin, bridgeBot: event.MembershipJoin,
 		ghost2: event.MembershipInvite, left.UserID: event.MembershipLeave, apiPuppet.UserID: event.MembershipJoin,
-		heirloomBot.UserID: event.MembershipJoin, "@alice:remote": event.MembershipJoin} {
+		heirloomBot.UserID: event.MembershipJoin, "@alice:remote": event.MembershipJoin, otherBridge.UserID: event.MembershipJoin,
+		remote.UserID: event.MembershipJoin} {
 		env.member(t, benchRoom, u, membership)
 	}
 
@@ -200,6 +205,9 @@ func bridgeBundleCarriesWhatEveryBridgeUserHolds(t *testing.T, dbCfg config.Data
 	holdDirect(t, apiPuppet, apiShared, benchRoom, true)
 	holdDirect(t, heirloomBot, heirloomBotShared, benchRoom, true)
 	holdDirect(t, bot, botOtherRoom, otherBenchRoom, true)
+	otherBridgeShared, remoteShared := newMegolmKey(t), newMegolmKey(t)
+	holdDirect(t, otherBridge, otherBridgeShared, benchRoom, true)
+	holdDirect(t, remote, remoteShared, benchRoom, true)
 
 	got := buildFor(t, env, inviter, benchRoom)
 	require.Equal(t, sorted(botShared.out.ID(), own.out.ID(), invitedShared.out.ID()), sessionIDs(got.keys))
