@@ -387,3 +387,30 @@ func newOlmIdentity(t *testing.T) olmIdentity {
 	require.NoError(t, err)
 	return olmIdentity{curve: id.SenderKey(base64.RawStdEncoding.EncodeToString(curve)), ed: id.Ed25519(base64.RawStdEncoding.EncodeToString(pub))}
 }
+
+// A ghost that holds nothing for the room (it joined without history and has not heard anyone
+// yet) shares what the one bridge user holding rows for it holds: the bot's keys and withheld
+// entries, under the ghost's device; nothing the bot holds for another room, nor what a ghost
+// holds that left the room.
+func TestBridgeBundleOfAGhostHoldingNothingIsTheBots(t *testing.T) {
+	env := newBridgeEnv(t, "@irc_.*")
+	ctx := context.Background()
+	inviter, bot, left := env.user(t, ghost), env.user(t, bridgeBot), env.user(t, ghost2)
+	env.member(t, benchRoom, ghost, event.MembershipJoin)
+	env.member(t, benchRoom, bridgeBot, event.MembershipJoin)
+	env.member(t, benchRoom, ghost2, event.MembershipLeave)
+	shared, unshared, otherRoom, leftShared := newMegolmKey(t), newMegolmKey(t), newMegolmKey(t), newMegolmKey(t)
+	holdDirect(t, bot, shared, benchRoom, true)
+	holdDirect(t, bot, unshared, benchRoom, false)
+	holdDirect(t, bot, otherRoom, otherBenchRoom, true)
+	holdDirect(t, left, leftShared, benchRoom, true)
+	holdDirect(t, inviter, newMegolmKey(t), otherBenchRoom, true) // the inviter's rows of another room make it no holder
+
+	accounts, err := env.svc.bundleAccounts(ctx, inviter, benchRoom)
+	require.NoError(t, err)
+	require.Equal(t, []string{bridgeBot.String()}, accounts, "the bot alone holds rows for the room")
+	got := buildFor(t, env, inviter, benchRoom)
+	require.Equal(t, []id.SessionID{shared.out.ID()}, sessionIDs(got.keys))
+	require.Equal(t, []id.SessionID{unshared.out.ID()}, sessionIDs(got.withheld))
+	require.Equal(t, inviter.DeviceID, got.withheld[unshared.out.ID()].FromDevice, "the ghost's device built the bundle")
+}

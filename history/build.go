@@ -61,7 +61,12 @@ func (s *Service) writeBundle(ctx context.Context, p *e2ee.Puppet, roomID id.Roo
 		counts, _ := builder.Close()
 		return counts, fmt.Errorf("failed to read sessions: %w", err)
 	}
-	return builder.Close()
+	counts, err := builder.Close()
+	if account != p.UserID.String() {
+		zerolog.Ctx(ctx).Info().Int("accounts", 1).Strs("pooled_from", []string{account}).Int("sessions", counts.Sessions).
+			Int("withheld", counts.Withheld).Msg("Built a bundle of what the bridge's users hold")
+	}
+	return counts, err
 }
 
 // exportSessions reads the shared sessions the account holds for the room and calls each for
