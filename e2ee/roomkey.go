@@ -127,6 +127,10 @@ func (p *Puppet) receiveRoomKey(ctx context.Context, evt *crypto.DecryptedOlmEve
 		log.Warn().Str("reason", why).Msg("Dropping room key")
 		return
 	}
+	if !keybundle.CanonicalBase64(content.SessionKey) {
+		log.Warn().Msg("Dropping room key whose session key is not canonical base64")
+		return
+	}
 	maxAge, maxMessages := p.RotationLimits(ctx, content.RoomID)
 	igs, err := crypto.NewInboundGroupSession(evt.SenderKey, evt.Keys.Ed25519, content.RoomID, content.SessionKey,
 		maxAge, maxMessages, &content.HistoryShared, content.IsScheduled)
@@ -156,7 +160,8 @@ const (
 	reasonUnknownAlgorithm = "unknown algorithm"
 	reasonBadRoomID        = "room_id is not a room ID heirloom stores"
 	reasonNotTheDevicesKey = "the claimed Ed25519 key is not the sending device's (no known device, no sender_device_keys)"
-	reasonBadSigningKey    = "the claimed Ed25519 key is not a valid Ed25519 point"
+	reasonBadSigningKey    = "the claimed Ed25519 key is not a valid Ed25519 point in canonical base64"
+	reasonBadSenderKey     = "the sender key is not a 32-byte key in canonical base64"
 	reasonPuppetNotInRoom  = "the puppet is not in the room"
 	reasonSenderNotMember  = "the sender is not a joined or invited member of the room"
 	reasonHeldUntilJoin    = "the sender's membership can be asked only once the puppet has joined"
@@ -168,6 +173,8 @@ const (
 //     which every bundle the puppet builds carries and rust-sdk refuses a whole bundle over if it is
 //     not a point: it must be the sending device's, which mautrix checked against a device heirloom
 //     knows or the payload's sender_device_keys (MSC4147) and then names, and a valid point;
+//   - it and the sender key go out verbatim in those bundles, and rust-sdk refuses a whole bundle
+//     over a key in non-canonical base64: both must be canonical (keybundle.Strict);
 //   - it counts only from someone who could have had it: the puppet is in the room, and the
 //     sender is a joined or invited member of it (senderVerdict). A stranger or a past member gets
 //     nothing stored; while the puppet is only invited, the key is held until it joins.
@@ -181,6 +188,8 @@ func (p *Puppet) roomKeyRefused(ctx context.Context, evt *crypto.DecryptedOlmEve
 		return reasonNotTheDevicesKey
 	case !keybundle.ValidSigningKeyString(evt.Keys.Ed25519):
 		return reasonBadSigningKey
+	case !keybundle.ValidKey(string(evt.SenderKey)):
+		return reasonBadSenderKey
 	case !p.inRoom(ctx, roomID):
 		return reasonPuppetNotInRoom
 	}
