@@ -203,7 +203,9 @@ func (p *Puppet) roomKeyRefused(ctx context.Context, evt *crypto.DecryptedOlmEve
 }
 
 // receiveWithheld stores a plaintext m.room_key.withheld. Anyone can send one, unauthenticated,
-// so heirloom keeps only what a member of the room says about a room the puppet is in, never
+// so heirloom keeps only what a member of the room says about a room the puppet is in, about a
+// session of one of the member's own devices (a withheld entry turns "no key yet", which callers
+// wait and sweep for, into a final failure: nobody may say it of another member's session), never
 // m.history_not_shared (MSC4268 uses that code only inside bundles), and never over a row.
 func (p *Puppet) receiveWithheld(ctx context.Context, evt *event.Event) {
 	content, ok := evt.Content.Parsed.(*event.RoomKeyWithheldEventContent)
@@ -221,6 +223,9 @@ func (p *Puppet) receiveWithheld(ctx context.Context, evt *event.Event) {
 		log.Debug().Msg("Ignoring history-not-shared code outside a key bundle")
 	case !p.mgr.isMember(ctx, content.RoomID, p.UserID) || !p.mgr.isMember(ctx, content.RoomID, evt.Sender):
 		log.Debug().Msg("Ignoring room key withheld message for a room the puppet and sender do not share")
+	case !p.ownsDevice(ctx, evt.Sender, content.SenderKey):
+		log.Debug().Stringer("sender_key", content.SenderKey).
+			Msg("Ignoring room key withheld message about a session of a device not known to be the sender's")
 	default:
 		// Under the session's lock, like every other write of a session row: a withheld entry
 		// must not slip in between a bundle import's check and its insert.
@@ -229,4 +234,15 @@ func (p *Puppet) receiveWithheld(ctx context.Context, evt *event.Event) {
 			return nil
 		})
 	}
+}
+
+// ownsDevice reports whether a device of user that heirloom knows has identityKey. Only the store
+// is asked: a withheld message is plaintext anyone can send, and must not make the puppet query
+// the homeserver. A device not known yet leaves the key "not arrived", which callers retry.
+func (p *Puppet) ownsDevice(ctx context.Context, user id.UserID, identityKey id.SenderKey) bool {
+	device, err := p.Mach.CryptoStore.FindDeviceByKey(ctx, user, identityKey)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to look up the device of a sender key")
+	}
+	return err == nil && device != nil
 }
