@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,10 +44,15 @@ type fakeHomeserver struct {
 	members map[id.RoomID][]id.UserID
 	// encrypted are the rooms with an m.room.encryption event.
 	encrypted map[id.RoomID]bool
+	// joined are the rooms each user is joined to, as /joined_rooms answers (a user not in it: the request fails).
+	joined map[id.UserID][]id.RoomID
+	// memberships carries the bot's joins ("join !room") and leaves ("leave !room: reason").
+	memberships chan string
 }
 
 func newFakeHomeserver(t *testing.T, bot id.UserID) *fakeHomeserver {
-	hs := &fakeHomeserver{sent: make(chan sentEvent, 64), toDevice: make(chan string, 64), members: map[id.RoomID][]id.UserID{}, encrypted: map[id.RoomID]bool{}}
+	hs := &fakeHomeserver{sent: make(chan sentEvent, 64), toDevice: make(chan string, 64), members: map[id.RoomID][]id.UserID{}, encrypted: map[id.RoomID]bool{},
+		joined: map[id.UserID][]id.RoomID{}, memberships: make(chan string, 16)}
 	hs.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		w.Header().Set("Content-Type", "application/json")
@@ -64,6 +70,34 @@ func newFakeHomeserver(t *testing.T, bot id.UserID) *fakeHomeserver {
 				return
 			}
 			_, _ = w.Write([]byte(`{"algorithm":"m.megolm.v1.aes-sha2"}`))
+		case r.Method == http.MethodGet && strings.Contains(path, "/state/m.room.member/"):
+			_ = json.NewEncoder(w).Encode(map[string]any{"membership": hs.membership(roomOf(path), id.UserID(path[strings.LastIndex(path, "/")+1:]))})
+		case r.Method == http.MethodGet && strings.HasSuffix(path, "/joined_rooms"):
+			hs.mu.Lock()
+			rooms, ok := hs.joined[id.UserID(r.URL.Query().Get("user_id"))]
+			hs.mu.Unlock()
+			if !ok {
+				w.WriteHeader(http.StatusInternalServerError)
+				_, _ = w.Write([]byte(`{"errcode":"M_UNKNOWN","error":"Internal server error"}`))
+				return
+			}
+			_ = json.NewEncoder(w).Encode(map[string]any{"joined_rooms": append([]id.RoomID{}, rooms...)})
+		case r.Method == http.MethodGet && strings.HasSuffix(path, "/state"):
+			_ = json.NewEncoder(w).Encode(hs.stateEvents(roomOf(path)))
+		case r.Method == http.MethodPost && (strings.HasSuffix(path, "/join") || strings.Contains(path, "/join/")):
+			room := roomOf(path)
+			if room == "" {
+				room = id.RoomID(path[strings.LastIndex(path, "/")+1:])
+			}
+			hs.memberships <- "join " + room.String()
+			_ = json.NewEncoder(w).Encode(map[string]any{"room_id": room})
+		case r.Method == http.MethodPost && strings.HasSuffix(path, "/leave"):
+			var leave struct {
+				Reason string `json:"reason"`
+			}
+			_ = json.Unmarshal(body, &leave)
+			hs.memberships <- "leave " + roomOf(path).String() + ": " + leave.Reason
+			_, _ = w.Write([]byte(`{}`))
 		case r.Method == http.MethodPut && strings.Contains(path, "/send/"):
 			hs.sent <- sentEvent{room: roomOf(path), body: body}
 			_, _ = fmt.Fprintf(w, `{"event_id":"$answer%d"}`, hs.events.Add(1))
@@ -105,6 +139,30 @@ func (hs *fakeHomeserver) memberEvents(roomID id.RoomID) []map[string]any {
 			"event_id": "$join-" + u.Localpart(), "content": map[string]any{"membership": "join"}})
 	}
 	return chunk
+}
+
+// membership is the user's membership of the room: joined if a member, else never joined.
+func (hs *fakeHomeserver) membership(roomID id.RoomID, userID id.UserID) event.Membership {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if slices.Contains(hs.members[roomID], userID) {
+		return event.MembershipJoin
+	}
+	return event.MembershipLeave
+}
+
+// stateEvents is the room's state as GET /state answers it: its creation, its members and, if it
+// is encrypted, its encryption.
+func (hs *fakeHomeserver) stateEvents(roomID id.RoomID) []map[string]any {
+	state := append(hs.memberEvents(roomID), map[string]any{"type": "m.room.create", "state_key": "", "sender": testAdmin,
+		"room_id": roomID, "event_id": "$create", "content": map[string]any{"room_version": "11"}})
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if hs.encrypted[roomID] {
+		state = append(state, map[string]any{"type": "m.room.encryption", "state_key": "", "sender": testAdmin, "room_id": roomID,
+			"event_id": "$encryption", "content": map[string]any{"algorithm": "m.megolm.v1.aes-sha2"}})
+	}
+	return state
 }
 
 type sentEvent struct {

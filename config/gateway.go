@@ -29,7 +29,8 @@ type Gateway struct {
 	MaxMediaSize int64 `yaml:"max_media_size"`
 	// MaxOutboxSize caps the bytes of the events stored for the bridge and not yet acknowledged:
 	// over it, heirloom refuses the homeserver's transactions, which the homeserver holds and
-	// sends again.
+	// sends again (or, while the bridge is up, sets aside the new events of a room holding more
+	// than a quarter of it); and the bytes of the events set aside.
 	MaxOutboxSize int64 `yaml:"max_outbox_size"`
 }
 

@@ -34,7 +34,13 @@ type GatewayEvent struct {
 	Kind    string
 	// Body is the event as the bridge gets it (JSON); empty in the heads GatewayOutboxHeads reads.
 	Body string
-	// Size is the body's length in bytes.
+	// Original is the event as the homeserver sent it when Body is heirloom's decrypted copy, ""
+	// when Body is as it arrived. FellBack marks an event whose decrypted copy the bridge refused
+	// every time: Body is then the event as it arrived, and Original the decrypted copy (an
+	// operator's resend delivers it again).
+	Original string
+	FellBack bool
+	// Size is the bytes of Body and Original.
 	Size int64
 	// Waiting marks an encrypted event whose key had not arrived: it holds back its room's
 	// events until WaitUntil (unix ms), then goes on still encrypted.
@@ -60,7 +66,9 @@ var gatewaySeq sync.Mutex
 
 // PutGatewayEvents stores events bound for the bridge, in order, after those already stored. An
 // event whose key is stored already, waiting or delivered in the last day, is left as it is (a
-// transaction the homeserver sent again): only the events stored get their Seq set.
+// transaction the homeserver sent again): only the events stored get their Seq set. An event with
+// DeadAt set is stored set aside (a dead letter, with LastError), to be delivered only on an
+// operator's request.
 func (db *Database) PutGatewayEvents(ctx context.Context, events []*GatewayEvent) error {
 	if len(events) == 0 {
 		return nil
@@ -75,11 +83,13 @@ func (db *Database) PutGatewayEvents(ctx context.Context, events []*GatewayEvent
 		now := db.nowMillis()
 		for _, e := range events {
 			next++
-			e.Size = int64(len(e.Body))
+			e.Size = int64(len(e.Body) + len(e.Original))
 			res, err := db.own.Exec(ctx, `
-				INSERT INTO gateway_event (seq, event_key, event_id, room_id, kind, body, size, waiting, session_id, wait_until, received_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (event_key) DO NOTHING`,
-				next, e.Key, e.EventID, e.RoomID, e.Kind, e.Body, e.Size, e.Waiting, e.SessionID, e.WaitUntil, now)
+				INSERT INTO gateway_event (seq, event_key, event_id, room_id, kind, body, original, size, waiting, session_id, wait_until,
+					received_at, dead_at, last_error)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (event_key) DO NOTHING`,
+				next, e.Key, e.EventID, e.RoomID, e.Kind, e.Body, e.Original, e.Size, e.Waiting, e.SessionID, e.WaitUntil, now,
+				e.DeadAt, e.LastError)
 			if err != nil {
 				return fmt.Errorf("failed to store event for the bridge: %w", err)
 			}
@@ -93,13 +103,16 @@ func (db *Database) PutGatewayEvents(ctx context.Context, events []*GatewayEvent
 	})
 }
 
-const gatewayEventColumns = `seq, event_key, event_id, room_id, kind, body, size, waiting, session_id, wait_until, txn_id, received_at,
-	solo, refusals, retry_at, dead_at, last_error`
+const gatewayEventColumns = `seq, event_key, event_id, room_id, kind, body, original, fell_back, size, waiting, session_id, wait_until,
+	txn_id, received_at, solo, refusals, retry_at, dead_at, last_error`
+
+// gatewayEventHeadColumns are gatewayEventColumns without the bodies.
+var gatewayEventHeadColumns = strings.Replace(gatewayEventColumns, "body, original,", "'', '',", 1)
 
 func scanGatewayEvent(row dbutil.Scannable) (*GatewayEvent, error) {
 	var e GatewayEvent
-	err := row.Scan(&e.Seq, &e.Key, &e.EventID, &e.RoomID, &e.Kind, &e.Body, &e.Size, &e.Waiting, &e.SessionID, &e.WaitUntil, &e.TxnID,
-		&e.ReceivedAt, &e.Solo, &e.Refusals, &e.RetryAt, &e.DeadAt, &e.LastError)
+	err := row.Scan(&e.Seq, &e.Key, &e.EventID, &e.RoomID, &e.Kind, &e.Body, &e.Original, &e.FellBack, &e.Size, &e.Waiting, &e.SessionID,
+		&e.WaitUntil, &e.TxnID, &e.ReceivedAt, &e.Solo, &e.Refusals, &e.RetryAt, &e.DeadAt, &e.LastError)
 	return &e, err
 }
 
@@ -239,6 +252,20 @@ func (db *Database) SplitGatewayTxn(ctx context.Context, txnID int64, reason str
 	})
 }
 
+// FallBackGatewayEvent records that the bridge refused the decrypted copy of an event alone (in the
+// transaction txnID, which is dissolved) every time: the event as it arrived goes next, alone, and
+// the decrypted copy is kept for an operator's resend.
+func (db *Database) FallBackGatewayEvent(ctx context.Context, txnID, seq int64, reason string) error {
+	return db.DoTxn(ctx, func(ctx context.Context) error {
+		_, err := db.own.Exec(ctx, `UPDATE gateway_event SET txn_id=0, solo=true, refusals=refusals+1, retry_at=0, last_error=$2,
+			body=original, original=body, fell_back=true WHERE seq=$1 AND original<>'' AND NOT fell_back`, seq, reason)
+		if err != nil {
+			return fmt.Errorf("failed to record a refused decrypted event: %w", err)
+		}
+		return db.deleteGatewayTxn(ctx, txnID)
+	})
+}
+
 // RefuseGatewayEvent records that the bridge refused the event alone (in the transaction txnID,
 // which is dissolved): it holds back its room until retryAt, or is set aside now (dead) if aside
 // is set.
@@ -264,16 +291,56 @@ func (db *Database) GatewayDeadLetters(ctx context.Context, limit int) ([]*Gatew
 	if err := db.own.QueryRow(ctx, `SELECT COUNT(*) FROM gateway_event WHERE delivered_at=0 AND dead_at>0`).Scan(&n); err != nil {
 		return nil, 0, fmt.Errorf("failed to count the events set aside: %w", err)
 	}
-	rows, err := db.own.Query(ctx, `SELECT `+strings.Replace(gatewayEventColumns, "body,", "'',", 1)+` FROM gateway_event
+	rows, err := db.own.Query(ctx, `SELECT `+gatewayEventHeadColumns+` FROM gateway_event
 		WHERE delivered_at=0 AND dead_at>0 ORDER BY dead_at DESC, seq DESC LIMIT $1`, limit)
 	out, err := listOf(rows, err, scanGatewayEvent, "read the events set aside")
 	return out, n, err
 }
 
+// GatewayDeadLetterSize returns how many events are set aside, and their bytes.
+func (db *Database) GatewayDeadLetterSize(ctx context.Context) (int, int64, error) {
+	var n int
+	var size int64
+	err := db.own.QueryRow(ctx, `SELECT COUNT(*), COALESCE(SUM(size), 0) FROM gateway_event WHERE delivered_at=0 AND dead_at>0`).Scan(&n, &size)
+	if err != nil {
+		return 0, 0, fmt.Errorf("failed to measure the events set aside: %w", err)
+	}
+	return n, size, nil
+}
+
+// TrimGatewayDeadLetters forgets the events set aside longest ago until the others hold at most
+// maxBytes, and returns them (without bodies).
+func (db *Database) TrimGatewayDeadLetters(ctx context.Context, maxBytes int64) ([]*GatewayEvent, error) {
+	var out []*GatewayEvent
+	err := db.DoTxn(ctx, func(ctx context.Context) error {
+		rows, err := db.own.Query(ctx, `SELECT `+gatewayEventHeadColumns+` FROM gateway_event
+			WHERE delivered_at=0 AND dead_at>0 ORDER BY dead_at DESC, seq DESC`)
+		all, err := listOf(rows, err, scanGatewayEvent, "read the events set aside")
+		if err != nil {
+			return err
+		}
+		var kept int64
+		for _, e := range all {
+			if kept += e.Size; kept > maxBytes {
+				out = append(out, e)
+			}
+		}
+		for _, e := range out {
+			if _, err = db.own.Exec(ctx, `DELETE FROM gateway_event WHERE seq=$1 AND dead_at>0 AND delivered_at=0`, e.Seq); err != nil {
+				return fmt.Errorf("failed to forget an event set aside: %w", err)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
 // RequeueGatewayDeadLetters puts events set aside back in the outbox, each to go alone, in its
-// place: the one with the event ID (or key) given, or all of them if it is "". It returns how many.
+// place: the one with the event ID (or key) given, or all of them if it is "". An event that fell
+// back to its form as it arrived goes decrypted again. It returns how many.
 func (db *Database) RequeueGatewayDeadLetters(ctx context.Context, eventID string) (int, error) {
-	res, err := db.own.Exec(ctx, `UPDATE gateway_event SET dead_at=0, refusals=0, retry_at=0, solo=true
+	res, err := db.own.Exec(ctx, `UPDATE gateway_event SET dead_at=0, refusals=0, retry_at=0, solo=true,
+			body=CASE WHEN fell_back THEN original ELSE body END, original=CASE WHEN fell_back THEN body ELSE original END, fell_back=false
 		WHERE delivered_at=0 AND dead_at>0 AND ($1='' OR event_id=$1 OR event_key=$1)`, eventID)
 	if err != nil {
 		return 0, fmt.Errorf("failed to requeue events set aside: %w", err)
@@ -287,7 +354,7 @@ func (db *Database) RequeueGatewayDeadLetters(ctx context.Context, eventID strin
 func (db *Database) PruneGatewayDeadLetters(ctx context.Context, before int64) ([]*GatewayEvent, error) {
 	var out []*GatewayEvent
 	err := db.DoTxn(ctx, func(ctx context.Context) error {
-		rows, err := db.own.Query(ctx, `SELECT `+strings.Replace(gatewayEventColumns, "body,", "'',", 1)+` FROM gateway_event
+		rows, err := db.own.Query(ctx, `SELECT `+gatewayEventHeadColumns+` FROM gateway_event
 			WHERE delivered_at=0 AND dead_at>0 AND dead_at<$1`, before)
 		if out, err = listOf(rows, err, scanGatewayEvent, "read expired events set aside"); err != nil {
 			return err
@@ -307,11 +374,12 @@ func (db *Database) WaitingGatewayEvents(ctx context.Context, sessionID id.Sessi
 	return listOf(rows, err, scanGatewayEvent, "read events waiting for a key")
 }
 
-// ResolveGatewayEvent ends a waiting event's wait with body (its decrypted form, or the event as
-// it is): it goes on in order. It changes nothing if the event went into a transaction meanwhile.
-func (db *Database) ResolveGatewayEvent(ctx context.Context, seq int64, body string) (bool, error) {
-	res, err := db.own.Exec(ctx, `UPDATE gateway_event SET body=$2, size=$3, waiting=false WHERE seq=$1 AND waiting AND txn_id=0`,
-		seq, body, len(body))
+// ResolveGatewayEvent ends a waiting event's wait with body (its decrypted form, with original the
+// event as it arrived; or the event as it is, with original ""): it goes on in order. It changes
+// nothing if the event went into a transaction meanwhile.
+func (db *Database) ResolveGatewayEvent(ctx context.Context, seq int64, body, original string) (bool, error) {
+	res, err := db.own.Exec(ctx, `UPDATE gateway_event SET body=$2, original=$3, size=$4, waiting=false WHERE seq=$1 AND waiting AND txn_id=0`,
+		seq, body, original, len(body)+len(original))
 	if err != nil {
 		return false, fmt.Errorf("failed to store a decrypted event: %w", err)
 	}
@@ -337,6 +405,49 @@ func (db *Database) GatewayOutboxSize(ctx context.Context) (int, int64, error) {
 		return 0, 0, fmt.Errorf("failed to measure the outbox: %w", err)
 	}
 	return n, size, nil
+}
+
+// GatewayRoomBytes returns the bytes of the room's events waiting for delivery to the bridge
+// (stored, not yet acknowledged, not set aside): its part of the outbox.
+func (db *Database) GatewayRoomBytes(ctx context.Context, roomID id.RoomID) (int64, error) {
+	var size int64
+	err := db.own.QueryRow(ctx, `SELECT COALESCE(SUM(size), 0) FROM gateway_event WHERE room_id=$1 AND delivered_at=0 AND dead_at=0`,
+		roomID).Scan(&size)
+	if err != nil {
+		return 0, fmt.Errorf("failed to measure the room's part of the outbox: %w", err)
+	}
+	return size, nil
+}
+
+// GatewayOutboxExcess returns the bytes the rooms holding more than share bytes of the outbox
+// hold beyond it.
+func (db *Database) GatewayOutboxExcess(ctx context.Context, share int64) (int64, error) {
+	var excess int64
+	err := db.own.QueryRow(ctx, `SELECT COALESCE(SUM(held - $1), 0) FROM (SELECT SUM(size) AS held FROM gateway_event
+		WHERE delivered_at=0 AND dead_at=0 GROUP BY room_id) AS rooms WHERE held > $1`, share).Scan(&excess)
+	if err != nil {
+		return 0, fmt.Errorf("failed to measure the rooms' parts of the outbox: %w", err)
+	}
+	return excess, nil
+}
+
+// GatewayRoomsSetAside returns the rooms with an event set aside since the given time (unix ms) and
+// not delivered again.
+func (db *Database) GatewayRoomsSetAside(ctx context.Context, since int64) (map[id.RoomID]bool, error) {
+	rows, err := db.own.Query(ctx, `SELECT DISTINCT room_id FROM gateway_event WHERE delivered_at=0 AND dead_at>=$1 AND dead_at>0
+		AND room_id<>''`, since)
+	list, err := listOf(rows, err, func(row dbutil.Scannable) (id.RoomID, error) {
+		var roomID id.RoomID
+		return roomID, row.Scan(&roomID)
+	}, "read the rooms with events set aside")
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[id.RoomID]bool, len(list))
+	for _, roomID := range list {
+		out[roomID] = true
+	}
+	return out, nil
 }
 
 // CountGatewayEvents returns how many events wait for delivery to the bridge (the outbox depth).

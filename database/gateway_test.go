@@ -131,15 +131,17 @@ func TestGatewayOutboxWaitingEvents(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, waiting, 1)
 		decrypted := `{"event_id":"$e1","type":"m.room.message","content":{"body":"longer than before"}}`
-		ok, err := db.ResolveGatewayEvent(ctx, waiting[0].Seq, decrypted)
+		ok, err := db.ResolveGatewayEvent(ctx, waiting[0].Seq, decrypted, waiting[0].Body)
 		require.NoError(t, err)
 		require.True(t, ok)
 		events, seqs := heads(t, db)
 		require.False(t, events[0].Waiting)
-		require.EqualValues(t, len(decrypted), events[0].Size, "the outbox counts the decrypted body's bytes")
+		require.EqualValues(t, len(decrypted)+len(waiting[0].Body), events[0].Size,
+			"the outbox counts the decrypted body's bytes and those of the event as it arrived")
 		txn, err := db.CreateGatewayTxn(ctx, seqs, 1500, nil)
 		require.NoError(t, err)
 		require.JSONEq(t, decrypted, txn.Events[0].Body)
+		require.Equal(t, waiting[0].Body, txn.Events[0].Original, "the event as it arrived is kept beside its decrypted copy")
 		require.NoError(t, db.FinishGatewayTxn(ctx, txn.ID))
 
 		waitAgain := roomEvent(5, roomX)
@@ -158,7 +160,7 @@ func TestGatewayOutboxWaitingEvents(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, lates, 1)
 		// Resolving after the event left changes nothing (the key came too late for it).
-		ok, err = db.ResolveGatewayEvent(ctx, txn.Events[0].Seq, "{}")
+		ok, err = db.ResolveGatewayEvent(ctx, txn.Events[0].Seq, "{}", "")
 		require.NoError(t, err)
 		require.False(t, ok)
 	})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/heirloom-matrix/heirloom/config"
@@ -85,10 +86,11 @@ func TestPostgresTakeoverFencesThePreviousHolder(t *testing.T) {
 	defer tx.Rollback()
 	_, err = tx.ExecContext(ctx, `INSERT INTO heirloom_txn (txn_id, body_hash, received_at) VALUES ('late', 'x', 1)`)
 	require.NoError(t, err)
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		got, err = storeB.TryAcquire(ctx, b, 5*time.Second)
-		require.NoError(t, err)
-		return got.Acquired
+		if assert.NoError(c, err) {
+			assert.True(c, got.Acquired)
+		}
 	}, 5*time.Second, 50*time.Millisecond)
 	require.Equal(t, a.ID, got.Previous.ID)
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -34,4 +35,10 @@ func (db *Database) RequireRotation(ctx context.Context, roomID id.RoomID, at ti
 		return fmt.Errorf("failed to mark room for rotation: %w", err)
 	}
 	return nil
+}
+
+// JoinedRooms returns the rooms the user is joined to, as heirloom's state store knows them.
+func (db *Database) JoinedRooms(ctx context.Context, userID id.UserID) ([]id.RoomID, error) {
+	rows, err := db.StateStore.Query(ctx, `SELECT room_id FROM mx_user_profile WHERE user_id=$1 AND membership='join'`, userID)
+	return listOf(rows, err, dbutil.ScanSingleColumn[id.RoomID], "read the user's rooms")
 }

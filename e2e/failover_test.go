@@ -1,7 +1,7 @@
 package e2e
 
-// A standby that takes over with nothing lost, as the README deploys it ("Two processes and a load
-// balancer"): two heirloom processes with one config on one PostgreSQL database, behind haproxy
+// A standby that takes over with nothing lost, as docs/deployment.md deploys it ("Two processes and
+// a load balancer"): two heirloom processes with one config on one PostgreSQL database, behind haproxy
 // (scripts/haproxy.sh) which routes by GET /_heirloom/v1/ready; the homeserver's registration and
 // the bridge point at haproxy. heirloom runs in gateway mode in front of the test bridge, with an
 // API-mode puppet beside it, while js-sdk users talk to both (failover_site_test.go).

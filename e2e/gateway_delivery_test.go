@@ -16,6 +16,8 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -300,19 +302,24 @@ func (h *instance) gatewayStatus(t testing.TB) gatewayStatus {
 }
 
 // TestGatewayDeadLetterWithHeisenbridge: heisenbridge, behind heirloom, really cannot take one
-// event (content nested 1,000 levels, handed to it decrypted with the bound off:
+// event decrypted (content nested 1,000 levels, handed to it decrypted with the bound off:
 // gateway_unbounded_content): it answers 500 every time. heirloom splits the transaction, tries the
-// event alone a few times and sets it aside, and delivery goes on: the owner's command in another
-// room is answered within a minute, the one behind the event in its own room within a few. The
-// event is listed in GET /status and by heirloom's bot, counted in /metrics, and delivered again by
-// the bot's resend and by the API's. Then heisenbridge stops for a while: what is sent meanwhile
-// reaches it once it is back, in order, and nothing more is set aside.
+// event alone a few times, and then hands it over as it arrived, encrypted, which heisenbridge takes;
+// delivery goes on: the owner's command in another room is answered within a minute, the one behind
+// the event in its own room within a few. With that fallback off (gateway_no_fallback), a second
+// such event is set aside: listed in GET /status and by heirloom's bot, counted in /metrics, and
+// delivered again by the bot's resend and by the API's. Then heisenbridge stops for a while: what
+// is sent meanwhile reaches it once it is back, in order, and nothing more is set aside.
 func TestGatewayDeadLetterWithHeisenbridge(t *testing.T) {
 	t.Parallel()
 	owner := newJSUser(t, true)
 	rec := startAttemptRecorder(t, e.heisenbridgeGWReg.URL)
+	faults := filepath.Join(t.TempDir(), "faults")
+	if err := os.WriteFile(faults, []byte("gateway_unbounded_content"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	gw, gwURL := startGateway(t, "gw-irc", func(g *gatewayConfig) { g.encryptNewRooms = true; g.bridgeURL = rec.URL },
-		"HEIRLOOM_FAULT=gateway_unbounded_content")
+		"HEIRLOOM_FAULT_FILE="+faults)
 	hbOpts := heisenbridgeOpts{Homeserver: gwURL, Registration: &e.heisenbridgeGWReg, Owner: owner.UserID}
 	hb := startHeisenbridge(t, hbOpts)
 	other, _ := jsAcceptInvite(t, owner, "") // the control room heisenbridge opens at start
@@ -340,9 +347,26 @@ func TestGatewayDeadLetterWithHeisenbridge(t *testing.T) {
 		t.Logf("the command behind the refused event was answered %s after it", took.Round(time.Millisecond))
 	}
 	tries := rec.tries(poison.EventID)
-	if len(tries) < 2 || slices.ContainsFunc(tries, func(s int) bool { return s != http.StatusInternalServerError }) {
-		t.Fatalf("heisenbridge answered %v to the deliveries of the event, want only 500s", tries)
+	if len(tries) < 2 || tries[len(tries)-1] != http.StatusOK ||
+		slices.ContainsFunc(tries[:len(tries)-1], func(s int) bool { return s != http.StatusInternalServerError }) {
+		t.Fatalf("heisenbridge answered %v to the deliveries of the event, want 500s, then 200 for it as it arrived", tries)
 	}
+	if st := gw.gatewayStatus(t); st.DeadLetterCount != 0 {
+		t.Fatalf("GET /status lists %+v set aside, want nothing: heisenbridge took the event as it arrived", st)
+	}
+	if _, types := rec.accepted(room); !slices.Contains(types, "m.room.encrypted") {
+		t.Fatalf("heisenbridge took %v in the room, want the refused event as it arrived, m.room.encrypted", types)
+	}
+
+	// Without the fallback, a second such event is set aside.
+	if err := os.WriteFile(faults, []byte("gateway_unbounded_content,gateway_no_fallback"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	apiOK(t, "POST", "/puppets/"+p.UserID+"/rooms/"+room+"/messages", deepContent("heisenbridge cannot parse this either"), &poison)
+	eventually(t, 3*time.Minute, "heirloom to set the second event aside", func() (bool, string) {
+		st := gw.gatewayStatus(t)
+		return st.DeadLetterCount == 1, fmt.Sprintf("%+v", st)
+	})
 	st := gw.gatewayStatus(t)
 	if st.DeadLetterCount != 1 || len(st.DeadLetters) != 1 || st.DeadLetters[0].EventID != poison.EventID || st.DeadLetters[0].RoomID != room ||
 		!strings.Contains(st.DeadLetters[0].LastError, "500") {

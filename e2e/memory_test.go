@@ -46,13 +46,13 @@ func shareBetweenPuppets(t *testing.T, h *instance, a, c puppetIdentity, roomID 
 	return 0
 }
 
-// README: heirloom streams a bundle through a temporary file while it builds and while it imports,
-// "so memory stays below the bundle's size". A heirloom process of its own (so its peak RSS is this
-// test's) builds, uploads and delivers a bundle from one puppet to another through Synapse, then
-// downloads and imports it. What the bundle costs in memory is the growth of the process's peak
-// RSS (VmHWM: Go heap, SQLite's C memory and all) over its peak after a warm-up with a small bundle
-// (1,000 sessions) through the same path, which pays the fixed costs (machines loaded, pools,
-// caches); that growth must be below the bundle's size.
+// docs/performance.md: heirloom streams a bundle through a temporary file while it builds and while
+// it imports, "so memory stays below the bundle's size". A heirloom process of its own (so its peak
+// RSS is this test's) builds, uploads and delivers a bundle from one puppet to another through
+// Synapse, then downloads and imports it. What the bundle costs in memory is the growth of the
+// process's peak RSS (VmHWM: Go heap, SQLite's C memory and all) over its peak after a warm-up with
+// a small bundle (1,000 sessions) through the same path, which pays the fixed costs (machines
+// loaded, pools, caches); that growth must be below the bundle's size.
 func TestMemoryStaysBelowBundleSize(t *testing.T) {
 	n := memorySessions()
 	const warmN = 1000

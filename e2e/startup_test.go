@@ -68,8 +68,8 @@ func requireExit(t *testing.T, code int, out string, wantCode int, want ...strin
 	}
 }
 
-// Each startup failure the README lists ends heirloom with its own exit code and a message that
-// says what is wrong (README, "Deploying beside an existing Synapse", step 5).
+// Each startup failure docs/deployment.md lists ends heirloom with its own exit code and a message
+// that says what is wrong (docs/deployment.md, "Deploying beside an existing Synapse", step 5).
 func TestStartupFailures(t *testing.T) {
 	t.Run("config missing", func(t *testing.T) {
 		t.Parallel()

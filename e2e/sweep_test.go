@@ -10,10 +10,10 @@ import (
 	"time"
 )
 
-// The to-device sweep (README: Synapse can skip pushing to-device messages; heirloom fetches them
-// by syncing as the puppet's device). These tests run a heirloom under the "nopush" registration,
-// to which Synapse pushes no to-device message at all: whatever keys and bundles reach its
-// puppets, a sweep fetched.
+// The to-device sweep (docs/deployment.md: Synapse can skip pushing to-device messages; heirloom
+// fetches them by syncing as the puppet's device). These tests run a heirloom under the "nopush"
+// registration, to which Synapse pushes no to-device message at all: whatever keys and bundles
+// reach its puppets, a sweep fetched.
 
 // instanceMetric sums the instance's Prometheus series that start with name.
 func (h *instance) metric(t testing.TB, name string) float64 {

@@ -101,10 +101,10 @@ type StoredSession struct {
 }
 
 // roomRows selects the rows that the accounts hold for a room: the placeholders and arguments of
-// "account_id IN (…) AND room_id=…", numbered from $first. One account today (a puppet's own
-// bundle); the statements take a set so that a bundle can be built from what any of several
-// accounts holds (a gateway's bridge users). Rows come in no particular order: a caller that
-// merges several accounts' copies of a session must gather them itself.
+// "account_id IN (…) AND room_id=…", numbered from $first. A puppet's own bundle reads one account;
+// a bundle pooled from a gateway's bridge users (pooled.go) plans with several at once, then reads
+// account by account. Rows come in no particular order: a caller that merges several accounts'
+// copies of a session must gather them itself.
 func roomRows(first int, accounts []string, roomID id.RoomID) (string, []any) {
 	args := make([]any, 0, len(accounts)+1)
 	for _, a := range accounts {

@@ -37,7 +37,8 @@ const PlaintextConfirmation = 2 * time.Second
 
 // plainRooms remembers when the homeserver last said a room has no m.room.encryption, to whom: a
 // user who left the room is answered with its state as it was when they left, so an answer counts
-// only for the user it was given to.
+// only for the user it was given to, only if that user was joined when it was asked (a departed
+// user's answer never counts), and no longer once the user's membership changes (ForgetPlaintext).
 type plainRooms struct {
 	mu   sync.Mutex
 	seen map[plainKey]time.Time
@@ -64,15 +65,23 @@ func (pr *plainRooms) confirm(roomID id.RoomID, userID id.UserID, now time.Time)
 	pr.seen[plainKey{roomID, userID}] = now
 }
 
-// forget drops every answer about the room.
-func (pr *plainRooms) forget(roomID id.RoomID) {
+// forget drops the answers about the room ("": every room) given to the user ("": anyone).
+func (pr *plainRooms) forget(roomID id.RoomID, userID id.UserID) {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	for k := range pr.seen {
-		if k.room == roomID {
+		if (roomID == "" || k.room == roomID) && (userID == "" || k.user == userID) {
 			delete(pr.seen, k)
 		}
 	}
+}
+
+// ForgetPlaintext drops the homeserver's answers that the room ("": any room) has no
+// m.room.encryption given to the user: their membership changed (a join, a leave, a membership
+// event, a send refused because they are not in the room), and an answer they got while departed,
+// with the room's state at their leave, must not outlive their return.
+func (m *Manager) ForgetPlaintext(roomID id.RoomID, userID id.UserID) {
+	m.plain.forget(roomID, userID)
 }
 
 // UsableEncryption reads an m.room.encryption content the way heirloom encrypts with it, keys
@@ -131,7 +140,7 @@ func (m *Manager) RecordEncryption(ctx context.Context, roomID id.RoomID, conten
 	if err := m.db.RecordRoomEncryption(ctx, roomID, string(content), usable); err != nil {
 		return err
 	}
-	m.plain.forget(roomID)
+	m.plain.forget(roomID, "")
 	if usable == "" {
 		zerolog.Ctx(ctx).Warn().Stringer("room_id", roomID).Str("content", truncate(string(content), 200)).
 			Msg("The room's m.room.encryption is one heirloom cannot encrypt with; sends into the room are refused")
@@ -170,20 +179,27 @@ func (m *Manager) RoomEncrypted(ctx context.Context, cli *mautrix.Client, roomID
 
 // fetchEncryption asks the homeserver for the room's current m.room.encryption and records it:
 // true if there is one, false (remembered for PlaintextConfirmation) if the homeserver says there
-// is none.
+// is none. The homeserver answers a user who left the room with its state at their leave, so a
+// "none" counts only if the user is joined: their membership is asked first (an answer given after
+// it reflects the room at that time or later), and a user who is not joined gets ErrUnknownRoom.
 func (m *Manager) fetchEncryption(ctx context.Context, cli *mautrix.Client, roomID id.RoomID) (bool, error) {
 	asked := m.db.Now()
+	joined, err := m.joined(ctx, cli, roomID)
+	if err != nil {
+		return false, err
+	}
 	var content json.RawMessage
-	_, err := cli.MakeFullRequest(ctx, mautrix.FullRequest{
+	_, err = cli.MakeFullRequest(ctx, mautrix.FullRequest{
 		Method:       http.MethodGet,
 		URL:          cli.BuildClientURL("v3", "rooms", roomID, "state", event.StateEncryption.Type, ""),
 		ResponseJSON: &content,
 	})
-	var he mautrix.HTTPError
 	switch {
 	case err == nil:
 		return true, m.RecordEncryption(ctx, roomID, content)
-	case errors.As(err, &he) && he.Response != nil && he.Response.StatusCode == http.StatusNotFound && errors.Is(err, mautrix.MNotFound):
+	case isNotFound(err) && !joined:
+		return false, notJoined(cli.UserID)
+	case isNotFound(err):
 		m.plain.confirm(roomID, cli.UserID, asked)
 		return false, nil
 	case errors.Is(err, mautrix.MForbidden):
@@ -191,6 +207,40 @@ func (m *Manager) fetchEncryption(ctx context.Context, cli *mautrix.Client, room
 	default:
 		return false, fmt.Errorf("failed to fetch the room's encryption state: %w", err)
 	}
+}
+
+// joined asks the homeserver whether the user is joined to the room now (its m.room.member).
+func (m *Manager) joined(ctx context.Context, cli *mautrix.Client, roomID id.RoomID) (bool, error) {
+	var member struct {
+		Membership event.Membership `json:"membership"`
+	}
+	_, err := cli.MakeFullRequest(ctx, mautrix.FullRequest{
+		Method:       http.MethodGet,
+		URL:          cli.BuildClientURL("v3", "rooms", roomID, "state", event.StateMember.Type, cli.UserID),
+		ResponseJSON: &member,
+	})
+	switch {
+	case err == nil:
+		return member.Membership == event.MembershipJoin, nil
+	case isNotFound(err):
+		return false, nil
+	case errors.Is(err, mautrix.MForbidden):
+		return false, fmt.Errorf("%w: %w", ErrUnknownRoom, err)
+	default:
+		return false, fmt.Errorf("failed to fetch the user's membership of the room: %w", err)
+	}
+}
+
+// isNotFound reports whether the homeserver answered 404 M_NOT_FOUND.
+func isNotFound(err error) bool {
+	var he mautrix.HTTPError
+	return errors.As(err, &he) && he.Response != nil && he.Response.StatusCode == http.StatusNotFound && errors.Is(err, mautrix.MNotFound)
+}
+
+// notJoined refuses a send of a user who is not in the room, as the homeserver would (403
+// M_FORBIDDEN): their word that the room is unencrypted is the room's state at their leave.
+func notJoined(userID id.UserID) error {
+	return fmt.Errorf("%w: %w", ErrUnknownRoom, mautrix.MForbidden.WithMessage("%s is not in the room", userID).WithStatus(http.StatusForbidden))
 }
 
 // EncryptionSettings returns the settings a new outbound session of the room is created with: the

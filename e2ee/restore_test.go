@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix"
@@ -20,6 +21,7 @@ import (
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/internal/testdb"
+	"github.com/heirloom-matrix/heirloom/metrics"
 )
 
 const (
@@ -143,4 +145,117 @@ func TestUnknownDeviceAnswerQueuesOneCheck(t *testing.T) {
 	require.NoError(t, mgr.Shutdown(context.Background()))
 	require.Equal(t, int32(1), queries.Load(), "five answers, one check")
 	require.Empty(t, mgr.DeviceProblems())
+}
+
+// counted returns the value of the counter (with the labels, name=value) an admin scrapes.
+func counted(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	metric:
+		for _, m := range f.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, l := range m.GetLabel() {
+					found = found || (l.GetName() == labels[i] && l.GetValue() == labels[i+1])
+				}
+				if !found {
+					continue metric
+				}
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
+// withMetrics gives the manager metrics an admin scrapes from reg.
+func withMetrics(t *testing.T, mgr *Manager) *prometheus.Registry {
+	t.Helper()
+	mgr.Metrics = metrics.New()
+	reg := prometheus.NewRegistry()
+	require.NoError(t, mgr.Metrics.Register(reg))
+	return reg
+}
+
+// A puppet device the homeserver deleted (with its keys) is put back when its device list is
+// reported changed: the same device ID, the same keys, signed by the same identity, so the
+// puppet's peers see the device they knew. The admin sees a restore counted and no problem.
+func TestDeletedDeviceIsRestoredWithTheSameKeys(t *testing.T) {
+	ctx := context.Background()
+	h := newTwoHeirlooms(t)
+	reg := withMetrics(t, h.mine)
+	identity, err := h.mine.ProvisionedIdentity(ctx, h.alice.UserID)
+	require.NoError(t, err)
+	h.hs.forgetDevice(h.alice.UserID, h.alice.DeviceID)
+	h.mine.RouteDeviceListChanges(ctx, []id.UserID{h.alice.UserID})
+	require.NoError(t, h.mine.Shutdown(ctx))
+
+	h.hs.do(func(hs *homeserver) {
+		n := 0
+		for _, d := range hs.created {
+			if d == identity.DeviceID {
+				n++
+			}
+		}
+		require.Equal(t, 2, n, "created again under its ID")
+	})
+	devices, err := h.bob.FetchDevices(ctx, []id.UserID{h.alice.UserID})
+	require.NoError(t, err)
+	device := devices[h.alice.UserID][h.alice.DeviceID]
+	require.NotNil(t, device)
+	require.Equal(t, h.alice.Mach.OwnIdentity().SigningKey, device.SigningKey, "the same keys")
+	trust, err := h.bob.Mach.ResolveTrustContext(ctx, device)
+	require.NoError(t, err)
+	require.Equal(t, id.TrustStateCrossSignedTOFU, trust, "signed by the same identity")
+	require.Empty(t, h.mine.DeviceProblems())
+	require.Equal(t, 1.0, counted(t, reg, "heirloom_puppet_devices_restored_total", "trigger", metrics.TriggerDeviceList))
+}
+
+// A device heirloom cannot restore (the homeserver holds another identity for the puppet, or
+// refuses to create the device) is reported, once per problem, and nothing is replaced; the
+// report clears when the device is back.
+func TestDeviceThatCannotBeRestoredIsReported(t *testing.T) {
+	ctx := context.Background()
+	t.Run("another identity on the homeserver", func(t *testing.T) {
+		h := newTwoHeirlooms(t)
+		reg := withMetrics(t, h.mine)
+		var theirs mautrix.CrossSigningKeys
+		h.hs.do(func(hs *homeserver) {
+			theirs = hs.keys[h.bob.UserID].MasterKeys[h.bob.UserID]
+			theirs.UserID = h.alice.UserID
+			hs.keys[h.alice.UserID].MasterKeys[h.alice.UserID] = theirs
+		})
+		for range 2 {
+			h.mine.CheckDevices(ctx, []id.UserID{h.alice.UserID}, metrics.TriggerStartup)
+		}
+		problem, ok := h.mine.DeviceProblem(h.alice.UserID)
+		require.True(t, ok)
+		require.Equal(t, h.alice.DeviceID, problem.DeviceID)
+		require.Equal(t, errOtherIdentity.Error(), problem.Error)
+		require.Equal(t, []DeviceProblem{problem}, h.mine.DeviceProblems())
+		require.Equal(t, 1.0, counted(t, reg, "heirloom_puppet_device_restore_failures_total", "trigger", metrics.TriggerStartup),
+			"one problem, counted once")
+		h.hs.do(func(hs *homeserver) {
+			master := hs.keys[h.alice.UserID].MasterKeys[h.alice.UserID]
+			require.Equal(t, theirs.FirstKey(), master.FirstKey(), "heirloom replaced nothing")
+		})
+	})
+	t.Run("device creation refused", func(t *testing.T) {
+		h := newTwoHeirlooms(t)
+		h.hs.forgetDevice(h.alice.UserID, h.alice.DeviceID)
+		h.hs.do(func(hs *homeserver) { hs.fail["device"] = http.StatusForbidden })
+		h.mine.CheckDevices(ctx, []id.UserID{h.alice.UserID}, metrics.TriggerStartup)
+		problem, ok := h.mine.DeviceProblem(h.alice.UserID)
+		require.True(t, ok)
+		require.Contains(t, problem.Error, "failed to recreate device")
+
+		h.hs.do(func(hs *homeserver) { delete(hs.fail, "device") })
+		h.mine.CheckDevices(ctx, []id.UserID{h.alice.UserID}, metrics.TriggerStartup)
+		require.Empty(t, h.mine.DeviceProblems(), "restored: the report clears")
+	})
 }

@@ -2,6 +2,7 @@ package e2ee
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -39,6 +40,9 @@ func (p *Puppet) SendMessageTxn(ctx context.Context, roomID id.RoomID, evtType e
 	if !encrypted {
 		resp, err := p.Client.SendMessageEvent(ctx, roomID, evtType, content, req)
 		if err != nil {
+			if errors.Is(err, mautrix.MForbidden) {
+				p.mgr.ForgetPlaintext(roomID, p.UserID) // not in the room: the answer was not a member's
+			}
 			return "", fmt.Errorf("failed to send event: %w", err)
 		}
 		return resp.EventID, nil
@@ -340,8 +344,24 @@ func (m *Manager) EnsureRoomState(ctx context.Context, cli *mautrix.Client, room
 	if enc := state[event.StateEncryption][""]; enc != nil {
 		return m.RecordEncryption(ctx, roomID, enc.Content.VeryRaw)
 	}
-	m.plain.confirm(roomID, cli.UserID, asked) // the homeserver's word, as from fetchEncryption
+	if isJoinedIn(state, cli.UserID) {
+		// The homeserver's word, as from fetchEncryption: the state of a room the user is in.
+		m.plain.confirm(roomID, cli.UserID, asked)
+	}
 	return nil
+}
+
+// isJoinedIn reports whether the room's state has the user joined: a departed user is answered
+// with the room's state at their leave.
+func isJoinedIn(state mautrix.RoomStateMap, userID id.UserID) bool {
+	member := state[event.StateMember][userID.String()]
+	if member == nil {
+		return false
+	}
+	var content struct {
+		Membership event.Membership `json:"membership"`
+	}
+	return json.Unmarshal(member.Content.VeryRaw, &content) == nil && content.Membership == event.MembershipJoin
 }
 
 // ErrUnknownRoom means the homeserver does not let the puppet see the room.

@@ -14,7 +14,9 @@ import (
 // never holds back another. An event holds back its own room while it waits for its key (until
 // gateway.decrypt_wait is over), and while it waits to be tried again after the bridge refused it
 // alone (refusalBackoff); behind such an event, its room's events wait, however many, and other
-// rooms' go on. An event the bridge refused in a transaction goes alone from then on.
+// rooms' go on. An event the bridge refused in a transaction goes alone from then on, and so do
+// the events of a room that had an event set aside within the hour (refusal.go): one the bridge
+// refuses or hangs on then costs the other rooms one short attempt.
 
 const (
 	// maxTxnEvents is how many events one transaction to the bridge carries at most (the
@@ -29,8 +31,10 @@ const (
 
 // picker chooses the events of the next transaction from the outbox's events, offered in order.
 type picker struct {
-	now   int64
-	held  map[id.RoomID]bool
+	now  int64
+	held map[id.RoomID]bool
+	// alone are the rooms whose events go alone.
+	alone map[id.RoomID]bool
 	seqs  []int64
 	bytes int64
 	// wake is when the earliest event held back may go (unix ms; 0: none is held).
@@ -38,8 +42,8 @@ type picker struct {
 	full bool
 }
 
-func newPicker(now time.Time) *picker {
-	return &picker{now: now.UnixMilli(), held: map[id.RoomID]bool{}}
+func newPicker(now time.Time, alone map[id.RoomID]bool) *picker {
+	return &picker{now: now.UnixMilli(), held: map[id.RoomID]bool{}, alone: alone}
 }
 
 // heldUntil returns when an event that holds back its room may go (unix ms), or 0.
@@ -65,8 +69,9 @@ func (p *picker) offer(e *database.GatewayEvent) bool {
 		}
 		return true
 	}
+	solo := e.Solo || p.alone[e.RoomID]
 	switch {
-	case e.Solo && len(p.seqs) > 0:
+	case solo && len(p.seqs) > 0:
 		// It goes alone, next: its room waits for it, others may join this transaction.
 		p.hold(e.RoomID)
 		return true
@@ -76,7 +81,7 @@ func (p *picker) offer(e *database.GatewayEvent) bool {
 	}
 	p.seqs = append(p.seqs, e.Seq)
 	p.bytes += e.Size
-	p.full = e.Solo || len(p.seqs) == maxTxnEvents
+	p.full = solo || len(p.seqs) == maxTxnEvents
 	return !p.full
 }
 
@@ -89,7 +94,11 @@ func (p *picker) hold(roomID id.RoomID) {
 // compose puts the events that may go now into a new transaction, and returns it; or nil, and
 // when an event held back may go (zero if none is).
 func (g *Gateway) compose(ctx context.Context, now time.Time) (*database.GatewayTxn, time.Time, error) {
-	pick := newPicker(now)
+	alone, err := g.db.GatewayRoomsSetAside(ctx, now.Add(-roomStrikeMemory).UnixMilli())
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	pick := newPicker(now, alone)
 	var after int64
 	for !pick.full {
 		heads, err := g.db.GatewayOutboxHeads(ctx, after, headsPage)

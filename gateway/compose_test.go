@@ -62,7 +62,7 @@ func TestHoldBackRule(t *testing.T) {
 		{"a first event goes whatever its size", []*database.GatewayEvent{ev(1, a, sized(maxTxnBytes*2)), ev(2, b)}, []int64{1}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newPicker(time.UnixMilli(now))
+			p := newPicker(time.UnixMilli(now), nil)
 			for _, e := range tc.events {
 				if !p.offer(e) {
 					break
@@ -77,7 +77,7 @@ func TestHoldBackRule(t *testing.T) {
 // However many events one room holds back, another room's first event is offered and taken: the
 // picker reads the whole outbox, not a window of it.
 func TestHoldBackRuleHasNoWindow(t *testing.T) {
-	p := newPicker(time.UnixMilli(10_000))
+	p := newPicker(time.UnixMilli(10_000), nil)
 	require.True(t, p.offer(ev(1, "!a:hs", waiting(20_000))))
 	for n := int64(2); n < 100_000; n++ {
 		require.True(t, p.offer(ev(n, "!a:hs")))
@@ -86,9 +86,29 @@ func TestHoldBackRuleHasNoWindow(t *testing.T) {
 	require.Equal(t, []int64{100_000}, p.seqs)
 }
 
+// The events of a room that had an event set aside within the hour go alone: one the bridge
+// refuses or hangs on is not in a transaction with other rooms' events.
+func TestHoldBackRuleRoomsSetAsideGoAlone(t *testing.T) {
+	a, b := id.RoomID("!a:hs"), id.RoomID("!b:hs")
+	p := newPicker(time.UnixMilli(10_000), map[id.RoomID]bool{a: true})
+	for _, e := range []*database.GatewayEvent{ev(1, b), ev(2, a), ev(3, b), ev(4, a)} {
+		if !p.offer(e) {
+			break
+		}
+	}
+	require.Equal(t, []int64{1, 3}, p.seqs, "room a's events wait for transactions of their own")
+	p = newPicker(time.UnixMilli(10_000), map[id.RoomID]bool{a: true})
+	for _, e := range []*database.GatewayEvent{ev(2, a), ev(3, b), ev(4, a)} {
+		if !p.offer(e) {
+			break
+		}
+	}
+	require.Equal(t, []int64{2}, p.seqs, "the first of room a's events goes alone")
+}
+
 // A transaction carries at most maxTxnEvents events.
 func TestHoldBackRuleFillsATransaction(t *testing.T) {
-	p := newPicker(time.UnixMilli(10_000))
+	p := newPicker(time.UnixMilli(10_000), nil)
 	n := int64(0)
 	for p.offer(ev(n, "!a:hs", sized(1))) {
 		n++

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/event"
@@ -196,10 +197,12 @@ func (g *Gateway) exposeMedia(ctx context.Context, content map[string]any) error
 // mediaIDPrefix starts every media ID heirloom hands out for a decrypted file.
 const mediaIDPrefix = "heirloom_"
 
-// mediaIDOf names an encrypted file the same way each time it is decrypted (from its URL and key,
-// so nobody can guess it without the key).
+// mediaIDOf names an encrypted file the same way each time it is decrypted, from everything
+// heirloom needs to serve it (its URL, key, IV and hash): nobody can guess it without the key, and
+// an event naming the same file with another IV or hash gets another ID, never the record of the
+// first (which would leave the file unservable, its hash or plaintext wrong).
 func mediaIDOf(file *event.EncryptedFileInfo) string {
-	sum := sha256.Sum256([]byte(string(file.URL) + "\x00" + file.Key.Key))
+	sum := sha256.Sum256([]byte(strings.Join([]string{string(file.URL), file.Key.Key, file.InitVector, file.Hashes.SHA256}, "\x00")))
 	return mediaIDPrefix + base64.RawURLEncoding.EncodeToString(sum[:24])
 }
 

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -19,35 +21,19 @@ import (
 )
 
 // Delivery to the bridge. The oldest transaction not acknowledged is sent again, under its ID,
-// until the bridge takes it. A bridge that is down (it cannot be reached, times out, or answers
-// 502, 503 or 504; or 401, 403, 404, 405, 408, 429: not an answer about the events) is retried in
-// order, forever, with a doubling backoff: nothing is lost and nothing overtakes. A bridge that
-// refuses a transaction (any other 4xx, or 500) while it takes an empty one may have a bug on one
-// of its events: the transaction is tried once more, then split, its events going alone; an event
-// refused alone holds back its room and is retried a few times (refusalBackoff), then set aside
-// (a dead letter: logged, counted, listed in GET /status and by the bot's status, delivered again
-// on an operator's request), and delivery goes on. A bridge that refuses even an empty
-// transaction is broken rather than refusing an event: that is retried like a bridge that is down.
+// until the bridge takes it. A bridge that is down (it cannot be reached, or answers 502 or 503;
+// or 401, 403, 404, 405, 408, 429: not an answer about the events) is retried in order, forever,
+// with a doubling backoff: nothing is lost and nothing overtakes. A bridge that refuses a
+// transaction (any other 4xx, or 500), or leaves it unanswered (no answer in time, the connection
+// closed after the request, a proxy's 504), may have a bug on one of its events, if it takes an
+// empty transaction meanwhile: see refusal.go. One that does not is down.
 
 const (
-	// splitAfter is how many times the bridge refuses a transaction of several events before it
-	// is split.
-	splitAfter = 2
-	// setAsideAfter is how many times the bridge refuses an event alone before it is set aside.
-	setAsideAfter = 4
 	// maxSleep is the longest the delivery loop sleeps without looking again. It wakes earlier
 	// when something changes (events or keys arrive, the bridge calls while it is backed off, an
 	// operator resends) and when a wait it knows of ends.
 	maxSleep = 5 * time.Second
-	// deadLetterRetention is how long an event set aside is kept for an operator to deliver again.
-	deadLetterRetention = 30 * 24 * time.Hour
 )
-
-// refusalBackoff is how long an event refused alone for the nth time holds back its room before
-// it is tried again: set aside about a minute after its first refusal alone.
-func refusalBackoff(n int) time.Duration {
-	return []time.Duration{5 * time.Second, 15 * time.Second, 40 * time.Second}[min(max(n, 1), 3)-1]
-}
 
 // outageBackoff is how long a transaction waits after its nth failed attempt while the bridge is
 // down: 1 s doubling to 5 min.
@@ -55,14 +41,37 @@ func outageBackoff(n int) time.Duration {
 	return min(time.Second<<min(max(n-1, 0), 9), 5*time.Minute)
 }
 
-// deliveryError is a failed delivery: refused if the bridge refused the transaction, rather than
-// being down.
+// Answer timeouts (deliveryTimeouts): how long heirloom waits for the bridge's answer to a
+// transaction the first time; to a transaction the bridge refused or left unanswered before, to an
+// event going alone, and to every transaction for an hour after the bridge last hung on an event
+// (a hanging event then holds the other rooms back briefly); and to the empty transaction that
+// tells whether the bridge is up (probe).
+const (
+	answerWait      = 20 * time.Second
+	retryAnswerWait = 10 * time.Second
+	probeWait       = 10 * time.Second
+	// hangMemory is how long the short timeouts apply to every transaction after the bridge hung
+	// on an event.
+	hangMemory = time.Hour
+)
+
+// deliveryTimeouts are the answer timeouts, and queryWait (tests shorten them).
+type deliveryTimeouts struct{ first, retry, probe, query time.Duration }
+
+var defaultTimeouts = deliveryTimeouts{first: answerWait, retry: retryAnswerWait, probe: probeWait, query: queryWait}
+
+// deliveryError is a failed delivery: refused if the bridge refused the transaction, unanswered if
+// it took the request and gave no answer (a timeout, the connection closed after the request, a
+// proxy's 504), rather than being down.
 type deliveryError struct {
-	msg     string
-	refused bool
+	msg        string
+	refused    bool
+	unanswered bool
+	cause      error
 }
 
 func (e *deliveryError) Error() string { return e.msg }
+func (e *deliveryError) Unwrap() error { return e.cause }
 
 // isRefusal reports whether an answer of the bridge refuses a transaction's content, rather than
 // saying the bridge is down, misconfigured or busy.
@@ -74,6 +83,15 @@ func isRefusal(status int) bool {
 		return false
 	}
 	return (status >= 400 && status < 500) || status == http.StatusInternalServerError
+}
+
+// answerTimeout is how long the bridge has to answer the transaction (see deliveryTimeouts).
+func (g *Gateway) answerTimeout(txn *database.GatewayTxn) time.Duration {
+	alone := len(txn.Events) == 1 && (txn.Events[0].Solo || txn.Events[0].Refusals > 0)
+	if txn.Refusals > 0 || alone || g.recentlyHung() {
+		return g.timeouts.retry
+	}
+	return g.timeouts.first
 }
 
 func (g *Gateway) now() time.Time { return g.db.Now() }
@@ -134,7 +152,7 @@ func (g *Gateway) attempt(ctx context.Context, txn *database.GatewayTxn) {
 	log := zerolog.Ctx(ctx)
 	g.bridgeAlive.Store(false)
 	start := time.Now()
-	err := g.deliver(ctx, txn.ID, txn.Events)
+	err := g.deliver(ctx, txn.ID, txn.Events, g.answerTimeout(txn))
 	var de *deliveryError
 	switch {
 	case err == nil:
@@ -143,8 +161,8 @@ func (g *Gateway) attempt(ctx context.Context, txn *database.GatewayTxn) {
 		// The process lost its lease: the transaction is the next active process's to deliver,
 		// and this was no attempt.
 		return
-	case errors.As(err, &de) && de.refused:
-		g.refused(ctx, txn, err)
+	case errors.As(err, &de) && (de.refused || de.unanswered):
+		g.refused(ctx, txn, de)
 	default:
 		g.outage(ctx, txn, err)
 	}
@@ -185,77 +203,6 @@ func (g *Gateway) outage(ctx context.Context, txn *database.GatewayTxn, err erro
 	}
 }
 
-// refused handles a transaction the bridge refused: retried once, then split; an event refused
-// alone is retried later, or set aside. If the bridge refuses even an empty transaction, it is
-// broken rather than refusing these events: the transaction waits, in order, as for an outage.
-func (g *Gateway) refused(ctx context.Context, txn *database.GatewayTxn, err error) {
-	log := zerolog.Ctx(ctx).With().Int64("bridge_txn_id", txn.ID).Logger()
-	g.metrics.deliveries.WithLabelValues("refused").Inc()
-	probeErr := g.probe(ctx)
-	if errors.Is(probeErr, lease.ErrNotActive) {
-		return
-	}
-	if probeErr != nil {
-		log.Warn().Err(err).AnErr("empty_transaction_error", probeErr).
-			Msg("The bridge refuses even an empty transaction: it is broken, not refusing an event; retrying in order")
-		g.outage(ctx, txn, err)
-		return
-	}
-	reason := err.Error()
-	if len(txn.Events) == 0 {
-		g.outage(ctx, txn, err) // nothing to split or set aside
-		return
-	}
-	if len(txn.Events) > 1 {
-		if txn.Refusals+1 < splitAfter {
-			log.Warn().Err(err).Int("events", len(txn.Events)).Msg("The bridge refused a transaction; trying it once more")
-			if err = g.db.RetryGatewayTxn(ctx, txn.ID, g.now().Add(time.Second).UnixMilli(), reason, true); err != nil {
-				log.Err(err).Msg("Failed to record a refused delivery")
-			}
-			return
-		}
-		log.Warn().Err(err).Int("events", len(txn.Events)).Msg("The bridge refused a transaction again; its events go alone")
-		g.metrics.deliveries.WithLabelValues("split").Inc()
-		if err = g.db.SplitGatewayTxn(ctx, txn.ID, reason); err != nil {
-			log.Err(err).Msg("Failed to split a refused transaction")
-		}
-		return
-	}
-	g.refusedAlone(ctx, txn, reason)
-}
-
-// refusedAlone handles an event the bridge refused alone: it holds back its room and is tried
-// again later, or, refused setAsideAfter times, it is set aside.
-func (g *Gateway) refusedAlone(ctx context.Context, txn *database.GatewayTxn, reason string) {
-	e := txn.Events[0]
-	refusals := e.Refusals + 1
-	log := zerolog.Ctx(ctx).With().Int64("bridge_txn_id", txn.ID).Str("event_key", e.Key).Stringer("event_id", e.EventID).
-		Stringer("room_id", e.RoomID).Int("refusals", refusals).Str("reason", reason).Logger()
-	aside := refusals >= setAsideAfter
-	retryAt := g.now().Add(refusalBackoff(refusals))
-	if err := g.db.RefuseGatewayEvent(ctx, txn.ID, e.Seq, retryAt.UnixMilli(), reason, aside); err != nil {
-		log.Err(err).Msg("Failed to record a refused event")
-		return
-	}
-	if !aside {
-		log.Warn().Time("retry_at", retryAt).Msg("The bridge refused an event; its room waits for it to be tried again")
-		return
-	}
-	g.metrics.deadLetters.Inc()
-	g.refreshOutbox(ctx, true)
-	log.Error().Msg("The bridge refused an event every time: set aside (a dead letter) so that its room goes on; " +
-		"deliver it again with POST /_heirloom/v1/gateway/dead_letters/resend or the bot's resend command")
-}
-
-// probe delivers an empty transaction: a bridge that takes it is up and taking transactions.
-func (g *Gateway) probe(ctx context.Context) error {
-	id, err := g.db.NextGatewayTxnID(ctx)
-	if err != nil {
-		return err
-	}
-	return g.deliver(ctx, id, nil)
-}
-
 func (g *Gateway) sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(min(max(d, 0), maxSleep))
 	defer t.Stop()
@@ -280,9 +227,7 @@ func (g *Gateway) refreshOutbox(ctx context.Context, now bool) {
 	}
 	g.outboxBytes.Store(size)
 	g.metrics.depth.Set(float64(n))
-	if _, dead, err := g.db.GatewayDeadLetters(ctx, 0); err == nil {
-		g.metrics.deadLetterCount.Set(float64(dead))
-	}
+	g.measureDeadLetters(ctx)
 	g.metrics.outboxBytes.Set(float64(size))
 	full := 0.0
 	if g.OutboxFull() {
@@ -291,12 +236,20 @@ func (g *Gateway) refreshOutbox(ctx context.Context, now bool) {
 	g.metrics.outboxFull.Set(full)
 }
 
-// deliver sends one transaction to the bridge, with the bridge's hs_token.
-func (g *Gateway) deliver(ctx context.Context, txnID int64, events []*database.GatewayEvent) error {
+// deliver sends one transaction to the bridge, with the bridge's hs_token, and waits at most
+// timeout for its answer. A failure after the whole request was written is unanswered: the bridge
+// took it and said nothing.
+func (g *Gateway) deliver(ctx context.Context, txnID int64, events []*database.GatewayEvent, timeout time.Duration) error {
 	data, err := g.transactionBody(events)
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var wrote atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{WroteRequest: func(info httptrace.WroteRequestInfo) {
+		wrote.Store(info.Err == nil)
+	}})
 	url := g.bridge.URL + "/_matrix/app/v1/transactions/" + strconv.FormatInt(txnID, 10)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, url, bytes.NewReader(data))
 	if err != nil {
@@ -306,12 +259,13 @@ func (g *Gateway) deliver(ctx context.Context, txnID int64, events []*database.G
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := g.deliverer.Do(req)
 	if err != nil {
-		return fmt.Errorf("failed to reach the bridge: %w", err)
+		return &deliveryError{msg: fmt.Sprintf("failed to reach the bridge: %v", err), unanswered: wrote.Load(), cause: err}
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return &deliveryError{msg: fmt.Sprintf("the bridge answered %d", resp.StatusCode), refused: isRefusal(resp.StatusCode)}
+		return &deliveryError{msg: fmt.Sprintf("the bridge answered %d", resp.StatusCode), refused: isRefusal(resp.StatusCode),
+			unanswered: resp.StatusCode == http.StatusGatewayTimeout}
 	}
 	return nil
 }

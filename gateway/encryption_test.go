@@ -19,12 +19,14 @@ const megolm = `{"algorithm":"m.megolm.v1.aes-sha2"}`
 
 // roomHomeserver is a fake homeserver that knows one room: its state (/state, and
 // /state/m.room.encryption/, answered from encryption: the room's current m.room.encryption
-// content, or none), createRoom (which creates it), and sends into it (recorded, answered with an
-// event ID). Everything else is 404, so whatever heirloom tries in order to encrypt fails: what
-// these tests check is that nothing goes out in the clear.
+// content, or none; /state/m.room.member/{user}: joined, unless the user is one who left),
+// createRoom (which creates it), and sends into it (recorded, answered with an event ID).
+// Everything else is 404, so whatever heirloom tries in order to encrypt fails: what these tests
+// check is that nothing goes out in the clear.
 type roomHomeserver struct {
 	room       string
 	encryption atomic.Value // string: the current m.room.encryption content, "" for none
+	left       string       // a user who left the room
 }
 
 func newRoomHomeserver(h *harness, room, encryption string) *roomHomeserver {
@@ -42,7 +44,7 @@ func (hs *roomHomeserver) answer(w http.ResponseWriter, r *http.Request, body []
 		answerJSON(http.StatusOK, `{"room_id":"`+hs.room+`"}`)(w, r, body)
 	case r.Method == http.MethodGet && strings.HasSuffix(path, "/state"):
 		state := `{"type":"m.room.create","state_key":"","sender":"@alice:localhost","event_id":"$create","room_id":"` + hs.room +
-			`","origin_server_ts":1,"content":{"room_version":"10"}}`
+			`","origin_server_ts":1,"content":{"room_version":"10"}},` + hs.member(r.URL.Query().Get("user_id"))
 		if enc != "" {
 			state += `,{"type":"m.room.encryption","state_key":"","sender":"@alice:localhost","event_id":"$enc","room_id":"` + hs.room +
 				`","origin_server_ts":1,"content":` + enc + `}`
@@ -54,11 +56,28 @@ func (hs *roomHomeserver) answer(w http.ResponseWriter, r *http.Request, body []
 			return
 		}
 		answerJSON(http.StatusOK, enc)(w, r, body)
+	case r.Method == http.MethodGet && strings.Contains(path, "/state/m.room.member/"):
+		answerJSON(http.StatusOK, `{"membership":"`+hs.membership(path[strings.LastIndex(path, "/")+1:])+`"}`)(w, r, body)
 	case strings.Contains(path, "/send/"):
 		answerJSON(http.StatusOK, `{"event_id":"$sent"}`)(w, r, body)
 	default:
 		answerJSON(http.StatusNotFound, `{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}`)(w, r, body)
 	}
+}
+
+// membership is the user's membership of the room, as the homeserver answers it: a user who left
+// is answered with the room's state at their leave.
+func (hs *roomHomeserver) membership(user string) string {
+	if user == hs.left {
+		return "leave"
+	}
+	return "join"
+}
+
+// member is the user's m.room.member state event.
+func (hs *roomHomeserver) member(user string) string {
+	return `{"type":"m.room.member","state_key":"` + user + `","sender":"` + user + `","event_id":"$member","room_id":"` + hs.room +
+		`","origin_server_ts":1,"content":{"membership":"` + hs.membership(user) + `"}}`
 }
 
 // plaintextSends returns the bodies of the sends that reached the homeserver as anything but
@@ -222,6 +241,7 @@ func TestPlaintextConfirmationIsPerUser(t *testing.T) {
 	const room = "!secret:localhost"
 	h := newHarness(t)
 	hs := newRoomHomeserver(h, room, megolm)
+	hs.left = "@irc_left:localhost"
 	h.hs.setAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) {
 		if r.URL.Query().Get("user_id") == "@irc_left:localhost" && strings.Contains(r.URL.Path, "/state/m.room.encryption") {
 			answerJSON(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"Event not found."}`)(w, r, body)

@@ -28,6 +28,8 @@ func TestRoomHalfKnownIsAskedBeforeTheClear(t *testing.T) {
 		case strings.Contains(r.URL.Path, "/rooms/!plain:localhost/state/m.room.encryption"):
 			asked.Add(1)
 			answerJSON(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"Event not found."}`)(w, r, nil)
+		case strings.Contains(r.URL.Path, "/state/m.room.member/@irc_alice:localhost") && !strings.Contains(r.URL.Path, "!down:"):
+			answerJSON(http.StatusOK, `{"membership":"join"}`)(w, r, nil)
 		default:
 			answerJSON(http.StatusInternalServerError, `{"errcode":"M_UNKNOWN","error":"unexpected"}`)(w, r, nil)
 		}

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"time"
 
 	"maunium.net/go/mautrix/id"
 )
@@ -28,3 +29,12 @@ func (g *Gateway) NotedSessions() int {
 	defer g.keysLock.Unlock()
 	return len(g.keys)
 }
+
+// SetAnswerTimeouts shortens how long heirloom waits for the bridge's answers (the first attempt
+// of a transaction, later ones, and the empty transaction asking whether the bridge is up).
+func (g *Gateway) SetAnswerTimeouts(first, retry, probe time.Duration) {
+	g.timeouts.first, g.timeouts.retry, g.timeouts.probe = first, retry, probe
+}
+
+// SetQueryWait shortens how long the homeserver's query waits for the bridge's answer.
+func (g *Gateway) SetQueryWait(d time.Duration) { g.timeouts.query = d }

@@ -69,6 +69,10 @@ type Gateway struct {
 	// last time, and Ingest adds what it stores.
 	outboxBytes atomic.Int64
 	lastRefresh time.Time
+	// timeouts bound the waits for the bridge's answers; hungAt is when (unix ms, the database's
+	// clock) the bridge last left an event unanswered while it took empty transactions.
+	timeouts deliveryTimeouts
+	hungAt   atomic.Int64
 	// beforeStore, in tests, runs in Ingest between decrypting and storing.
 	beforeStore func()
 }
@@ -85,7 +89,8 @@ func New(cfg *config.Config, db *database.Database, mgr *e2ee.Manager, hist *his
 	g := &Gateway{
 		cfg: cfg, bridge: cfg.Bridge, db: db, mgr: mgr, history: hist, hsURL: hsURL, metrics: metrics,
 		log:       log.With().Str("component", "gateway").Str("bridge", cfg.Bridge.Registration.ID).Logger(),
-		deliverer: &http.Client{Timeout: 60 * time.Second, Transport: bridgeTransport()},
+		deliverer: &http.Client{Transport: bridgeTransport()},
+		timeouts:  defaultTimeouts,
 		wake:      make(chan struct{}, 1),
 		keys:      make(map[id.SessionID]struct{}),
 	}
@@ -145,6 +150,10 @@ func (g *Gateway) serveBridge(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.user = user
+	if refusal = otherUsersChange(r.Method, c); refusal != nil {
+		g.refuse(w, r, callForbidden, *refusal)
+		return
+	}
 	log := zerolog.Ctx(r.Context()).With().Stringer("as_user_id", user).Str("call", c.name).Logger()
 	r = r.WithContext(log.WithContext(r.Context()))
 	g.metrics.requests.WithLabelValues(c.name).Inc()

@@ -299,6 +299,8 @@ func TestSendEncryptionStateDecides(t *testing.T) {
 			answerJSON(http.StatusOK, `[{"type":"m.room.create","state_key":"","sender":"@alice:localhost","event_id":"$create","room_id":"`+room+`","origin_server_ts":1,"content":{"room_version":"10"}}]`)(w, r, nil)
 		case r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/state/m.room.encryption"):
 			answerJSON(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"Event not found."}`)(w, r, nil)
+		case r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/state/m.room.member/"):
+			answerJSON(http.StatusOK, `{"membership":"join"}`)(w, r, nil)
 		default:
 			answerJSON(http.StatusOK, `{"event_id":"$sent"}`)(w, r, nil)
 		}

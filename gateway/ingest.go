@@ -22,20 +22,20 @@ import (
 // does yet), and the ephemeral events if the bridge's registration asks for them. To-device
 // messages are for heirloom's devices and never go on. It returns once everything is stored:
 // the homeserver's transaction may be acknowledged only then. txnKey identifies the transaction
-// (its ID and body hash), for the ephemeral events, which have no ID of their own. It fails,
-// storing nothing, when the outbox is over gateway.max_outbox_size (server.ErrBridgeBacklog) or
-// when heirloom cannot tell whether the bridge should get an event: the homeserver sends the
-// transaction again.
+// (its ID and body hash), for the ephemeral events, which have no ID of their own. While the
+// outbox is over gateway.max_outbox_size (Admit took the transaction), the events of rooms over
+// their share of it are set aside as they arrive, and the ephemeral events are dropped. It fails,
+// storing nothing, when heirloom cannot tell whether the bridge should get an event: the
+// homeserver sends the transaction again.
 func (g *Gateway) Ingest(ctx context.Context, txnKey string, events, ephemeral []json.RawMessage) error {
-	if g.OutboxFull() {
-		return fmt.Errorf("%w: %d bytes waiting, gateway.max_outbox_size is %d", server.ErrBridgeBacklog, g.outboxBytes.Load(),
-			g.cfg.Gateway.OutboxCap())
-	}
+	full := g.OutboxFull()
 	out, err := g.roomEvents(ctx, events)
 	if err != nil {
 		return err
 	}
-	if g.wantsEphemeral() {
+	if full {
+		g.setAsideOverShare(ctx, out)
+	} else if g.wantsEphemeral() {
 		more, err := g.ephemeralEvents(ctx, txnKey, ephemeral)
 		if err != nil {
 			return err
@@ -51,6 +51,10 @@ func (g *Gateway) Ingest(ctx context.Context, txnKey string, events, ephemeral [
 	for _, e := range out {
 		if e.Seq == 0 {
 			continue // stored already
+		}
+		if e.DeadAt > 0 {
+			g.metrics.deadLetters.Inc()
+			continue
 		}
 		g.outboxBytes.Add(e.Size)
 		if e.Waiting {
@@ -95,23 +99,29 @@ func (g *Gateway) roomEvents(ctx context.Context, events []json.RawMessage) ([]*
 	return out, nil
 }
 
-// ephemeralEvents returns the bridge's copies of the ephemeral events of its rooms (and those of
-// no room, such as presence).
+// ephemeralEvents returns the bridge's copies of the ephemeral events of its rooms, and of those of
+// no room (presence) about its users or users who share a room with them.
 func (g *Gateway) ephemeralEvents(ctx context.Context, txnKey string, ephemeral []json.RawMessage) ([]*database.GatewayEvent, error) {
 	var out []*database.GatewayEvent
 	for i, raw := range ephemeral {
 		var head struct {
 			RoomID id.RoomID `json:"room_id"`
+			Sender id.UserID `json:"sender"`
 		}
 		if json.Unmarshal(raw, &head) != nil {
 			continue
 		}
+		var ok bool
+		var err error
 		if head.RoomID != "" {
-			if ok, err := g.interested(ctx, head.RoomID, "", nil); err != nil {
-				return nil, err
-			} else if !ok {
-				continue
-			}
+			ok, err = g.interested(ctx, head.RoomID, "", nil)
+		} else {
+			ok, err = g.presenceForBridge(ctx, head.Sender)
+		}
+		if err != nil {
+			return nil, err
+		} else if !ok {
+			continue
 		}
 		out = append(out, &database.GatewayEvent{Key: fmt.Sprintf("%s:%d", txnKey, i), RoomID: head.RoomID,
 			Kind: database.GatewayEphemeral, Body: string(raw)})
@@ -124,7 +134,7 @@ func (g *Gateway) decryptInto(ctx context.Context, e *database.GatewayEvent, raw
 	plain, session, err := g.decryptForBridge(ctx, raw, "")
 	switch {
 	case err == nil:
-		e.Body = string(plain)
+		e.Body, e.Original = string(plain), string(raw)
 	case e2ee.IsMissingKey(err) || err == errNoReader:
 		// The key may be on its way (a to-device message the homeserver sends later): hold the
 		// room back for decrypt_wait; then the event goes on encrypted and its decrypted copy
@@ -166,6 +176,29 @@ func (g *Gateway) interested(ctx context.Context, roomID id.RoomID, sender id.Us
 	return false, nil
 }
 
+// presenceForBridge reports whether the bridge's own registration would have given it the presence
+// of the user (Synapse's is_interested_in_presence): a user of its namespace, or one in a room the
+// bridge is interested in. Synapse pushes heirloom the presence of everyone who shares a room with
+// heirloom's own puppets too; that is not the bridge's to know.
+func (g *Gateway) presenceForBridge(ctx context.Context, userID id.UserID) (bool, error) {
+	if userID == "" {
+		return false, nil
+	}
+	if userID == g.bridge.Bot || g.cfg.IsBridgeUser(userID) {
+		return true, nil
+	}
+	rooms, err := g.db.JoinedRooms(ctx, userID)
+	if err != nil {
+		return false, err
+	}
+	for _, roomID := range rooms {
+		if ok, err := g.interested(ctx, roomID, "", nil); err != nil || ok {
+			return ok, err
+		}
+	}
+	return false, nil
+}
+
 // wantsEphemeral reports whether the bridge's registration asks for ephemeral events.
 func (g *Gateway) wantsEphemeral() bool {
 	return g.bridge.Registration.EphemeralEvents || g.bridge.Registration.SoruEphemeralEvents
@@ -200,7 +233,57 @@ func (g *Gateway) ensureReader(ctx context.Context, roomID id.RoomID) {
 }
 
 // OutboxFull reports whether the events stored for the bridge and not yet acknowledged are over
-// gateway.max_outbox_size: the homeserver's transactions are refused until the bridge catches up.
+// gateway.max_outbox_size.
 func (g *Gateway) OutboxFull() bool {
 	return g.outboxBytes.Load() >= g.cfg.Gateway.OutboxCap()
+}
+
+// Admit decides whether heirloom takes a homeserver transaction now, or refuses it
+// (server.ErrBridgeBacklog) for the homeserver to send again later. Below
+// gateway.max_outbox_size it takes everything. Over it, one room must not stop the others: the
+// transaction is taken while the rooms' shares of the outbox (each counted up to a quarter of
+// gateway.max_outbox_size) are below it, and the new events of the rooms over their share are set
+// aside as they arrive (Ingest; dead letters an operator can resend). Only an outbox full across
+// many rooms refuses the homeserver's transactions. While the bridge is down every room waits
+// alike: everything over the cap is refused and nothing is set aside.
+func (g *Gateway) Admit(ctx context.Context, _ []json.RawMessage) error {
+	if !g.OutboxFull() {
+		return nil
+	}
+	backlog := fmt.Errorf("%w: %d bytes waiting, gateway.max_outbox_size is %d", server.ErrBridgeBacklog, g.outboxBytes.Load(),
+		g.cfg.Gateway.OutboxCap())
+	if g.backingOff.Load() {
+		return backlog
+	}
+	excess, err := g.db.GatewayOutboxExcess(ctx, g.roomShare())
+	if err != nil {
+		return fmt.Errorf("%w (%w)", backlog, err)
+	}
+	if g.outboxBytes.Load()-excess >= g.cfg.Gateway.OutboxCap() {
+		return backlog
+	}
+	return nil
+}
+
+// roomShare is the part of gateway.max_outbox_size one room may hold before its refused events
+// are set aside at once, and, while the outbox is full, its new events as they arrive.
+func (g *Gateway) roomShare() int64 { return g.cfg.Gateway.OutboxCap() / roomShares }
+
+// setAsideOverShare marks the events of rooms over their share of the outbox to be stored set
+// aside (Admit); the others are stored as usual.
+func (g *Gateway) setAsideOverShare(ctx context.Context, out []*database.GatewayEvent) {
+	over := map[id.RoomID]bool{}
+	now := g.now().UnixMilli()
+	for _, e := range out {
+		if _, seen := over[e.RoomID]; !seen {
+			over[e.RoomID] = e.RoomID != "" && g.overShare(ctx, e.RoomID)
+			if over[e.RoomID] {
+				zerolog.Ctx(ctx).Error().Stringer("room_id", e.RoomID).Msg("The outbox is full and the room holds more than its share of it: " +
+					"its new events are set aside; deliver them again with POST /_heirloom/v1/gateway/dead_letters/resend once the bridge caught up")
+			}
+		}
+		if over[e.RoomID] {
+			e.DeadAt, e.LastError = now, "set aside on arrival: the outbox was full and the room held more than its share of it"
+		}
+	}
 }

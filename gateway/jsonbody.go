@@ -60,6 +60,25 @@ func decodeObject(data []byte) (map[string]json.RawMessage, error) {
 	return members, nil
 }
 
+// decodeContent decodes one UTF-8 JSON object (nothing after it, as Python's json requires) with
+// its numbers kept as they were written: an integer beyond 2^53, or one Go's float64 cannot hold
+// (1e400, which Python reads), goes on exactly as the bridge wrote it.
+func decodeContent(data []byte) (map[string]any, error) {
+	if !utf8.Valid(data) {
+		return nil, errNotJSONObject
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var content map[string]any
+	if err := dec.Decode(&content); err != nil || content == nil {
+		return nil, errNotJSONObject
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errNotJSONObject
+	}
+	return content, nil
+}
+
 // foldKey maps a key to one spelling of its case-folding class (each rune to the smallest of its
 // simple folding orbit): two keys fold alike if and only if strings.EqualFold holds for them.
 func foldKey(s string) string {

@@ -62,15 +62,15 @@ func (g *Gateway) resolveWaiting(ctx context.Context, sessionID id.SessionID) {
 	}
 	for _, e := range waiting {
 		plain, _, err := g.decryptForBridge(ctx, json.RawMessage(e.Body), "")
-		body, outcome := string(plain), "decrypted"
+		body, original, outcome := string(plain), e.Body, "decrypted"
 		switch {
 		case e2ee.IsMissingKey(err) || err == errNoReader:
 			continue // still waiting: its key is of another reader, or later
 		case err != nil:
 			g.metrics.decryptFailures.WithLabelValues(failureReason(err)).Inc()
-			body, outcome = e.Body, "not_decrypted"
+			body, original, outcome = e.Body, "", "not_decrypted"
 		}
-		if ok, err := g.db.ResolveGatewayEvent(ctx, e.Seq, body); err != nil {
+		if ok, err := g.db.ResolveGatewayEvent(ctx, e.Seq, body, original); err != nil {
 			zerolog.Ctx(ctx).Err(err).Msg("Failed to store a decrypted event")
 		} else if ok {
 			g.metrics.waitEnded.WithLabelValues(outcome).Inc()

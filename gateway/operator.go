@@ -66,6 +66,30 @@ func (g *Gateway) Prune(ctx context.Context) {
 	}
 }
 
+// measureDeadLetters counts the events set aside, and forgets the oldest of them while they hold
+// more than gateway.max_outbox_size: events set aside do not count against the outbox, and a room
+// member who can make the bridge refuse events must not grow heirloom's database without end.
+func (g *Gateway) measureDeadLetters(ctx context.Context) {
+	log := zerolog.Ctx(ctx)
+	n, size, err := g.db.GatewayDeadLetterSize(ctx)
+	if err != nil {
+		log.Warn().Err(err).Msg("Failed to measure the events set aside")
+		return
+	}
+	if size > g.cfg.Gateway.OutboxCap() {
+		forgotten, err := g.db.TrimGatewayDeadLetters(ctx, g.cfg.Gateway.OutboxCap())
+		if err != nil {
+			log.Warn().Err(err).Msg("Failed to forget the oldest events set aside")
+		}
+		for _, e := range forgotten {
+			log.Error().Str("event_key", e.Key).Stringer("event_id", e.EventID).Stringer("room_id", e.RoomID).
+				Time("set_aside_at", time.UnixMilli(e.DeadAt)).Msg("Forgot an event set aside: the events set aside hold more than gateway.max_outbox_size")
+		}
+		n -= len(forgotten)
+	}
+	g.metrics.deadLetterCount.Set(float64(n))
+}
+
 // Resend puts the events set aside back in the outbox, to be delivered again in their place, each
 // alone: the one with the event ID given, or all if it is "". It returns how many there were.
 func (g *Gateway) Resend(ctx context.Context, eventID id.EventID) (int, error) {

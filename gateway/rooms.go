@@ -97,6 +97,14 @@ func (g *Gateway) handleJoin(w http.ResponseWriter, r *http.Request, user id.Use
 	if !ok {
 		return
 	}
+	// The homeserver's word that the room is unencrypted, given to the user before, may be the
+	// room's state at their leave: it never outlives a join.
+	joining := id.RoomID("") // a join by alias: every room
+	if strings.HasPrefix(roomOrAlias, "!") {
+		joining = id.RoomID(roomOrAlias)
+	}
+	g.mgr.ForgetPlaintext(joining, user) // before the join, and after it
+	defer g.mgr.ForgetPlaintext(joining, user)
 	p, err := g.mgr.Get(ctx, user)
 	if errors.Is(err, e2ee.ErrNotProvisioned) && strings.HasPrefix(roomOrAlias, "!") {
 		p, err = g.readerForJoin(ctx, user, id.RoomID(roomOrAlias))
@@ -126,19 +134,23 @@ func (g *Gateway) handleJoin(w http.ResponseWriter, r *http.Request, user id.Use
 // creates, when gateway.encrypt_new_rooms asks for it and the request does not set them itself.
 // A room created with m.room.encryption is recorded encrypted as soon as the homeserver answers,
 // before the bridge hears of it: the bridge may send into it before the room's state reaches
-// heirloom in a transaction.
+// heirloom in a transaction. With encrypt_new_rooms, a body heirloom cannot read is refused rather
+// than forwarded: the room would be created unencrypted.
 func (g *Gateway) handleCreateRoom(w http.ResponseWriter, r *http.Request) {
 	body, ok := readBody(w, r)
 	if !ok {
 		return
 	}
-	var req map[string]any
-	if err := json.Unmarshal(body, &req); err != nil || req == nil {
+	req, err := decodeContent(body)
+	if err != nil && g.cfg.Gateway.EncryptNewRooms {
+		matrixerr.Respond(w, mautrix.MNotJSON.WithMessage("the createRoom body is not a JSON object heirloom can read to encrypt the room; "+
+			"no room was created"))
+		return
+	} else if err != nil {
 		g.forwardBody(w, r, body)
 		return
 	}
 	if g.cfg.Gateway.EncryptNewRooms {
-		var err error
 		if body, err = g.encryptNewRoom(req); err != nil {
 			matrixerr.Write(w, r, err)
 			return
@@ -162,10 +174,8 @@ func (g *Gateway) encryptNewRoom(req map[string]any) ([]byte, error) {
 	initial, _ := req["initial_state"].([]any)
 	has := map[string]bool{}
 	for _, raw := range initial {
-		if evt, ok := raw.(map[string]any); ok {
-			if t, ok := evt["type"].(string); ok {
-				has[t] = true
-			}
+		if t, ok := roomStateType(raw); ok {
+			has[t] = true
 		}
 	}
 	if !has[event.StateEncryption.Type] {
@@ -180,25 +190,35 @@ func (g *Gateway) encryptNewRoom(req map[string]any) ([]byte, error) {
 	return json.Marshal(req)
 }
 
+// roomStateType returns the type of an initial_state entry that is the room's state of that type
+// (state key "", or none: Synapse reads a missing one as ""), and false for any other entry (one
+// with another state key, a null one, or no type), which sets no room-wide state.
+func roomStateType(raw any) (string, bool) {
+	evt, ok := raw.(map[string]any)
+	if !ok {
+		return "", false
+	}
+	t, ok := evt["type"].(string)
+	if key, has := evt["state_key"]; !ok || has && key != "" {
+		return "", false
+	}
+	return t, true
+}
+
 // initialEncryption returns the content of the m.room.encryption a createRoom request puts in the
-// room's initial state, or nil.
+// room's initial state (the last one, as Synapse keeps it), or nil.
 func initialEncryption(req map[string]any) json.RawMessage {
 	initial, _ := req["initial_state"].([]any)
+	var content json.RawMessage
 	for _, raw := range initial {
-		evt, ok := raw.(map[string]any)
-		if !ok || evt["type"] != event.StateEncryption.Type {
+		if t, ok := roomStateType(raw); !ok || t != event.StateEncryption.Type {
 			continue
 		}
-		if key, has := evt["state_key"]; has && key != "" {
-			continue
+		if data, err := json.Marshal(raw.(map[string]any)["content"]); err == nil {
+			content = data
 		}
-		content, err := json.Marshal(evt["content"])
-		if err != nil {
-			continue
-		}
-		return content
 	}
-	return nil
+	return content
 }
 
 // recordCreatedRoom records the encryption of a room the homeserver just created (its createRoom

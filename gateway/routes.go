@@ -62,7 +62,9 @@ var (
 		"change them (turn the bridge's own encryption off)")
 	errBridgeUsersAccount = mautrix.MForbidden.WithMessage("heirloom keeps the E2EE devices of the bridge's users: the bridge may not " +
 		"log them out, deactivate them or change their credentials")
-	errAdminAPI = mautrix.MForbidden.WithMessage("heirloom forwards only GET /_synapse/admin/v1/users/{userId}/admin of Synapse's admin API")
+	errAdminAPI  = mautrix.MForbidden.WithMessage("heirloom forwards only GET /_synapse/admin/v1/users/{userId}/admin of Synapse's admin API")
+	errOtherUser = mautrix.MForbidden.WithMessage("the bridge may change only the user it acts as (user_id): heirloom's token also " +
+		"covers heirloom's own users")
 )
 
 // classify finds the route of a request's escaped path and the action for its method.
@@ -82,6 +84,20 @@ func classify(method, escapedPath string) (*call, *mautrix.RespError) {
 		return p.route.call(method, vars)
 	}
 	return nil, &errUnrecognized
+}
+
+// otherUsersChange refuses a call that changes a user named in its path ({user}: profiles,
+// presence, typing, account data, tags, filters, OpenID tokens) other than the one the bridge acts
+// as. The homeserver refuses all of these for another user but one: a server admin may set anyone's
+// profile, and the homeserver then sends the target's m.room.member into its rooms as the target.
+// heirloom's token covers heirloom's own puppets and bot, so a bridge whose bot is an admin could
+// otherwise rename them. Reads are forwarded: the homeserver answers them as it would the bridge.
+func otherUsersChange(method string, c *call) *mautrix.RespError {
+	target, named := c.vars["user"]
+	if !named || method == http.MethodGet || method == http.MethodHead || id.UserID(target) == c.user {
+		return nil
+	}
+	return &errOtherUser
 }
 
 // call is the route's action for method: GET serves HEAD too, "*" any method the route does not

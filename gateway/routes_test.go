@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -53,4 +54,22 @@ func BenchmarkClassify(b *testing.B) {
 			b.Fatal(refusal)
 		}
 	}
+}
+
+// Every route whose path names a user calls the variable {user}: otherUsersChange checks that one.
+func TestRoutesNameTheirUserUser(t *testing.T) {
+	for _, rt := range routeTable {
+		for _, seg := range strings.Split(rt.path, "/") {
+			if strings.HasPrefix(seg, "{") && strings.Contains(strings.ToLower(seg), "user") {
+				require.Equal(t, "{user}", seg, rt.path)
+			}
+		}
+	}
+	c, refusal := classify(http.MethodPut, "/_matrix/client/v3/profile/@heirloom_bob:hs/displayname")
+	require.Nil(t, refusal)
+	c.user = "@irc_alice:hs"
+	require.NotNil(t, otherUsersChange(http.MethodPut, c))
+	require.Nil(t, otherUsersChange(http.MethodGet, c))
+	c.user = "@heirloom_bob:hs"
+	require.Nil(t, otherUsersChange(http.MethodPut, c))
 }

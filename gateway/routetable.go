@@ -3,7 +3,7 @@ package gateway
 // routeTable lists every call of the bridge the gateway knows, in the order Synapse matches them
 // where two paths overlap. Forwarded calls are safe for the bridge's own users: they send no event
 // heirloom would have to encrypt, and act only as the user the request masquerades as, checked
-// before routing. The README's gateway section lists the same.
+// before routing. docs/gateway.md ("How heirloom reads the bridge's requests") lists the same.
 var routeTable = []route{
 	// Room events: sends are encrypted, invites and joins run MSC4268, the rest is plaintext by
 	// protocol (state, membership, redactions) and forwarded.

@@ -90,7 +90,7 @@ func (g *Gateway) handleSend(w http.ResponseWriter, r *http.Request, user id.Use
 		matrixerr.Respond(w, errEncryptionState)
 		return
 	case !encrypted:
-		g.forwardBody(w, r, body)
+		g.sendPlain(w, r, user, roomID, body)
 		return
 	case evtType == event.EventEncrypted:
 		if !g.warnedEncrypted.Swap(true) {
@@ -99,8 +99,8 @@ func (g *Gateway) handleSend(w http.ResponseWriter, r *http.Request, user id.Use
 		g.forwardBody(w, r, body)
 		return
 	}
-	var content map[string]any
-	if err = json.Unmarshal(body, &content); err != nil || content == nil {
+	content, err := decodeContent(body)
+	if err != nil {
 		// Content heirloom cannot read cannot be encrypted, and is never sent in the clear into an
 		// encrypted room: the homeserver's JSON parser may accept what Go's refuses.
 		log.Debug().Err(err).Msg("Refused a send into an encrypted room whose content heirloom cannot read")
@@ -121,6 +121,17 @@ func (g *Gateway) handleSend(w http.ResponseWriter, r *http.Request, user id.Use
 		return
 	}
 	g.sendEncrypted(w, r.WithContext(ctx), user, roomID, evtType, content, key)
+}
+
+// sendPlain forwards a send into a room the homeserver just said is unencrypted. If the homeserver
+// refuses it because the sender is not in the room, its word on the room was not a member's: it is
+// forgotten before the bridge, which may join and send again at once, hears of the refusal.
+func (g *Gateway) sendPlain(w http.ResponseWriter, r *http.Request, user id.UserID, roomID id.RoomID, body []byte) {
+	rec := g.forwardRecorded(r, body)
+	if rec.status == http.StatusForbidden {
+		g.mgr.ForgetPlaintext(roomID, user)
+	}
+	rec.writeTo(w, nil)
 }
 
 // errEncryptionState refuses a send heirloom cannot tell is bound for an unencrypted room.

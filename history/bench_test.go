@@ -54,7 +54,13 @@ func newBenchEnv(tb testing.TB) *benchEnv {
 // newBenchEnvOn is newBenchEnv on the given database (see internal/testdb).
 func newBenchEnvOn(tb testing.TB, dbCfg config.Database) *benchEnv {
 	tb.Helper()
-	env, err := openBenchEnvOn(tb.TempDir(), dbCfg)
+	return newBenchEnvAt(tb, dbCfg, "http://127.0.0.1:1")
+}
+
+// newBenchEnvAt is newBenchEnvOn with its homeserver at hsURL.
+func newBenchEnvAt(tb testing.TB, dbCfg config.Database, hsURL string) *benchEnv {
+	tb.Helper()
+	env, err := openBenchEnvAt(tb.TempDir(), dbCfg, hsURL)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -66,14 +72,15 @@ func newBenchEnvOn(tb testing.TB, dbCfg config.Database) *benchEnv {
 // HEIRLOOM_BENCH_SQLITE_PARAMS (e.g. "&_cache_size=-65536") is appended to the SQLite URI, to
 // measure connection settings.
 func openBenchEnv(dir string) (*benchEnv, error) {
-	return openBenchEnvOn(dir, config.Database{Type: "sqlite3-fk-wal",
+	return openBenchEnvAt(dir, config.Database{Type: "sqlite3-fk-wal",
 		URI:          "file:" + filepath.Join(dir, "bench.db") + "?_txlock=immediate" + os.Getenv("HEIRLOOM_BENCH_SQLITE_PARAMS"),
-		MaxOpenConns: 5, MaxIdleConns: 2})
+		MaxOpenConns: 5, MaxIdleConns: 2}, "http://127.0.0.1:1")
 }
 
-func openBenchEnvOn(dir string, dbCfg config.Database) (*benchEnv, error) {
+// openBenchEnvAt opens (and migrates) the database, with the homeserver at hsURL.
+func openBenchEnvAt(dir string, dbCfg config.Database, hsURL string) (*benchEnv, error) {
 	cfg := &config.Config{
-		Homeserver:     config.Homeserver{Address: "http://127.0.0.1:1", Domain: "localhost"},
+		Homeserver:     config.Homeserver{Address: hsURL, Domain: "localhost"},
 		AppService:     config.AppService{ASToken: "bench-as-token-0123456789", PuppetPrefix: "heirloom_", BotUsername: "bot"},
 		Database:       dbCfg,
 		Encryption:     config.Encryption{PickleKey: "bench-pickle-key-0123456789"},

@@ -28,15 +28,29 @@ type storedSession struct {
 // each where keybundle.Place says: first what may go into the withheld list (sessions without
 // shared history and the m.history_not_shared entries the puppet imported from accepted bundles,
 // in one pass), then the shared sessions, so the builder never holds either list. The shared
-// sessions' pickles are read (e2ee.Puppet.EachSharedSession) and unpickled and exported in
+// sessions' pickles are read (e2ee.Manager.EachSharedSessionOf) and unpickled and exported in
 // parallel. A row the builder leaves out (keys rust-sdk would not parse) is logged.
+//
+// A bridge user's bundle is made of what all the bridge's users in the room hold (pooled.go): when
+// only one of them holds anything, it is that account's rows, read as a puppet's own.
 func (s *Service) writeBundle(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, w io.Writer) (keybundle.Counts, error) {
+	account := p.UserID.String()
+	if s.cfg.IsBridgeUser(p.UserID) {
+		accounts, err := s.bundleAccounts(ctx, p, roomID)
+		if err != nil {
+			return keybundle.Counts{}, err
+		} else if len(accounts) > 1 {
+			return s.writePooledBundle(ctx, p, accounts, roomID, w)
+		} else if len(accounts) == 1 {
+			account = accounts[0]
+		}
+	}
 	builder := keybundle.NewBuilder(w, roomID, p.DeviceID)
-	err := p.EachWithheldEntry(ctx, roomID, func(h keybundle.Held) error {
+	err := s.mgr.EachWithheldEntryOf(ctx, account, roomID, func(h keybundle.Held) error {
 		return builder.Add(h, nil)
 	})
 	if err == nil {
-		err = s.exportSessions(ctx, p, roomID, func(st *storedSession) error {
+		err = s.exportSessions(ctx, account, roomID, func(st *storedSession) error {
 			return builder.Add(st.Held, func() (string, error) { return st.exported, st.err })
 		})
 	}
@@ -47,12 +61,18 @@ func (s *Service) writeBundle(ctx context.Context, p *e2ee.Puppet, roomID id.Roo
 		counts, _ := builder.Close()
 		return counts, fmt.Errorf("failed to read sessions: %w", err)
 	}
-	return builder.Close()
+	counts, err := builder.Close()
+	if account != p.UserID.String() {
+		zerolog.Ctx(ctx).Info().Int("accounts", 1).Strs("pooled_from", []string{account}).Int("sessions", counts.Sessions).
+			Int("withheld", counts.Withheld).Msg("Built a bundle of what the bridge's users hold")
+	}
+	return counts, err
 }
 
-// exportSessions reads the room's shared sessions and calls each for every one, exported at its
-// first known index by a pool of workers. Order is not kept: a bundle's order carries no meaning.
-func (s *Service) exportSessions(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID, each func(*storedSession) error) error {
+// exportSessions reads the shared sessions the account holds for the room and calls each for
+// every one, exported at its first known index by a pool of workers. Order is not kept: a bundle's
+// order carries no meaning.
+func (s *Service) exportSessions(ctx context.Context, account string, roomID id.RoomID, each func(*storedSession) error) error {
 	jobs := make(chan *storedSession, 256)
 	done := make(chan *storedSession, 256)
 	var wg sync.WaitGroup
@@ -70,7 +90,7 @@ func (s *Service) exportSessions(ctx context.Context, p *e2ee.Puppet, roomID id.
 	readErr := make(chan error, 1)
 	go func() {
 		defer close(jobs)
-		readErr <- p.EachSharedSession(ctx, roomID, func(st e2ee.StoredSession) error {
+		readErr <- s.mgr.EachSharedSessionOf(ctx, account, roomID, func(st e2ee.StoredSession) error {
 			jobs <- &storedSession{StoredSession: st}
 			return nil
 		})

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/internal/testdb"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -208,4 +210,73 @@ func TestImportChecksTheHashAtTheEnd(t *testing.T) {
 	stored, err := env.db.GetReceivedBundle(context.Background(), rb.Puppet, rb.RoomID, rb.Sender)
 	require.NoError(t, err)
 	require.NotEqual(t, database.ReceivedImported, stored.State)
+}
+
+// A download that fails is retried by the running service once its backoff has passed, and the
+// bundle is imported when the homeserver answers again.
+func TestServiceRetriesAFailedDownload(t *testing.T) {
+	ctx := context.Background()
+	r := newReceiveRoom(t, testdb.SQLite(t))
+	r.env.svc.retryBase = time.Millisecond
+	r.invited(t, alice)
+	r.arrive(r.sender, r.offer(t, 20))
+	r.hs.do(func(hs *deliveryHomeserver) { hs.fail["download"] = http.StatusBadGateway })
+	res, err := r.env.svc.Join(ctx, r.dst, benchRoom)
+	require.NoError(t, err)
+	require.Equal(t, database.ReceivedRetry, res.Bundle.State)
+	require.Equal(t, 1, res.Bundle.Attempts)
+	require.Contains(t, res.History, "retrying")
+
+	r.hs.do(func(hs *deliveryHomeserver) { delete(hs.fail, "download") })
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		r.env.svc.Run(runCtx)
+	}()
+	t.Cleanup(func() {
+		stop()
+		<-ran
+	})
+	r.env.svc.wake <- struct{}{}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		b := r.stored(t, alice)
+		assert.Equal(c, database.ReceivedImported, b.State, b.Error)
+	}, 10*time.Second, 10*time.Millisecond)
+	require.Equal(t, 18, r.stored(t, alice).Imported)
+}
+
+// An accepted bundle a restart interrupted (its download failed, or never began) is imported at
+// the next start, within the accept window; past it, the invite's acceptance is dropped and the
+// bundle expires.
+func TestRestartImportsAnAcceptedBundle(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		window time.Duration
+		state  string
+	}{
+		{"within the accept window", 24 * time.Hour, database.ReceivedImported},
+		{"past the accept window", time.Nanosecond, database.ReceivedExpired},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			dbCfg := testdb.SQLite(t)
+			r := newReceiveRoom(t, dbCfg)
+			r.invited(t, alice)
+			r.arrive(r.sender, r.offer(t, 20))
+			r.hs.do(func(hs *deliveryHomeserver) { hs.fail["download"] = http.StatusBadGateway })
+			_, err := r.env.svc.Join(ctx, r.dst, benchRoom)
+			require.NoError(t, err)
+			r.hs.do(func(hs *deliveryHomeserver) { delete(hs.fail, "download") })
+
+			restarted := newBenchEnvAt(t, dbCfg, r.hs.URL)
+			restarted.svc.cfg.HistorySharing.AcceptWindow = tc.window
+			done, cancel := context.WithCancel(ctx)
+			cancel()
+			restarted.svc.Run(done)
+			b, err := restarted.db.GetReceivedBundle(ctx, r.dst.UserID, benchRoom, alice)
+			require.NoError(t, err)
+			require.Equal(t, tc.state, b.State, b.Error)
+		})
+	}
 }

@@ -203,6 +203,10 @@ func (s *Service) Join(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (*
 	if err != nil {
 		return nil, err
 	}
+	// The homeserver's word that the room is unencrypted, given to the puppet before, may be the
+	// room's state at its leave: it never outlives a join.
+	p.Manager().ForgetPlaintext(roomID, p.UserID) // before the join, and after it
+	defer p.Manager().ForgetPlaintext(roomID, p.UserID)
 	if _, err = p.Client.JoinRoomByID(ctx, roomID); err != nil {
 		return nil, fmt.Errorf("failed to join room: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/crypto/signatures"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/database"
@@ -47,6 +48,49 @@ func (c *crossSigner) resetIdentity(t *testing.T) {
 func (c *crossSigner) addDevice(deviceID id.DeviceID, crossSigned bool) {
 	c.devices[deviceID] = crypto.NewOlmAccount()
 	c.crossSigned[deviceID] = crossSigned
+}
+
+// oneTimeKeys is one fresh signed one-time key per device, as each device uploads them and the
+// homeserver hands them out to /keys/claim.
+func (c *crossSigner) oneTimeKeys(t *testing.T) map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey {
+	t.Helper()
+	out := map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey{}
+	for deviceID, account := range c.devices {
+		require.NoError(t, account.Internal.GenOneTimeKeys(1))
+		keys, err := account.Internal.OneTimeKeys()
+		require.NoError(t, err)
+		account.Internal.MarkKeysAsPublished()
+		out[deviceID] = map[id.KeyID]mautrix.OneTimeKey{}
+		for keyID, key := range keys {
+			otk := mautrix.OneTimeKey{Key: key, IsSigned: true}
+			sig, err := account.SignJSON(&otk)
+			require.NoError(t, err)
+			otk.Signatures = signatures.NewSingleSignature(c.user, id.KeyAlgorithmEd25519, deviceID.String(), sig)
+			out[deviceID][id.NewKeyID(id.KeyAlgorithmSignedCurve25519, keyID)] = otk
+		}
+	}
+	return out
+}
+
+// open decrypts an Olm to-device message the device received (the first of a new Olm session),
+// as the device's client does, and returns its payload.
+func (c *crossSigner) open(t *testing.T, deviceID id.DeviceID, content *event.Content) *crypto.DecryptedOlmEvent {
+	t.Helper()
+	account := c.devices[deviceID]
+	require.NoError(t, content.ParseRaw(event.ToDeviceEncrypted))
+	encrypted := content.AsEncrypted()
+	require.Equal(t, id.AlgorithmOlmV1, encrypted.Algorithm)
+	ciphertext, ok := encrypted.OlmCiphertext[account.IdentityKey()]
+	require.True(t, ok, "the message is encrypted for the device's identity key")
+	require.Equal(t, id.OlmMsgTypePreKey, ciphertext.Type, "a new Olm session starts with a pre-key message")
+	session, err := account.Internal.NewInboundSession(ciphertext.Body)
+	require.NoError(t, err)
+	plaintext, err := session.Decrypt(ciphertext.Body, ciphertext.Type)
+	require.NoError(t, err)
+	var payload crypto.DecryptedOlmEvent
+	require.NoError(t, json.Unmarshal(plaintext, &payload))
+	payload.SenderKey = encrypted.SenderKey
+	return &payload
 }
 
 // query is the homeserver's answer to a /keys/query for the user.

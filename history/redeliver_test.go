@@ -119,3 +119,114 @@ func TestRedeliveryOnlyWhileTheInviteStands(t *testing.T) {
 	old.CreatedAt = time.Now().Add(-env.svc.cfg.HistorySharing.Redeliver() - time.Minute).UnixMilli()
 	require.Equal(t, "past history_sharing.redeliver_window", env.svc.redeliveryRefused(context.Background(), p, &old, false))
 }
+
+// joinEvent is the invitee's join as the transaction stream brings it, naming what it replaced.
+func joinEvent(t *testing.T, hs *deliveryHomeserver, user id.UserID) *event.Event {
+	t.Helper()
+	hs.do(func(hs *deliveryHomeserver) { hs.setMembership(user, user, event.MembershipJoin) })
+	var raw map[string]any
+	hs.do(func(hs *deliveryHomeserver) { raw = hs.members[user] })
+	data, err := json.Marshal(raw)
+	require.NoError(t, err)
+	var evt event.Event
+	require.NoError(t, json.Unmarshal(data, &evt))
+	require.NoError(t, evt.Content.ParseRaw(event.StateMember))
+	return &evt
+}
+
+// A device the invitee adds while the puppet's invite is pending, signed by the identity the
+// bundle was delivered under, gets the same bundle (the same file and key) when the homeserver
+// reports the change; an unsigned one is recorded with the reason and gets nothing.
+func TestDeviceAddedAfterTheInviteGetsTheBundle(t *testing.T) {
+	r := newInviteRoom(t)
+	ctx := context.Background()
+	res, err := r.env.svc.Invite(ctx, r.p, benchRoom, bob, true)
+	require.NoError(t, err)
+	r.bob.addDevice("TABLET", true)
+	r.bob.addDevice("TV", false)
+	r.hs.publish(t, r.bob, true)
+	r.env.svc.DeviceListsChanged(ctx, []id.UserID{bob, r.p.UserID, r.env.svc.cfg.BotUserID()})
+	waitForBackground(t, r.env.svc)
+
+	phone, tablet := r.bundleOn(t, r.bob, "PHONE"), r.bundleOn(t, r.bob, "TABLET")
+	require.Equal(t, phone.content.File.URL, tablet.content.File.URL, "the same file")
+	require.Equal(t, phone.content.File.Key, tablet.content.File.Key, "under the same key")
+	require.Len(t, tablet.roomKeys, 18)
+	require.Empty(t, r.hs.sentTo(event.ToDeviceEncrypted, bob, "TV"))
+	listed, err := r.env.svc.Bundles(ctx, r.p.UserID)
+	require.NoError(t, err)
+	require.Equal(t, res.Bundle.BundleID, listed.Sent[0].BundleID)
+	require.ElementsMatch(t, []DeliveryReport{
+		{UserID: bob, DeviceID: "PHONE", Delivered: true},
+		{UserID: bob, DeviceID: "LAPTOP", Reason: ReasonNotCrossSigned},
+		{UserID: bob, DeviceID: "TABLET", Delivered: true, AddedLater: true},
+		{UserID: bob, DeviceID: "TV", Reason: ReasonNotCrossSigned, AddedLater: true},
+	}, listed.Sent[0].Devices)
+}
+
+// An invitee who reset their identity after the invite gets the bundle on no new device: each is
+// recorded as refused, and nothing is sent. With history_sharing.redeliver_window 0 nothing is
+// offered at all.
+func TestNewDevicesOfAChangedIdentityGetNothing(t *testing.T) {
+	ctx := context.Background()
+	t.Run("identity reset", func(t *testing.T) {
+		r := newInviteRoom(t)
+		_, err := r.env.svc.Invite(ctx, r.p, benchRoom, bob, true)
+		require.NoError(t, err)
+		r.bob.resetIdentity(t)
+		r.bob.addDevice("TABLET", true)
+		r.hs.publish(t, r.bob, true)
+		r.env.svc.DeviceListsChanged(ctx, []id.UserID{bob})
+		waitForBackground(t, r.env.svc)
+		require.Empty(t, r.hs.sentTo(event.ToDeviceEncrypted, bob, "TABLET"))
+		listed, err := r.env.svc.Bundles(ctx, r.p.UserID)
+		require.NoError(t, err)
+		require.Contains(t, listed.Sent[0].Devices,
+			DeliveryReport{UserID: bob, DeviceID: "TABLET", Reason: ReasonIdentityChanged, AddedLater: true})
+	})
+	t.Run("redelivery off", func(t *testing.T) {
+		r := newInviteRoom(t)
+		off := time.Duration(0)
+		r.env.svc.cfg.HistorySharing.RedeliverWindow = &off
+		_, err := r.env.svc.Invite(ctx, r.p, benchRoom, bob, true)
+		require.NoError(t, err)
+		r.bob.addDevice("TABLET", true)
+		r.hs.publish(t, r.bob, true)
+		r.env.svc.DeviceListsChanged(ctx, []id.UserID{bob})
+		r.env.svc.InviteeJoined(ctx, joinEvent(t, r.hs, bob))
+		waitForBackground(t, r.env.svc)
+		require.Empty(t, r.hs.sentTo(event.ToDeviceEncrypted, bob, "TABLET"))
+	})
+}
+
+// The homeserver does not report the device lists of a mere invitee, so heirloom looks once more
+// at the join from the puppet's invite: a device added by then gets the bundle just after the
+// join. A join from another invite gets nothing.
+func TestJoinFromTheInviteBringsTheBundleToNewDevices(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name       string
+		otherFirst bool
+	}{
+		{"joined from the puppet's invite", false},
+		{"joined from another member's invite", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newInviteRoom(t)
+			_, err := r.env.svc.Invite(ctx, r.p, benchRoom, bob, true)
+			require.NoError(t, err)
+			if tc.otherFirst {
+				r.hs.do(func(hs *deliveryHomeserver) { hs.setMembership(bob, "@carol:localhost", event.MembershipInvite) })
+			}
+			r.bob.addDevice("TABLET", true)
+			r.hs.publish(t, r.bob, true)
+			r.env.svc.InviteeJoined(ctx, joinEvent(t, r.hs, bob))
+			waitForBackground(t, r.env.svc)
+			if tc.otherFirst {
+				require.Empty(t, r.hs.sentTo(event.ToDeviceEncrypted, bob, "TABLET"))
+				return
+			}
+			require.Len(t, r.bundleOn(t, r.bob, "TABLET").roomKeys, 18)
+		})
+	}
+}

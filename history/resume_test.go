@@ -2,105 +2,20 @@ package history
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"maunium.net/go/mautrix"
-	"maunium.net/go/mautrix/crypto"
-	"maunium.net/go/mautrix/crypto/olm"
-	"maunium.net/go/mautrix/crypto/signatures"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/internal/testdb"
 )
-
-// crossSignedKeys is a user's part of a /keys/query answer: one device, signed by the device and by
-// the user's self-signing key, which the master key signs. mautrix checks every signature.
-func crossSignedKeys(t *testing.T, userID id.UserID, deviceID id.DeviceID) map[string]any {
-	t.Helper()
-	master, err := olm.NewPKSigning()
-	require.NoError(t, err)
-	selfSigning, err := olm.NewPKSigning()
-	require.NoError(t, err)
-	masterKeys := mautrix.CrossSigningKeys{UserID: userID, Usage: []id.CrossSigningUsage{id.XSUsageMaster},
-		Keys: map[id.KeyID]id.Ed25519{id.NewKeyID(id.KeyAlgorithmEd25519, master.PublicKey().String()): master.PublicKey()}}
-	sskKeys := mautrix.CrossSigningKeys{UserID: userID, Usage: []id.CrossSigningUsage{id.XSUsageSelfSigning},
-		Keys: map[id.KeyID]id.Ed25519{id.NewKeyID(id.KeyAlgorithmEd25519, selfSigning.PublicKey().String()): selfSigning.PublicKey()}}
-	sig, err := master.SignJSON(sskKeys)
-	require.NoError(t, err)
-	sskKeys.Signatures = signatures.NewSingleSignature(userID, id.KeyAlgorithmEd25519, master.PublicKey().String(), sig)
-
-	account := crypto.NewOlmAccount()
-	device := mautrix.DeviceKeys{UserID: userID, DeviceID: deviceID, Algorithms: []id.Algorithm{id.AlgorithmMegolmV1, id.AlgorithmOlmV1},
-		Keys: map[id.DeviceKeyID]string{
-			id.NewDeviceKeyID(id.KeyAlgorithmCurve25519, deviceID): string(account.IdentityKey()),
-			id.NewDeviceKeyID(id.KeyAlgorithmEd25519, deviceID):    string(account.SigningKey()),
-		}}
-	deviceSig, err := account.SignJSON(device)
-	require.NoError(t, err)
-	crossSig, err := selfSigning.SignJSON(device)
-	require.NoError(t, err)
-	device.Signatures = signatures.NewSingleSignature(userID, id.KeyAlgorithmEd25519, deviceID.String(), deviceSig)
-	device.Signatures[userID][id.NewKeyID(id.KeyAlgorithmEd25519, selfSigning.PublicKey().String())] = crossSig
-	return map[string]any{
-		"device_keys":       map[id.UserID]any{userID: map[id.DeviceID]any{deviceID: device}},
-		"master_keys":       map[id.UserID]any{userID: masterKeys},
-		"self_signing_keys": map[id.UserID]any{userID: sskKeys},
-	}
-}
-
-// deliveryHomeserver answers what a resumed delivery reads: the invitee's member event, the room's
-// history visibility and the invitee's keys.
-type deliveryHomeserver struct {
-	*httptest.Server
-	mu         sync.Mutex
-	member     map[string]any // the invitee's member event
-	visibility event.HistoryVisibility
-	keys       map[string]any
-}
-
-func newDeliveryHomeserver(t *testing.T, keys map[string]any) *deliveryHomeserver {
-	t.Helper()
-	hs := &deliveryHomeserver{keys: keys}
-	hs.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hs.mu.Lock()
-		defer hs.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		switch path := r.URL.Path; {
-		case strings.Contains(path, "/state/m.room.member/"):
-			_ = json.NewEncoder(w).Encode(hs.member)
-		case strings.Contains(path, "/state/m.room.history_visibility"):
-			_ = json.NewEncoder(w).Encode(map[string]any{"history_visibility": hs.visibility})
-		case strings.HasSuffix(path, "/keys/query"):
-			_ = json.NewEncoder(w).Encode(hs.keys)
-		default:
-			w.WriteHeader(http.StatusNotFound)
-			_, _ = w.Write([]byte(`{"errcode":"M_UNRECOGNIZED","error":"not in this test"}`))
-		}
-	}))
-	t.Cleanup(hs.Close)
-	return hs
-}
-
-// set makes the invitee's member event one of membership by sender, with the event ID, and sets
-// the room's history visibility.
-func (hs *deliveryHomeserver) set(invitee, sender id.UserID, eventID id.EventID, membership event.Membership, replaces id.EventID,
-	visibility event.HistoryVisibility) {
-	hs.mu.Lock()
-	defer hs.mu.Unlock()
-	hs.member = map[string]any{"type": "m.room.member", "event_id": eventID, "sender": sender, "state_key": invitee,
-		"room_id": benchRoom, "content": map[string]any{"membership": membership},
-		"unsigned": map[string]any{"replaces_state": replaces}}
-	hs.visibility = visibility
-}
 
 // signOwnDevice gives the puppet a cross-signing identity that signs its device, as provisioning does.
 func signOwnDevice(t *testing.T, p *e2ee.Puppet) {
@@ -118,7 +33,10 @@ func signOwnDevice(t *testing.T, p *e2ee.Puppet) {
 func TestResumedDeliveryRechecksTheInviteAndTheVisibility(t *testing.T) {
 	const bob id.UserID = "@bob:localhost"
 	env := newBenchEnv(t)
-	hs := newDeliveryHomeserver(t, crossSignedKeys(t, bob, "BOBDEV"))
+	hs := newDeliveryHomeserver(t)
+	bobs := newCrossSigner(t, bob)
+	bobs.addDevice("BOBDEV", true)
+	hs.publish(t, bobs, true)
 	p := pointPuppetAt(t, env, hs.URL)
 	signOwnDevice(t, p)
 	ctx := context.Background()
@@ -175,4 +93,147 @@ func TestResumedDeliveryRechecksTheInviteAndTheVisibility(t *testing.T) {
 			}
 		})
 	}
+}
+
+// restartOf is a second heirloom process on the database and homeserver of r, started as the
+// daemon starts the history service: Run resumes what the first left, then (its context being
+// done) returns.
+func restartOf(t *testing.T, r *inviteRoom, dbCfg config.Database, change func(*benchEnv)) *benchEnv {
+	t.Helper()
+	restarted := newBenchEnvAt(t, dbCfg, r.hs.URL)
+	if change != nil {
+		change(restarted)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	restarted.svc.Run(ctx)
+	return restarted
+}
+
+// crashDuringDelivery has the puppet share history for an invite sent outside the API, and stops
+// the process, as a crash would, after the bundle was uploaded and before its Olm message reached
+// the homeserver.
+func crashDuringDelivery(t *testing.T, r *inviteRoom) {
+	t.Helper()
+	r.hs.do(func(hs *deliveryHomeserver) { hs.setMembership(bob, r.p.UserID, event.MembershipInvite) })
+	inviteID, _ := r.hs.member(bob)
+	held := r.hs.hold(t, "sendToDevice", http.StatusInternalServerError)
+	r.env.svc.InviteSent(context.Background(), echoOf(inviteID, r.p.UserID, bob))
+	select {
+	case <-held.arrived:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the delivery never began")
+	}
+	listed, err := r.env.svc.Bundles(context.Background(), r.p.UserID)
+	require.NoError(t, err)
+	require.Equal(t, database.SentUploaded, listed.Sent[0].State, "the crash leaves the bundle uploaded, not delivered")
+}
+
+// After a crash between upload and delivery, the next start delivers the bundle if every check of
+// the first delivery passes again, and otherwise gives up on it with the reason: no key leaves.
+func TestRestartFinishesTheDeliveryACrashInterrupted(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		meantime func(t *testing.T, r *inviteRoom)
+		restart  func(*benchEnv)
+		reason   string
+	}{
+		{name: "the invite stands", meantime: func(*testing.T, *inviteRoom) {}},
+		{name: "the invite was rescinded", reason: ReasonNoLongerInvited, meantime: func(t *testing.T, r *inviteRoom) {
+			r.hs.do(func(hs *deliveryHomeserver) { hs.setMembership(bob, r.p.UserID, event.MembershipLeave) })
+		}},
+		{name: "the room stopped sharing history", reason: ReasonVisibility, meantime: func(t *testing.T, r *inviteRoom) {
+			r.hs.do(func(hs *deliveryHomeserver) { hs.visibility = event.HistoryVisibilityJoined })
+		}},
+		{name: "the invitee's identity was reset", reason: ReasonIdentityChanged, meantime: func(t *testing.T, r *inviteRoom) {
+			r.bob.resetIdentity(t)
+			r.hs.publish(t, r.bob, true)
+		}},
+		{name: "the accept window passed", reason: ReasonDeliveryTooLate, meantime: func(*testing.T, *inviteRoom) {},
+			restart: func(env *benchEnv) { env.svc.cfg.HistorySharing.AcceptWindow = time.Nanosecond }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dbCfg := testdb.SQLite(t)
+			r := newInviteRoomOn(t, dbCfg)
+			crashDuringDelivery(t, r)
+			tc.meantime(t, r)
+			restarted := restartOf(t, r, dbCfg, tc.restart)
+			listed, err := restarted.svc.Bundles(context.Background(), r.p.UserID)
+			require.NoError(t, err)
+			require.Len(t, listed.Sent, 1)
+			if tc.reason == "" {
+				require.Equal(t, database.SentDelivered, listed.Sent[0].State, listed.Sent[0].Reason)
+				got := r.bundleOn(t, r.bob, "PHONE")
+				require.Len(t, got.roomKeys, 18, "the phone reads the history the crash held back")
+				return
+			}
+			require.Equal(t, database.SentFailed, listed.Sent[0].State)
+			require.Equal(t, tc.reason, listed.Sent[0].Reason)
+			require.Empty(t, r.hs.sentTo(event.ToDeviceEncrypted, bob, "PHONE"), "no key left")
+		})
+	}
+}
+
+// A device the invitee removed while the process was down gets nothing at the next start; the
+// devices still signed get the bundle.
+func TestRestartDeliversOnlyToDevicesStillThere(t *testing.T) {
+	dbCfg := testdb.SQLite(t)
+	r := newInviteRoomOn(t, dbCfg)
+	r.bob.addDevice("TABLET", true)
+	r.hs.publish(t, r.bob, true)
+	crashDuringDelivery(t, r)
+	delete(r.bob.devices, "TABLET")
+	r.hs.publish(t, r.bob, true)
+	restarted := restartOf(t, r, dbCfg, nil)
+	listed, err := restarted.svc.Bundles(context.Background(), r.p.UserID)
+	require.NoError(t, err)
+	require.Equal(t, database.SentDelivered, listed.Sent[0].State)
+	require.ElementsMatch(t, []DeliveryReport{
+		{UserID: bob, DeviceID: "PHONE", Delivered: true},
+		{UserID: bob, DeviceID: "TABLET", Reason: ReasonDeviceNowUnknown},
+		{UserID: bob, DeviceID: "LAPTOP", Reason: ReasonNotCrossSigned},
+	}, listed.Sent[0].Devices)
+	require.Len(t, r.bundleOn(t, r.bob, "PHONE").roomKeys, 18)
+	require.Empty(t, r.hs.sentTo(event.ToDeviceEncrypted, bob, "TABLET"))
+}
+
+// A bundle whose invite was not sent when the process stopped (the API builds it first) is not
+// delivered at the next start: it waits for the invite, and past the accept window it is given
+// up. One whose build the stop interrupted is marked failed: nothing of it left.
+func TestRestartNeverDeliversForAnInviteNotSent(t *testing.T) {
+	ctx := context.Background()
+	dbCfg := testdb.SQLite(t)
+	r := newInviteRoomOn(t, dbCfg)
+	held := r.hs.hold(t, "sendToDevice", http.StatusInternalServerError)
+	go func() { _, _ = r.env.svc.Invite(ctx, r.p, benchRoom, bob, true) }()
+	<-held.arrived
+
+	restarted := restartOf(t, r, dbCfg, nil)
+	listed, err := restarted.svc.Bundles(ctx, r.p.UserID)
+	require.NoError(t, err)
+	require.Equal(t, database.SentUploaded, listed.Sent[0].State, "it waits for the invite's echo")
+	require.Empty(t, r.hs.sentTo(event.ToDeviceEncrypted, bob, "PHONE"))
+
+	restarted = restartOf(t, r, dbCfg, func(env *benchEnv) { env.svc.cfg.HistorySharing.AcceptWindow = time.Nanosecond })
+	listed, err = restarted.svc.Bundles(ctx, r.p.UserID)
+	require.NoError(t, err)
+	require.Equal(t, database.SentFailed, listed.Sent[0].State)
+	require.Equal(t, ReasonDeliveryTooLate, listed.Sent[0].Reason)
+	require.Empty(t, r.hs.sentTo(event.ToDeviceEncrypted, bob, "PHONE"))
+}
+
+func TestRestartFailsABundleItsBuildDidNotFinish(t *testing.T) {
+	ctx := context.Background()
+	dbCfg := testdb.SQLite(t)
+	r := newInviteRoomOn(t, dbCfg)
+	held := r.hs.hold(t, "upload", http.StatusInternalServerError)
+	go func() { _, _ = r.env.svc.Invite(ctx, r.p, benchRoom, bob, true) }()
+	<-held.arrived
+
+	restarted := restartOf(t, r, dbCfg, nil)
+	listed, err := restarted.svc.Bundles(ctx, r.p.UserID)
+	require.NoError(t, err)
+	require.Equal(t, database.SentFailed, listed.Sent[0].State)
+	require.Equal(t, ReasonInterrupted, listed.Sent[0].Reason)
+	require.Empty(t, r.hs.sentTo(event.ToDeviceEncrypted, bob, "PHONE"))
 }

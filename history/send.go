@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -274,21 +275,28 @@ const (
 )
 
 // currentVisibility reads the room's history visibility from the homeserver (a bundle rests on
-// it: a change heirloom has not heard of yet must not let history out), and records it.
+// it: a change heirloom has not heard of yet must not let history out), and records it. It reads
+// with a plain request: mautrix's StateEvent would record the answer in the state store before it
+// is compared with what heirloom knew, and the change would rotate nothing.
 func (s *Service) currentVisibility(ctx context.Context, p *e2ee.Puppet, roomID id.RoomID) (*event.HistoryVisibilityEventContent, error) {
 	var content event.HistoryVisibilityEventContent
-	err := p.Client.StateEvent(ctx, roomID, event.StateHistoryVisibility, "", &content)
+	url := p.Client.BuildClientURL("v3", "rooms", roomID, "state", event.StateHistoryVisibility.Type, "")
+	_, err := p.Client.MakeRequest(ctx, http.MethodGet, url, nil, &content)
 	switch {
 	case errors.Is(err, mautrix.MNotFound):
 		return nil, nil // no visibility event: shared
 	case err != nil:
 		return nil, fmt.Errorf("failed to read history visibility: %w", err)
 	}
-	// A change heirloom learns here first rotates the room's sessions as the transaction would have.
-	if known, err := s.db.StateStore.GetHistoryVisibility(ctx, roomID); err == nil && known != nil &&
-		known.HistoryVisibility != content.HistoryVisibility {
-		if err = s.db.RequireRotation(ctx, roomID, time.Now()); err != nil {
-			return nil, err
+	// A change heirloom learns here first rotates the room's sessions as the transaction would have
+	// (the first visibility it learns of a room is no change); either is recorded, so the event's
+	// transaction compares with it.
+	if known, err := s.db.StateStore.GetHistoryVisibility(ctx, roomID); err == nil &&
+		(known == nil || known.HistoryVisibility != content.HistoryVisibility) {
+		if known != nil {
+			if err = s.db.RequireRotation(ctx, roomID, time.Now()); err != nil {
+				return nil, err
+			}
 		}
 		empty := ""
 		mautrix.UpdateStateStore(ctx, s.db.StateStore, &event.Event{Type: event.StateHistoryVisibility, RoomID: roomID,

@@ -340,7 +340,8 @@ func TestDecodeRoundTrip(t *testing.T) {
 	}}, got.withheld)
 }
 
-// rustBundle is a bundle shaped as matrix-rust-sdk writes it (INTEROP.md), with one of each entry.
+// rustBundle is a bundle shaped as matrix-rust-sdk writes it, with one of each entry: both arrays
+// present, a room key with its sender_claimed_keys, a withheld entry with m.history_not_shared.
 const rustBundle = `{"room_keys":[{"algorithm":"m.megolm.v1.aes-sha2","room_id":"!r:hs","sender_key":"c2VuZGVy",` +
 	`"session_id":"c2Vzc2lvbg","session_key":"AQAAAAAA","sender_claimed_keys":{"ed25519":"ZWQ"}}],` +
 	`"withheld":[{"algorithm":"m.megolm.v1.aes-sha2","code":"m.history_not_shared",` +

@@ -1,4 +1,4 @@
--- v0 -> v10: Latest revision
+-- v0 -> v11: Latest revision
 
 -- Appservice transactions already processed, so a retried transaction is processed once. A
 -- transaction is known by its ID and the SHA-256 of its body: Synapse on SQLite numbers its
@@ -134,10 +134,14 @@ CREATE TABLE room_encryption (
 -- Events bound for the bridge, in the order the homeserver delivered them (seq). An encrypted
 -- event whose key has not arrived waits (holding back only its room) until wait_until; txn_id is
 -- the bridge transaction it went into (0: not yet). Stored before the homeserver is answered.
--- size is the body's bytes while it waits for the bridge (gateway.max_outbox_size). An event in
--- a transaction the bridge refused goes alone in its transactions from then on (solo); refused
--- alone, it holds back its room until retry_at, and after a few refusals it is set aside (dead_at:
--- a dead letter, delivered again only on an operator's request).
+-- original is the event as the homeserver sent it when body is heirloom's decrypted copy (''
+-- otherwise): if the bridge refuses the decrypted copy every time, it gets the event as it arrived
+-- before the event is set aside (fell_back: body and original swapped; an operator's resend swaps
+-- them back). size is the bytes of both while the event waits for the bridge
+-- (gateway.max_outbox_size). An event in a transaction the bridge refused goes alone in its
+-- transactions from then on (solo); refused alone, it holds back its room until retry_at, and
+-- after a few refusals it is set aside (dead_at: a dead letter, delivered again only on an
+-- operator's request).
 CREATE TABLE gateway_event (
     seq         BIGINT  PRIMARY KEY,
     event_key   TEXT    NOT NULL UNIQUE,
@@ -156,10 +160,14 @@ CREATE TABLE gateway_event (
     refusals    INTEGER NOT NULL DEFAULT 0,
     retry_at    BIGINT  NOT NULL DEFAULT 0,
     dead_at     BIGINT  NOT NULL DEFAULT 0,
-    last_error  TEXT    NOT NULL DEFAULT ''
+    last_error  TEXT    NOT NULL DEFAULT '',
+    original    TEXT    NOT NULL DEFAULT '',
+    fell_back   BOOLEAN NOT NULL DEFAULT false
 );
 CREATE INDEX gateway_event_session_idx ON gateway_event (session_id);
 CREATE INDEX gateway_event_outbox_idx ON gateway_event (delivered_at, dead_at, size);
+-- A room's bytes in the outbox (its share of gateway.max_outbox_size).
+CREATE INDEX gateway_event_room_idx ON gateway_event (room_id, delivered_at, dead_at, size);
 -- What the gateway composes transactions from, read without the events' bodies.
 CREATE INDEX gateway_event_heads_idx ON gateway_event (txn_id, seq, dead_at, room_id, size, waiting, wait_until, solo, refusals, retry_at);
 

@@ -80,9 +80,10 @@ type Gateway interface {
 	ForwardQuery(w http.ResponseWriter, r *http.Request, kind, subject string)
 	// Status reports the delivery to the bridge, for GET /status.
 	Status(ctx context.Context) (*GatewayStatus, error)
-	// OutboxFull reports whether the bridge's outbox is over gateway.max_outbox_size: the
-	// homeserver's transactions are refused (ErrBridgeBacklog) until the bridge catches up.
-	OutboxFull() bool
+	// Admit reports ErrBridgeBacklog if the homeserver's transaction with these room events is
+	// refused because the bridge's outbox is over gateway.max_outbox_size: the homeserver sends it
+	// again once the bridge has caught up.
+	Admit(ctx context.Context, events []json.RawMessage) error
 	// Resend delivers again the events set aside (the one with the ID given, or all) and returns
 	// how many there were.
 	Resend(ctx context.Context, eventID id.EventID) (int, error)

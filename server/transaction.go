@@ -236,11 +236,13 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 // taken. An error means the homeserver must send it again (heirloom's processing is idempotent);
 // ErrBridgeBacklog, that the bridge's outbox is full.
 func (s *Server) take(ctx context.Context, txn *Transaction, txnKey string) error {
-	if s.gateway != nil && s.gateway.OutboxFull() {
-		// The bridge is far behind: the homeserver keeps the transaction's events and sends them
-		// again. Its keys and device lists would not come again: they are handled now.
-		s.processKeys(ctx, txn)
-		return ErrBridgeBacklog
+	if s.gateway != nil {
+		if err := s.gateway.Admit(ctx, txn.RawEvents); err != nil {
+			// The bridge is far behind: the homeserver keeps the transaction's events and sends
+			// them again. Its keys and device lists would not come again: they are handled now.
+			s.processKeys(ctx, txn)
+			return err
+		}
 	}
 	if err := s.recordEncryption(ctx, txn.RawEvents); err != nil {
 		return err
@@ -275,7 +277,8 @@ func (s *Server) refuseBacklog(ctx context.Context, w http.ResponseWriter, err e
 
 // recordEncryption records every m.room.encryption state event of the transaction as it arrived,
 // whatever its content (one mautrix cannot parse is not among txn.Events): the room is encrypted
-// from now on (e2ee.Manager.RoomEncrypted).
+// from now on (e2ee.Manager.RoomEncrypted). A membership event drops the homeserver's word that the
+// room is unencrypted given to its user (it may be the room's state at their leave).
 func (s *Server) recordEncryption(ctx context.Context, events []json.RawMessage) error {
 	for _, raw := range events {
 		var head struct {
@@ -284,8 +287,13 @@ func (s *Server) recordEncryption(ctx context.Context, events []json.RawMessage)
 			RoomID   id.RoomID       `json:"room_id"`
 			Content  json.RawMessage `json:"content"`
 		}
-		if json.Unmarshal(raw, &head) != nil || head.Type != event.StateEncryption.Type || head.StateKey == nil || *head.StateKey != "" ||
-			head.RoomID == "" {
+		if json.Unmarshal(raw, &head) != nil || head.StateKey == nil || head.RoomID == "" {
+			continue
+		}
+		if head.Type == event.StateMember.Type {
+			s.mgr.ForgetPlaintext(head.RoomID, id.UserID(*head.StateKey))
+		}
+		if head.Type != event.StateEncryption.Type || *head.StateKey != "" {
 			continue
 		}
 		if err := s.mgr.RecordEncryption(ctx, head.RoomID, head.Content); err != nil {

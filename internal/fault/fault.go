@@ -12,6 +12,9 @@
 //	                       so a test can kill heirloom between the homeserver's ack and delivery
 //	gateway_unbounded_content  gateway mode hands the bridge decrypted content however deeply
 //	                       it nests, so a test can have a real bridge refuse an event
+//	gateway_no_fallback    gateway mode sets aside a decrypted event the bridge refuses every
+//	                       time without handing it over as it arrived first, so a test can have a
+//	                       real bridge refuse an event to the end
 //	slow_create_ack        heirloom answers a homeserver transaction holding an m.room.create 3 s
 //	                       after handling it, so the homeserver holds the rest of the new room's
 //	                       state back meanwhile (it may arrive after the bridge's first send)

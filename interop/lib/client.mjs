@@ -16,7 +16,7 @@ import { required, sleep, timeoutOf, waitUntil } from "./util.mjs";
 
 const MEGOLM = "m.megolm.v1.aes-sha2";
 const VISIBILITIES = ["shared", "joined", "invited", "world_readable"];
-// The three spellings of the MSC3061/MSC4268 flag seen in exports (INTEROP.md).
+// The three spellings of the MSC3061/MSC4268 flag seen in exports (docs/history-sharing.md, "History flag").
 const SHARED_HISTORY_KEYS = ["shared_history", "m.shared_history", "org.matrix.msc3061.shared_history"];
 
 export class Peer {

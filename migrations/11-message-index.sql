@@ -1,4 +1,4 @@
--- v9 -> v10: Megolm message indexes seen, per puppet and room, against replays
+-- v10 -> v11: Megolm message indexes seen, per puppet and room, against replays
 -- One event per (puppet, room, session, message index, event sender): mautrix's crypto_message_index
 -- is keyed by (session, index) alone, for every account and room at once, so a copy of a ciphertext
 -- decrypted anywhere (another room, another puppet, a re-post by another member) made the genuine
