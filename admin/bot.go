@@ -15,7 +15,6 @@ import (
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
-	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -337,7 +336,7 @@ func (b *Bot) refuseFirst(ctx context.Context, userID id.UserID) bool {
 	return first
 }
 
-// decrypt decrypts an event. With waitForKey (an admin's message) it waits for a missing room
+// decrypt decrypts an event as the puppets do (e2ee.Puppet.Decrypt). With waitForKey (an admin's message) it waits for a missing room
 // key: it comes over to-device, which the homeserver may push after the event, or not at all
 // (Synapse skips some pushes, and refuses /sync to the bot, which is the appservice's sender).
 // Then the bot asks the sending device for the key. Without it, only a key already held is used.
@@ -349,10 +348,15 @@ func (b *Bot) decrypt(ctx context.Context, bot *e2ee.Puppet, evt *event.Event, w
 	start := b.now()
 	requested := false
 	for {
-		decrypted, err := bot.Mach.DecryptMegolmEvent(ctx, evt)
+		// Through the puppets' path: the replay check is the puppet's own, per room, recorded only
+		// once the plaintext names the event's room.
+		decrypted, err := bot.Decrypt(ctx, evt)
 		waited := b.now().Sub(start)
-		if !waitForKey || !errors.Is(err, crypto.ErrNoSessionFound) || waited >= b.keyWait || ctx.Err() != nil {
-			return decrypted, err
+		if !waitForKey || !e2ee.IsMissingKey(err) || waited >= b.keyWait || ctx.Err() != nil {
+			if err != nil {
+				return nil, err
+			}
+			return decrypted.Event, nil
 		}
 		if !requested && waited >= b.keyRequestAfter {
 			requested = true

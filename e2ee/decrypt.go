@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/heirloom-matrix/heirloom/database"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -78,6 +79,8 @@ type deferIndexCheck struct{}
 // crypto_message_index) before it compares the room the plaintext names with the event's room: a
 // ciphertext copied from room A into room B, decrypted there with a copy of the session the puppet
 // holds for B, would record its index, and the genuine event in A would be refused as a replay.
+// Its table is also shared by every account and room. Every decryption heirloom does goes through
+// Puppet.Decrypt (the admin bot's too), which checks the index in heirloom's own table instead.
 type machineStore struct {
 	*crypto.SQLCryptoStore
 }
@@ -90,15 +93,22 @@ func (s machineStore) ValidateMessageIndex(ctx context.Context, sessionID id.Ses
 	return s.SQLCryptoStore.ValidateMessageIndex(ctx, sessionID, eventID, index, timestamp)
 }
 
-// checkMessageIndex is mautrix's replay check of a decrypted event, once mautrix found that the
-// plaintext names the event's room: another event with the same session and message index is
-// refused.
+// checkMessageIndex is the replay check of a decrypted event, once mautrix found that the
+// plaintext names the event's room: another event of the same sender with the same session and
+// message index, in the same room, for the same puppet, is refused (database.CheckMessageIndex).
+//
+// mautrix's own check keys on (session, index) alone, for every account and room at once. What
+// makes an event genuine is the room and sender the homeserver attests, with the ciphertext: a
+// member who re-posts another's ciphertext as his own new event (he needs no key) gets a record of
+// his own, and the genuine event still decrypts, whichever is read first. The event's sender_key
+// field is not in the key: it is outside the ciphertext, and a re-post could change it at will.
 func (p *Puppet) checkMessageIndex(ctx context.Context, evt *event.Event, content *event.EncryptedEventContent) error {
 	index, err := crypto.ParseMegolmMessageIndex(content.MegolmCiphertext)
 	if err != nil {
 		return fmt.Errorf("failed to read the message index: %w", err)
 	}
-	ok, err := p.Store.ValidateMessageIndex(ctx, content.SessionID, evt.ID, index, evt.Timestamp)
+	ok, err := p.mgr.db.CheckMessageIndex(ctx, database.MessageIndex{AccountID: p.Store.AccountID, RoomID: evt.RoomID,
+		SessionID: content.SessionID, Index: index, Sender: evt.Sender, EventID: evt.ID, Timestamp: evt.Timestamp})
 	if err != nil {
 		return fmt.Errorf("failed to check if message index is duplicate: %w", err)
 	} else if !ok {

@@ -18,11 +18,13 @@ import (
 // sweep fetches it (sweep.go). The appservice's sender cannot sweep: Synapse refuses /sync to it.
 // That is heirloom's bot, or in gateway mode the bridge's bot. When the key of a message it must
 // read does not come (an admin's command; an event for the bridge), it asks the device that sent
-// the message for it (m.room_key_request), and takes the answer only if that device forwards its
-// own session: the session's sender key is the key Olm authenticated the forward with, and nobody
-// else is in its forwarding chain. That is the same word as the m.room_key the homeserver lost, so
-// the session is stored as received directly; any other forwarded key is refused, as it is for
-// puppets.
+// the message for it (m.room_key_request), and takes the answer only if it answers that request
+// (askedKeys) and that device forwards its own session: the session's sender key is the key Olm
+// authenticated the forward with, and nobody else is in its forwarding chain. Unlike the m.room_key
+// the homeserver lost, whose session key the session's own Ed25519 key signs, a forward carries an
+// export nobody signed, under a session ID anyone in the room has seen: the session is stored as
+// an imported copy, which a key received directly replaces where the two differ. Any other
+// forwarded key is refused, as it is for puppets.
 
 // ErrNoSenderDevice means no known device of the sender has the session's sender key.
 var ErrNoSenderDevice = errors.New("no known device of the sender has the session's key")
@@ -36,6 +38,7 @@ func (p *Puppet) RequestRoomKeyFromSender(ctx context.Context, roomID id.RoomID,
 	} else if device == nil {
 		return ErrNoSenderDevice
 	}
+	p.asked.add(roomID, sessionID, sender, senderKey)
 	if err = p.Mach.SendRoomKeyRequest(ctx, roomID, senderKey, sessionID, "", map[id.UserID][]id.DeviceID{sender: {device.DeviceID}}); err != nil {
 		return fmt.Errorf("failed to request the room key: %w", err)
 	}
@@ -56,13 +59,18 @@ func (p *Puppet) IsSender() bool {
 	return p.UserID == p.mgr.cfg.SenderUserID()
 }
 
-// receiveOwnForward stores a forwarded room key that its own sending device forwarded, under the
-// same rules as a room key (roomKeyRefused, then StoreSession); it drops any other.
+// receiveOwnForward stores a forwarded room key that its own sending device forwarded in answer to
+// a key request sent to that device (askedKeys), under the same rules as a room key
+// (roomKeyRefused, then StoreSession), as an imported copy: an export carries no signature, so a
+// key received directly replaces it where the two differ. It drops any other.
 func (p *Puppet) receiveOwnForward(ctx context.Context, evt *crypto.DecryptedOlmEvent, content *ForwardedRoomKeyContent) {
 	log := zerolog.Ctx(ctx).With().Stringer("room_id", content.RoomID).Stringer("session_id", content.SessionID).Logger()
 	ctx = log.WithContext(ctx)
 	if content.SenderKey != evt.SenderKey || content.SenderClaimedKey != evt.Keys.Ed25519 || len(content.ForwardingKeyChain) != 0 {
 		log.Warn().Msg("Ignoring forwarded room key: only a device's forward of its own session is taken")
+		return
+	} else if !p.asked.answer(content.RoomID, content.SessionID, evt.Sender, evt.SenderKey) {
+		log.Warn().Msg("Ignoring forwarded room key: it answers no key request sent to that device")
 		return
 	} else if why := p.roomKeyRefused(ctx, evt, content.Algorithm, content.RoomID); why != "" {
 		// The bot is never only invited to a room it asks for keys in: nothing is held.
@@ -82,7 +90,7 @@ func (p *Puppet) receiveOwnForward(ctx context.Context, evt *crypto.DecryptedOlm
 	igs := &crypto.InboundGroupSession{
 		Internal: internal, SigningKey: evt.Keys.Ed25519, SenderKey: evt.SenderKey, RoomID: content.RoomID,
 		ForwardingChains: []string{}, ReceivedAt: time.Now().UTC(), MaxAge: maxAge.Milliseconds(), MaxMessages: maxMessages,
-		SharedHistory: &notShared, KeySource: id.KeySourceDirect, SourceUser: evt.Sender,
+		SharedHistory: &notShared, KeySource: id.KeySourceForward, SourceUser: evt.Sender,
 	}
 	switch stored, reason, err := p.StoreSession(ctx, igs); {
 	case err != nil:

@@ -43,11 +43,13 @@ func TestHostileWithheldMessagesGetTheSameAnswerOnEveryBackend(t *testing.T) {
 		p := testPuppet(t, mgr, "victim")
 		ctx := context.Background()
 		joined(t, mgr.db, "!shared:localhost", p.UserID, "@member:localhost")
+		member := newOlmSender("@member:localhost")
+		member.known(t, p)
 		var stored []bool
 		for i, m := range messages {
 			p.HandleToDevice(ctx, &event.Event{Sender: "@member:localhost", Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID,
 				ToDeviceID: p.DeviceID, Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{RoomID: m.room,
-					Algorithm: id.AlgorithmMegolmV1, SessionID: ids[i], SenderKey: newOlmSender("@member:localhost").curve,
+					Algorithm: id.AlgorithmMegolmV1, SessionID: ids[i], SenderKey: member.curve,
 					Code: event.RoomKeyWithheldCode(m.code), Reason: m.reason}}})
 			w, err := p.Store.GetWithheldGroupSession(ctx, "!shared:localhost", ids[i])
 			require.NoError(t, err)

@@ -137,6 +137,8 @@ type Puppet struct {
 	// seenToDevice remembers the last encrypted to-device messages handled, so one that arrives
 	// twice (pushed in a transaction, then read again by a sweep) is not decrypted twice.
 	seenToDevice recentSet
+	// asked holds the key requests the bot or the appservice's sender sent, until answered.
+	asked askedKeys
 
 	// departuresSeen holds, per outbound session, the leave and ban events already in the member
 	// list it was created from: those members never held it, so they do not rotate it.

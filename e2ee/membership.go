@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"sync"
-	"time"
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
-	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
@@ -94,101 +91,6 @@ func (p *Puppet) senderVerdict(ctx context.Context, roomID id.RoomID, sender id.
 	return unknownMember
 }
 
-// Bounds of the room keys held until a join: per sender in a puppet's room (so that one sender
-// cannot crowd out the others), per puppet and room, and in all.
-const (
-	heldKeysPerSender = 16
-	heldKeysPerRoom   = 256
-	heldKeysTotal     = 4096
-	heldKeyMaxAge     = 24 * time.Hour
-)
-
-// heldKey is a room key a puppet received for a room it is only invited to, from a sender whose
-// membership nobody can tell it yet.
-type heldKey struct {
-	evt     *crypto.DecryptedOlmEvent
-	content *RoomKeyContent
-	at      time.Time
-}
-
-type puppetRoom struct {
-	puppet id.UserID
-	room   id.RoomID
-}
-
-// heldKeys keeps such keys in memory until the puppet joins the room, when its sender's
-// membership can be asked again (ReleaseHeldKeys): the key of a message sent while the puppet is
-// invited is sent only then, and would otherwise be lost. A restart forgets them, as it forgets a
-// message the homeserver never delivered.
-type heldKeys struct {
-	mu    sync.Mutex
-	rooms map[puppetRoom][]heldKey
-	total int
-}
-
-// hold keeps a key until the puppet joins; it reports false when the bounds are reached.
-func (h *heldKeys) hold(puppet id.UserID, evt *crypto.DecryptedOlmEvent, content *RoomKeyContent) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	key := puppetRoom{puppet, content.RoomID}
-	if h.total >= heldKeysTotal {
-		h.dropStale() // keys of rooms a puppet never joined
-	}
-	if h.total >= heldKeysTotal || len(h.rooms[key]) >= heldKeysPerRoom {
-		return false
-	}
-	fromSender := 0
-	for _, k := range h.rooms[key] {
-		if k.evt.Sender == evt.Sender {
-			fromSender++
-		}
-	}
-	if fromSender >= heldKeysPerSender {
-		return false
-	}
-	if h.rooms == nil {
-		h.rooms = map[puppetRoom][]heldKey{}
-	}
-	h.rooms[key] = append(h.rooms[key], heldKey{evt: evt, content: content, at: time.Now()})
-	h.total++
-	return true
-}
-
-// dropStale forgets every key held for longer than heldKeyMaxAge.
-func (h *heldKeys) dropStale() {
-	for key, keys := range h.rooms {
-		fresh := keys[:0]
-		for _, k := range keys {
-			if time.Since(k.at) < heldKeyMaxAge {
-				fresh = append(fresh, k)
-			}
-		}
-		h.total -= len(keys) - len(fresh)
-		if len(fresh) == 0 {
-			delete(h.rooms, key)
-		} else {
-			h.rooms[key] = fresh
-		}
-	}
-}
-
-// take removes and returns the keys held for the puppet in the room that are not too old.
-func (h *heldKeys) take(puppet id.UserID, roomID id.RoomID) []heldKey {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	key := puppetRoom{puppet, roomID}
-	keys := h.rooms[key]
-	delete(h.rooms, key)
-	h.total -= len(keys)
-	fresh := keys[:0]
-	for _, k := range keys {
-		if time.Since(k.at) < heldKeyMaxAge {
-			fresh = append(fresh, k)
-		}
-	}
-	return fresh
-}
-
 // ReleaseHeldKeys stores the room keys held for the room until the puppet joined it, whose
 // senders the homeserver now says are members (each under every rule of a room key). The
 // transaction stream calls it when it sees the puppet's join.
@@ -199,7 +101,7 @@ func (p *Puppet) ReleaseHeldKeys(ctx context.Context, roomID id.RoomID) {
 	}
 	zerolog.Ctx(ctx).Info().Stringer("room_id", roomID).Int("count", len(keys)).
 		Msg("Checking the room keys held until the puppet joined")
-	for _, k := range keys {
-		p.receiveRoomKey(ctx, k.evt, k.content)
+	for i := range keys {
+		p.receiveRoomKey(ctx, keys[i].event(), &keys[i].content)
 	}
 }

@@ -127,6 +127,10 @@ func (p *Puppet) receiveRoomKey(ctx context.Context, evt *crypto.DecryptedOlmEve
 		log.Warn().Str("reason", why).Msg("Dropping room key")
 		return
 	}
+	if !keybundle.CanonicalBase64(content.SessionKey) {
+		log.Warn().Msg("Dropping room key whose session key is not canonical base64")
+		return
+	}
 	maxAge, maxMessages := p.RotationLimits(ctx, content.RoomID)
 	igs, err := crypto.NewInboundGroupSession(evt.SenderKey, evt.Keys.Ed25519, content.RoomID, content.SessionKey,
 		maxAge, maxMessages, &content.HistoryShared, content.IsScheduled)
@@ -156,7 +160,8 @@ const (
 	reasonUnknownAlgorithm = "unknown algorithm"
 	reasonBadRoomID        = "room_id is not a room ID heirloom stores"
 	reasonNotTheDevicesKey = "the claimed Ed25519 key is not the sending device's (no known device, no sender_device_keys)"
-	reasonBadSigningKey    = "the claimed Ed25519 key is not a valid Ed25519 point"
+	reasonBadSigningKey    = "the claimed Ed25519 key is not a valid Ed25519 point in canonical base64"
+	reasonBadSenderKey     = "the sender key is not a 32-byte key in canonical base64"
 	reasonPuppetNotInRoom  = "the puppet is not in the room"
 	reasonSenderNotMember  = "the sender is not a joined or invited member of the room"
 	reasonHeldUntilJoin    = "the sender's membership can be asked only once the puppet has joined"
@@ -168,6 +173,8 @@ const (
 //     which every bundle the puppet builds carries and rust-sdk refuses a whole bundle over if it is
 //     not a point: it must be the sending device's, which mautrix checked against a device heirloom
 //     knows or the payload's sender_device_keys (MSC4147) and then names, and a valid point;
+//   - it and the sender key go out verbatim in those bundles, and rust-sdk refuses a whole bundle
+//     over a key in non-canonical base64: both must be canonical (keybundle.Strict);
 //   - it counts only from someone who could have had it: the puppet is in the room, and the
 //     sender is a joined or invited member of it (senderVerdict). A stranger or a past member gets
 //     nothing stored; while the puppet is only invited, the key is held until it joins.
@@ -181,6 +188,8 @@ func (p *Puppet) roomKeyRefused(ctx context.Context, evt *crypto.DecryptedOlmEve
 		return reasonNotTheDevicesKey
 	case !keybundle.ValidSigningKeyString(evt.Keys.Ed25519):
 		return reasonBadSigningKey
+	case !keybundle.ValidKey(string(evt.SenderKey)):
+		return reasonBadSenderKey
 	case !p.inRoom(ctx, roomID):
 		return reasonPuppetNotInRoom
 	}
@@ -194,7 +203,9 @@ func (p *Puppet) roomKeyRefused(ctx context.Context, evt *crypto.DecryptedOlmEve
 }
 
 // receiveWithheld stores a plaintext m.room_key.withheld. Anyone can send one, unauthenticated,
-// so heirloom keeps only what a member of the room says about a room the puppet is in, never
+// so heirloom keeps only what a member of the room says about a room the puppet is in, about a
+// session of one of the member's own devices (a withheld entry turns "no key yet", which callers
+// wait and sweep for, into a final failure: nobody may say it of another member's session), never
 // m.history_not_shared (MSC4268 uses that code only inside bundles), and never over a row.
 func (p *Puppet) receiveWithheld(ctx context.Context, evt *event.Event) {
 	content, ok := evt.Content.Parsed.(*event.RoomKeyWithheldEventContent)
@@ -212,6 +223,9 @@ func (p *Puppet) receiveWithheld(ctx context.Context, evt *event.Event) {
 		log.Debug().Msg("Ignoring history-not-shared code outside a key bundle")
 	case !p.mgr.isMember(ctx, content.RoomID, p.UserID) || !p.mgr.isMember(ctx, content.RoomID, evt.Sender):
 		log.Debug().Msg("Ignoring room key withheld message for a room the puppet and sender do not share")
+	case !p.ownsDevice(ctx, evt.Sender, content.SenderKey):
+		log.Debug().Stringer("sender_key", content.SenderKey).
+			Msg("Ignoring room key withheld message about a session of a device not known to be the sender's")
 	default:
 		// Under the session's lock, like every other write of a session row: a withheld entry
 		// must not slip in between a bundle import's check and its insert.
@@ -220,4 +234,15 @@ func (p *Puppet) receiveWithheld(ctx context.Context, evt *event.Event) {
 			return nil
 		})
 	}
+}
+
+// ownsDevice reports whether a device of user that heirloom knows has identityKey. Only the store
+// is asked: a withheld message is plaintext anyone can send, and must not make the puppet query
+// the homeserver. A device not known yet leaves the key "not arrived", which callers retry.
+func (p *Puppet) ownsDevice(ctx context.Context, user id.UserID, identityKey id.SenderKey) bool {
+	device, err := p.Mach.CryptoStore.FindDeviceByKey(ctx, user, identityKey)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to look up the device of a sender key")
+	}
+	return err == nil && device != nil
 }

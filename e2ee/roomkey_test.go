@@ -201,11 +201,10 @@ func TestStaleHeldKeysMakeRoom(t *testing.T) {
 	for i := range heldKeysTotal {
 		sender := newOlmSender(id.UserID(fmt.Sprintf("@s%d:localhost", i))).decrypted()
 		key := puppetRoom{id.UserID(fmt.Sprintf("@heirloom_p%d:localhost", i%300)), roomA}
-		if h.rooms == nil {
-			h.rooms = map[puppetRoom][]heldKey{}
-		}
-		h.rooms[key] = append(h.rooms[key], heldKey{evt: sender, content: content, at: old})
-		h.total++
+		k, ok := newHeldKey(sender, content)
+		require.True(t, ok)
+		k.at = old
+		h.add(key, k)
 	}
 	require.True(t, h.hold("@heirloom_new:localhost", newOlmSender("@fresh:localhost").decrypted(), content),
 		"the stale keys made room")

@@ -167,6 +167,7 @@ func copyKinds() []copyKind {
 			require.NoError(t, err)
 		}},
 		{"withheld message", func(t *testing.T, p *Puppet, out olm.OutboundGroupSession, roomID id.RoomID, sender olmSender) {
+			sender.known(t, p)
 			p.HandleToDevice(context.Background(), &event.Event{Sender: sender.user, Type: event.ToDeviceRoomKeyWithheld,
 				ToUserID: p.UserID, ToDeviceID: p.DeviceID, Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{
 					RoomID: roomID, Algorithm: id.AlgorithmMegolmV1, SessionID: out.ID(), SenderKey: sender.curve,

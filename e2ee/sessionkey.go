@@ -48,7 +48,7 @@ func ImportSessionKey(sessionKey string) (*session.MegolmInboundSession, error) 
 	if need := base64.RawStdEncoding.DecodedLen(len(src)); need > len(dst) {
 		dst = make([]byte, need)
 	}
-	n, err := base64.RawStdEncoding.Decode(dst, src)
+	n, err := keybundle.Strict.Decode(dst, src)
 	if err != nil {
 		return nil, err
 	}

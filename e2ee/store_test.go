@@ -68,6 +68,13 @@ func (s olmSender) decrypted() *crypto.DecryptedOlmEvent {
 	return evt
 }
 
+// known puts the sender's device into p's device store, as a device list fetch would.
+func (s olmSender) known(t *testing.T, p *Puppet) {
+	t.Helper()
+	require.NoError(t, p.Store.PutDevice(context.Background(), s.user, &id.Device{UserID: s.user, DeviceID: "SENDERDEV",
+		IdentityKey: id.IdentityKey(s.curve), SigningKey: s.signing}))
+}
+
 func newOlmSender(user id.UserID) olmSender {
 	curve := make([]byte, 32)
 	_, _ = rand.Read(curve)
@@ -220,9 +227,11 @@ func TestWithheldMessagesFromStrangersAreIgnored(t *testing.T) {
 	}
 	withheld := func(sender id.UserID, roomID id.RoomID, code event.RoomKeyWithheldCode) id.SessionID {
 		sid := sessionID()
+		from := newOlmSender(sender)
+		from.known(t, p)
 		evt := &event.Event{Sender: sender, Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID, ToDeviceID: p.DeviceID,
 			Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{RoomID: roomID, Algorithm: id.AlgorithmMegolmV1,
-				SessionID: sid, SenderKey: newOlmSender(sender).curve, Code: code, Reason: "test"}}}
+				SessionID: sid, SenderKey: from.curve, Code: code, Reason: "test"}}}
 		p.HandleToDevice(ctx, evt)
 		return sid
 	}

@@ -36,8 +36,8 @@ const (
 // Reasons Place leaves a row out of a bundle.
 const (
 	LeftOtherRoom     = "a row of another room"
-	LeftMalformedIDs  = "session_id or sender_key is not a 32-byte key (rust-sdk refuses the whole bundle)"
-	LeftBadSigningKey = "the claimed Ed25519 key is not a valid point (rust-sdk refuses the whole bundle)"
+	LeftMalformedIDs  = "session_id or sender_key is not a 32-byte key in canonical base64 (rust-sdk refuses the whole bundle)"
+	LeftBadSigningKey = "the claimed Ed25519 key is not a valid point in canonical base64 (rust-sdk refuses the whole bundle)"
 	LeftToDevice      = "a withheld message that arrived over to-device is never passed on"
 	LeftOtherCode     = "only m.history_not_shared withheld entries are passed on"
 	LeftMalformedText = "the withheld entry's code or reason is not storable text"

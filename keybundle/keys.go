@@ -14,34 +14,49 @@ import (
 // where SQLite stores anything. A bundle entry that fails a check is skipped and counted; it never
 // fails the whole import.
 
+// Strict is the only base64 heirloom reads keys from outside with: unpadded, and refusing an
+// encoding whose last symbol carries non-zero unused bits. Go's default decoder reads such a
+// string as the same bytes as the canonical one; rust-sdk's (the base64 crate, as vodozemac uses
+// it) refuses it ("Invalid last symbol"), and with it a whole bundle that carries it. So a key in
+// any other form than the canonical one is refused where it enters, and never stored or passed on.
+var Strict = base64.RawStdEncoding.Strict()
+
 // ValidKey reports whether s is a 32-byte key (Curve25519 or Ed25519, also a megolm session ID)
-// in unpadded base64, the only form Matrix uses for them: 43 characters. mautrix's crypto store
-// keeps them in CHAR(43) columns, which PostgreSQL enforces and SQLite does not, so anything else
-// is refused before it reaches a statement, the same on both.
+// in canonical unpadded base64 (Strict), the only form Matrix uses for them: 43 characters.
+// mautrix's crypto store keeps them in CHAR(43) columns, which PostgreSQL enforces and SQLite does
+// not, so anything else is refused before it reaches a statement, the same on both.
 func ValidKey(s string) bool {
-	if len(s) != 43 {
-		return false
-	}
-	var src [43]byte
-	var dst [32]byte
-	copy(src[:], s)
-	n, err := base64.RawStdEncoding.Decode(dst[:], src[:])
-	return err == nil && n == 32
+	_, ok := decodeKey(s)
+	return ok
 }
 
-// ValidSigningKeyString reports whether s is an Ed25519 public key in unpadded base64 that
-// ValidSigningKey accepts: what a session's claimed signing key (keys.ed25519 of an Olm payload,
-// sender_claimed_keys.ed25519 of a bundle entry) must be. rust-sdk refuses a whole bundle over one
-// entry whose claimed key is not a point ("The signature was invalid").
-func ValidSigningKeyString(s id.Ed25519) bool {
-	if len(s) != 43 {
-		return false
-	}
+// CanonicalBase64 reports whether s is canonical unpadded base64 (Strict): what a megolm session
+// key must be before it is read.
+func CanonicalBase64(s string) bool {
+	_, err := Strict.DecodeString(s)
+	return err == nil
+}
+
+// decodeKey decodes a 32-byte key in canonical unpadded base64.
+func decodeKey(s string) ([32]byte, bool) {
 	var src [43]byte
 	var dst [32]byte
+	if len(s) != len(src) {
+		return dst, false
+	}
 	copy(src[:], s)
-	n, err := base64.RawStdEncoding.Decode(dst[:], src[:])
-	return err == nil && n == 32 && ValidSigningKey(dst[:])
+	n, err := Strict.Decode(dst[:], src[:])
+	return dst, err == nil && n == len(dst)
+}
+
+// ValidSigningKeyString reports whether s is an Ed25519 public key in canonical unpadded base64
+// that ValidSigningKey accepts: what a session's claimed signing key (keys.ed25519 of an Olm
+// payload, sender_claimed_keys.ed25519 of a bundle entry) must be. rust-sdk refuses a whole bundle
+// over one entry whose claimed key is not a point ("The signature was invalid") or not canonical
+// base64 ("Invalid last symbol").
+func ValidSigningKeyString(s id.Ed25519) bool {
+	key, ok := decodeKey(string(s))
+	return ok && ValidSigningKey(key[:])
 }
 
 // MaxText bounds a text field heirloom stores from outside (a withheld entry's code and reason).

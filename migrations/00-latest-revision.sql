@@ -1,4 +1,4 @@
--- v0 -> v10: Latest revision
+-- v0 -> v11: Latest revision
 
 -- Appservice transactions already processed, so a retried transaction is processed once. A
 -- transaction is known by its ID and the SHA-256 of its body: Synapse on SQLite numbers its
@@ -218,3 +218,16 @@ CREATE TABLE gateway_media (
     exposed_at BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX gateway_media_exposed_idx ON gateway_media (exposed_at);
+
+-- Megolm message indexes seen, per puppet and room, against replays: one event per (puppet, room,
+-- session, message index, event sender).
+CREATE TABLE heirloom_message_index (
+    account_id    TEXT   NOT NULL,
+    room_id       TEXT   NOT NULL,
+    session_id    TEXT   NOT NULL,
+    message_index BIGINT NOT NULL,
+    sender        TEXT   NOT NULL,
+    event_id      TEXT   NOT NULL,
+    timestamp     BIGINT NOT NULL,
+    PRIMARY KEY (account_id, room_id, session_id, message_index, sender)
+);
