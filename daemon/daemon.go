@@ -14,6 +14,7 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/e2ee"
 )
 
 // Exit codes, distinct per failure so service managers and scripts can tell them apart.
@@ -95,6 +96,7 @@ func Run(configPath string) int {
 	// Everything heirloom creates (the SQLite database and its WAL, temporary bundles) holds
 	// secrets or key material: readable by heirloom's user only.
 	syscall.Umask(0o077)
+	e2ee.RegisterContentTypes()
 	cfg, err := config.Load(configPath)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "Failed to load config: %v\n", err)

@@ -87,6 +87,7 @@ func openBenchEnvOn(dir string, dbCfg config.Database) (*benchEnv, error) {
 		db.Close()
 		return nil, err
 	}
+	e2ee.RegisterContentTypes()
 	mgr, err := e2ee.NewManager(cfg, db, http.DefaultClient, zerolog.Nop())
 	if err != nil {
 		db.Close()
