@@ -7,9 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"os"
 	"strings"
 
 	"github.com/rs/zerolog"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/internal/matrixerr"
+	"github.com/heirloom-matrix/heirloom/internal/mediafetch"
 )
 
 // ErrMediaTooLarge means a file in an event is over gateway.max_media_size.
@@ -233,35 +232,16 @@ func (g *Gateway) encryptFile(ctx context.Context, p *e2ee.Puppet, uri string) (
 	if err != nil {
 		return nil, fmt.Errorf("bad media URL %q: %w", uri, err)
 	}
-	limit := g.cfg.Gateway.MediaCap()
-	resp, err := p.Client.Download(ctx, mxc)
+	tmp, err := mediafetch.Plain(ctx, p.Client, mxc, mediafetch.Options{
+		What: "media to encrypt", MaxSize: g.cfg.Gateway.MediaCap(), TooLarge: ErrMediaTooLarge, Pattern: "heirloom-media-*",
+	})
 	if err != nil {
-		return nil, fmt.Errorf("failed to fetch media to encrypt: %w", err)
+		return nil, fmt.Errorf("%s: %w", uri, err)
 	}
-	defer resp.Body.Close()
-	if resp.ContentLength > limit {
-		return nil, fmt.Errorf("%w: %s is %d bytes, over %d", ErrMediaTooLarge, uri, resp.ContentLength, limit)
-	}
-	tmp, err := os.CreateTemp("", "heirloom-media-*")
-	if err != nil {
-		return nil, fmt.Errorf("failed to buffer media: %w", err)
-	}
-	defer func() {
-		_ = tmp.Close()
-		_ = os.Remove(tmp.Name())
-	}()
-	n, err := io.Copy(tmp, io.LimitReader(resp.Body, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("failed to fetch media to encrypt: %w", err)
-	} else if n > limit {
-		return nil, fmt.Errorf("%w: %s is over %d bytes", ErrMediaTooLarge, uri, limit)
-	}
-	if _, err = tmp.Seek(0, io.SeekStart); err != nil {
-		return nil, err
-	}
+	defer tmp.Close() // removes it
 	file := attachment.NewEncryptedFile()
 	stream := file.EncryptStream(tmp)
-	upload, err := p.Client.UploadMedia(ctx, mautrix.ReqUploadMedia{Content: stream, ContentLength: n, ContentType: "application/octet-stream"})
+	upload, err := p.Client.UploadMedia(ctx, mautrix.ReqUploadMedia{Content: stream, ContentLength: tmp.Size, ContentType: "application/octet-stream"})
 	if err != nil {
 		return nil, fmt.Errorf("failed to upload encrypted media: %w", err)
 	}
