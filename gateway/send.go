@@ -204,24 +204,28 @@ func (g *Gateway) encryptMedia(ctx context.Context, p *e2ee.Puppet, evtType even
 	if !mediaMsgTypes[msgtype] && evtType != event.EventSticker {
 		return nil
 	}
-	if uri, ok := content["url"].(string); ok && strings.HasPrefix(uri, "mxc://") {
-		file, err := g.encryptFile(ctx, p, uri)
-		if err != nil {
-			return err
-		}
-		delete(content, "url")
-		content["file"] = file
+	if err := g.encryptField(ctx, p, content, "url", "file"); err != nil {
+		return err
 	}
 	if info, ok := content["info"].(map[string]any); ok {
-		if uri, ok := info["thumbnail_url"].(string); ok && strings.HasPrefix(uri, "mxc://") {
-			file, err := g.encryptFile(ctx, p, uri)
-			if err != nil {
-				return err
-			}
-			delete(info, "thumbnail_url")
-			info["thumbnail_file"] = file
-		}
+		return g.encryptField(ctx, p, info, "thumbnail_url", "thumbnail_file")
 	}
+	return nil
+}
+
+// encryptField replaces obj[urlKey], when it is an mxc:// URI, by the encrypted attachment of its
+// file at obj[fileKey].
+func (g *Gateway) encryptField(ctx context.Context, p *e2ee.Puppet, obj map[string]any, urlKey, fileKey string) error {
+	uri, ok := obj[urlKey].(string)
+	if !ok || !strings.HasPrefix(uri, "mxc://") {
+		return nil
+	}
+	file, err := g.encryptFile(ctx, p, uri)
+	if err != nil {
+		return err
+	}
+	delete(obj, urlKey)
+	obj[fileKey] = file
 	return nil
 }
 

@@ -328,6 +328,18 @@ func (p *objectParser) space() {
 	}
 }
 
+// open reads an object's '{'. done says the object needs no more reading: it is not one (ok
+// false) or it is empty (ok says whether nothing but whitespace follows).
+func (p *objectParser) open() (done, ok bool) {
+	if !p.byte('{') {
+		return true, false
+	}
+	if p.byte('}') {
+		return true, p.end()
+	}
+	return false, false
+}
+
 // byte consumes c, after whitespace.
 func (p *objectParser) byte(c byte) bool {
 	p.space()
@@ -396,11 +408,8 @@ func (p *objectParser) end() bool {
 // parseRoomKey reads a room_keys entry in the plain form into key; false sends it to json.Unmarshal.
 func parseRoomKey(raw []byte, key *RoomKey) bool {
 	p := objectParser{b: raw}
-	if !p.byte('{') {
-		return false
-	}
-	if p.byte('}') {
-		return p.end()
+	if done, ok := p.open(); done {
+		return ok
 	}
 	var seen uint8
 	for {
@@ -467,11 +476,8 @@ func parseRoomKey(raw []byte, key *RoomKey) bool {
 // heap, an allocation per entry (BenchmarkDecode: 29,040 → 39,040 for 10,000 entries).
 func parseWithheld(raw []byte, w *Withheld) bool {
 	p := objectParser{b: raw}
-	if !p.byte('{') {
-		return false
-	}
-	if p.byte('}') {
-		return p.end()
+	if done, ok := p.open(); done {
+		return ok
 	}
 	var seen uint8
 	for {

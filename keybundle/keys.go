@@ -19,14 +19,19 @@ import (
 // keeps them in CHAR(43) columns, which PostgreSQL enforces and SQLite does not, so anything else
 // is refused before it reaches a statement, the same on both.
 func ValidKey(s string) bool {
+	_, ok := decodeKey(s)
+	return ok
+}
+
+// decodeKey decodes a 32-byte key in unpadded base64 (ValidKey), without allocating.
+func decodeKey(s string) (key [32]byte, ok bool) {
 	if len(s) != 43 {
-		return false
+		return key, false
 	}
 	var src [43]byte
-	var dst [32]byte
 	copy(src[:], s)
-	n, err := base64.RawStdEncoding.Decode(dst[:], src[:])
-	return err == nil && n == 32
+	n, err := base64.RawStdEncoding.Decode(key[:], src[:])
+	return key, err == nil && n == 32
 }
 
 // ValidSigningKeyString reports whether s is an Ed25519 public key in unpadded base64 that
@@ -34,14 +39,8 @@ func ValidKey(s string) bool {
 // sender_claimed_keys.ed25519 of a bundle entry) must be. rust-sdk refuses a whole bundle over one
 // entry whose claimed key is not a point ("The signature was invalid").
 func ValidSigningKeyString(s id.Ed25519) bool {
-	if len(s) != 43 {
-		return false
-	}
-	var src [43]byte
-	var dst [32]byte
-	copy(src[:], s)
-	n, err := base64.RawStdEncoding.Decode(dst[:], src[:])
-	return err == nil && n == 32 && ValidSigningKey(dst[:])
+	key, ok := decodeKey(string(s))
+	return ok && ValidSigningKey(key[:])
 }
 
 // MaxText bounds a text field heirloom stores from outside (a withheld entry's code and reason).

@@ -7,6 +7,7 @@ import (
 
 	"maunium.net/go/mautrix/id"
 
+	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/history"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
@@ -29,16 +30,26 @@ func otherUser(userID, puppet id.UserID, self string) error {
 	return nil
 }
 
-func (s *Server) apiInvite(r *http.Request) (any, error) {
+// towardUser loads the puppet and room of r and decodes its body into req, whose *user must be
+// another user than the puppet (self says why when it is the puppet itself).
+func (s *Server) towardUser(r *http.Request, req any, user *id.UserID, self string) (*e2ee.Puppet, id.RoomID, error) {
 	p, roomID, err := s.LoadPuppetInRoom(r)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
+	if err = DecodeBody(r, req); err != nil {
+		return nil, "", err
+	}
+	if err = otherUser(*user, p.UserID, self); err != nil {
+		return nil, "", err
+	}
+	return p, roomID, nil
+}
+
+func (s *Server) apiInvite(r *http.Request) (any, error) {
 	var req inviteRequest
-	if err = DecodeBody(r, &req); err != nil {
-		return nil, err
-	}
-	if err = otherUser(req.UserID, p.UserID, "a puppet cannot invite itself"); err != nil {
+	p, roomID, err := s.towardUser(r, &req, &req.UserID, "a puppet cannot invite itself")
+	if err != nil {
 		return nil, err
 	}
 	share := req.ShareHistory == nil || *req.ShareHistory
@@ -73,15 +84,9 @@ type reshareRequest struct {
 // apiReshare builds and delivers a fresh bundle of the room's history to a user who is invited or
 // joined already.
 func (s *Server) apiReshare(r *http.Request) (any, error) {
-	p, roomID, err := s.LoadPuppetInRoom(r)
-	if err != nil {
-		return nil, err
-	}
 	var req reshareRequest
-	if err = DecodeBody(r, &req); err != nil {
-		return nil, err
-	}
-	if err = otherUser(req.UserID, p.UserID, "a puppet cannot share history with itself"); err != nil {
+	p, roomID, err := s.towardUser(r, &req, &req.UserID, "a puppet cannot share history with itself")
+	if err != nil {
 		return nil, err
 	}
 	resp, err := s.history.Reshare(r.Context(), p, roomID, req.UserID)

@@ -20,12 +20,14 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-// ErrHashMismatch is the default error for a file whose SHA-256 hash is not the one its event
-// names (or names none that decodes).
-var ErrHashMismatch = errors.New("file hash does not match: refusing it")
-
-// ErrTooLarge is the default error a file over its cap wraps.
-var ErrTooLarge = errors.New("file too large")
+// The errors of a refused file, unless Options names the caller's own.
+var (
+	// ErrHashMismatch: the file's SHA-256 hash is not the one its event names (or it names none
+	// that decodes).
+	ErrHashMismatch = errors.New("file hash does not match: refusing it")
+	// ErrTooLarge: the file is over its cap.
+	ErrTooLarge = errors.New("file too large")
+)
 
 // Options says what is fetched and where it goes.
 type Options struct {
