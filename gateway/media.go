@@ -74,7 +74,7 @@ var errMediaHashMismatch = errors.New("encrypted media hash does not match the e
 // gateway.max_media_size, and checks its hash.
 func (g *Gateway) fetchCiphertext(ctx context.Context, user id.UserID, file *event.EncryptedFileInfo) (*mediafetch.File, error) {
 	return mediafetch.Encrypted(ctx, g.mgr.Client(ctx, user), file, mediafetch.Options{
-		What: "encrypted media", MaxSize: g.cfg.Gateway.MediaCap(), TooLarge: ErrMediaTooLarge,
+		What: "encrypted media", MaxSize: g.cfg.Gateway.MediaCap(), TooLarge: errMediaTooLarge,
 		HashMismatch: errMediaHashMismatch, Pattern: "heirloom-media-*",
 	})
 }

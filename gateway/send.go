@@ -21,8 +21,8 @@ import (
 	"github.com/heirloom-matrix/heirloom/internal/mediafetch"
 )
 
-// ErrMediaTooLarge means a file in an event is over gateway.max_media_size.
-var ErrMediaTooLarge = errors.New("media file over gateway.max_media_size")
+// errMediaTooLarge means a file in an event is over gateway.max_media_size.
+var errMediaTooLarge = errors.New("media file over gateway.max_media_size")
 
 // identity returns the E2EE identity of a bridge user, creating its device and cross-signing
 // identity the first time it is needed (before its first encrypted send, or when a room needs a
@@ -166,7 +166,7 @@ func (g *Gateway) sendEncrypted(w http.ResponseWriter, r *http.Request, user id.
 		return
 	}
 	if err = g.encryptMedia(ctx, p, evtType, content); err != nil {
-		if errors.Is(err, ErrMediaTooLarge) {
+		if errors.Is(err, errMediaTooLarge) {
 			matrixerr.Respond(w, mautrix.MTooLarge.WithMessage("%s", err.Error()))
 			return
 		}
@@ -237,7 +237,7 @@ func (g *Gateway) encryptFile(ctx context.Context, p *e2ee.Puppet, uri string) (
 		return nil, fmt.Errorf("bad media URL %q: %w", uri, err)
 	}
 	tmp, err := mediafetch.Plain(ctx, p.Client, mxc, mediafetch.Options{
-		What: "media to encrypt", MaxSize: g.cfg.Gateway.MediaCap(), TooLarge: ErrMediaTooLarge, Pattern: "heirloom-media-*",
+		What: "media to encrypt", MaxSize: g.cfg.Gateway.MediaCap(), TooLarge: errMediaTooLarge, Pattern: "heirloom-media-*",
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", uri, err)

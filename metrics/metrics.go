@@ -11,20 +11,20 @@ import (
 
 // Outcomes of a bundle a puppet sent (the sent bundle states that end it).
 const (
-	SentDelivered = "delivered"
-	SentNothing   = "nothing"
-	SentSkipped   = "skipped"
+	sentDelivered = "delivered"
+	sentNothing   = "nothing"
+	sentSkipped   = "skipped"
 	SentFailed    = "failed"
 )
 
 // Outcomes of a bundle a puppet received: its arrival, then the state that ends it (or a retry).
 const (
 	ReceivedArrived  = "received"
-	ReceivedImported = "imported"
+	receivedImported = "imported"
 	ReceivedRejected = "rejected"
-	ReceivedExpired  = "expired"
-	ReceivedRetry    = "retry"
-	ReceivedFailed   = "failed"
+	receivedExpired  = "expired"
+	receivedRetry    = "retry"
+	receivedFailed   = "failed"
 )
 
 // Reasons a bundle's outcome is counted under.
@@ -81,8 +81,8 @@ func set(values ...string) map[string]bool {
 }
 
 var (
-	sentOutcomes     = set(SentDelivered, SentNothing, SentSkipped, SentFailed)
-	receivedOutcomes = set(ReceivedArrived, ReceivedImported, ReceivedRejected, ReceivedExpired, ReceivedRetry, ReceivedFailed)
+	sentOutcomes     = set(sentDelivered, sentNothing, sentSkipped, SentFailed)
+	receivedOutcomes = set(ReceivedArrived, receivedImported, ReceivedRejected, receivedExpired, receivedRetry, receivedFailed)
 	reasons          = set(ReasonNone, ReasonOther, ReasonDisabled, ReasonNotEncrypted, ReasonVisibility, ReasonNothingToShare,
 		ReasonPuppetUnsigned, ReasonNoCrossSigning, ReasonIdentityChanged, ReasonNoDevices, ReasonInviteImpossible,
 		ReasonTooLarge, ReasonUpload, ReasonDelivery, ReasonInterrupted, ReasonTooLate, ReasonNoLongerInvited,

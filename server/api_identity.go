@@ -51,7 +51,7 @@ func (s *Server) apiConfirmIdentity(r *http.Request) (any, error) {
 		return nil, err
 	}
 	var req confirmIdentityRequest
-	if err = DecodeBody(r, &req); err != nil {
+	if err = decodeBody(r, &req); err != nil {
 		return nil, err
 	} else if req.MasterKey == "" {
 		return nil, errBadJSON("master_key is required: the key you checked with the user")

@@ -22,11 +22,11 @@ import (
 
 // The errors of a refused file, unless Options names the caller's own.
 var (
-	// ErrHashMismatch: the file's SHA-256 hash is not the one its event names (or it names none
+	// errHashMismatch: the file's SHA-256 hash is not the one its event names (or it names none
 	// that decodes).
-	ErrHashMismatch = errors.New("file hash does not match: refusing it")
-	// ErrTooLarge: the file is over its cap.
-	ErrTooLarge = errors.New("file too large")
+	errHashMismatch = errors.New("file hash does not match: refusing it")
+	// errTooLarge: the file is over its cap.
+	errTooLarge = errors.New("file too large")
 )
 
 // Options says what is fetched and where it goes.
@@ -37,9 +37,9 @@ type Options struct {
 	MaxSize int64
 	// Setting is the config key of the cap, named in the error ("", none).
 	Setting string
-	// TooLarge is the error a file over the cap wraps (nil: ErrTooLarge).
+	// TooLarge is the error a file over the cap wraps (nil: errTooLarge).
 	TooLarge error
-	// HashMismatch is the error for a file whose hash does not match (nil: ErrHashMismatch).
+	// HashMismatch is the error for a file whose hash does not match (nil: errHashMismatch).
 	HashMismatch error
 	// Dir and Pattern name the temporary file as os.CreateTemp does ("" Dir: the system's).
 	Dir, Pattern string
@@ -85,14 +85,14 @@ func fetch(ctx context.Context, cli *mautrix.Client, mxc id.ContentURI, opts Opt
 		return nil, fmt.Errorf("failed to download %s: %w", opts.What, err)
 	}
 	defer resp.Body.Close()
-	return ToTemp(resp.Body, resp.ContentLength, opts, hashOK)
+	return toTemp(resp.Body, resp.ContentLength, opts, hashOK)
 }
 
-// ToTemp copies body into a new temporary file: refused before reading when announced (the
+// toTemp copies body into a new temporary file: refused before reading when announced (the
 // Content-Length, -1 unknown) is over the cap, and as soon as body runs past it. When hashOK is not
 // nil, it is given the SHA-256 of everything read and the file is kept only if it answers true.
 // On any error nothing is left behind.
-func ToTemp(body io.Reader, announced int64, opts Options, hashOK func(sum []byte) bool) (*File, error) {
+func toTemp(body io.Reader, announced int64, opts Options, hashOK func(sum []byte) bool) (*File, error) {
 	if announced > opts.MaxSize {
 		return nil, opts.tooLarge(fmt.Sprintf("%d bytes, over", announced))
 	}
@@ -126,7 +126,7 @@ func ToTemp(body io.Reader, announced int64, opts Options, hashOK func(sum []byt
 func (o Options) tooLarge(how string) error {
 	sentinel := o.TooLarge
 	if sentinel == nil {
-		sentinel = ErrTooLarge
+		sentinel = errTooLarge
 	}
 	limit := fmt.Sprint(o.MaxSize)
 	if o.Setting != "" {
@@ -139,5 +139,5 @@ func (o Options) hashMismatch() error {
 	if o.HashMismatch != nil {
 		return o.HashMismatch
 	}
-	return ErrHashMismatch
+	return errHashMismatch
 }

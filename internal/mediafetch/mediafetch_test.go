@@ -97,7 +97,7 @@ func TestHashIsChecked(t *testing.T) {
 	tampered[0] ^= 1
 	o := opts(t, 1<<20)
 	_, err := Encrypted(context.Background(), media(t, tampered, false), info, o)
-	require.ErrorIs(t, err, ErrHashMismatch)
+	require.ErrorIs(t, err, errHashMismatch)
 	requireNothingLeft(t, o)
 
 	o.HashMismatch = errCapped
@@ -115,7 +115,7 @@ func TestHashIsChecked(t *testing.T) {
 		bad := *info
 		bad.Hashes.SHA256 = hash
 		_, err = Encrypted(context.Background(), media(t, ciphertext, false), &bad, opts(t, 1<<20))
-		require.ErrorIs(t, err, ErrHashMismatch, name)
+		require.ErrorIs(t, err, errHashMismatch, name)
 	}
 	for _, hash := range []string{base64.StdEncoding.EncodeToString(sum[:]), base64.RawStdEncoding.EncodeToString(sum[:])} {
 		good := *info
