@@ -106,11 +106,20 @@ func decodeBody(r *http.Request, v any) error {
 	return nil
 }
 
-// puppetParam returns the {userID} path parameter, checked to be in the puppet namespace.
-func (s *Server) puppetParam(r *http.Request) (id.UserID, error) {
+// userParam returns the {userID} path parameter, checked to be a user ID.
+func userParam(r *http.Request) (id.UserID, error) {
 	userID := id.UserID(r.PathValue("userID"))
 	if _, _, err := userID.Parse(); err != nil {
 		return "", errInvalidParam(fmt.Sprintf("%q is not a valid user ID", userID))
+	}
+	return userID, nil
+}
+
+// puppetParam returns the {userID} path parameter, checked to be in the puppet namespace.
+func (s *Server) puppetParam(r *http.Request) (id.UserID, error) {
+	userID, err := userParam(r)
+	if err != nil {
+		return "", err
 	}
 	if !s.cfg.IsPuppet(userID) {
 		return "", errInvalidParam(fmt.Sprintf("%s is not in the puppet namespace (@%s…:%s)",
