@@ -208,6 +208,7 @@ func newBotEnv(t *testing.T) *botEnv {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = db.Close() })
 	require.NoError(t, db.Upgrade(ctx))
+	e2ee.RegisterContentTypes()
 	mgr, err := e2ee.NewManager(cfg, db, &http.Client{Timeout: 10 * time.Second}, zerolog.Nop())
 	require.NoError(t, err)
 	require.NoError(t, db.PutPuppet(ctx, &database.Puppet{UserID: botID, DeviceID: "BOTDEVICE", Ready: true}))

@@ -130,6 +130,19 @@ func roomArg(arg string) (id.RoomID, error) {
 	return id.RoomID(arg), nil
 }
 
+// roomCommand checks that a command has lo to hi arguments, the first a room ID, and returns the
+// room; a reply that is not empty answers the command instead (its usage, or why the room is not one).
+func roomCommand(name string, args []string, lo, hi int) (id.RoomID, string) {
+	if len(args) < lo || len(args) > hi {
+		return "", usage(name)
+	}
+	roomID, err := roomArg(args[0])
+	if err != nil {
+		return "", err.Error()
+	}
+	return roomID, ""
+}
+
 func usage(name string) string {
 	return fmt.Sprintf("Usage: %s %s", name, commands[name].args)
 }
@@ -176,12 +189,9 @@ func (b *Bot) puppet(ctx context.Context, _ id.UserID, args []string) string {
 const maxListed = 20
 
 func (b *Bot) bundles(ctx context.Context, _ id.UserID, args []string) string {
-	if len(args) != 1 {
-		return usage("bundles")
-	}
-	roomID, err := roomArg(args[0])
-	if err != nil {
-		return err.Error()
+	roomID, reply := roomCommand("bundles", args, 1, 1)
+	if reply != "" {
+		return reply
 	}
 	res, err := b.history.RoomBundles(ctx, roomID)
 	if err != nil {
@@ -200,10 +210,7 @@ func (b *Bot) bundles(ctx context.Context, _ id.UserID, args []string) string {
 			fmt.Fprintf(&sb, " (%s)", s.Reason)
 		}
 		for _, d := range s.Devices {
-			outcome := "delivered"
-			if !d.Delivered {
-				outcome = "not delivered: " + d.Reason
-			}
+			outcome := deliveryOutcome(d)
 			if d.AddedLater {
 				outcome += " (added later)"
 			}
@@ -324,12 +331,9 @@ func (b *Bot) joinedPuppets(ctx context.Context, roomID id.RoomID) ([]id.UserID,
 }
 
 func (b *Bot) reshare(ctx context.Context, _ id.UserID, args []string) string {
-	if len(args) < 2 || len(args) > 3 {
-		return usage("reshare")
-	}
-	roomID, err := roomArg(args[0])
-	if err != nil {
-		return err.Error()
+	roomID, reply := roomCommand("reshare", args, 2, 3)
+	if reply != "" {
+		return reply
 	}
 	userID, err := b.userArg(args[1])
 	if err != nil {
@@ -358,22 +362,23 @@ func (b *Bot) reshare(ctx context.Context, _ id.UserID, args []string) string {
 		fmt.Fprintf(&sb, " (%s)", r.Reason)
 	}
 	for _, d := range r.Devices {
-		outcome := "delivered"
-		if !d.Delivered {
-			outcome = "not delivered: " + d.Reason
-		}
-		fmt.Fprintf(&sb, "\n- device %s: %s", d.DeviceID, outcome)
+		fmt.Fprintf(&sb, "\n- device %s: %s", d.DeviceID, deliveryOutcome(d))
 	}
 	return sb.String()
 }
 
-func (b *Bot) retry(ctx context.Context, _ id.UserID, args []string) string {
-	if len(args) < 1 || len(args) > 2 {
-		return usage("retry")
+// deliveryOutcome says whether a bundle reached a device, and why not.
+func deliveryOutcome(d history.DeliveryReport) string {
+	if d.Delivered {
+		return "delivered"
 	}
-	roomID, err := roomArg(args[0])
-	if err != nil {
-		return err.Error()
+	return "not delivered: " + d.Reason
+}
+
+func (b *Bot) retry(ctx context.Context, _ id.UserID, args []string) string {
+	roomID, reply := roomCommand("retry", args, 1, 2)
+	if reply != "" {
+		return reply
 	}
 	var puppets []id.UserID
 	if len(args) == 2 {

@@ -40,6 +40,7 @@ func gatewayBot(t *testing.T) (*Bot, *database.Database) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = db.Close() })
 	require.NoError(t, db.Upgrade(ctx))
+	e2ee.RegisterContentTypes()
 	mgr, err := e2ee.NewManager(cfg, db, &http.Client{Timeout: time.Second}, zerolog.Nop())
 	require.NoError(t, err)
 	b := New(cfg, db, mgr, nil, "test")

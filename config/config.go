@@ -19,11 +19,11 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-// Generate is the placeholder value that asks heirloom to fill in a random secret.
-const Generate = "generate"
+// generate is the placeholder value that asks heirloom to fill in a random secret.
+const generate = "generate"
 
-// ErrInvalid is wrapped by every validation error, so callers can tell a bad config from an unreadable file.
-var ErrInvalid = errors.New("invalid configuration")
+// errInvalid is wrapped by every validation error, so callers can tell a bad config from an unreadable file.
+var errInvalid = errors.New("invalid configuration")
 
 // Config is heirloom's configuration, as documented in config.example.yaml.
 type Config struct {
@@ -77,13 +77,13 @@ type Encryption struct {
 	MaintenanceInterval time.Duration `yaml:"maintenance_interval"`
 }
 
-// DefaultMaintenanceInterval is encryption.maintenance_interval when the config leaves it out.
-const DefaultMaintenanceInterval = 5 * time.Minute
+// defaultMaintenanceInterval is encryption.maintenance_interval when the config leaves it out.
+const defaultMaintenanceInterval = 5 * time.Minute
 
 // Maintenance returns encryption.maintenance_interval, or its default when unset.
 func (e Encryption) Maintenance() time.Duration {
 	if e.MaintenanceInterval == 0 {
-		return DefaultMaintenanceInterval
+		return defaultMaintenanceInterval
 	}
 	return e.MaintenanceInterval
 }
@@ -104,13 +104,13 @@ type HistorySharing struct {
 	RedeliverWindow *time.Duration `yaml:"redeliver_window"`
 }
 
-// DefaultRedeliverWindow is history_sharing.redeliver_window when the config leaves it out.
-const DefaultRedeliverWindow = 7 * 24 * time.Hour
+// defaultRedeliverWindow is history_sharing.redeliver_window when the config leaves it out.
+const defaultRedeliverWindow = 7 * 24 * time.Hour
 
 // Redeliver returns history_sharing.redeliver_window: its default when unset, 0 when off.
 func (h HistorySharing) Redeliver() time.Duration {
 	if h.RedeliverWindow == nil {
-		return DefaultRedeliverWindow
+		return defaultRedeliverWindow
 	}
 	return *h.RedeliverWindow
 }
@@ -127,7 +127,7 @@ func Parse(data []byte) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: %w", errInvalid, err)
 	}
 	return &cfg, nil
 }
@@ -139,7 +139,7 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("failed to read config: %w", err)
 	}
-	filled, changed, err := FillSecrets(data)
+	filled, changed, err := fillSecrets(data)
 	if err != nil {
 		return nil, err
 	}
@@ -150,7 +150,7 @@ func Load(path string) (*Config, error) {
 	if err = cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.Gateway.Enabled() {
+	if cfg.Gateway.enabled() {
 		if cfg.Bridge, err = cfg.LoadBridge(); err != nil {
 			return nil, err
 		}
@@ -178,17 +178,17 @@ func Load(path string) (*Config, error) {
 // secretKeys are the dotted keys whose "generate" value is replaced with a random secret.
 var secretKeys = []string{"appservice.as_token", "appservice.hs_token", "encryption.pickle_key", "provisioning.shared_secret"}
 
-// FillSecrets replaces every "generate" secret in the YAML document with a random value,
+// fillSecrets replaces every "generate" secret in the YAML document with a random value,
 // keeping comments and layout. It reports whether anything changed.
-func FillSecrets(data []byte) ([]byte, bool, error) {
+func fillSecrets(data []byte) ([]byte, bool, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, false, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, false, fmt.Errorf("%w: %w", errInvalid, err)
 	}
 	changed := false
 	for _, key := range secretKeys {
 		node := lookup(&doc, strings.Split(key, "."))
-		if node != nil && node.Value == Generate {
+		if node != nil && node.Value == generate {
 			node.Value = randomSecret()
 			node.Style = 0
 			changed = true
@@ -239,7 +239,7 @@ var localpartRe = regexp.MustCompile(`^[a-z0-9._=/+-]+$`)
 // Validate checks every value and returns an error naming the first bad key.
 func (cfg *Config) Validate() error {
 	bad := func(key, format string, args ...any) error {
-		return fmt.Errorf("%w: %s %s", ErrInvalid, key, fmt.Sprintf(format, args...))
+		return fmt.Errorf("%w: %s %s", errInvalid, key, fmt.Sprintf(format, args...))
 	}
 	if err := checkURL(cfg.Homeserver.Address); err != nil {
 		return bad("homeserver.address", "%v", err)
@@ -276,7 +276,7 @@ func (cfg *Config) Validate() error {
 		"encryption.pickle_key":      cfg.Encryption.PickleKey,
 		"provisioning.shared_secret": cfg.Provisioning.SharedSecret,
 	} {
-		if value == Generate || len(value) < 16 {
+		if value == generate || len(value) < 16 {
 			return bad(key, "must be at least 16 characters (or \"generate\")")
 		}
 	}
@@ -393,7 +393,7 @@ func (cfg *Config) IsBridgeUser(userID id.UserID) bool {
 		return false
 	}
 	_, server, err := userID.Parse()
-	return err == nil && server == cfg.Homeserver.Domain && cfg.Bridge.IsUser(userID)
+	return err == nil && server == cfg.Homeserver.Domain && cfg.Bridge.isUser(userID)
 }
 
 // IsPuppet reports whether userID lies in heirloom's puppet namespace.

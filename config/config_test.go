@@ -21,7 +21,7 @@ func exampleConfig(t *testing.T) []byte {
 // validConfig is the example with the placeholders a bridge admin must edit filled in.
 func validConfig(t *testing.T) *Config {
 	t.Helper()
-	filled, _, err := FillSecrets(exampleConfig(t))
+	filled, _, err := fillSecrets(exampleConfig(t))
 	require.NoError(t, err)
 	cfg, err := Parse(filled)
 	require.NoError(t, err)
@@ -32,12 +32,12 @@ func validConfig(t *testing.T) *Config {
 }
 
 func TestExampleConfigRefusedUntilEdited(t *testing.T) {
-	filled, _, err := FillSecrets(exampleConfig(t))
+	filled, _, err := fillSecrets(exampleConfig(t))
 	require.NoError(t, err)
 	cfg, err := Parse(filled)
 	require.NoError(t, err)
 	err = cfg.Validate()
-	require.ErrorIs(t, err, ErrInvalid)
+	require.ErrorIs(t, err, errInvalid)
 	require.Contains(t, err.Error(), "homeserver.address")
 }
 
@@ -71,7 +71,7 @@ func TestValidateNamesTheBadKey(t *testing.T) {
 			cfg := validConfig(t)
 			tc.mutate(cfg)
 			err := cfg.Validate()
-			require.ErrorIs(t, err, ErrInvalid)
+			require.ErrorIs(t, err, errInvalid)
 			require.Contains(t, err.Error(), tc.key)
 		})
 	}
@@ -79,7 +79,7 @@ func TestValidateNamesTheBadKey(t *testing.T) {
 
 func TestUnknownKeyRefused(t *testing.T) {
 	_, err := Parse([]byte("homeserver:\n    adress: http://x\n"))
-	require.ErrorIs(t, err, ErrInvalid)
+	require.ErrorIs(t, err, errInvalid)
 	require.Contains(t, err.Error(), "adress")
 }
 
@@ -91,7 +91,7 @@ func TestLoadGeneratesSecretsOnce(t *testing.T) {
 
 	first, err := Load(path)
 	require.NoError(t, err)
-	require.NotEqual(t, Generate, first.AppService.ASToken)
+	require.NotEqual(t, generate, first.AppService.ASToken)
 	require.NotEqual(t, first.AppService.ASToken, first.AppService.HSToken)
 	saved, err := os.ReadFile(path)
 	require.NoError(t, err)
@@ -172,8 +172,8 @@ func TestCommittedRegistrationMatchesExample(t *testing.T) {
 // key existed gets the same.
 func TestMaintenanceIntervalDefault(t *testing.T) {
 	cfg := validConfig(t)
-	require.Equal(t, DefaultMaintenanceInterval, cfg.Encryption.MaintenanceInterval)
-	require.Equal(t, 5*time.Minute, DefaultMaintenanceInterval)
+	require.Equal(t, defaultMaintenanceInterval, cfg.Encryption.MaintenanceInterval)
+	require.Equal(t, 5*time.Minute, defaultMaintenanceInterval)
 	cfg.Encryption.MaintenanceInterval = 0
 	require.NoError(t, cfg.Validate())
 	require.Equal(t, 5*time.Minute, cfg.Encryption.Maintenance())
@@ -186,9 +186,9 @@ func TestMaintenanceIntervalDefault(t *testing.T) {
 func TestRedeliverWindow(t *testing.T) {
 	cfg := validConfig(t)
 	require.Equal(t, 7*24*time.Hour, cfg.HistorySharing.Redeliver())
-	require.Equal(t, DefaultRedeliverWindow, cfg.HistorySharing.Redeliver())
+	require.Equal(t, defaultRedeliverWindow, cfg.HistorySharing.Redeliver())
 	cfg.HistorySharing.RedeliverWindow = nil
-	require.Equal(t, DefaultRedeliverWindow, cfg.HistorySharing.Redeliver())
+	require.Equal(t, defaultRedeliverWindow, cfg.HistorySharing.Redeliver())
 	off := time.Duration(0)
 	cfg.HistorySharing.RedeliverWindow = &off
 	require.NoError(t, cfg.Validate())
@@ -196,7 +196,7 @@ func TestRedeliverWindow(t *testing.T) {
 	negative := -time.Hour
 	cfg.HistorySharing.RedeliverWindow = &negative
 	err := cfg.Validate()
-	require.ErrorIs(t, err, ErrInvalid)
+	require.ErrorIs(t, err, errInvalid)
 	require.Contains(t, err.Error(), "history_sharing.redeliver_window")
 
 	parsed, err := Parse([]byte("history_sharing:\n    redeliver_window: 36h\n"))
@@ -221,7 +221,7 @@ func TestAdmins(t *testing.T) {
 	for _, bad := range []string{"", "example.com", "alice", "@alice", "@:example.com", "@[:example.com"} {
 		cfg.Admins = []string{bad}
 		err := cfg.Validate()
-		require.ErrorIs(t, err, ErrInvalid, "%q", bad)
+		require.ErrorIs(t, err, errInvalid, "%q", bad)
 		require.Contains(t, err.Error(), "admins", "%q", bad)
 	}
 }

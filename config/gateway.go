@@ -36,21 +36,21 @@ type Gateway struct {
 
 // Gateway defaults, for keys a config leaves out.
 const (
-	DefaultDecryptWait   = 5 * time.Second
-	DefaultMaxMediaSize  = 50 << 20
-	DefaultMaxOutboxSize = 256 << 20
+	defaultDecryptWait   = 5 * time.Second
+	defaultMaxMediaSize  = 50 << 20
+	defaultMaxOutboxSize = 256 << 20
 	// MinMaxOutboxSize is the smallest gateway.max_outbox_size: a few homeserver transactions of
 	// large events.
 	MinMaxOutboxSize = 1 << 20
 )
 
-// Enabled reports whether gateway mode is configured.
-func (g Gateway) Enabled() bool { return g.Registration != "" }
+// enabled reports whether gateway mode is configured.
+func (g Gateway) enabled() bool { return g.Registration != "" }
 
 // Wait returns gateway.decrypt_wait, or its default.
 func (g Gateway) Wait() time.Duration {
 	if g.DecryptWait == 0 {
-		return DefaultDecryptWait
+		return defaultDecryptWait
 	}
 	return g.DecryptWait
 }
@@ -58,7 +58,7 @@ func (g Gateway) Wait() time.Duration {
 // MediaCap returns gateway.max_media_size, or its default.
 func (g Gateway) MediaCap() int64 {
 	if g.MaxMediaSize == 0 {
-		return DefaultMaxMediaSize
+		return defaultMaxMediaSize
 	}
 	return g.MaxMediaSize
 }
@@ -66,7 +66,7 @@ func (g Gateway) MediaCap() int64 {
 // OutboxCap returns gateway.max_outbox_size, or its default.
 func (g Gateway) OutboxCap() int64 {
 	if g.MaxOutboxSize == 0 {
-		return DefaultMaxOutboxSize
+		return defaultMaxOutboxSize
 	}
 	return g.MaxOutboxSize
 }
@@ -80,7 +80,7 @@ func (g Gateway) Visibility() event.HistoryVisibility {
 }
 
 func (g Gateway) validate(bad func(key, format string, args ...any) error) error {
-	if !g.Enabled() {
+	if !g.enabled() {
 		return nil
 	}
 	if g.Registration == "/path/to/bridge-registration.yaml" {
@@ -103,7 +103,7 @@ func (g Gateway) validate(bad func(key, format string, args ...any) error) error
 		return bad("gateway.max_media_size", "must not be negative")
 	}
 	if g.MaxOutboxSize != 0 && g.MaxOutboxSize < MinMaxOutboxSize {
-		return bad("gateway.max_outbox_size", "must be at least %d bytes (1 MiB; default %d, 256 MiB)", MinMaxOutboxSize, DefaultMaxOutboxSize)
+		return bad("gateway.max_outbox_size", "must be at least %d bytes (1 MiB; default %d, 256 MiB)", MinMaxOutboxSize, defaultMaxOutboxSize)
 	}
 	return nil
 }
@@ -128,11 +128,11 @@ func (cfg *Config) LoadBridge() (*Bridge, error) {
 	g := cfg.Gateway
 	data, err := os.ReadFile(g.Registration)
 	if err != nil {
-		return nil, fmt.Errorf("%w: gateway.registration: %w", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: gateway.registration: %w", errInvalid, err)
 	}
 	reg, err := parseBridgeRegistration(data)
 	if err != nil {
-		return nil, fmt.Errorf("%w: gateway.registration %s: %w", ErrInvalid, g.Registration, err)
+		return nil, fmt.Errorf("%w: gateway.registration %s: %w", errInvalid, g.Registration, err)
 	}
 	b := &Bridge{Registration: reg, URL: reg.URL, Bot: id.NewUserID(reg.SenderLocalpart, cfg.Homeserver.Domain)}
 	if g.BridgeURL != "" {
@@ -140,26 +140,26 @@ func (cfg *Config) LoadBridge() (*Bridge, error) {
 	}
 	switch {
 	case reg.ID == "":
-		return nil, fmt.Errorf("%w: gateway.registration %s has no id", ErrInvalid, g.Registration)
+		return nil, fmt.Errorf("%w: gateway.registration %s has no id", errInvalid, g.Registration)
 	case reg.AppToken == "" || reg.ServerToken == "":
-		return nil, fmt.Errorf("%w: gateway.registration %s lacks as_token or hs_token", ErrInvalid, g.Registration)
+		return nil, fmt.Errorf("%w: gateway.registration %s lacks as_token or hs_token", errInvalid, g.Registration)
 	case reg.AppToken == cfg.AppService.ASToken || reg.ServerToken == cfg.AppService.HSToken ||
 		reg.AppToken == cfg.AppService.HSToken || reg.ServerToken == cfg.AppService.ASToken:
-		return nil, fmt.Errorf("%w: appservice.as_token and hs_token must differ from the bridge's tokens in %s", ErrInvalid, g.Registration)
+		return nil, fmt.Errorf("%w: appservice.as_token and hs_token must differ from the bridge's tokens in %s", errInvalid, g.Registration)
 	case reg.SenderLocalpart == "":
-		return nil, fmt.Errorf("%w: gateway.registration %s has no sender_localpart", ErrInvalid, g.Registration)
+		return nil, fmt.Errorf("%w: gateway.registration %s has no sender_localpart", errInvalid, g.Registration)
 	case b.URL == "" || b.URL == "null":
-		return nil, fmt.Errorf("%w: gateway.registration %s has no url; set gateway.bridge_url", ErrInvalid, g.Registration)
+		return nil, fmt.Errorf("%w: gateway.registration %s has no url; set gateway.bridge_url", errInvalid, g.Registration)
 	}
 	if err = checkURL(b.URL); err != nil {
-		return nil, fmt.Errorf("%w: the bridge's url: %w", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: the bridge's url: %w", errInvalid, err)
 	}
 	compile := func(ns []appservice.Namespace) ([]*regexp.Regexp, error) {
 		var out []*regexp.Regexp
 		for _, n := range ns {
 			re, err := regexp.Compile(n.Regex)
 			if err != nil {
-				return nil, fmt.Errorf("%w: gateway.registration %s: bad namespace regex %q: %w", ErrInvalid, g.Registration, n.Regex, err)
+				return nil, fmt.Errorf("%w: gateway.registration %s: bad namespace regex %q: %w", errInvalid, g.Registration, n.Regex, err)
 			}
 			out = append(out, re)
 		}
@@ -187,10 +187,10 @@ func parseBridgeRegistration(data []byte) (*appservice.Registration, error) {
 	return &reg, nil
 }
 
-// IsUser reports whether userID is the bridge's: its bot or in its user namespaces. Namespace
+// isUser reports whether userID is the bridge's: its bot or in its user namespaces. Namespace
 // regexes are matched against the whole user ID, as Synapse does (anchored at the start; a regex
 // such as heisenbridge's @irc_.* names no server part).
-func (b *Bridge) IsUser(userID id.UserID) bool {
+func (b *Bridge) isUser(userID id.UserID) bool {
 	if userID == b.Bot {
 		return true
 	}

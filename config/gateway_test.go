@@ -44,10 +44,10 @@ func TestLoadBridge(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "http://127.0.0.1:9898", b.URL)
 	require.Equal(t, id.UserID("@heisenbridge:localhost"), b.Bot)
-	require.True(t, b.IsUser("@irc_alice:localhost"))
-	require.True(t, b.IsUser("@heisenbridge:localhost"))
-	require.False(t, b.IsUser("@alice:localhost"))
-	require.False(t, b.IsUser("@x_irc_alice:localhost"), "a namespace regex is anchored at the start, as Synapse matches it")
+	require.True(t, b.isUser("@irc_alice:localhost"))
+	require.True(t, b.isUser("@heisenbridge:localhost"))
+	require.False(t, b.isUser("@alice:localhost"))
+	require.False(t, b.isUser("@x_irc_alice:localhost"), "a namespace regex is anchored at the start, as Synapse matches it")
 
 	cfg.Gateway.BridgeURL = "http://127.0.0.1:7777"
 	b, err = cfg.LoadBridge()
@@ -76,7 +76,7 @@ func TestLoadBridgeRefusesWhatHeirloomCannotRelyOn(t *testing.T) {
 				tc.mutate(cfg)
 			}
 			_, err := cfg.LoadBridge()
-			require.ErrorIs(t, err, ErrInvalid)
+			require.ErrorIs(t, err, errInvalid)
 			require.Contains(t, err.Error(), tc.want)
 		})
 	}
@@ -100,7 +100,7 @@ func TestGatewayValidation(t *testing.T) {
 			cfg.Gateway.Registration = "bridge.yaml"
 			tc.mutate(&cfg.Gateway)
 			err := cfg.Validate()
-			require.ErrorIs(t, err, ErrInvalid)
+			require.ErrorIs(t, err, errInvalid)
 			require.Contains(t, err.Error(), tc.key)
 		})
 	}

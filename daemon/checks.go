@@ -14,6 +14,7 @@ import (
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/internal/tasks"
 )
 
 // checkClient is the client of the startup checks: they only read, so a standby makes them too,
@@ -151,16 +152,9 @@ func checkRecentDevices(ctx context.Context, mgr *e2ee.Manager) {
 }
 
 func pruneTransactions(ctx context.Context, db *database.Database) {
-	ticker := time.NewTicker(time.Hour)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.C:
-			if err := db.PruneTxns(ctx, 7*24*time.Hour); err != nil {
-				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to prune old transaction IDs")
-			}
+	tasks.Every(ctx, time.Hour, nil, func() {
+		if err := db.PruneTxns(ctx, 7*24*time.Hour); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to prune old transaction IDs")
 		}
-	}
+	})
 }

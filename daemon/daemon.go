@@ -14,20 +14,21 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/e2ee"
 )
 
 // Exit codes, distinct per failure so service managers and scripts can tell them apart.
 const (
 	ExitOK         = 0
 	ExitConfig     = 2
-	ExitDatabase   = 3
-	ExitHomeserver = 4
-	ExitStartup    = 5
-	// ExitLeaseHeld: another heirloom process holds the SQLite database (only one may run on it).
-	ExitLeaseHeld = 6
-	// ExitLeaseLost: the process lost its lease on the database and stopped acting; started
+	exitDatabase   = 3
+	exitHomeserver = 4
+	exitStartup    = 5
+	// exitLeaseHeld: another heirloom process holds the SQLite database (only one may run on it).
+	exitLeaseHeld = 6
+	// exitLeaseLost: the process lost its lease on the database and stopped acting; started
 	// again, it waits as a standby.
-	ExitLeaseLost = 7
+	exitLeaseLost = 7
 )
 
 // WriteExample writes the example config to path unless a file is already there.
@@ -95,6 +96,7 @@ func Run(configPath string) int {
 	// Everything heirloom creates (the SQLite database and its WAL, temporary bundles) holds
 	// secrets or key material: readable by heirloom's user only.
 	syscall.Umask(0o077)
+	e2ee.RegisterContentTypes()
 	cfg, err := config.Load(configPath)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "Failed to load config: %v\n", err)
@@ -112,12 +114,12 @@ func Run(configPath string) int {
 	db, err := database.OpenFenced(cfg.Database, log, lse.Me().ID)
 	if err != nil {
 		log.Error().Err(err).Msg("Failed to open the database")
-		return ExitDatabase
+		return exitDatabase
 	}
 	defer db.Close()
 	p, err := build(cfg, db, lse.Lease, log)
 	if err != nil {
-		return ExitStartup
+		return exitStartup
 	}
 	return p.run(ctx)
 }

@@ -68,7 +68,7 @@ func TestLoggerLevel(t *testing.T) {
 	require.Equal(t, zerolog.InfoLevel, newLogger(config.Logging{Level: "loud"}).GetLevel())
 }
 
-// Only one process runs on an SQLite database: a second one is refused with ExitLeaseHeld while
+// Only one process runs on an SQLite database: a second one is refused with exitLeaseHeld while
 // the first holds it, and starts once it is gone. A database in memory is the process's own.
 func TestSQLiteLeaseAtStartup(t *testing.T) {
 	ctx := zerolog.Nop().WithContext(context.Background())
@@ -77,7 +77,7 @@ func TestSQLiteLeaseAtStartup(t *testing.T) {
 	require.Equal(t, ExitOK, code)
 	require.True(t, first.Active())
 	second, code := openLease(ctx, cfg)
-	require.Equal(t, ExitLeaseHeld, code)
+	require.Equal(t, exitLeaseHeld, code)
 	require.Nil(t, second)
 
 	first.Release(ctx)
@@ -119,8 +119,8 @@ func TestBuildTouchesNothing(t *testing.T) {
 }
 
 // A start says with its exit code what stopped it: a config that does not load (ExitConfig), an
-// SQLite database another process runs on (ExitLeaseHeld), a database that does not open
-// (ExitDatabase).
+// SQLite database another process runs on (exitLeaseHeld), a database that does not open
+// (exitDatabase).
 func TestRunExitCodes(t *testing.T) {
 	require.Equal(t, ExitConfig, Run(filepath.Join(t.TempDir(), "absent.yaml")))
 
@@ -132,11 +132,11 @@ func TestRunExitCodes(t *testing.T) {
 	require.NoError(t, err)
 	other, code := openLease(ctx, cfg.Database)
 	require.Equal(t, ExitOK, code)
-	require.Equal(t, ExitLeaseHeld, Run(configPath), "another process holds the database")
+	require.Equal(t, exitLeaseHeld, Run(configPath), "another process holds the database")
 	other.close()
 
 	setDatabase(t, configPath, "file:"+filepath.Join(t.TempDir(), "missing-dir", "heirloom.db")+"?_txlock=immediate")
-	require.Equal(t, ExitDatabase, Run(configPath))
+	require.Equal(t, exitDatabase, Run(configPath))
 }
 
 // setDatabase points the config file at another SQLite database.

@@ -25,7 +25,7 @@ func (l *processLease) close() {
 }
 
 // openLease makes the first attempt to take the lease on the database. On SQLite a process that
-// cannot take it refuses to start (ExitLeaseHeld), naming the database and the process that holds
+// cannot take it refuses to start (exitLeaseHeld), naming the database and the process that holds
 // it; on PostgreSQL it goes on as a standby (processLease.Active is false).
 func openLease(ctx context.Context, cfg config.Database) (*processLease, int) {
 	log := zerolog.Ctx(ctx)
@@ -33,7 +33,7 @@ func openLease(ctx context.Context, cfg config.Database) (*processLease, int) {
 	store, timing, err := database.LeaseStore(cfg, me)
 	if err != nil {
 		log.Error().Err(err).Msg("Failed to open the database lease")
-		return nil, ExitDatabase
+		return nil, exitDatabase
 	}
 	if store == nil {
 		store = lease.Solo("an SQLite database in memory")
@@ -44,13 +44,13 @@ func openLease(ctx context.Context, cfg config.Database) (*processLease, int) {
 	case err != nil:
 		log.Error().Err(err).Msg("Failed to take the database lease")
 		l.close()
-		return nil, ExitDatabase
+		return nil, exitDatabase
 	case !got.Acquired && timing.TTL == 0:
 		log.Error().Str("database", l.Describe()).Str("active_host", got.Holder.Host).Int("active_pid", got.Holder.PID).
 			Time("active_since", got.Holder.Since).
 			Msg("Another heirloom process holds the database: only one process may run on an SQLite database (stop it first; PostgreSQL allows a standby)")
 		l.close()
-		return nil, ExitLeaseHeld
+		return nil, exitLeaseHeld
 	case got.Acquired:
 		logTakeover(ctx, l.Describe(), got)
 	}

@@ -82,7 +82,7 @@ func build(cfg *config.Config, db *database.Database, l *lease.Lease, log zerolo
 }
 
 // run checks the homeserver, listens, waits as a standby if another process holds the lease, then
-// acts until SIGINT or SIGTERM (ExitOK) or until it loses the lease (ExitLeaseLost).
+// acts until SIGINT or SIGTERM (ExitOK) or until it loses the lease (exitLeaseLost).
 func (p *process) run(ctx context.Context) int {
 	// Renewed from now until the shutdown is over: requests and work in progress finish under the
 	// lease. A standby's renewals wait until it holds it.
@@ -96,7 +96,7 @@ func (p *process) run(ctx context.Context) int {
 	code := p.serve(ctx)
 	stopKeeping()
 	<-kept // no renewal may land after the release
-	if code != ExitLeaseLost {
+	if code != exitLeaseLost {
 		p.lease.Release(context.WithoutCancel(ctx))
 	}
 	return code
@@ -107,7 +107,7 @@ func (p *process) serve(ctx context.Context) int {
 	log := zerolog.Ctx(ctx)
 	if err := checkHomeserverReachable(ctx, p.checks, p.cfg); err != nil {
 		log.Error().Err(err).Str("homeserver", p.cfg.Homeserver.Address).Msg("The homeserver is not reachable")
-		return ExitHomeserver
+		return exitHomeserver
 	}
 	tookOver := !p.lease.Active()
 	if !tookOver {
@@ -118,7 +118,7 @@ func (p *process) serve(ctx context.Context) int {
 	}
 	if err := p.srv.Start(); err != nil {
 		log.Error().Err(err).Msg("Failed to start the HTTP listener")
-		return ExitStartup
+		return exitStartup
 	}
 	defer p.stop(ctx)
 	if tookOver {
@@ -140,7 +140,7 @@ func (p *process) serve(ctx context.Context) int {
 		log.Info().Msg("Shutting down")
 		return ExitOK
 	case <-p.lease.Lost():
-		return ExitLeaseLost
+		return exitLeaseLost
 	}
 }
 
@@ -149,7 +149,7 @@ func (p *process) serve(ctx context.Context) int {
 func (p *process) standby(ctx context.Context) int {
 	if err := checkRegistration(ctx, p.checks, p.cfg); err != nil && ctx.Err() == nil {
 		zerolog.Ctx(ctx).Error().Err(err).Msg("The homeserver does not accept heirloom's registration")
-		return ExitHomeserver
+		return exitHomeserver
 	}
 	waiting := time.Now()
 	got, err := p.lease.Acquire(ctx)
@@ -170,7 +170,7 @@ func (p *process) prepareDatabase(ctx context.Context) int {
 	log := zerolog.Ctx(ctx)
 	if err := p.db.Upgrade(ctx); err != nil {
 		log.Error().Err(err).Msg("Failed to upgrade the database")
-		return ExitDatabase
+		return exitDatabase
 	}
 	// Synapse drops the device-list changes of a transaction it could not deliver (while heirloom
 	// was down, restarting or taken over, it keeps only the events for its retries): any tracked
@@ -178,7 +178,7 @@ func (p *process) prepareDatabase(ctx context.Context) int {
 	// with its user.
 	if err := p.mgr.MarkDeviceListsOutdated(ctx); err != nil {
 		log.Error().Err(err).Msg("Failed to mark device lists outdated")
-		return ExitDatabase
+		return exitDatabase
 	}
 	return ExitOK
 }
@@ -199,7 +199,7 @@ func (p *process) activate(ctx context.Context, tookOver bool) int {
 	if !tookOver {
 		if err := checkRegistration(ctx, p.checks, p.cfg); err != nil {
 			log.Error().Err(err).Msg("The homeserver does not accept heirloom's registration")
-			return ExitHomeserver
+			return exitHomeserver
 		}
 	}
 	prepareDevices(ctx, p.bot)

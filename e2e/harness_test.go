@@ -37,6 +37,8 @@ import (
 
 	"github.com/lib/pq"
 	_ "github.com/mattn/go-sqlite3"
+
+	"github.com/heirloom-matrix/heirloom/e2ee"
 )
 
 // e2eMaxBundle is history_sharing.max_bundle_size in the suite: small enough that the hostile
@@ -147,6 +149,8 @@ func TestMain(m *testing.M) {
 
 func run(m *testing.M) int {
 	flag.Parse()
+	// The attacker's machine parses room keys into heirloom's types, as heirloom's own does.
+	e2ee.RegisterContentTypes()
 	if listing() {
 		// go test -list only names the tests: nothing to install or start.
 		return m.Run()

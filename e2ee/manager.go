@@ -83,7 +83,11 @@ func dropBundle(ctx context.Context, _ *Puppet, _ *crypto.DecryptedOlmEvent, con
 
 // NewManager creates a manager. httpClient is shared by every puppet's client; log is what each
 // puppet's machine logs to (with the puppet and its device), whatever request first loaded it.
+// RegisterContentTypes must have run.
 func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Client, log zerolog.Logger) (*Manager, error) {
+	if !contentTypes.registered.Load() {
+		return nil, errContentTypesUnregistered
+	}
 	hsURL, err := mautrix.ParseAndNormalizeBaseURL(cfg.Homeserver.Address)
 	if err != nil {
 		return nil, fmt.Errorf("failed to parse homeserver address: %w", err)

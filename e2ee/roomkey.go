@@ -3,7 +3,6 @@ package e2ee
 import (
 	"context"
 	"encoding/json"
-	"reflect"
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/crypto"
@@ -49,18 +48,6 @@ type BundleContent struct {
 	event.RoomKeyBundleEventContent
 	// Type is the event type it arrived as.
 	Type event.Type `json:"-"`
-}
-
-// mautrix v0.32.0 parses m.room_key into a struct that knows only the plain `shared_history`
-// name, and hands received bundles to a callback without the Olm sender or its device keys.
-// Registering heirloom's own content types (mautrix's documented extension point, event.TypeMap)
-// makes OlmMachine.HandleEncryptedEvent return those decrypted events to heirloom unhandled, with
-// the full Olm envelope, after mautrix has done the Olm decryption itself.
-func init() {
-	event.TypeMap[event.ToDeviceRoomKey] = reflect.TypeOf(RoomKeyContent{})
-	event.TypeMap[event.ToDeviceForwardedRoomKey] = reflect.TypeOf(ForwardedRoomKeyContent{})
-	event.TypeMap[event.ToDeviceRoomKeyBundle] = reflect.TypeOf(BundleContent{})
-	event.TypeMap[ToDeviceRoomKeyBundleUnstable] = reflect.TypeOf(BundleContent{})
 }
 
 // HandleToDevice processes one to-device event addressed to this puppet's device.

@@ -10,6 +10,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/heirloom-matrix/heirloom/internal/tasks"
 	"github.com/heirloom-matrix/heirloom/metrics"
 )
 
@@ -98,25 +99,18 @@ func (m *Manager) ReplenishKeys(ctx context.Context) {
 // DeviceListMaxAge it marks each tracked device list outdated, as a bound on how long a change the
 // homeserver never reported can go unseen.
 func (m *Manager) RunMaintenance(ctx context.Context, every time.Duration) {
-	ticker := time.NewTicker(every)
-	defer ticker.Stop()
 	refreshed := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.C:
-			if time.Since(refreshed) >= DeviceListMaxAge {
-				refreshed = time.Now()
-				if err := m.MarkDeviceListsOutdated(ctx); err != nil {
-					zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to mark device lists outdated")
-				}
-			}
-			m.ReplenishKeys(ctx)
-			m.SweepLoaded(ctx)
-			if n := m.EvictIdle(); n > 0 {
-				zerolog.Ctx(ctx).Debug().Int("count", n).Msg("Evicted idle puppet machines")
+	tasks.Every(ctx, every, nil, func() {
+		if time.Since(refreshed) >= DeviceListMaxAge {
+			refreshed = time.Now()
+			if err := m.MarkDeviceListsOutdated(ctx); err != nil {
+				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to mark device lists outdated")
 			}
 		}
-	}
+		m.ReplenishKeys(ctx)
+		m.SweepLoaded(ctx)
+		if n := m.EvictIdle(); n > 0 {
+			zerolog.Ctx(ctx).Debug().Int("count", n).Msg("Evicted idle puppet machines")
+		}
+	})
 }

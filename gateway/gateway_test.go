@@ -165,6 +165,7 @@ namespaces:
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = h.db.Close() })
 	require.NoError(t, h.db.Upgrade(context.Background()))
+	e2ee.RegisterContentTypes()
 	mgr, err := e2ee.NewManager(cfg, h.db, http.DefaultClient, log)
 	require.NoError(t, err)
 	h.mgr = mgr

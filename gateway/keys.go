@@ -61,12 +61,12 @@ func (g *Gateway) resolveWaiting(ctx context.Context, sessionID id.SessionID) {
 		zerolog.Ctx(ctx).Err(err).Msg("Failed to read events waiting for a key")
 	}
 	for _, e := range waiting {
-		plain, _, err := g.decryptForBridge(ctx, json.RawMessage(e.Body), "")
-		body, original, outcome := string(plain), e.Body, "decrypted"
-		switch {
-		case e2ee.IsMissingKey(err) || err == errNoReader:
+		plain, pending, err := g.decryptStored(ctx, e.Body)
+		if pending {
 			continue // still waiting: its key is of another reader, or later
-		case err != nil:
+		}
+		body, original, outcome := string(plain), e.Body, "decrypted"
+		if err != nil {
 			g.metrics.decryptFailures.WithLabelValues(failureReason(err)).Inc()
 			body, original, outcome = e.Body, "", "not_decrypted"
 		}
@@ -78,6 +78,13 @@ func (g *Gateway) resolveWaiting(ctx context.Context, sessionID id.SessionID) {
 	}
 }
 
+// decryptStored decrypts a stored encrypted event for the bridge; pending says it cannot be yet,
+// but may be later (its key, or a reader, has not arrived).
+func (g *Gateway) decryptStored(ctx context.Context, body string) (plain []byte, pending bool, err error) {
+	plain, _, err = g.decryptForBridge(ctx, json.RawMessage(body), "")
+	return plain, e2ee.IsMissingKey(err) || err == errNoReader, err
+}
+
 // followLate queues the decrypted copy of each event of the session the bridge got encrypted.
 func (g *Gateway) followLate(ctx context.Context, sessionID id.SessionID) {
 	late, err := g.db.LateGatewayEvents(ctx, sessionID)
@@ -85,30 +92,34 @@ func (g *Gateway) followLate(ctx context.Context, sessionID id.SessionID) {
 		zerolog.Ctx(ctx).Err(err).Msg("Failed to read events sent encrypted")
 	}
 	for _, l := range late {
-		plain, _, err := g.decryptForBridge(ctx, json.RawMessage(l.Body), "")
-		switch {
-		case e2ee.IsMissingKey(err) || err == errNoReader:
-			continue
-		case err != nil:
-			// It will never go decrypted: forget it.
-			if err = g.db.DeleteGatewayLate(ctx, l.EventID); err != nil {
-				zerolog.Ctx(ctx).Err(err).Stringer("event_id", l.EventID).Msg("Failed to forget an event sent encrypted")
-			}
-			continue
-		}
-		copied := &database.GatewayEvent{Key: string(l.EventID) + ":decrypted", EventID: l.EventID, RoomID: l.RoomID,
-			Kind: database.GatewayRoomEvent, Body: string(plain)}
-		err = g.db.PutGatewayEvents(ctx, []*database.GatewayEvent{copied})
-		if err == nil {
-			err = g.db.DeleteGatewayLate(ctx, l.EventID)
-		}
-		if err != nil {
-			zerolog.Ctx(ctx).Err(err).Stringer("event_id", l.EventID).Msg("Failed to queue the decrypted copy of an event")
-			continue
-		}
-		g.outboxBytes.Add(copied.Size)
-		g.metrics.lateDecrypted.Inc()
+		g.followOne(ctx, l)
 	}
+}
+
+// followOne queues the decrypted copy of an event the bridge got encrypted, once it can be
+// decrypted; one that never will be is forgotten.
+func (g *Gateway) followOne(ctx context.Context, l *database.GatewayLate) {
+	plain, pending, err := g.decryptStored(ctx, l.Body)
+	if pending {
+		return
+	} else if err != nil {
+		if err = g.db.DeleteGatewayLate(ctx, l.EventID); err != nil {
+			zerolog.Ctx(ctx).Err(err).Stringer("event_id", l.EventID).Msg("Failed to forget an event sent encrypted")
+		}
+		return
+	}
+	copied := &database.GatewayEvent{Key: string(l.EventID) + ":decrypted", EventID: l.EventID, RoomID: l.RoomID,
+		Kind: database.GatewayRoomEvent, Body: string(plain)}
+	err = g.db.PutGatewayEvents(ctx, []*database.GatewayEvent{copied})
+	if err == nil {
+		err = g.db.DeleteGatewayLate(ctx, l.EventID)
+	}
+	if err != nil {
+		zerolog.Ctx(ctx).Err(err).Stringer("event_id", l.EventID).Msg("Failed to queue the decrypted copy of an event")
+		return
+	}
+	g.outboxBytes.Add(copied.Size)
+	g.metrics.lateDecrypted.Inc()
 }
 
 // recordLate remembers an event whose wait ended without its key: it goes to the bridge encrypted,

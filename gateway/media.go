@@ -2,12 +2,9 @@ package gateway
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/base64"
-	"fmt"
+	"errors"
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 
@@ -17,6 +14,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/internal/matrixerr"
+	"github.com/heirloom-matrix/heirloom/internal/mediafetch"
 )
 
 // errMediaUnavailable answers a download of decrypted media heirloom could not fetch, check or
@@ -45,23 +43,20 @@ func (g *Gateway) serveMedia(w http.ResponseWriter, r *http.Request, user id.Use
 		matrixerr.Write(w, r, err)
 		return true
 	}
-	tmp, size, err := g.fetchCiphertext(ctx, user, &file)
+	tmp, err := g.fetchCiphertext(ctx, user, &file)
 	if err != nil {
 		log.Warn().Err(err).Msg("Failed to serve decrypted media to the bridge")
 		matrixerr.Respond(w, errMediaUnavailable)
 		return true
 	}
-	defer func() {
-		_ = tmp.Close()
-		_ = os.Remove(tmp.Name())
-	}()
+	defer tmp.Close() // removes it
 	if err = file.PrepareForDecryption(); err != nil {
 		log.Warn().Err(err).Msg("Unusable keys of a file to decrypt for the bridge")
 		matrixerr.Respond(w, errMediaUnavailable)
 		return true
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.Header().Set("Content-Length", strconv.FormatInt(tmp.Size, 10))
 	w.Header().Set("Content-Disposition", "attachment")
 	w.WriteHeader(http.StatusOK)
 	plain := file.DecryptStream(tmp)
@@ -72,44 +67,14 @@ func (g *Gateway) serveMedia(w http.ResponseWriter, r *http.Request, user id.Use
 	return true
 }
 
+// errMediaHashMismatch refuses an encrypted file whose ciphertext is not the one its event names.
+var errMediaHashMismatch = errors.New("encrypted media hash does not match the event's: refusing it")
+
 // fetchCiphertext downloads an encrypted file into a temporary file, within
 // gateway.max_media_size, and checks its hash.
-func (g *Gateway) fetchCiphertext(ctx context.Context, user id.UserID, file *event.EncryptedFileInfo) (*os.File, int64, error) {
-	mxc, err := file.URL.Parse()
-	if err != nil {
-		return nil, 0, fmt.Errorf("bad media URL: %w", err)
-	}
-	resp, err := g.mgr.Client(ctx, user).Download(ctx, mxc)
-	if err != nil {
-		return nil, 0, fmt.Errorf("failed to fetch encrypted media: %w", err)
-	}
-	defer resp.Body.Close()
-	limit := g.cfg.Gateway.MediaCap()
-	if resp.ContentLength > limit {
-		return nil, 0, fmt.Errorf("%w: %d bytes", ErrMediaTooLarge, resp.ContentLength)
-	}
-	tmp, err := os.CreateTemp("", "heirloom-media-*")
-	if err != nil {
-		return nil, 0, err
-	}
-	hasher := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, hasher), io.LimitReader(resp.Body, limit+1))
-	if err == nil && n > limit {
-		err = fmt.Errorf("%w: over %d bytes", ErrMediaTooLarge, limit)
-	}
-	if err == nil {
-		want, decodeErr := base64.RawStdEncoding.DecodeString(strings.TrimRight(file.Hashes.SHA256, "="))
-		if decodeErr != nil || string(want) != string(hasher.Sum(nil)) {
-			err = fmt.Errorf("encrypted media hash does not match the event's: refusing it")
-		}
-	}
-	if err == nil {
-		_, err = tmp.Seek(0, io.SeekStart)
-	}
-	if err != nil {
-		_ = tmp.Close()
-		_ = os.Remove(tmp.Name())
-		return nil, 0, err
-	}
-	return tmp, n, nil
+func (g *Gateway) fetchCiphertext(ctx context.Context, user id.UserID, file *event.EncryptedFileInfo) (*mediafetch.File, error) {
+	return mediafetch.Encrypted(ctx, g.mgr.Client(ctx, user), file, mediafetch.Options{
+		What: "encrypted media", MaxSize: g.cfg.Gateway.MediaCap(), TooLarge: errMediaTooLarge,
+		HashMismatch: errMediaHashMismatch, Pattern: "heirloom-media-*",
+	})
 }

@@ -144,15 +144,15 @@ func TestMediaThatCannotBeEncryptedIsRefused(t *testing.T) {
 		repo.chunked = chunked
 		g := mediaGateway(1024)
 		c := content(t, `{"msgtype":"m.video","body":"v","url":"mxc://localhost/big"}`)
-		require.ErrorIs(t, g.encryptMedia(context.Background(), &e2ee.Puppet{Client: cli}, event.EventMessage, c), ErrMediaTooLarge,
+		require.ErrorIs(t, g.encryptMedia(context.Background(), &e2ee.Puppet{Client: cli}, event.EventMessage, c), errMediaTooLarge,
 			"chunked: %v", chunked)
 		thumb := content(t, `{"msgtype":"m.image","body":"i","url":"mxc://localhost/small","info":{"thumbnail_url":"mxc://localhost/big"}}`)
-		require.ErrorIs(t, g.encryptMedia(context.Background(), &e2ee.Puppet{Client: cli}, event.EventMessage, thumb), ErrMediaTooLarge)
+		require.ErrorIs(t, g.encryptMedia(context.Background(), &e2ee.Puppet{Client: cli}, event.EventMessage, thumb), errMediaTooLarge)
 
 		missing := content(t, `{"msgtype":"m.audio","body":"a","url":"mxc://localhost/gone"}`)
 		err := g.encryptMedia(context.Background(), &e2ee.Puppet{Client: cli}, event.EventMessage, missing)
 		require.ErrorIs(t, err, mautrix.MNotFound)
-		require.NotErrorIs(t, err, ErrMediaTooLarge)
+		require.NotErrorIs(t, err, errMediaTooLarge)
 		bad := content(t, `{"msgtype":"m.audio","body":"a","url":"mxc://"}`)
 		require.ErrorContains(t, g.encryptMedia(context.Background(), &e2ee.Puppet{Client: cli}, event.EventMessage, bad), "bad media URL")
 		require.Len(t, repo.uploads, 1, "only the small file that came first")

@@ -7,6 +7,7 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/heirloom-matrix/heirloom/internal/tasks"
 	"github.com/heirloom-matrix/heirloom/server"
 )
 
@@ -27,16 +28,8 @@ const deadLettersListed = 50
 
 // runMaintenance prunes the gateway's tables now and every hour until ctx ends.
 func (g *Gateway) runMaintenance(ctx context.Context) {
-	ticker := time.NewTicker(time.Hour)
-	defer ticker.Stop()
-	for {
-		g.Prune(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.C:
-		}
-	}
+	g.Prune(ctx)
+	tasks.Every(ctx, time.Hour, nil, func() { g.Prune(ctx) })
 }
 
 // Prune forgets what is no longer needed (see above), by the database's clock.

@@ -7,9 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"os"
 	"strings"
 
 	"github.com/rs/zerolog"
@@ -20,10 +18,11 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/internal/matrixerr"
+	"github.com/heirloom-matrix/heirloom/internal/mediafetch"
 )
 
-// ErrMediaTooLarge means a file in an event is over gateway.max_media_size.
-var ErrMediaTooLarge = errors.New("media file over gateway.max_media_size")
+// errMediaTooLarge means a file in an event is over gateway.max_media_size.
+var errMediaTooLarge = errors.New("media file over gateway.max_media_size")
 
 // identity returns the E2EE identity of a bridge user, creating its device and cross-signing
 // identity the first time it is needed (before its first encrypted send, or when a room needs a
@@ -167,7 +166,7 @@ func (g *Gateway) sendEncrypted(w http.ResponseWriter, r *http.Request, user id.
 		return
 	}
 	if err = g.encryptMedia(ctx, p, evtType, content); err != nil {
-		if errors.Is(err, ErrMediaTooLarge) {
+		if errors.Is(err, errMediaTooLarge) {
 			matrixerr.Respond(w, mautrix.MTooLarge.WithMessage("%s", err.Error()))
 			return
 		}
@@ -205,24 +204,28 @@ func (g *Gateway) encryptMedia(ctx context.Context, p *e2ee.Puppet, evtType even
 	if !mediaMsgTypes[msgtype] && evtType != event.EventSticker {
 		return nil
 	}
-	if uri, ok := content["url"].(string); ok && strings.HasPrefix(uri, "mxc://") {
-		file, err := g.encryptFile(ctx, p, uri)
-		if err != nil {
-			return err
-		}
-		delete(content, "url")
-		content["file"] = file
+	if err := g.encryptField(ctx, p, content, "url", "file"); err != nil {
+		return err
 	}
 	if info, ok := content["info"].(map[string]any); ok {
-		if uri, ok := info["thumbnail_url"].(string); ok && strings.HasPrefix(uri, "mxc://") {
-			file, err := g.encryptFile(ctx, p, uri)
-			if err != nil {
-				return err
-			}
-			delete(info, "thumbnail_url")
-			info["thumbnail_file"] = file
-		}
+		return g.encryptField(ctx, p, info, "thumbnail_url", "thumbnail_file")
 	}
+	return nil
+}
+
+// encryptField replaces obj[urlKey], when it is an mxc:// URI, by the encrypted attachment of its
+// file at obj[fileKey].
+func (g *Gateway) encryptField(ctx context.Context, p *e2ee.Puppet, obj map[string]any, urlKey, fileKey string) error {
+	uri, ok := obj[urlKey].(string)
+	if !ok || !strings.HasPrefix(uri, "mxc://") {
+		return nil
+	}
+	file, err := g.encryptFile(ctx, p, uri)
+	if err != nil {
+		return err
+	}
+	delete(obj, urlKey)
+	obj[fileKey] = file
 	return nil
 }
 
@@ -233,35 +236,16 @@ func (g *Gateway) encryptFile(ctx context.Context, p *e2ee.Puppet, uri string) (
 	if err != nil {
 		return nil, fmt.Errorf("bad media URL %q: %w", uri, err)
 	}
-	limit := g.cfg.Gateway.MediaCap()
-	resp, err := p.Client.Download(ctx, mxc)
+	tmp, err := mediafetch.Plain(ctx, p.Client, mxc, mediafetch.Options{
+		What: "media to encrypt", MaxSize: g.cfg.Gateway.MediaCap(), TooLarge: errMediaTooLarge, Pattern: "heirloom-media-*",
+	})
 	if err != nil {
-		return nil, fmt.Errorf("failed to fetch media to encrypt: %w", err)
+		return nil, fmt.Errorf("%s: %w", uri, err)
 	}
-	defer resp.Body.Close()
-	if resp.ContentLength > limit {
-		return nil, fmt.Errorf("%w: %s is %d bytes, over %d", ErrMediaTooLarge, uri, resp.ContentLength, limit)
-	}
-	tmp, err := os.CreateTemp("", "heirloom-media-*")
-	if err != nil {
-		return nil, fmt.Errorf("failed to buffer media: %w", err)
-	}
-	defer func() {
-		_ = tmp.Close()
-		_ = os.Remove(tmp.Name())
-	}()
-	n, err := io.Copy(tmp, io.LimitReader(resp.Body, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("failed to fetch media to encrypt: %w", err)
-	} else if n > limit {
-		return nil, fmt.Errorf("%w: %s is over %d bytes", ErrMediaTooLarge, uri, limit)
-	}
-	if _, err = tmp.Seek(0, io.SeekStart); err != nil {
-		return nil, err
-	}
+	defer tmp.Close() // removes it
 	file := attachment.NewEncryptedFile()
 	stream := file.EncryptStream(tmp)
-	upload, err := p.Client.UploadMedia(ctx, mautrix.ReqUploadMedia{Content: stream, ContentLength: n, ContentType: "application/octet-stream"})
+	upload, err := p.Client.UploadMedia(ctx, mautrix.ReqUploadMedia{Content: stream, ContentLength: tmp.Size, ContentType: "application/octet-stream"})
 	if err != nil {
 		return nil, fmt.Errorf("failed to upload encrypted media: %w", err)
 	}

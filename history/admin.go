@@ -108,15 +108,9 @@ func (s *Service) RetryReceived(ctx context.Context, p *e2ee.Puppet, roomID id.R
 
 // RoomBundles lists what every puppet sent and received for the room, newest first.
 func (s *Service) RoomBundles(ctx context.Context, roomID id.RoomID) (*RoomBundlesResult, error) {
-	sent, err := s.db.ListSentBundlesInRoom(ctx, roomID)
+	sent, received, err := listReports(ctx, roomID, s.db.ListSentBundlesInRoom, s.db.ListReceivedBundlesInRoom)
 	if err != nil {
 		return nil, err
 	}
-	received, err := s.db.ListReceivedBundlesInRoom(ctx, roomID)
-	if err != nil {
-		return nil, err
-	}
-	out := &RoomBundlesResult{}
-	out.Sent, out.Received = reports(sent, received)
-	return out, nil
+	return &RoomBundlesResult{Sent: sent, Received: received}, nil
 }

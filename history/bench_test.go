@@ -94,6 +94,7 @@ func openBenchEnvAt(dir string, dbCfg config.Database, hsURL string) (*benchEnv,
 		db.Close()
 		return nil, err
 	}
+	e2ee.RegisterContentTypes()
 	mgr, err := e2ee.NewManager(cfg, db, http.DefaultClient, zerolog.Nop())
 	if err != nil {
 		db.Close()

@@ -2,12 +2,8 @@ package history
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -19,6 +15,7 @@ import (
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/internal/fault"
+	"github.com/heirloom-matrix/heirloom/internal/mediafetch"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 	"github.com/heirloom-matrix/heirloom/metrics"
 )
@@ -421,21 +418,13 @@ func (s *Service) downloadAndImport(ctx context.Context, p *e2ee.Puppet, b *data
 		}
 		return false
 	}
-	defer func() {
-		name := file.Name()
-		_ = file.Close()
-		_ = os.Remove(name)
-	}()
+	defer file.Close() // removes it
 	plaintext, err := keybundle.Open(file, &info, s.cfg.HistorySharing.MaxBundleSize)
 	if err != nil {
 		b.State, b.Error = database.ReceivedFailed, err.Error()
 		return false
 	}
-	var size int64
-	if st, err := file.Stat(); err == nil {
-		size = st.Size()
-	}
-	if _, err = s.importBundle(ctx, p, b, plaintext, size); err != nil {
+	if _, err = s.importBundle(ctx, p, b, plaintext, file.Size); err != nil {
 		// Rolled back: nothing of the bundle is stored, and the report says so.
 		b.State, b.Error = database.ReceivedFailed, err.Error()
 		b.Imported, b.Withheld, b.Skipped = 0, 0, 0
@@ -448,52 +437,12 @@ var errHashMismatch = errors.New("bundle hash does not match: refusing it")
 
 // download streams the encrypted bundle into a temporary file, refusing more than the size cap
 // before reading it all, and checks its SHA-256 hash.
-func (s *Service) download(ctx context.Context, p *e2ee.Puppet, info *event.EncryptedFileInfo) (*os.File, error) {
-	mxc, err := info.URL.Parse()
-	if err != nil {
-		return nil, fmt.Errorf("bad bundle URL: %w", err)
-	}
-	limit := s.cfg.HistorySharing.MaxBundleSize
-	resp, err := p.Client.Download(ctx, mxc)
-	if err != nil {
-		return nil, fmt.Errorf("failed to download bundle: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.ContentLength > limit {
-		return nil, fmt.Errorf("%w: %d bytes, over history_sharing.max_bundle_size %d", keybundle.ErrBundleTooLarge, resp.ContentLength, limit)
-	}
-	f, err := os.CreateTemp(s.TempDir, "heirloom-download-*")
-	if err != nil {
-		return nil, fmt.Errorf("failed to create temporary file: %w", err)
-	}
-	hasher := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, hasher), io.LimitReader(resp.Body, limit+1))
-	if err == nil && n > limit {
-		err = fmt.Errorf("%w: over history_sharing.max_bundle_size %d", keybundle.ErrBundleTooLarge, limit)
-	}
-	if err == nil {
-		want, decodeErr := base64.RawStdEncoding.DecodeString(trimPadding(info.Hashes.SHA256))
-		if decodeErr != nil || string(want) != string(hasher.Sum(nil)) {
-			err = errHashMismatch
-		}
-	}
-	if err == nil {
-		_, err = f.Seek(0, io.SeekStart)
-	}
-	if err != nil {
-		name := f.Name()
-		_ = f.Close()
-		_ = os.Remove(name)
-		return nil, err
-	}
-	return f, nil
-}
-
-func trimPadding(s string) string {
-	for len(s) > 0 && s[len(s)-1] == '=' {
-		s = s[:len(s)-1]
-	}
-	return s
+func (s *Service) download(ctx context.Context, p *e2ee.Puppet, info *event.EncryptedFileInfo) (*mediafetch.File, error) {
+	return mediafetch.Encrypted(ctx, p.Client, info, mediafetch.Options{
+		What: "bundle", MaxSize: s.cfg.HistorySharing.MaxBundleSize, Setting: "history_sharing.max_bundle_size",
+		TooLarge: keybundle.ErrBundleTooLarge, HashMismatch: errHashMismatch,
+		Dir: s.TempDir, Pattern: "heirloom-download-*",
+	})
 }
 
 // resumeReceiving finishes what a restart interrupted: invites auto_join allows but not yet

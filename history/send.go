@@ -440,17 +440,26 @@ func (s *Service) deliver(ctx context.Context, p *e2ee.Puppet, b *database.SentB
 
 // Bundles lists what the puppet sent and received, newest first.
 func (s *Service) Bundles(ctx context.Context, puppet id.UserID) (*BundlesResult, error) {
-	sent, err := s.db.ListSentBundles(ctx, puppet)
+	sent, received, err := listReports(ctx, puppet, s.db.ListSentBundles, s.db.ListReceivedBundles)
 	if err != nil {
 		return nil, err
 	}
-	received, err := s.db.ListReceivedBundles(ctx, puppet)
+	return &BundlesResult{Sent: sent, Received: received}, nil
+}
+
+// listReports reads the sent and received bundles of key (a puppet, a room) and reports them.
+func listReports[K any](ctx context.Context, key K, listSent func(context.Context, K) ([]*database.SentBundle, error),
+	listReceived func(context.Context, K) ([]*database.ReceivedBundle, error)) ([]SentReport, []*ReceivedReport, error) {
+	sent, err := listSent(ctx, key)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := &BundlesResult{}
-	out.Sent, out.Received = reports(sent, received)
-	return out, nil
+	received, err := listReceived(ctx, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	sentReports, receivedReports := reports(sent, received)
+	return sentReports, receivedReports, nil
 }
 
 // reports turns stored bundles into their reports, in the same order (never nil: the API answers

@@ -63,22 +63,14 @@ func (s *Service) Run(ctx context.Context) {
 	work := context.WithoutCancel(log.WithContext(ctx))
 	s.resumeSending(work)
 	s.resumeReceiving(work)
-	ticker := time.NewTicker(time.Second)
-	defer ticker.Stop()
 	lastExpiry := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.C:
-		case <-s.wake:
-		}
+	tasks.Every(ctx, time.Second, s.wake, func() {
 		s.retryDue(work)
 		if time.Since(lastExpiry) > time.Minute {
 			lastExpiry = time.Now()
 			s.expire(work)
 		}
-	}
+	})
 }
 
 // background runs fn on its own goroutine, with a context that outlives ctx's cancellation,

@@ -11,31 +11,31 @@ import (
 	"time"
 )
 
-// FileStore is the lease of an SQLite database: an exclusive flock on a file beside it. The kernel
+// fileStore is the lease of an SQLite database: an exclusive flock on a file beside it. The kernel
 // releases the lock when the process ends, however it ends, so the lease never outlives its
 // holder and needs no renewal; the file holds the holder's host and pid, for the message a second
 // process gives. It is a file of its own, not the database: SQLite's locks are POSIX record locks,
 // which an flock on NFS would be emulated with.
-type FileStore struct {
+type fileStore struct {
 	path     string
 	database string
 	file     *os.File
 }
 
-var _ Store = (*FileStore)(nil)
+var _ Store = (*fileStore)(nil)
 
 // NewFileStore returns the lease of the database at database, held on the file at path.
-func NewFileStore(path, database string) *FileStore {
-	return &FileStore{path: path, database: database}
+func NewFileStore(path, database string) *fileStore {
+	return &fileStore{path: path, database: database}
 }
 
 // Describe names the database and the lock file.
-func (s *FileStore) Describe() string {
+func (s *fileStore) Describe() string {
 	return fmt.Sprintf("%s (lock file %s)", s.database, s.path)
 }
 
 // TryAcquire takes the flock without waiting; if another process holds it, it says who.
-func (s *FileStore) TryAcquire(_ context.Context, me Holder, _ time.Duration) (Attempt, error) {
+func (s *fileStore) TryAcquire(_ context.Context, me Holder, _ time.Duration) (Attempt, error) {
 	if s.file != nil {
 		return Attempt{Acquired: true, Holder: me}, nil
 	}
@@ -71,7 +71,7 @@ func (s *FileStore) TryAcquire(_ context.Context, me Holder, _ time.Duration) (A
 
 // Renew checks that the lock file is still the one locked: a process that removed or replaced it
 // would let a second process lock another file of the same name.
-func (s *FileStore) Renew(context.Context, Holder, time.Duration) error {
+func (s *fileStore) Renew(context.Context, Holder, time.Duration) error {
 	if s.file == nil {
 		return ErrNotHolder
 	}
@@ -85,7 +85,7 @@ func (s *FileStore) Renew(context.Context, Holder, time.Duration) error {
 }
 
 // Release empties the file and unlocks it.
-func (s *FileStore) Release(context.Context, Holder) error {
+func (s *fileStore) Release(context.Context, Holder) error {
 	if s.file == nil {
 		return nil
 	}
@@ -96,7 +96,7 @@ func (s *FileStore) Release(context.Context, Holder) error {
 }
 
 // sameFile reports whether f is the file now at the path.
-func (s *FileStore) sameFile(f *os.File) (bool, error) {
+func (s *fileStore) sameFile(f *os.File) (bool, error) {
 	held, err := f.Stat()
 	if err != nil {
 		return false, err

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/heirloom-matrix/heirloom/internal/tasks"
 )
 
 // TryAcquire makes one attempt to take the lease. Once taken, the process is Active until its
@@ -71,18 +73,9 @@ func (l *Lease) Acquire(ctx context.Context) (Attempt, error) {
 // Keep renews the lease every Timing.Renew until ctx ends or the lease is lost. It does not
 // release the lease: the process does, once it has stopped acting (Release).
 func (l *Lease) Keep(ctx context.Context) {
-	ticker := time.NewTicker(l.timing.Renew)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-l.lost:
-			return
-		case <-ticker.C:
-			l.RenewOnce(ctx)
-		}
-	}
+	held, stop := l.Context(ctx)
+	defer stop()
+	tasks.Every(held, l.timing.Renew, nil, func() { l.RenewOnce(ctx) })
 }
 
 // RenewOnce renews the lease once. A renewal that succeeds moves the deadline to TTL - Margin after

@@ -11,20 +11,20 @@ import (
 
 // Outcomes of a bundle a puppet sent (the sent bundle states that end it).
 const (
-	SentDelivered = "delivered"
-	SentNothing   = "nothing"
-	SentSkipped   = "skipped"
+	sentDelivered = "delivered"
+	sentNothing   = "nothing"
+	sentSkipped   = "skipped"
 	SentFailed    = "failed"
 )
 
 // Outcomes of a bundle a puppet received: its arrival, then the state that ends it (or a retry).
 const (
 	ReceivedArrived  = "received"
-	ReceivedImported = "imported"
+	receivedImported = "imported"
 	ReceivedRejected = "rejected"
-	ReceivedExpired  = "expired"
-	ReceivedRetry    = "retry"
-	ReceivedFailed   = "failed"
+	receivedExpired  = "expired"
+	receivedRetry    = "retry"
+	receivedFailed   = "failed"
 )
 
 // Reasons a bundle's outcome is counted under.
@@ -81,8 +81,8 @@ func set(values ...string) map[string]bool {
 }
 
 var (
-	sentOutcomes     = set(SentDelivered, SentNothing, SentSkipped, SentFailed)
-	receivedOutcomes = set(ReceivedArrived, ReceivedImported, ReceivedRejected, ReceivedExpired, ReceivedRetry, ReceivedFailed)
+	sentOutcomes     = set(sentDelivered, sentNothing, sentSkipped, SentFailed)
+	receivedOutcomes = set(ReceivedArrived, receivedImported, ReceivedRejected, receivedExpired, receivedRetry, receivedFailed)
 	reasons          = set(ReasonNone, ReasonOther, ReasonDisabled, ReasonNotEncrypted, ReasonVisibility, ReasonNothingToShare,
 		ReasonPuppetUnsigned, ReasonNoCrossSigning, ReasonIdentityChanged, ReasonNoDevices, ReasonInviteImpossible,
 		ReasonTooLarge, ReasonUpload, ReasonDelivery, ReasonInterrupted, ReasonTooLate, ReasonNoLongerInvited,
@@ -116,44 +116,26 @@ type Metrics struct {
 // New creates the collectors; Register adds them to a registry.
 func New() *Metrics {
 	return &Metrics{
-		bundlesSent: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "heirloom_bundles_sent_total",
-			Help: "Key bundles puppets built for invites and reshares, by outcome (delivered, nothing, skipped, failed) and reason.",
-		}, []string{"outcome", "reason"}),
-		bundlesReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "heirloom_bundles_received_total",
-			Help: "Key bundles puppets received (outcome received), then what became of them (imported, rejected, expired, retry, failed), by reason.",
-		}, []string{"outcome", "reason"}),
-		inviteToDelivered: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "heirloom_bundle_invite_to_delivered_seconds",
-			Help:    "Time from a puppet's invite (the API call, or its echo for invites sent directly) to its bundle delivered.",
-			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600},
-		}),
-		joinToImported: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "heirloom_bundle_join_to_imported_seconds",
-			Help:    "Time from a puppet accepting an invite to the inviter's bundle imported.",
-			Buckets: []float64{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400},
-		}),
-		redelivered: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "heirloom_bundle_redeliveries_total",
-			Help: "Devices an invitee added after the invite that got the invite's bundle.",
-		}),
-		recovered: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "heirloom_to_device_recovered_total",
-			Help: "To-device messages the homeserver never pushed that the inbox sweep fetched.",
-		}),
-		identityRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "heirloom_identity_changes_refused_total",
-			Help: "History sharing refused because a cross-signing identity changed since heirloom first saw it, by where (send, redeliver, receive).",
-		}, []string{"where"}),
-		restored: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "heirloom_puppet_devices_restored_total",
-			Help: "Puppet devices the homeserver deleted that heirloom recreated with the same keys, by what noticed it.",
-		}, []string{"trigger"}),
-		restoreFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "heirloom_puppet_device_restore_failures_total",
-			Help: "Deleted puppet devices heirloom could not restore, by what noticed it (GET /status lists them).",
-		}, []string{"trigger"}),
+		bundlesSent: NewCounterVec("heirloom_bundles_sent_total",
+			"Key bundles puppets built for invites and reshares, by outcome (delivered, nothing, skipped, failed) and reason.", "outcome", "reason"),
+		bundlesReceived: NewCounterVec("heirloom_bundles_received_total",
+			"Key bundles puppets received (outcome received), then what became of them (imported, rejected, expired, retry, failed), by reason.", "outcome", "reason"),
+		inviteToDelivered: NewHistogram("heirloom_bundle_invite_to_delivered_seconds",
+			"Time from a puppet's invite (the API call, or its echo for invites sent directly) to its bundle delivered.",
+			0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+		joinToImported: NewHistogram("heirloom_bundle_join_to_imported_seconds",
+			"Time from a puppet accepting an invite to the inviter's bundle imported.",
+			0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400),
+		redelivered: NewCounter("heirloom_bundle_redeliveries_total",
+			"Devices an invitee added after the invite that got the invite's bundle."),
+		recovered: NewCounter("heirloom_to_device_recovered_total",
+			"To-device messages the homeserver never pushed that the inbox sweep fetched."),
+		identityRefused: NewCounterVec("heirloom_identity_changes_refused_total",
+			"History sharing refused because a cross-signing identity changed since heirloom first saw it, by where (send, redeliver, receive).", "where"),
+		restored: NewCounterVec("heirloom_puppet_devices_restored_total",
+			"Puppet devices the homeserver deleted that heirloom recreated with the same keys, by what noticed it.", "trigger"),
+		restoreFailed: NewCounterVec("heirloom_puppet_device_restore_failures_total",
+			"Deleted puppet devices heirloom could not restore, by what noticed it (GET /status lists them).", "trigger"),
 	}
 }
 
@@ -169,11 +151,7 @@ func (m *Metrics) Register(reg prometheus.Registerer) error {
 }
 
 // BundleSent counts a sent bundle reaching outcome, for reason.
-func (m *Metrics) BundleSent(outcome, reason string) {
-	if m != nil {
-		m.bundlesSent.WithLabelValues(bounded(sentOutcomes, outcome), bounded(reasons, reason)).Inc()
-	}
-}
+func (m *Metrics) BundleSent(outcome, reason string) { m.BundlesSent(outcome, reason, 1) }
 
 // BundlesSent counts n sent bundles reaching outcome, for reason.
 func (m *Metrics) BundlesSent(outcome, reason string, n int64) {
@@ -183,11 +161,7 @@ func (m *Metrics) BundlesSent(outcome, reason string, n int64) {
 }
 
 // BundleReceived counts a received bundle reaching outcome, for reason.
-func (m *Metrics) BundleReceived(outcome, reason string) {
-	if m != nil {
-		m.bundlesReceived.WithLabelValues(bounded(receivedOutcomes, outcome), bounded(reasons, reason)).Inc()
-	}
-}
+func (m *Metrics) BundleReceived(outcome, reason string) { m.BundlesReceived(outcome, reason, 1) }
 
 // BundlesReceived counts n received bundles reaching outcome, for reason.
 func (m *Metrics) BundlesReceived(outcome, reason string, n int64) {

@@ -27,15 +27,15 @@ func TestLabelsAreBounded(t *testing.T) {
 	require.Equal(t, 1, testutil.CollectAndCount(m.bundlesSent))
 	require.Equal(t, 1, testutil.CollectAndCount(m.bundlesReceived))
 	require.Equal(t, 50.0, testutil.ToFloat64(m.bundlesSent.WithLabelValues(ReasonOther, ReasonOther)))
-	require.Equal(t, 50.0, testutil.ToFloat64(m.bundlesReceived.WithLabelValues(ReceivedFailed, ReasonOther)))
+	require.Equal(t, 50.0, testutil.ToFloat64(m.bundlesReceived.WithLabelValues(receivedFailed, ReasonOther)))
 	require.Equal(t, 1, testutil.CollectAndCount(m.identityRefused))
 	require.Equal(t, 1, testutil.CollectAndCount(m.restored))
 
-	m.BundleSent(SentSkipped, ReasonIdentityChanged)
+	m.BundleSent(sentSkipped, ReasonIdentityChanged)
 	m.DeviceRestored(TriggerStartup)
 	m.Delivered(300 * time.Millisecond)
 	m.Imported(2 * time.Second)
-	require.Equal(t, 1.0, testutil.ToFloat64(m.bundlesSent.WithLabelValues(SentSkipped, ReasonIdentityChanged)))
+	require.Equal(t, 1.0, testutil.ToFloat64(m.bundlesSent.WithLabelValues(sentSkipped, ReasonIdentityChanged)))
 	require.Equal(t, 1.0, testutil.ToFloat64(m.restored.WithLabelValues(TriggerStartup)))
 	require.Equal(t, 1, testutil.CollectAndCount(m.inviteToDelivered))
 }
@@ -43,9 +43,9 @@ func TestLabelsAreBounded(t *testing.T) {
 // A nil *Metrics counts nothing and does not panic.
 func TestNilMetrics(t *testing.T) {
 	var m *Metrics
-	m.BundleSent(SentDelivered, ReasonNone)
+	m.BundleSent(sentDelivered, ReasonNone)
 	m.BundlesSent(SentFailed, ReasonTooLate, 3)
-	m.BundleReceived(ReceivedImported, ReasonNone)
+	m.BundleReceived(receivedImported, ReasonNone)
 	m.BundlesReceived(ReceivedRejected, ReasonNotInviter, 2)
 	m.Delivered(time.Second)
 	m.Imported(time.Second)

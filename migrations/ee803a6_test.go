@@ -128,6 +128,7 @@ func TestUpgradeFromEE803A6HoldsEverySessionUnderItsRoom(t *testing.T) {
 			Database:   dbCfg,
 			Encryption: config.Encryption{PickleKey: fixturePickleKey},
 		}
+		e2ee.RegisterContentTypes()
 		mgr, err := e2ee.NewManager(cfg, db, http.DefaultClient, zerolog.Nop())
 		require.NoError(t, err)
 		puppets := map[id.UserID]*e2ee.Puppet{}

@@ -82,8 +82,8 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 	}))
 }
 
-// DecodeBody reads a JSON object from the request into v.
-func DecodeBody(r *http.Request, v any) error {
+// decodeBody reads a JSON object from the request into v.
+func decodeBody(r *http.Request, v any) error {
 	data, err := io.ReadAll(r.Body)
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -106,11 +106,20 @@ func DecodeBody(r *http.Request, v any) error {
 	return nil
 }
 
-// PuppetParam returns the {userID} path parameter, checked to be in the puppet namespace.
-func (s *Server) PuppetParam(r *http.Request) (id.UserID, error) {
+// userParam returns the {userID} path parameter, checked to be a user ID.
+func userParam(r *http.Request) (id.UserID, error) {
 	userID := id.UserID(r.PathValue("userID"))
 	if _, _, err := userID.Parse(); err != nil {
 		return "", errInvalidParam(fmt.Sprintf("%q is not a valid user ID", userID))
+	}
+	return userID, nil
+}
+
+// puppetParam returns the {userID} path parameter, checked to be in the puppet namespace.
+func (s *Server) puppetParam(r *http.Request) (id.UserID, error) {
+	userID, err := userParam(r)
+	if err != nil {
+		return "", err
 	}
 	if !s.cfg.IsPuppet(userID) {
 		return "", errInvalidParam(fmt.Sprintf("%s is not in the puppet namespace (@%s…:%s)",
@@ -119,9 +128,9 @@ func (s *Server) PuppetParam(r *http.Request) (id.UserID, error) {
 	return userID, nil
 }
 
-// LoadPuppet returns the provisioned puppet named by the path.
-func (s *Server) LoadPuppet(r *http.Request) (*e2ee.Puppet, error) {
-	userID, err := s.PuppetParam(r)
+// loadPuppet returns the provisioned puppet named by the path.
+func (s *Server) loadPuppet(r *http.Request) (*e2ee.Puppet, error) {
+	userID, err := s.puppetParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -132,21 +141,21 @@ func (s *Server) LoadPuppet(r *http.Request) (*e2ee.Puppet, error) {
 	return p, err
 }
 
-// LoadPuppetInRoom returns the provisioned puppet and the room the path names.
-func (s *Server) LoadPuppetInRoom(r *http.Request) (*e2ee.Puppet, id.RoomID, error) {
-	p, err := s.LoadPuppet(r)
+// loadPuppetInRoom returns the provisioned puppet and the room the path names.
+func (s *Server) loadPuppetInRoom(r *http.Request) (*e2ee.Puppet, id.RoomID, error) {
+	p, err := s.loadPuppet(r)
 	if err != nil {
 		return nil, "", err
 	}
-	roomID, err := RoomParam(r)
+	roomID, err := roomParam(r)
 	if err != nil {
 		return nil, "", err
 	}
 	return p, roomID, nil
 }
 
-// RoomParam returns the {roomID} path parameter, checked for shape.
-func RoomParam(r *http.Request) (id.RoomID, error) {
+// roomParam returns the {roomID} path parameter, checked for shape.
+func roomParam(r *http.Request) (id.RoomID, error) {
 	roomID := id.RoomID(r.PathValue("roomID"))
 	// Room IDs start with "!"; newer room versions drop the ":server" part, so that is not required.
 	if len(roomID) < 2 || roomID[0] != '!' || strings.ContainsAny(string(roomID), "/ ") {
@@ -155,9 +164,9 @@ func RoomParam(r *http.Request) (id.RoomID, error) {
 	return roomID, nil
 }
 
-// MapRoomError turns "the homeserver does not know this room" into a 404, and "the room is
+// mapRoomError turns "the homeserver does not know this room" into a 404, and "the room is
 // encrypted with settings heirloom cannot use" into a 502 (nothing was sent).
-func MapRoomError(err error) error {
+func mapRoomError(err error) error {
 	switch {
 	case errors.Is(err, e2ee.ErrUnknownRoom):
 		return errNotFound(err.Error())
@@ -168,8 +177,8 @@ func MapRoomError(err error) error {
 	return err
 }
 
-// StatusResponse is what GET /status answers.
-type StatusResponse struct {
+// statusResponse is what GET /status answers.
+type statusResponse struct {
 	Version string `json:"version"`
 	// Role is the process's role: active (it acts), standby (it waits for the lease) or lost.
 	Role string `json:"role"`
@@ -183,7 +192,7 @@ type StatusResponse struct {
 	UptimeSeconds        int   `json:"uptime_seconds"`
 	HistorySharingActive bool  `json:"history_sharing_active"`
 	// Bundles counts the bundles that wait or went wrong.
-	Bundles StatusBundles `json:"bundles"`
+	Bundles statusBundles `json:"bundles"`
 	// DeviceProblems lists the puppet devices the homeserver lost and heirloom could not restore:
 	// those puppets can neither send nor read encrypted messages until it is fixed.
 	DeviceProblems []e2ee.DeviceProblem `json:"device_problems"`
@@ -238,9 +247,9 @@ type BotStatus struct {
 	MasterKey id.Ed25519  `json:"master_key"`
 }
 
-// StatusBundles is GET /status's count of bundles: sent ones being delivered or failed, received
+// statusBundles is GET /status's count of bundles: sent ones being delivered or failed, received
 // ones pending, retrying or failed.
-type StatusBundles struct {
+type statusBundles struct {
 	Sending    int `json:"sending"`
 	SendFailed int `json:"send_failed"`
 	Pending    int `json:"pending"`
@@ -251,7 +260,7 @@ type StatusBundles struct {
 func (s *Server) apiStatus(r *http.Request) (any, error) {
 	if !s.acting() {
 		// The database is the active process's: a standby reports its role and who is active.
-		return &StandbyStatus{Version: Version, Role: s.Role().String(), Lease: s.leaseStatus(),
+		return &standbyStatus{Version: Version, Role: s.Role().String(), Lease: s.leaseStatus(),
 			UptimeSeconds: int(time.Since(s.startedAt).Seconds())}, nil
 	}
 	ctx := r.Context()
@@ -280,7 +289,7 @@ func (s *Server) apiStatus(r *http.Request) (any, error) {
 	if bot != nil {
 		botStatus = &BotStatus{UserID: bot.UserID, DeviceID: bot.DeviceID, MasterKey: bot.MasterKey}
 	}
-	return &StatusResponse{
+	return &statusResponse{
 		Version:              Version,
 		Role:                 s.Role().String(),
 		Lease:                s.leaseStatus(),
@@ -290,7 +299,7 @@ func (s *Server) apiStatus(r *http.Request) (any, error) {
 		LastHomeserverPing:   s.lastPing.Load(),
 		UptimeSeconds:        int(time.Since(s.startedAt).Seconds()),
 		HistorySharingActive: s.cfg.HistorySharing.ShareOnInvite,
-		Bundles: StatusBundles{Sending: counts.Sending, SendFailed: counts.SendFailed, Pending: counts.Pending,
+		Bundles: statusBundles{Sending: counts.Sending, SendFailed: counts.SendFailed, Pending: counts.Pending,
 			Retrying: counts.Retrying, Failed: counts.Failed},
 		DeviceProblems: s.mgr.DeviceProblems(),
 		Bot:            botStatus,
@@ -303,13 +312,13 @@ type provisionRequest struct {
 }
 
 func (s *Server) apiProvision(r *http.Request) (any, error) {
-	userID, err := s.PuppetParam(r)
+	userID, err := s.puppetParam(r)
 	if err != nil {
 		return nil, err
 	}
 	var req provisionRequest
 	if r.ContentLength != 0 {
-		if err = DecodeBody(r, &req); err != nil {
+		if err = decodeBody(r, &req); err != nil {
 			return nil, err
 		}
 	}
@@ -325,12 +334,12 @@ type createRoomRequest struct {
 }
 
 func (s *Server) apiCreateRoom(r *http.Request) (any, error) {
-	p, err := s.LoadPuppet(r)
+	p, err := s.loadPuppet(r)
 	if err != nil {
 		return nil, err
 	}
 	var req createRoomRequest
-	if err = DecodeBody(r, &req); err != nil {
+	if err = decodeBody(r, &req); err != nil {
 		return nil, err
 	}
 	visibility := event.HistoryVisibility(req.HistoryVisibility)
@@ -380,7 +389,7 @@ func (s *Server) apiCreateRoom(r *http.Request) (any, error) {
 }
 
 func (s *Server) apiLeave(r *http.Request) (any, error) {
-	p, roomID, err := s.LoadPuppetInRoom(r)
+	p, roomID, err := s.loadPuppetInRoom(r)
 	if err != nil {
 		return nil, err
 	}
@@ -391,7 +400,7 @@ func (s *Server) apiLeave(r *http.Request) (any, error) {
 }
 
 func (s *Server) apiSetState(r *http.Request) (any, error) {
-	p, roomID, err := s.LoadPuppetInRoom(r)
+	p, roomID, err := s.loadPuppetInRoom(r)
 	if err != nil {
 		return nil, err
 	}
@@ -400,7 +409,7 @@ func (s *Server) apiSetState(r *http.Request) (any, error) {
 		return nil, errInvalidParam("missing event type")
 	}
 	var content map[string]any
-	if err = DecodeBody(r, &content); err != nil {
+	if err = decodeBody(r, &content); err != nil {
 		return nil, err
 	}
 	ctx := r.Context()
@@ -429,12 +438,12 @@ func (s *Server) apiSetState(r *http.Request) (any, error) {
 }
 
 func (s *Server) apiSend(r *http.Request) (any, error) {
-	p, roomID, err := s.LoadPuppetInRoom(r)
+	p, roomID, err := s.loadPuppetInRoom(r)
 	if err != nil {
 		return nil, err
 	}
 	var content map[string]any
-	if err = DecodeBody(r, &content); err != nil {
+	if err = decodeBody(r, &content); err != nil {
 		return nil, err
 	}
 	if msgtype, ok := content["msgtype"].(string); !ok || msgtype == "" {
@@ -449,7 +458,7 @@ func (s *Server) apiSend(r *http.Request) (any, error) {
 	}
 	eventID, err := p.SendMessageTxn(r.Context(), roomID, event.EventMessage, content, txnID)
 	if err != nil {
-		return nil, MapRoomError(err)
+		return nil, mapRoomError(err)
 	}
 	return &mautrix.RespSendEvent{EventID: eventID}, nil
 }
@@ -472,13 +481,13 @@ func sendTxnID(puppet id.UserID, txnID string) (string, error) {
 	return "heirloom." + base64.RawURLEncoding.EncodeToString(sum[:]), nil
 }
 
-// MessagesResponse is what GET …/messages answers: the room's last events, oldest first.
-type MessagesResponse struct {
+// messagesResponse is what GET …/messages answers: the room's last events, oldest first.
+type messagesResponse struct {
 	Events []e2ee.TimelineEvent `json:"events"`
 }
 
 func (s *Server) apiMessages(r *http.Request) (any, error) {
-	p, roomID, err := s.LoadPuppetInRoom(r)
+	p, roomID, err := s.loadPuppetInRoom(r)
 	if err != nil {
 		return nil, err
 	}
@@ -491,18 +500,18 @@ func (s *Server) apiMessages(r *http.Request) (any, error) {
 	}
 	events, err := p.Timeline(r.Context(), roomID, limit)
 	if err != nil {
-		return nil, MapRoomError(err)
+		return nil, mapRoomError(err)
 	}
-	return &MessagesResponse{Events: events}, nil
+	return &messagesResponse{Events: events}, nil
 }
 
-// ResendRequest names the event set aside to deliver again; without one, all are.
-type ResendRequest struct {
+// resendRequest names the event set aside to deliver again; without one, all are.
+type resendRequest struct {
 	EventID id.EventID `json:"event_id"`
 }
 
-// ResendResponse says how many events set aside go to the bridge again.
-type ResendResponse struct {
+// resendResponse says how many events set aside go to the bridge again.
+type resendResponse struct {
 	Requeued int `json:"requeued"`
 }
 
@@ -510,8 +519,8 @@ func (s *Server) apiResendDeadLetters(r *http.Request) (any, error) {
 	if s.gateway == nil {
 		return nil, errNotFound("gateway mode is off")
 	}
-	var req ResendRequest
-	if err := DecodeBody(r, &req); err != nil {
+	var req resendRequest
+	if err := decodeBody(r, &req); err != nil {
 		return nil, err
 	}
 	n, err := s.gateway.Resend(r.Context(), req.EventID)
@@ -521,5 +530,5 @@ func (s *Server) apiResendDeadLetters(r *http.Request) (any, error) {
 	if n == 0 && req.EventID != "" {
 		return nil, errNotFound(fmt.Sprintf("no event set aside has the ID %s", req.EventID))
 	}
-	return &ResendResponse{Requeued: n}, nil
+	return &resendResponse{Requeued: n}, nil
 }

@@ -7,6 +7,7 @@ import (
 
 	"maunium.net/go/mautrix/id"
 
+	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/history"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
@@ -29,16 +30,26 @@ func otherUser(userID, puppet id.UserID, self string) error {
 	return nil
 }
 
-func (s *Server) apiInvite(r *http.Request) (any, error) {
-	p, roomID, err := s.LoadPuppetInRoom(r)
+// towardUser loads the puppet and room of r and decodes its body into req, whose *user must be
+// another user than the puppet (self says why when it is the puppet itself).
+func (s *Server) towardUser(r *http.Request, req any, user *id.UserID, self string) (*e2ee.Puppet, id.RoomID, error) {
+	p, roomID, err := s.loadPuppetInRoom(r)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
+	if err = decodeBody(r, req); err != nil {
+		return nil, "", err
+	}
+	if err = otherUser(*user, p.UserID, self); err != nil {
+		return nil, "", err
+	}
+	return p, roomID, nil
+}
+
+func (s *Server) apiInvite(r *http.Request) (any, error) {
 	var req inviteRequest
-	if err = DecodeBody(r, &req); err != nil {
-		return nil, err
-	}
-	if err = otherUser(req.UserID, p.UserID, "a puppet cannot invite itself"); err != nil {
+	p, roomID, err := s.towardUser(r, &req, &req.UserID, "a puppet cannot invite itself")
+	if err != nil {
 		return nil, err
 	}
 	share := req.ShareHistory == nil || *req.ShareHistory
@@ -46,20 +57,20 @@ func (s *Server) apiInvite(r *http.Request) (any, error) {
 	if errors.Is(err, keybundle.ErrBundleTooLarge) {
 		return nil, errTooLarge(err.Error() + "; the invite was not sent (retry with share_history: false to invite without history)")
 	}
-	return resp, MapRoomError(err)
+	return resp, mapRoomError(err)
 }
 
 func (s *Server) apiJoin(r *http.Request) (any, error) {
-	p, roomID, err := s.LoadPuppetInRoom(r)
+	p, roomID, err := s.loadPuppetInRoom(r)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := s.history.Join(r.Context(), p, roomID)
-	return resp, MapRoomError(err)
+	return resp, mapRoomError(err)
 }
 
 func (s *Server) apiBundles(r *http.Request) (any, error) {
-	userID, err := s.PuppetParam(r)
+	userID, err := s.puppetParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -73,15 +84,9 @@ type reshareRequest struct {
 // apiReshare builds and delivers a fresh bundle of the room's history to a user who is invited or
 // joined already.
 func (s *Server) apiReshare(r *http.Request) (any, error) {
-	p, roomID, err := s.LoadPuppetInRoom(r)
-	if err != nil {
-		return nil, err
-	}
 	var req reshareRequest
-	if err = DecodeBody(r, &req); err != nil {
-		return nil, err
-	}
-	if err = otherUser(req.UserID, p.UserID, "a puppet cannot share history with itself"); err != nil {
+	p, roomID, err := s.towardUser(r, &req, &req.UserID, "a puppet cannot share history with itself")
+	if err != nil {
 		return nil, err
 	}
 	resp, err := s.history.Reshare(r.Context(), p, roomID, req.UserID)
@@ -91,12 +96,12 @@ func (s *Server) apiReshare(r *http.Request) (any, error) {
 	case errors.Is(err, keybundle.ErrBundleTooLarge):
 		return nil, errTooLarge(err.Error())
 	}
-	return resp, MapRoomError(err)
+	return resp, mapRoomError(err)
 }
 
 // apiRetry retries now the puppet's failed received bundles for the room.
 func (s *Server) apiRetry(r *http.Request) (any, error) {
-	p, roomID, err := s.LoadPuppetInRoom(r)
+	p, roomID, err := s.loadPuppetInRoom(r)
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,6 @@ package server
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 
 	"maunium.net/go/mautrix/id"
@@ -13,14 +12,6 @@ import (
 // Identities: when a user's cross-signing identity changes, heirloom stops sharing history with
 // them and refuses their bundles (MSC4268's red flag) until an admin, having checked the new key
 // with the user, confirms it here.
-
-func identityParam(r *http.Request) (id.UserID, error) {
-	userID := id.UserID(r.PathValue("userID"))
-	if _, _, err := userID.Parse(); err != nil {
-		return "", errInvalidParam(fmt.Sprintf("%q is not a valid user ID", userID))
-	}
-	return userID, nil
-}
 
 func mapIdentityError(err error) error {
 	switch {
@@ -33,7 +24,7 @@ func mapIdentityError(err error) error {
 }
 
 func (s *Server) apiGetIdentity(r *http.Request) (any, error) {
-	userID, err := identityParam(r)
+	userID, err := userParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -46,12 +37,12 @@ type confirmIdentityRequest struct {
 }
 
 func (s *Server) apiConfirmIdentity(r *http.Request) (any, error) {
-	userID, err := identityParam(r)
+	userID, err := userParam(r)
 	if err != nil {
 		return nil, err
 	}
 	var req confirmIdentityRequest
-	if err = DecodeBody(r, &req); err != nil {
+	if err = decodeBody(r, &req); err != nil {
 		return nil, err
 	} else if req.MasterKey == "" {
 		return nil, errBadJSON("master_key is required: the key you checked with the user")

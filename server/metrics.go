@@ -6,6 +6,7 @@ import (
 	"maunium.net/go/mautrix/event"
 
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	hmetrics "github.com/heirloom-matrix/heirloom/metrics"
 )
 
 // metrics are heirloom's Prometheus metrics, served at /metrics.
@@ -24,22 +25,14 @@ func (s *Server) MetricsRegistry() prometheus.Registerer { return s.metrics.regi
 func newMetrics(mgr *e2ee.Manager) *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
-		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "heirloom_transactions_total",
-			Help: "Appservice transactions received, by outcome (processed, duplicate, rejected, failed, refused: the bridge's outbox was full).",
-		}, []string{"outcome"}),
-		events: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "heirloom_events_total",
-			Help: "Events received in transactions, by section and event type (known types; the rest as other).",
-		}, []string{"section", "type"}),
-		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "heirloom_errors_total",
-			Help: "Errors, by where they happened.",
-		}, []string{"where"}),
-		apiRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "heirloom_api_requests_total",
-			Help: "HTTP API requests, by status code.",
-		}, []string{"code"}),
+		transactions: hmetrics.NewCounterVec("heirloom_transactions_total",
+			"Appservice transactions received, by outcome (processed, duplicate, rejected, failed, refused: the bridge's outbox was full).", "outcome"),
+		events: hmetrics.NewCounterVec("heirloom_events_total",
+			"Events received in transactions, by section and event type (known types; the rest as other).", "section", "type"),
+		errors: hmetrics.NewCounterVec("heirloom_errors_total",
+			"Errors, by where they happened.", "where"),
+		apiRequests: hmetrics.NewCounterVec("heirloom_api_requests_total",
+			"HTTP API requests, by status code.", "code"),
 	}
 	keyQueries := prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "heirloom_key_queries_total",

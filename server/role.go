@@ -109,9 +109,9 @@ type LeaseStatus struct {
 	ActiveSince time.Time `json:"active_since,omitzero"`
 }
 
-// StandbyStatus is GET /status of a process that does not act: it does not read the database,
+// standbyStatus is GET /status of a process that does not act: it does not read the database,
 // which is the active process's.
-type StandbyStatus struct {
+type standbyStatus struct {
 	Version       string       `json:"version"`
 	Role          string       `json:"role"`
 	Lease         *LeaseStatus `json:"lease,omitempty"`

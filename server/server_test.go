@@ -67,6 +67,7 @@ func newHarness(t *testing.T) *harness {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = db.Close() })
 	require.NoError(t, db.Upgrade(context.Background()))
+	e2ee.RegisterContentTypes()
 	mgr, err := e2ee.NewManager(cfg, db, http.DefaultClient, zerolog.Nop())
 	require.NoError(t, err)
 	sharing := history.NewService(cfg, db, mgr)

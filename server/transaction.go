@@ -44,8 +44,8 @@ type rawTransaction struct {
 	MSC3202OTKCounts   json.RawMessage `json:"org.matrix.msc3202.device_one_time_keys_count"`
 }
 
-// Transaction is a parsed appservice transaction: every section as far as it was valid.
-type Transaction struct {
+// transaction is a parsed appservice transaction: every section as far as it was valid.
+type transaction struct {
 	ID          string
 	Events      []*event.Event
 	Ephemeral   []*event.Event
@@ -61,7 +61,7 @@ type Transaction struct {
 
 // ParseTransaction decodes a transaction body. Only a body that is not a JSON object fails;
 // malformed events or sections are skipped and counted.
-func ParseTransaction(body []byte) (*Transaction, error) {
+func ParseTransaction(body []byte) (*transaction, error) {
 	if trimmed := bytes.TrimSpace(body); len(trimmed) == 0 || trimmed[0] != '{' {
 		return nil, errors.New("transaction body is not a JSON object")
 	}
@@ -81,7 +81,7 @@ func ParseTransaction(body []byte) (*Transaction, error) {
 			}
 		}
 	}
-	txn := &Transaction{Invalid: invalid, RawEvents: raw.Events, RawEphemeral: firstNonNil(raw.Ephemeral, raw.MSC2409Ephemeral)}
+	txn := &transaction{Invalid: invalid, RawEvents: raw.Events, RawEphemeral: firstNonNil(raw.Ephemeral, raw.MSC2409Ephemeral)}
 	txn.Events = txn.parseEvents(raw.Events, false)
 	txn.Ephemeral = txn.parseEvents(txn.RawEphemeral, false)
 	txn.ToDevice = txn.parseEvents(firstNonNil(raw.ToDevice, raw.MSC2409ToDevice), true)
@@ -116,7 +116,7 @@ func firstNonNil(a, b []json.RawMessage) []json.RawMessage {
 	return b
 }
 
-func (txn *Transaction) parseEvents(raws []json.RawMessage, toDevice bool) []*event.Event {
+func (txn *transaction) parseEvents(raws []json.RawMessage, toDevice bool) []*event.Event {
 	out := make([]*event.Event, 0, len(raws))
 	for _, raw := range raws {
 		var evt event.Event
@@ -235,7 +235,7 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 // bridge's part: the bridge's copy is stored before the homeserver hears the transaction was
 // taken. An error means the homeserver must send it again (heirloom's processing is idempotent);
 // ErrBridgeBacklog, that the bridge's outbox is full.
-func (s *Server) take(ctx context.Context, txn *Transaction, txnKey string) error {
+func (s *Server) take(ctx context.Context, txn *transaction, txnKey string) error {
 	if s.gateway != nil {
 		if err := s.gateway.Admit(ctx, txn.RawEvents); err != nil {
 			// The bridge is far behind: the homeserver keeps the transaction's events and sends
@@ -260,7 +260,7 @@ func (s *Server) take(ctx context.Context, txn *Transaction, txnKey string) erro
 // slowCreateAck holds the answer to a transaction with an m.room.create back 3 s when the
 // slow_create_ack fault point is armed: the homeserver holds the rest of the new room's state
 // back meanwhile.
-func slowCreateAck(txn *Transaction) {
+func slowCreateAck(txn *transaction) {
 	if fault.Active("slow_create_ack") && slices.ContainsFunc(txn.Events, func(evt *event.Event) bool { return evt.Type == event.StateCreate }) {
 		time.Sleep(3 * time.Second)
 	}
@@ -328,7 +328,7 @@ func (s *Server) txnFailed(ctx context.Context) {
 // membership are known), then to-device messages, key counts and device lists (new devices of
 // invitees may get their invite's bundle), then the reactions to events (invites, joins), each
 // event then going to OnRoomEvent (heirloom's bot).
-func (s *Server) processTransaction(ctx context.Context, txn *Transaction) {
+func (s *Server) processTransaction(ctx context.Context, txn *transaction) {
 	log := zerolog.Ctx(ctx)
 	log.Debug().
 		Int("events", len(txn.Events)).Int("ephemeral", len(txn.Ephemeral)).Int("to_device", len(txn.ToDevice)).
@@ -354,7 +354,7 @@ func (s *Server) processTransaction(ctx context.Context, txn *Transaction) {
 
 // processKeys applies what a transaction brings for heirloom's devices: to-device messages,
 // one-time-key counts and device lists (new devices of invitees may get their invite's bundle).
-func (s *Server) processKeys(ctx context.Context, txn *Transaction) {
+func (s *Server) processKeys(ctx context.Context, txn *transaction) {
 	for _, evt := range txn.ToDevice {
 		s.metrics.events.WithLabelValues("to_device", eventTypeLabel(evt.Type.Type)).Inc()
 		s.mgr.RouteToDevice(ctx, evt)

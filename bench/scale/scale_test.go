@@ -199,6 +199,7 @@ func provisionPuppets(b *testing.B, cfg *config.Config, hs *fakeHomeserver, n in
 		b.Fatal(err)
 	}
 	empty := databaseSize(b, cfg.Database)
+	e2ee.RegisterContentTypes()
 	mgr, err := e2ee.NewManager(cfg, db, &http.Client{Timeout: time.Minute}, log)
 	if err != nil {
 		b.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 )
@@ -60,4 +61,20 @@ func (g *Group) Stopping() bool {
 	g.lock.Lock()
 	defer g.lock.Unlock()
 	return g.stopping
+}
+
+// Every calls fn every period until ctx ends, and also whenever wake has a value (a nil wake never
+// has). The first call is after the first period.
+func Every(ctx context.Context, period time.Duration, wake <-chan struct{}, fn func()) {
+	ticker := time.NewTicker(period)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		case <-wake:
+		}
+		fn()
+	}
 }

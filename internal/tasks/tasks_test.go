@@ -32,3 +32,26 @@ func TestGroup(t *testing.T) {
 	<-finished
 	require.False(t, ran, "nothing starts once Stop began")
 }
+
+// Every calls fn on each wake and each period, and returns once ctx ends.
+func TestEvery(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	wake, called, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		Every(ctx, time.Hour, wake, func() { called <- struct{}{} })
+		close(done)
+	}()
+	wake <- struct{}{}
+	<-called // a wake calls fn long before the hour
+	cancel()
+	<-done
+
+	ticks := 0
+	ctx, cancel = context.WithCancel(context.Background())
+	Every(ctx, time.Millisecond, nil, func() {
+		if ticks++; ticks == 3 {
+			cancel()
+		}
+	})
+	require.Equal(t, 3, ticks, "the period calls fn, and nothing after ctx ends")
+}

@@ -16,18 +16,18 @@ import (
 	"github.com/heirloom-matrix/heirloom/config"
 )
 
-// PostgresEnv names the PostgreSQL server (a URI) the tests create their databases on.
-const PostgresEnv = "HEIRLOOM_TEST_POSTGRES"
+// postgresEnv names the PostgreSQL server (a URI) the tests create their databases on.
+const postgresEnv = "HEIRLOOM_TEST_POSTGRES"
 
-// Backend opens the configuration of a fresh, empty database for one test.
-type Backend struct {
+// backend opens the configuration of a fresh, empty database for one test.
+type backend struct {
 	Name string
 	Open func(tb testing.TB) config.Database
 }
 
 // Backends returns every backend: SQLite, then PostgreSQL.
-func Backends() []Backend {
-	return []Backend{{"sqlite", SQLite}, {"postgres", Postgres}}
+func Backends() []backend {
+	return []backend{{"sqlite", SQLite}, {"postgres", Postgres}}
 }
 
 // ForEach runs test once per backend, each on a fresh database.
@@ -53,9 +53,9 @@ func SQLite(tb testing.TB) config.Database {
 // schema would count as existing.
 func Postgres(tb testing.TB) config.Database {
 	tb.Helper()
-	base := os.Getenv(PostgresEnv)
+	base := os.Getenv(postgresEnv)
 	if base == "" {
-		const msg = PostgresEnv + " is unset: the PostgreSQL tests did not run (make unit-postgres runs them; CI must)"
+		const msg = postgresEnv + " is unset: the PostgreSQL tests did not run (make unit-postgres runs them; CI must)"
 		if os.Getenv("CI") != "" {
 			tb.Fatal(msg)
 		}
@@ -67,7 +67,7 @@ func Postgres(tb testing.TB) config.Database {
 	}
 	tb.Cleanup(func() { _ = admin.Close() })
 	if err = admin.Ping(); err != nil {
-		tb.Fatalf("cannot reach %s=%s: %v", PostgresEnv, base, err)
+		tb.Fatalf("cannot reach %s=%s: %v", postgresEnv, base, err)
 	}
 	suffix := make([]byte, 6)
 	_, _ = rand.Read(suffix)

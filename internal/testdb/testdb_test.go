@@ -33,7 +33,7 @@ func TestPostgresDatabaseIsDroppedAfterTheTest(t *testing.T) {
 	if name == "" {
 		t.Skip("the PostgreSQL subtest did not run")
 	}
-	admin, err := sql.Open("postgres", os.Getenv(PostgresEnv))
+	admin, err := sql.Open("postgres", os.Getenv(postgresEnv))
 	require.NoError(t, err)
 	defer admin.Close()
 	var n int
