@@ -50,10 +50,25 @@ func (s *Service) writeBundle(ctx context.Context, p *e2ee.Puppet, roomID id.Roo
 		return builder.Add(h, nil)
 	})
 	if err == nil {
-		err = s.exportSessions(ctx, account, roomID, func(st *storedSession) error {
-			return builder.Add(st.Held, func() (string, error) { return st.exported, st.err })
-		})
+		err = s.exportSessions(ctx, account, roomID, addExported(builder))
 	}
+	counts, err := closeBundle(ctx, builder, err)
+	if err == nil && account != p.UserID.String() {
+		zerolog.Ctx(ctx).Info().Int("accounts", 1).Strs("pooled_from", []string{account}).Int("sessions", counts.Sessions).
+			Int("withheld", counts.Withheld).Msg("Built a bundle of what the bridge's users hold")
+	}
+	return counts, err
+}
+
+// addExported adds a session a worker exported to the bundle.
+func addExported(builder *keybundle.Builder) func(*storedSession) error {
+	return func(st *storedSession) error {
+		return builder.Add(st.Held, func() (string, error) { return st.exported, st.err })
+	}
+}
+
+// closeBundle ends a bundle whose reading ended with err, and logs what was left out of it.
+func closeBundle(ctx context.Context, builder *keybundle.Builder, err error) (keybundle.Counts, error) {
 	if left := builder.LeftOut(); len(left) > 0 {
 		zerolog.Ctx(ctx).Warn().Any("left_out", left).Msg("Some stored sessions were left out of the bundle")
 	}
@@ -61,12 +76,7 @@ func (s *Service) writeBundle(ctx context.Context, p *e2ee.Puppet, roomID id.Roo
 		counts, _ := builder.Close()
 		return counts, fmt.Errorf("failed to read sessions: %w", err)
 	}
-	counts, err := builder.Close()
-	if account != p.UserID.String() {
-		zerolog.Ctx(ctx).Info().Int("accounts", 1).Strs("pooled_from", []string{account}).Int("sessions", counts.Sessions).
-			Int("withheld", counts.Withheld).Msg("Built a bundle of what the bridge's users hold")
-	}
-	return counts, err
+	return builder.Close()
 }
 
 // exportSessions reads the shared sessions the account holds for the room and calls each for
@@ -95,9 +105,15 @@ func (s *Service) exportSessions(ctx context.Context, account string, roomID id.
 			return nil
 		})
 	}()
+	return collect(&wg, done, readErr, each)
+}
+
+// collect calls each for every session the workers export, until they are all done (wg) and
+// closes done meanwhile; it returns the first error, each's or the reader's (readErr).
+func collect(wg *sync.WaitGroup, done chan *storedSession, readErr <-chan error, each func(*storedSession) error) error {
 	go func() {
 		wg.Wait()
-		// All workers are done; the reader finished before closing jobs.
+		// All workers are done; the reader finished before closing their input.
 		close(done)
 	}()
 	var firstErr error

@@ -135,18 +135,12 @@ func (s *Service) writePooledBundle(ctx context.Context, p *e2ee.Puppet, account
 		})
 	}
 	if err == nil {
-		err = s.exportPooled(ctx, pl, func(st *storedSession) error {
-			return builder.Add(st.Held, func() (string, error) { return st.exported, st.err })
-		})
+		err = s.exportPooled(ctx, pl, addExported(builder))
 	}
-	if left := builder.LeftOut(); len(left) > 0 {
-		zerolog.Ctx(ctx).Warn().Any("left_out", left).Msg("Some stored sessions were left out of the bundle")
-	}
+	counts, err := closeBundle(ctx, builder, err)
 	if err != nil {
-		counts, _ := builder.Close()
-		return counts, fmt.Errorf("failed to read sessions: %w", err)
+		return counts, err
 	}
-	counts, err := builder.Close()
 	zerolog.Ctx(ctx).Info().Int("accounts", len(accounts)).Strs("pooled_from", pl.sharedFrom).Int("copies_merged", pl.merged).
 		Int("sessions", counts.Sessions).Int("withheld", counts.Withheld).Msg("Built a bundle of what the bridge's users hold")
 	return counts, err
@@ -190,20 +184,7 @@ func (s *Service) exportPooled(ctx context.Context, pl *pool, each func(*storedS
 			ins[h.Sum32()%uint32(workers)] <- c
 		})
 	}()
-	go func() {
-		wg.Wait()
-		close(done)
-	}()
-	var firstErr error
-	for st := range done {
-		if firstErr == nil {
-			firstErr = each(st)
-		}
-	}
-	if err := <-readErr; err != nil && firstErr == nil {
-		firstErr = err
-	}
-	return firstErr
+	return collect(&wg, done, readErr, each)
 }
 
 // readShared hands send every shareable copy of a session that goes out as a key.
