@@ -81,7 +81,7 @@ func (c *deviceListChanges) since(before map[id.UserID]uint64) []id.UserID {
 // device tables where the user's list is current, and from one key query for the users whose list
 // is outdated or was never fetched. If that query fails (or does not answer for some users), their
 // last known devices are used and their lists stay outdated, so the next send tries again (after
-// five failures in a row, with mautrix's backoff: deviceListState.dueAt).
+// five failures in a row, with mautrix's backoff: cryptostore.DeviceListState.DueAt).
 //
 // Invited members (invited) are fetched on every send, within the same backoff: the homeserver
 // reports device-list changes only of users who share a joined room with heirloom's users, so a
@@ -96,7 +96,7 @@ func (p *Puppet) memberDevices(ctx context.Context, users []id.UserID, invited m
 	var fetch []id.UserID
 	now := time.Now().Unix()
 	for _, u := range users {
-		if st, tracked := states[u]; !tracked || (st.Outdated || invited[u]) && st.dueAt() <= now {
+		if st, tracked := states[u]; !tracked || (st.Outdated || invited[u]) && st.DueAt() <= now {
 			fetch = append(fetch, u)
 		}
 	}

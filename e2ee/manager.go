@@ -20,6 +20,7 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/e2ee/cryptostore"
 	"github.com/heirloom-matrix/heirloom/internal/tasks"
 	"github.com/heirloom-matrix/heirloom/metrics"
 )
@@ -37,7 +38,7 @@ type Manager struct {
 	pickleKey []byte
 	Sealer    *Sealer
 	// Pickles reads and writes stored megolm sessions fast, in goolm's format.
-	Pickles    *PickleCipher
+	Pickles    *cryptostore.PickleCipher
 	maxLoaded  int
 	idleEvict  time.Duration
 	provisions exsync.KeyedMutex[id.UserID]
@@ -93,7 +94,7 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 	if err != nil {
 		return nil, err
 	}
-	pickles, err := NewPickleCipher(pickleKey)
+	pickles, err := cryptostore.NewPickleCipher(pickleKey)
 	if err != nil {
 		return nil, err
 	}

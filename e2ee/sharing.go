@@ -13,6 +13,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/heirloom-matrix/heirloom/e2ee/cryptostore"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -117,10 +118,10 @@ func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
 	if err != nil {
 		return err
 	}
-	var candidates []recipient
+	var candidates []cryptostore.Recipient
 	for _, userID := range users {
 		for _, device := range devices[userID] {
-			candidates = append(candidates, recipient{userID, device.IdentityKey})
+			candidates = append(candidates, cryptostore.Recipient{UserID: userID, IdentityKey: device.IdentityKey})
 		}
 	}
 	already, err := p.sharedWith(ctx, ogs.ID(), candidates)
@@ -132,7 +133,7 @@ func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
 			if userID == p.UserID && deviceID == p.DeviceID {
 				continue
 			}
-			if already[recipient{userID, device.IdentityKey}] || device.Trust == id.TrustStateBlacklisted {
+			if already[cryptostore.Recipient{UserID: userID, IdentityKey: device.IdentityKey}] || device.Trust == id.TrustStateBlacklisted {
 				continue
 			}
 			if recipients[userID] == nil {
