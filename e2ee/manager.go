@@ -1,6 +1,3 @@
-// Package e2ee makes every puppet a real end-to-end-encrypted Matrix user: one device, one Olm
-// account in the shared crypto store and one cross-signing identity per puppet, with the
-// OlmMachines loaded lazily, routed to from the transaction stream, and evicted when idle.
 package e2ee
 
 import (
