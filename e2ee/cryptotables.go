@@ -20,17 +20,11 @@ func (p *Puppet) HeldSessions(ctx context.Context, roomID id.RoomID, sessionIDs 
 	return cryptostore.HeldSessions(ctx, p.Store.DB, p.Store.AccountID, roomID, sessionIDs)
 }
 
-// EachWithheldEntry calls each, for the room, with every session the puppet holds a key for
+// eachWithheldEntry calls each, for the room, with every session the puppet holds a key for
 // without shared history and every m.history_not_shared entry it imported from an accepted bundle
 // (cryptostore.EachWithheldEntry).
-func (p *Puppet) EachWithheldEntry(ctx context.Context, roomID id.RoomID, each func(keybundle.Held) error) error {
+func (p *Puppet) eachWithheldEntry(ctx context.Context, roomID id.RoomID, each func(keybundle.Held) error) error {
 	return cryptostore.EachWithheldEntry(ctx, p.Store.DB, []string{p.Store.AccountID}, roomID, each)
-}
-
-// EachSharedSession calls each for every session of the room the puppet holds with shared
-// history, with its pickle.
-func (p *Puppet) EachSharedSession(ctx context.Context, roomID id.RoomID, each func(cryptostore.StoredSession) error) error {
-	return cryptostore.EachSharedSession(ctx, p.Store.DB, []string{p.Store.AccountID}, roomID, each)
 }
 
 // CountRoomSessions counts the rows the puppet holds for the room, keys and withheld entries.

@@ -267,7 +267,7 @@ func requireSameSession(t *testing.T, want, got *crypto.InboundGroupSession) {
 }
 
 // Withheld entries written by InsertBundleWithheld read back through mautrix as the withheld
-// content they were, and EachWithheldEntry finds exactly those (as from a bundle), and exactly the
+// content they were, and eachWithheldEntry finds exactly those (as from a bundle), and exactly the
 // sessions without shared history.
 func TestInsertBundleWithheldRoundTripsThroughMautrix(t *testing.T) {
 	testdb.ForEach(t, func(t *testing.T, dbCfg config.Database) {
@@ -314,7 +314,7 @@ func TestInsertBundleWithheldRoundTripsThroughMautrix(t *testing.T) {
 		}
 		var found []keybundle.Withheld
 		var unshared []id.SessionID
-		require.NoError(t, p.EachWithheldEntry(ctx, roomID, func(h keybundle.Held) error {
+		require.NoError(t, p.eachWithheldEntry(ctx, roomID, func(h keybundle.Held) error {
 			if h.HasKey {
 				require.False(t, h.SharedHistory)
 				unshared = append(unshared, h.SessionID)

@@ -25,14 +25,14 @@ import (
 //     (server.heldDown);
 //   - invited members are fetched on every send (the homeserver reports changes only of users who
 //     share a joined room with heirloom's users);
-//   - and every list every DeviceListMaxAge (RunMaintenance), as a bound on a change never
+//   - and every list every deviceListMaxAge (RunMaintenance), as a bound on a change never
 //     reported (a transaction lost before it reached heirloom, a fetch mautrix makes itself while
 //     a change is reported).
 // A send into a room whose members' lists are all current costs no key query.
 
-// DeviceListMaxAge is how long a device list is trusted without a reported change: one key query
+// deviceListMaxAge is how long a device list is trusted without a reported change: one key query
 // per member every quarter of an hour in a room that keeps sending.
-const DeviceListMaxAge = 15 * time.Minute
+const deviceListMaxAge = 15 * time.Minute
 
 // deviceListChanges numbers the device-list changes reported per user, so a fetch that was in
 // flight when one arrived can tell that its answer may predate it.

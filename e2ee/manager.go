@@ -193,8 +193,8 @@ func (m *Manager) Get(ctx context.Context, userID id.UserID) (*Puppet, error) {
 	return m.load(ctx, row)
 }
 
-// Loaded returns the machines currently in memory.
-func (m *Manager) Loaded() []*Puppet {
+// loaded returns the machines currently in memory.
+func (m *Manager) loaded() []*Puppet {
 	m.lock.Lock()
 	defer m.lock.Unlock()
 	out := make([]*Puppet, 0, len(m.machines))
@@ -278,8 +278,8 @@ func (m *Manager) evictLocked(n int) {
 	}
 }
 
-// EvictIdle unloads machines unused for longer than the idle limit.
-func (m *Manager) EvictIdle() int {
+// evictIdle unloads machines unused for longer than the idle limit.
+func (m *Manager) evictIdle() int {
 	m.lock.Lock()
 	defer m.lock.Unlock()
 	n := 0

@@ -10,8 +10,8 @@ import (
 
 // Reasons a copy of a session is not stored (logged, and counted as skipped in a bundle's report).
 const (
-	ReasonContradicts  = "key contradicts the session already held"
-	ReasonOtherSender  = "key claims another sender than the session already held"
+	reasonContradicts  = "key contradicts the session already held"
+	reasonOtherSender  = "key claims another sender than the session already held"
 	ReasonHeldNoBetter = "session already held at an index as early"
 )
 
@@ -61,7 +61,7 @@ func MergeSessions(held, incoming *crypto.InboundGroupSession) (*crypto.InboundG
 			}
 			return &out, ""
 		}
-		return nil, ReasonContradicts
+		return nil, reasonContradicts
 	}
 	if held.SenderKey != incoming.SenderKey || held.SigningKey != incoming.SigningKey {
 		// The held claims and provenance stay. But a copy that says "not shared" is heard even
@@ -72,7 +72,7 @@ func MergeSessions(held, incoming *crypto.InboundGroupSession) (*crypto.InboundG
 			out.SharedHistory = sharedFlag(flag)
 			return &out, ""
 		}
-		return nil, ReasonOtherSender
+		return nil, reasonOtherSender
 	}
 	// The copy whose ratchet (and so whose provenance) the row keeps.
 	base, other := held, incoming

@@ -24,18 +24,18 @@ func (m *Manager) EachRoomRow(ctx context.Context, accounts []string, roomID id.
 	return cryptostore.EachRoomRow(ctx, m.shared.DB, accounts, roomID, each)
 }
 
-// EachSharedSessionOf is Puppet.EachSharedSession for an account, loaded or not.
+// EachSharedSessionOf is cryptostore.EachSharedSession for an account, loaded or not.
 func (m *Manager) EachSharedSessionOf(ctx context.Context, account string, roomID id.RoomID, each func(cryptostore.StoredSession) error) error {
 	return cryptostore.EachSharedSession(ctx, m.shared.DB, []string{account}, roomID, each)
 }
 
-// EachWithheldEntryOf is Puppet.EachWithheldEntry for an account, loaded or not.
+// EachWithheldEntryOf is cryptostore.EachWithheldEntry for an account, loaded or not.
 func (m *Manager) EachWithheldEntryOf(ctx context.Context, account string, roomID id.RoomID, each func(keybundle.Held) error) error {
 	return cryptostore.EachWithheldEntry(ctx, m.shared.DB, []string{account}, roomID, each)
 }
 
-// EachSharedCopy is Puppet.EachSharedSession for an account, loaded or not, with each row's key
-// source.
+// EachSharedCopy is cryptostore.EachSharedSession for an account, loaded or not, with each row's
+// key source.
 func (m *Manager) EachSharedCopy(ctx context.Context, account string, roomID id.RoomID, each func(cryptostore.SharedCopy) error) error {
 	return cryptostore.EachSharedCopy(ctx, m.shared.DB, account, roomID, each)
 }

@@ -49,7 +49,7 @@ func (p *Puppet) SendMessageTxn(ctx context.Context, roomID id.RoomID, evtType e
 		return resp.EventID, nil
 	}
 	defer p.roomLock.WithLock(roomID)()
-	if err = p.ShareRoomKey(ctx, roomID); err != nil {
+	if err = p.shareRoomKey(ctx, roomID); err != nil {
 		return "", err
 	}
 	enc, err := p.Mach.EncryptMegolmEvent(ctx, roomID, evtType, content)
@@ -65,9 +65,9 @@ func (p *Puppet) SendMessageTxn(ctx context.Context, roomID id.RoomID, evtType e
 	return resp.EventID, nil
 }
 
-// ShareRoomKey makes sure the puppet has a current outbound megolm session for the room and that
+// shareRoomKey makes sure the puppet has a current outbound megolm session for the room and that
 // every device of every joined or invited member holds its key. Callers hold the room lock.
-func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
+func (p *Puppet) shareRoomKey(ctx context.Context, roomID id.RoomID) error {
 	log := zerolog.Ctx(ctx).With().Stringer("room_id", roomID).Logger()
 	members, err := p.Client.Members(ctx, roomID)
 	if err != nil {
@@ -154,7 +154,7 @@ func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
 }
 
 // rotationReason says why the outbound session must not be used again, or "" if it may
-// (RotationReason decides).
+// (rotationReason decides).
 func (p *Puppet) rotationReason(ctx context.Context, ogs *crypto.OutboundGroupSession, shared bool, members *mautrix.RespMembers) string {
 	changedBefore, err := p.mgr.db.RotateAfter(ctx, ogs.RoomID)
 	if err != nil {
@@ -163,7 +163,7 @@ func (p *Puppet) rotationReason(ctx context.Context, ogs *crypto.OutboundGroupSe
 	p.departuresLock.Lock()
 	known := p.departuresSeen[ogs.ID()]
 	p.departuresLock.Unlock()
-	return RotationReason(RotationInput{
+	return rotationReason(rotationInput{
 		Created:       ogs.CreationTime,
 		Expired:       ogs.Expired(),
 		SharedHistory: ogs.SharedHistory,
@@ -197,7 +197,7 @@ func (p *Puppet) forgetDepartures(sessionID id.SessionID) {
 }
 
 func (p *Puppet) newOutboundSession(ctx context.Context, roomID id.RoomID, visibility *event.HistoryVisibilityEventContent, shared bool) (*crypto.OutboundGroupSession, error) {
-	encEvt, err := p.mgr.EncryptionSettings(ctx, roomID)
+	encEvt, err := p.mgr.encryptionSettings(ctx, roomID)
 	if err != nil {
 		return nil, fmt.Errorf("failed to get encryption event: %w", err)
 	}

@@ -15,7 +15,7 @@ import (
 // mautrix's SQL crypto store (on crypto_megolm_inbound_session, on
 // crypto_megolm_outbound_session_shared, and on the device tables crypto_tracked_user and
 // crypto_device); everything else goes through mautrix's own crypto.SQLCryptoStore methods. The
-// statements are written for the tables as mautrix-go MautrixVersion creates them at crypto store
+// statements are written for the tables as mautrix-go mautrixVersion creates them at crypto store
 // schema CryptoStoreSchema (sql_store_upgrade); a test fails when that schema version changes, and
 // round-trip tests (package e2ee) read what these statements write back through mautrix's
 // GetGroupSession.
@@ -36,7 +36,7 @@ import (
 // The statements of a bundle import (SessionInserter, InsertBundleWithheld) are written apart for
 // SQLite and PostgreSQL; the round-trip tests run on both.
 const (
-	MautrixVersion    = "v0.33.0"
+	mautrixVersion    = "v0.33.0"
 	CryptoStoreSchema = 23
 )
 

@@ -36,7 +36,7 @@ func TestCryptoStoreSchemaIsTheOneTheStatementsWereWrittenFor(t *testing.T) {
 	require.NoError(t, err)
 	for _, line := range strings.Split(string(goMod), "\n") {
 		if fields := strings.Fields(line); len(fields) >= 2 && fields[0] == "maunium.net/go/mautrix" {
-			require.Equal(t, MautrixVersion, fields[1], "mautrix-go was upgraded: check e2ee/cryptostore, then update MautrixVersion")
+			require.Equal(t, mautrixVersion, fields[1], "mautrix-go was upgraded: check e2ee/cryptostore, then update mautrixVersion")
 			return
 		}
 	}
