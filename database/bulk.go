@@ -31,7 +31,7 @@ func bulkCacheKiB(size int64) int64 {
 	return min(max(size/bulkCacheShare/1024, bulkCacheMinKiB), bulkCacheMaxKiB)
 }
 
-// DoBulkTxn is DoTxn for a transaction that writes about size bytes at once (a key bundle import): fn
+// DoBulkTxn is doTxn for a transaction that writes about size bytes at once (a key bundle import): fn
 // runs in one transaction, committed if it returns nil. On SQLite it runs on a connection of its own,
 // with a page cache sized for the work (bulkCacheKiB) and without the WAL checkpoint in the commit: the commit makes the
 // transaction durable in the WAL (as every SQLite commit here does), and copying the WAL back into
@@ -39,7 +39,7 @@ func bulkCacheKiB(size int64) int64 {
 // commit, in the background, instead of inside the caller's wait. Close waits for it.
 func (db *Database) DoBulkTxn(ctx context.Context, size int64, fn func(ctx context.Context) error) error {
 	if db.Raw.Dialect != dbutil.SQLite {
-		return db.DoTxn(ctx, fn)
+		return db.doTxn(ctx, fn)
 	}
 	acquired, err := db.Raw.AcquireConn(ctx)
 	if err != nil {

@@ -22,7 +22,7 @@ import (
 // its methods; mautrix's crypto store (package e2ee) and state store reach theirs through Raw.
 type Database struct {
 	// Raw is the shared handle that mautrix's stores make their children from. A transaction
-	// begun on it (DoTxn) covers heirloom's queries and mautrix's alike.
+	// begun on it (doTxn) covers heirloom's queries and mautrix's alike.
 	Raw *dbutil.Database
 	// own is heirloom's child of Raw, upgraded under heirloom's version table.
 	own        *dbutil.Database
@@ -93,9 +93,9 @@ func (db *Database) Upgrade(ctx context.Context) error {
 	return nil
 }
 
-// DoTxn runs fn in one database transaction, committed if fn returns nil and rolled back if not.
+// doTxn runs fn in one database transaction, committed if fn returns nil and rolled back if not.
 // Every query of heirloom's and of mautrix's stores made with fn's context is part of it.
-func (db *Database) DoTxn(ctx context.Context, fn func(ctx context.Context) error) error {
+func (db *Database) doTxn(ctx context.Context, fn func(ctx context.Context) error) error {
 	return db.Raw.DoTxn(ctx, nil, fn)
 }
 

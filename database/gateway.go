@@ -75,7 +75,7 @@ func (db *Database) PutGatewayEvents(ctx context.Context, events []*GatewayEvent
 	}
 	gatewaySeq.Lock()
 	defer gatewaySeq.Unlock()
-	return db.DoTxn(ctx, func(ctx context.Context) error {
+	return db.doTxn(ctx, func(ctx context.Context) error {
 		var next int64
 		if err := db.own.QueryRow(ctx, `SELECT COALESCE(MAX(seq), 0) FROM gateway_event`).Scan(&next); err != nil {
 			return fmt.Errorf("failed to read the outbox position: %w", err)
@@ -175,7 +175,7 @@ func (db *Database) NextGatewayTxnID(ctx context.Context) (int64, error) {
 // transaction, for each of them that still waits for its key: it goes on as it is.
 func (db *Database) CreateGatewayTxn(ctx context.Context, seqs []int64, now int64, late func(ctx context.Context, e *GatewayEvent) error) (*GatewayTxn, error) {
 	var txn *GatewayTxn
-	err := db.DoTxn(ctx, func(ctx context.Context) error {
+	err := db.doTxn(ctx, func(ctx context.Context) error {
 		id, err := db.NextGatewayTxnID(ctx)
 		if err != nil {
 			return err
@@ -211,7 +211,7 @@ func (db *Database) CreateGatewayTxn(ctx context.Context, seqs []int64, now int6
 // FinishGatewayTxn forgets a transaction the bridge acknowledged, and its events' bodies (their
 // keys stay until PruneGatewayDelivered).
 func (db *Database) FinishGatewayTxn(ctx context.Context, txnID int64) error {
-	return db.DoTxn(ctx, func(ctx context.Context) error {
+	return db.doTxn(ctx, func(ctx context.Context) error {
 		if _, err := db.own.Exec(ctx, `UPDATE gateway_event SET body='', delivered_at=$2 WHERE txn_id=$1`, txnID, db.nowMillis()); err != nil {
 			return fmt.Errorf("failed to forget delivered events: %w", err)
 		}
@@ -244,7 +244,7 @@ func (db *Database) RetryGatewayTxn(ctx context.Context, txnID int64, nextAttemp
 // SplitGatewayTxn dissolves a transaction the bridge refused: its events leave it, to go alone
 // in transactions of their own (Solo).
 func (db *Database) SplitGatewayTxn(ctx context.Context, txnID int64, reason string) error {
-	return db.DoTxn(ctx, func(ctx context.Context) error {
+	return db.doTxn(ctx, func(ctx context.Context) error {
 		if _, err := db.own.Exec(ctx, `UPDATE gateway_event SET txn_id=0, solo=true, last_error=$2 WHERE txn_id=$1`, txnID, reason); err != nil {
 			return fmt.Errorf("failed to split a refused transaction: %w", err)
 		}
@@ -256,7 +256,7 @@ func (db *Database) SplitGatewayTxn(ctx context.Context, txnID int64, reason str
 // transaction txnID, which is dissolved) every time: the event as it arrived goes next, alone, and
 // the decrypted copy is kept for an operator's resend.
 func (db *Database) FallBackGatewayEvent(ctx context.Context, txnID, seq int64, reason string) error {
-	return db.DoTxn(ctx, func(ctx context.Context) error {
+	return db.doTxn(ctx, func(ctx context.Context) error {
 		_, err := db.own.Exec(ctx, `UPDATE gateway_event SET txn_id=0, solo=true, refusals=refusals+1, retry_at=0, last_error=$2,
 			body=original, original=body, fell_back=true WHERE seq=$1 AND original<>'' AND NOT fell_back`, seq, reason)
 		if err != nil {
@@ -274,7 +274,7 @@ func (db *Database) RefuseGatewayEvent(ctx context.Context, txnID, seq, retryAt 
 	if aside {
 		deadAt = db.nowMillis()
 	}
-	return db.DoTxn(ctx, func(ctx context.Context) error {
+	return db.doTxn(ctx, func(ctx context.Context) error {
 		_, err := db.own.Exec(ctx, `UPDATE gateway_event SET txn_id=0, solo=true, refusals=refusals+1, retry_at=$2, last_error=$3, dead_at=$4
 			WHERE seq=$1`, seq, retryAt, reason, deadAt)
 		if err != nil {
@@ -312,7 +312,7 @@ func (db *Database) GatewayDeadLetterSize(ctx context.Context) (int, int64, erro
 // maxBytes, and returns them (without bodies).
 func (db *Database) TrimGatewayDeadLetters(ctx context.Context, maxBytes int64) ([]*GatewayEvent, error) {
 	var out []*GatewayEvent
-	err := db.DoTxn(ctx, func(ctx context.Context) error {
+	err := db.doTxn(ctx, func(ctx context.Context) error {
 		rows, err := db.own.Query(ctx, `SELECT `+gatewayEventHeadColumns+` FROM gateway_event
 			WHERE delivered_at=0 AND dead_at>0 ORDER BY dead_at DESC, seq DESC`)
 		all, err := listOf(rows, err, scanGatewayEvent, "read the events set aside")
@@ -353,7 +353,7 @@ func (db *Database) RequeueGatewayDeadLetters(ctx context.Context, eventID strin
 // them (without bodies).
 func (db *Database) PruneGatewayDeadLetters(ctx context.Context, before int64) ([]*GatewayEvent, error) {
 	var out []*GatewayEvent
-	err := db.DoTxn(ctx, func(ctx context.Context) error {
+	err := db.doTxn(ctx, func(ctx context.Context) error {
 		rows, err := db.own.Query(ctx, `SELECT `+gatewayEventHeadColumns+` FROM gateway_event
 			WHERE delivered_at=0 AND dead_at>0 AND dead_at<$1`, before)
 		if out, err = listOf(rows, err, scanGatewayEvent, "read expired events set aside"); err != nil {

@@ -280,9 +280,9 @@ func (s *postgresLease) Release(ctx context.Context, me lease.Holder) error {
 	return err
 }
 
-// ErrLeaseNotHeld is what a connection of a fenced pool fails with when its process does not hold
+// errLeaseNotHeld is what a connection of a fenced pool fails with when its process does not hold
 // the lease.
-var ErrLeaseNotHeld = errors.New("this heirloom process does not hold the lease on the database: connection refused")
+var errLeaseNotHeld = errors.New("this heirloom process does not hold the lease on the database: connection refused")
 
 // fencedConnector opens connections named holder and keeps each only if holder's lease runs.
 type fencedConnector struct {
@@ -315,7 +315,7 @@ func (c *fencedConnector) check(ctx context.Context, conn driver.Conn) error {
 		return fmt.Errorf("failed to check the lease: %w", err)
 	}
 	if n, _ := held[0].(int64); n != 1 {
-		return ErrLeaseNotHeld
+		return errLeaseNotHeld
 	}
 	return nil
 }

@@ -86,14 +86,14 @@ func (db *Database) CountPuppets(ctx context.Context, except ...id.UserID) (int,
 	return n, nil
 }
 
-// ListPuppets returns every ready puppet, ordered by user ID.
-func (db *Database) ListPuppets(ctx context.Context) ([]*Puppet, error) {
+// listPuppets returns every ready puppet, ordered by user ID.
+func (db *Database) listPuppets(ctx context.Context) ([]*Puppet, error) {
 	rows, err := db.own.Query(ctx, `SELECT `+puppetColumns+` FROM puppet WHERE ready ORDER BY user_id`)
 	return listOf(rows, err, scanPuppet, "list puppets")
 }
 
-// ListPuppetIDs returns the user IDs of every ready puppet.
-func (db *Database) ListPuppetIDs(ctx context.Context) ([]id.UserID, error) {
+// listPuppetIDs returns the user IDs of every ready puppet.
+func (db *Database) listPuppetIDs(ctx context.Context) ([]id.UserID, error) {
 	rows, err := db.own.Query(ctx, `SELECT user_id FROM puppet WHERE ready ORDER BY user_id`)
 	out, err := dbutil.NewRowIterWithError(rows, dbutil.ScanSingleColumn[id.UserID], err).AsList()
 	if err != nil {

@@ -100,17 +100,17 @@ func (db *Database) updateReceived(ctx context.Context, b *ReceivedBundle) (int6
 	return res.RowsAffected()
 }
 
-// ErrBundleSuperseded means a newer bundle from the same sender replaced the one being saved.
-var ErrBundleSuperseded = errors.New("a newer bundle from the same sender replaced this one")
+// errBundleSuperseded means a newer bundle from the same sender replaced the one being saved.
+var errBundleSuperseded = errors.New("a newer bundle from the same sender replaced this one")
 
 // SaveImportedBundle saves an imported bundle's final state, inside the import's transaction so
-// that the keys and the state commit together. It fails with ErrBundleSuperseded if a newer bundle
+// that the keys and the state commit together. It fails with errBundleSuperseded if a newer bundle
 // from the same sender replaced this one meanwhile: the import is then rolled back, and the newer
 // bundle, pending, is imported instead.
 func (db *Database) SaveImportedBundle(ctx context.Context, b *ReceivedBundle) error {
 	n, err := db.updateReceived(ctx, b)
 	if err == nil && n == 0 {
-		err = ErrBundleSuperseded
+		err = errBundleSuperseded
 	}
 	return err
 }

@@ -9,8 +9,8 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-// Refused reports whether heirloom's bot already sent userID its one refusal.
-func (db *Database) Refused(ctx context.Context, userID id.UserID) (bool, error) {
+// refused reports whether heirloom's bot already sent userID its one refusal.
+func (db *Database) refused(ctx context.Context, userID id.UserID) (bool, error) {
 	var at int64
 	err := db.own.QueryRow(ctx, `SELECT refused_at FROM admin_refusal WHERE user_id=$1`, userID).Scan(&at)
 	if errors.Is(err, sql.ErrNoRows) {

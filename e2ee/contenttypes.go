@@ -27,9 +27,9 @@ var contentTypes struct {
 func RegisterContentTypes() {
 	contentTypes.once.Do(func() {
 		event.TypeMap[event.ToDeviceRoomKey] = reflect.TypeOf(RoomKeyContent{})
-		event.TypeMap[event.ToDeviceForwardedRoomKey] = reflect.TypeOf(ForwardedRoomKeyContent{})
+		event.TypeMap[event.ToDeviceForwardedRoomKey] = reflect.TypeOf(forwardedRoomKeyContent{})
 		event.TypeMap[event.ToDeviceRoomKeyBundle] = reflect.TypeOf(BundleContent{})
-		event.TypeMap[ToDeviceRoomKeyBundleUnstable] = reflect.TypeOf(BundleContent{})
+		event.TypeMap[toDeviceRoomKeyBundleUnstable] = reflect.TypeOf(BundleContent{})
 		contentTypes.registered.Store(true)
 	})
 }

@@ -23,9 +23,9 @@ func TestManagerNeedsTheContentTypes(t *testing.T) {
 	RegisterContentTypes() // again: nothing changes
 	for evtType, want := range map[event.Type]any{
 		event.ToDeviceRoomKey:          &RoomKeyContent{},
-		event.ToDeviceForwardedRoomKey: &ForwardedRoomKeyContent{},
+		event.ToDeviceForwardedRoomKey: &forwardedRoomKeyContent{},
 		event.ToDeviceRoomKeyBundle:    &BundleContent{},
-		ToDeviceRoomKeyBundleUnstable:  &BundleContent{},
+		toDeviceRoomKeyBundleUnstable:  &BundleContent{},
 	} {
 		content := event.Content{VeryRaw: []byte(`{}`)}
 		require.NoError(t, content.ParseRaw(evtType), evtType.Type)

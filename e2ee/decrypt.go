@@ -25,22 +25,22 @@ type Decrypted struct {
 	KeysSharedBy id.UserID
 }
 
-// ErrNotEncrypted means the event handed to Decrypt is no megolm-encrypted room event.
-var ErrNotEncrypted = errors.New("not an m.room.encrypted event")
+// errNotEncrypted means the event handed to Decrypt is no megolm-encrypted room event.
+var errNotEncrypted = errors.New("not an m.room.encrypted event")
 
 // Decrypt decrypts an encrypted room event with the puppet's keys, with the session held for the
 // event's room. Its error wraps mautrix's: IsMissingKey tells a key that has not arrived (yet) from
 // everything else.
 func (p *Puppet) Decrypt(ctx context.Context, evt *event.Event) (*Decrypted, error) {
 	if evt.Type != event.EventEncrypted {
-		return nil, ErrNotEncrypted
+		return nil, errNotEncrypted
 	}
 	if err := evt.Content.ParseRaw(evt.Type); err != nil && !errors.Is(err, event.ErrContentAlreadyParsed) {
 		return nil, fmt.Errorf("malformed encrypted content: %w", err)
 	}
 	content, ok := evt.Content.Parsed.(*event.EncryptedEventContent)
 	if !ok {
-		return nil, ErrNotEncrypted
+		return nil, errNotEncrypted
 	}
 	decrypted, err := p.Mach.DecryptMegolmEvent(context.WithValue(ctx, deferIndexCheck{}, true), evt)
 	if err == nil {

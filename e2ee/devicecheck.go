@@ -14,19 +14,19 @@ import (
 // have 100,000 of them. So the devices are not all asked about at startup. Whatever the homeserver
 // deletes while heirloom runs is noticed from the puppet's device-list change (or an
 // M_UNKNOWN_DEVICE answer); what it deleted while heirloom was down, when the puppet is next
-// needed: at startup for the puppets active within RecentActivity (the ones peers talk to), and
+// needed: at startup for the puppets active within recentActivity (the ones peers talk to), and
 // for any other when its machine first loads.
 
-// RecentActivity is how recently a puppet must have been active for the startup check to ask
+// recentActivity is how recently a puppet must have been active for the startup check to ask
 // about its device.
-const RecentActivity = 24 * time.Hour
+const recentActivity = 24 * time.Hour
 
-// CheckRecentDevices checks the devices of the puppets active within RecentActivity, a batch of
+// CheckRecentDevices checks the devices of the puppets active within recentActivity, a batch of
 // keysQueryBatch per query to the homeserver, until done or ctx ends. It costs one scan of the
 // puppet table and nothing per idle puppet.
 func (m *Manager) CheckRecentDevices(ctx context.Context) error {
 	start := time.Now()
-	rows, err := m.db.ListPuppetsActiveSince(ctx, start.Add(-RecentActivity).UnixMilli())
+	rows, err := m.db.ListPuppetsActiveSince(ctx, start.Add(-recentActivity).UnixMilli())
 	if err != nil {
 		return err
 	}
@@ -101,13 +101,13 @@ func (m *Manager) drainLoadChecks(ctx context.Context) {
 			return
 		}
 		m.devices.lock.Unlock()
-		m.CheckDevices(ctx, batch, metrics.TriggerLoad)
+		m.checkDevices(ctx, batch, metrics.TriggerLoad)
 	}
 }
 
-// DevicesChecked reports how many puppets' devices were checked (or queued for a check) since the
+// devicesChecked reports how many puppets' devices were checked (or queued for a check) since the
 // process started.
-func (m *Manager) DevicesChecked() int {
+func (m *Manager) devicesChecked() int {
 	m.devices.lock.Lock()
 	defer m.devices.lock.Unlock()
 	return len(m.devices.checked)

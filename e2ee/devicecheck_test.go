@@ -90,7 +90,7 @@ func TestStartupChecksOnlyRecentlyActivePuppets(t *testing.T) {
 	ks := &intactKeyServer{}
 	mgr := testManagerAt(t, ks.serve(t))
 	recent := putPuppets(t, mgr, "recent", 150, time.Now().Add(-time.Hour))
-	putPuppets(t, mgr, "idle", 300, time.Now().Add(-2*RecentActivity))
+	putPuppets(t, mgr, "idle", 300, time.Now().Add(-2*recentActivity))
 
 	require.NoError(t, mgr.CheckRecentDevices(context.Background()))
 	queries, asked := ks.asked()
@@ -133,5 +133,5 @@ func TestLoadedMachinesDevicesCheckedOnce(t *testing.T) {
 	require.NoError(t, err)
 	again, _ := ks.asked()
 	require.Equal(t, queries, again)
-	require.Equal(t, len(users), mgr.DevicesChecked())
+	require.Equal(t, len(users), mgr.devicesChecked())
 }

@@ -25,14 +25,14 @@ import (
 //     (server.heldDown);
 //   - invited members are fetched on every send (the homeserver reports changes only of users who
 //     share a joined room with heirloom's users);
-//   - and every list every DeviceListMaxAge (RunMaintenance), as a bound on a change never
+//   - and every list every deviceListMaxAge (RunMaintenance), as a bound on a change never
 //     reported (a transaction lost before it reached heirloom, a fetch mautrix makes itself while
 //     a change is reported).
 // A send into a room whose members' lists are all current costs no key query.
 
-// DeviceListMaxAge is how long a device list is trusted without a reported change: one key query
+// deviceListMaxAge is how long a device list is trusted without a reported change: one key query
 // per member every quarter of an hour in a room that keeps sending.
-const DeviceListMaxAge = 15 * time.Minute
+const deviceListMaxAge = 15 * time.Minute
 
 // deviceListChanges numbers the device-list changes reported per user, so a fetch that was in
 // flight when one arrived can tell that its answer may predate it.
@@ -81,7 +81,7 @@ func (c *deviceListChanges) since(before map[id.UserID]uint64) []id.UserID {
 // device tables where the user's list is current, and from one key query for the users whose list
 // is outdated or was never fetched. If that query fails (or does not answer for some users), their
 // last known devices are used and their lists stay outdated, so the next send tries again (after
-// five failures in a row, with mautrix's backoff: deviceListState.dueAt).
+// five failures in a row, with mautrix's backoff: cryptostore.DeviceListState.DueAt).
 //
 // Invited members (invited) are fetched on every send, within the same backoff: the homeserver
 // reports device-list changes only of users who share a joined room with heirloom's users, so a
@@ -96,7 +96,7 @@ func (p *Puppet) memberDevices(ctx context.Context, users []id.UserID, invited m
 	var fetch []id.UserID
 	now := time.Now().Unix()
 	for _, u := range users {
-		if st, tracked := states[u]; !tracked || (st.Outdated || invited[u]) && st.dueAt() <= now {
+		if st, tracked := states[u]; !tracked || (st.Outdated || invited[u]) && st.DueAt() <= now {
 			fetch = append(fetch, u)
 		}
 	}

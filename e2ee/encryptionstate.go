@@ -30,10 +30,10 @@ import (
 // algorithm it does not know, or settings it cannot read. Sends into it are refused.
 var ErrUnusableEncryption = errors.New("the room is encrypted with settings heirloom cannot use")
 
-// PlaintextConfirmation is how long the homeserver's answer that a room has no m.room.encryption
+// plaintextConfirmation is how long the homeserver's answer that a room has no m.room.encryption
 // lets plaintext sends go without asking again: a burst of sends asks once, and a room encrypted
 // meanwhile is at most this long behind.
-const PlaintextConfirmation = 2 * time.Second
+const plaintextConfirmation = 2 * time.Second
 
 // plainRooms remembers when the homeserver last said a room has no m.room.encryption, to whom: a
 // user who left the room is answered with its state as it was when they left, so an answer counts
@@ -53,7 +53,7 @@ func (pr *plainRooms) confirmed(roomID id.RoomID, userID id.UserID, now time.Tim
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	at, ok := pr.seen[plainKey{roomID, userID}]
-	return ok && !now.Before(at) && now.Sub(at) < PlaintextConfirmation
+	return ok && !now.Before(at) && now.Sub(at) < plaintextConfirmation
 }
 
 func (pr *plainRooms) confirm(roomID id.RoomID, userID id.UserID, now time.Time) {
@@ -84,11 +84,11 @@ func (m *Manager) ForgetPlaintext(roomID id.RoomID, userID id.UserID) {
 	m.plain.forget(roomID, userID)
 }
 
-// UsableEncryption reads an m.room.encryption content the way heirloom encrypts with it, keys
+// usableEncryption reads an m.room.encryption content the way heirloom encrypts with it, keys
 // matched exactly as the homeserver and matrix-rust-sdk read them: the megolm algorithm, and
 // rotation settings that are non-negative integers if present. It returns the settings as JSON,
 // or "" if heirloom cannot use them.
-func UsableEncryption(raw json.RawMessage) string {
+func usableEncryption(raw json.RawMessage) string {
 	var fields map[string]json.RawMessage
 	if json.Unmarshal(raw, &fields) != nil {
 		return ""
@@ -136,7 +136,7 @@ func rotationSetting(fields map[string]json.RawMessage, key string) (int64, bool
 // RecordEncryption records an m.room.encryption content seen for the room, whatever it holds:
 // the room is encrypted from now on.
 func (m *Manager) RecordEncryption(ctx context.Context, roomID id.RoomID, content json.RawMessage) error {
-	usable := UsableEncryption(content)
+	usable := usableEncryption(content)
 	if err := m.db.RecordRoomEncryption(ctx, roomID, string(content), usable); err != nil {
 		return err
 	}
@@ -149,7 +149,7 @@ func (m *Manager) RecordEncryption(ctx context.Context, roomID id.RoomID, conten
 }
 
 // RoomEncrypted reports whether a send into the room must be megolm-encrypted. It is false only
-// when the homeserver said within PlaintextConfirmation that the room has no m.room.encryption
+// when the homeserver said within plaintextConfirmation that the room has no m.room.encryption
 // (asked now if need be, with cli); ErrUnusableEncryption if the room is encrypted with nothing
 // heirloom can use; ErrUnknownRoom if cli's user cannot see the room.
 func (m *Manager) RoomEncrypted(ctx context.Context, cli *mautrix.Client, roomID id.RoomID) (bool, error) {
@@ -178,7 +178,7 @@ func (m *Manager) RoomEncrypted(ctx context.Context, cli *mautrix.Client, roomID
 }
 
 // fetchEncryption asks the homeserver for the room's current m.room.encryption and records it:
-// true if there is one, false (remembered for PlaintextConfirmation) if the homeserver says there
+// true if there is one, false (remembered for plaintextConfirmation) if the homeserver says there
 // is none. The homeserver answers a user who left the room with its state at their leave, so a
 // "none" counts only if the user is joined: their membership is asked first (an answer given after
 // it reflects the room at that time or later), and a user who is not joined gets ErrUnknownRoom.
@@ -243,9 +243,9 @@ func notJoined(userID id.UserID) error {
 	return fmt.Errorf("%w: %w", ErrUnknownRoom, mautrix.MForbidden.WithMessage("%s is not in the room", userID).WithStatus(http.StatusForbidden))
 }
 
-// EncryptionSettings returns the settings a new outbound session of the room is created with: the
+// encryptionSettings returns the settings a new outbound session of the room is created with: the
 // first usable m.room.encryption heirloom recorded, else the one mautrix's state store holds.
-func (m *Manager) EncryptionSettings(ctx context.Context, roomID id.RoomID) (*event.EncryptionEventContent, error) {
+func (m *Manager) encryptionSettings(ctx context.Context, roomID id.RoomID) (*event.EncryptionEventContent, error) {
 	rec, err := m.db.GetRoomEncryption(ctx, roomID)
 	if err != nil {
 		return nil, err

@@ -26,8 +26,8 @@ import (
 // an imported copy, which a key received directly replaces where the two differ. Any other
 // forwarded key is refused, as it is for puppets.
 
-// ErrNoSenderDevice means no known device of the sender has the session's sender key.
-var ErrNoSenderDevice = errors.New("no known device of the sender has the session's key")
+// errNoSenderDevice means no known device of the sender has the session's sender key.
+var errNoSenderDevice = errors.New("no known device of the sender has the session's key")
 
 // RequestRoomKeyFromSender asks the sender's device that holds the session for its room key.
 // Only heirloom's bot and the appservice's sender take the answer.
@@ -36,7 +36,7 @@ func (p *Puppet) RequestRoomKeyFromSender(ctx context.Context, roomID id.RoomID,
 	if err != nil {
 		return fmt.Errorf("failed to find the sender's device: %w", err)
 	} else if device == nil {
-		return ErrNoSenderDevice
+		return errNoSenderDevice
 	}
 	p.asked.add(roomID, sessionID, sender, senderKey)
 	if err = p.Mach.SendRoomKeyRequest(ctx, roomID, senderKey, sessionID, "", map[id.UserID][]id.DeviceID{sender: {device.DeviceID}}); err != nil {
@@ -63,7 +63,7 @@ func (p *Puppet) IsSender() bool {
 // a key request sent to that device (askedKeys), under the same rules as a room key
 // (roomKeyRefused, then StoreSession), as an imported copy: an export carries no signature, so a
 // key received directly replaces it where the two differ. It drops any other.
-func (p *Puppet) receiveOwnForward(ctx context.Context, evt *crypto.DecryptedOlmEvent, content *ForwardedRoomKeyContent) {
+func (p *Puppet) receiveOwnForward(ctx context.Context, evt *crypto.DecryptedOlmEvent, content *forwardedRoomKeyContent) {
 	log := zerolog.Ctx(ctx).With().Stringer("room_id", content.RoomID).Stringer("session_id", content.SessionID).Logger()
 	ctx = log.WithContext(ctx)
 	if content.SenderKey != evt.SenderKey || content.SenderClaimedKey != evt.Keys.Ed25519 || len(content.ForwardingKeyChain) != 0 {

@@ -11,7 +11,7 @@ import (
 )
 
 // forward hands p what arrives when s's device sends an m.forwarded_room_key over Olm.
-func (s olmSender) forward(ctx context.Context, p *Puppet, content *ForwardedRoomKeyContent) {
+func (s olmSender) forward(ctx context.Context, p *Puppet, content *forwardedRoomKeyContent) {
 	p.receiveOwnForward(ctx, s.decrypted(), content)
 }
 
@@ -29,14 +29,14 @@ func TestOnlyTheBotTakesADevicesForwardOfItsOwnSession(t *testing.T) {
 	admin, other := newOlmSender("@admin:localhost"), newOlmSender("@other:localhost")
 	joined(t, db, roomID, bot.UserID, puppet.UserID, admin.user, other.user)
 
-	forwardOf := func(owner olmSender, chain []string) (*ForwardedRoomKeyContent, id.SessionID) {
+	forwardOf := func(owner olmSender, chain []string) (*forwardedRoomKeyContent, id.SessionID) {
 		out, err := olm.NewOutboundGroupSession()
 		require.NoError(t, err)
 		in, err := olm.NewInboundGroupSession([]byte(out.Key()))
 		require.NoError(t, err)
 		exported, err := in.Export(0)
 		require.NoError(t, err)
-		return &ForwardedRoomKeyContent{ForwardedRoomKeyEventContent: event.ForwardedRoomKeyEventContent{
+		return &forwardedRoomKeyContent{ForwardedRoomKeyEventContent: event.ForwardedRoomKeyEventContent{
 			RoomKeyEventContent: event.RoomKeyEventContent{Algorithm: id.AlgorithmMegolmV1, RoomID: roomID, SessionID: out.ID(), SessionKey: string(exported)},
 			SenderKey:           owner.curve, SenderClaimedKey: owner.signing, ForwardingKeyChain: chain,
 		}}, out.ID()
@@ -114,7 +114,7 @@ func TestAnUnsolicitedForwardCannotBlockTheOwnersKey(t *testing.T) {
 	} else {
 		raw[20] = 'A'
 	}
-	mallory.forward(ctx, bot, &ForwardedRoomKeyContent{ForwardedRoomKeyEventContent: event.ForwardedRoomKeyEventContent{
+	mallory.forward(ctx, bot, &forwardedRoomKeyContent{ForwardedRoomKeyEventContent: event.ForwardedRoomKeyEventContent{
 		RoomKeyEventContent: event.RoomKeyEventContent{Algorithm: id.AlgorithmMegolmV1, RoomID: roomID, SessionID: out.ID(),
 			SessionKey: string(raw)},
 		SenderKey: mallory.curve, SenderClaimedKey: mallory.signing}})
@@ -123,7 +123,7 @@ func TestAnUnsolicitedForwardCannotBlockTheOwnersKey(t *testing.T) {
 	// Mallory posts a message under that session ID with his own sender key: the bot asks his device,
 	// and his answer is stored, as an imported copy.
 	bot.asked.add(roomID, out.ID(), mallory.user, mallory.curve)
-	mallory.forward(ctx, bot, &ForwardedRoomKeyContent{ForwardedRoomKeyEventContent: event.ForwardedRoomKeyEventContent{
+	mallory.forward(ctx, bot, &forwardedRoomKeyContent{ForwardedRoomKeyEventContent: event.ForwardedRoomKeyEventContent{
 		RoomKeyEventContent: event.RoomKeyEventContent{Algorithm: id.AlgorithmMegolmV1, RoomID: roomID, SessionID: out.ID(),
 			SessionKey: string(raw)},
 		SenderKey: mallory.curve, SenderClaimedKey: mallory.signing}})

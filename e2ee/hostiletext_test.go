@@ -47,7 +47,7 @@ func TestHostileWithheldMessagesGetTheSameAnswerOnEveryBackend(t *testing.T) {
 		member.known(t, p)
 		var stored []bool
 		for i, m := range messages {
-			p.HandleToDevice(ctx, &event.Event{Sender: "@member:localhost", Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID,
+			p.handleToDevice(ctx, &event.Event{Sender: "@member:localhost", Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID,
 				ToDeviceID: p.DeviceID, Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{RoomID: m.room,
 					Algorithm: id.AlgorithmMegolmV1, SessionID: ids[i], SenderKey: member.curve,
 					Code: event.RoomKeyWithheldCode(m.code), Reason: m.reason}}})

@@ -1,6 +1,3 @@
-// Package e2ee makes every puppet a real end-to-end-encrypted Matrix user: one device, one Olm
-// account in the shared crypto store and one cross-signing identity per puppet, with the
-// OlmMachines loaded lazily, routed to from the transaction stream, and evicted when idle.
 package e2ee
 
 import (
@@ -20,6 +17,7 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
+	"github.com/heirloom-matrix/heirloom/e2ee/cryptostore"
 	"github.com/heirloom-matrix/heirloom/internal/tasks"
 	"github.com/heirloom-matrix/heirloom/metrics"
 )
@@ -37,7 +35,7 @@ type Manager struct {
 	pickleKey []byte
 	Sealer    *Sealer
 	// Pickles reads and writes stored megolm sessions fast, in goolm's format.
-	Pickles    *PickleCipher
+	Pickles    *cryptostore.PickleCipher
 	maxLoaded  int
 	idleEvict  time.Duration
 	provisions exsync.KeyedMutex[id.UserID]
@@ -97,7 +95,7 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 	if err != nil {
 		return nil, err
 	}
-	pickles, err := NewPickleCipher(pickleKey)
+	pickles, err := cryptostore.NewPickleCipher(pickleKey)
 	if err != nil {
 		return nil, err
 	}
@@ -199,8 +197,8 @@ func (m *Manager) Get(ctx context.Context, userID id.UserID) (*Puppet, error) {
 	return m.load(ctx, row)
 }
 
-// Loaded returns the machines currently in memory.
-func (m *Manager) Loaded() []*Puppet {
+// loaded returns the machines currently in memory.
+func (m *Manager) loaded() []*Puppet {
 	m.lock.Lock()
 	defer m.lock.Unlock()
 	out := make([]*Puppet, 0, len(m.machines))
@@ -284,8 +282,8 @@ func (m *Manager) evictLocked(n int) {
 	}
 }
 
-// EvictIdle unloads machines unused for longer than the idle limit.
-func (m *Manager) EvictIdle() int {
+// evictIdle unloads machines unused for longer than the idle limit.
+func (m *Manager) evictIdle() int {
 	m.lock.Lock()
 	defer m.lock.Unlock()
 	n := 0

@@ -4,13 +4,14 @@ import (
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/heirloom-matrix/heirloom/e2ee/cryptostore"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
 // Reasons a copy of a session is not stored (logged, and counted as skipped in a bundle's report).
 const (
-	ReasonContradicts  = "key contradicts the session already held"
-	ReasonOtherSender  = "key claims another sender than the session already held"
+	reasonContradicts  = "key contradicts the session already held"
+	reasonOtherSender  = "key claims another sender than the session already held"
 	ReasonHeldNoBetter = "session already held at an index as early"
 )
 
@@ -33,10 +34,10 @@ func sharesHistory(s *crypto.InboundGroupSession) bool {
 // v0.33.0) takes the sender claims of the copy received directly: it lets a copy launder what the
 // older one said, or re-attribute it. heirloom's rules, field by field:
 //
-//   - ratchet: two copies must be the same ratchet (SameRatchet). If they are not, one is forged:
-//     a copy received directly (signed by the session's own key inside m.room_key) replaces an
-//     imported copy (an export carries no signature); in every other case the held copy stays and
-//     the incoming one is dropped.
+//   - ratchet: two copies must be the same ratchet (cryptostore.SameRatchet). If they are not,
+//     one is forged: a copy received directly (signed by the session's own key inside m.room_key)
+//     replaces an imported copy (an export carries no signature); in every other case the held
+//     copy stays and the incoming one is dropped.
 //   - sender claims (sender_key, signing_key) and provenance: when the two copies claim different
 //     senders, the held copy stays as it is, whichever came directly. Olm authenticates the device
 //     that relayed a key, not the session's creator: a member who re-sends a session he received
@@ -51,7 +52,7 @@ func sharesHistory(s *crypto.InboundGroupSession) bool {
 //   - received_at: the earlier of the two.
 func MergeSessions(held, incoming *crypto.InboundGroupSession) (*crypto.InboundGroupSession, string) {
 	heldDirect, inDirect := isDirect(held), isDirect(incoming)
-	if !SameRatchet(held.Internal, incoming.Internal) {
+	if !cryptostore.SameRatchet(held.Internal, incoming.Internal) {
 		if inDirect && !heldDirect {
 			out := *incoming
 			out.SharedHistory = sharedFlag(sharesHistory(incoming))
@@ -60,7 +61,7 @@ func MergeSessions(held, incoming *crypto.InboundGroupSession) (*crypto.InboundG
 			}
 			return &out, ""
 		}
-		return nil, ReasonContradicts
+		return nil, reasonContradicts
 	}
 	if held.SenderKey != incoming.SenderKey || held.SigningKey != incoming.SigningKey {
 		// The held claims and provenance stay. But a copy that says "not shared" is heard even
@@ -71,7 +72,7 @@ func MergeSessions(held, incoming *crypto.InboundGroupSession) (*crypto.InboundG
 			out.SharedHistory = sharedFlag(flag)
 			return &out, ""
 		}
-		return nil, ReasonOtherSender
+		return nil, reasonOtherSender
 	}
 	// The copy whose ratchet (and so whose provenance) the row keeps.
 	base, other := held, incoming

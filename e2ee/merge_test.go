@@ -11,6 +11,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/e2ee/cryptostore"
 )
 
 const (
@@ -235,7 +236,7 @@ func TestMergeSessions(t *testing.T) {
 			require.Equal(t, tc.want.senderKey, got.SenderKey, tc.explains)
 			require.Equal(t, tc.want.maxAge, got.MaxAge, tc.explains)
 			require.Equal(t, held.ID(), got.ID())
-			require.True(t, e2ee.SameRatchet(got.Internal, incoming.Internal) || e2ee.SameRatchet(got.Internal, held.Internal))
+			require.True(t, cryptostore.SameRatchet(got.Internal, incoming.Internal) || cryptostore.SameRatchet(got.Internal, held.Internal))
 			earliest := held.ReceivedAt
 			if incoming.ReceivedAt.Before(earliest) {
 				earliest = incoming.ReceivedAt

@@ -143,10 +143,10 @@ func TestMachinesLoadOnceAndComeBackTheSame(t *testing.T) {
 	require.NoError(t, err)
 	require.Same(t, p, again, "one machine per device")
 	require.Equal(t, 1, mgr.LoadedCount())
-	require.Equal(t, []*Puppet{p}, mgr.Loaded())
+	require.Equal(t, []*Puppet{p}, mgr.loaded())
 
 	mgr.idleEvict = time.Nanosecond
-	require.Equal(t, 1, mgr.EvictIdle())
+	require.Equal(t, 1, mgr.evictIdle())
 	require.Zero(t, mgr.LoadedCount())
 	reloaded, err := mgr.Get(ctx, user)
 	require.NoError(t, err)
@@ -180,7 +180,7 @@ func TestLoadedMachinesAreCapped(t *testing.T) {
 		require.NoError(t, err)
 	}
 	mgr.maxLoaded = 2
-	mgr.EvictIdle() // nothing is idle
+	mgr.evictIdle() // nothing is idle
 	require.Equal(t, 3, mgr.LoadedCount(), "all used within the last minute: kept over the cap")
 	mgr.lock.Lock()
 	mgr.machines[users[0]].lastUsed = time.Now().Add(-2 * time.Minute)

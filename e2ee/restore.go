@@ -118,7 +118,7 @@ func (m *Manager) deviceGone(userID id.UserID) {
 			delete(m.devices.queued, userID)
 			m.devices.lock.Unlock()
 		}()
-		m.CheckDevices(ctx, []id.UserID{userID}, metrics.TriggerUnknownDevice)
+		m.checkDevices(ctx, []id.UserID{userID}, metrics.TriggerUnknownDevice)
 	})
 }
 
@@ -165,10 +165,10 @@ func (m *Manager) clearProblem(userID id.UserID) {
 	delete(m.devices.problems, userID)
 }
 
-// CheckDevices checks that each user's device is still on the homeserver with its keys and its
+// checkDevices checks that each user's device is still on the homeserver with its keys and its
 // self-signing signature, and restores what is missing. Users heirloom has not provisioned are
 // left out.
-func (m *Manager) CheckDevices(ctx context.Context, users []id.UserID, trigger string) {
+func (m *Manager) checkDevices(ctx context.Context, users []id.UserID, trigger string) {
 	var rows []*database.Puppet
 	for _, userID := range users {
 		row, err := m.db.GetPuppet(ctx, userID)

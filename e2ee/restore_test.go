@@ -231,7 +231,7 @@ func TestDeviceThatCannotBeRestoredIsReported(t *testing.T) {
 			hs.keys[h.alice.UserID].MasterKeys[h.alice.UserID] = theirs
 		})
 		for range 2 {
-			h.mine.CheckDevices(ctx, []id.UserID{h.alice.UserID}, metrics.TriggerStartup)
+			h.mine.checkDevices(ctx, []id.UserID{h.alice.UserID}, metrics.TriggerStartup)
 		}
 		problem, ok := h.mine.DeviceProblem(h.alice.UserID)
 		require.True(t, ok)
@@ -249,13 +249,13 @@ func TestDeviceThatCannotBeRestoredIsReported(t *testing.T) {
 		h := newTwoHeirlooms(t)
 		h.hs.forgetDevice(h.alice.UserID, h.alice.DeviceID)
 		h.hs.do(func(hs *homeserver) { hs.fail["device"] = http.StatusForbidden })
-		h.mine.CheckDevices(ctx, []id.UserID{h.alice.UserID}, metrics.TriggerStartup)
+		h.mine.checkDevices(ctx, []id.UserID{h.alice.UserID}, metrics.TriggerStartup)
 		problem, ok := h.mine.DeviceProblem(h.alice.UserID)
 		require.True(t, ok)
 		require.Contains(t, problem.Error, "failed to recreate device")
 
 		h.hs.do(func(hs *homeserver) { delete(hs.fail, "device") })
-		h.mine.CheckDevices(ctx, []id.UserID{h.alice.UserID}, metrics.TriggerStartup)
+		h.mine.checkDevices(ctx, []id.UserID{h.alice.UserID}, metrics.TriggerStartup)
 		require.Empty(t, h.mine.DeviceProblems(), "restored: the report clears")
 	})
 }

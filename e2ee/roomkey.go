@@ -12,9 +12,9 @@ import (
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
-// ToDeviceRoomKeyBundleUnstable is MSC4268's unstable to-device type. matrix-rust-sdk ≥ 0.17 sends
+// toDeviceRoomKeyBundleUnstable is MSC4268's unstable to-device type. matrix-rust-sdk ≥ 0.17 sends
 // only the stable m.room_key_bundle, older clients only this one; heirloom accepts both.
-var ToDeviceRoomKeyBundleUnstable = event.Type{Type: "io.element.msc4268.room_key_bundle", Class: event.ToDeviceEventType}
+var toDeviceRoomKeyBundleUnstable = event.Type{Type: "io.element.msc4268.room_key_bundle", Class: event.ToDeviceEventType}
 
 // RoomKeyContent is an m.room_key whose history flag was read from any of its three names.
 type RoomKeyContent struct {
@@ -36,10 +36,10 @@ func (c *RoomKeyContent) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
-// ForwardedRoomKeyContent is an m.forwarded_room_key. Puppets never request room keys (each has
+// forwardedRoomKeyContent is an m.forwarded_room_key. Puppets never request room keys (each has
 // one device and no key backup), so a forwarded key is always unsolicited; mautrix v0.32.0 would
 // store one from any sender, attributed to whatever sender_key it names. heirloom refuses them.
-type ForwardedRoomKeyContent struct {
+type forwardedRoomKeyContent struct {
 	event.ForwardedRoomKeyEventContent
 }
 
@@ -50,8 +50,8 @@ type BundleContent struct {
 	Type event.Type `json:"-"`
 }
 
-// HandleToDevice processes one to-device event addressed to this puppet's device.
-func (p *Puppet) HandleToDevice(ctx context.Context, evt *event.Event) {
+// handleToDevice processes one to-device event addressed to this puppet's device.
+func (p *Puppet) handleToDevice(ctx context.Context, evt *event.Event) {
 	if evt.Type != event.ToDeviceEncrypted {
 		switch {
 		case p.isForeignKeyRequest(evt):
@@ -81,7 +81,7 @@ func (p *Puppet) HandleToDevice(ctx context.Context, evt *event.Event) {
 	switch content := decrypted.Content.Parsed.(type) {
 	case *RoomKeyContent:
 		p.receiveRoomKey(ctx, decrypted, content)
-	case *ForwardedRoomKeyContent:
+	case *forwardedRoomKeyContent:
 		if p.takesOwnForwards() {
 			p.receiveOwnForward(ctx, decrypted, content)
 			return

@@ -25,7 +25,7 @@ func FuzzRoomKeyContent(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		content := event.Content{VeryRaw: data}
 		if err := content.ParseRaw(event.ToDeviceRoomKey); err != nil || content.Parsed == nil {
-			return // rejected, or JSON null: HandleToDevice ignores a content it cannot type
+			return // rejected, or JSON null: handleToDevice ignores a content it cannot type
 		}
 		parsed, ok := content.Parsed.(*RoomKeyContent)
 		if !ok {
@@ -46,7 +46,7 @@ func FuzzBundleContent(f *testing.F) {
 	f.Add([]byte(`{"room_id":"!r:hs","file":{"v":"v2","url":"mxc://hs/x","key":{"alg":"A256CTR","ext":true,"k":"aWF6","key_ops":["encrypt","decrypt"],"kty":"oct"},"iv":"w+sE15fzSc0AAAAAAAAAAA","hashes":{"sha256":"fdSL"}}}`))
 	f.Add([]byte(`{"room_id":null,"file":5}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		for _, typ := range []event.Type{event.ToDeviceRoomKeyBundle, ToDeviceRoomKeyBundleUnstable} {
+		for _, typ := range []event.Type{event.ToDeviceRoomKeyBundle, toDeviceRoomKeyBundleUnstable} {
 			content := event.Content{VeryRaw: data}
 			if err := content.ParseRaw(typ); err != nil || content.Parsed == nil {
 				continue
@@ -66,14 +66,14 @@ func FuzzBundleContent(f *testing.F) {
 	})
 }
 
-// A forwarded room key parses into heirloom's own type, which HandleToDevice refuses: mautrix's
+// A forwarded room key parses into heirloom's own type, which handleToDevice refuses: mautrix's
 // handler, which would store an unsolicited key from anyone, never sees it.
 func TestForwardedRoomKeyIsHeirloomsType(t *testing.T) {
 	content := event.Content{VeryRaw: []byte(`{"algorithm":"m.megolm.v1.aes-sha2","room_id":"!r:hs","session_id":"s","session_key":"k","sender_key":"c","sender_claimed_ed25519_key":"e","forwarding_curve25519_key_chain":[]}`)}
 	if err := content.ParseRaw(event.ToDeviceForwardedRoomKey); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := content.Parsed.(*ForwardedRoomKeyContent); !ok {
+	if _, ok := content.Parsed.(*forwardedRoomKeyContent); !ok {
 		t.Fatalf("m.forwarded_room_key parsed into %T", content.Parsed)
 	}
 }

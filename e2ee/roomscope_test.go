@@ -168,7 +168,7 @@ func copyKinds() []copyKind {
 		}},
 		{"withheld message", func(t *testing.T, p *Puppet, out olm.OutboundGroupSession, roomID id.RoomID, sender olmSender) {
 			sender.known(t, p)
-			p.HandleToDevice(context.Background(), &event.Event{Sender: sender.user, Type: event.ToDeviceRoomKeyWithheld,
+			p.handleToDevice(context.Background(), &event.Event{Sender: sender.user, Type: event.ToDeviceRoomKeyWithheld,
 				ToUserID: p.UserID, ToDeviceID: p.DeviceID, Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{
 					RoomID: roomID, Algorithm: id.AlgorithmMegolmV1, SessionID: out.ID(), SenderKey: sender.curve,
 					Code: event.RoomKeyWithheldUnverified, Reason: "not for you"}}})
@@ -262,7 +262,7 @@ func TestBotForwardNamingAnotherRoomLeavesTheHeldRoomAlone(t *testing.T) {
 
 	exported, err := mustSession(t, out.Key()).Export(0)
 	require.NoError(t, err)
-	mallory.forward(ctx, bot, &ForwardedRoomKeyContent{ForwardedRoomKeyEventContent: event.ForwardedRoomKeyEventContent{
+	mallory.forward(ctx, bot, &forwardedRoomKeyContent{ForwardedRoomKeyEventContent: event.ForwardedRoomKeyEventContent{
 		RoomKeyEventContent: event.RoomKeyEventContent{Algorithm: id.AlgorithmMegolmV1, RoomID: roomB, SessionID: out.ID(),
 			SessionKey: string(exported)},
 		SenderKey: mallory.curve, SenderClaimedKey: mallory.signing,

@@ -7,12 +7,12 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-// Why a room's outbound megolm session rotates (RotationReason).
+// Why a room's outbound megolm session rotates (rotationReason).
 const (
-	RotateExpired      = "expired"
-	RotateVisibility   = "history visibility changed"
-	RotateStateChanged = "room state changed"
-	RotateMemberLeft   = "member left"
+	rotateExpired      = "expired"
+	rotateVisibility   = "history visibility changed"
+	rotateStateChanged = "room state changed"
+	rotateMemberLeft   = "member left"
 )
 
 // RoomChange is a state change after which no outbound session created before it may be used
@@ -50,9 +50,9 @@ func RoomChangeOf(evt *event.Event, previous *event.HistoryVisibilityEventConten
 	return RoomChange{}, false
 }
 
-// RotationInput is what RotationReason decides on: the room's current outbound session and what
+// rotationInput is what rotationReason decides on: the room's current outbound session and what
 // is known of the room now.
-type RotationInput struct {
+type rotationInput struct {
 	// Created is when the session was created.
 	Created time.Time
 	// Expired reports whether the session reached the room's rotation period or message count.
@@ -74,17 +74,17 @@ type RotationInput struct {
 	Self id.UserID
 }
 
-// RotationReason says why a room's outbound megolm session must not be used again, or "" if it
+// rotationReason says why a room's outbound megolm session must not be used again, or "" if it
 // may: it expired, the history flag it was created with is not the room's any more, a state change
 // recorded for the room came after it was created, or a member left since it was created.
-func RotationReason(in RotationInput) string {
+func rotationReason(in rotationInput) string {
 	switch {
 	case in.Expired:
-		return RotateExpired
+		return rotateExpired
 	case in.SharedHistory == nil || *in.SharedHistory != in.SharesHistory:
-		return RotateVisibility
+		return rotateVisibility
 	case in.Created.Before(in.ChangedBefore):
-		return RotateStateChanged
+		return rotateStateChanged
 	}
 	for _, d := range in.Departures {
 		if _, known := in.Known[d.EventID]; known || d.Departed == "" || d.Departed == in.Self {
@@ -93,7 +93,7 @@ func RotationReason(in RotationInput) string {
 		// Decided by event, not by time: a departure's origin_server_ts is whatever its server
 		// says, so a backdated leave must still rotate, and a session whose member list is unknown
 		// (created before a restart) rotates once for the departures it may not have seen.
-		return RotateMemberLeft
+		return rotateMemberLeft
 	}
 	return ""
 }

@@ -18,39 +18,39 @@ func TestRotationReason(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name string
-		in   RotationInput
+		in   rotationInput
 		want string
 	}{
-		{"fresh session, nothing changed", RotationInput{Created: created, SharedHistory: &yes, SharesHistory: true}, ""},
-		{"expired", RotationInput{Created: created, Expired: true, SharedHistory: &yes, SharesHistory: true}, RotateExpired},
-		{"history flag not recorded", RotationInput{Created: created, SharesHistory: true}, RotateVisibility},
-		{"history became shared", RotationInput{Created: created, SharedHistory: &no, SharesHistory: true}, RotateVisibility},
-		{"history stopped being shared", RotationInput{Created: created, SharedHistory: &yes, SharesHistory: false}, RotateVisibility},
-		{"unshared all along", RotationInput{Created: created, SharedHistory: &no, SharesHistory: false}, ""},
-		{"state changed after creation", RotationInput{Created: created, SharedHistory: &yes, SharesHistory: true,
-			ChangedBefore: created.Add(time.Millisecond)}, RotateStateChanged},
-		{"state changed before creation", RotationInput{Created: created, SharedHistory: &yes, SharesHistory: true,
+		{"fresh session, nothing changed", rotationInput{Created: created, SharedHistory: &yes, SharesHistory: true}, ""},
+		{"expired", rotationInput{Created: created, Expired: true, SharedHistory: &yes, SharesHistory: true}, rotateExpired},
+		{"history flag not recorded", rotationInput{Created: created, SharesHistory: true}, rotateVisibility},
+		{"history became shared", rotationInput{Created: created, SharedHistory: &no, SharesHistory: true}, rotateVisibility},
+		{"history stopped being shared", rotationInput{Created: created, SharedHistory: &yes, SharesHistory: false}, rotateVisibility},
+		{"unshared all along", rotationInput{Created: created, SharedHistory: &no, SharesHistory: false}, ""},
+		{"state changed after creation", rotationInput{Created: created, SharedHistory: &yes, SharesHistory: true,
+			ChangedBefore: created.Add(time.Millisecond)}, rotateStateChanged},
+		{"state changed before creation", rotationInput{Created: created, SharedHistory: &yes, SharesHistory: true,
 			ChangedBefore: created}, ""},
-		{"member left after creation", RotationInput{Created: created, SharedHistory: &yes, SharesHistory: true,
-			Departures: []RoomChange{leave("$l", "@bob:hs", created.Add(time.Minute))}}, RotateMemberLeft},
-		{"member left within the clock slack before creation", RotationInput{Created: created, SharedHistory: &yes, SharesHistory: true,
-			Departures: []RoomChange{leave("$l", "@bob:hs", created.Add(-500*time.Millisecond))}}, RotateMemberLeft},
-		{"a departure the session's member list did not show, however old its timestamp", RotationInput{Created: created,
+		{"member left after creation", rotationInput{Created: created, SharedHistory: &yes, SharesHistory: true,
+			Departures: []RoomChange{leave("$l", "@bob:hs", created.Add(time.Minute))}}, rotateMemberLeft},
+		{"member left within the clock slack before creation", rotationInput{Created: created, SharedHistory: &yes, SharesHistory: true,
+			Departures: []RoomChange{leave("$l", "@bob:hs", created.Add(-500*time.Millisecond))}}, rotateMemberLeft},
+		{"a departure the session's member list did not show, however old its timestamp", rotationInput{Created: created,
 			SharedHistory: &yes, SharesHistory: true, Known: map[id.EventID]struct{}{"$other": {}},
-			Departures: []RoomChange{leave("$l", "@bob:hs", created.Add(-time.Hour))}}, RotateMemberLeft},
-		{"a session from before a restart, whose member list is not known", RotationInput{Created: created,
+			Departures: []RoomChange{leave("$l", "@bob:hs", created.Add(-time.Hour))}}, rotateMemberLeft},
+		{"a session from before a restart, whose member list is not known", rotationInput{Created: created,
 			SharedHistory: &yes, SharesHistory: true,
-			Departures: []RoomChange{leave("$l", "@bob:hs", created.Add(-time.Hour))}}, RotateMemberLeft},
-		{"departure already listed at creation", RotationInput{Created: created, SharedHistory: &yes, SharesHistory: true,
+			Departures: []RoomChange{leave("$l", "@bob:hs", created.Add(-time.Hour))}}, rotateMemberLeft},
+		{"departure already listed at creation", rotationInput{Created: created, SharedHistory: &yes, SharesHistory: true,
 			Departures: []RoomChange{leave("$l", "@bob:hs", created.Add(time.Minute))},
 			Known:      map[id.EventID]struct{}{"$l": {}}}, ""},
-		{"the puppet's own departure", RotationInput{Created: created, SharedHistory: &yes, SharesHistory: true, Self: self,
+		{"the puppet's own departure", rotationInput{Created: created, SharedHistory: &yes, SharesHistory: true, Self: self,
 			Departures: []RoomChange{leave("$l", self, created.Add(time.Minute))}}, ""},
-		{"a visibility change is not a departure", RotationInput{Created: created, SharedHistory: &yes, SharesHistory: true,
+		{"a visibility change is not a departure", rotationInput{Created: created, SharedHistory: &yes, SharesHistory: true,
 			Departures: []RoomChange{{EventID: "$v", At: created.Add(time.Minute)}}}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			require.Equal(t, tc.want, RotationReason(tc.in))
+			require.Equal(t, tc.want, rotationReason(tc.in))
 		})
 	}
 }

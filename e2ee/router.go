@@ -20,7 +20,7 @@ func (m *Manager) RouteToDevice(ctx context.Context, evt *event.Event) bool {
 	log := zerolog.Ctx(ctx).With().
 		Stringer("to_user_id", evt.ToUserID).Stringer("to_device_id", evt.ToDeviceID).
 		Stringer("sender", evt.Sender).Str("type", evt.Type.Type).Logger()
-	// HandleToDevice and what it calls add no field of these again.
+	// handleToDevice and what it calls add no field of these again.
 	if !m.managesDevice(evt.ToUserID) {
 		log.Debug().Msg("Ignoring to-device event for a user that is not a puppet")
 		return false
@@ -36,7 +36,7 @@ func (m *Manager) RouteToDevice(ctx context.Context, evt *event.Event) bool {
 		log.Debug().Msg("Ignoring to-device event for another device of the puppet")
 		return false
 	}
-	p.HandleToDevice(log.WithContext(ctx), evt)
+	p.handleToDevice(log.WithContext(ctx), evt)
 	return true
 }
 
@@ -75,7 +75,7 @@ func (m *Manager) RouteDeviceListChanges(ctx context.Context, changed []id.UserI
 		}
 	}
 	if len(own) > 0 {
-		m.tasks.Run(ctx, "check_devices", func(ctx context.Context) { m.CheckDevices(ctx, own, metrics.TriggerDeviceList) })
+		m.tasks.Run(ctx, "check_devices", func(ctx context.Context) { m.checkDevices(ctx, own, metrics.TriggerDeviceList) })
 	}
 }
 
@@ -85,10 +85,10 @@ func (m *Manager) managesDevice(userID id.UserID) bool {
 	return m.cfg.IsManaged(userID) || userID == m.cfg.BotUserID()
 }
 
-// ReplenishKeys checks each loaded puppet's one-time key count with the homeserver and uploads
+// replenishKeys checks each loaded puppet's one-time key count with the homeserver and uploads
 // more where needed. Synapse does not report every claim in transactions, so this runs on a timer.
-func (m *Manager) ReplenishKeys(ctx context.Context) {
-	for _, p := range m.Loaded() {
+func (m *Manager) replenishKeys(ctx context.Context) {
+	for _, p := range m.loaded() {
 		if err := p.Mach.ShareKeys(ctx, -1); err != nil {
 			zerolog.Ctx(ctx).Warn().Err(err).Stringer("puppet", p.UserID).Msg("Failed to replenish one-time keys")
 		}
@@ -96,20 +96,20 @@ func (m *Manager) ReplenishKeys(ctx context.Context) {
 }
 
 // RunMaintenance replenishes one-time keys and evicts idle machines until ctx ends. Every
-// DeviceListMaxAge it marks each tracked device list outdated, as a bound on how long a change the
+// deviceListMaxAge it marks each tracked device list outdated, as a bound on how long a change the
 // homeserver never reported can go unseen.
 func (m *Manager) RunMaintenance(ctx context.Context, every time.Duration) {
 	refreshed := time.Now()
 	tasks.Every(ctx, every, nil, func() {
-		if time.Since(refreshed) >= DeviceListMaxAge {
+		if time.Since(refreshed) >= deviceListMaxAge {
 			refreshed = time.Now()
 			if err := m.MarkDeviceListsOutdated(ctx); err != nil {
 				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to mark device lists outdated")
 			}
 		}
-		m.ReplenishKeys(ctx)
-		m.SweepLoaded(ctx)
-		if n := m.EvictIdle(); n > 0 {
+		m.replenishKeys(ctx)
+		m.sweepLoaded(ctx)
+		if n := m.evictIdle(); n > 0 {
 			zerolog.Ctx(ctx).Debug().Int("count", n).Msg("Evicted idle puppet machines")
 		}
 	})

@@ -72,7 +72,7 @@ func TestSweepRecoversOnlyWhatWasNeverPushed(t *testing.T) {
 	require.Equal(t, 1, n, "the pushed message is in the inbox still")
 	require.Zero(t, counted(t, reg, "heirloom_to_device_recovered_total"))
 
-	h.theirs.SweepLoaded(ctx) // dave's inbox: never pushed
+	h.theirs.sweepLoaded(ctx) // dave's inbox: never pushed
 	require.Equal(t, 1.0, counted(t, reg, "heirloom_to_device_recovered_total"))
 	require.Equal(t, []string{"hi"}, read(t, h.dave))
 	require.Equal(t, []string{"hi"}, read(t, h.bob))
@@ -87,7 +87,7 @@ func TestMaintenanceReplenishesKeysAndUnloadsIdleMachines(t *testing.T) {
 	ctx := context.Background()
 	h := newTwoHeirlooms(t)
 	h.hs.do(func(hs *homeserver) { clear(hs.otks[h.bob.UserID][h.bob.DeviceID]) })
-	h.theirs.ReplenishKeys(ctx)
+	h.theirs.replenishKeys(ctx)
 	h.hs.do(func(hs *homeserver) {
 		require.Len(t, hs.otks[h.bob.UserID][h.bob.DeviceID], 50, "bob's device has its 50 one-time keys again")
 	})
@@ -125,7 +125,7 @@ func TestBotAsksTheSendingDeviceForAMissingKey(t *testing.T) {
 	require.Equal(t, ogs.ID(), req.Body.SessionID)
 	require.Equal(t, sendRoom, req.Body.RoomID)
 
-	require.ErrorIs(t, bot.RequestRoomKeyFromSender(ctx, sendRoom, h.bob.UserID, "not a key of bob's", ogs.ID()), ErrNoSenderDevice)
+	require.ErrorIs(t, bot.RequestRoomKeyFromSender(ctx, sendRoom, h.bob.UserID, "not a key of bob's", ogs.ID()), errNoSenderDevice)
 
 	for _, evt := range takeInbox(h, h.bob) {
 		require.NoError(t, evt.Content.ParseRaw(evt.Type))

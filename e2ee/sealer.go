@@ -14,9 +14,9 @@ import (
 	"maunium.net/go/mautrix/crypto"
 )
 
-// ErrUnsealable means a sealed secret could not be decrypted, usually because the pickle key
+// errUnsealable means a sealed secret could not be decrypted, usually because the pickle key
 // changed. heirloom refuses to go on rather than silently create a new identity.
-var ErrUnsealable = errors.New("stored secret cannot be decrypted (was encryption.pickle_key changed?)")
+var errUnsealable = errors.New("stored secret cannot be decrypted (was encryption.pickle_key changed?)")
 
 // Sealer encrypts secrets heirloom stores in its own tables (cross-signing seeds, bundle file keys)
 // with AES-256-GCM under a key derived from the pickle key. The additional data binds each secret
@@ -55,11 +55,11 @@ func (s *Sealer) Seal(owner string, plaintext []byte) (string, error) {
 func (s *Sealer) Open(owner, sealed string) ([]byte, error) {
 	data, err := base64.RawStdEncoding.DecodeString(sealed)
 	if err != nil || len(data) < s.aead.NonceSize() {
-		return nil, ErrUnsealable
+		return nil, errUnsealable
 	}
 	plaintext, err := s.aead.Open(nil, data[:s.aead.NonceSize()], data[s.aead.NonceSize():], []byte(owner))
 	if err != nil {
-		return nil, ErrUnsealable
+		return nil, errUnsealable
 	}
 	return plaintext, nil
 }

@@ -12,6 +12,8 @@ import (
 	"go.mau.fi/util/exsync"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/e2ee/cryptostore"
 )
 
 // sessionGate orders every write of a puppet's inbound megolm sessions. mautrix's decryption
@@ -65,7 +67,7 @@ func (p *Puppet) StoreSession(ctx context.Context, igs *crypto.InboundGroupSessi
 // StoreSessionInTxn is StoreSession for a caller that holds LockSessionsExclusive, inside its
 // own database transaction, with what HeldSessions said the puppet holds for the session in its
 // room (nil: nothing).
-func (p *Puppet) StoreSessionInTxn(ctx context.Context, igs *crypto.InboundGroupSession, held *HeldSession) (bool, string, error) {
+func (p *Puppet) StoreSessionInTxn(ctx context.Context, igs *crypto.InboundGroupSession, held *cryptostore.HeldSession) (bool, string, error) {
 	return p.storeSession(ctx, igs, held)
 }
 
@@ -74,14 +76,14 @@ func (p *Puppet) storeSessionLocked(ctx context.Context, igs *crypto.InboundGrou
 	if err != nil {
 		return false, "", err
 	}
-	var h *HeldSession
+	var h *cryptostore.HeldSession
 	if found, ok := held[igs.ID()]; ok {
 		h = &found
 	}
 	return p.storeSession(ctx, igs, h)
 }
 
-func (p *Puppet) storeSession(ctx context.Context, igs *crypto.InboundGroupSession, held *HeldSession) (bool, string, error) {
+func (p *Puppet) storeSession(ctx context.Context, igs *crypto.InboundGroupSession, held *cryptostore.HeldSession) (bool, string, error) {
 	if held != nil && held.HasKey {
 		existing, err := p.Store.GetGroupSession(ctx, igs.RoomID, igs.ID())
 		if err != nil {

@@ -13,6 +13,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/heirloom-matrix/heirloom/e2ee/cryptostore"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -48,7 +49,7 @@ func (p *Puppet) SendMessageTxn(ctx context.Context, roomID id.RoomID, evtType e
 		return resp.EventID, nil
 	}
 	defer p.roomLock.WithLock(roomID)()
-	if err = p.ShareRoomKey(ctx, roomID); err != nil {
+	if err = p.shareRoomKey(ctx, roomID); err != nil {
 		return "", err
 	}
 	enc, err := p.Mach.EncryptMegolmEvent(ctx, roomID, evtType, content)
@@ -64,9 +65,9 @@ func (p *Puppet) SendMessageTxn(ctx context.Context, roomID id.RoomID, evtType e
 	return resp.EventID, nil
 }
 
-// ShareRoomKey makes sure the puppet has a current outbound megolm session for the room and that
+// shareRoomKey makes sure the puppet has a current outbound megolm session for the room and that
 // every device of every joined or invited member holds its key. Callers hold the room lock.
-func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
+func (p *Puppet) shareRoomKey(ctx context.Context, roomID id.RoomID) error {
 	log := zerolog.Ctx(ctx).With().Stringer("room_id", roomID).Logger()
 	members, err := p.Client.Members(ctx, roomID)
 	if err != nil {
@@ -117,10 +118,10 @@ func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
 	if err != nil {
 		return err
 	}
-	var candidates []recipient
+	var candidates []cryptostore.Recipient
 	for _, userID := range users {
 		for _, device := range devices[userID] {
-			candidates = append(candidates, recipient{userID, device.IdentityKey})
+			candidates = append(candidates, cryptostore.Recipient{UserID: userID, IdentityKey: device.IdentityKey})
 		}
 	}
 	already, err := p.sharedWith(ctx, ogs.ID(), candidates)
@@ -132,7 +133,7 @@ func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
 			if userID == p.UserID && deviceID == p.DeviceID {
 				continue
 			}
-			if already[recipient{userID, device.IdentityKey}] || device.Trust == id.TrustStateBlacklisted {
+			if already[cryptostore.Recipient{UserID: userID, IdentityKey: device.IdentityKey}] || device.Trust == id.TrustStateBlacklisted {
 				continue
 			}
 			if recipients[userID] == nil {
@@ -153,7 +154,7 @@ func (p *Puppet) ShareRoomKey(ctx context.Context, roomID id.RoomID) error {
 }
 
 // rotationReason says why the outbound session must not be used again, or "" if it may
-// (RotationReason decides).
+// (rotationReason decides).
 func (p *Puppet) rotationReason(ctx context.Context, ogs *crypto.OutboundGroupSession, shared bool, members *mautrix.RespMembers) string {
 	changedBefore, err := p.mgr.db.RotateAfter(ctx, ogs.RoomID)
 	if err != nil {
@@ -162,7 +163,7 @@ func (p *Puppet) rotationReason(ctx context.Context, ogs *crypto.OutboundGroupSe
 	p.departuresLock.Lock()
 	known := p.departuresSeen[ogs.ID()]
 	p.departuresLock.Unlock()
-	return RotationReason(RotationInput{
+	return rotationReason(rotationInput{
 		Created:       ogs.CreationTime,
 		Expired:       ogs.Expired(),
 		SharedHistory: ogs.SharedHistory,
@@ -196,7 +197,7 @@ func (p *Puppet) forgetDepartures(sessionID id.SessionID) {
 }
 
 func (p *Puppet) newOutboundSession(ctx context.Context, roomID id.RoomID, visibility *event.HistoryVisibilityEventContent, shared bool) (*crypto.OutboundGroupSession, error) {
-	encEvt, err := p.mgr.EncryptionSettings(ctx, roomID)
+	encEvt, err := p.mgr.encryptionSettings(ctx, roomID)
 	if err != nil {
 		return nil, fmt.Errorf("failed to get encryption event: %w", err)
 	}

@@ -106,7 +106,7 @@ func TestMembersReadWhatAPuppetSends(t *testing.T) {
 	require.NoError(t, err)
 	last := events[len(events)-1]
 	require.Equal(t, h.alice.UserID, last.Sender)
-	require.Equal(t, TrustCrossSigned, last.Trust, "alice's device is signed by her identity")
+	require.Equal(t, trustCrossSigned, last.Trust, "alice's device is signed by her identity")
 	require.Empty(t, last.KeysSharedBy, "the key came from its sender, not from a bundle")
 	held, err := h.bob.Store.GetGroupSession(ctx, sendRoom, last.SessionID)
 	require.NoError(t, err)

@@ -232,7 +232,7 @@ func TestWithheldMessagesFromStrangersAreIgnored(t *testing.T) {
 		evt := &event.Event{Sender: sender, Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID, ToDeviceID: p.DeviceID,
 			Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{RoomID: roomID, Algorithm: id.AlgorithmMegolmV1,
 				SessionID: sid, SenderKey: from.curve, Code: code, Reason: "test"}}}
-		p.HandleToDevice(ctx, evt)
+		p.handleToDevice(ctx, evt)
 		return sid
 	}
 	stored := func(roomID id.RoomID, sid id.SessionID) bool {
@@ -283,8 +283,8 @@ func TestKeyRequestsFromOtherUsersCostNoHomeserverCall(t *testing.T) {
 				RequestingDeviceID: device, RequestID: "req-" + device.String(),
 				Body: event.RequestedKeyInfo{Algorithm: id.AlgorithmMegolmV1, RoomID: "!room:localhost", SessionID: "session"}}}}
 	}
-	p.HandleToDevice(ctx, request("@stranger:localhost", "STRANGERDEV"))
-	p.HandleToDevice(ctx, request(p.UserID, "OTHERDEV"))
+	p.handleToDevice(ctx, request("@stranger:localhost", "STRANGERDEV"))
+	p.handleToDevice(ctx, request(p.UserID, "OTHERDEV"))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		ks.mu.Lock()
 		defer ks.mu.Unlock()

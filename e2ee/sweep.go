@@ -64,7 +64,7 @@ func (p *Puppet) SweepToDevice(ctx context.Context, force bool) (int, error) {
 				recovered++
 			}
 			evtLog := zerolog.Ctx(ctx).With().Stringer("sender", evt.Sender).Str("type", evt.Type.Type).Logger()
-			p.HandleToDevice(evtLog.WithContext(ctx), evt)
+			p.handleToDevice(evtLog.WithContext(ctx), evt)
 		}
 		if err = p.Store.PutNextBatch(ctx, resp.NextBatch); err != nil {
 			return total, fmt.Errorf("failed to save sync token: %w", err)
@@ -100,10 +100,10 @@ func (p *Puppet) neverHandled(ctx context.Context, evt *event.Event) bool {
 	return err == nil && seen.IsZero()
 }
 
-// SweepLoaded sweeps the inbox of every loaded puppet but the appservice's sender, to which
+// sweepLoaded sweeps the inbox of every loaded puppet but the appservice's sender, to which
 // Synapse refuses /sync (it asks for a missing key instead, forward.go).
-func (m *Manager) SweepLoaded(ctx context.Context) {
-	for _, p := range m.Loaded() {
+func (m *Manager) sweepLoaded(ctx context.Context) {
+	for _, p := range m.loaded() {
 		if p.IsSender() {
 			continue
 		}

@@ -32,35 +32,35 @@ type TimelineEvent struct {
 
 // Trust levels of a decrypted event, as the API reports them.
 const (
-	TrustVerified        = "verified"         // the puppet's own session, or a user it verified
-	TrustCrossSigned     = "cross_signed"     // a device its owner's cross-signing identity signs
-	TrustUnsigned        = "unsigned"         // a known device its owner never signed
-	TrustIdentityChanged = "identity_changed" // signed by an identity that changed since first seen
-	TrustUnknownDevice   = "unknown_device"   // the session's device is not among the sender's devices
-	TrustForwarded       = "forwarded"        // the key came from someone else (a bundle or a backup)
-	TrustKeyMismatch     = "key_mismatch"     // the session's keys are not the sender device's keys
-	TrustBlacklisted     = "blacklisted"      // a device marked as not to be trusted
+	trustVerified        = "verified"         // the puppet's own session, or a user it verified
+	trustCrossSigned     = "cross_signed"     // a device its owner's cross-signing identity signs
+	trustUnsigned        = "unsigned"         // a known device its owner never signed
+	trustIdentityChanged = "identity_changed" // signed by an identity that changed since first seen
+	trustUnknownDevice   = "unknown_device"   // the session's device is not among the sender's devices
+	trustForwarded       = "forwarded"        // the key came from someone else (a bundle or a backup)
+	trustKeyMismatch     = "key_mismatch"     // the session's keys are not the sender device's keys
+	trustBlacklisted     = "blacklisted"      // a device marked as not to be trusted
 )
 
 // TrustName maps mautrix's trust state of a decrypted event to the API's name for it.
 func TrustName(state id.TrustState, forwarded bool) string {
 	switch {
 	case forwarded, state == id.TrustStateForwarded, state == id.TrustStateBackup:
-		return TrustForwarded
+		return trustForwarded
 	case state >= id.TrustStateCrossSignedVerified:
-		return TrustVerified
+		return trustVerified
 	case state >= id.TrustStateCrossSignedTOFU:
-		return TrustCrossSigned
+		return trustCrossSigned
 	case state == id.TrustStateCrossSignedUntrusted:
-		return TrustIdentityChanged
+		return trustIdentityChanged
 	case state == id.TrustStateUnset:
-		return TrustUnsigned
+		return trustUnsigned
 	case state == id.TrustStateDeviceKeyMismatch:
-		return TrustKeyMismatch
+		return trustKeyMismatch
 	case state == id.TrustStateBlacklisted:
-		return TrustBlacklisted
+		return trustBlacklisted
 	default:
-		return TrustUnknownDevice
+		return trustUnknownDevice
 	}
 }
 

@@ -25,7 +25,7 @@ func TestAMembersWithheldAboutAnotherMembersSessionIsNoFinalAnswer(t *testing.T)
 	joined(t, db, roomA, p.UserID, alice.user, mallory.user)
 	ogs, err := crypto.NewOutboundGroupSession(roomA, nil, nil)
 	require.NoError(t, err)
-	p.HandleToDevice(ctx, &event.Event{Sender: mallory.user, Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID,
+	p.handleToDevice(ctx, &event.Event{Sender: mallory.user, Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID,
 		ToDeviceID: p.DeviceID, Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{RoomID: roomA,
 			Algorithm: id.AlgorithmMegolmV1, SessionID: ogs.ID(), SenderKey: alice.curve, Code: event.RoomKeyWithheldUnverified,
 			Reason: "mallory speaking for alice"}}})
@@ -37,7 +37,7 @@ func TestAMembersWithheldAboutAnotherMembersSessionIsNoFinalAnswer(t *testing.T)
 
 	// Alice's own word about her session counts.
 	alice.known(t, p)
-	p.HandleToDevice(ctx, &event.Event{Sender: alice.user, Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID,
+	p.handleToDevice(ctx, &event.Event{Sender: alice.user, Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID,
 		ToDeviceID: p.DeviceID, Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{RoomID: roomA,
 			Algorithm: id.AlgorithmMegolmV1, SessionID: ogs.ID(), SenderKey: alice.curve, Code: event.RoomKeyWithheldUnverified,
 			Reason: "alice's own"}}})

@@ -11,6 +11,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/e2ee/cryptostore"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -19,7 +20,7 @@ type ioWriter = io.Writer
 // storedSession is one shared session on its way through the export workers. Only shared
 // sessions are unpickled, and that happens on every core: it is most of a bundle's cost.
 type storedSession struct {
-	e2ee.StoredSession
+	cryptostore.StoredSession
 	exported string
 	err      error
 }
@@ -100,7 +101,7 @@ func (s *Service) exportSessions(ctx context.Context, account string, roomID id.
 	readErr := make(chan error, 1)
 	go func() {
 		defer close(jobs)
-		readErr <- s.mgr.EachSharedSessionOf(ctx, account, roomID, func(st e2ee.StoredSession) error {
+		readErr <- s.mgr.EachSharedSessionOf(ctx, account, roomID, func(st cryptostore.StoredSession) error {
 			jobs <- &storedSession{StoredSession: st}
 			return nil
 		})

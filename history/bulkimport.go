@@ -10,6 +10,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/e2ee/cryptostore"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -18,7 +19,7 @@ const importBatch = 500
 
 // sessionWriter stores a bundle's sessions in batches, inside the import's transaction and under
 // the puppet's exclusive session lock. Every session of a bundle has the same columns but its keys
-// and ratchet (like): they are inserted with one statement per batch (e2ee.SessionInserter, in
+// and ratchet (like): they are inserted with one statement per batch (cryptostore.SessionInserter, in
 // the row format of mautrix's SQL crypto store), which leaves alone any session ID the puppet
 // holds a row for in the bundle's room already. Those go through e2ee.Puppet.StoreSessionInTxn,
 // which merges them by MergeSessions. A row of another room is another key: never in the way, and
@@ -26,8 +27,8 @@ const importBatch = 500
 type sessionWriter struct {
 	p        *e2ee.Puppet
 	like     *crypto.InboundGroupSession
-	inserter *e2ee.SessionInserter
-	rows     []e2ee.NewSessionRow
+	inserter *cryptostore.SessionInserter
+	rows     []cryptostore.NewSessionRow
 	sessions []*session.MegolmInboundSession // rows[i]'s session
 	// seen holds the session IDs of entries that passed validation: a later entry with the same
 	// ID is a duplicate, an earlier invalid one never counted.
@@ -58,7 +59,7 @@ func (w *sessionWriter) addPrepared(ctx context.Context, key *keybundle.RoomKey,
 		return false, nil
 	}
 	w.seen[key.SessionID] = struct{}{}
-	w.rows = append(w.rows, e2ee.NewSessionRow{SessionID: key.SessionID, SenderKey: key.SenderKey,
+	w.rows = append(w.rows, cryptostore.NewSessionRow{SessionID: key.SessionID, SenderKey: key.SenderKey,
 		SigningKey: key.SenderClaimedKeys.Ed25519, Pickle: pickled})
 	w.sessions = append(w.sessions, s)
 	if len(w.rows) >= importBatch {
@@ -129,7 +130,7 @@ func (w *sessionWriter) flushSessions(ctx context.Context) error {
 	}
 	for _, i := range held {
 		h, ok := rows[w.rows[i].SessionID]
-		var hp *e2ee.HeldSession
+		var hp *cryptostore.HeldSession
 		if ok {
 			hp = &h
 		}
@@ -142,7 +143,7 @@ func (w *sessionWriter) flushSessions(ctx context.Context) error {
 
 // storeHeld stores a bundle's copy of a session ID the puppet holds a row for, by StoreSession's
 // rules, and counts what they refused.
-func (w *sessionWriter) storeHeld(ctx context.Context, igs *crypto.InboundGroupSession, h *e2ee.HeldSession) error {
+func (w *sessionWriter) storeHeld(ctx context.Context, igs *crypto.InboundGroupSession, h *cryptostore.HeldSession) error {
 	stored, reason, err := w.p.StoreSessionInTxn(ctx, igs, h)
 	if err != nil {
 		return err

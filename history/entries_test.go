@@ -156,7 +156,7 @@ func TestHostileTextGetsTheSameAnswerOnEveryBackend(t *testing.T) {
 	}
 }
 
-// The streaming reads of a bundle (e2ee.Puppet.EachWithheldEntry and EachSharedSession, through
+// The streaming reads of a bundle (cryptostore.EachWithheldEntry and EachSharedSession, through
 // writeBundle) put into it exactly what keybundle.Place says of every row the puppet holds: a
 // table of rows of every kind, of the room and of another, read back whole and placed one by one.
 func TestBundleIsWhatPlaceSaysOfEveryRow(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/e2ee/cryptostore"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -257,18 +258,18 @@ func (c *claimedKeys) valid(key id.Ed25519) bool {
 }
 
 // sessionFromBundle reads a bundle entry's session, checking its keys and the session ID against
-// the session's key (e2ee.ImportSessionKey checks that key as goolm's import does). The sender key
+// the session's key (cryptostore.ImportSessionKey checks that key as goolm's import does). The sender key
 // must be a 32-byte key, and the claimed Ed25519 key a valid point: it goes out again in the
 // puppet's own bundles, and rust-sdk refuses a whole bundle over one that is not.
 func sessionFromBundle(key *keybundle.RoomKey, claimed *claimedKeys) (*session.MegolmInboundSession, error) {
 	if !keybundle.ValidKey(string(key.SenderKey)) || !claimed.valid(key.SenderClaimedKeys.Ed25519) {
 		return nil, errMalformedKeys
 	}
-	internal, err := e2ee.ImportSessionKey(key.SessionKey)
+	internal, err := cryptostore.ImportSessionKey(key.SessionKey)
 	if err != nil {
 		return nil, err
 	}
-	if !e2ee.SessionIDIs(internal, key.SessionID) {
+	if !cryptostore.SessionIDIs(internal, key.SessionID) {
 		return nil, errSessionIDMismatch
 	}
 	return internal, nil

@@ -15,6 +15,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/e2ee/cryptostore"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -86,7 +87,7 @@ type pool struct {
 func (s *Service) planPool(ctx context.Context, accounts []string, roomID id.RoomID) (*pool, error) {
 	pl := &pool{roomID: roomID, sessions: make(map[id.SessionID]copies)}
 	withheld, shared := map[string]bool{}, map[string]bool{}
-	err := s.mgr.EachRoomRow(ctx, accounts, roomID, func(r e2ee.RoomRow) error {
+	err := s.mgr.EachRoomRow(ctx, accounts, roomID, func(r cryptostore.RoomRow) error {
 		c := pl.sessions[r.SessionID]
 		switch {
 		case r.Shared:
@@ -148,7 +149,7 @@ func (s *Service) writePooledBundle(ctx context.Context, p *e2ee.Puppet, account
 
 // pooledCopy is one shareable copy on its way to the worker that owns its session.
 type pooledCopy struct {
-	e2ee.SharedCopy
+	cryptostore.SharedCopy
 	// want is how many copies of the session the plan found (1: export it at once).
 	want int32
 }
@@ -190,7 +191,7 @@ func (s *Service) exportPooled(ctx context.Context, pl *pool, each func(*storedS
 // readShared hands send every shareable copy of a session that goes out as a key.
 func (s *Service) readShared(ctx context.Context, pl *pool, send func(pooledCopy)) error {
 	for _, a := range pl.sharedFrom {
-		err := s.mgr.EachSharedCopy(ctx, a, pl.roomID, func(c e2ee.SharedCopy) error {
+		err := s.mgr.EachSharedCopy(ctx, a, pl.roomID, func(c cryptostore.SharedCopy) error {
 			if planned := pl.sessions[c.SessionID]; !planned.unshared {
 				send(pooledCopy{SharedCopy: c, want: planned.shared})
 			}
@@ -238,7 +239,7 @@ func (s *Service) foldCopies(in <-chan pooledCopy, done chan<- *storedSession) {
 
 // fold is the merge of one session's copies so far.
 type fold struct {
-	first  e2ee.SharedCopy
+	first  cryptostore.SharedCopy
 	merged *crypto.InboundGroupSession // nil while every copy is the first one's very state
 	seen   int32
 	err    error
@@ -248,7 +249,7 @@ type fold struct {
 // ratchet from the same index (pickles are deterministic): e2ee.MergeSessions would keep the first
 // copy's key and claims, so it is not even unpickled. That is most copies in a room whose members
 // all got a session when it began.
-func (f *fold) add(pickles *e2ee.PickleCipher, c e2ee.SharedCopy) {
+func (f *fold) add(pickles *cryptostore.PickleCipher, c cryptostore.SharedCopy) {
 	if f.err != nil || f.merged == nil && bytes.Equal(c.Pickled, f.first.Pickled) {
 		return
 	}
@@ -267,8 +268,8 @@ func (f *fold) add(pickles *e2ee.PickleCipher, c e2ee.SharedCopy) {
 
 // export is the merged session as the builder takes it, exported at its first known index; with
 // an error, the first copy's row, which fails the bundle as an unreadable session of one store does.
-func (f *fold) export(pickles *e2ee.PickleCipher) *storedSession {
-	st := &storedSession{StoredSession: e2ee.StoredSession{Held: f.first.Held}, err: f.err}
+func (f *fold) export(pickles *cryptostore.PickleCipher) *storedSession {
+	st := &storedSession{StoredSession: cryptostore.StoredSession{Held: f.first.Held}, err: f.err}
 	switch {
 	case f.err != nil:
 	case f.merged == nil:

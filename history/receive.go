@@ -31,7 +31,7 @@ func receivedOwner(b *database.ReceivedBundle) string {
 // unless the puppet already accepted an invite from the sender (MSC4268: no DoS by bundle). It is
 // the e2ee.BundleHandler of the daemon's manager.
 func (s *Service) ReceiveBundle(ctx context.Context, p *e2ee.Puppet, evt *crypto.DecryptedOlmEvent, content *e2ee.BundleContent) {
-	// The sender and the event type are in the context already (e2ee.Puppet.HandleToDevice).
+	// The sender and the event type are in the context already (e2ee's Puppet.handleToDevice).
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Stringer("room_id", content.RoomID).Logger()
 	if !s.cfg.IsManaged(p.UserID) {
 		log.Debug().Msg("Dropping key bundle: only puppets and a gateway's bridge users take part in history sharing")

@@ -45,7 +45,7 @@ const (
 
 // Place decides what one row a store holds puts into a bundle for roomID: the counterpart of
 // matrix-rust-sdk's build_room_key_bundle loop, and the one home of that rule. The store's
-// streaming queries (e2ee.Puppet.EachSharedSession, EachWithheldEntry) only narrow down what they
+// streaming queries (cryptostore.EachSharedSession, EachWithheldEntry) only narrow down what they
 // read; every row they return goes through Place, and a table test holds them to it.
 //
 //   - A session whose creator shared history (shared_history true) goes into room_keys, exported at

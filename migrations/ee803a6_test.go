@@ -19,6 +19,7 @@ import (
 	"github.com/heirloom-matrix/heirloom/config"
 	"github.com/heirloom-matrix/heirloom/database"
 	"github.com/heirloom-matrix/heirloom/e2ee"
+	"github.com/heirloom-matrix/heirloom/e2ee/cryptostore"
 	"github.com/heirloom-matrix/heirloom/internal/testdb"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 	"github.com/heirloom-matrix/heirloom/migrations"
@@ -55,7 +56,7 @@ func loadFixture(t *testing.T, cfg config.Database, rows []oldRow) {
 	defer conn.Close()
 	_, err = conn.ExecContext(ctx, string(schema))
 	require.NoError(t, err)
-	pickles, err := e2ee.NewPickleCipher([]byte(fixturePickleKey))
+	pickles, err := cryptostore.NewPickleCipher([]byte(fixturePickleKey))
 	require.NoError(t, err)
 	for _, r := range rows {
 		if r.withheld {
@@ -115,7 +116,7 @@ func TestUpgradeFromEE803A6HoldsEverySessionUnderItsRoom(t *testing.T) {
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = db.Close() })
 		require.NoError(t, db.Upgrade(ctx))
-		for table, want := range map[string]int{"crypto_version": e2ee.CryptoStoreSchema, "heirloom_version": len(migrations.Table)} {
+		for table, want := range map[string]int{"crypto_version": cryptostore.CryptoStoreSchema, "heirloom_version": len(migrations.Table)} {
 			var version int
 			require.NoError(t, db.Raw.QueryRow(ctx, `SELECT version FROM `+table).Scan(&version))
 			require.Equal(t, want, version, table)

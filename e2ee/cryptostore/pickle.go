@@ -1,4 +1,4 @@
-package e2ee
+package cryptostore
 
 import (
 	"crypto/aes"
@@ -28,8 +28,8 @@ const pickleMACLength = 8
 
 var pickleKDFInfo = []byte("Pickle")
 
-// ErrBadPickle means a stored session could not be decrypted or parsed.
-var ErrBadPickle = errors.New("bad session pickle")
+// errBadPickle means a stored session could not be decrypted or parsed.
+var errBadPickle = errors.New("bad session pickle")
 
 // PickleCipher pickles and unpickles megolm inbound sessions in the exact format of goolm's
 // Pickle/Unpickle (libolm's: AES-256-CBC with PKCS#7 padding under a key and IV derived by HKDF,
@@ -134,25 +134,25 @@ func (pc *PickleCipher) Unpickle(pickled []byte) (*session.MegolmInboundSession,
 	raw := make([]byte, base64.RawStdEncoding.DecodedLen(len(pickled)))
 	n, err := base64.RawStdEncoding.Decode(raw, pickled)
 	if err != nil || n < pickleMACLength {
-		return nil, fmt.Errorf("%w: not base64 or too short", ErrBadPickle)
+		return nil, fmt.Errorf("%w: not base64 or too short", errBadPickle)
 	}
 	ciphertext, theirMAC := raw[:n-pickleMACLength], raw[n-pickleMACLength:n]
 	var ourMAC [pickleMACLength]byte
 	pc.mac(ourMAC[:], ciphertext)
 	if !hmac.Equal(ourMAC[:], theirMAC) {
-		return nil, fmt.Errorf("%w: MAC mismatch (wrong pickle key?)", ErrBadPickle)
+		return nil, fmt.Errorf("%w: MAC mismatch (wrong pickle key?)", errBadPickle)
 	}
 	if len(ciphertext) == 0 || len(ciphertext)%aes.BlockSize != 0 {
-		return nil, fmt.Errorf("%w: %w", ErrBadPickle, aescbc.ErrNotMultipleBlockSize)
+		return nil, fmt.Errorf("%w: %w", errBadPickle, aescbc.ErrNotMultipleBlockSize)
 	}
 	cipher.NewCBCDecrypter(pc.block, pc.iv).CryptBlocks(ciphertext, ciphertext)
 	plaintext, err := pkcs7.Unpad(ciphertext) // goolm's unpadding, with its checks
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadPickle, err)
+		return nil, fmt.Errorf("%w: %w", errBadPickle, err)
 	}
 	var s session.MegolmInboundSession
 	if err = s.UnpickleLibOlm(plaintext); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadPickle, err)
+		return nil, fmt.Errorf("%w: %w", errBadPickle, err)
 	}
 	return &s, nil
 }

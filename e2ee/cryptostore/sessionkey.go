@@ -1,4 +1,4 @@
-package e2ee
+package cryptostore
 
 import (
 	"encoding/base64"
@@ -22,8 +22,8 @@ const (
 
 // Errors of ImportSessionKey, as goolm's import would fail.
 var (
-	ErrBadSessionExport     = errors.New("session key is not a megolm session export")
-	ErrBadSessionSigningKey = errors.New("session key holds an invalid Ed25519 public key")
+	errBadSessionExport     = errors.New("session key is not a megolm session export")
+	errBadSessionSigningKey = errors.New("session key holds an invalid Ed25519 public key")
 )
 
 // ImportSessionKey reads a megolm session key in export format (as a key bundle or a key export
@@ -54,11 +54,11 @@ func ImportSessionKey(sessionKey string) (*session.MegolmInboundSession, error) 
 	}
 	raw := dst[:n]
 	if len(raw) != sessionExportLength || raw[0] != sessionExportVersion {
-		return nil, ErrBadSessionExport
+		return nil, errBadSessionExport
 	}
 	key := raw[5+megolm.RatchetParts*megolm.RatchetPartLength:]
 	if !keybundle.ValidSigningKey(key) {
-		return nil, ErrBadSessionSigningKey
+		return nil, errBadSessionSigningKey
 	}
 	s := &session.MegolmInboundSession{SigningKey: append(make([]byte, 0, 32), key...)}
 	s.Ratchet.Counter = binary.BigEndian.Uint32(raw[1:5])

@@ -1,4 +1,4 @@
-package e2ee
+package cryptostore
 
 import (
 	"maunium.net/go/mautrix/crypto/olm"

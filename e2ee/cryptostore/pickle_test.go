@@ -1,4 +1,4 @@
-package e2ee
+package cryptostore
 
 import (
 	"testing"
@@ -67,9 +67,9 @@ func TestPickleCipherMatchesGoolm(t *testing.T) {
 	require.NoError(t, err)
 	pickled, _ := in.Pickle(key)
 	_, err = other.Unpickle(pickled)
-	require.ErrorIs(t, err, ErrBadPickle, "a pickle under another key is refused")
+	require.ErrorIs(t, err, errBadPickle, "a pickle under another key is refused")
 	_, err = pc.Unpickle([]byte("!!"))
-	require.ErrorIs(t, err, ErrBadPickle)
+	require.ErrorIs(t, err, errBadPickle)
 }
 
 // BenchmarkPickleCipher pickles and unpickles one megolm inbound session, as an import and a
