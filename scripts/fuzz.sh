@@ -11,7 +11,7 @@ targets=(
   "./keybundle FuzzWriteRoomKeyMatchesEncodingJSON"
   "./e2ee FuzzRoomKeyContent"
   "./e2ee FuzzBundleContent"
-  "./e2ee FuzzImportSessionKeyMatchesGoolm"
+  "./e2ee/cryptostore FuzzImportSessionKeyMatchesGoolm"
   "./server FuzzParseTransaction"
 )
 for t in "${targets[@]}"; do
