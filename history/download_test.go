@@ -224,7 +224,8 @@ func TestServiceRetriesAFailedDownload(t *testing.T) {
 	res, err := r.env.svc.Join(ctx, r.dst, benchRoom)
 	require.NoError(t, err)
 	require.Equal(t, database.ReceivedRetry, res.Bundle.State)
-	require.Equal(t, 1, res.Bundle.Attempts)
+	// At least the join's own attempt (the join's sweep may have tried it once before it).
+	require.GreaterOrEqual(t, res.Bundle.Attempts, 1)
 	require.Contains(t, res.History, "retrying")
 
 	r.hs.do(func(hs *deliveryHomeserver) { delete(hs.fail, "download") })
