@@ -34,32 +34,16 @@ func (st DeviceListState) DueAt() int64 {
 // DeviceListStates returns the device-list state of each user heirloom tracks (has fetched the
 // device list of: mautrix's crypto_tracked_user); users missing from the map were never fetched.
 func DeviceListStates(ctx context.Context, db *dbutil.Database, users []id.UserID) (map[id.UserID]DeviceListState, error) {
-	out := make(map[id.UserID]DeviceListState, len(users))
-	for start := 0; start < len(users); start += heldLookupChunk {
-		chunk := users[start:min(start+heldLookupChunk, len(users))]
-		args := make([]any, len(chunk))
-		for i, u := range chunk {
-			args[i] = u
-		}
-		rows, err := db.Query(ctx, `SELECT user_id, devices_outdated, COALESCE(error_count, 0), COALESCE(last_attempt, 0)
-			FROM crypto_tracked_user WHERE user_id IN (`+placeholderList(1, len(chunk), '$')+`)`, args...)
-		err = iterate(rows, err, func(row dbutil.Scannable) (u trackedUser, err error) {
-			err = row.Scan(&u.userID, &u.Outdated, &u.Failures, &u.LastAttempt)
+	states, err := queryMap(ctx, db, `SELECT user_id, devices_outdated, COALESCE(error_count, 0), COALESCE(last_attempt, 0)
+		FROM crypto_tracked_user WHERE user_id IN (`+inList+`)`, nil, users,
+		func(row dbutil.Scannable) (user id.UserID, st DeviceListState, err error) {
+			err = row.Scan(&user, &st.Outdated, &st.Failures, &st.LastAttempt)
 			return
-		}, func(u trackedUser) error {
-			out[u.userID] = u.DeviceListState
-			return nil
 		})
-		if err != nil {
-			return nil, fmt.Errorf("failed to read device list states: %w", err)
-		}
+	if err != nil {
+		return nil, fmt.Errorf("failed to read device list states: %w", err)
 	}
-	return out, nil
-}
-
-type trackedUser struct {
-	userID id.UserID
-	DeviceListState
+	return states, nil
 }
 
 // StoredDevices returns the devices the shared tables hold for the users (those not deleted), as
@@ -67,18 +51,12 @@ type trackedUser struct {
 // A user without a device has no entry.
 func StoredDevices(ctx context.Context, db *dbutil.Database, users []id.UserID) (map[id.UserID]map[id.DeviceID]*id.Device, error) {
 	out := make(map[id.UserID]map[id.DeviceID]*id.Device, len(users))
-	for start := 0; start < len(users); start += heldLookupChunk {
-		chunk := users[start:min(start+heldLookupChunk, len(users))]
-		args := make([]any, len(chunk))
-		for i, u := range chunk {
-			args[i] = u
-		}
-		// As GetDevices: the devices of users whose list heirloom tracks (a puppet's own device is
-		// stored untracked, and mautrix stops tracking a user after a hundred failed fetches).
-		rows, err := db.Query(ctx, `SELECT d.user_id, d.device_id, d.identity_key, d.signing_key, d.trust, d.deleted, d.name
-			FROM crypto_device d JOIN crypto_tracked_user t ON t.user_id=d.user_id
-			WHERE d.user_id IN (`+placeholderList(1, len(chunk), '$')+`) AND d.deleted=false`, args...)
-		err = iterate(rows, err, func(row dbutil.Scannable) (*id.Device, error) {
+	// As GetDevices: the devices of users whose list heirloom tracks (a puppet's own device is
+	// stored untracked, and mautrix stops tracking a user after a hundred failed fetches).
+	err := queryIn(ctx, db, `SELECT d.user_id, d.device_id, d.identity_key, d.signing_key, d.trust, d.deleted, d.name
+		FROM crypto_device d JOIN crypto_tracked_user t ON t.user_id=d.user_id
+		WHERE d.user_id IN (`+inList+`) AND d.deleted=false`, nil, users,
+		func(row dbutil.Scannable) (*id.Device, error) {
 			var d id.Device
 			err := row.Scan(&d.UserID, &d.DeviceID, &d.IdentityKey, &d.SigningKey, &d.Trust, &d.Deleted, &d.Name)
 			return &d, err
@@ -89,9 +67,8 @@ func StoredDevices(ctx context.Context, db *dbutil.Database, users []id.UserID) 
 			out[d.UserID][d.DeviceID] = d
 			return nil
 		})
-		if err != nil {
-			return nil, fmt.Errorf("failed to read devices: %w", err)
-		}
+	if err != nil {
+		return nil, fmt.Errorf("failed to read devices: %w", err)
 	}
 	return out, nil
 }
@@ -122,10 +99,7 @@ func SharedWith(ctx context.Context, db *dbutil.Database, sessionID id.SessionID
 		err = iterate(rows, err, func(row dbutil.Scannable) (r Recipient, err error) {
 			err = row.Scan(&r.UserID, &r.IdentityKey)
 			return
-		}, func(r Recipient) error {
-			out[r] = true
-			return nil
-		})
+		}, addTo(out))
 		if err != nil {
 			return nil, fmt.Errorf("failed to read the session's recipients: %w", err)
 		}

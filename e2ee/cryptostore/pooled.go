@@ -37,10 +37,7 @@ func AccountsHolding(ctx context.Context, db *dbutil.Database, accounts []string
 		err = iterate(rows, err, func(row dbutil.Scannable) (a string, err error) {
 			err = row.Scan(&a)
 			return
-		}, func(a string) error {
-			holding[a] = true
-			return nil
-		})
+		}, addTo(holding))
 		if err != nil {
 			return nil, fmt.Errorf("failed to find the accounts holding the room's sessions: %w", err)
 		}

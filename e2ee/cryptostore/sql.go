@@ -1,7 +1,9 @@
 package cryptostore
 
 import (
+	"context"
 	"strconv"
+	"strings"
 	"sync"
 
 	"go.mau.fi/util/dbutil"
@@ -15,6 +17,53 @@ func iterate[T any](rows dbutil.Rows, err error, scan dbutil.ConvertRowFn[T], ea
 		}
 		return true, nil
 	})
+}
+
+// addTo is an each of iterate that adds every row to set.
+func addTo[T comparable](set map[T]bool) func(T) error {
+	return func(v T) error {
+		set[v] = true
+		return nil
+	}
+}
+
+// inList stands in a queryIn statement for the placeholders of one chunk of its keys.
+const inList = "\x00in\x00"
+
+// queryIn runs query once per chunk of at most heldLookupChunk keys, with the chunk's
+// placeholders (numbered after fixed, the arguments before them) in place of inList, and hands
+// each row to each.
+func queryIn[K, T any](ctx context.Context, db *dbutil.Database, query string, fixed []any, keys []K, scan dbutil.ConvertRowFn[T], each func(T) error) error {
+	for start := 0; start < len(keys); start += heldLookupChunk {
+		chunk := keys[start:min(start+heldLookupChunk, len(keys))]
+		args := make([]any, 0, len(fixed)+len(chunk))
+		args = append(args, fixed...)
+		for _, k := range chunk {
+			args = append(args, k)
+		}
+		rows, err := db.Query(ctx, strings.Replace(query, inList, placeholderList(len(fixed)+1, len(chunk), '$'), 1), args...)
+		if err := iterate(rows, err, scan, each); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// queryMap is queryIn into a map: scan reads a row's key and value.
+func queryMap[K any, MK comparable, V any](ctx context.Context, db *dbutil.Database, query string, fixed []any, keys []K, scan func(dbutil.Scannable) (MK, V, error)) (map[MK]V, error) {
+	type entry struct {
+		key   MK
+		value V
+	}
+	out := make(map[MK]V, len(keys))
+	err := queryIn(ctx, db, query, fixed, keys, func(row dbutil.Scannable) (e entry, err error) {
+		e.key, e.value, err = scan(row)
+		return
+	}, func(e entry) error {
+		out[e.key] = e.value
+		return nil
+	})
+	return out, err
 }
 
 // placeholderList returns "$first,…,$(first+n-1)", with mark for '$'.

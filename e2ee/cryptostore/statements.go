@@ -49,11 +49,6 @@ type HeldSession struct {
 	Direct bool
 }
 
-type heldSessionRow struct {
-	sessionID id.SessionID
-	HeldSession
-}
-
 // heldLookupChunk bounds the session IDs, users or accounts per statement.
 const heldLookupChunk = 500
 
@@ -61,30 +56,18 @@ const heldLookupChunk = 500
 // session ID. (GetGroupSession reads one, and cannot tell "not held" from a withheld entry
 // without an error to unwrap.)
 func HeldSessions(ctx context.Context, db *dbutil.Database, account string, roomID id.RoomID, sessionIDs []id.SessionID) (map[id.SessionID]HeldSession, error) {
-	out := make(map[id.SessionID]HeldSession, len(sessionIDs))
-	for start := 0; start < len(sessionIDs); start += heldLookupChunk {
-		chunk := sessionIDs[start:min(start+heldLookupChunk, len(sessionIDs))]
-		args := make([]any, 0, len(chunk)+2)
-		args = append(args, account, roomID)
-		for _, sid := range chunk {
-			args = append(args, sid)
-		}
-		rows, err := db.Query(ctx, `SELECT session_id, session IS NOT NULL, key_source FROM crypto_megolm_inbound_session
-			WHERE account_id=$1 AND room_id=$2 AND session_id IN (`+placeholderList(3, len(chunk), '$')+`)`, args...)
-		err = iterate(rows, err, func(row dbutil.Scannable) (h heldSessionRow, err error) {
+	held, err := queryMap(ctx, db, `SELECT session_id, session IS NOT NULL, key_source FROM crypto_megolm_inbound_session
+		WHERE account_id=$1 AND room_id=$2 AND session_id IN (`+inList+`)`, []any{account, roomID}, sessionIDs,
+		func(row dbutil.Scannable) (sessionID id.SessionID, h HeldSession, err error) {
 			var source id.KeySource
-			err = row.Scan(&h.sessionID, &h.HasKey, &source)
+			err = row.Scan(&sessionID, &h.HasKey, &source)
 			h.Direct = source == id.KeySourceDirect || source == ""
 			return
-		}, func(h heldSessionRow) error {
-			out[h.sessionID] = h.HeldSession
-			return nil
 		})
-		if err != nil {
-			return nil, fmt.Errorf("failed to look up held sessions: %w", err)
-		}
+	if err != nil {
+		return nil, fmt.Errorf("failed to look up held sessions: %w", err)
 	}
-	return out, nil
+	return held, nil
 }
 
 // StoredSession is one inbound session row of a room as a key bundle needs it: what keybundle.Place
