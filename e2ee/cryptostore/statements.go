@@ -2,8 +2,11 @@ package cryptostore
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
@@ -158,4 +161,35 @@ func CountRoomSessions(ctx context.Context, db *dbutil.Database, account string,
 		return 0, fmt.Errorf("failed to count sessions: %w", err)
 	}
 	return n, nil
+}
+
+// WithheldRow is a withheld entry as the account holds it for a session ID of a room.
+type WithheldRow struct {
+	SenderKey id.SenderKey
+	Code      string
+	// FromBundle is true for an entry imported from an accepted key bundle (InsertBundleWithheld),
+	// false for one a device sent over to-device.
+	FromBundle bool
+	// ReceivedAt is when the entry was received: for a bundle's entry, when the bundle was.
+	ReceivedAt time.Time
+}
+
+// WithheldEntry returns the withheld entry the account holds for the session ID in the room, or nil
+// if it holds none (no row, or a key).
+func WithheldEntry(ctx context.Context, db *dbutil.Database, account string, roomID id.RoomID, sessionID id.SessionID) (*WithheldRow, error) {
+	var w WithheldRow
+	var senderKey, source, sourceUser string
+	var receivedAt sql.NullTime
+	err := db.QueryRow(ctx, `SELECT sender_key, withheld_code, key_source, source_user, received_at
+		FROM crypto_megolm_inbound_session
+		WHERE account_id=$1 AND room_id=$2 AND session_id=$3 AND session IS NULL AND withheld_code IS NOT NULL`,
+		account, roomID, sessionID).Scan(&senderKey, &w.Code, &source, &sourceUser, &receivedAt)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("failed to read a withheld entry: %w", err)
+	}
+	w.SenderKey, w.ReceivedAt = id.SenderKey(senderKey), receivedAt.Time
+	w.FromBundle = id.KeySource(source) == id.KeySourceForward && sourceUser != ""
+	return &w, nil
 }
