@@ -20,13 +20,13 @@ import (
 // That is heirloom's bot, or in gateway mode the bridge's bot. When the key of a message it must
 // read does not come (an admin's command; an event for the bridge), it asks the device that sent
 // the message for it (m.room_key_request), and takes the answer only if it answers that request
-// (askedKeys: one per device asked), decrypts the event it was asked for where the request knew it
-// (RequestRoomKeyForEvent), and that device forwards its own session: the session's sender key is the key Olm
-// authenticated the forward with, and nobody else is in its forwarding chain. Unlike the m.room_key
-// the homeserver lost, whose session key the session's own Ed25519 key signs, a forward carries an
-// export nobody signed, under a session ID anyone in the room has seen: the session is stored as
-// an imported copy, which a key received directly replaces where the two differ. Any other
-// forwarded key is refused, as it is for puppets.
+// (askedKeys: one per device asked), decrypts the event it was asked for where the request knew
+// it (RequestRoomKeyForEvent), and that device forwards its own session: the session's sender key
+// is the key Olm authenticated the forward with, and nobody else is in its forwarding chain. Unlike
+// the m.room_key the homeserver lost, whose session key the session's own Ed25519 key signs, a
+// forward carries an export nobody signed, under a session ID anyone in the room has seen: the
+// session is stored as an imported copy, which a key received directly replaces where the two
+// differ. Any other forwarded key is refused, as it is for puppets.
 
 // errNoSenderDevice means no known device of the sender has the session's sender key.
 var errNoSenderDevice = errors.New("no known device of the sender has the session's key")
