@@ -9,6 +9,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/heirloom-matrix/heirloom/e2ee/cryptostore"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -231,10 +232,13 @@ func (p *Puppet) receiveWithheld(ctx context.Context, evt *event.Event) {
 	default:
 		// Under the session's lock, like every other write of a session row: a withheld entry
 		// must not slip in between a bundle import's check and its insert.
-		_ = p.mgr.gate(p.UserID).megolmLock(ctx, content.SessionID, true, func(ctx context.Context) error {
-			p.Mach.HandleRoomKeyWithheld(ctx, content)
-			return nil
+		err := p.mgr.gate(p.UserID).megolmLock(ctx, content.SessionID, true, func(ctx context.Context) error {
+			return cryptostore.PutDeviceWithheld(ctx, p.Store.DB, p.Store.AccountID, content.RoomID, content.SessionID,
+				content.SenderKey, string(content.Code), content.Reason, evt.Sender)
 		})
+		if err != nil {
+			log.Err(err).Msg("Failed to store room key withheld message")
+		}
 	}
 }
 

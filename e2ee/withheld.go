@@ -17,7 +17,10 @@ import (
 //   - its sender_key is the event's (when the event still names one, as clients SHOULD), and is a
 //     key of a device of the event's sender that heirloom knows (when the event names none);
 //   - one a device sent (receiveWithheld keeps only a member's word about its own device's
-//     session) answers for the events of that device's user only (the check above);
+//     session) answers for the events of the user who sent it only: a device's Curve25519 key is
+//     its uploader's word, and another user's device may name the same one. (An entry stored
+//     before heirloom recorded its sender answers for events of a user whose known device has its
+//     sender_key.)
 //   - one a key bundle carried is m.history_not_shared, its sender's word about history: it
 //     answers only for events sent before the bundle arrived. A message sent after it gets its key
 //     from its sender directly, and reading it before that key comes is "no key yet".
@@ -39,6 +42,8 @@ func (p *Puppet) withheldSpeaksFor(ctx context.Context, evt *event.Event, conten
 		return false
 	case w.FromBundle:
 		return keybundle.IsHistoryNotShared(w.Code) && evt.Timestamp < w.ReceivedAt.UnixMilli()
+	case w.Sender != "":
+		return w.Sender == evt.Sender
 	default:
 		return p.ownsDevice(ctx, evt.Sender, w.SenderKey)
 	}

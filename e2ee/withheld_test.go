@@ -131,3 +131,41 @@ func bundleWithheldAnswers(t *testing.T, mgr *Manager, db *database.Database) {
 	require.False(t, IsMissingKey(err), "history before the bundle, withheld by its sender as not shared, is a final answer: got %v", err)
 	require.Contains(t, describeDecryptError(err), keybundle.CodeHistoryNotShared)
 }
+
+// A device's Curve25519 key is its uploader's word: Mallory can upload a device naming Alice's
+// key, and then "own" it. His withheld about Alice's session under Alice's key answers only for his
+// own events: Alice's message of that session is "no key yet".
+func TestAWithheldAnswersOnlyForItsSendersEvents(t *testing.T) {
+	mgr, db := testManager(t)
+	p := testPuppet(t, mgr, "victim")
+	ctx := context.Background()
+	alice, mallory := newOlmSender("@alice:localhost"), newOlmSender("@mallory:localhost")
+	joined(t, db, roomA, p.UserID, alice.user, mallory.user)
+	alice.known(t, p)
+	clone := mallory
+	clone.curve = alice.curve
+	clone.known(t, p)
+	ogs, err := crypto.NewOutboundGroupSession(roomA, nil, nil)
+	require.NoError(t, err)
+	p.handleToDevice(ctx, &event.Event{Sender: mallory.user, Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID,
+		ToDeviceID: p.DeviceID, Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{RoomID: roomA,
+			Algorithm: id.AlgorithmMegolmV1, SessionID: ogs.ID(), SenderKey: alice.curve, Code: event.RoomKeyWithheldUnverified,
+			Reason: "mallory, under alice's key, through a device of his naming it"}}})
+	ciphertext := megolmMessage(t, ogs, roomA, "alice's message")
+	_, err = p.Decrypt(ctx, encryptedEvent(roomA, "$alice", alice, ogs.ID(), ciphertext, 1000))
+	require.Error(t, err)
+	require.True(t, IsMissingKey(err), "a withheld sent by another user must not make Alice's message a final failure: got %v", err)
+
+	// An entry stored before heirloom recorded who sent it answers for the events of a user whose
+	// known device has its sender key: not Alice's under Mallory's real key, when her event names none.
+	legacy, err := crypto.NewOutboundGroupSession(roomA, nil, nil)
+	require.NoError(t, err)
+	mallory.known(t, p)
+	require.NoError(t, p.Store.PutWithheldGroupSession(ctx, event.RoomKeyWithheldEventContent{RoomID: roomA,
+		Algorithm: id.AlgorithmMegolmV1, SessionID: legacy.ID(), SenderKey: mallory.curve, Code: event.RoomKeyWithheldUnverified}))
+	evt := encryptedEvent(roomA, "$legacy", alice, legacy.ID(), megolmMessage(t, legacy, roomA, "alice's"), 1000)
+	evt.Content.Parsed.(*event.EncryptedEventContent).SenderKey = ""
+	_, err = p.Decrypt(ctx, evt)
+	require.Error(t, err)
+	require.True(t, IsMissingKey(err), "an entry of unknown sender under another's device key is no answer for Alice: got %v", err)
+}
