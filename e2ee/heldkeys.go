@@ -176,6 +176,13 @@ func (h *heldKeys) dropStale() {
 	}
 }
 
+// holdsFor reports whether any key is held for the puppet in the room.
+func (h *heldKeys) holdsFor(puppet id.UserID, roomID id.RoomID) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.rooms[puppetRoom{puppet, roomID}]) > 0
+}
+
 // take removes and returns the keys held for the puppet in the room that are not too old.
 func (h *heldKeys) take(puppet id.UserID, roomID id.RoomID) []heldKey {
 	h.mu.Lock()

@@ -104,4 +104,7 @@ func (p *Puppet) ReleaseHeldKeys(ctx context.Context, roomID id.RoomID) {
 	for i := range keys {
 		p.receiveRoomKey(ctx, keys[i].event(), &keys[i].content)
 	}
+	if !p.mgr.held.holdsFor(p.UserID, roomID) {
+		p.mgr.heldRetries.done(puppetRoom{p.UserID, roomID})
+	}
 }
