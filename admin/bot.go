@@ -360,7 +360,7 @@ func (b *Bot) decrypt(ctx context.Context, bot *e2ee.Puppet, evt *event.Event, w
 		}
 		if !requested && waited >= b.keyRequestAfter {
 			requested = true
-			if err = bot.RequestRoomKeyFromSender(ctx, evt.RoomID, evt.Sender, content.SenderKey, content.SessionID); err != nil {
+			if err = bot.RequestRoomKeyForEvent(ctx, evt); err != nil {
 				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to ask for a missing room key")
 			}
 		}

@@ -45,6 +45,8 @@ func (p *Puppet) Decrypt(ctx context.Context, evt *event.Event) (*Decrypted, err
 	decrypted, err := p.Mach.DecryptMegolmEvent(context.WithValue(ctx, deferIndexCheck{}, true), evt)
 	if err == nil {
 		err = p.checkMessageIndex(ctx, evt, content)
+	} else if errors.Is(err, crypto.ErrGroupSessionWithheld) && !p.withheldSpeaksFor(ctx, evt, content) {
+		err = fmt.Errorf("%w (ID %s; a withheld entry of another sender's device is no answer)", crypto.ErrNoSessionFound, content.SessionID)
 	}
 	if err != nil {
 		return &Decrypted{SessionID: content.SessionID}, err

@@ -47,7 +47,7 @@ func TestOnlyTheBotTakesADevicesForwardOfItsOwnSession(t *testing.T) {
 	own, ownID := forwardOf(admin, nil)
 	admin.forward(ctx, bot, own)
 	require.Nil(t, heldRow(t, bot, roomID, ownID), "a forward the bot did not ask for is refused")
-	bot.asked.add(roomID, ownID, admin.user, admin.curve)
+	bot.asked.add(roomID, ownID, admin.user, admin.curve, nil)
 	admin.forward(ctx, bot, own)
 	row := heldRow(t, bot, roomID, ownID)
 	require.NotNil(t, row, "the bot takes the admin device's forward of its own session, asked for")
@@ -58,25 +58,35 @@ func TestOnlyTheBotTakesADevicesForwardOfItsOwnSession(t *testing.T) {
 	require.Empty(t, igs.ForwardingChains)
 
 	someoneElses, elseID := forwardOf(other, nil)
-	bot.asked.add(roomID, elseID, admin.user, admin.curve)
+	bot.asked.add(roomID, elseID, admin.user, admin.curve, nil)
 	admin.forward(ctx, bot, someoneElses)
 	require.Nil(t, heldRow(t, bot, roomID, elseID), "a forward of another device's session is refused")
 
 	asked := newOlmSender("@asked:localhost")
 	joined(t, db, roomID, asked.user)
 	fromAnother, anotherID := forwardOf(other, nil)
-	bot.asked.add(roomID, anotherID, asked.user, asked.curve)
+	bot.asked.add(roomID, anotherID, asked.user, asked.curve, nil)
 	other.forward(ctx, bot, fromAnother)
 	require.Nil(t, heldRow(t, bot, roomID, anotherID), "a forward from another device than the one asked is refused")
 
+	// A device of another user with the asked device's Curve25519 key (device keys are the
+	// uploader's word: nothing stops one from naming another's key).
+	clone := newOlmSender("@clone:localhost")
+	clone.curve = asked.curve
+	joined(t, db, roomID, clone.user)
+	fromClone, cloneID := forwardOf(clone, nil)
+	bot.asked.add(roomID, cloneID, asked.user, asked.curve, nil)
+	clone.forward(ctx, bot, fromClone)
+	require.Nil(t, heldRow(t, bot, roomID, cloneID), "a forward from another user than the one asked is refused")
+
 	chained, chainedID := forwardOf(admin, []string{string(other.curve)})
-	bot.asked.add(roomID, chainedID, admin.user, admin.curve)
+	bot.asked.add(roomID, chainedID, admin.user, admin.curve, nil)
 	admin.forward(ctx, bot, chained)
 	require.Nil(t, heldRow(t, bot, roomID, chainedID), "a forward with a forwarding chain is refused")
 
 	elsewhere, elsewhereID := forwardOf(admin, nil)
 	elsewhere.RoomID = "!not-in:localhost"
-	bot.asked.add(elsewhere.RoomID, elsewhereID, admin.user, admin.curve)
+	bot.asked.add(elsewhere.RoomID, elsewhereID, admin.user, admin.curve, nil)
 	admin.forward(ctx, bot, elsewhere)
 	require.Nil(t, heldRow(t, bot, "!not-in:localhost", elsewhereID), "a forward for a room the bot is not in is refused")
 }
@@ -122,7 +132,7 @@ func TestAnUnsolicitedForwardCannotBlockTheOwnersKey(t *testing.T) {
 
 	// Mallory posts a message under that session ID with his own sender key: the bot asks his device,
 	// and his answer is stored, as an imported copy.
-	bot.asked.add(roomID, out.ID(), mallory.user, mallory.curve)
+	bot.asked.add(roomID, out.ID(), mallory.user, mallory.curve, nil)
 	mallory.forward(ctx, bot, &forwardedRoomKeyContent{ForwardedRoomKeyEventContent: event.ForwardedRoomKeyEventContent{
 		RoomKeyEventContent: event.RoomKeyEventContent{Algorithm: id.AlgorithmMegolmV1, RoomID: roomID, SessionID: out.ID(),
 			SessionKey: string(raw)},
@@ -135,4 +145,99 @@ func TestAnUnsolicitedForwardCannotBlockTheOwnersKey(t *testing.T) {
 	admin.sendRoomKey(ctx, bot, roomID, out.ID(), out.Key(), true)
 	row := heldRow(t, bot, roomID, out.ID())
 	require.Equal(t, admin.curve, row.senderKey, "the admin's signed m.room_key must win over an unsigned forward of the same session ID")
+}
+
+// forgedExport is an export of out's session with a junk ratchet: same public key, so the same
+// session ID, but a ratchet that decrypts none of the owner's messages.
+func forgedExport(t *testing.T, out olm.OutboundGroupSession) (genuine, forged string) {
+	t.Helper()
+	in, err := olm.NewInboundGroupSession([]byte(out.Key()))
+	require.NoError(t, err)
+	exported, err := in.Export(0)
+	require.NoError(t, err)
+	raw := []byte(string(exported))
+	if raw[20] == 'A' {
+		raw[20] = 'B'
+	} else {
+		raw[20] = 'A'
+	}
+	return string(exported), string(raw)
+}
+
+// forwardRace is the realistic path in gateway mode: the appservice's sender (the bridge's bot,
+// which cannot /sync) asks the device an encrypted event names for a key that did not come
+// (gateway/keyrecovery.go); the admin bot asks admins' devices. The admin's m.room_key for session
+// S was lost; the bot asks the admin's device for S, for the admin's message. Mallory, who saw S in
+// the room, re-posts that message as his own under his own sender_key: the bot cannot decrypt it
+// and asks Mallory's device for S too. Mallory answers with a junk ratchet under S's public key.
+type forwardRace struct {
+	bot             *Puppet
+	room            id.RoomID
+	admin, mallory  olmSender
+	out             olm.OutboundGroupSession
+	genuine, forged string
+	message         []byte // the admin's message of S, which Mallory re-posted
+}
+
+func newForwardRace(t *testing.T) *forwardRace {
+	mgr, db := testManager(t)
+	bot, err := mgr.LocalPuppet(context.Background(), mgr.cfg.BotUserID(), "DEVBOT")
+	require.NoError(t, err)
+	bot.Client.DefaultHTTPRetries = 0
+	r := &forwardRace{bot: bot, room: "!group:localhost", admin: newOlmSender("@admin:localhost"),
+		mallory: newOlmSender("@mallory:localhost")}
+	joined(t, db, r.room, bot.UserID, r.admin.user, r.mallory.user)
+	r.out, err = olm.NewOutboundGroupSession()
+	require.NoError(t, err)
+	r.genuine, r.forged = forgedExport(t, r.out)
+	r.message, err = r.out.Encrypt([]byte(`{"room_id":"!group:localhost","type":"m.room.message","content":{"body":"!help"}}`))
+	require.NoError(t, err)
+	return r
+}
+
+// ask records the bot's request to from's device, for the message (nil: not known).
+func (r *forwardRace) ask(from olmSender, message []byte) {
+	r.bot.asked.add(r.room, r.out.ID(), from.user, from.curve, message)
+}
+
+// forward is from's device's forward of S with the session key.
+func (r *forwardRace) forward(from olmSender, key string) {
+	from.forward(context.Background(), r.bot, &forwardedRoomKeyContent{ForwardedRoomKeyEventContent: event.ForwardedRoomKeyEventContent{
+		RoomKeyEventContent: event.RoomKeyEventContent{Algorithm: id.AlgorithmMegolmV1, RoomID: r.room, SessionID: r.out.ID(), SessionKey: key},
+		SenderKey:           from.curve, SenderClaimedKey: from.signing}})
+}
+
+// A key request is one per device asked: Mallory's request about the same session ID never replaces
+// the one sent to the admin's device, and an answer is taken only if it decrypts the message it was
+// asked for. Mallory's junk ratchet decrypts nothing (a megolm message is signed by the session's
+// own key, which he lacks), so it is not stored, and the admin's genuine forward is.
+func TestAForwardIsTakenOnlyForItsOwnDevicesRequestAndIfItDecryptsTheMessage(t *testing.T) {
+	r := newForwardRace(t)
+	r.ask(r.admin, r.message)
+	r.ask(r.mallory, r.message)
+	r.forward(r.mallory, r.forged)
+	require.Nil(t, heldRow(t, r.bot, r.room, r.out.ID()), "a forward that does not decrypt the message it was asked for is not stored")
+	r.forward(r.admin, r.genuine)
+	row := heldRow(t, r.bot, r.room, r.out.ID())
+	require.NotNil(t, row)
+	require.Equal(t, r.admin.curve, row.senderKey,
+		"the session's owner's forward, asked for, must not be refused because a member asked about the same session ID answered first")
+}
+
+// A junk forward taken before (in answer to a request that knew no message) does not block the
+// owner's genuine forward that decrypts the message it was asked for: that one replaces it.
+func TestAForwardThatDecryptsTheMessageReplacesAJunkForward(t *testing.T) {
+	r := newForwardRace(t)
+	r.ask(r.mallory, nil)
+	r.forward(r.mallory, r.forged)
+	require.NotNil(t, heldRow(t, r.bot, r.room, r.out.ID()), "an unchecked request's answer is taken")
+	r.ask(r.admin, r.message)
+	r.forward(r.admin, r.genuine)
+	row := heldRow(t, r.bot, r.room, r.out.ID())
+	require.NotNil(t, row)
+	require.Equal(t, r.admin.curve, row.senderKey,
+		"the owner's genuine forward must replace a junk forward of the same session ID from another member's device")
+	igs, err := r.bot.Store.GetGroupSession(context.Background(), r.room, r.out.ID())
+	require.NoError(t, err)
+	require.True(t, decrypts(igs.Internal, r.message), "the copy held now reads the admin's message")
 }

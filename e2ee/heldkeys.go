@@ -1,9 +1,11 @@
 package e2ee
 
 import (
-	"time"
-
+	"net"
+	"net/netip"
+	"strings"
 	"sync"
+	"time"
 
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/event"
@@ -81,9 +83,10 @@ func (k *heldKey) event() *crypto.DecryptedOlmEvent {
 // invited is sent only then, and would otherwise be lost. A restart forgets them, as it forgets a
 // message the homeserver never delivered.
 //
-// When a bound is reached, a new key takes the place of a key of whoever holds the most (fairShare):
+// When a bound is reached, a new key takes the place of a key of whoever holds the most (evict):
 // senders who hold fewer keys are never pushed out by one who holds more, and senders are counted
-// per homeserver first, so that accounts made by the dozen on one server share one server's part.
+// per homeserver group first (serverGroup), so that accounts made by the dozen on one server, and
+// server names made by the hundred on one host, share one part.
 type heldKeys struct {
 	mu    sync.Mutex
 	rooms map[puppetRoom][]heldKey
@@ -173,6 +176,13 @@ func (h *heldKeys) dropStale() {
 	}
 }
 
+// holdsFor reports whether any key is held for the puppet in the room.
+func (h *heldKeys) holdsFor(puppet id.UserID, roomID id.RoomID) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.rooms[puppetRoom{puppet, roomID}]) > 0
+}
+
 // take removes and returns the keys held for the puppet in the room that are not too old.
 func (h *heldKeys) take(puppet id.UserID, roomID id.RoomID) []heldKey {
 	h.mu.Lock()
@@ -192,27 +202,63 @@ func (h *heldKeys) take(puppet id.UserID, roomID id.RoomID) []heldKey {
 }
 
 // evict makes room for a key of sender by dropping one key of whoever holds the most in scope (a
-// puppet's room, or every room if nil): the homeserver whose users hold the most keys, then its
-// user who holds the most, whose oldest key goes. It does so only if they hold at least two more
-// than the sender's homeserver (or, within one homeserver, the sender) does: a sender never pushes
-// out one who holds fewer, and keys do not change places between two who hold as many.
+// puppet's room, or every room if nil): the homeserver group (serverGroup) whose users hold the
+// most keys, then its user who holds the most, whose oldest key goes; among those who hold as
+// many, the one whose oldest key is oldest. It does so only if they hold more than the sender's
+// group (or, within one group, the sender) does: a sender never pushes out one who holds fewer or
+// as many, and a sender who holds nothing, a member's first key, always gets in.
 func (h *heldKeys) evict(sender id.UserID, scope *puppetRoom) bool {
-	servers, users := map[string]int{}, map[id.UserID]int{}
+	servers, users := holdings[string]{}, holdings[id.UserID]{}
 	h.each(scope, func(_ puppetRoom, k *heldKey) {
-		servers[serverOf(k.sender)]++
-		users[k.sender]++
+		servers.add(serverGroup(k.sender), k.at)
+		users.add(k.sender, k.at)
 	})
-	own := serverOf(sender)
-	top := largest(servers, func(string) bool { return true })
-	if top != own && servers[top] < servers[own]+2 {
+	own := serverGroup(sender)
+	top := servers.largest(func(string) bool { return true })
+	if top != own && servers[top].n <= servers[own].n {
 		return false
 	}
-	victim := largest(users, func(u id.UserID) bool { return serverOf(u) == top })
-	if top == own && users[victim] < users[sender]+2 {
+	victim := users.largest(func(u id.UserID) bool { return serverGroup(u) == top })
+	if top == own && users[victim].n <= users[sender].n {
 		return false
 	}
 	h.dropOldest(scope, victim)
 	return true
+}
+
+// holding is how many keys a holder holds, and when its oldest came.
+type holding struct {
+	n      int
+	oldest time.Time
+}
+
+// holdings counts the keys of each holder.
+type holdings[T ~string] map[T]holding
+
+func (hs holdings[T]) add(name T, at time.Time) {
+	h := hs[name]
+	if h.n == 0 || at.Before(h.oldest) {
+		h.oldest = at
+	}
+	h.n++
+	hs[name] = h
+}
+
+// largest returns the holder among those that count that holds the most; among equals, the one
+// whose oldest key is oldest, then the first in order.
+func (hs holdings[T]) largest(among func(T) bool) T {
+	var best T
+	found := false
+	for name, h := range hs {
+		if !among(name) {
+			continue
+		}
+		b := hs[best]
+		if !found || h.n > b.n || (h.n == b.n && (h.oldest.Before(b.oldest) || (h.oldest.Equal(b.oldest) && name < best))) {
+			best, found = name, true
+		}
+	}
+	return best
 }
 
 // each calls fn with every key held in scope (a puppet's room, or every room if nil).
@@ -262,26 +308,32 @@ func indexOf(keys []heldKey, k *heldKey) int {
 	return -1
 }
 
-// largest returns the name among those that count that has the highest count (the first in
-// order among equals).
-func largest[T ~string](counts map[T]int, among func(T) bool) T {
-	var best T
-	found := false
-	for name, n := range counts {
-		if !among(name) {
-			continue
-		}
-		if !found || n > counts[best] || (n == counts[best] && name < best) {
-			best, found = name, true
-		}
+// serverGroup is what held keys are counted by first: the homeserver of a user ID, as one party
+// could own many of it. A server name is cheap to multiply on one host (every port, every
+// subdomain, every address of a network), so it is counted without its port, by its last two
+// labels (evil.example for a.evil.example:8448), and an IP literal by its network (a /24, a /48).
+// Servers that share a group only share its part of the bound.
+func serverGroup(user id.UserID) string {
+	_, server, err := user.Parse()
+	if err != nil {
+		return string(user)
 	}
-	return best
-}
-
-// serverOf is the homeserver of a user ID.
-func serverOf(user id.UserID) string {
-	if _, server, err := user.Parse(); err == nil {
-		return server
+	host := server
+	if h, _, err := net.SplitHostPort(server); err == nil {
+		host = h
 	}
-	return string(user)
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if addr, err := netip.ParseAddr(host); err == nil {
+		bits := 48
+		if addr.Is4() {
+			bits = 24
+		}
+		prefix, _ := addr.Prefix(bits)
+		return prefix.String()
+	}
+	labels := strings.Split(strings.ToLower(strings.TrimSuffix(host, ".")), ".")
+	if len(labels) > 2 {
+		labels = labels[len(labels)-2:]
+	}
+	return strings.Join(labels, ".")
 }

@@ -155,3 +155,59 @@ func TestHeldKeysOfARoomAreBoundedInBytes(t *testing.T) {
 	require.LessOrEqual(t, bytes, heldBytesPerRoom)
 	require.Less(t, h.total, heldKeysPerRoom, "the bytes bound came first")
 }
+
+// A server name is the sender's to choose by the hundred on one host: evil.example:1,
+// evil.example:2, ... (each port a server name), or wildcard subdomains. Membership cannot be asked
+// while the puppet is invited, so the senders need not even be in the room. One key from each of
+// 256 such servers must not fill the room's slots against alice's key: they count as one host.
+func TestHeldKeysCountServerNamesOfOneHostAsOne(t *testing.T) {
+	const puppet id.UserID = "@heirloom_p:localhost"
+	content := &RoomKeyContent{RoomKeyEventContent: event.RoomKeyEventContent{RoomID: roomA, SessionKey: strings.Repeat("k", 306)}}
+	for _, name := range []string{"evil.example:%d", "h%d.evil.example", "[2001:db8::%x]:8448"} {
+		t.Run(name, func(t *testing.T) {
+			var h heldKeys
+			for i := range heldKeysPerRoom {
+				sybil := newOlmSender(id.UserID("@s:" + fmt.Sprintf(name, 1+i))).decrypted()
+				require.True(t, h.hold(puppet, sybil, content))
+			}
+			alice := newOlmSender("@alice:localhost").decrypted()
+			require.True(t, h.hold(puppet, alice, content),
+				"a member's key must not be refused because 256 server names of one host each hold one key")
+			// Fresh server names of the host, by the hundred: each would hold nothing, were they
+			// counted apart, and push out the oldest key of those who hold one, alice's in turn.
+			for i := range 2 * heldKeysPerRoom {
+				sybil := newOlmSender(id.UserID("@t:" + fmt.Sprintf(name, 10000+i))).decrypted()
+				h.hold(puppet, sybil, content)
+			}
+			require.Contains(t, senders(h.take(puppet, roomA)), alice.Sender, "no more keys of that host push alice's out")
+		})
+	}
+}
+
+// However many distinct homeservers fill a room's slots with one key each, a sender who holds
+// nothing (a member's first key) gets in: it takes the place of the oldest key of one who holds
+// more, never of one who holds as many.
+func TestHeldKeysTakeAFirstKeyWhenEveryHolderHoldsOne(t *testing.T) {
+	var h heldKeys
+	const puppet id.UserID = "@heirloom_p:localhost"
+	content := &RoomKeyContent{RoomKeyEventContent: event.RoomKeyEventContent{RoomID: roomA, SessionKey: strings.Repeat("k", 306)}}
+	for i := range heldKeysPerRoom {
+		require.True(t, h.hold(puppet, newOlmSender(id.UserID(fmt.Sprintf("@s:evil%d.example", i))).decrypted(), content))
+	}
+	alice := newOlmSender("@alice:localhost").decrypted()
+	require.True(t, h.hold(puppet, alice, content), "a member's first key gets in")
+	require.False(t, h.hold(puppet, alice, content), "a second takes the place of nobody who holds as many (one)")
+	kept := senders(h.take(puppet, roomA))
+	require.Len(t, kept, heldKeysPerRoom)
+	require.Contains(t, kept, alice.Sender)
+	require.NotContains(t, kept, id.UserID("@s:evil0.example"), "the oldest key of those who hold as many made room")
+}
+
+// senders lists the senders of held keys.
+func senders(keys []heldKey) []id.UserID {
+	out := make([]id.UserID, len(keys))
+	for i := range keys {
+		out[i] = keys[i].sender
+	}
+	return out
+}

@@ -49,6 +49,8 @@ type Manager struct {
 	deviceChanges deviceListChanges
 	// held keeps room keys until the puppet joins the room they are for (membership.go).
 	held heldKeys
+	// heldRetries asks again about held keys the homeserver did not answer for (heldretry.go).
+	heldRetries heldRetries
 	// plain remembers the rooms the homeserver just said are unencrypted (encryptionstate.go).
 	plain plainRooms
 

@@ -24,6 +24,9 @@ const (
 	// unknownMember: neither heirloom's state store nor the homeserver can say. Synapse lets a
 	// user read a room's state only once joined, so a puppet that is only invited cannot ask.
 	unknownMember
+	// unanswered: the homeserver did not answer (a 5xx, a timeout, a restart): no answer at all,
+	// which a later question may get.
+	unanswered
 )
 
 // isMember reports whether the user is joined to or invited into the room, as heirloom's state
@@ -47,12 +50,12 @@ func (p *Puppet) membershipOf(ctx context.Context, roomID id.RoomID, userID id.U
 	switch {
 	case errors.Is(err, mautrix.MNotFound):
 		return notMember // never a member
-	case err != nil:
-		// 403: the puppet may not read the room's state (it is only invited, or not in the room).
-		if !errors.As(err, &httpErr) || !httpErr.IsStatus(http.StatusForbidden) {
-			zerolog.Ctx(ctx).Warn().Err(err).Stringer("user_id", userID).Msg("The homeserver did not say whether the user is in the room")
-		}
+	case errors.As(err, &httpErr) && httpErr.IsStatus(http.StatusForbidden):
+		// The puppet may not read the room's state (it is only invited, or not in the room).
 		return unknownMember
+	case err != nil:
+		zerolog.Ctx(ctx).Warn().Err(err).Stringer("user_id", userID).Msg("The homeserver did not say whether the user is in the room")
+		return unanswered
 	}
 	if err = p.mgr.db.StateStore.SetMembership(ctx, roomID, userID, content.Membership); err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to record a membership")
@@ -63,11 +66,6 @@ func (p *Puppet) membershipOf(ctx context.Context, roomID id.RoomID, userID id.U
 	return notMember
 }
 
-// inRoom reports whether the puppet is joined to or invited into the room (membershipOf).
-func (p *Puppet) inRoom(ctx context.Context, roomID id.RoomID) bool {
-	return p.membershipOf(ctx, roomID, p.UserID) == member
-}
-
 // joinedRoom reports whether heirloom's state store has the puppet joined to the room.
 func (p *Puppet) joinedRoom(ctx context.Context, roomID id.RoomID) bool {
 	membership, err := p.mgr.db.StateStore.GetMembership(ctx, roomID, p.UserID)
@@ -76,7 +74,8 @@ func (p *Puppet) joinedRoom(ctx context.Context, roomID id.RoomID) bool {
 
 // senderVerdict says whether a room key's sender could have had it: a member of the room it names.
 // While the puppet is only invited, the homeserver answers no membership question; the inviter
-// (whose invite heirloom recorded) is known to be a member, anyone else is unknownMember.
+// (whose invite heirloom recorded) is known to be a member, anyone else is unknownMember. A
+// question the homeserver did not answer is unanswered, joined or not: never "not a member".
 func (p *Puppet) senderVerdict(ctx context.Context, roomID id.RoomID, sender id.UserID) memberVerdict {
 	verdict := p.membershipOf(ctx, roomID, sender)
 	if verdict != unknownMember || p.joinedRoom(ctx, roomID) {
@@ -97,11 +96,15 @@ func (p *Puppet) senderVerdict(ctx context.Context, roomID id.RoomID, sender id.
 func (p *Puppet) ReleaseHeldKeys(ctx context.Context, roomID id.RoomID) {
 	keys := p.mgr.held.take(p.UserID, roomID)
 	if len(keys) == 0 {
+		p.mgr.heldRetries.done(puppetRoom{p.UserID, roomID})
 		return
 	}
 	zerolog.Ctx(ctx).Info().Stringer("room_id", roomID).Int("count", len(keys)).
 		Msg("Checking the room keys held until the puppet joined")
 	for i := range keys {
 		p.receiveRoomKey(ctx, keys[i].event(), &keys[i].content)
+	}
+	if !p.mgr.held.holdsFor(p.UserID, roomID) {
+		p.mgr.heldRetries.done(puppetRoom{p.UserID, roomID})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/heirloom-matrix/heirloom/e2ee/cryptostore"
 	"github.com/heirloom-matrix/heirloom/keybundle"
 )
 
@@ -107,8 +108,14 @@ func (p *Puppet) receiveRoomKey(ctx context.Context, evt *crypto.DecryptedOlmEve
 		Logger()
 	ctx = log.WithContext(ctx)
 	if why := p.roomKeyRefused(ctx, evt, content.Algorithm, content.RoomID); why != "" {
-		if why == reasonHeldUntilJoin && p.mgr.held.hold(p.UserID, evt, content) {
+		switch {
+		case why == reasonHeldUntilJoin && p.mgr.held.hold(p.UserID, evt, content):
 			log.Info().Msg("Holding a room key until the puppet joins: the homeserver says who is a member only then")
+			return
+		case why == reasonUnanswered && p.mgr.held.hold(p.UserID, evt, content):
+			// Never dropped over an error: held, and asked again later (retryHeldKeys).
+			log.Warn().Msg("Holding a room key: the homeserver did not answer whether its sender is a member")
+			p.retryHeldKeys(ctx, content.RoomID)
 			return
 		}
 		log.Warn().Str("reason", why).Msg("Dropping room key")
@@ -152,6 +159,7 @@ const (
 	reasonPuppetNotInRoom  = "the puppet is not in the room"
 	reasonSenderNotMember  = "the sender is not a joined or invited member of the room"
 	reasonHeldUntilJoin    = "the sender's membership can be asked only once the puppet has joined"
+	reasonUnanswered       = "the homeserver did not answer whether the puppet and the sender are in the room"
 )
 
 // roomKeyRefused returns why a room key (or forward) the Olm message evt carried for roomID must not
@@ -164,7 +172,8 @@ const (
 //     over a key in non-canonical base64: both must be canonical (keybundle.Strict);
 //   - it counts only from someone who could have had it: the puppet is in the room, and the
 //     sender is a joined or invited member of it (senderVerdict). A stranger or a past member gets
-//     nothing stored; while the puppet is only invited, the key is held until it joins.
+//     nothing stored; while the puppet is only invited, the key is held until it joins, and while
+//     the homeserver does not answer, until it does (reasonUnanswered: never dropped over an error).
 func (p *Puppet) roomKeyRefused(ctx context.Context, evt *crypto.DecryptedOlmEvent, algorithm id.Algorithm, roomID id.RoomID) string {
 	switch {
 	case algorithm != id.AlgorithmMegolmV1:
@@ -177,7 +186,12 @@ func (p *Puppet) roomKeyRefused(ctx context.Context, evt *crypto.DecryptedOlmEve
 		return reasonBadSigningKey
 	case !keybundle.ValidKey(string(evt.SenderKey)):
 		return reasonBadSenderKey
-	case !p.inRoom(ctx, roomID):
+	}
+	switch p.membershipOf(ctx, roomID, p.UserID) {
+	case member:
+	case unanswered:
+		return reasonUnanswered
+	default:
 		return reasonPuppetNotInRoom
 	}
 	switch p.senderVerdict(ctx, roomID, evt.Sender) {
@@ -185,6 +199,8 @@ func (p *Puppet) roomKeyRefused(ctx context.Context, evt *crypto.DecryptedOlmEve
 		return ""
 	case unknownMember:
 		return reasonHeldUntilJoin
+	case unanswered:
+		return reasonUnanswered
 	}
 	return reasonSenderNotMember
 }
@@ -216,10 +232,13 @@ func (p *Puppet) receiveWithheld(ctx context.Context, evt *event.Event) {
 	default:
 		// Under the session's lock, like every other write of a session row: a withheld entry
 		// must not slip in between a bundle import's check and its insert.
-		_ = p.mgr.gate(p.UserID).megolmLock(ctx, content.SessionID, true, func(ctx context.Context) error {
-			p.Mach.HandleRoomKeyWithheld(ctx, content)
-			return nil
+		err := p.mgr.gate(p.UserID).megolmLock(ctx, content.SessionID, true, func(ctx context.Context) error {
+			return cryptostore.PutDeviceWithheld(ctx, p.Store.DB, p.Store.AccountID, content.RoomID, content.SessionID,
+				content.SenderKey, string(content.Code), content.Reason, evt.Sender)
 		})
+		if err != nil {
+			log.Err(err).Msg("Failed to store room key withheld message")
+		}
 	}
 }
 

@@ -34,6 +34,9 @@ type sessionWriter struct {
 	// ID is a duplicate, an earlier invalid one never counted.
 	seen     map[id.SessionID]struct{}
 	withheld []keybundle.Withheld
+	// withheldAt is when the bundle arrived: its withheld entries speak of messages sent before it
+	// (e2ee's withheld rules), and are stored as received then.
+	withheldAt time.Time
 	// refused counts keys not stored, by reason: duplicates, forgeries, other senders.
 	refused map[string]int
 }
@@ -167,5 +170,5 @@ func (w *sessionWriter) flushWithheld(ctx context.Context) error {
 		return nil
 	}
 	defer func() { w.withheld = w.withheld[:0] }()
-	return w.p.InsertBundleWithheld(ctx, w.withheld, w.like.SourceUser, time.Now())
+	return w.p.InsertBundleWithheld(ctx, w.withheld, w.like.SourceUser, w.withheldAt)
 }

@@ -109,6 +109,10 @@ func (s *Service) importBundle(ctx context.Context, p *e2ee.Puppet, b *database.
 			return err
 		}
 		defer writer.close()
+		writer.withheldAt = time.Now()
+		if b.ReceivedAt > 0 && b.ReceivedAt < writer.withheldAt.UnixMilli() {
+			writer.withheldAt = time.UnixMilli(b.ReceivedAt)
+		}
 		var writeErr error
 		for chunk := range prepared {
 			for i := range chunk {
@@ -207,6 +211,16 @@ func (s *Service) decodeEntries(ctx context.Context, plaintext io.Reader, b *dat
 		if w.RoomID != b.RoomID || !keybundle.ValidKey(string(w.SessionID)) || !keybundle.ValidKey(string(w.SenderKey)) ||
 			!keybundle.ValidText(w.Code, keybundle.MaxText) || !keybundle.ValidText(w.Reason, keybundle.MaxText) {
 			*skipped++
+			return nil
+		}
+		// A bundle says which of its sender's sessions were not shareable (m.history_not_shared,
+		// MSC4268, what rust-sdk builds and passes on), nothing else: any other code (m.unverified,
+		// m.blacklisted…) only the session's own device could give, about its own sending. (rust-sdk
+		// stores any code from a bundle; heirloom keeps only the one a bundle is for.)
+		if !keybundle.IsHistoryNotShared(w.Code) {
+			*skipped++
+			log.Debug().Stringer("session_id", w.SessionID).Str("code", w.Code).
+				Msg("Ignoring withheld entry of key bundle: a bundle withholds only as history not shared")
 			return nil
 		}
 		// A session also in room_keys keeps its key: a withheld row never replaces a key, and a

@@ -261,6 +261,29 @@ func TestOnlyBundleWithheldEntriesArePassedOn(t *testing.T) {
 	require.Equal(t, fromBundle.SessionID, wire.Withheld[0].SessionID)
 }
 
+// A bundle withholds a session only as history not shared (m.history_not_shared, either name):
+// an entry with any other code (m.unverified, m.blacklisted: what only the session's own device
+// could say of its own sending) is skipped and counted, never stored nor passed on.
+func TestBundleWithholdsOnlyAsHistoryNotShared(t *testing.T) {
+	env := newBenchEnv(t)
+	p := env.puppet(t, "invitee")
+	entry := func(code string) keybundle.Withheld {
+		return keybundle.Withheld{Algorithm: id.AlgorithmMegolmV1, Code: code, RoomID: benchRoom, SenderKey: validCurve,
+			SessionID: newMegolmKey(t).out.ID(), Reason: "the inviter's word"}
+	}
+	entries := []keybundle.Withheld{entry(keybundle.CodeHistoryNotShared), entry(keybundle.CodeHistoryNotSharedUnstable),
+		entry(string(event.RoomKeyWithheldUnverified)), entry(string(event.RoomKeyWithheldBlacklisted))}
+	res, err := importPlain(t, env, p, bundleOf(t, nil, entries))
+	require.NoError(t, err)
+	require.Equal(t, importResult{withheld: 2, skipped: 2}, res)
+	for i, e := range entries {
+		held, err := p.HeldSessions(context.Background(), benchRoom, []id.SessionID{e.SessionID})
+		require.NoError(t, err)
+		_, stored := held[e.SessionID]
+		require.Equal(t, i < 2, stored, "entry with code %s", e.Code)
+	}
+}
+
 // An honest earlier-index copy from a bundle merges into a key received directly: the puppet can
 // read further back, and those messages name the inviter (provenance of the copy whose index the
 // session serves). A worse copy replaces nothing, either way round.

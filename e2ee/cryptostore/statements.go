@@ -2,8 +2,11 @@ package cryptostore
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
@@ -94,8 +97,8 @@ func roomRows(first int, accounts []string, roomID id.RoomID) (string, []any) {
 
 // EachWithheldEntry calls each, for the room, with every session the accounts hold a key for
 // without shared history (its key is never read) and every m.history_not_shared entry (either
-// name) they imported from an accepted bundle (InsertBundleWithheld marks those with the
-// bundle's sender as source_user): what keybundle.Place may put into a bundle's withheld list,
+// name) they imported from an accepted bundle (InsertBundleWithheld marks those as forwarded, with
+// the bundle's sender as source_user; PutDeviceWithheld marks a device's own as direct): what keybundle.Place may put into a bundle's withheld list,
 // read in one pass. mautrix keeps withheld entries as inbound-session rows with a withheld code and
 // no session, and has no query for them by room.
 func EachWithheldEntry(ctx context.Context, db *dbutil.Database, accounts []string, roomID id.RoomID, each func(keybundle.Held) error) error {
@@ -103,10 +106,10 @@ func EachWithheldEntry(ctx context.Context, db *dbutil.Database, accounts []stri
 	args = append([]any{keybundle.CodeHistoryNotShared, keybundle.CodeHistoryNotSharedUnstable}, args...)
 	rows, err := db.Query(ctx, `
 		SELECT session_id, sender_key, session IS NOT NULL, COALESCE(withheld_code, ''), COALESCE(withheld_reason, ''),
-			source_user <> ''
+			key_source = 'forward' AND source_user <> ''
 		FROM crypto_megolm_inbound_session
 		WHERE `+where+` AND (session IS NOT NULL AND shared_history IS NOT TRUE
-			OR session IS NULL AND withheld_code IN ($1, $2) AND source_user <> '')`, args...)
+			OR session IS NULL AND withheld_code IN ($1, $2) AND key_source = 'forward' AND source_user <> '')`, args...)
 	return iterate(rows, err, func(row dbutil.Scannable) (h keybundle.Held, err error) {
 		var sessionID, senderKey string
 		err = row.Scan(&sessionID, &senderKey, &h.HasKey, &h.Code, &h.Reason, &h.FromBundle)
@@ -141,4 +144,55 @@ func CountRoomSessions(ctx context.Context, db *dbutil.Database, account string,
 		return 0, fmt.Errorf("failed to count sessions: %w", err)
 	}
 	return n, nil
+}
+
+// PutDeviceWithheld stores a withheld entry a device sent over to-device, as mautrix's
+// PutWithheldGroupSession would but marked as received directly from sender (source_user), so
+// that an entry answers only for that user's events and is never taken for a bundle's. An entry for
+// a session ID the account holds a row for changes nothing.
+func PutDeviceWithheld(ctx context.Context, db *dbutil.Database, account string, roomID id.RoomID, sessionID id.SessionID,
+	senderKey id.SenderKey, code, reason string, sender id.UserID) error {
+	_, err := db.Exec(ctx, `INSERT INTO crypto_megolm_inbound_session
+			(session_id, sender_key, room_id, withheld_code, withheld_reason, received_at, key_source, source_user, account_id)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		ON CONFLICT (account_id, room_id, session_id) DO NOTHING`,
+		sessionID, senderKey, roomID, code, reason, time.Now().UTC(), id.KeySourceDirect, sender, account)
+	if err != nil {
+		return fmt.Errorf("failed to store a withheld entry: %w", err)
+	}
+	return nil
+}
+
+// WithheldRow is a withheld entry as the account holds it for a session ID of a room.
+type WithheldRow struct {
+	SenderKey id.SenderKey
+	Code      string
+	// FromBundle is true for an entry imported from an accepted key bundle (InsertBundleWithheld),
+	// false for one a device sent over to-device.
+	FromBundle bool
+	// Sender is who sent a device's entry (PutDeviceWithheld; "" for one stored before heirloom
+	// recorded it), or the bundle's sender.
+	Sender id.UserID
+	// ReceivedAt is when the entry was received: for a bundle's entry, when the bundle was.
+	ReceivedAt time.Time
+}
+
+// WithheldEntry returns the withheld entry the account holds for the session ID in the room, or nil
+// if it holds none (no row, or a key).
+func WithheldEntry(ctx context.Context, db *dbutil.Database, account string, roomID id.RoomID, sessionID id.SessionID) (*WithheldRow, error) {
+	var w WithheldRow
+	var senderKey, source, sourceUser string
+	var receivedAt sql.NullTime
+	err := db.QueryRow(ctx, `SELECT sender_key, withheld_code, key_source, source_user, received_at
+		FROM crypto_megolm_inbound_session
+		WHERE account_id=$1 AND room_id=$2 AND session_id=$3 AND session IS NULL AND withheld_code IS NOT NULL`,
+		account, roomID, sessionID).Scan(&senderKey, &w.Code, &source, &sourceUser, &receivedAt)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("failed to read a withheld entry: %w", err)
+	}
+	w.SenderKey, w.ReceivedAt, w.Sender = id.SenderKey(senderKey), receivedAt.Time, id.UserID(sourceUser)
+	w.FromBundle = id.KeySource(source) == id.KeySourceForward && sourceUser != ""
+	return &w, nil
 }
