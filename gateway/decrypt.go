@@ -72,8 +72,9 @@ var errNoReader = errors.New("no bridge user in the room has an E2EE device")
 // sender, room and time, the decrypted type and content (encrypted media rewritten to URLs the
 // bridge downloads through heirloom), and unsigned["io.heirloom.encryption"]. It returns the
 // session ID in any case, and an error keyMayArrive recognises when no reader has its key.
-// An encrypted state event, and a payload checkDecrypted refuses, are not decrypted for the bridge
-// (errNotForBridge and the like): they go to it as they are.
+// An encrypted state event, a payload checkDecrypted refuses, and an event whose session is not
+// known to be its sender's (checkSessionOwner) are not decrypted for the bridge (errNotForBridge
+// and the like): they go to it as they are.
 func (g *Gateway) decryptForBridge(ctx context.Context, raw json.RawMessage, acting id.UserID) (json.RawMessage, id.SessionID, error) {
 	var evt event.Event
 	if err := json.Unmarshal(raw, &evt); err != nil {
@@ -102,6 +103,10 @@ func (g *Gateway) decryptForBridge(ctx context.Context, raw json.RawMessage, act
 		}
 		if err = checkDecrypted(d); err != nil {
 			return nil, session, err
+		}
+		if err = checkSessionOwner(ctx, p, &evt, d.SessionID); err != nil {
+			lastErr = err // another reader's copy may be the sender's own
+			continue
 		}
 		out, err := g.bridgeEvent(ctx, raw, d)
 		return out, session, err
@@ -292,6 +297,8 @@ func failureReason(err error) string {
 		return "no_reader"
 	case errors.Is(err, errNotForBridge):
 		return "not_for_bridge"
+	case errors.Is(err, errNotSendersSession):
+		return "not_senders_session"
 	case errors.Is(err, errContentTooDeep):
 		return "too_deep"
 	case errors.Is(err, errContentTooLarge):

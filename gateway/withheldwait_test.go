@@ -40,8 +40,12 @@ func withheldThenKey(t *testing.T, withholder id.UserID, senderKey func(alice *r
 	// The withholder's device with that key, known to the reader (it shares keys with it).
 	ed := make([]byte, 32)
 	_, _ = rand.Read(ed)
+	signing := id.Ed25519(base64.RawStdEncoding.EncodeToString(ed))
+	if key == alice.senderKey {
+		signing = alice.signing // alice's own device
+	}
 	require.NoError(t, p.Mach.CryptoStore.PutDevice(ctx, withholder, &id.Device{UserID: withholder, DeviceID: "WITHHOLDER",
-		IdentityKey: id.IdentityKey(key), SigningKey: id.Ed25519(base64.RawStdEncoding.EncodeToString(ed))}))
+		IdentityKey: id.IdentityKey(key), SigningKey: signing}))
 	require.True(t, h.mgr.RouteToDevice(ctx, &event.Event{Sender: withholder, Type: event.ToDeviceRoomKeyWithheld, ToUserID: reader, ToDeviceID: "READER",
 		Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{RoomID: roomX, Algorithm: id.AlgorithmMegolmV1,
 			SessionID: alice.ogs.ID(), SenderKey: key, Code: event.RoomKeyWithheldUnverified, Reason: "withheld"}}}))
