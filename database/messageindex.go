@@ -2,6 +2,8 @@ package database
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 
 	"maunium.net/go/mautrix/id"
@@ -22,18 +24,22 @@ type MessageIndex struct {
 // CheckMessageIndex records m's event as the one that used its key, unless another event did
 // first. It reports whether m's event is that event (a first decryption, or the same event again):
 // another event ID or timestamp under the same key is a replay.
-// An event without ID and timestamp cannot be told from another: it passes only if no event used
-// the key yet, and is not recorded.
+// An event is recorded only with both its ID and timestamp (a read whose filter leaves one out
+// would record the event under a timestamp it does not have, and the event itself would then be a
+// replay). One that lacks its timestamp passes if no event or the same event ID used the key; one
+// that lacks its ID cannot be told from another, and passes only if no event used the key yet.
 func (db *Database) CheckMessageIndex(ctx context.Context, m MessageIndex) (bool, error) {
-	if m.EventID == "" && m.Timestamp == 0 {
-		var used bool
-		err := db.own.QueryRow(ctx, `SELECT EXISTS(SELECT 1 FROM heirloom_message_index
-			WHERE account_id=$1 AND room_id=$2 AND session_id=$3 AND message_index=$4 AND sender=$5)`,
-			m.AccountID, m.RoomID, m.SessionID, int64(m.Index), m.Sender).Scan(&used)
-		if err != nil {
+	if m.EventID == "" || m.Timestamp == 0 {
+		var eventID id.EventID
+		err := db.own.QueryRow(ctx, `SELECT event_id FROM heirloom_message_index
+			WHERE account_id=$1 AND room_id=$2 AND session_id=$3 AND message_index=$4 AND sender=$5`,
+			m.AccountID, m.RoomID, m.SessionID, int64(m.Index), m.Sender).Scan(&eventID)
+		if errors.Is(err, sql.ErrNoRows) {
+			return true, nil
+		} else if err != nil {
 			return false, fmt.Errorf("failed to check the message index: %w", err)
 		}
-		return !used, nil
+		return m.EventID != "" && eventID == m.EventID, nil
 	}
 	const q = `INSERT INTO heirloom_message_index (account_id, room_id, session_id, message_index, sender, event_id, timestamp)
 		VALUES ($1, $2, $3, $4, $5, $6, $7)

@@ -25,7 +25,7 @@ func (s *remoteSender) eventWithPayload(t *testing.T, eventID string, roomID id.
 	content, err := json.Marshal(map[string]any{"algorithm": id.AlgorithmMegolmV1, "ciphertext": string(ciphertext),
 		"sender_key": s.senderKey, "device_id": "REMOTE", "session_id": s.ogs.ID()})
 	require.NoError(t, err)
-	return `{"type":"m.room.encrypted","event_id":"` + eventID + `","room_id":"` + string(roomID) + `","sender":"@mallory:localhost",` +
+	return `{"type":"m.room.encrypted","event_id":"` + eventID + `","room_id":"` + string(roomID) + `","sender":"@alice:localhost",` +
 		`"origin_server_ts":5,"content":` + string(content) + `}`
 }
 

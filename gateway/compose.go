@@ -16,7 +16,10 @@ import (
 // alone (refusalBackoff); behind such an event, its room's events wait, however many, and other
 // rooms' go on. An event the bridge refused in a transaction goes alone from then on, and so do
 // the events of a room that had an event set aside within the hour (refusal.go): one the bridge
-// refuses or hangs on then costs the other rooms one short attempt.
+// refuses or hangs on then costs the other rooms one short attempt. Events that go alone take
+// turns with the others: after a transaction of an event alone, the next takes the other rooms'
+// events first, and an event alone goes then only if no other may. A room whose events go alone,
+// flooded with them, so holds the other rooms back by one transaction at a time, not one per event.
 
 const (
 	// maxTxnEvents is how many events one transaction to the bridge carries at most (the
@@ -35,11 +38,17 @@ type picker struct {
 	held map[id.RoomID]bool
 	// alone are the rooms whose events go alone.
 	alone map[id.RoomID]bool
-	seqs  []int64
-	bytes int64
+	// othersFirst is set after a transaction of an event alone: the events that go alone give way
+	// to the others this time; deferred is the first of them, which goes if no other event does.
+	othersFirst bool
+	deferred    *database.GatewayEvent
+	seqs        []int64
+	bytes       int64
 	// wake is when the earliest event held back may go (unix ms; 0: none is held).
 	wake int64
 	full bool
+	// lone is set when the transaction is an event alone.
+	lone bool
 }
 
 func newPicker(now time.Time, alone map[id.RoomID]bool) *picker {
@@ -71,18 +80,35 @@ func (p *picker) offer(e *database.GatewayEvent) bool {
 	}
 	solo := e.Solo || p.alone[e.RoomID]
 	switch {
-	case solo && len(p.seqs) > 0:
-		// It goes alone, next: its room waits for it, others may join this transaction.
+	case solo && (len(p.seqs) > 0 || p.othersFirst):
+		// It goes alone, later: its room waits for it, others may join this transaction.
+		if p.deferred == nil && len(p.seqs) == 0 {
+			p.deferred = e
+		}
 		p.hold(e.RoomID)
 		return true
 	case len(p.seqs) > 0 && p.bytes+e.Size > maxTxnBytes:
 		p.full = true
 		return false
 	}
-	p.seqs = append(p.seqs, e.Seq)
-	p.bytes += e.Size
+	p.take(e)
+	p.lone = solo
 	p.full = solo || len(p.seqs) == maxTxnEvents
 	return !p.full
+}
+
+func (p *picker) take(e *database.GatewayEvent) {
+	p.seqs = append(p.seqs, e.Seq)
+	p.bytes += e.Size
+}
+
+// finish completes the transaction once every event was offered: with the event alone that gave
+// way, if no other event may go.
+func (p *picker) finish() {
+	if len(p.seqs) == 0 && p.deferred != nil {
+		p.take(p.deferred)
+		p.lone = true
+	}
 }
 
 func (p *picker) hold(roomID id.RoomID) {
@@ -99,6 +125,7 @@ func (g *Gateway) compose(ctx context.Context, now time.Time) (*database.Gateway
 		return nil, time.Time{}, err
 	}
 	pick := newPicker(now, alone)
+	pick.othersFirst = g.loneLast
 	var after int64
 	for !pick.full {
 		heads, err := g.db.GatewayOutboxHeads(ctx, after, headsPage)
@@ -115,6 +142,7 @@ func (g *Gateway) compose(ctx context.Context, now time.Time) (*database.Gateway
 		}
 		after = heads[len(heads)-1].Seq
 	}
+	pick.finish()
 	var wake time.Time
 	if pick.wake != 0 {
 		wake = time.UnixMilli(pick.wake)
@@ -126,5 +154,6 @@ func (g *Gateway) compose(ctx context.Context, now time.Time) (*database.Gateway
 	if err != nil || len(txn.Events) == 0 {
 		return nil, wake, err
 	}
+	g.loneLast = pick.lone
 	return txn, wake, nil
 }

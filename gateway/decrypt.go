@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -70,9 +71,10 @@ var errNoReader = errors.New("no bridge user in the room has an E2EE device")
 // keys of a bridge user in the room, and returns the event as the bridge gets it: the same ID,
 // sender, room and time, the decrypted type and content (encrypted media rewritten to URLs the
 // bridge downloads through heirloom), and unsigned["io.heirloom.encryption"]. It returns the
-// session ID in any case, and an error e2ee.IsMissingKey recognises when no reader has its key.
-// An encrypted state event, and a payload checkDecrypted refuses, are not decrypted for the bridge
-// (errNotForBridge and the like): they go to it as they are.
+// session ID in any case, and an error keyMayArrive recognises when no reader has its key.
+// An encrypted state event, a payload checkDecrypted refuses, and an event whose session is not
+// known to be its sender's (checkSessionOwner) are not decrypted for the bridge (errNotForBridge
+// and the like): they go to it as they are.
 func (g *Gateway) decryptForBridge(ctx context.Context, raw json.RawMessage, acting id.UserID) (json.RawMessage, id.SessionID, error) {
 	var evt event.Event
 	if err := json.Unmarshal(raw, &evt); err != nil {
@@ -102,10 +104,23 @@ func (g *Gateway) decryptForBridge(ctx context.Context, raw json.RawMessage, act
 		if err = checkDecrypted(d); err != nil {
 			return nil, session, err
 		}
+		if err = checkSessionOwner(ctx, p, &evt, d.SessionID); err != nil {
+			lastErr = err // another reader's copy may be the sender's own
+			continue
+		}
 		out, err := g.bridgeEvent(ctx, raw, d)
 		return out, session, err
 	}
 	return nil, session, lastErr
+}
+
+// keyMayArrive reports whether a decryption failed for want of a key that may still arrive: none is
+// held yet, or a withheld answer is. A withheld message is plaintext that names any session (the
+// sender key it names is not the session's, which only the key shows), so for the bridge it is
+// never final: the event waits for its key, and its decrypted copy follows the key, as for a key
+// that has not come yet.
+func keyMayArrive(err error) bool {
+	return e2ee.IsMissingKey(err) || errors.Is(err, crypto.ErrGroupSessionWithheld)
 }
 
 func sessionOf(evt *event.Event) id.SessionID {
@@ -276,10 +291,14 @@ func failureReason(err error) string {
 	switch {
 	case e2ee.IsMissingKey(err):
 		return "missing_key"
+	case errors.Is(err, crypto.ErrGroupSessionWithheld):
+		return "withheld"
 	case errors.Is(err, errNoReader):
 		return "no_reader"
 	case errors.Is(err, errNotForBridge):
 		return "not_for_bridge"
+	case errors.Is(err, errNotSendersSession):
+		return "not_senders_session"
 	case errors.Is(err, errContentTooDeep):
 		return "too_deep"
 	case errors.Is(err, errContentTooLarge):

@@ -38,3 +38,11 @@ func (g *Gateway) SetAnswerTimeouts(first, retry, probe time.Duration) {
 
 // SetQueryWait shortens how long the homeserver's query waits for the bridge's answer.
 func (g *Gateway) SetQueryWait(d time.Duration) { g.timeouts.query = d }
+
+// RecoveryClaims is how many sessions' missing keys heirloom went to fetch, within
+// keyRecoveryEvery.
+func (g *Gateway) RecoveryClaims() int {
+	g.recoveries.mu.Lock()
+	defer g.recoveries.mu.Unlock()
+	return len(g.recoveries.since)
+}

@@ -73,6 +73,9 @@ type Gateway struct {
 	// clock) the bridge last left an event unanswered while it took empty transactions.
 	timeouts deliveryTimeouts
 	hungAt   atomic.Int64
+	// loneLast is set when the last transaction composed was an event alone: the next gives the
+	// other rooms' events their turn first (compose.go). Only the delivery loop reads and sets it.
+	loneLast bool
 	// beforeStore, in tests, runs in Ingest between decrypting and storing.
 	beforeStore func()
 }

@@ -11,7 +11,6 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/database"
-	"github.com/heirloom-matrix/heirloom/e2ee"
 	"github.com/heirloom-matrix/heirloom/server"
 )
 
@@ -135,10 +134,10 @@ func (g *Gateway) decryptInto(ctx context.Context, e *database.GatewayEvent, raw
 	switch {
 	case err == nil:
 		e.Body, e.Original = string(plain), string(raw)
-	case e2ee.IsMissingKey(err) || err == errNoReader:
-		// The key may be on its way (a to-device message the homeserver sends later): hold the
-		// room back for decrypt_wait; then the event goes on encrypted and its decrypted copy
-		// follows the key (compose, applyArrivedKeys).
+	case keyMayArrive(err) || err == errNoReader:
+		// The key may be on its way (a to-device message the homeserver sends later; a withheld
+		// answer is no final one): hold the room back for decrypt_wait; then the event goes on
+		// encrypted and its decrypted copy follows the key (compose, applyArrivedKeys).
 		e.Waiting, e.SessionID, e.WaitUntil = true, session, now.Add(g.cfg.Gateway.Wait()).UnixMilli()
 		g.metrics.waits.Inc()
 		if err == errNoReader {

@@ -20,29 +20,38 @@ const (
 	keyRecoveryEvery = 10 * time.Minute
 )
 
+// recoveryKey names a session whose key heirloom goes to fetch: its room, the sender key the event
+// names, and its ID. A session ID alone is any member's to name: an event of another room, or one
+// naming another device, must not take the claim of the session a genuine event waits for.
+type recoveryKey struct {
+	roomID    id.RoomID
+	senderKey id.SenderKey
+	sessionID id.SessionID
+}
+
 // keyRecoveries remembers which sessions' keys heirloom went to fetch, and when.
 type keyRecoveries struct {
 	mu    sync.Mutex
-	since map[id.SessionID]time.Time
+	since map[recoveryKey]time.Time
 }
 
 // claim reports whether the session's key is not being fetched already (within keyRecoveryEvery),
 // and marks it as being fetched. It forgets what is older.
-func (k *keyRecoveries) claim(sessionID id.SessionID, now time.Time) bool {
+func (k *keyRecoveries) claim(session recoveryKey, now time.Time) bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.since == nil {
-		k.since = map[id.SessionID]time.Time{}
+		k.since = map[recoveryKey]time.Time{}
 	}
 	for s, at := range k.since {
 		if now.Sub(at) >= keyRecoveryEvery {
 			delete(k.since, s)
 		}
 	}
-	if _, ok := k.since[sessionID]; ok {
+	if _, ok := k.since[session]; ok {
 		return false
 	}
-	k.since[sessionID] = now
+	k.since[session] = now
 	return true
 }
 
@@ -52,7 +61,8 @@ func (k *keyRecoveries) claim(sessionID id.SessionID, now time.Time) bool {
 // who may sync sweeps its device inbox (e2ee.SweepToDevice), and the appservice's sender (the
 // bridge's bot), to which Synapse refuses /sync, asks the sending device for the session and takes
 // only that device's forward of its own session (e2ee.RequestRoomKeyFromSender). A key that comes
-// reaches the waiting event through KeysArrived. Each session is fetched once per keyRecoveryEvery.
+// reaches the waiting event through KeysArrived. Each session (room, sender key and session ID) is
+// fetched once per keyRecoveryEvery.
 func (g *Gateway) recoverKey(ctx context.Context, raw json.RawMessage) {
 	var evt struct {
 		RoomID  id.RoomID `json:"room_id"`
@@ -62,7 +72,10 @@ func (g *Gateway) recoverKey(ctx context.Context, raw json.RawMessage) {
 			SessionID id.SessionID `json:"session_id"`
 		} `json:"content"`
 	}
-	if json.Unmarshal(raw, &evt) != nil || evt.Content.SessionID == "" || !g.recoveries.claim(evt.Content.SessionID, time.Now()) {
+	if json.Unmarshal(raw, &evt) != nil || evt.Content.SessionID == "" {
+		return
+	}
+	if !g.recoveries.claim(recoveryKey{roomID: evt.RoomID, senderKey: evt.Content.SenderKey, sessionID: evt.Content.SessionID}, time.Now()) {
 		return
 	}
 	log := zerolog.Ctx(ctx).With().Stringer("room_id", evt.RoomID).Stringer("session_id", evt.Content.SessionID).Logger()

@@ -79,10 +79,10 @@ func (g *Gateway) resolveWaiting(ctx context.Context, sessionID id.SessionID) {
 }
 
 // decryptStored decrypts a stored encrypted event for the bridge; pending says it cannot be yet,
-// but may be later (its key, or a reader, has not arrived).
+// but may be later (its key, or a reader, has not arrived, or only a withheld answer has).
 func (g *Gateway) decryptStored(ctx context.Context, body string) (plain []byte, pending bool, err error) {
 	plain, _, err = g.decryptForBridge(ctx, json.RawMessage(body), "")
-	return plain, e2ee.IsMissingKey(err) || err == errNoReader, err
+	return plain, keyMayArrive(err) || err == errNoReader, err
 }
 
 // followLate queues the decrypted copy of each event of the session the bridge got encrypted.

@@ -1,0 +1,59 @@
+package gateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/database"
+)
+
+// A member who re-posts another member's ciphertext as his own event (he needs no key: the
+// ciphertext is in the room) gets no decryption for the bridge: an unmodified bridge reads neither
+// unsigned["io.heirloom.encryption"].trust nor any shield, and would relay alice's words as
+// mallory's message (words mallory himself could not read). rust-sdk shows such an event with a
+// red shield; the bridge gets it as it arrived, encrypted. Alice's own event still reads decrypted.
+func TestRepostOfAnotherMembersCiphertextReachesTheBridgeEncrypted(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	room := id.RoomID("!r:localhost")
+	const reader = id.UserID("@irc_reader:localhost")
+	require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: reader, DeviceID: "READER", Ready: true}))
+	p, err := h.mgr.Get(ctx, reader)
+	require.NoError(t, err)
+	alice := newRemoteSender(t, room)
+	alice.giveKey(t, p, room)
+	pushState(t, h, "1", memberEvent("$join", string(reader), string(reader), "join"))
+
+	genuine := alice.event(t, "$genuine", room, "alice's secret")
+	repost := strings.Replace(strings.Replace(genuine, `"sender":"@alice:localhost"`, `"sender":"@mallory:localhost"`, 1),
+		`"event_id":"$genuine"`, `"event_id":"$repost"`, 1)
+	h.hs.setAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) {
+		if strings.HasSuffix(r.URL.Path, "/event/$repost") {
+			answerJSON(http.StatusOK, repost)(w, r, body)
+			return
+		}
+		if strings.HasSuffix(r.URL.Path, "/event/$genuine") {
+			answerJSON(http.StatusOK, genuine)(w, r, body)
+			return
+		}
+		answerJSON(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"Event not found"}`)(w, r, body)
+	})
+	resp := h.do(t, http.MethodGet, "/_matrix/client/v3/rooms/"+string(room)+"/event/$repost?user_id="+string(reader), bridgeAS, "")
+	require.Equal(t, http.StatusOK, resp.status, "%s", resp.body)
+	var ev map[string]any
+	require.NoError(t, json.Unmarshal(resp.body, &ev))
+	require.Equal(t, "@mallory:localhost", ev["sender"])
+	require.Equal(t, "m.room.encrypted", ev["type"],
+		"mallory's re-post of alice's ciphertext must not reach the bridge decrypted as mallory's message: got %s", resp.body)
+
+	resp = h.do(t, http.MethodGet, "/_matrix/client/v3/rooms/"+string(room)+"/event/$genuine?user_id="+string(reader), bridgeAS, "")
+	require.Equal(t, http.StatusOK, resp.status, "%s", resp.body)
+	require.NoError(t, json.Unmarshal(resp.body, &ev))
+	require.Equal(t, "m.room.message", ev["type"], "alice's own event reads decrypted: %s", resp.body)
+}
