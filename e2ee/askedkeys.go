@@ -9,7 +9,7 @@ import (
 
 // A forwarded room key is someone's word: the session in export format, a ratchet nobody signed.
 // heirloom's bot and the appservice's sender take one only in answer to a key request they sent
-// (RequestRoomKeyFromSender), from the very device they asked: anyone else's forward, or one
+// (requestRoomKeyFromSender), from the very device they asked: anyone else's forward, or one
 // nobody asked for, could park a junk ratchet under a session ID seen in a room and block the
 // creator's own key.
 

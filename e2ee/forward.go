@@ -31,10 +31,10 @@ import (
 // errNoSenderDevice means no known device of the sender has the session's sender key.
 var errNoSenderDevice = errors.New("no known device of the sender has the session's key")
 
-// RequestRoomKeyFromSender asks the sender's device that holds the session for its room key.
+// requestRoomKeyFromSender asks the sender's device that holds the session for its room key.
 // Only heirloom's bot and the appservice's sender take the answer. Its answer is not checked
 // against any message: RequestRoomKeyForEvent, which knows the event, is preferred.
-func (p *Puppet) RequestRoomKeyFromSender(ctx context.Context, roomID id.RoomID, sender id.UserID, senderKey id.SenderKey, sessionID id.SessionID) error {
+func (p *Puppet) requestRoomKeyFromSender(ctx context.Context, roomID id.RoomID, sender id.UserID, senderKey id.SenderKey, sessionID id.SessionID) error {
 	return p.requestRoomKey(ctx, roomID, sender, senderKey, sessionID, nil)
 }
 

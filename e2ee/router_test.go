@@ -117,7 +117,7 @@ func TestBotAsksTheSendingDeviceForAMissingKey(t *testing.T) {
 
 	bot := provisioned(t, h.mine, h.mine.cfg.BotUserID())
 	bobKey := h.bob.Mach.OwnIdentity().IdentityKey
-	require.NoError(t, bot.RequestRoomKeyFromSender(ctx, sendRoom, h.bob.UserID, bobKey, ogs.ID()))
+	require.NoError(t, bot.requestRoomKeyFromSender(ctx, sendRoom, h.bob.UserID, bobKey, ogs.ID()))
 	requests := h.hs.sentTo(event.ToDeviceRoomKeyRequest, h.bob.UserID, h.bob.DeviceID)
 	require.Len(t, requests, 1, "the request goes to the device that holds the session")
 	var req event.RoomKeyRequestEventContent
@@ -125,7 +125,7 @@ func TestBotAsksTheSendingDeviceForAMissingKey(t *testing.T) {
 	require.Equal(t, ogs.ID(), req.Body.SessionID)
 	require.Equal(t, sendRoom, req.Body.RoomID)
 
-	require.ErrorIs(t, bot.RequestRoomKeyFromSender(ctx, sendRoom, h.bob.UserID, "not a key of bob's", ogs.ID()), errNoSenderDevice)
+	require.ErrorIs(t, bot.requestRoomKeyFromSender(ctx, sendRoom, h.bob.UserID, "not a key of bob's", ogs.ID()), errNoSenderDevice)
 
 	for _, evt := range takeInbox(h, h.bob) {
 		require.NoError(t, evt.Content.ParseRaw(evt.Type))

@@ -60,34 +60,33 @@ func (k *keyRecoveries) claim(session recoveryKey, now time.Time) bool {
 // appservices): after keyRecoveryAfter, if the key has still not come, each bridge user in the room
 // who may sync sweeps its device inbox (e2ee.SweepToDevice), and the appservice's sender (the
 // bridge's bot), to which Synapse refuses /sync, asks the sending device for the session and takes
-// only that device's forward of its own session (e2ee.RequestRoomKeyFromSender). A key that comes
+// only that device's forward of its own session that decrypts the event (e2ee.RequestRoomKeyForEvent). A key that comes
 // reaches the waiting event through KeysArrived. Each session (room, sender key and session ID) is
 // fetched once per keyRecoveryEvery.
 func (g *Gateway) recoverKey(ctx context.Context, raw json.RawMessage) {
-	var evt struct {
-		RoomID  id.RoomID `json:"room_id"`
-		Sender  id.UserID `json:"sender"`
-		Content struct {
-			SenderKey id.SenderKey `json:"sender_key"`
-			SessionID id.SessionID `json:"session_id"`
-		} `json:"content"`
-	}
-	if json.Unmarshal(raw, &evt) != nil || evt.Content.SessionID == "" {
+	var evt event.Event
+	if json.Unmarshal(raw, &evt) != nil || evt.Content.ParseRaw(event.EventEncrypted) != nil {
 		return
 	}
-	if !g.recoveries.claim(recoveryKey{roomID: evt.RoomID, senderKey: evt.Content.SenderKey, sessionID: evt.Content.SessionID}, time.Now()) {
+	content, ok := evt.Content.Parsed.(*event.EncryptedEventContent)
+	if !ok || content.SessionID == "" {
 		return
 	}
-	log := zerolog.Ctx(ctx).With().Stringer("room_id", evt.RoomID).Stringer("session_id", evt.Content.SessionID).Logger()
+	if !g.recoveries.claim(recoveryKey{roomID: evt.RoomID, senderKey: content.SenderKey, sessionID: content.SessionID}, time.Now()) {
+		return
+	}
+	log := zerolog.Ctx(ctx).With().Stringer("room_id", evt.RoomID).Stringer("session_id", content.SessionID).Logger()
 	ctx = log.WithContext(context.WithoutCancel(ctx))
 	go func() {
 		time.Sleep(keyRecoveryAfter)
-		g.fetchKey(ctx, evt.RoomID, evt.Sender, evt.Content.SenderKey, evt.Content.SessionID)
+		g.fetchKey(ctx, &evt, content.SessionID)
 	}()
 }
 
-// fetchKey is recoverKey's work, once the wait is over.
-func (g *Gateway) fetchKey(ctx context.Context, roomID id.RoomID, sender id.UserID, senderKey id.SenderKey, sessionID id.SessionID) {
+// fetchKey is recoverKey's work, once the wait is over. The bridge's bot asks with the event
+// itself (e2ee.RequestRoomKeyForEvent): only a forward that decrypts it is taken.
+func (g *Gateway) fetchKey(ctx context.Context, evt *event.Event, sessionID id.SessionID) {
+	roomID := evt.RoomID
 	readers := g.readers(ctx, roomID, "")
 	for _, p := range readers {
 		if igs, err := p.Store.GetGroupSession(ctx, roomID, sessionID); err == nil && igs != nil {
@@ -98,7 +97,7 @@ func (g *Gateway) fetchKey(ctx context.Context, roomID id.RoomID, sender id.User
 		var err error
 		switch {
 		case p.IsSender() && g.db.StateStore.IsMembership(ctx, roomID, p.UserID, event.MembershipJoin, event.MembershipInvite):
-			err = p.RequestRoomKeyFromSender(ctx, roomID, sender, senderKey, sessionID)
+			err = p.RequestRoomKeyForEvent(ctx, evt)
 		case !p.IsSender():
 			_, err = p.SweepToDevice(ctx, false)
 		}
