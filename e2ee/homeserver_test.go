@@ -12,9 +12,10 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/internal/tesths"
 )
 
 // homeserver is the homeserver puppets are provisioned on and talk through: registration and
@@ -24,9 +25,8 @@ import (
 type homeserver struct {
 	*httptest.Server
 	mu sync.Mutex
-	// keys holds each user's part of a /keys/query answer, otks the one-time keys to claim.
-	keys map[id.UserID]*mautrix.RespQueryKeys
-	otks map[id.UserID]map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey
+	// Keys holds the device, one-time and cross-signing keys.
+	tesths.Keys
 	// uploads counts the one-time keys each /keys/upload carried, in order; created lists the
 	// devices created (MSC4190), in order.
 	uploads []int
@@ -59,8 +59,7 @@ type sentToDevice struct {
 
 func newHomeserver(t *testing.T) *homeserver {
 	t.Helper()
-	hs := &homeserver{keys: map[id.UserID]*mautrix.RespQueryKeys{},
-		otks:  map[id.UserID]map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey{},
+	hs := &homeserver{Keys: tesths.NewKeys(),
 		inbox: map[id.UserID]map[id.DeviceID][]*event.Event{}, rooms: map[id.RoomID]*hsRoom{},
 		fail: map[string]int{}, failCode: map[string]string{}}
 	hs.Server = httptest.NewServer(http.HandlerFunc(hs.serve))
@@ -105,19 +104,18 @@ func (hs *homeserver) serve(w http.ResponseWriter, r *http.Request) {
 	case "device":
 		hs.created = append(hs.created, id.DeviceID(r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]))
 	case "keys/upload":
-		answer = hs.uploadKeys(r, user, device)
+		var uploaded int
+		answer, uploaded = hs.Upload(r, user, device)
+		hs.uploads = append(hs.uploads, uploaded)
 	case "keys/device_signing/upload":
-		var req mautrix.UploadCrossSigningKeysReq[any]
-		_ = json.NewDecoder(r.Body).Decode(&req)
-		part := hs.part(user)
-		part.MasterKeys[user], part.SelfSigningKeys[user] = req.Master, req.SelfSigning
+		hs.UploadCrossSigning(r, user)
 	case "keys/signatures/upload":
-		hs.uploadSignatures(r)
+		hs.UploadSignatures(r)
 		answer = map[string]any{"failures": map[string]any{}}
 	case "keys/query":
-		answer = hs.queryKeys(r)
+		answer = hs.Query(r)
 	case "keys/claim":
-		answer = hs.claimKeys(r)
+		answer = hs.Claim(r)
 	case "sendToDevice":
 		hs.takeToDevice(r, user)
 	case "sync":
@@ -151,106 +149,12 @@ func (hs *homeserver) do(change func(hs *homeserver)) {
 	change(hs)
 }
 
-// part returns the user's part of /keys/query answers, to change.
-func (hs *homeserver) part(user id.UserID) *mautrix.RespQueryKeys {
-	part, ok := hs.keys[user]
-	if !ok {
-		part = &mautrix.RespQueryKeys{DeviceKeys: map[id.UserID]map[id.DeviceID]mautrix.DeviceKeys{user: {}},
-			MasterKeys: map[id.UserID]mautrix.CrossSigningKeys{}, SelfSigningKeys: map[id.UserID]mautrix.CrossSigningKeys{}}
-		hs.keys[user] = part
-	}
-	return part
-}
-
 // forgetDevice deletes the device and its keys, as Synapse does when it prunes a device.
 func (hs *homeserver) forgetDevice(user id.UserID, device id.DeviceID) {
 	hs.do(func(hs *homeserver) {
-		delete(hs.part(user).DeviceKeys[user], device)
-		delete(hs.otks[user], device)
+		delete(hs.Part(user).DeviceKeys[user], device)
+		delete(hs.OTKs[user], device)
 	})
-}
-
-func (hs *homeserver) uploadKeys(r *http.Request, user id.UserID, device id.DeviceID) map[string]any {
-	var req mautrix.ReqUploadKeys
-	_ = json.NewDecoder(r.Body).Decode(&req)
-	if req.DeviceKeys != nil {
-		hs.part(user).DeviceKeys[user][device] = *req.DeviceKeys
-	}
-	hs.uploads = append(hs.uploads, len(req.OneTimeKeys))
-	if hs.otks[user] == nil {
-		hs.otks[user] = map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey{}
-	}
-	if hs.otks[user][device] == nil {
-		hs.otks[user][device] = map[id.KeyID]mautrix.OneTimeKey{}
-	}
-	for keyID, key := range req.OneTimeKeys {
-		hs.otks[user][device][keyID] = key
-	}
-	return map[string]any{"one_time_key_counts": map[string]int{"signed_curve25519": len(hs.otks[user][device])}}
-}
-
-// uploadSignatures adds signatures of devices to their keys.
-func (hs *homeserver) uploadSignatures(r *http.Request) {
-	var req mautrix.ReqUploadSignatures
-	_ = json.NewDecoder(r.Body).Decode(&req)
-	for user, objects := range req {
-		devices := hs.part(user).DeviceKeys[user]
-		for keyID, signed := range objects {
-			keys, ok := devices[id.DeviceID(keyID)]
-			if !ok {
-				continue // a signature of a cross-signing key: not served
-			}
-			for signer, sigs := range signed.Signatures {
-				for sigKey, sig := range sigs {
-					if keys.Signatures[signer] == nil {
-						keys.Signatures[signer] = map[id.KeyID]string{}
-					}
-					keys.Signatures[signer][sigKey] = sig
-				}
-			}
-			devices[id.DeviceID(keyID)] = keys
-		}
-	}
-}
-
-func (hs *homeserver) queryKeys(r *http.Request) mautrix.RespQueryKeys {
-	var req mautrix.ReqQueryKeys
-	_ = json.NewDecoder(r.Body).Decode(&req)
-	resp := mautrix.RespQueryKeys{DeviceKeys: map[id.UserID]map[id.DeviceID]mautrix.DeviceKeys{},
-		MasterKeys: map[id.UserID]mautrix.CrossSigningKeys{}, SelfSigningKeys: map[id.UserID]mautrix.CrossSigningKeys{}}
-	for user := range req.DeviceKeys {
-		resp.DeviceKeys[user] = map[id.DeviceID]mautrix.DeviceKeys{}
-		part, ok := hs.keys[user]
-		if !ok {
-			continue
-		}
-		for device, keys := range part.DeviceKeys[user] {
-			resp.DeviceKeys[user][device] = keys
-		}
-		if master, ok := part.MasterKeys[user]; ok {
-			resp.MasterKeys[user] = master
-			resp.SelfSigningKeys[user] = part.SelfSigningKeys[user]
-		}
-	}
-	return resp
-}
-
-// claimKeys hands out one one-time key per device asked for, while the device has one left.
-func (hs *homeserver) claimKeys(r *http.Request) mautrix.RespClaimKeys {
-	var req mautrix.ReqClaimKeys
-	_ = json.NewDecoder(r.Body).Decode(&req)
-	resp := mautrix.RespClaimKeys{OneTimeKeys: map[id.UserID]map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey{}}
-	for user, devices := range req.OneTimeKeys {
-		resp.OneTimeKeys[user] = map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey{}
-		for device := range devices {
-			for keyID, key := range hs.otks[user][device] {
-				resp.OneTimeKeys[user][device] = map[id.KeyID]mautrix.OneTimeKey{keyID: key}
-				delete(hs.otks[user][device], keyID)
-				break
-			}
-		}
-	}
-	return resp
 }
 
 func (hs *homeserver) takeToDevice(r *http.Request, sender id.UserID) {

@@ -107,7 +107,7 @@ func TestProvisioningResumesWithTheSameDeviceAndIdentity(t *testing.T) {
 				for _, d := range hs.created {
 					require.Equal(t, identity.DeviceID, d)
 				}
-				master := hs.keys[user].MasterKeys[user]
+				master := hs.Parts[user].MasterKeys[user]
 				require.Equal(t, identity.MasterKey, master.FirstKey(), "one identity published")
 			})
 		})

@@ -226,9 +226,9 @@ func TestDeviceThatCannotBeRestoredIsReported(t *testing.T) {
 		reg := withMetrics(t, h.mine)
 		var theirs mautrix.CrossSigningKeys
 		h.hs.do(func(hs *homeserver) {
-			theirs = hs.keys[h.bob.UserID].MasterKeys[h.bob.UserID]
+			theirs = hs.Parts[h.bob.UserID].MasterKeys[h.bob.UserID]
 			theirs.UserID = h.alice.UserID
-			hs.keys[h.alice.UserID].MasterKeys[h.alice.UserID] = theirs
+			hs.Parts[h.alice.UserID].MasterKeys[h.alice.UserID] = theirs
 		})
 		for range 2 {
 			h.mine.checkDevices(ctx, []id.UserID{h.alice.UserID}, metrics.TriggerStartup)
@@ -241,7 +241,7 @@ func TestDeviceThatCannotBeRestoredIsReported(t *testing.T) {
 		require.Equal(t, 1.0, counted(t, reg, "heirloom_puppet_device_restore_failures_total", "trigger", metrics.TriggerStartup),
 			"one problem, counted once")
 		h.hs.do(func(hs *homeserver) {
-			master := hs.keys[h.alice.UserID].MasterKeys[h.alice.UserID]
+			master := hs.Parts[h.alice.UserID].MasterKeys[h.alice.UserID]
 			require.Equal(t, theirs.FirstKey(), master.FirstKey(), "heirloom replaced nothing")
 		})
 	})

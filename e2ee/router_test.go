@@ -86,10 +86,10 @@ func TestSweepRecoversOnlyWhatWasNeverPushed(t *testing.T) {
 func TestMaintenanceReplenishesKeysAndUnloadsIdleMachines(t *testing.T) {
 	ctx := context.Background()
 	h := newTwoHeirlooms(t)
-	h.hs.do(func(hs *homeserver) { clear(hs.otks[h.bob.UserID][h.bob.DeviceID]) })
+	h.hs.do(func(hs *homeserver) { clear(hs.OTKs[h.bob.UserID][h.bob.DeviceID]) })
 	h.theirs.replenishKeys(ctx)
 	h.hs.do(func(hs *homeserver) {
-		require.Len(t, hs.otks[h.bob.UserID][h.bob.DeviceID], 50, "bob's device has its 50 one-time keys again")
+		require.Len(t, hs.OTKs[h.bob.UserID][h.bob.DeviceID], 50, "bob's device has its 50 one-time keys again")
 	})
 
 	h.theirs.idleEvict = time.Nanosecond

@@ -171,16 +171,16 @@ func TestDeviceWithoutOneTimeKeysGetsTheKeyLater(t *testing.T) {
 	ctx := context.Background()
 	h := newTwoHeirlooms(t)
 	sendRoomOn(h.hs, event.HistoryVisibilityShared, h.alice.UserID, h.bob.UserID)
-	h.hs.do(func(hs *homeserver) { clear(hs.otks[h.bob.UserID][h.bob.DeviceID]) })
+	h.hs.do(func(hs *homeserver) { clear(hs.OTKs[h.bob.UserID][h.bob.DeviceID]) })
 	_, err := h.alice.SendMessage(ctx, sendRoom, event.EventMessage, text("lost"))
 	require.NoError(t, err)
 	require.Zero(t, h.roomKeysTo(h.bob))
 
 	var count int
-	h.hs.do(func(hs *homeserver) { count = len(hs.otks[h.bob.UserID][h.bob.DeviceID]) })
+	h.hs.do(func(hs *homeserver) { count = len(hs.OTKs[h.bob.UserID][h.bob.DeviceID]) })
 	h.theirs.RouteOTKCounts(ctx, h.bob.UserID, h.bob.DeviceID, mautrix.OTKCount{SignedCurve25519: count})
 	h.hs.do(func(hs *homeserver) {
-		require.NotEmpty(t, hs.otks[h.bob.UserID][h.bob.DeviceID], "bob's device uploaded keys again")
+		require.NotEmpty(t, hs.OTKs[h.bob.UserID][h.bob.DeviceID], "bob's device uploaded keys again")
 	})
 	_, err = h.alice.SendMessage(ctx, sendRoom, event.EventMessage, text("found"))
 	require.NoError(t, err)

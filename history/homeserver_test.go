@@ -13,6 +13,8 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/heirloom-matrix/heirloom/internal/tesths"
 )
 
 // deliveryHomeserver is the homeserver of benchRoom as both sides of MSC4268 use it: puppets
@@ -27,9 +29,8 @@ type deliveryHomeserver struct {
 	members map[id.UserID]map[string]any
 	// visibility is the room's history visibility ("": no such state event, 404).
 	visibility event.HistoryVisibility
-	// keys holds each user's part of a /keys/query answer; otks the one-time keys /keys/claim hands out.
-	keys map[id.UserID]mautrix.RespQueryKeys
-	otks map[id.UserID]map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey
+	// Keys holds the device, one-time and cross-signing keys.
+	tesths.Keys
 	// uploadLimit is the media repository's m.upload.size (0: not said).
 	uploadLimit int64
 	media       map[string][]byte
@@ -77,8 +78,8 @@ type sentToDevice struct {
 
 func newDeliveryHomeserver(t *testing.T) *deliveryHomeserver {
 	t.Helper()
-	hs := &deliveryHomeserver{members: map[id.UserID]map[string]any{}, keys: map[id.UserID]mautrix.RespQueryKeys{},
-		otks: map[id.UserID]map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey{}, media: map[string][]byte{},
+	hs := &deliveryHomeserver{members: map[id.UserID]map[string]any{}, Keys: tesths.NewKeys(),
+		media: map[string][]byte{},
 		inbox: map[id.UserID]map[id.DeviceID][]*event.Event{}, fail: map[string]int{},
 		holds: map[string]*heldRequest{}}
 	hs.Server = httptest.NewServer(http.HandlerFunc(hs.serve))
@@ -151,12 +152,12 @@ func (hs *deliveryHomeserver) serve(w http.ResponseWriter, r *http.Request) {
 	case "register", "device":
 		answer = map[string]any{}
 	case "keys/upload":
-		answer = hs.uploadKeys(r, acting)
+		answer, _ = hs.Upload(r, acting, id.DeviceID(r.URL.Query().Get("device_id")))
 	case "keys/device_signing/upload":
-		hs.uploadCrossSigning(r, acting)
+		hs.UploadCrossSigning(r, acting)
 		answer = map[string]any{}
 	case "keys/signatures/upload":
-		hs.uploadSignatures(r)
+		hs.UploadSignatures(r)
 		answer = map[string]any{"failures": map[string]any{}}
 	case "member":
 		_, user, _ := strings.Cut(r.URL.Path, "/state/m.room.member/")
@@ -168,9 +169,9 @@ func (hs *deliveryHomeserver) serve(w http.ResponseWriter, r *http.Request) {
 			answer = map[string]any{"history_visibility": hs.visibility}
 		}
 	case "keys/query":
-		answer = hs.queryKeys(r)
+		answer = hs.Query(r)
 	case "keys/claim":
-		answer = hs.claimKeys(r)
+		answer = hs.Claim(r)
 	case "upload":
 		body, _ := io.ReadAll(r.Body)
 		mediaID := fmt.Sprintf("media%d", len(hs.media))
@@ -262,8 +263,8 @@ func (hs *deliveryHomeserver) publish(t *testing.T, c *crossSigner, withIdentity
 	answer, otks := c.query(t, withIdentity), c.oneTimeKeys(t)
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
-	hs.keys[c.user] = answer
-	hs.otks[c.user] = otks
+	hs.Parts[c.user] = &answer
+	hs.OTKs[c.user] = otks
 }
 
 // do changes the homeserver's state under its lock.
@@ -271,105 +272,6 @@ func (hs *deliveryHomeserver) do(change func(hs *deliveryHomeserver)) {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
 	change(hs)
-}
-
-// part returns the user's part of /keys/query answers, to change.
-func (hs *deliveryHomeserver) part(user id.UserID) mautrix.RespQueryKeys {
-	part, ok := hs.keys[user]
-	if !ok {
-		part = mautrix.RespQueryKeys{DeviceKeys: map[id.UserID]map[id.DeviceID]mautrix.DeviceKeys{user: {}},
-			MasterKeys: map[id.UserID]mautrix.CrossSigningKeys{}, SelfSigningKeys: map[id.UserID]mautrix.CrossSigningKeys{}}
-		hs.keys[user] = part
-	}
-	return part
-}
-
-// uploadKeys keeps a device's keys and one-time keys, and answers how many one-time keys it has.
-func (hs *deliveryHomeserver) uploadKeys(r *http.Request, user id.UserID) map[string]any {
-	var req mautrix.ReqUploadKeys
-	_ = json.NewDecoder(r.Body).Decode(&req)
-	device := id.DeviceID(r.URL.Query().Get("device_id"))
-	if req.DeviceKeys != nil {
-		hs.part(user).DeviceKeys[user][device] = *req.DeviceKeys
-	}
-	if hs.otks[user] == nil {
-		hs.otks[user] = map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey{}
-	}
-	if hs.otks[user][device] == nil {
-		hs.otks[user][device] = map[id.KeyID]mautrix.OneTimeKey{}
-	}
-	for keyID, key := range req.OneTimeKeys {
-		hs.otks[user][device][keyID] = key
-	}
-	return map[string]any{"one_time_key_counts": map[string]int{"signed_curve25519": len(hs.otks[user][device])}}
-}
-
-func (hs *deliveryHomeserver) uploadCrossSigning(r *http.Request, user id.UserID) {
-	var req mautrix.UploadCrossSigningKeysReq[any]
-	_ = json.NewDecoder(r.Body).Decode(&req)
-	part := hs.part(user)
-	part.MasterKeys[user], part.SelfSigningKeys[user] = req.Master, req.SelfSigning
-}
-
-// uploadSignatures adds signatures of devices to their keys.
-func (hs *deliveryHomeserver) uploadSignatures(r *http.Request) {
-	var req mautrix.ReqUploadSignatures
-	_ = json.NewDecoder(r.Body).Decode(&req)
-	for user, objects := range req {
-		devices := hs.part(user).DeviceKeys[user]
-		for keyID, signed := range objects {
-			keys, ok := devices[id.DeviceID(keyID)]
-			if !ok {
-				continue // a signature of a cross-signing key: not served
-			}
-			for signer, sigs := range signed.Signatures {
-				for sigKey, sig := range sigs {
-					if keys.Signatures[signer] == nil {
-						keys.Signatures[signer] = map[id.KeyID]string{}
-					}
-					keys.Signatures[signer][sigKey] = sig
-				}
-			}
-			devices[id.DeviceID(keyID)] = keys
-		}
-	}
-}
-
-func (hs *deliveryHomeserver) queryKeys(r *http.Request) mautrix.RespQueryKeys {
-	var req mautrix.ReqQueryKeys
-	_ = json.NewDecoder(r.Body).Decode(&req)
-	resp := mautrix.RespQueryKeys{DeviceKeys: map[id.UserID]map[id.DeviceID]mautrix.DeviceKeys{},
-		MasterKeys: map[id.UserID]mautrix.CrossSigningKeys{}, SelfSigningKeys: map[id.UserID]mautrix.CrossSigningKeys{}}
-	for user := range req.DeviceKeys {
-		part := hs.keys[user]
-		resp.DeviceKeys[user] = part.DeviceKeys[user]
-		if resp.DeviceKeys[user] == nil {
-			resp.DeviceKeys[user] = map[id.DeviceID]mautrix.DeviceKeys{}
-		}
-		if master, ok := part.MasterKeys[user]; ok {
-			resp.MasterKeys[user] = master
-			resp.SelfSigningKeys[user] = part.SelfSigningKeys[user]
-		}
-	}
-	return resp
-}
-
-// claimKeys hands out one one-time key per device asked for, while the device has one left.
-func (hs *deliveryHomeserver) claimKeys(r *http.Request) mautrix.RespClaimKeys {
-	var req mautrix.ReqClaimKeys
-	_ = json.NewDecoder(r.Body).Decode(&req)
-	resp := mautrix.RespClaimKeys{OneTimeKeys: map[id.UserID]map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey{}}
-	for user, devices := range req.OneTimeKeys {
-		resp.OneTimeKeys[user] = map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey{}
-		for device := range devices {
-			for keyID, key := range hs.otks[user][device] {
-				resp.OneTimeKeys[user][device] = map[id.KeyID]mautrix.OneTimeKey{keyID: key}
-				delete(hs.otks[user][device], keyID)
-				break
-			}
-		}
-	}
-	return resp
 }
 
 func (hs *deliveryHomeserver) download(w http.ResponseWriter, r *http.Request) {

@@ -225,7 +225,7 @@ func TestInviteGoesAheadWhenItsBundleFails(t *testing.T) {
 			state: database.SentFailed, reason: "failed to upload bundle", sent: []string{"invite"}},
 		{name: "the to-device message is refused", spoil: func(r *inviteRoom) { r.hs.fail["sendToDevice"] = http.StatusBadGateway },
 			state: database.SentFailed, reason: "delivery failed: failed to send bundle details", sent: []string{"upload", "invite"}},
-		{name: "the phone has no one-time key left", spoil: func(r *inviteRoom) { r.hs.otks[bob] = nil },
+		{name: "the phone has no one-time key left", spoil: func(r *inviteRoom) { r.hs.OTKs[bob] = nil },
 			state: database.SentDelivered, sent: []string{"upload", "sendToDevice", "invite"},
 			phone: DeliveryReport{UserID: bob, DeviceID: "PHONE", Reason: ReasonNoOlmSession}},
 	} {
