@@ -140,35 +140,48 @@ export class Peer {
 
     /**
      * Wait until the local copy of the room shows us joined (so its state is synced).
-     * joinedOnServer: the homeserver has accepted our join (joinRoom returned).
+     *
+     * A /sync that races with a membership change of ours (Synapse logs "User membership
+     * change between getting rooms and current token") can carry a stale member event of ours,
+     * and js-sdk then recalculates our membership from it: the local copy says "invite" while
+     * the homeserver has us joined, until another member event of ours comes, which may be
+     * never. So while the local copy disagrees, ask the homeserver for our member event every
+     * few seconds and take it if it says "join". On a timeout the error names both views.
      */
-    async waitJoined(roomId, timeoutMs, { joinedOnServer = false } = {}) {
+    async waitJoined(roomId, timeoutMs) {
         const started = Date.now();
-        let refreshed = false;
+        let asked = 0;
+        let server = "not asked";
         return waitUntil(async () => {
             const room = this.room(roomId);
             if (room?.getMyMembership() === "join") return room;
-            // A /sync that races with our own join (Synapse logs "User membership change
-            // between getting rooms and current token") can list the room as joined while the
-            // state it carries still has our invite; js-sdk then recalculates our membership
-            // from that state and stays at "invite" until another member event of ours comes.
-            // Once the server has our join, take our member event from /members, once.
-            if (room && joinedOnServer && !refreshed && Date.now() - started > 1000) {
-                refreshed = true;
-                await this.refreshOwnMembership(room);
+            if (room && Date.now() - started > 1000 && Date.now() - asked > 3000) {
+                asked = Date.now();
+                server = await this.refreshOwnMembership(room);
             }
             return undefined;
-        }, { timeoutMs, what: `${this.userId} to see itself joined to ${roomId}` });
+        }, {
+            timeoutMs,
+            what: () => `${this.userId} to see itself joined to ${roomId} (local copy: ${this.room(roomId)?.getMyMembership() ?? "no room"}; homeserver: ${server})`,
+        });
     }
 
+    /** Take our member event from /members if it says "join"; returns what the homeserver said. */
     async refreshOwnMembership(room) {
-        const { chunk } = await this.client.members(room.roomId);
+        let chunk;
+        try {
+            ({ chunk } = await this.client.members(room.roomId));
+        } catch (err) {
+            return `/members refused: ${err.errcode ?? err.message}`;
+        }
         const raw = chunk.find((ev) => ev.state_key === this.userId);
+        const membership = raw?.content?.membership ?? "no member event";
+        if (membership !== "join") return membership;
         const local = room.currentState.getStateEvents("m.room.member", this.userId);
-        if (raw?.content?.membership !== "join" || local?.getId() === raw.event_id) return;
-        this.logger.warn(`${room.roomId}: the synced state still had our ${local?.getContent().membership ?? "missing"} membership; took our join ${raw.event_id} from /members`);
+        this.logger.warn(`${room.roomId}: the synced state had our ${local?.getContent().membership ?? "missing"} membership (${local?.getId()}); took our join ${raw.event_id} from /members`);
         room.currentState.setStateEvents([this.client.getEventMapper()(raw)]);
         room.recalculate();
+        return `join (${raw.event_id})`;
     }
 
     async createRoom(params) {
@@ -358,7 +371,7 @@ export class Peer {
             }, { timeoutMs, what: `${this.userId} to see its invite to ${roomId}` });
         }
         const room = await this.client.joinRoom(roomId);
-        await this.waitJoined(room.roomId, timeoutMs, { joinedOnServer: true });
+        await this.waitJoined(room.roomId, timeoutMs);
         return { room_id: room.roomId };
     }
 

@@ -29,7 +29,7 @@ export async function waitUntil(check, { timeoutMs, what, intervalMs = 50 }) {
     for (;;) {
         const value = await check();
         if (value !== undefined && value !== null && value !== false) return value;
-        if (Date.now() >= deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+        if (Date.now() >= deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === "function" ? what() : what}`);
         await sleep(Math.min(intervalMs, Math.max(1, deadline - Date.now())));
     }
 }
