@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -11,8 +10,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/id"
-
-	"github.com/heirloom-matrix/heirloom/database"
 )
 
 // eventWithPayload returns an m.room.encrypted event of the session whose plaintext is the given
@@ -57,16 +54,12 @@ var allowedPayloads = map[string]string{
 // bridge's copy never gets a state_key from decrypted content.
 func TestDecryptedPayloadTypeAllowList(t *testing.T) {
 	h := newHarness(t)
-	ctx := context.Background()
 	room := id.RoomID("!r:localhost")
-	const reader = id.UserID("@irc_reader:localhost")
-	require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: reader, DeviceID: "READER", Ready: true}))
-	p, err := h.mgr.Get(ctx, reader)
-	require.NoError(t, err)
+	p := h.newReader(t)
 	h.run(t)
 	sender := newRemoteSender(t, room)
 	sender.giveKey(t, p, room)
-	events := []string{memberEvent("$join", string(reader), string(reader), "join")}
+	events := []string{readerJoins("$join", "!r:localhost")}
 	for _, set := range []map[string]string{forgedPayloads, allowedPayloads} {
 		for eventID, payload := range set {
 			events = append(events, sender.eventWithPayload(t, eventID, room, strings.ReplaceAll(payload, "ROOM", string(room))))

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"context"
 	"net/http"
 	"strings"
 	"testing"
@@ -10,8 +9,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/id"
-
-	"github.com/heirloom-matrix/heirloom/database"
 )
 
 // pythonIntDigits is CPython's default int_max_str_digits (3.11+): json.loads raises ValueError
@@ -58,17 +55,13 @@ func TestDecryptedIntegerPythonCannotParseGoesEncrypted(t *testing.T) {
 	bridge := &pythonBridge{}
 	h.bridge.setAnswer(bridge.answer)
 	roomX, roomY := id.RoomID("!x:localhost"), id.RoomID("!y:localhost")
-	const reader = id.UserID("@irc_reader:localhost")
-	ctx := context.Background()
-	require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: reader, DeviceID: "READER", Ready: true}))
-	p, err := h.mgr.Get(ctx, reader)
-	require.NoError(t, err)
+	p := h.newReader(t)
 	h.run(t)
 	sender := newRemoteSender(t, roomX)
 	sender.giveKey(t, p, roomX)
 	bigInt := sender.eventWithPayload(t, "$bigint", roomX, numberPayload(roomX, strings.Repeat("9", 5000), ""))
-	txn := `{"events":[` + inRoom(memberEvent("$jx", string(reader), string(reader), "join"), roomX) + `,` +
-		inRoom(memberEvent("$jy", string(reader), string(reader), "join"), roomY) + `,` + bigInt + `,` +
+	txn := `{"events":[` + readerJoins("$jx", roomX) + `,` +
+		readerJoins("$jy", roomY) + `,` + bigInt + `,` +
 		inRoom(messageEvent("$inY", "@alice:localhost", "room Y goes on"), roomY) + `]}`
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/1", heirloomHS, txn).status)
 	require.EventuallyWithT(t, func(c *assert.CollectT) { require.Contains(c, bridge.types(), "$inY") }, 10*time.Second, 20*time.Millisecond)

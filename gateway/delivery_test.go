@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -14,8 +13,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/id"
-
-	"github.com/heirloom-matrix/heirloom/database"
 )
 
 // fakeClock is the database's clock (database.Database.Now) under a test's control. Moving it
@@ -122,11 +119,7 @@ func TestDeeplyNestedDecryptedContentGoesEncrypted(t *testing.T) {
 	bridge := &pythonBridge{}
 	h.bridge.setAnswer(bridge.answer)
 	roomX, roomY := id.RoomID("!x:localhost"), id.RoomID("!y:localhost")
-	const reader = id.UserID("@irc_reader:localhost")
-	ctx := context.Background()
-	require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: reader, DeviceID: "READER", Ready: true}))
-	p, err := h.mgr.Get(ctx, reader)
-	require.NoError(t, err)
+	p := h.newReader(t)
 	h.run(t)
 	sender := newRemoteSender(t, roomX)
 	sender.giveKey(t, p, roomX)
@@ -135,8 +128,8 @@ func TestDeeplyNestedDecryptedContentGoesEncrypted(t *testing.T) {
 		`","content":{"msgtype":"m.text","body":"boom","nest":`+nest+`}}`)
 	shallow := sender.eventWithPayload(t, "$fine", roomX, `{"type":"m.room.message","room_id":"`+string(roomX)+
 		`","content":{"msgtype":"m.text","body":"fine","nest":[[["x"]]]}}`)
-	txn := `{"events":[` + inRoom(memberEvent("$jx", string(reader), string(reader), "join"), roomX) + `,` +
-		inRoom(memberEvent("$jy", string(reader), string(reader), "join"), roomY) + `,` + deep + `,` + shallow + `,` +
+	txn := `{"events":[` + readerJoins("$jx", roomX) + `,` +
+		readerJoins("$jy", roomY) + `,` + deep + `,` + shallow + `,` +
 		inRoom(messageEvent("$inY", "@alice:localhost", "room Y goes on"), roomY) + `]}`
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/1", heirloomHS, txn).status)
 	require.EventuallyWithT(t, func(c *assert.CollectT) { require.Contains(c, bridge.types(), "$inY") }, 10*time.Second, 20*time.Millisecond,

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -11,8 +10,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/id"
-
-	"github.com/heirloom-matrix/heirloom/database"
 )
 
 // formBridge refuses (500) every transaction holding one of the events in refuse in one of the
@@ -58,15 +55,11 @@ func TestRefusedDecryptedEventGoesAsItArrived(t *testing.T) {
 		"$decrypted": {"m.room.message"}, "$both": {"m.room.message", "m.room.encrypted"}}}
 	h.bridge.setAnswer(bridge.answer)
 	roomX := id.RoomID("!x:localhost")
-	const reader = id.UserID("@irc_reader:localhost")
-	ctx := context.Background()
-	require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: reader, DeviceID: "READER", Ready: true}))
-	p, err := h.mgr.Get(ctx, reader)
-	require.NoError(t, err)
+	p := h.newReader(t)
 	h.run(t)
 	sender := newRemoteSender(t, roomX)
 	sender.giveKey(t, p, roomX)
-	txn := `{"events":[` + inRoom(memberEvent("$jx", string(reader), string(reader), "join"), roomX) + `,` +
+	txn := `{"events":[` + readerJoins("$jx", roomX) + `,` +
 		sender.event(t, "$decrypted", roomX, "the bridge fails on this one") + `,` + sender.event(t, "$after", roomX, "after it") + `,` +
 		sender.event(t, "$both", roomX, "and on this one, in any form") + `,` + sender.event(t, "$last", roomX, "last") + `]}`
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/1", heirloomHS, txn).status)

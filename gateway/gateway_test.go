@@ -662,21 +662,14 @@ func deliveredEvents(t require.TestingT, p *peer) []map[string]any {
 // later, the event has gone on encrypted and its decrypted copy follows, with the same ID.
 func TestLateKeysHoldBackOnlyTheirRoom(t *testing.T) {
 	h := newHarness(t)
-	ctx := context.Background()
-	const reader = id.UserID("@irc_reader:localhost")
-	require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: reader, DeviceID: "READER", Ready: true}))
-	p, err := h.mgr.Get(ctx, reader)
-	require.NoError(t, err)
+	p := h.newReader(t)
 	h.run(t)
 	roomX, roomY := id.RoomID("!x:localhost"), id.RoomID("!y:localhost")
-	join := func(eventID string, room id.RoomID) string {
-		return strings.Replace(memberEvent(eventID, string(reader), string(reader), "join"), "!r:localhost", string(room), 1)
-	}
 	plain := func(eventID string, room id.RoomID, body string) string {
 		return strings.Replace(messageEvent(eventID, "@alice:localhost", body), "!r:localhost", string(room), 1)
 	}
 	sender := newRemoteSender(t, roomX)
-	txn := `{"events":[` + join("$jx", roomX) + `,` + join("$jy", roomY) + `,` + sender.event(t, "$secret1", roomX, "first secret") + `,` +
+	txn := `{"events":[` + readerJoins("$jx", roomX) + `,` + readerJoins("$jy", roomY) + `,` + sender.event(t, "$secret1", roomX, "first secret") + `,` +
 		plain("$afterX", roomX, "after the secret") + `,` + plain("$inY", roomY, "room Y goes on") + `]}`
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/1", heirloomHS, txn).status)
 	require.EventuallyWithT(t, func(c *assert.CollectT) {

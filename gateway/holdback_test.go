@@ -13,24 +13,21 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/config"
-	"github.com/heirloom-matrix/heirloom/database"
 )
 
 // A waiting event (its key not yet arrived) holds back its own room only, however many of its
 // room's events pile up behind it: another room's event is delivered at once.
 func TestWaitingEventHoldsBackOnlyItsRoomWhateverTheVolume(t *testing.T) {
 	h := newHarness(t, func(c *config.Config) { c.Gateway.DecryptWait = 10 * time.Minute })
-	ctx := context.Background()
-	const reader = id.UserID("@irc_reader:localhost")
-	require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: reader, DeviceID: "READER", Ready: true}))
+	h.newReader(t)
 	roomA, roomB := id.RoomID("!a:localhost"), id.RoomID("!b:localhost")
 	sender := newRemoteSender(t, roomA) // its key never reaches the reader
 	push := func(txnID string, events []string) {
 		require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/"+txnID, heirloomHS,
 			`{"events":[`+strings.Join(events, ",")+`]}`).status)
 	}
-	push("joins", []string{inRoom(memberEvent("$ja", string(reader), string(reader), "join"), roomA),
-		inRoom(memberEvent("$jb", string(reader), string(reader), "join"), roomB)})
+	push("joins", []string{readerJoins("$ja", roomA),
+		readerJoins("$jb", roomB)})
 	push("waiting", []string{sender.event(t, "$waiting", roomA, "its key is late")})
 	for i := range 25 { // a busy room: 2,500 events behind the waiting one
 		var batch []string

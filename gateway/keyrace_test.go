@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"context"
 	"net/http"
 	"testing"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/heirloom-matrix/heirloom/config"
-	"github.com/heirloom-matrix/heirloom/database"
 )
 
 // A key stored while a transaction is being taken, after heirloom missed it decrypting the
@@ -20,14 +18,10 @@ import (
 // event is stored.
 func TestKeyArrivingWhileTheEventIsStored(t *testing.T) {
 	h := newHarness(t, func(c *config.Config) { c.Gateway.DecryptWait = 10 * time.Minute })
-	ctx := context.Background()
 	room := id.RoomID("!r:localhost")
-	const reader = id.UserID("@irc_reader:localhost")
-	require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: reader, DeviceID: "READER", Ready: true}))
-	p, err := h.mgr.Get(ctx, reader)
-	require.NoError(t, err)
+	p := h.newReader(t)
 	h.run(t)
-	pushState(t, h, "join", memberEvent("$join", string(reader), string(reader), "join"))
+	pushState(t, h, "join", readerJoins("$join", "!r:localhost"))
 	sender := newRemoteSender(t, room)
 	h.gw.BeforeStore(func() {
 		h.gw.BeforeStore(nil)

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -9,8 +8,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/id"
-
-	"github.com/heirloom-matrix/heirloom/database"
 )
 
 // What a bridge user reads of a room (a single event, a thread's relations, a page of history)
@@ -19,15 +16,11 @@ import (
 // for byte.
 func TestBridgeReadsDecrypted(t *testing.T) {
 	h := newHarness(t)
-	ctx := context.Background()
 	room := id.RoomID("!r:localhost")
-	const reader = id.UserID("@irc_reader:localhost")
-	require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: reader, DeviceID: "READER", Ready: true}))
-	p, err := h.mgr.Get(ctx, reader)
-	require.NoError(t, err)
+	p := h.newReader(t)
 	known, unknown := newRemoteSender(t, room), newRemoteSender(t, room)
 	known.giveKey(t, p, room)
-	pushState(t, h, "1", memberEvent("$join", string(reader), string(reader), "join"))
+	pushState(t, h, "1", readerJoins("$join", "!r:localhost"))
 
 	message := known.event(t, "$message", room, "the first line")
 	reply := known.event(t, "$reply", room, "in the thread")
@@ -41,22 +34,10 @@ func TestBridgeReadsDecrypted(t *testing.T) {
 		"/relations/$message":     `{"chunk":[` + reply + `,` + locked + `],"next_batch":"n"}`,
 		"/relations/$plain/m.ref": `{"chunk":[` + plain + `]}`,
 		"/messages":               `{"chunk":[` + plain + `],"start":"s","end":"e"}`,
-		"/event/$gone":            "",
 	}
-	h.hs.setAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) {
-		_, rest, _ := strings.Cut(r.URL.Path, string(room))
-		if answer := answers[rest]; answer != "" {
-			answerJSON(http.StatusOK, answer)(w, r, body)
-			return
-		}
-		answerJSON(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"Event not found"}`)(w, r, body)
-	})
+	h.answerPaths(answers)
 	read := func(path string) (int, []byte) {
-		version := "v3"
-		if strings.HasPrefix(path, "/relations/") {
-			version = "v1"
-		}
-		resp := h.do(t, http.MethodGet, "/_matrix/client/"+version+"/rooms/"+string(room)+path+"?user_id="+string(reader), bridgeAS, "")
+		resp := h.readAs(t, room, path)
 		return resp.status, resp.body
 	}
 	decrypted := func(raw json.RawMessage) map[string]any {

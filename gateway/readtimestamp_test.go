@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"context"
 	"net/http"
 	"regexp"
 	"slices"
@@ -12,8 +11,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/id"
-
-	"github.com/heirloom-matrix/heirloom/database"
 )
 
 // The replay record holds (event ID, timestamp) of the first decryption of each (session, index,
@@ -23,30 +20,19 @@ import (
 // timestamp, is no replay and reaches the bridge decrypted.
 func TestReadWithoutTimestampLeavesTheLiveEventDecryptable(t *testing.T) {
 	h := newHarness(t)
-	ctx := context.Background()
 	room := id.RoomID("!r:localhost")
-	const reader = id.UserID("@irc_reader:localhost")
-	require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: reader, DeviceID: "READER", Ready: true}))
-	p, err := h.mgr.Get(ctx, reader)
-	require.NoError(t, err)
+	p := h.newReader(t)
 	alice := newRemoteSender(t, room)
 	alice.giveKey(t, p, room)
-	pushState(t, h, "1", memberEvent("$join", string(reader), string(reader), "join"))
+	pushState(t, h, "1", readerJoins("$join", "!r:localhost"))
 	h.run(t)
 
 	live := alice.event(t, "$live", room, "hello")
 	trimmed := regexp.MustCompile(`,"origin_server_ts":\d+`).ReplaceAllString(live, "")
 	require.NotEqual(t, live, trimmed)
-	h.hs.setAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) {
-		if strings.HasSuffix(r.URL.Path, "/messages") {
-			answerJSON(http.StatusOK, `{"chunk":[`+trimmed+`],"start":"s","end":"e"}`)(w, r, body)
-			return
-		}
-		answerJSON(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"not found"}`)(w, r, body)
-	})
+	h.answerPaths(map[string]string{"/messages": `{"chunk":[` + trimmed + `],"start":"s","end":"e"}`})
 	filter := `{"event_fields":["event_id","sender","room_id","type","content"]}`
-	resp := h.do(t, http.MethodGet, "/_matrix/client/v3/rooms/"+string(room)+"/messages?dir=b&filter="+strings.ReplaceAll(filter, `"`, "%22")+
-		"&user_id="+string(reader), bridgeAS, "")
+	resp := h.readAs(t, room, "/messages?dir=b&filter="+strings.ReplaceAll(filter, `"`, "%22"))
 	require.Equal(t, http.StatusOK, resp.status, "%s", resp.body)
 	require.Contains(t, string(resp.body), "hello", "the read is decrypted")
 

@@ -1,15 +1,12 @@
 package gateway_test
 
 import (
-	"context"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/id"
-
-	"github.com/heirloom-matrix/heirloom/database"
 )
 
 // heirloom goes to fetch a missing room key once per session: its room, the sender key the event
@@ -18,14 +15,11 @@ import (
 // or her event, arriving later without its key, waits out gateway.decrypt_wait with no key fetched.
 func TestKeyRecoveryOfAnotherRoomsSessionIDFetchesItsOwn(t *testing.T) {
 	h := newHarness(t)
-	ctx := context.Background()
-	const reader = id.UserID("@irc_reader:localhost")
-	require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: reader, DeviceID: "READER", Ready: true}))
+	h.newReader(t)
 	roomX, roomM := id.RoomID("!x:localhost"), id.RoomID("!m:localhost")
-	in := func(room id.RoomID, ev string) string { return strings.Replace(ev, "!r:localhost", string(room), 1) }
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/1", heirloomHS, `{"events":[`+
-		in(roomX, memberEvent("$jx", string(reader), string(reader), "join"))+`,`+
-		in(roomM, memberEvent("$jm", string(reader), string(reader), "join"))+`]}`).status)
+		readerJoins("$jx", roomX)+`,`+
+		readerJoins("$jm", roomM)+`]}`).status)
 
 	alice := newRemoteSender(t, roomX)
 	mallorys := strings.Replace(alice.event(t, "$mallory", roomM, "junk"), `"sender":"@alice:localhost"`, `"sender":"@mallory:localhost"`, 1)

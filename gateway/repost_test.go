@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -9,8 +8,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/id"
-
-	"github.com/heirloom-matrix/heirloom/database"
 )
 
 // A member who re-posts another member's ciphertext as his own event (he needs no key: the
@@ -20,31 +17,17 @@ import (
 // red shield; the bridge gets it as it arrived, encrypted. Alice's own event still reads decrypted.
 func TestRepostOfAnotherMembersCiphertextReachesTheBridgeEncrypted(t *testing.T) {
 	h := newHarness(t)
-	ctx := context.Background()
 	room := id.RoomID("!r:localhost")
-	const reader = id.UserID("@irc_reader:localhost")
-	require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: reader, DeviceID: "READER", Ready: true}))
-	p, err := h.mgr.Get(ctx, reader)
-	require.NoError(t, err)
+	p := h.newReader(t)
 	alice := newRemoteSender(t, room)
 	alice.giveKey(t, p, room)
-	pushState(t, h, "1", memberEvent("$join", string(reader), string(reader), "join"))
+	pushState(t, h, "1", readerJoins("$join", "!r:localhost"))
 
 	genuine := alice.event(t, "$genuine", room, "alice's secret")
 	repost := strings.Replace(strings.Replace(genuine, `"sender":"@alice:localhost"`, `"sender":"@mallory:localhost"`, 1),
 		`"event_id":"$genuine"`, `"event_id":"$repost"`, 1)
-	h.hs.setAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) {
-		if strings.HasSuffix(r.URL.Path, "/event/$repost") {
-			answerJSON(http.StatusOK, repost)(w, r, body)
-			return
-		}
-		if strings.HasSuffix(r.URL.Path, "/event/$genuine") {
-			answerJSON(http.StatusOK, genuine)(w, r, body)
-			return
-		}
-		answerJSON(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"Event not found"}`)(w, r, body)
-	})
-	resp := h.do(t, http.MethodGet, "/_matrix/client/v3/rooms/"+string(room)+"/event/$repost?user_id="+string(reader), bridgeAS, "")
+	h.answerPaths(map[string]string{"/event/$repost": repost, "/event/$genuine": genuine})
+	resp := h.readAs(t, room, "/event/$repost")
 	require.Equal(t, http.StatusOK, resp.status, "%s", resp.body)
 	var ev map[string]any
 	require.NoError(t, json.Unmarshal(resp.body, &ev))
@@ -52,7 +35,7 @@ func TestRepostOfAnotherMembersCiphertextReachesTheBridgeEncrypted(t *testing.T)
 	require.Equal(t, "m.room.encrypted", ev["type"],
 		"mallory's re-post of alice's ciphertext must not reach the bridge decrypted as mallory's message: got %s", resp.body)
 
-	resp = h.do(t, http.MethodGet, "/_matrix/client/v3/rooms/"+string(room)+"/event/$genuine?user_id="+string(reader), bridgeAS, "")
+	resp = h.readAs(t, room, "/event/$genuine")
 	require.Equal(t, http.StatusOK, resp.status, "%s", resp.body)
 	require.NoError(t, json.Unmarshal(resp.body, &ev))
 	require.Equal(t, "m.room.message", ev["type"], "alice's own event reads decrypted: %s", resp.body)

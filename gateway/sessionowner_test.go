@@ -6,14 +6,11 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/id"
-
-	"github.com/heirloom-matrix/heirloom/database"
 )
 
 // The bridge gets an event decrypted only if the session that decrypts it is its sender's: its
@@ -37,10 +34,7 @@ func TestBridgeGetsDecryptedOnlyWhatTheSendersSessionDecrypts(t *testing.T) {
 			h := newHarness(t)
 			ctx := context.Background()
 			room := id.RoomID("!r:localhost")
-			const reader = id.UserID("@irc_reader:localhost")
-			require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: reader, DeviceID: "READER", Ready: true}))
-			p, err := h.mgr.Get(ctx, reader)
-			require.NoError(t, err)
+			p := h.newReader(t)
 			alice := newRemoteSender(t, room)
 			if tc.bundle {
 				shared := true
@@ -63,16 +57,10 @@ func TestBridgeGetsDecryptedOnlyWhatTheSendersSessionDecrypts(t *testing.T) {
 				require.NoError(t, p.Mach.CryptoStore.PutDevice(ctx, "@alice:localhost", &id.Device{UserID: "@alice:localhost",
 					DeviceID: "ALICE", IdentityKey: id.IdentityKey(alice.senderKey), SigningKey: signing}))
 			}
-			pushState(t, h, "1", memberEvent("$join", string(reader), string(reader), "join"))
+			pushState(t, h, "1", readerJoins("$join", "!r:localhost"))
 			evt := alice.event(t, "$e", room, "alice's words")
-			h.hs.setAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) {
-				if strings.HasSuffix(r.URL.Path, "/event/$e") {
-					answerJSON(http.StatusOK, evt)(w, r, body)
-					return
-				}
-				answerJSON(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"Event not found"}`)(w, r, body)
-			})
-			resp := h.do(t, http.MethodGet, "/_matrix/client/v3/rooms/"+string(room)+"/event/$e?user_id="+string(reader), bridgeAS, "")
+			h.answerPaths(map[string]string{"/event/$e": evt})
+			resp := h.readAs(t, room, "/event/$e")
 			require.Equal(t, http.StatusOK, resp.status, "%s", resp.body)
 			var got map[string]any
 			require.NoError(t, json.Unmarshal(resp.body, &got))

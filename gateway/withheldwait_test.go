@@ -14,8 +14,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
-
-	"github.com/heirloom-matrix/heirloom/database"
 )
 
 // withheldThenKey has withholder send the reader an m.room_key.withheld for alice's session under
@@ -24,15 +22,12 @@ import (
 func withheldThenKey(t *testing.T, withholder id.UserID, senderKey func(alice *remoteSender) id.SenderKey) {
 	h := newHarness(t)
 	ctx := context.Background()
-	const reader = id.UserID("@irc_reader:localhost")
-	require.NoError(t, h.db.PutPuppet(ctx, &database.Puppet{UserID: reader, DeviceID: "READER", Ready: true}))
-	p, err := h.mgr.Get(ctx, reader)
-	require.NoError(t, err)
+	p := h.newReader(t)
 	h.run(t)
 	roomX := id.RoomID("!x:localhost")
 	inX := func(ev string) string { return strings.Replace(ev, "!r:localhost", string(roomX), 1) }
 	require.Equal(t, http.StatusOK, h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/1", heirloomHS, `{"events":[`+
-		inX(memberEvent("$jr", string(reader), string(reader), "join"))+`,`+inX(memberEvent("$jm", "@mallory:localhost", "@mallory:localhost", "join"))+`,`+
+		readerJoins("$jr", roomX)+`,`+inX(memberEvent("$jm", "@mallory:localhost", "@mallory:localhost", "join"))+`,`+
 		inX(memberEvent("$ja", "@alice:localhost", "@alice:localhost", "join"))+`]}`).status)
 
 	alice := newRemoteSender(t, roomX)
