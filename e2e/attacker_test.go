@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 	"maunium.net/go/mautrix/synapseadmin"
@@ -143,18 +144,7 @@ func (a *attacker) sendForgedRoomKey(t *testing.T, target puppetIdentity, claime
 	t.Helper()
 	ctx := context.Background()
 	user, device := id.UserID(target.UserID), id.DeviceID(target.DeviceID)
-	claimed, err := a.cli.ClaimKeys(ctx, &mautrix.ReqClaimKeys{OneTimeKeys: mautrix.OneTimeKeysRequest{
-		user: {device: id.KeyAlgorithmSignedCurve25519}}})
-	if err != nil {
-		t.Fatalf("claiming a one-time key of the puppet: %v", err)
-	}
-	var otk id.Curve25519
-	for _, key := range claimed.OneTimeKeys[user][device] {
-		otk = key.Key
-	}
-	if otk == "" {
-		t.Fatalf("the puppet's device has no one-time key: %+v", claimed)
-	}
+	otk := a.claimOneTimeKey(t, user, device)
 	account := crypto.NewOlmAccount()
 	session, err := account.Internal.NewOutboundSession(id.Curve25519(target.Curve25519), otk)
 	if err != nil {
@@ -178,4 +168,45 @@ func (a *attacker) sendForgedRoomKey(t *testing.T, target puppetIdentity, claime
 	if err != nil {
 		t.Fatalf("sending the forged room key: %v", err)
 	}
+}
+
+// claimOneTimeKey claims a one-time key of the device, as the attacker.
+func (a *attacker) claimOneTimeKey(t *testing.T, user id.UserID, device id.DeviceID) id.Curve25519 {
+	t.Helper()
+	return a.claimKey(t, user, device).Key
+}
+
+// claimKey claims a key of the device as /keys/claim hands it out: a one-time key, or the
+// device's fallback key once none is left.
+func (a *attacker) claimKey(t *testing.T, user id.UserID, device id.DeviceID) mautrix.OneTimeKey {
+	t.Helper()
+	claimed, err := a.cli.ClaimKeys(context.Background(), &mautrix.ReqClaimKeys{OneTimeKeys: mautrix.OneTimeKeysRequest{
+		user: {device: id.KeyAlgorithmSignedCurve25519}}})
+	if err != nil {
+		t.Fatalf("claiming a one-time key of %s's device %s: %v", user, device, err)
+	}
+	for _, key := range claimed.OneTimeKeys[user][device] {
+		return key
+	}
+	t.Fatalf("%s's device %s has no one-time key: %+v", user, device, claimed)
+	return mautrix.OneTimeKey{}
+}
+
+// exportedJunkSession is a fresh megolm session nobody sends with: its ID and its export from
+// index 0, for a bundle entry that names it.
+func exportedJunkSession(t *testing.T) (id.SessionID, []byte) {
+	t.Helper()
+	junk, err := olm.NewOutboundGroupSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := olm.NewInboundGroupSession([]byte(junk.Key()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exported, err := in.Export(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return junk.ID(), exported
 }

@@ -32,20 +32,16 @@ func nonCanonicalKey(t *testing.T, key string) string {
 // signature after decoding the key, so any string Go's base64 decoder maps to the key passes.
 func (a *attacker) sendRoomKeyFromDeviceKeys(t *testing.T, target puppetIdentity, ed25519Form func(string) string, content map[string]any) {
 	t.Helper()
+	otk := a.claimOneTimeKey(t, id.UserID(target.UserID), id.DeviceID(target.DeviceID))
+	a.sendRoomKeyWithKey(t, target, otk, ed25519Form, content)
+}
+
+// sendRoomKeyWithKey is sendRoomKeyFromDeviceKeys with an Olm session opened with the given key of
+// the puppet's device (a one-time key or its fallback key) that the attacker claimed already.
+func (a *attacker) sendRoomKeyWithKey(t *testing.T, target puppetIdentity, otk id.Curve25519, ed25519Form func(string) string, content map[string]any) {
+	t.Helper()
 	ctx := context.Background()
 	user, device := id.UserID(target.UserID), id.DeviceID(target.DeviceID)
-	claimed, err := a.cli.ClaimKeys(ctx, &mautrix.ReqClaimKeys{OneTimeKeys: mautrix.OneTimeKeysRequest{
-		user: {device: id.KeyAlgorithmSignedCurve25519}}})
-	if err != nil {
-		t.Fatalf("claiming a one-time key of the puppet: %v", err)
-	}
-	var otk id.Curve25519
-	for _, key := range claimed.OneTimeKeys[user][device] {
-		otk = key.Key
-	}
-	if otk == "" {
-		t.Fatalf("the puppet's device has no one-time key: %+v", claimed)
-	}
 	account := crypto.NewOlmAccount()
 	const evilDevice = id.DeviceID("EVILDEVICE")
 	signing := ed25519Form(string(account.SigningKey()))
@@ -110,20 +106,9 @@ func TestNonCanonicalKeysDoNotCostInviteesTheHistory(t *testing.T) {
 	t.Logf("mallory's session held in the puppet's room: %v", heldSessions(t, p, room)[string(out.ID())])
 
 	roomC, keys := hostileSetup(t, carol, p)
-	junk, err := olm.NewOutboundGroupSession()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := olm.NewInboundGroupSession([]byte(junk.Key()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	exported, err := in.Export(0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	junkID, exported := exportedJunkSession(t)
 	bad := exportedKey{Algorithm: "m.megolm.v1.aes-sha2", RoomID: roomC, SenderKey: nonCanonicalKey(t, keys[0].SenderKey),
-		SessionID: string(junk.ID()), SessionKey: string(exported), SenderClaimedKeys: keys[0].SenderClaimedKeys}
+		SessionID: string(junkID), SessionKey: string(exported), SenderClaimedKeys: keys[0].SenderClaimedKeys}
 	e.peer(t, "sendBundle", map[string]any{"user": carol.UserID, "room_id": roomC, "target": p.UserID,
 		"plaintext": bundleJSON(t, append([]exportedKey{bad}, keys...), nil), "timeout_ms": 60000}, nil)
 	if b := waitReceived(t, p, roomC, carol.UserID, "imported", "failed", "rejected"); b.State != "imported" {

@@ -174,19 +174,8 @@ func TestUnparsableClaimedKeysDoNotCostInviteesTheHistoryEndToEnd(t *testing.T) 
 
 	// F3b: carol's room, whose bundle carries an entry with a claimed key that is no point.
 	roomC, keys := hostileSetup(t, carol, p)
-	junk, err := olm.NewOutboundGroupSession()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := olm.NewInboundGroupSession([]byte(junk.Key()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	exported, err := in.Export(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bad := exportedKey{Algorithm: "m.megolm.v1.aes-sha2", RoomID: roomC, SenderKey: keys[0].SenderKey, SessionID: string(junk.ID()),
+	junkID, exported := exportedJunkSession(t)
+	bad := exportedKey{Algorithm: "m.megolm.v1.aes-sha2", RoomID: roomC, SenderKey: keys[0].SenderKey, SessionID: string(junkID),
 		SessionKey: string(exported), SenderClaimedKeys: map[string]string{"ed25519": "AgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}
 	e.peer(t, "sendBundle", map[string]any{"user": carol.UserID, "room_id": roomC, "target": p.UserID,
 		"plaintext": bundleJSON(t, append([]exportedKey{bad}, keys...), nil), "timeout_ms": 60000}, nil)
