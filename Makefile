@@ -3,7 +3,7 @@ export GOFLAGS := -tags=goolm -buildvcs=false
 SHELL := /bin/bash
 STATE := .state
 
-.PHONY: all build test unit unit-postgres e2e e2e-postgres load vet lint deps demo demo-gateway bench bench-gateway bench-scale fuzz mutants clean registration stop
+.PHONY: all build test unit unit-postgres e2e e2e-postgres load vet lint deps demo demo-gateway bench bench-gateway bench-scale fuzz mutants clean registration stop race
 
 all: build
 
@@ -102,6 +102,11 @@ load: deps
 
 fuzz:
 	scripts/fuzz.sh $(or $(FUZZTIME),30s)
+
+# race runs the packages where goroutines share a puppet's Olm account and sessions (e2ee, the
+# transaction handler) under the race detector (about a minute; CI runs it).
+race:
+	go test -count=1 -race ./e2ee/... ./server
 
 # mutants takes each security guard of scripts/mutants.txt out of the code in turn and fails
 # unless the unit test named for it fails (about 7 minutes). MUTANTS_FLAGS=--e2e also runs the

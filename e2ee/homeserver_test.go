@@ -27,8 +27,8 @@ type homeserver struct {
 	mu sync.Mutex
 	// Keys holds the device, one-time and cross-signing keys.
 	tesths.Keys
-	// uploads counts the one-time keys each /keys/upload carried, in order; created lists the
-	// devices created (MSC4190), in order.
+	// uploads counts the one-time keys each /keys/upload that carried some carried, in order;
+	// created lists the devices created (MSC4190), in order.
 	uploads []int
 	created []id.DeviceID
 	// toDevice holds every to-device message sent; inbox what each device has not synced.
@@ -106,7 +106,9 @@ func (hs *homeserver) serve(w http.ResponseWriter, r *http.Request) {
 	case "keys/upload":
 		var uploaded int
 		answer, uploaded = hs.Upload(r, user, device)
-		hs.uploads = append(hs.uploads, uploaded)
+		if uploaded > 0 {
+			hs.uploads = append(hs.uploads, uploaded)
+		}
 	case "keys/device_signing/upload":
 		hs.UploadCrossSigning(r, user)
 	case "keys/signatures/upload":
@@ -154,6 +156,7 @@ func (hs *homeserver) forgetDevice(user id.UserID, device id.DeviceID) {
 	hs.do(func(hs *homeserver) {
 		delete(hs.Part(user).DeviceKeys[user], device)
 		delete(hs.OTKs[user], device)
+		delete(hs.Fallback[user], device)
 	})
 }
 

@@ -53,6 +53,11 @@ type Manager struct {
 	heldRetries heldRetries
 	// plain remembers the rooms the homeserver just said are unencrypted (encryptionstate.go).
 	plain plainRooms
+	// accounts serializes, per puppet, what changes its device's Olm account: mautrix's one-time key
+	// uploads and Olm decryption (each under its own lock in mautrix) and heirloom's fallback key.
+	accounts exsync.KeyedMutex[id.UserID]
+	// now is the clock fallback keys age by (tests move it).
+	now func() time.Time
 
 	lock     sync.Mutex
 	machines map[id.UserID]*Puppet
@@ -117,6 +122,7 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 		machines:  make(map[id.UserID]*Puppet),
 		tasks:     &tasks.Group{Work: "puppet device work"},
 		devices:   deviceKeeper{client: httpClient},
+		now:       time.Now,
 
 		OnRoomKeyBundle: dropBundle,
 	}, nil
@@ -334,6 +340,11 @@ func (m *Manager) SetSessionHook(fn func(ctx context.Context, p *Puppet, roomID 
 // LockRoom serializes the puppet's encryption work in a room (sending, sharing a bundle).
 func (p *Puppet) LockRoom(roomID id.RoomID) func() {
 	return p.roomLock.WithLock(roomID)
+}
+
+// lockAccount holds the puppet's account lock (Manager.accounts) until the returned function runs.
+func (m *Manager) lockAccount(userID id.UserID) func() {
+	return m.accounts.WithLock(userID)
 }
 
 // Manager returns the manager that loaded the puppet.

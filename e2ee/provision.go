@@ -99,8 +99,14 @@ func (m *Manager) provision(ctx context.Context, row *database.Puppet, userID id
 	if !p.Mach.GetAccount().Shared {
 		otks = 0
 	}
-	if err = p.Mach.ShareKeys(ctx, otks); err != nil {
+	unlock := m.lockAccount(userID)
+	err = p.Mach.ShareKeys(ctx, otks)
+	unlock()
+	if err != nil {
 		return nil, fmt.Errorf("failed to upload device keys: %w", err)
+	}
+	if err = m.ensureFallbackKey(ctx, p, fallbackPresent); err != nil {
+		return nil, err
 	}
 	if err = m.ensureCrossSigning(ctx, p, row); err != nil {
 		return nil, err

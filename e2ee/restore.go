@@ -297,10 +297,17 @@ func (m *Manager) restoreDevice(ctx context.Context, row *database.Puppet, state
 		if err = m.client(row.UserID, "", *zerolog.Ctx(ctx)).CreateDeviceMSC4190(ctx, row.DeviceID, "heirloom"); err != nil {
 			return fmt.Errorf("failed to recreate device %s: %w", row.DeviceID, err)
 		}
-		// The Olm account is the same: its device keys are uploaded again as they were.
+		// The Olm account is the same: its device keys are uploaded again as they were, and the
+		// fallback key, which went with the device, is the same one uploaded again.
+		unlock := m.lockAccount(row.UserID)
 		p.Mach.GetAccount().Shared = false
-		if err = p.Mach.ShareKeys(ctx, 0); err != nil {
+		err = p.Mach.ShareKeys(ctx, 0)
+		unlock()
+		if err != nil {
 			return fmt.Errorf("failed to upload the device keys again: %w", err)
+		}
+		if err = m.ensureFallbackKey(ctx, p, fallbackLost); err != nil {
+			return err
 		}
 	}
 	if state.master == "" {

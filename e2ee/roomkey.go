@@ -72,7 +72,9 @@ func (p *Puppet) handleToDevice(ctx context.Context, evt *event.Event) {
 		zerolog.Ctx(ctx).Debug().Msg("Skipping an encrypted to-device message already handled (pushed, then swept)")
 		return
 	}
+	unlock := p.mgr.lockAccount(p.UserID) // an Olm pre-key message takes a one-time key out of the account
 	decrypted := p.Mach.HandleEncryptedEvent(ctx, evt)
+	unlock()
 	if decrypted == nil {
 		return
 	}

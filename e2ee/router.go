@@ -51,6 +51,7 @@ func (m *Manager) RouteOTKCounts(ctx context.Context, userID id.UserID, deviceID
 		return
 	}
 	count.UserID, count.DeviceID = userID, deviceID
+	defer m.lockAccount(userID)()
 	p.Mach.HandleOTKCounts(ctx, &count)
 }
 
@@ -87,10 +88,18 @@ func (m *Manager) managesDevice(userID id.UserID) bool {
 
 // replenishKeys checks each loaded puppet's one-time key count with the homeserver and uploads
 // more where needed. Synapse does not report every claim in transactions, so this runs on a timer.
+// A device without a fallback key on the homeserver (one provisioned before heirloom uploaded
+// them, or whose upload failed) gets it here.
 func (m *Manager) replenishKeys(ctx context.Context) {
 	for _, p := range m.loaded() {
-		if err := p.Mach.ShareKeys(ctx, -1); err != nil {
+		unlock := m.lockAccount(p.UserID)
+		err := p.Mach.ShareKeys(ctx, -1)
+		unlock()
+		if err != nil {
 			zerolog.Ctx(ctx).Warn().Err(err).Stringer("puppet", p.UserID).Msg("Failed to replenish one-time keys")
+		}
+		if err := m.ensureFallbackKey(ctx, p, fallbackPresent); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Stringer("puppet", p.UserID).Msg("Failed to upload a fallback key")
 		}
 	}
 }

@@ -164,14 +164,17 @@ func TestInvitedMembersGetTheKeyUnlessHistoryIsForJoinedOnly(t *testing.T) {
 	}
 }
 
-// A member's device with no one-time key left on the homeserver gets no key now (no Olm session
-// can be started) and the send goes on; once the device uploads keys again, the next send brings
-// it the key.
+// A member's device with no one-time key left on the homeserver, and no fallback key (a client
+// that uploads none), gets no key now (no Olm session can be started) and the send goes on; once
+// the device uploads keys again, the next send brings it the key.
 func TestDeviceWithoutOneTimeKeysGetsTheKeyLater(t *testing.T) {
 	ctx := context.Background()
 	h := newTwoHeirlooms(t)
 	sendRoomOn(h.hs, event.HistoryVisibilityShared, h.alice.UserID, h.bob.UserID)
-	h.hs.do(func(hs *homeserver) { clear(hs.OTKs[h.bob.UserID][h.bob.DeviceID]) })
+	h.hs.do(func(hs *homeserver) {
+		clear(hs.OTKs[h.bob.UserID][h.bob.DeviceID])
+		clear(hs.Fallback[h.bob.UserID][h.bob.DeviceID])
+	})
 	_, err := h.alice.SendMessage(ctx, sendRoom, event.EventMessage, text("lost"))
 	require.NoError(t, err)
 	require.Zero(t, h.roomKeysTo(h.bob))

@@ -1,4 +1,4 @@
--- v0 -> v11: Latest revision
+-- v0 -> v12: Latest revision
 
 -- Appservice transactions already processed, so a retried transaction is processed once. A
 -- transaction is known by its ID and the SHA-256 of its body: Synapse on SQLite numbers its
@@ -230,4 +230,14 @@ CREATE TABLE heirloom_message_index (
     event_id      TEXT   NOT NULL,
     timestamp     BIGINT NOT NULL,
     PRIMARY KEY (account_id, room_id, session_id, message_index, sender)
+);
+
+-- Each device's fallback key: the current one (goolm's key ID) when heirloom last looked, when it
+-- was made (ms), and the one the homeserver last accepted ('' none).
+CREATE TABLE heirloom_fallback_key (
+    account_id      TEXT   PRIMARY KEY,
+    device_id       TEXT   NOT NULL,
+    key_id          TEXT   NOT NULL,
+    created_at      BIGINT NOT NULL,
+    uploaded_key_id TEXT   NOT NULL DEFAULT ''
 );

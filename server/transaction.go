@@ -42,6 +42,8 @@ type rawTransaction struct {
 	MSC3202DeviceLists json.RawMessage `json:"org.matrix.msc3202.device_lists"`
 	OTKCounts          json.RawMessage `json:"device_one_time_keys_count"`
 	MSC3202OTKCounts   json.RawMessage `json:"org.matrix.msc3202.device_one_time_keys_count"`
+	Fallback           json.RawMessage `json:"device_unused_fallback_key_types"`
+	MSC3202Fallback    json.RawMessage `json:"org.matrix.msc3202.device_unused_fallback_key_types"`
 }
 
 // transaction is a parsed appservice transaction: every section as far as it was valid.
@@ -52,6 +54,8 @@ type transaction struct {
 	ToDevice    []*event.Event
 	DeviceLists mautrix.DeviceLists
 	OTKCounts   map[id.UserID]map[id.DeviceID]mautrix.OTKCount
+	// UnusedFallback lists, per device, the fallback key types the homeserver holds unused.
+	UnusedFallback map[id.UserID]map[id.DeviceID][]string
 	// Invalid counts the items that could not be parsed and were skipped.
 	Invalid int
 	// RawEvents and RawEphemeral are the room and ephemeral events as they arrived, every one of
@@ -97,16 +101,28 @@ func ParseTransaction(body []byte) (*transaction, error) {
 		txn.DeviceLists.Changed = append(txn.DeviceLists.Changed, dl.Changed...)
 		txn.DeviceLists.Left = append(txn.DeviceLists.Left, dl.Left...)
 	}
-	for _, section := range []json.RawMessage{raw.OTKCounts, raw.MSC3202OTKCounts} {
-		if len(section) == 0 || txn.OTKCounts != nil {
+	txn.OTKCounts = firstSection[id.UserID, map[id.DeviceID]mautrix.OTKCount](txn, raw.OTKCounts, raw.MSC3202OTKCounts)
+	txn.UnusedFallback = firstSection[id.UserID, map[id.DeviceID][]string](txn, raw.Fallback, raw.MSC3202Fallback)
+	return txn, nil
+}
+
+// firstSection decodes the first of a section's stable and unstable forms that decodes to
+// something (null is as good as missing); one that does not decode counts as invalid.
+func firstSection[K comparable, V any](txn *transaction, sections ...json.RawMessage) map[K]V {
+	for _, section := range sections {
+		if len(section) == 0 {
 			continue
 		}
-		if err := json.Unmarshal(section, &txn.OTKCounts); err != nil {
-			txn.OTKCounts = nil
+		var v map[K]V
+		if err := json.Unmarshal(section, &v); err != nil {
 			txn.Invalid++
+			continue
+		}
+		if v != nil {
+			return v
 		}
 	}
-	return txn, nil
+	return nil
 }
 
 func firstNonNil(a, b []json.RawMessage) []json.RawMessage {
@@ -353,7 +369,7 @@ func (s *Server) processTransaction(ctx context.Context, txn *transaction) {
 }
 
 // processKeys applies what a transaction brings for heirloom's devices: to-device messages,
-// one-time-key counts and device lists (new devices of invitees may get their invite's bundle).
+// one-time-key counts, unused fallback keys and device lists (new devices of invitees may get their invite's bundle).
 func (s *Server) processKeys(ctx context.Context, txn *transaction) {
 	for _, evt := range txn.ToDevice {
 		s.metrics.events.WithLabelValues("to_device", eventTypeLabel(evt.Type.Type)).Inc()
@@ -362,6 +378,11 @@ func (s *Server) processKeys(ctx context.Context, txn *transaction) {
 	for userID, devices := range txn.OTKCounts {
 		for deviceID, count := range devices {
 			s.mgr.RouteOTKCounts(ctx, userID, deviceID, count)
+		}
+	}
+	for userID, devices := range txn.UnusedFallback {
+		for deviceID, unused := range devices {
+			s.mgr.RouteUnusedFallbackKeys(ctx, userID, deviceID, unused)
 		}
 	}
 	s.mgr.RouteDeviceListChanges(ctx, txn.DeviceLists.Changed)

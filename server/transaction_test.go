@@ -122,6 +122,41 @@ func TestParseTransaction(t *testing.T) {
 	}
 }
 
+// The unused fallback key types come from the stable section or, when it is missing or broken,
+// from MSC3202's; a device listed with none is kept, empty (its fallback key was handed out).
+func TestParseTransactionUnusedFallbackKeys(t *testing.T) {
+	const used = `{"@heirloom_b:hs":{"DEV":[]},"@heirloom_c:hs":{"DEV2":["signed_curve25519"]}}`
+	for _, body := range []string{
+		`{"device_unused_fallback_key_types":` + used + `}`,
+		`{"org.matrix.msc3202.device_unused_fallback_key_types":` + used + `}`,
+		`{"device_unused_fallback_key_types":[1],"org.matrix.msc3202.device_unused_fallback_key_types":` + used + `}`,
+	} {
+		txn, err := server.ParseTransaction([]byte(body))
+		require.NoError(t, err)
+		unused, listed := txn.UnusedFallback["@heirloom_b:hs"]["DEV"]
+		require.True(t, listed, body)
+		require.Empty(t, unused, body)
+		require.Equal(t, []string{"signed_curve25519"}, txn.UnusedFallback["@heirloom_c:hs"]["DEV2"], body)
+	}
+	txn, err := server.ParseTransaction([]byte(`{"device_unused_fallback_key_types":"x"}`))
+	require.NoError(t, err)
+	require.Empty(t, txn.UnusedFallback)
+	require.Equal(t, 1, txn.Invalid)
+}
+
+// A stable section that is null is as good as missing: MSC3202's section, which Synapse sends,
+// still counts (as it did for one-time key counts before the sections were parsed alike).
+func TestParseTransactionNullStableSectionFallsBackToMSC3202(t *testing.T) {
+	txn, err := server.ParseTransaction([]byte(`{"device_one_time_keys_count":null,` +
+		`"org.matrix.msc3202.device_one_time_keys_count":{"@heirloom_b:hs":{"DEV":{"signed_curve25519":3}}},` +
+		`"device_unused_fallback_key_types":null,` +
+		`"org.matrix.msc3202.device_unused_fallback_key_types":{"@heirloom_b:hs":{"DEV":[]}}}`))
+	require.NoError(t, err)
+	require.Equal(t, 3, txn.OTKCounts["@heirloom_b:hs"]["DEV"].SignedCurve25519)
+	_, listed := txn.UnusedFallback["@heirloom_b:hs"]["DEV"]
+	require.True(t, listed)
+}
+
 func TestParseTransactionEventClassesAndContent(t *testing.T) {
 	txn, err := server.ParseTransaction([]byte(`{"events":[` + messageEvent + `,` + stateEvent + `,` + unknownEvent + `],"to_device":[` + toDevice + `]}`))
 	require.NoError(t, err)

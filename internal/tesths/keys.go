@@ -1,6 +1,7 @@
 // Package tesths holds what the packages' fake homeservers share: the key server (device keys,
 // one-time keys, cross-signing keys and signatures as puppets and test clients upload them, and the
-// /keys/query and /keys/claim answers made of them). The homeservers serve it under their own lock.
+// /keys/query and /keys/claim answers made of them, with a device's fallback key once its one-time
+// keys have run out). The homeservers serve it under their own lock.
 package tesths
 
 import (
@@ -14,14 +15,16 @@ import (
 // Keys is a homeserver's key store.
 type Keys struct {
 	// Parts holds each user's part of a /keys/query answer; OTKs the one-time keys /keys/claim
-	// hands out.
-	Parts map[id.UserID]*mautrix.RespQueryKeys
-	OTKs  map[id.UserID]map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey
+	// hands out, and Fallback each device's fallback key, handed out when it has none left.
+	Parts    map[id.UserID]*mautrix.RespQueryKeys
+	OTKs     map[id.UserID]map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey
+	Fallback map[id.UserID]map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey
 }
 
 // NewKeys returns an empty key store.
 func NewKeys() Keys {
-	return Keys{Parts: map[id.UserID]*mautrix.RespQueryKeys{}, OTKs: map[id.UserID]map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey{}}
+	return Keys{Parts: map[id.UserID]*mautrix.RespQueryKeys{}, OTKs: map[id.UserID]map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey{},
+		Fallback: map[id.UserID]map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey{}}
 }
 
 // Part returns the user's part of /keys/query answers, to change.
@@ -38,8 +41,17 @@ func (k Keys) Part(user id.UserID) *mautrix.RespQueryKeys {
 // Upload keeps a device's keys and one-time keys (POST /keys/upload); it returns the answer, how
 // many one-time keys the device now has, and how many the request carried.
 func (k Keys) Upload(r *http.Request, user id.UserID, device id.DeviceID) (answer map[string]any, uploaded int) {
-	var req mautrix.ReqUploadKeys
+	var req struct {
+		mautrix.ReqUploadKeys
+		FallbackKeys map[id.KeyID]mautrix.OneTimeKey `json:"fallback_keys"`
+	}
 	_ = json.NewDecoder(r.Body).Decode(&req)
+	if len(req.FallbackKeys) > 0 {
+		if k.Fallback[user] == nil {
+			k.Fallback[user] = map[id.DeviceID]map[id.KeyID]mautrix.OneTimeKey{}
+		}
+		k.Fallback[user][device] = req.FallbackKeys // a new one replaces the old, as Synapse does
+	}
 	if req.DeviceKeys != nil {
 		k.Part(user).DeviceKeys[user][device] = *req.DeviceKeys
 	}
@@ -110,8 +122,8 @@ func (k Keys) Query(r *http.Request) mautrix.RespQueryKeys {
 	return resp
 }
 
-// Claim hands out one one-time key per device asked for, while the device has one left
-// (POST /keys/claim).
+// Claim hands out one one-time key per device asked for, while the device has one left, and then
+// its fallback key, again and again (POST /keys/claim).
 func (k Keys) Claim(r *http.Request) mautrix.RespClaimKeys {
 	var req mautrix.ReqClaimKeys
 	_ = json.NewDecoder(r.Body).Decode(&req)
@@ -123,6 +135,9 @@ func (k Keys) Claim(r *http.Request) mautrix.RespClaimKeys {
 				resp.OneTimeKeys[user][device] = map[id.KeyID]mautrix.OneTimeKey{keyID: key}
 				delete(k.OTKs[user][device], keyID)
 				break
+			}
+			if _, claimed := resp.OneTimeKeys[user][device]; !claimed && len(k.Fallback[user][device]) > 0 {
+				resp.OneTimeKeys[user][device] = k.Fallback[user][device]
 			}
 		}
 	}
