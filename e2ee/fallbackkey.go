@@ -72,11 +72,15 @@ func (m *Manager) RouteUnusedFallbackKeys(ctx context.Context, userID id.UserID,
 // current one unless heirloom's record says the homeserver has it. A new key is saved with the
 // account, and recorded, before it is uploaded: the homeserver never hands out a key heirloom lost.
 func (m *Manager) ensureFallbackKey(ctx context.Context, p *Puppet, need fallbackNeed) error {
+	p, unlock, err := m.lockCurrent(ctx, p)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	acc, ok := p.Mach.GetAccount().Internal.(*account.Account)
 	if !ok {
 		return fmt.Errorf("the Olm account is not goolm's (%T): no fallback key", p.Mach.GetAccount().Internal)
 	}
-	defer m.lockAccount(p.UserID)()
 	now := m.now()
 	current := ""
 	if acc.NumFallbackKeys > 0 {
@@ -103,11 +107,12 @@ func (m *Manager) ensureFallbackKey(ctx context.Context, p *Puppet, need fallbac
 		if err = acc.GenFallbackKey(); err != nil {
 			return fmt.Errorf("failed to make a fallback key: %w", err)
 		}
-		if err = p.Mach.CryptoStore.PutAccount(ctx, p.Mach.GetAccount()); err != nil {
-			return fmt.Errorf("failed to save the account with its new fallback key: %w", err)
-		}
 		current = acc.CurrentFallbackKey.KeyIDEncoded()
 		rec = &database.FallbackKey{AccountID: p.UserID.String(), DeviceID: p.DeviceID, KeyID: current, CreatedAt: now}
+	}
+	// Whatever goes up is in the saved account first, and recorded as not yet uploaded.
+	if err = p.Mach.CryptoStore.PutAccount(ctx, p.Mach.GetAccount()); err != nil {
+		return fmt.Errorf("failed to save the account before uploading its fallback key: %w", err)
 	}
 	if err = m.db.PutFallbackKey(ctx, rec); err != nil {
 		return err
@@ -115,7 +120,9 @@ func (m *Manager) ensureFallbackKey(ctx context.Context, p *Puppet, need fallbac
 	if err = uploadFallbackKey(ctx, p, acc); err != nil {
 		return err
 	}
-	rec.UploadedKeyID = current
+	// The key ages from when the homeserver starts handing it out: until now it handed out the
+	// previous one, which a peer may have claimed a moment ago.
+	rec.UploadedKeyID, rec.CreatedAt = current, now
 	if err = m.db.PutFallbackKey(ctx, rec); err != nil {
 		return err
 	}

@@ -253,5 +253,67 @@ func TestUsedFallbackKeyIsReplacedDespiteRestarts(t *testing.T) {
 func restart(m *Manager) {
 	m.lock.Lock()
 	defer m.lock.Unlock()
-	clear(m.machines)
+	for _, p := range m.machines {
+		m.unloadLocked(p)
+	}
+}
+
+// A machine evicted while a caller still holds it (maintenance's snapshot, a transaction in
+// flight) and the machine loaded after it hold one account twice. The newer one replaces the used
+// fallback key and uploads it; the older one then saves its own copy of the account (mautrix's
+// one-time key upload does). After the next load, a peer who claims the fallback key the
+// homeserver hands out must still get in.
+func TestStaleMachineDoesNotLoseTheUploadedFallbackKey(t *testing.T) {
+	ctx := context.Background()
+	h := newTwoHeirlooms(t)
+	stale := h.bob
+	restart(h.theirs) // unloaded while still held
+	fresh, err := h.theirs.Get(ctx, h.bob.UserID)
+	require.NoError(t, err)
+	require.NotSame(t, stale, fresh)
+
+	h.theirs.now = func() time.Time { return time.Now().Add(fallbackKeyMaxAge + time.Hour) }
+	h.theirs.RouteUnusedFallbackKeys(ctx, fresh.UserID, fresh.DeviceID, nil)
+	second := fallbackKeyOf(t, h.hs, fresh)
+
+	// The maintenance loop, with the stale machine in its list, tops up the one-time keys.
+	drainOneTimeKeys(h.hs, stale)
+	h.theirs.replenishKeysOf(ctx, stale)
+
+	restart(h.theirs)
+	reloaded, err := h.theirs.Get(ctx, h.bob.UserID)
+	require.NoError(t, err)
+	require.Equal(t, second, fallbackKeyOf(t, h.hs, reloaded), "the homeserver still hands out the second key")
+	sendRoomOn(h.hs, event.HistoryVisibilityShared, h.alice.UserID, h.bob.UserID)
+	drainOneTimeKeys(h.hs, reloaded)
+	_, err = h.alice.SendMessage(ctx, sendRoom, event.EventMessage, text("with the second fallback key"))
+	require.NoError(t, err)
+	require.Equal(t, []string{"with the second fallback key"}, read(t, reloaded),
+		"the fallback key the homeserver hands out is one the saved account holds")
+}
+
+// A new fallback key whose upload kept failing for over a week reaches the homeserver at last;
+// the homeserver handed out the old key until that moment. A transaction saying the new key was
+// handed out (a peer claimed it at once, or one computed before the upload) must not replace it
+// at once: that drops the old key, and a peer's message made with it and not yet read with it.
+func TestFallbackKeyAgesFromItsUploadNotItsMaking(t *testing.T) {
+	ctx := context.Background()
+	h := newTwoHeirlooms(t)
+	start := time.Now()
+	h.theirs.now = func() time.Time { return start.Add(fallbackKeyMaxAge + time.Hour) }
+	h.hs.do(func(hs *homeserver) { hs.fail["keys/upload"] = http.StatusInternalServerError })
+	h.theirs.RouteUnusedFallbackKeys(ctx, h.bob.UserID, h.bob.DeviceID, nil) // second key made, not uploaded
+
+	sendRoomOn(h.hs, event.HistoryVisibilityShared, h.alice.UserID, h.bob.UserID)
+	drainOneTimeKeys(h.hs, h.bob)
+	_, err := h.alice.SendMessage(ctx, sendRoom, event.EventMessage, text("with the first fallback key"))
+	require.NoError(t, err)
+	require.Equal(t, 1, h.roomKeysTo(h.bob))
+
+	h.theirs.now = func() time.Time { return start.Add(2*fallbackKeyMaxAge + 2*time.Hour) }
+	h.hs.do(func(hs *homeserver) { delete(hs.fail, "keys/upload") })
+	h.theirs.replenishKeys(ctx) // the second key is uploaded at last
+	h.theirs.RouteUnusedFallbackKeys(ctx, h.bob.UserID, h.bob.DeviceID, nil)
+	require.Equal(t, []string{"with the first fallback key"}, read(t, h.bob),
+		"the key the homeserver handed out until a moment ago is still held")
 }

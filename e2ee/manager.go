@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -142,6 +144,9 @@ type Puppet struct {
 	// lastTouched is when the puppet's activity was last recorded in the database.
 	lastTouched time.Time
 
+	// evicted is set when the machine is unloaded: one loaded later holds the account from then.
+	evicted atomic.Bool
+
 	sweepLock sync.Mutex
 	lastSweep time.Time
 	// seenToDevice remembers the last encrypted to-device messages handled, so one that arrives
@@ -275,18 +280,18 @@ func (m *Manager) remember(p *Puppet) {
 // A machine used within the last minute stays even over the cap: a caller may still hold it, and
 // a second machine for the same device would keep its own in-memory Olm state.
 func (m *Manager) evictLocked(n int) {
-	for ; n > 0; n-- {
-		var oldest *Puppet
-		for _, p := range m.machines {
-			if oldest == nil || p.lastUsed.Before(oldest.lastUsed) {
-				oldest = p
-			}
-		}
-		if oldest == nil || time.Since(oldest.lastUsed) < time.Minute {
+	byAge := make([]*Puppet, 0, len(m.machines))
+	for _, p := range m.machines {
+		byAge = append(byAge, p)
+	}
+	slices.SortFunc(byAge, func(a, b *Puppet) int { return a.lastUsed.Compare(b.lastUsed) })
+	for _, p := range byAge {
+		if n == 0 || time.Since(p.lastUsed) < time.Minute {
 			return
 		}
-		oldest.Mach.Destroy()
-		delete(m.machines, oldest.UserID)
+		if m.unloadLocked(p) {
+			n--
+		}
 	}
 }
 
@@ -295,14 +300,26 @@ func (m *Manager) evictIdle() int {
 	m.lock.Lock()
 	defer m.lock.Unlock()
 	n := 0
-	for uid, p := range m.machines {
-		if time.Since(p.lastUsed) > m.idleEvict {
-			p.Mach.Destroy()
-			delete(m.machines, uid)
+	for _, p := range m.machines {
+		if time.Since(p.lastUsed) > m.idleEvict && m.unloadLocked(p) {
 			n++
 		}
 	}
 	return n
+}
+
+// unloadLocked drops the machine unless its account is in use (its account lock held): a machine
+// is never dropped in the middle of changing its account. A caller who still holds it finds it
+// marked evicted at its next account lock (lockCurrent), and works on the machine loaded then.
+func (m *Manager) unloadLocked(p *Puppet) bool {
+	if !m.accounts.TryLock(p.UserID) {
+		return false
+	}
+	defer m.accounts.Unlock(p.UserID)
+	p.evicted.Store(true)
+	p.Mach.Destroy()
+	delete(m.machines, p.UserID)
+	return true
 }
 
 // newMachine builds the client, store and OlmMachine of a puppet device and loads its Olm account.
@@ -345,6 +362,23 @@ func (p *Puppet) LockRoom(roomID id.RoomID) func() {
 // lockAccount holds the puppet's account lock (Manager.accounts) until the returned function runs.
 func (m *Manager) lockAccount(userID id.UserID) func() {
 	return m.accounts.WithLock(userID)
+}
+
+// lockCurrent holds the puppet's account lock and returns the machine loaded for it now: p, or, if
+// p was unloaded since its caller got it, the one loaded after it. A machine unloaded while a
+// caller still held it must not change or save an account the loaded one has moved past (it would
+// save a pickle without the fallback key the other uploaded).
+func (m *Manager) lockCurrent(ctx context.Context, p *Puppet) (*Puppet, func(), error) {
+	unlock := m.lockAccount(p.UserID)
+	if !p.evicted.Load() {
+		return p, unlock, nil
+	}
+	current, err := m.Get(ctx, p.UserID)
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return current, unlock, nil
 }
 
 // Manager returns the manager that loaded the puppet.

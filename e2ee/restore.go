@@ -299,9 +299,12 @@ func (m *Manager) restoreDevice(ctx context.Context, row *database.Puppet, state
 		}
 		// The Olm account is the same: its device keys are uploaded again as they were, and the
 		// fallback key, which went with the device, is the same one uploaded again.
-		unlock := m.lockAccount(row.UserID)
-		p.Mach.GetAccount().Shared = false
-		err = p.Mach.ShareKeys(ctx, 0)
+		current, unlock, err := m.lockCurrent(ctx, p)
+		if err != nil {
+			return fmt.Errorf("failed to load the puppet's keys: %w", err)
+		}
+		current.Mach.GetAccount().Shared = false
+		err = current.Mach.ShareKeys(ctx, 0)
 		unlock()
 		if err != nil {
 			return fmt.Errorf("failed to upload the device keys again: %w", err)

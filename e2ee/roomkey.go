@@ -72,7 +72,17 @@ func (p *Puppet) handleToDevice(ctx context.Context, evt *event.Event) {
 		zerolog.Ctx(ctx).Debug().Msg("Skipping an encrypted to-device message already handled (pushed, then swept)")
 		return
 	}
-	unlock := p.mgr.lockAccount(p.UserID) // an Olm pre-key message takes a one-time key out of the account
+	// An Olm pre-key message takes a one-time key out of the account: decrypted under the account
+	// lock, by the machine loaded now.
+	current, unlock, err := p.mgr.lockCurrent(ctx, p)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to load the puppet's machine for a to-device message")
+		return
+	} else if current != p {
+		unlock()
+		current.handleToDevice(ctx, evt)
+		return
+	}
 	decrypted := p.Mach.HandleEncryptedEvent(ctx, evt)
 	unlock()
 	if decrypted == nil {

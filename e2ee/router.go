@@ -51,7 +51,11 @@ func (m *Manager) RouteOTKCounts(ctx context.Context, userID id.UserID, deviceID
 		return
 	}
 	count.UserID, count.DeviceID = userID, deviceID
-	defer m.lockAccount(userID)()
+	p, unlock, err := m.lockCurrent(ctx, p)
+	if err != nil {
+		return
+	}
+	defer unlock()
 	p.Mach.HandleOTKCounts(ctx, &count)
 }
 
@@ -92,15 +96,23 @@ func (m *Manager) managesDevice(userID id.UserID) bool {
 // them, or whose upload failed) gets it here.
 func (m *Manager) replenishKeys(ctx context.Context) {
 	for _, p := range m.loaded() {
-		unlock := m.lockAccount(p.UserID)
-		err := p.Mach.ShareKeys(ctx, -1)
+		m.replenishKeysOf(ctx, p)
+	}
+}
+
+// replenishKeysOf tops up the puppet's one-time keys and uploads its fallback key if the
+// homeserver lacks it, on the machine loaded for it now (p may have been unloaded since).
+func (m *Manager) replenishKeysOf(ctx context.Context, p *Puppet) {
+	current, unlock, err := m.lockCurrent(ctx, p)
+	if err == nil {
+		err = current.Mach.ShareKeys(ctx, -1)
 		unlock()
-		if err != nil {
-			zerolog.Ctx(ctx).Warn().Err(err).Stringer("puppet", p.UserID).Msg("Failed to replenish one-time keys")
-		}
-		if err := m.ensureFallbackKey(ctx, p, fallbackPresent); err != nil {
-			zerolog.Ctx(ctx).Warn().Err(err).Stringer("puppet", p.UserID).Msg("Failed to upload a fallback key")
-		}
+	}
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Stringer("puppet", p.UserID).Msg("Failed to replenish one-time keys")
+	}
+	if err = m.ensureFallbackKey(ctx, p, fallbackPresent); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Stringer("puppet", p.UserID).Msg("Failed to upload a fallback key")
 	}
 }
 

@@ -107,20 +107,32 @@ func ParseTransaction(body []byte) (*transaction, error) {
 }
 
 // firstSection decodes the first of a section's stable and unstable forms that decodes to
-// something (null is as good as missing); one that does not decode counts as invalid.
-func firstSection[K comparable, V any](txn *transaction, sections ...json.RawMessage) map[K]V {
+// something (null is as good as missing), user by user: a user's entry that does not decode is
+// skipped and counted as invalid, and the others count. A section that is no object counts as
+// invalid, and the next form is tried.
+func firstSection[K ~string, V any](txn *transaction, sections ...json.RawMessage) map[K]V {
 	for _, section := range sections {
 		if len(section) == 0 {
 			continue
 		}
-		var v map[K]V
-		if err := json.Unmarshal(section, &v); err != nil {
+		var entries map[K]json.RawMessage
+		if err := json.Unmarshal(section, &entries); err != nil {
 			txn.Invalid++
 			continue
 		}
-		if v != nil {
-			return v
+		if entries == nil {
+			continue
 		}
+		out := make(map[K]V, len(entries))
+		for key, raw := range entries {
+			var v V
+			if err := json.Unmarshal(raw, &v); err != nil {
+				txn.Invalid++
+				continue
+			}
+			out[key] = v
+		}
+		return out
 	}
 	return nil
 }

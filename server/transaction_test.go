@@ -142,6 +142,15 @@ func TestParseTransactionUnusedFallbackKeys(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, txn.UnusedFallback)
 	require.Equal(t, 1, txn.Invalid)
+
+	// One user's malformed entry spoils only itself.
+	txn, err = server.ParseTransaction([]byte(`{"org.matrix.msc3202.device_unused_fallback_key_types":` +
+		`{"@heirloom_b:hs":{"DEV":[]},"@heirloom_x:hs":{"DEV":5},"@heirloom_y:hs":7}}`))
+	require.NoError(t, err)
+	_, listed := txn.UnusedFallback["@heirloom_b:hs"]["DEV"]
+	require.True(t, listed)
+	require.Len(t, txn.UnusedFallback, 1)
+	require.Equal(t, 2, txn.Invalid)
 }
 
 // A stable section that is null is as good as missing: MSC3202's section, which Synapse sends,
