@@ -467,7 +467,55 @@ func (x *env) synapse(args ...string) error {
 	if err != nil {
 		return fmt.Errorf("synapse.sh %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
+	if len(args) > 0 && (args[0] == "start" || args[0] == "restart") {
+		return x.waitAppserviceUp(60 * time.Second)
+	}
 	return nil
+}
+
+// waitAppserviceUp waits until Synapse holds heirloom's appservice up. A Synapse that stopped
+// while a transaction to heirloom was in flight marks heirloom down, and after its start it sends
+// heirloom nothing until a room event concerns an appservice: only then does it start its
+// appservice scheduler, which retries the stored transactions and marks heirloom up again. What it
+// queues meanwhile keeps its events only: Synapse drops the to-device messages, key counts and
+// device lists (heirloom recovers a to-device message by sweeping the device's inbox: on an
+// undecryptable event, a join without its bundle, or its timer). So a test right after a restart
+// that sends a puppet a to-device message and waits for it would wait for that sweep. A room
+// created by heirloom's bot is the room event that starts the scheduler.
+func (x *env) waitAppserviceUp(timeout time.Duration) error {
+	var err error
+	poked := false
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		var down bool
+		if down, err = x.appserviceDown(); err == nil && !down {
+			return nil
+		} else if err == nil && !poked {
+			poked = true
+			code, perr := x.request("POST", x.hsURL+"/_matrix/client/v3/createRoom?user_id=@heirloombot:"+domain, "Bearer "+x.asToken,
+				map[string]any{"preset": "private_chat"}, nil)
+			if perr != nil || code != http.StatusOK {
+				return fmt.Errorf("creating a room as heirloom's bot to start Synapse's appservice scheduler: %d %v", code, perr)
+			}
+		}
+	}
+	return fmt.Errorf("Synapse still holds heirloom's appservice down after %s (%v)", timeout, err)
+}
+
+// appserviceDown reads Synapse's state of heirloom's appservice. Not read-only: a read-only
+// connection cannot use the write-ahead log's index and reads the database file as last
+// checkpointed, without what Synapse wrote since.
+func (x *env) appserviceDown() (bool, error) {
+	db, err := sql.Open("sqlite3", "file:"+filepath.Join(x.dir, "synapse", "homeserver.db")+"?_busy_timeout=5000")
+	if err != nil {
+		return false, err
+	}
+	defer db.Close()
+	var state sql.NullString
+	err = db.QueryRow(`SELECT state FROM application_services_state WHERE as_id='heirloom'`).Scan(&state)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return state.String == "down", err
 }
 
 // instance is one heirloom process: the shared one, or a short-lived one of a profile.
