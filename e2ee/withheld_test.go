@@ -31,10 +31,7 @@ func TestAMembersWithheldAboutAnotherMembersSessionIsNoFinalAnswer(t *testing.T)
 	joined(t, db, roomA, p.UserID, alice.user, mallory.user)
 	ogs, err := crypto.NewOutboundGroupSession(roomA, nil, nil)
 	require.NoError(t, err)
-	p.handleToDevice(ctx, &event.Event{Sender: mallory.user, Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID,
-		ToDeviceID: p.DeviceID, Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{RoomID: roomA,
-			Algorithm: id.AlgorithmMegolmV1, SessionID: ogs.ID(), SenderKey: alice.curve, Code: event.RoomKeyWithheldUnverified,
-			Reason: "mallory speaking for alice"}}})
+	sendWithheld(ctx, p, mallory.user, ogs.ID(), alice.curve, "mallory speaking for alice")
 	ciphertext := megolmMessage(t, ogs, roomA, "alice's message")
 	_, err = p.Decrypt(ctx, encryptedEvent(roomA, "$alice", alice, ogs.ID(), ciphertext, 1000))
 	require.Error(t, err)
@@ -43,10 +40,7 @@ func TestAMembersWithheldAboutAnotherMembersSessionIsNoFinalAnswer(t *testing.T)
 
 	// Alice's own word about her session counts.
 	alice.known(t, p)
-	p.handleToDevice(ctx, &event.Event{Sender: alice.user, Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID,
-		ToDeviceID: p.DeviceID, Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{RoomID: roomA,
-			Algorithm: id.AlgorithmMegolmV1, SessionID: ogs.ID(), SenderKey: alice.curve, Code: event.RoomKeyWithheldUnverified,
-			Reason: "alice's own"}}})
+	sendWithheld(ctx, p, alice.user, ogs.ID(), alice.curve, "alice's own")
 	_, err = p.Decrypt(ctx, encryptedEvent(roomA, "$alice", alice, ogs.ID(), ciphertext, 1000))
 	require.Error(t, err)
 	require.False(t, IsMissingKey(err), "the session's own sender withholding it is a final answer: got %v", err)
@@ -66,10 +60,7 @@ func TestAWithheldAnswersOnlyForItsOwnSenderKeysSession(t *testing.T) {
 	alice.known(t, p)
 	ogs, err := crypto.NewOutboundGroupSession(roomA, nil, nil)
 	require.NoError(t, err)
-	p.handleToDevice(ctx, &event.Event{Sender: mallory.user, Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID,
-		ToDeviceID: p.DeviceID, Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{RoomID: roomA,
-			Algorithm: id.AlgorithmMegolmV1, SessionID: ogs.ID(), SenderKey: mallory.curve, Code: event.RoomKeyWithheldUnverified,
-			Reason: "mallory, about alice's session ID, under his own key"}}})
+	sendWithheld(ctx, p, mallory.user, ogs.ID(), mallory.curve, "mallory, about alice's session ID, under his own key")
 	ciphertext := megolmMessage(t, ogs, roomA, "alice's message")
 	named := encryptedEvent(roomA, "$alice", alice, ogs.ID(), ciphertext, 1000)
 	unnamed := encryptedEvent(roomA, "$alice2", alice, ogs.ID(), ciphertext, 1000)
@@ -147,10 +138,7 @@ func TestAWithheldAnswersOnlyForItsSendersEvents(t *testing.T) {
 	clone.known(t, p)
 	ogs, err := crypto.NewOutboundGroupSession(roomA, nil, nil)
 	require.NoError(t, err)
-	p.handleToDevice(ctx, &event.Event{Sender: mallory.user, Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID,
-		ToDeviceID: p.DeviceID, Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{RoomID: roomA,
-			Algorithm: id.AlgorithmMegolmV1, SessionID: ogs.ID(), SenderKey: alice.curve, Code: event.RoomKeyWithheldUnverified,
-			Reason: "mallory, under alice's key, through a device of his naming it"}}})
+	sendWithheld(ctx, p, mallory.user, ogs.ID(), alice.curve, "mallory, under alice's key, through a device of his naming it")
 	ciphertext := megolmMessage(t, ogs, roomA, "alice's message")
 	_, err = p.Decrypt(ctx, encryptedEvent(roomA, "$alice", alice, ogs.ID(), ciphertext, 1000))
 	require.Error(t, err)
@@ -168,4 +156,13 @@ func TestAWithheldAnswersOnlyForItsSendersEvents(t *testing.T) {
 	_, err = p.Decrypt(ctx, evt)
 	require.Error(t, err)
 	require.True(t, IsMissingKey(err), "an entry of unknown sender under another's device key is no answer for Alice: got %v", err)
+}
+
+// sendWithheld hands the puppet a plaintext m.room_key.withheld ("unverified") from sender for the
+// session of roomA, naming senderKey as the session's sender key.
+func sendWithheld(ctx context.Context, p *Puppet, sender id.UserID, sessionID id.SessionID, senderKey id.SenderKey, reason string) {
+	p.handleToDevice(ctx, &event.Event{Sender: sender, Type: event.ToDeviceRoomKeyWithheld, ToUserID: p.UserID,
+		ToDeviceID: p.DeviceID, Content: event.Content{Parsed: &event.RoomKeyWithheldEventContent{RoomID: roomA,
+			Algorithm: id.AlgorithmMegolmV1, SessionID: sessionID, SenderKey: senderKey, Code: event.RoomKeyWithheldUnverified,
+			Reason: reason}}})
 }
