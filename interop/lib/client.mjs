@@ -434,7 +434,7 @@ export class Peer {
         return {};
     }
 
-    /** The target's current m.room.member event in the room, as this user's copy shows it. */
+    /** The target's current m.room.member event in the room, as this user's copy shows it, with the one it replaced. */
     async memberEvent(params) {
         const roomId = required(params, "room_id");
         const target = required(params, "target");
@@ -444,6 +444,10 @@ export class Peer {
         });
         const out = { event_id: ev.getId(), membership: ev.getContent().membership, sender: ev.getSender() };
         if (ev.getContent().reason !== undefined) out.reason = ev.getContent().reason;
+        // The member event this one replaced, and its membership (from unsigned.prev_content).
+        const replaced = ev.getUnsigned().replaces_state;
+        if (replaced !== undefined) out.replaces_state = replaced;
+        if (ev.getPrevContent().membership !== undefined) out.prev_membership = ev.getPrevContent().membership;
         return out;
     }
 
