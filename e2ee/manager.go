@@ -76,6 +76,9 @@ type Manager struct {
 
 	// devices keeps the puppets' devices on the homeserver (restore.go).
 	devices deviceKeeper
+	// heldDownSweeps sweeps the loaded puppets' inboxes once the homeserver sends again after
+	// holding heirloom down (sweep.go).
+	heldDownSweeps heldDownSweeps
 	// tasks tracks the work started in the background (device checks), for Shutdown.
 	tasks *tasks.Group
 }
@@ -125,6 +128,8 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 		tasks:     &tasks.Group{Work: "puppet device work"},
 		devices:   deviceKeeper{client: httpClient},
 		now:       time.Now,
+
+		heldDownSweeps: heldDownSweeps{gather: heldDownGather},
 
 		OnRoomKeyBundle: dropBundle,
 	}, nil

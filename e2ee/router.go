@@ -129,7 +129,7 @@ func (m *Manager) RunMaintenance(ctx context.Context, every time.Duration) {
 			}
 		}
 		m.replenishKeys(ctx)
-		m.sweepLoaded(ctx)
+		m.sweepLoaded(ctx, false)
 		if n := m.evictIdle(); n > 0 {
 			zerolog.Ctx(ctx).Debug().Int("count", n).Msg("Evicted idle puppet machines")
 		}

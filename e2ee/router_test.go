@@ -1,11 +1,14 @@
 package e2ee
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -72,7 +75,7 @@ func TestSweepRecoversOnlyWhatWasNeverPushed(t *testing.T) {
 	require.Equal(t, 1, n, "the pushed message is in the inbox still")
 	require.Zero(t, counted(t, reg, "heirloom_to_device_recovered_total"))
 
-	h.theirs.sweepLoaded(ctx) // dave's inbox: never pushed
+	h.theirs.sweepLoaded(ctx, false) // dave's inbox: never pushed
 	require.Equal(t, 1.0, counted(t, reg, "heirloom_to_device_recovered_total"))
 	require.Equal(t, []string{"hi"}, read(t, h.dave))
 	require.Equal(t, []string{"hi"}, read(t, h.bob))
@@ -80,6 +83,36 @@ func TestSweepRecoversOnlyWhatWasNeverPushed(t *testing.T) {
 	n, err = h.dave.SweepToDevice(ctx, false)
 	require.NoError(t, err)
 	require.Zero(t, n, "a sweep on demand right after another asks the homeserver nothing")
+}
+
+// Once the homeserver sends again after holding heirloom down, the loaded puppets' inboxes are
+// swept in the background, even those swept a moment before: the room keys the homeserver dropped
+// from its queue meanwhile are there, and are taken before any message needs them. Calls while the
+// sweep waits to start join it.
+func TestSweepAfterHeldDown(t *testing.T) {
+	ctx := context.Background()
+	h := newTwoHeirlooms(t)
+	reg := withMetrics(t, h.theirs)
+	h.theirs.heldDownSweeps.gather = 100 * time.Millisecond
+	var logs bytes.Buffer
+	logCtx := zerolog.New(&logs).WithContext(ctx)
+	sendRoomOn(h.hs, event.HistoryVisibilityShared, h.alice.UserID, h.bob.UserID, h.dave.UserID)
+	for _, p := range []*Puppet{h.bob, h.dave} {
+		_, err := p.SweepToDevice(ctx, true) // the maintenance loop, a moment before
+		require.NoError(t, err)
+	}
+	_, err := h.alice.SendMessage(ctx, sendRoom, event.EventMessage, text("hi"))
+	require.NoError(t, err)
+
+	for range 3 {
+		h.theirs.SweepAfterHeldDown(logCtx)
+	}
+	require.Eventually(t, func() bool { return counted(t, reg, "heirloom_to_device_recovered_total") == 2 },
+		5*time.Second, 10*time.Millisecond, "bob's and dave's room keys, never pushed, taken from their inboxes")
+	require.NoError(t, h.theirs.Shutdown(ctx))
+	require.Equal(t, 1, strings.Count(logs.String(), "after the homeserver held heirloom down"), "one sweep: %s", logs.String())
+	require.Equal(t, []string{"hi"}, read(t, h.dave))
+	require.Equal(t, []string{"hi"}, read(t, h.bob))
 }
 
 // The maintenance loop keeps the puppets' one-time keys topped up and unloads idle machines.

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -101,13 +102,21 @@ func (p *Puppet) neverHandled(ctx context.Context, evt *event.Event) bool {
 }
 
 // sweepLoaded sweeps the inbox of every loaded puppet but the appservice's sender, to which
-// Synapse refuses /sync (it asks for a missing key instead, forward.go).
-func (m *Manager) sweepLoaded(ctx context.Context) {
+// Synapse refuses /sync (it asks for a missing key instead, forward.go). force sweeps even the
+// puppets swept within sweepMinInterval. It stops early once shutdown began, and returns how many
+// messages it fetched.
+func (m *Manager) sweepLoaded(ctx context.Context, force bool) int {
+	total := 0
 	for _, p := range m.loaded() {
 		if p.IsSender() {
 			continue
 		}
-		if _, err := p.SweepToDevice(ctx, false); err != nil && !errors.Is(err, context.Canceled) {
+		if m.tasks.Stopping() {
+			break
+		}
+		n, err := p.SweepToDevice(ctx, force)
+		total += n
+		if err != nil && !errors.Is(err, context.Canceled) {
 			var he mautrix.HTTPError
 			if errors.As(err, &he) || errors.Is(err, mautrix.MUnknownToken) {
 				zerolog.Ctx(ctx).Debug().Err(err).Stringer("puppet", p.UserID).Msg("To-device sweep failed")
@@ -115,5 +124,59 @@ func (m *Manager) sweepLoaded(ctx context.Context) {
 			}
 			zerolog.Ctx(ctx).Warn().Err(err).Stringer("puppet", p.UserID).Msg("To-device sweep failed")
 		}
+	}
+	return total
+}
+
+// heldDownGather is how long a sweep after the homeserver held heirloom down waits before it
+// starts: the homeserver retries the transactions it stored one after the other, and drops what
+// it queues until the last of them is through.
+const heldDownGather = 2 * time.Second
+
+// heldDownSweeps runs SweepAfterHeldDown's sweeps one at a time.
+type heldDownSweeps struct {
+	gather  time.Duration
+	lock    sync.Mutex
+	running bool // a sweep is waiting or running
+	again   bool // asked for while one ran: once more after it
+}
+
+// SweepAfterHeldDown sweeps the inbox of every loaded puppet, forced, in the background, once the
+// homeserver sends again after holding heirloom down. While Synapse holds an appservice down it
+// keeps only the events of what it queues: the to-device messages meanwhile (room keys, bundles,
+// key requests) were never pushed, and wait in the devices' inboxes, where the maintenance loop
+// would find them only on its timer, and an event would only when it cannot be decrypted. A call
+// while a sweep waits joins it; one while it runs makes it run once more.
+func (m *Manager) SweepAfterHeldDown(ctx context.Context) {
+	s := &m.heldDownSweeps
+	s.lock.Lock()
+	defer s.lock.Unlock()
+	if s.running {
+		s.again = true
+		return
+	}
+	s.running = true
+	m.tasks.Run(ctx, "sweep_after_held_down", m.drainHeldDownSweeps)
+}
+
+// drainHeldDownSweeps sweeps after heldDownSweeps.gather, and again while asked to.
+func (m *Manager) drainHeldDownSweeps(ctx context.Context) {
+	s := &m.heldDownSweeps
+	for {
+		time.Sleep(s.gather)
+		s.lock.Lock()
+		s.again = false
+		s.lock.Unlock()
+		start := time.Now()
+		n := m.sweepLoaded(ctx, true)
+		zerolog.Ctx(ctx).Info().Int("count", n).Dur("took", time.Since(start)).
+			Msg("Swept the loaded puppets' inboxes after the homeserver held heirloom down")
+		s.lock.Lock()
+		if !s.again || m.tasks.Stopping() {
+			s.running = false
+			s.lock.Unlock()
+			return
+		}
+		s.lock.Unlock()
 	}
 }

@@ -8,8 +8,11 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,13 +39,42 @@ type harness struct {
 	srv     *server.Server
 	db      *database.Database
 	cfg     *config.Config
+	// asked lists the requests the homeserver got ("METHOD path?query").
+	asked *requestLog
+}
+
+// requestLog is the list of requests a test homeserver got.
+type requestLog struct {
+	lock     sync.Mutex
+	requests []string
+}
+
+func (l *requestLog) add(r *http.Request) {
+	l.lock.Lock()
+	defer l.lock.Unlock()
+	l.requests = append(l.requests, r.Method+" "+r.URL.RequestURI())
+}
+
+// matching returns the requests that contain every one of parts.
+func (l *requestLog) matching(parts ...string) []string {
+	l.lock.Lock()
+	defer l.lock.Unlock()
+	var out []string
+	for _, r := range l.requests {
+		if !slices.ContainsFunc(parts, func(p string) bool { return !strings.Contains(r, p) }) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // newHarness builds the real server over a real SQLite database, with a homeserver that knows
 // nothing (every request answers 404).
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	asked := &requestLog{}
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.add(r)
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusNotFound)
 		_, _ = io.WriteString(w, `{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}`)
@@ -73,7 +105,7 @@ func newHarness(t *testing.T) *harness {
 	sharing := history.NewService(cfg, db, mgr)
 	mgr.OnRoomKeyBundle = sharing.ReceiveBundle
 	s := server.NewServer(cfg, db, mgr, sharing, zerolog.Nop())
-	return &harness{handler: s.Handler(), srv: s, db: db, cfg: cfg}
+	return &harness{handler: s.Handler(), srv: s, db: db, cfg: cfg, asked: asked}
 }
 
 // provision stores a ready puppet as provisioning would leave it, without a homeserver.
@@ -542,6 +574,27 @@ func TestRepeatedTransactionMarksDeviceListsOutdated(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
 	require.True(t, h.processed(t, "txn-7"))
 	require.False(t, outdated(), "an older ID again is a renumbering homeserver, not a retry")
+}
+
+// Synapse also drops the to-device messages it queues while it holds heirloom down: once it sends
+// again, the inboxes of the loaded puppets are swept (the sweep waits a moment for the rest of the
+// homeserver's retries; the maintenance loop would sweep only on its timer).
+func TestRepeatedTransactionSweepsTheInboxes(t *testing.T) {
+	h := newHarness(t)
+	h.provision(t, puppet)
+	loads := `{"events":[],"org.matrix.msc3202.device_one_time_keys_count":{"` + string(puppet) + `":{"BOBDEV":{"signed_curve25519":50}}}}`
+	resp := h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/txn-1", "Bearer "+hsToken, strings.NewReader(loads))
+	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+	syncs := func() []string {
+		return h.asked.matching("GET /_matrix/client/v3/sync?", "user_id="+url.QueryEscape(string(puppet)))
+	}
+	time.Sleep(2500 * time.Millisecond)
+	require.Empty(t, syncs(), "a transaction delivered once sweeps nothing")
+
+	resp = h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/txn-1", "Bearer "+hsToken, strings.NewReader(loads))
+	require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+	require.Eventually(t, func() bool { return len(syncs()) > 0 }, 10*time.Second, 20*time.Millisecond,
+		"the loaded puppet's inbox is swept after the homeserver repeated its last transaction")
 }
 
 // While heirloom answers transactions with an error the homeserver holds it down, and drops the

@@ -214,12 +214,12 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 		s.metrics.transactions.WithLabelValues("duplicate").Inc()
 		log.Debug().Msg("Ignoring repeated transaction")
 		if retry {
-			s.heldDown(ctx, "the homeserver repeated its last transaction")
+			s.sendsAgain(ctx, "the homeserver repeated its last transaction")
 		}
 		writeJSON(w, http.StatusOK, struct{}{})
 		return
 	} else if retry {
-		s.heldDown(ctx, "the homeserver sent its last transaction again, with another body")
+		s.sendsAgain(ctx, "the homeserver sent its last transaction again, with another body")
 	}
 	txn, err := ParseTransaction(body)
 	if err != nil {
@@ -251,7 +251,7 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 	}
 	s.lastTxnID = txnID
 	if s.txnFailures.Swap(false) {
-		s.heldDown(procCtx, "the first transaction taken after a failed one")
+		s.sendsAgain(procCtx, "the first transaction taken after a failed one")
 	}
 	s.metrics.transactions.WithLabelValues("processed").Inc()
 	log.Debug().Dur("processing_took", processed).Dur("took", time.Since(start)).Msg("Transaction handled")
@@ -342,6 +342,14 @@ func (s *Server) heldDown(ctx context.Context, why string) {
 	}
 	zerolog.Ctx(ctx).Info().Str("reason", why).
 		Msg("Marked every tracked device list outdated: the homeserver drops device-list changes while it holds heirloom down")
+}
+
+// sendsAgain is called when the homeserver sends again after holding heirloom down: besides the
+// device lists, the to-device messages it queued meanwhile were dropped, and wait in the devices'
+// inboxes: the loaded puppets' inboxes are swept.
+func (s *Server) sendsAgain(ctx context.Context, why string) {
+	s.heldDown(ctx, why)
+	s.mgr.SweepAfterHeldDown(ctx)
 }
 
 // txnFailed is called when heirloom answers a transaction with an error: the homeserver holds it
