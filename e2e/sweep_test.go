@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -141,4 +143,54 @@ func TestSweepOnTimer(t *testing.T) {
 	mark.wait(t, 5*time.Second, "the sweep for "+p.UserID, sweptFor(p))
 	h.waitDecrypts(t, p, roomID, []string{"fetched by the timer"})
 	requireNoPush(t, h)
+}
+
+// While heirloom answers the homeserver's transactions with an error, Synapse holds it down: it
+// keeps the room events of what it queues for its retries and drops the to-device messages, here
+// a js user's room key for a puppet. Once heirloom takes a transaction again, it sweeps the loaded
+// puppets' inboxes: the key is stored without anyone reading the timeline, well before the
+// maintenance interval (5 min), and the message decrypts.
+func TestSweepAfterTheHomeserverHeldHeirloomDown(t *testing.T) {
+	faults := filepath.Join(t.TempDir(), "faults")
+	arm := func(points string) {
+		t.Helper()
+		if err := os.WriteFile(faults, []byte(points), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	arm("")
+	h := startInstanceEnv(t, "alt", nil, "HEIRLOOM_FAULT_FILE="+faults)
+	t.Cleanup(func() { arm("") })
+	p := h.newPuppet(t)
+	u := newJSUser(t, true)
+	roomID := h.createRoom(t, p, "shared", u.UserID)
+	e.peer(t, "join", map[string]any{"user": u.UserID, "room_id": roomID}, nil)
+
+	mark := h.mark(t)
+	arm("fail_transactions")
+	jsSend(t, u, roomID, "sent while heirloom was held down")
+	mark.wait(t, 30*time.Second, "a transaction refused by the fault point", msgIs("Failed to take a transaction; the homeserver will send it again"))
+	arm("")
+	var sessionID string
+	for _, k := range jsRawKeys(t, u, roomID) {
+		if k.SenderKey != p.Curve25519 {
+			sessionID = k.SessionID
+		}
+	}
+	if sessionID == "" {
+		t.Fatal("the js user holds no session of its own")
+	}
+	resumed := mark.wait(t, 30*time.Second, "the homeserver to send again", msgIs("Marked every tracked device list outdated: the homeserver drops device-list changes while it holds heirloom down",
+		"reason", "the first transaction taken after a failed one"))
+	eventually(t, 20*time.Second, "the sweep to store the js user's key", func() (bool, string) {
+		return heldSessionsIn(t, h, p, roomID)[sessionID], ""
+	})
+	swept := mark.wait(t, 5*time.Second, "the sweep for "+p.UserID, sweptFor(p))
+	if swept.str("time") < resumed.str("time") {
+		t.Fatalf("the sweep (%s) came before the homeserver sent again (%s)", swept.str("time"), resumed.str("time"))
+	}
+	if n, _ := swept["recovered"].(float64); n < 1 {
+		t.Fatalf("the sweep recovered nothing: the key was pushed after all, and the test proves nothing: %v", swept)
+	}
+	h.waitDecrypts(t, p, roomID, []string{"sent while heirloom was held down"})
 }

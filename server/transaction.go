@@ -264,6 +264,9 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 // taken. An error means the homeserver must send it again (heirloom's processing is idempotent);
 // ErrBridgeBacklog, that the bridge's outbox is full.
 func (s *Server) take(ctx context.Context, txn *transaction, txnKey string) error {
+	if fault.Active("fail_transactions") {
+		return errors.New("the fail_transactions fault point is armed")
+	}
 	if s.gateway != nil {
 		if err := s.gateway.Admit(ctx, txn.RawEvents); err != nil {
 			// The bridge is far behind: the homeserver keeps the transaction's events and sends

@@ -18,6 +18,8 @@
 //	slow_create_ack        heirloom answers a homeserver transaction holding an m.room.create 3 s
 //	                       after handling it, so the homeserver holds the rest of the new room's
 //	                       state back meanwhile (it may arrive after the bridge's first send)
+//	fail_transactions      heirloom answers every homeserver transaction with an error, taking
+//	                       nothing, so a test can have the homeserver hold heirloom down
 package fault
 
 import (
