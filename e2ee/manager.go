@@ -129,7 +129,7 @@ func NewManager(cfg *config.Config, db *database.Database, httpClient *http.Clie
 		devices:   deviceKeeper{client: httpClient},
 		now:       time.Now,
 
-		heldDownSweeps: heldDownSweeps{gather: heldDownGather},
+		heldDownSweeps: heldDownSweeps{gather: heldDownGather, maxDelay: heldDownMaxDelay, gap: heldDownGap},
 
 		OnRoomKeyBundle: dropBundle,
 	}, nil

@@ -1,14 +1,11 @@
 package e2ee
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -94,8 +91,6 @@ func TestSweepAfterHeldDown(t *testing.T) {
 	h := newTwoHeirlooms(t)
 	reg := withMetrics(t, h.theirs)
 	h.theirs.heldDownSweeps.gather = 100 * time.Millisecond
-	var logs bytes.Buffer
-	logCtx := zerolog.New(&logs).WithContext(ctx)
 	sendRoomOn(h.hs, event.HistoryVisibilityShared, h.alice.UserID, h.bob.UserID, h.dave.UserID)
 	for _, p := range []*Puppet{h.bob, h.dave} {
 		_, err := p.SweepToDevice(ctx, true) // the maintenance loop, a moment before
@@ -105,14 +100,62 @@ func TestSweepAfterHeldDown(t *testing.T) {
 	require.NoError(t, err)
 
 	for range 3 {
-		h.theirs.SweepAfterHeldDown(logCtx)
+		h.theirs.SweepAfterHeldDown(ctx, "test")
 	}
 	require.Eventually(t, func() bool { return counted(t, reg, "heirloom_to_device_recovered_total") == 2 },
 		5*time.Second, 10*time.Millisecond, "bob's and dave's room keys, never pushed, taken from their inboxes")
 	require.NoError(t, h.theirs.Shutdown(ctx))
-	require.Equal(t, 1, strings.Count(logs.String(), "after the homeserver held heirloom down"), "one sweep: %s", logs.String())
+	require.Equal(t, 1, h.theirs.heldDownPasses(), "the three calls made one pass")
 	require.Equal(t, []string{"hi"}, read(t, h.dave))
 	require.Equal(t, []string{"hi"}, read(t, h.bob))
+}
+
+// A sweep waiting to start does not hold a shutdown back, and runs no pass.
+func TestShutdownDoesNotWaitForAHeldDownSweep(t *testing.T) {
+	h := newTwoHeirlooms(t)
+	h.theirs.heldDownSweeps.gather = time.Hour
+	h.theirs.SweepAfterHeldDown(context.Background(), "test")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, h.theirs.Shutdown(ctx))
+	require.Zero(t, h.theirs.heldDownPasses())
+}
+
+// heldDownPasses returns how many passes SweepAfterHeldDown ran.
+func (m *Manager) heldDownPasses() int {
+	m.heldDownSweeps.lock.Lock()
+	defer m.heldDownSweeps.lock.Unlock()
+	return m.heldDownSweeps.passes
+}
+
+// A homeserver that holds heirloom down again and again does not have the loaded puppets swept
+// back to back: passes keep their gap, and a trigger that keeps coming puts none off for good. The
+// last trigger still gets a pass after it.
+func TestSweepsAfterHeldDownKeepTheirGap(t *testing.T) {
+	ctx := context.Background()
+	h := newTwoHeirlooms(t)
+	s := &h.theirs.heldDownSweeps
+	s.gather, s.maxDelay, s.gap = 50*time.Millisecond, 200*time.Millisecond, 600*time.Millisecond
+	start := time.Now()
+	for time.Since(start) < 1500*time.Millisecond {
+		h.theirs.SweepAfterHeldDown(ctx, "flapping")
+		time.Sleep(10 * time.Millisecond)
+	}
+	lastTrigger := time.Now()
+	require.Eventually(t, func() bool {
+		s.lock.Lock()
+		defer s.lock.Unlock()
+		return !s.running
+	}, 5*time.Second, 10*time.Millisecond)
+	passes := h.theirs.heldDownPasses()
+	// The first pass 200 ms in (maxDelay), then one each gap (600 ms), and one after the last
+	// trigger: 4. Without the gap, one each maxDelay: 8.
+	require.GreaterOrEqual(t, passes, 2, "triggers every 10 ms did not put the passes off for good")
+	require.LessOrEqual(t, passes, 5, "1.5 s of triggers with a 600 ms gap between passes")
+	s.lock.Lock()
+	lastEnd := s.lastEnd
+	s.lock.Unlock()
+	require.True(t, lastEnd.After(lastTrigger), "a pass after the last trigger")
 }
 
 // The maintenance loop keeps the puppets' one-time keys topped up and unloads idle machines.

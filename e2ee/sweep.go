@@ -128,55 +128,93 @@ func (m *Manager) sweepLoaded(ctx context.Context, force bool) int {
 	return total
 }
 
-// heldDownGather is how long a sweep after the homeserver held heirloom down waits before it
-// starts: the homeserver retries the transactions it stored one after the other, and drops what
-// it queues until the last of them is through.
-const heldDownGather = 2 * time.Second
+// The sweeps after the homeserver held heirloom down: a pass starts heldDownGather after the latest
+// trigger (the homeserver retries what it stored one transaction after another, and drops what it
+// queues until the last is through), at the latest heldDownMaxDelay after the first one waiting
+// (triggers that keep coming do not put it off for good), and never within heldDownGap of the end
+// of the previous pass (a homeserver that holds heirloom down again and again, say over a flapping
+// database, does not have every loaded puppet synced back to back).
+const (
+	heldDownGather   = 2 * time.Second
+	heldDownMaxDelay = 10 * time.Second
+	heldDownGap      = 10 * time.Second
+)
 
-// heldDownSweeps runs SweepAfterHeldDown's sweeps one at a time.
+// heldDownSweeps schedules SweepAfterHeldDown's passes, one at a time.
 type heldDownSweeps struct {
-	gather  time.Duration
-	lock    sync.Mutex
-	running bool // a sweep is waiting or running
-	again   bool // asked for while one ran: once more after it
+	gather, maxDelay, gap time.Duration
+
+	lock        sync.Mutex
+	running     bool      // a goroutine waits for or runs a pass
+	pending     bool      // a trigger came that no pass began after
+	first, last time.Time // the first and the latest pending trigger
+	reason      string    // the latest trigger's
+	lastEnd     time.Time // when the previous pass ended
+	passes      int       // passes run
 }
 
-// SweepAfterHeldDown sweeps the inbox of every loaded puppet, forced, in the background, once the
-// homeserver sends again after holding heirloom down. While Synapse holds an appservice down it
-// keeps only the events of what it queues: the to-device messages meanwhile (room keys, bundles,
-// key requests) were never pushed, and wait in the devices' inboxes, where the maintenance loop
-// would find them only on its timer, and an event would only when it cannot be decrypted. A call
-// while a sweep waits joins it; one while it runs makes it run once more.
-func (m *Manager) SweepAfterHeldDown(ctx context.Context) {
+// SweepAfterHeldDown sweeps the inbox of every loaded puppet, forced, in the background, after the
+// homeserver held heirloom down. While Synapse holds an appservice down it keeps only the events
+// of what it queues: the to-device messages meanwhile (room keys, bundles, key requests) were never
+// pushed and wait in the devices' inboxes, where the maintenance loop would find them only on its
+// timer, and an event only when it cannot be decrypted. reason says what showed the hold-down.
+func (m *Manager) SweepAfterHeldDown(ctx context.Context, reason string) {
 	s := &m.heldDownSweeps
 	s.lock.Lock()
 	defer s.lock.Unlock()
+	now := time.Now()
+	if !s.pending {
+		s.first = now
+	}
+	s.pending, s.last, s.reason = true, now, reason
 	if s.running {
-		s.again = true
 		return
 	}
 	s.running = true
-	m.tasks.Run(ctx, "sweep_after_held_down", m.drainHeldDownSweeps)
+	m.tasks.Run(m.log.WithContext(ctx), "sweep_after_held_down", m.drainHeldDownSweeps)
 }
 
-// drainHeldDownSweeps sweeps after heldDownSweeps.gather, and again while asked to.
+// drainHeldDownSweeps runs passes while triggers are pending, each when heldDownSweeps allows.
 func (m *Manager) drainHeldDownSweeps(ctx context.Context) {
 	s := &m.heldDownSweeps
+	log := zerolog.Ctx(ctx)
 	for {
-		time.Sleep(s.gather)
 		s.lock.Lock()
-		s.again = false
-		s.lock.Unlock()
-		start := time.Now()
-		n := m.sweepLoaded(ctx, true)
-		zerolog.Ctx(ctx).Info().Int("count", n).Dur("took", time.Since(start)).
-			Msg("Swept the loaded puppets' inboxes after the homeserver held heirloom down")
-		s.lock.Lock()
-		if !s.again || m.tasks.Stopping() {
+		if !s.pending {
 			s.running = false
 			s.lock.Unlock()
 			return
 		}
+		at := s.last.Add(s.gather)
+		if limit := s.first.Add(s.maxDelay); limit.Before(at) {
+			at = limit
+		}
+		if next := s.lastEnd.Add(s.gap); next.After(at) {
+			at = next
+		}
+		if wait := time.Until(at); wait > 0 {
+			s.lock.Unlock()
+			if !m.tasks.Sleep(wait) {
+				log.Debug().Msg("Not sweeping the loaded puppets' inboxes: shutting down")
+				return // running stays set: nothing starts once shutdown began
+			}
+			continue
+		}
+		s.pending = false
+		reason := s.reason
 		s.lock.Unlock()
+
+		start := time.Now()
+		n := m.sweepLoaded(ctx, true)
+		s.lock.Lock()
+		s.lastEnd = time.Now()
+		s.passes++
+		s.lock.Unlock()
+		if m.tasks.Stopping() {
+			log.Debug().Int("count", n).Msg("Stopped sweeping the loaded puppets' inboxes: shutting down")
+			return
+		}
+		log.Info().Str("reason", reason).Int("count", n).Dur("took", time.Since(start)).
+			Msg("Swept the loaded puppets' inboxes after the homeserver held heirloom down")
 	}
 }

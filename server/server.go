@@ -48,9 +48,12 @@ type Server struct {
 	txnFailures atomic.Bool
 	// lastTxnID is the ID of the last transaction taken (under txnLock).
 	lastTxnID string
-	lastPing  atomic.Int64
-	startedAt time.Time
-	server    *http.Server
+	// sentCounts is set once the homeserver sent one-time key counts in a transaction; retrying
+	// while it retries what it stored while it held heirloom down (both under txnLock; resumed).
+	sentCounts, retrying bool
+	lastPing             atomic.Int64
+	startedAt            time.Time
+	server               *http.Server
 	// role is the process's lease: only the process that holds it acts (role.go).
 	role roleState
 

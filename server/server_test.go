@@ -597,6 +597,51 @@ func TestRepeatedTransactionSweepsTheInboxes(t *testing.T) {
 		"the loaded puppet's inbox is swept after the homeserver repeated its last transaction")
 }
 
+// Synapse retries what it stored while it held heirloom down as transactions of room events only,
+// without the one-time key counts its live transactions carry. However heirloom was held down
+// (here unreachable: it never saw a failure), the first retry marks the device lists outdated and
+// sweeps the loaded puppets' inboxes, and so does the first live transaction after the retries
+// (the homeserver dropped what it queued until then). A homeserver that never sends counts is
+// never taken for retrying.
+func TestStoredTransactionRetriesShowTheHoldDown(t *testing.T) {
+	h := newHarness(t)
+	h.provision(t, puppet)
+	outdated := h.trackedList(t, "@alice:localhost")
+	put := func(h *harness, txnID, body string) {
+		t.Helper()
+		resp := h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/"+txnID, "Bearer "+hsToken, strings.NewReader(body))
+		require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
+	}
+	live := func(evtID string) string {
+		return `{"events":[` + historyVisibility(evtID, "shared") + `],"org.matrix.msc3202.device_one_time_keys_count":{"` +
+			string(puppet) + `":{"BOBDEV":{"signed_curve25519":50}}}}`
+	}
+	stored := func(evtID string) string { return `{"events":[` + historyVisibility(evtID, "shared") + `]}` }
+
+	put(h, "41", live("$a"))
+	require.False(t, outdated(), "a live transaction")
+	put(h, "42", stored("$b"))
+	require.True(t, outdated(), "the first retry of a stored transaction")
+	h.setCurrent(t, "@alice:localhost")
+	put(h, "43", stored("$c"))
+	require.False(t, outdated(), "the retries that follow: once per hold-down")
+	put(h, "44", live("$d"))
+	require.True(t, outdated(), "the first live transaction after the retries")
+	h.setCurrent(t, "@alice:localhost")
+	put(h, "45", live("$e"))
+	require.False(t, outdated(), "and not the next")
+	require.Eventually(t, func() bool {
+		return len(h.asked.matching("GET /_matrix/client/v3/sync?", "user_id="+url.QueryEscape(string(puppet)))) > 0
+	}, 15*time.Second, 20*time.Millisecond, "the loaded puppet's inbox is swept")
+
+	other := newHarness(t)
+	outdated = other.trackedList(t, "@alice:localhost")
+	for i := range 3 {
+		put(other, fmt.Sprint(i), stored(fmt.Sprintf("$s%d", i)))
+	}
+	require.False(t, outdated(), "a homeserver that sends no counts: events alone are its every transaction")
+}
+
 // While heirloom answers transactions with an error the homeserver holds it down, and drops the
 // device lists of what it queues: the lists are marked outdated when a transaction fails, and again
 // at the first one taken after it (a fetch in between made them current from before the outage's end).

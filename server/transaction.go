@@ -214,11 +214,13 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 		s.metrics.transactions.WithLabelValues("duplicate").Inc()
 		log.Debug().Msg("Ignoring repeated transaction")
 		if retry {
+			s.retrying = s.sentCounts
 			s.sendsAgain(ctx, "the homeserver repeated its last transaction")
 		}
 		writeJSON(w, http.StatusOK, struct{}{})
 		return
 	} else if retry {
+		s.retrying = s.sentCounts
 		s.sendsAgain(ctx, "the homeserver sent its last transaction again, with another body")
 	}
 	txn, err := ParseTransaction(body)
@@ -250,8 +252,8 @@ func (s *Server) handleTransaction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.lastTxnID = txnID
-	if s.txnFailures.Swap(false) {
-		s.sendsAgain(procCtx, "the first transaction taken after a failed one")
+	if why := s.resumed(txn); why != "" {
+		s.sendsAgain(procCtx, why)
 	}
 	s.metrics.transactions.WithLabelValues("processed").Inc()
 	log.Debug().Dur("processing_took", processed).Dur("took", time.Since(start)).Msg("Transaction handled")
@@ -347,12 +349,42 @@ func (s *Server) heldDown(ctx context.Context, why string) {
 		Msg("Marked every tracked device list outdated: the homeserver drops device-list changes while it holds heirloom down")
 }
 
+// resumed says, for a transaction just taken (under txnLock), why it shows the homeserver sending
+// again after holding heirloom down, or "" if it does not. Besides a transaction taken after a
+// failed one: Synapse puts the one-time key counts of the appservice sender's devices (MSC3202) in
+// every transaction it sends live, and none in one it stored while it held heirloom down and now
+// retries, which carries its room events only. So a transaction of events alone, from a homeserver
+// that sent counts before, is such a retry, whatever held heirloom down (heirloom was unreachable,
+// a proxy failed, the homeserver restarted with a transaction in flight); the first live one after
+// the retries ends them, and what the homeserver queued until then was dropped too.
+func (s *Server) resumed(txn *transaction) string {
+	failed := s.txnFailures.Swap(false)
+	live := len(txn.OTKCounts) > 0
+	storedOnly := len(txn.Events) > 0 && len(txn.Ephemeral) == 0 && len(txn.ToDevice) == 0 &&
+		len(txn.DeviceLists.Changed) == 0 && len(txn.DeviceLists.Left) == 0 && len(txn.UnusedFallback) == 0
+	switch {
+	case live:
+		s.sentCounts = true
+		if s.retrying {
+			s.retrying = false
+			return "the homeserver sends live again after retrying what it stored while it held heirloom down"
+		}
+	case s.sentCounts && storedOnly && !s.retrying:
+		s.retrying = true
+		return "the homeserver retries a transaction it stored while it held heirloom down"
+	}
+	if failed {
+		return "the first transaction taken after a failed one"
+	}
+	return ""
+}
+
 // sendsAgain is called when the homeserver sends again after holding heirloom down: besides the
 // device lists, the to-device messages it queued meanwhile were dropped, and wait in the devices'
 // inboxes: the loaded puppets' inboxes are swept.
 func (s *Server) sendsAgain(ctx context.Context, why string) {
 	s.heldDown(ctx, why)
-	s.mgr.SweepAfterHeldDown(ctx)
+	s.mgr.SweepAfterHeldDown(ctx, why)
 }
 
 // txnFailed is called when heirloom answers a transaction with an error: the homeserver holds it

@@ -19,6 +19,7 @@ type Group struct {
 	lock     sync.Mutex
 	wg       sync.WaitGroup
 	stopping bool
+	stopped  chan struct{} // closed when Stop begins; made on first use
 }
 
 // Run runs fn on its own goroutine with a context that outlives ctx's cancellation. Once Stop
@@ -41,7 +42,10 @@ func (g *Group) Run(ctx context.Context, what string, fn func(ctx context.Contex
 // (then it returns ctx's error).
 func (g *Group) Stop(ctx context.Context) error {
 	g.lock.Lock()
-	g.stopping = true
+	if !g.stopping {
+		g.stopping = true
+		close(g.stopChan())
+	}
 	g.lock.Unlock()
 	done := make(chan struct{})
 	go func() {
@@ -53,6 +57,30 @@ func (g *Group) Stop(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("failed to finish %s: %w", g.Work, ctx.Err())
+	}
+}
+
+// stopChan returns the channel Stop closes (under g.lock).
+func (g *Group) stopChan() chan struct{} {
+	if g.stopped == nil {
+		g.stopped = make(chan struct{})
+	}
+	return g.stopped
+}
+
+// Sleep waits for d, or until Stop begins: it reports whether d passed with no Stop begun, so a
+// task that waits before its work does not hold a shutdown back.
+func (g *Group) Sleep(d time.Duration) bool {
+	g.lock.Lock()
+	stopped := g.stopChan()
+	g.lock.Unlock()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return !g.Stopping()
+	case <-stopped:
+		return false
 	}
 }
 

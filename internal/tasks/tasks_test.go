@@ -55,3 +55,21 @@ func TestEvery(t *testing.T) {
 	})
 	require.Equal(t, 3, ticks, "the period calls fn, and nothing after ctx ends")
 }
+
+// Sleep waits its duration, and returns at once (false) once Stop began, before or during it.
+func TestSleepEndsWithStop(t *testing.T) {
+	g := &Group{Work: "test work"}
+	require.True(t, g.Sleep(time.Millisecond))
+	woke := make(chan bool)
+	go func() { woke <- g.Sleep(time.Hour) }()
+	time.Sleep(10 * time.Millisecond)
+	require.NoError(t, g.Stop(context.Background()))
+	select {
+	case passed := <-woke:
+		require.False(t, passed, "a sleep cut short by Stop")
+	case <-time.After(5 * time.Second):
+		t.Fatal("Stop did not end the sleep")
+	}
+	require.False(t, g.Sleep(time.Hour), "a sleep after Stop returns at once")
+	require.NoError(t, g.Stop(context.Background()), "Stop twice")
+}
