@@ -46,6 +46,9 @@ func (p *Puppet) SweepToDevice(ctx context.Context, force bool) (int, error) {
 	log := zerolog.Ctx(ctx).With().Stringer("puppet", p.UserID).Logger()
 	total, recovered := 0, 0
 	for range 20 { // at most 20 pages of (Synapse's) 100 messages per sweep
+		if p.mgr.tasks.Stopping() {
+			break
+		}
 		since, err := p.Store.GetNextBatch(ctx)
 		if err != nil {
 			return total, fmt.Errorf("failed to read sync token: %w", err)

@@ -597,12 +597,13 @@ func TestRepeatedTransactionSweepsTheInboxes(t *testing.T) {
 		"the loaded puppet's inbox is swept after the homeserver repeated its last transaction")
 }
 
-// Synapse retries what it stored while it held heirloom down as transactions of room events only,
-// without the one-time key counts its live transactions carry. However heirloom was held down
-// (here unreachable: it never saw a failure), the first retry marks the device lists outdated and
-// sweeps the loaded puppets' inboxes, and so does the first live transaction after the retries
-// (the homeserver dropped what it queued until then). A homeserver that never sends counts is
-// never taken for retrying.
+// Synapse retries what it stored while it held heirloom down as transactions of room events only
+// (none, for one that held only to-device messages or receipts), without the one-time key counts
+// its live transactions carry for the appservice's sender. However heirloom was held down (here
+// unreachable: it never saw a failure), the first retry marks the device lists outdated and sweeps
+// the loaded puppets' inboxes, and so does the first live transaction after the retries (the
+// homeserver dropped what it queued until then). Until a transaction counted the sender's keys
+// (a sender with no device yet: counts of other users only), nothing is taken for a retry.
 func TestStoredTransactionRetriesShowTheHoldDown(t *testing.T) {
 	h := newHarness(t)
 	h.provision(t, puppet)
@@ -612,24 +613,39 @@ func TestStoredTransactionRetriesShowTheHoldDown(t *testing.T) {
 		resp := h.do(t, http.MethodPut, "/_matrix/app/v1/transactions/"+txnID, "Bearer "+hsToken, strings.NewReader(body))
 		require.Equal(t, http.StatusOK, resp.status, "body: %s", resp.body)
 	}
-	live := func(evtID string) string {
-		return `{"events":[` + historyVisibility(evtID, "shared") + `],"org.matrix.msc3202.device_one_time_keys_count":{"` +
-			string(puppet) + `":{"BOBDEV":{"signed_curve25519":50}}}}`
+	counts := func(users ...id.UserID) string {
+		var parts []string
+		for _, u := range users {
+			parts = append(parts, `"`+string(u)+`":{"DEV":{"signed_curve25519":50}}`)
+		}
+		return `"org.matrix.msc3202.device_one_time_keys_count":{` + strings.Join(parts, ",") + `}`
 	}
-	stored := func(evtID string) string { return `{"events":[` + historyVisibility(evtID, "shared") + `]}` }
+	bot := h.cfg.SenderUserID()
+	live := func(evtID string, users ...id.UserID) string {
+		return `{"events":[` + historyVisibility(evtID, "shared") + `],` + counts(users...) + `}`
+	}
+	stored := func(evtID string) string {
+		return `{"events":[` + historyVisibility(evtID, "shared") + `],"ephemeral":[]}`
+	}
+	const storedEmpty = `{"events":[],"ephemeral":[],"de.sorunome.msc2409.ephemeral":[],"de.sorunome.msc2409.to_device":[]}`
 
-	put(h, "41", live("$a"))
+	put(h, "40", live("$a0", puppet))
+	put(h, "41", stored("$a1"))
+	require.False(t, outdated(), "counts without the sender's: no retry told apart yet")
+	put(h, "42", live("$a2", bot, puppet))
 	require.False(t, outdated(), "a live transaction")
-	put(h, "42", stored("$b"))
+	put(h, "43", stored("$b"))
 	require.True(t, outdated(), "the first retry of a stored transaction")
 	h.setCurrent(t, "@alice:localhost")
-	put(h, "43", stored("$c"))
+	put(h, "44", stored("$c"))
 	require.False(t, outdated(), "the retries that follow: once per hold-down")
-	put(h, "44", live("$d"))
+	put(h, "45", live("$d", bot))
 	require.True(t, outdated(), "the first live transaction after the retries")
 	h.setCurrent(t, "@alice:localhost")
-	put(h, "45", live("$e"))
+	put(h, "46", live("$e", bot))
 	require.False(t, outdated(), "and not the next")
+	put(h, "47", storedEmpty)
+	require.True(t, outdated(), "the retry of a stored transaction that had no room event")
 	require.Eventually(t, func() bool {
 		return len(h.asked.matching("GET /_matrix/client/v3/sync?", "user_id="+url.QueryEscape(string(puppet)))) > 0
 	}, 15*time.Second, 20*time.Millisecond, "the loaded puppet's inbox is swept")
@@ -638,6 +654,7 @@ func TestStoredTransactionRetriesShowTheHoldDown(t *testing.T) {
 	outdated = other.trackedList(t, "@alice:localhost")
 	for i := range 3 {
 		put(other, fmt.Sprint(i), stored(fmt.Sprintf("$s%d", i)))
+		put(other, fmt.Sprint(i)+"e", storedEmpty)
 	}
 	require.False(t, outdated(), "a homeserver that sends no counts: events alone are its every transaction")
 }

@@ -352,19 +352,22 @@ func (s *Server) heldDown(ctx context.Context, why string) {
 // resumed says, for a transaction just taken (under txnLock), why it shows the homeserver sending
 // again after holding heirloom down, or "" if it does not. Besides a transaction taken after a
 // failed one: Synapse puts the one-time key counts of the appservice sender's devices (MSC3202) in
-// every transaction it sends live, and none in one it stored while it held heirloom down and now
-// retries, which carries its room events only. So a transaction of events alone, from a homeserver
-// that sent counts before, is such a retry, whatever held heirloom down (heirloom was unreachable,
-// a proxy failed, the homeserver restarted with a transaction in flight); the first live one after
-// the retries ends them, and what the homeserver queued until then was dropped too.
+// every transaction it sends live, once the sender has a device or cross-signing keys, and none in
+// one it stored while it held heirloom down and now retries, which carries its room events only,
+// if any (one that held only to-device messages or receipts comes back empty). So once a
+// transaction counted the sender's keys, one with no counts and nothing but room events is such a
+// retry, whatever held heirloom down (heirloom was unreachable, a proxy failed); the first live
+// one after the retries ends them, and what the homeserver queued until then was dropped too.
 func (s *Server) resumed(txn *transaction) string {
 	failed := s.txnFailures.Swap(false)
 	live := len(txn.OTKCounts) > 0
-	storedOnly := len(txn.Events) > 0 && len(txn.Ephemeral) == 0 && len(txn.ToDevice) == 0 &&
+	storedOnly := !live && len(txn.Ephemeral) == 0 && len(txn.ToDevice) == 0 &&
 		len(txn.DeviceLists.Changed) == 0 && len(txn.DeviceLists.Left) == 0 && len(txn.UnusedFallback) == 0
 	switch {
 	case live:
-		s.sentCounts = true
+		if _, ok := txn.OTKCounts[s.cfg.SenderUserID()]; ok {
+			s.sentCounts = true
+		}
 		if s.retrying {
 			s.retrying = false
 			return "the homeserver sends live again after retrying what it stored while it held heirloom down"
