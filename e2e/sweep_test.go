@@ -56,6 +56,19 @@ func sweptFor(p puppetIdentity) func(logLine) bool {
 	return msgIs("Swept to-device messages from the device inbox", "puppet", p.UserID)
 }
 
+// jsOwnSession returns the ID of the js user's own megolm session in the room (not one the puppet
+// shared with it).
+func jsOwnSession(t *testing.T, u jsUser, p puppetIdentity, roomID string) string {
+	t.Helper()
+	for _, k := range jsRawKeys(t, u, roomID) {
+		if k.SenderKey != p.Curve25519 {
+			return k.SessionID
+		}
+	}
+	t.Fatal("the js user holds no session of its own")
+	return ""
+}
+
 // A timeline event the puppet cannot decrypt makes heirloom sweep the device inbox and retry.
 func TestSweepOnUndecryptableEvent(t *testing.T) {
 	h := startInstance(t, "nopush", nil)
@@ -126,15 +139,7 @@ func TestSweepOnTimer(t *testing.T) {
 	e.peer(t, "join", map[string]any{"user": u.UserID, "room_id": roomID}, nil)
 	mark := h.mark(t)
 	jsSend(t, u, roomID, "fetched by the timer")
-	var sessionID string
-	for _, k := range jsRawKeys(t, u, roomID) {
-		if k.SenderKey != p.Curve25519 {
-			sessionID = k.SessionID
-		}
-	}
-	if sessionID == "" {
-		t.Fatal("the js user holds no session of its own")
-	}
+	sessionID := jsOwnSession(t, u, p, roomID)
 	// Without a read of the timeline, only the timer (2 s, and at most one sweep per puppet every
 	// 10 s) can bring the key in.
 	eventually(t, 30*time.Second, "the timer's sweep to store the js user's key", func() (bool, string) {
@@ -171,15 +176,7 @@ func TestSweepAfterTheHomeserverHeldHeirloomDown(t *testing.T) {
 	jsSend(t, u, roomID, "sent while heirloom was held down")
 	mark.wait(t, 30*time.Second, "a transaction refused by the fault point", msgIs("Failed to take a transaction; the homeserver will send it again"))
 	arm("")
-	var sessionID string
-	for _, k := range jsRawKeys(t, u, roomID) {
-		if k.SenderKey != p.Curve25519 {
-			sessionID = k.SessionID
-		}
-	}
-	if sessionID == "" {
-		t.Fatal("the js user holds no session of its own")
-	}
+	sessionID := jsOwnSession(t, u, p, roomID)
 	resumed := mark.wait(t, 30*time.Second, "the homeserver to send again", func(l logLine) bool {
 		return msgIs("Marked every tracked device list outdated: the homeserver drops device-list changes while it holds heirloom down")(l) &&
 			l.str("reason") != "a transaction failed"
