@@ -48,8 +48,9 @@ type Server struct {
 	txnFailures atomic.Bool
 	// lastTxnID is the ID of the last transaction taken (under txnLock).
 	lastTxnID string
-	// sentCounts is set once the homeserver sent one-time key counts in a transaction; retrying
-	// while it retries what it stored while it held heirloom down (both under txnLock; resumed).
+	// sentCounts is set once a transaction counted the one-time keys of the appservice's sender;
+	// retrying while the homeserver retries what it stored while it held heirloom down (both under
+	// txnLock; resumed).
 	sentCounts, retrying bool
 	lastPing             atomic.Int64
 	startedAt            time.Time
